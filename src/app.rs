@@ -1,0 +1,121 @@
+//! Wiring: builds every part from a [`Config`] and runs them until shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ProviderKind};
+use crate::consumer::Consumer;
+use crate::dispatch::Dispatcher;
+use crate::job::{Channel, Locale};
+use crate::metrics::Metrics;
+use crate::providers::Provider;
+use crate::providers::outbox::Outbox;
+use crate::providers::twilio::Twilio;
+use crate::templates::Templates;
+
+pub struct Application {
+    http_addr: SocketAddr,
+    server: actix_web::dev::Server,
+    consumer: Arc<Consumer>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Loads templates, opens providers and binds the HTTP port. Nothing is consumed until [`run`].
+    ///
+    /// [`run`]: Application::run
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let default_locale = Locale::parse(&config.templates.default_locale).map_err(anyhow::Error::msg)?;
+        let templates = Arc::new(
+            Templates::load(&config.templates.dir, &default_locale)
+                .with_context(|| format!("loading templates from {}", config.templates.dir.display()))?,
+        );
+        let chains = build_chains(&config)?;
+        let dispatcher = Arc::new(Dispatcher::new(templates, chains));
+        let metrics = Arc::new(Metrics::new());
+        let ready = Arc::new(AtomicBool::new(false));
+        let listener =
+            TcpListener::bind(config.http.addr).with_context(|| format!("binding http.addr {}", config.http.addr))?;
+        let http_addr = listener.local_addr()?;
+        let server = crate::http::serve(
+            listener,
+            crate::http::HttpState {
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+            },
+        )?;
+        let consumer = Arc::new(Consumer::new(config.amqp.clone(), dispatcher, metrics, ready));
+        Ok(Application {
+            http_addr,
+            server,
+            consumer,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Cancel this token to stop: consumption stops, in-flight deliveries finish, then HTTP closes.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub async fn run(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let http = tokio::spawn(self.server);
+        tracing::info!(addr = %self.http_addr, "http listening");
+        self.consumer.run(self.shutdown.clone()).await;
+        handle.stop(true).await;
+        http.await.context("http server task")?.context("http server")?;
+        Ok(())
+    }
+}
+
+fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> {
+    // One HTTP client for every provider call: one connection pool, TLS set up once.
+    let client = reqwest::Client::builder()
+        .timeout(config.retry.provider_timeout.0)
+        .connect_timeout(config.retry.provider_timeout.0)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(usize::from(config.amqp.prefetch))
+        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")?;
+    let mut twilio: Option<Arc<dyn Provider>> = None;
+    let mut outbox: Option<Arc<dyn Provider>> = None;
+    let mut chain = |channel: Channel| -> anyhow::Result<Vec<Arc<dyn Provider>>> {
+        config
+            .chain(channel)
+            .into_iter()
+            .map(|kind| -> anyhow::Result<Arc<dyn Provider>> {
+                Ok(match kind {
+                    ProviderKind::Twilio => twilio
+                        .get_or_insert_with(|| Arc::new(Twilio::new(&config.twilio, client.clone())))
+                        .clone(),
+                    ProviderKind::Outbox => match &outbox {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p: Arc<dyn Provider> =
+                                Arc::new(Outbox::open(&config.outbox.path).with_context(|| {
+                                    format!("opening outbox.path {}", config.outbox.path.display())
+                                })?);
+                            outbox = Some(p.clone());
+                            p
+                        }
+                    },
+                    // Refused by Config::validate until these providers exist.
+                    ProviderKind::Smtp | ProviderKind::Webhook => {
+                        anyhow::bail!("provider {} is not available in this build", kind.name())
+                    }
+                })
+            })
+            .collect()
+    };
+    Ok([chain(Channel::Sms)?, chain(Channel::Voice)?, chain(Channel::Email)?])
+}

@@ -1,0 +1,161 @@
+//! RabbitMQ plumbing: connecting, declaring the topology of contract §2, and publishing with
+//! publisher confirms.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::{AmqpConfig, QueueType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker refused (nacked) a publish to {0}")]
+    Nacked(String),
+}
+
+pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Ok(Connection::connect(config.url.expose(), props).await?)
+}
+
+/// The broker address without credentials, for logs.
+pub fn redacted_url(config: &AmqpConfig) -> String {
+    let url = config.url.expose();
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}***@{}", &url[..scheme + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Declares queues and exchange. Idempotent: the same arguments every time, so a restart (or a second
+/// replica) re-declares without a PRECONDITION_FAILED.
+pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), BrokerError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let base = |dead_letter_to: Option<&str>| {
+        let mut args = FieldTable::default();
+        if config.queue_type == QueueType::Quorum {
+            args.insert("x-queue-type".into(), text("quorum"));
+        }
+        if let Some(target) = dead_letter_to {
+            args.insert("x-dead-letter-exchange".into(), text(""));
+            args.insert("x-dead-letter-routing-key".into(), text(target));
+            if config.queue_type == QueueType::Quorum {
+                // Dead-lettering must not drop messages: at-least-once needs reject-publish overflow.
+                args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+                args.insert("x-overflow".into(), text("reject-publish"));
+            }
+        }
+        args
+    };
+
+    channel
+        .queue_declare(config.dead_queue.as_str().into(), durable, base(None))
+        .await?;
+    let mut jobs_args = base(Some(&config.dead_queue));
+    if config.queue_type == QueueType::Quorum {
+        // Poison messages (contract §11.4): the quorum queue stops redelivering after this many.
+        jobs_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(config.delivery_limit)),
+        );
+    }
+    channel
+        .queue_declare(config.jobs_queue.as_str().into(), durable, jobs_args)
+        .await?;
+    channel
+        .queue_declare(
+            config.retry_queue.as_str().into(),
+            durable,
+            base(Some(&config.jobs_queue)),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            config.events_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A channel in confirm mode: every publish resolves only once the broker has taken the message.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn new(connection: &Connection) -> Result<Publisher, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Publisher { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let routing: ShortString = ShortString::try_new(routing_key)
+            .map_err(|_| BrokerError::Nacked(format!("routing key longer than 255 bytes ({exchange})")))?;
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing,
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() {
+            return Err(BrokerError::Nacked(if exchange.is_empty() {
+                routing_key.to_owned()
+            } else {
+                exchange.to_owned()
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Properties of a persistent JSON message.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// `ShortString` for values that come from outside (a job id can be 128 characters of UTF-8, more than
+/// AMQP's 255 bytes): `None` instead of a panic when it does not fit.
+pub fn short(s: &str) -> Option<ShortString> {
+    ShortString::try_new(s).ok()
+}
+
+/// Adds `x-herald-error` to a message's headers, keeping the others.
+pub fn with_error_header(properties: &BasicProperties, reason: &str) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert("x-herald-error".into(), text(reason));
+    properties.clone().with_headers(headers).with_delivery_mode(2)
+}

@@ -1,0 +1,257 @@
+//! Command line (contract §10): `serve` (default), `send`, `templates check`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+
+use crate::app::Application;
+use crate::broker::{self, Publisher};
+use crate::config::Config;
+use crate::job::{Job, Locale};
+use crate::templates::Templates;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "herald",
+    version,
+    about = "Delivers MFA one-time codes from RabbitMQ by SMS, voice, email or webhook"
+)]
+pub struct Cli {
+    /// Configuration file (default: $HERALD_CONFIG, else ./herald.toml when it exists).
+    #[arg(long, global = true, env = "HERALD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Consume jobs and deliver them (the default).
+    Serve,
+    /// Publish one job to the jobs queue and print its id.
+    Send(Box<SendArgs>),
+    /// Template tools.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TemplatesCommand {
+    /// Compile every template and render it with sample variables; non-zero exit on any problem.
+    Check,
+}
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// sms, voice or email.
+    #[arg(long)]
+    pub channel: String,
+    /// E.164 number (sms, voice) or email address.
+    #[arg(long)]
+    pub to: String,
+    /// The one-time code (4-10 digits).
+    #[arg(long)]
+    pub code: String,
+    /// User id (key of the per-user limits).
+    #[arg(long)]
+    pub user: String,
+    /// enrollment or second-factor-authentication.
+    #[arg(long, default_value = "second-factor-authentication")]
+    pub action: String,
+    #[arg(long)]
+    pub locale: Option<String>,
+    #[arg(long)]
+    pub ip: Option<String>,
+    #[arg(long)]
+    pub friendly_name: Option<String>,
+    /// Job id (default: a new ULID).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Expire the job after this long, e.g. 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// Extra template variable, KEY=VALUE (repeatable).
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// Wait for the outcome event (via reply_to) and print it; exit 1 if the delivery failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `--config`, else `$HERALD_CONFIG` (both via clap), else `./herald.toml` when it exists.
+pub fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config.clone().or_else(|| {
+        let default = Path::new("herald.toml");
+        default.exists().then(|| default.to_owned())
+    })
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = Config::load(config_path(&cli).as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await.map(|()| 0),
+        Command::Send(args) => send(&config, *args).await,
+        Command::Templates {
+            command: TemplatesCommand::Check,
+        } => Ok(templates_check(&config)),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested: draining in-flight deliveries");
+        shutdown.cancel();
+    });
+    app.run().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn templates_check(config: &Config) -> i32 {
+    let locale = match Locale::parse(&config.templates.default_locale) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("templates.default_locale: {e}");
+            return 1;
+        }
+    };
+    match Templates::load(&config.templates.dir, &locale) {
+        Ok(_) => {
+            println!("templates in {} are valid", config.templates.dir.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
+    let id = args.id.clone().unwrap_or_else(|| ulid::Ulid::generate().to_string());
+    let mut vars = serde_json::Map::new();
+    for kv in &args.vars {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--var {kv}: expected KEY=VALUE"))?;
+        vars.insert(k.to_owned(), v.into());
+    }
+    let mut job = json!({
+        "id": id, "channel": args.channel, "to": args.to, "code": args.code,
+        "action": args.action, "user_id": args.user,
+    });
+    for (key, value) in [
+        ("locale", &args.locale),
+        ("ip", &args.ip),
+        ("friendly_name", &args.friendly_name),
+    ] {
+        if let Some(v) = value {
+            job[key] = v.as_str().into();
+        }
+    }
+    if let Some(ttl) = args.expires_in {
+        let at = chrono::Utc::now() + chrono::Duration::from_std(ttl).context("--expires-in is too long")?;
+        job["expires_at"] = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).into();
+    }
+    if !vars.is_empty() {
+        job["vars"] = vars.into();
+    }
+    let body = serde_json::to_vec(&job)?;
+    // Refuse locally what herald would dead-letter.
+    if let Err(e) = Job::from_json(&body) {
+        bail!("invalid job: {}", e.reason);
+    }
+
+    let connection = broker::connect(&config.amqp, "herald-send")
+        .await
+        .with_context(|| format!("connecting to {}", broker::redacted_url(&config.amqp)))?;
+    let channel = connection.create_channel().await?;
+    broker::declare_topology(&channel, &config.amqp).await?;
+    let mut properties = broker::json_properties();
+    if let Some(message_id) = broker::short(&id) {
+        properties = properties.with_message_id(message_id);
+    }
+    let mut replies = None;
+    if args.wait {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "herald-send".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        properties = properties
+            .with_reply_to(queue.name().clone())
+            .with_correlation_id(broker::short(&id).context("--wait needs an id of at most 255 bytes")?);
+        replies = Some(consumer);
+    }
+    let publisher = Publisher::new(&connection).await?;
+    publisher
+        .publish("", &config.amqp.jobs_queue, &body, properties)
+        .await?;
+    println!("{id}");
+
+    let mut code = 0;
+    if let Some(mut replies) = replies {
+        let reply = tokio::time::timeout(args.timeout, replies.next())
+            .await
+            .with_context(|| format!("no outcome within {:?}", args.timeout))?;
+        let delivery = reply.context("reply queue closed")??;
+        let event: serde_json::Value = serde_json::from_slice(&delivery.data)?;
+        println!("{event}");
+        if event.get("error").is_some() {
+            code = 1;
+        }
+    }
+    let _ = connection.close(200, "bye".into()).await;
+    Ok(code)
+}

@@ -1,0 +1,172 @@
+//! One delivery: a parsed job in, one [`Outcome`] out. No broker here, so tests can drive it directly.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::events::{ErrorCode, Event, EventError, scrub};
+use crate::job::{Channel, Job};
+use crate::providers::{Provider, ProviderError, Receipt};
+use crate::templates::{TemplateError, Templates};
+
+/// How one job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent {
+        provider: &'static str,
+        receipt: Receipt,
+    },
+    Failed {
+        code: ErrorCode,
+        message: String,
+        provider: Option<&'static str>,
+        provider_code: Option<String>,
+        scope: Option<&'static str>,
+    },
+}
+
+impl Outcome {
+    fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
+        Outcome::Failed {
+            code,
+            message: message.into(),
+            provider: None,
+            provider_code: None,
+            scope: None,
+        }
+    }
+
+    /// The `x-herald-error` reason when this outcome sends the job to the dead-letter queue: jobs that
+    /// can never be delivered as they are. Expired and throttled jobs are finished, not dead.
+    pub fn dead_letter_reason(&self) -> Option<String> {
+        match self {
+            Outcome::Failed { code, message, .. }
+                if matches!(
+                    code,
+                    ErrorCode::InvalidJob
+                        | ErrorCode::ProviderRejected
+                        | ErrorCode::ProviderUnavailable
+                        | ErrorCode::AttemptsExhausted
+                ) =>
+            {
+                Some(format!("{}: {message}", code.as_str()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A delivery's result with its timing, ready to become an event.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub outcome: Outcome,
+    pub duration: Duration,
+}
+
+pub struct Dispatcher {
+    templates: Arc<Templates>,
+    /// Provider chain per channel, indexed like [`Channel::ALL`].
+    chains: [Vec<Arc<dyn Provider>>; 3],
+}
+
+fn index(channel: Channel) -> usize {
+    Channel::ALL.iter().position(|c| *c == channel).unwrap_or(0)
+}
+
+impl Dispatcher {
+    pub fn new(templates: Arc<Templates>, chains: [Vec<Arc<dyn Provider>>; 3]) -> Dispatcher {
+        Dispatcher { templates, chains }
+    }
+
+    pub fn templates(&self) -> &Arc<Templates> {
+        &self.templates
+    }
+
+    /// Delivers one job: expiry check, render, then the channel's providers in order until one accepts.
+    /// A transient failure moves on to the next provider; a permanent one ends the job.
+    pub async fn deliver(&self, job: &Job) -> Delivered {
+        let started = Instant::now();
+        let outcome = self.try_deliver(job).await;
+        Delivered {
+            outcome,
+            duration: started.elapsed(),
+        }
+    }
+
+    async fn try_deliver(&self, job: &Job) -> Outcome {
+        if job.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Outcome::failed(ErrorCode::Expired, "the job expired before it could be sent");
+        }
+        let message = match self.templates.render(job) {
+            Ok(m) => m,
+            Err(e @ (TemplateError::Render { .. } | TemplateError::Missing(_) | TemplateError::Invalid(_))) => {
+                return Outcome::failed(ErrorCode::InvalidJob, e.to_string());
+            }
+        };
+        let mut last: Option<(&'static str, ProviderError)> = None;
+        for provider in &self.chains[index(job.channel)] {
+            match provider.send(job, &message).await {
+                Ok(receipt) => {
+                    return Outcome::Sent {
+                        provider: provider.name(),
+                        receipt,
+                    };
+                }
+                Err(e @ ProviderError::Permanent { .. }) => {
+                    return provider_failure(ErrorCode::ProviderRejected, provider.name(), e);
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, provider = provider.name(), error = %e, "provider unavailable");
+                    last = Some((provider.name(), e));
+                }
+            }
+        }
+        match last {
+            Some((name, e)) => provider_failure(ErrorCode::ProviderUnavailable, name, e),
+            None => Outcome::failed(
+                ErrorCode::ProviderUnavailable,
+                "no provider configured for this channel",
+            ),
+        }
+    }
+
+    /// The outcome event of a delivered job.
+    pub fn event(&self, job: &Job, delivered: &Delivered) -> Event {
+        let success = matches!(delivered.outcome, Outcome::Sent { .. });
+        let mut event = Event::for_job(job, self.templates.default_locale(), success);
+        event.duration_ms = delivered.duration.as_millis() as u64;
+        match &delivered.outcome {
+            Outcome::Sent { provider, receipt } => {
+                event.provider = Some(provider);
+                event.provider_message_id = receipt.message_id.clone();
+            }
+            Outcome::Failed {
+                code,
+                message,
+                provider,
+                provider_code,
+                scope,
+            } => {
+                event.provider = *provider;
+                event.scope = *scope;
+                event.error = Some(EventError {
+                    code: *code,
+                    message: scrub(message),
+                    provider_code: provider_code.clone(),
+                });
+            }
+        }
+        event
+    }
+}
+
+fn provider_failure(code: ErrorCode, provider: &'static str, e: ProviderError) -> Outcome {
+    Outcome::Failed {
+        code,
+        message: e.message().to_owned(),
+        provider: Some(provider),
+        provider_code: e.provider_code().map(str::to_owned),
+        scope: None,
+    }
+}

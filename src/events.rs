@@ -1,0 +1,218 @@
+//! Outcome events (contract §4): one per job, as a JSON line on stdout and a message on the events
+//! exchange. Built only from masked or non-personal fields.
+
+use std::io::Write;
+
+use chrono::{SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::job::{Channel, InvalidJob, Job, Locale};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJob,
+    Expired,
+    Throttled,
+    BlockedDestination,
+    ProviderRejected,
+    ProviderUnavailable,
+    AttemptsExhausted,
+    Duplicate,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJob => "invalid_job",
+            ErrorCode::Expired => "expired",
+            ErrorCode::Throttled => "throttled",
+            ErrorCode::BlockedDestination => "blocked_destination",
+            ErrorCode::ProviderRejected => "provider_rejected",
+            ErrorCode::ProviderUnavailable => "provider_unavailable",
+            ErrorCode::AttemptsExhausted => "attempts_exhausted",
+            ErrorCode::Duplicate => "duplicate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EventError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub date: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub description: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    pub channel: Channel,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    pub attempt: u32,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'static str>,
+}
+
+/// `gd_send_sms` / `gd_send_sms_failure` and their descriptions.
+pub fn event_type(channel: Channel, success: bool) -> (&'static str, &'static str) {
+    match (channel, success) {
+        (Channel::Sms, true) => ("gd_send_sms", "SMS sent"),
+        (Channel::Sms, false) => ("gd_send_sms_failure", "SMS delivery failed"),
+        (Channel::Voice, true) => ("gd_send_voice", "Voice call placed"),
+        (Channel::Voice, false) => ("gd_send_voice_failure", "Voice call failed"),
+        (Channel::Email, true) => ("gd_send_email", "Email sent"),
+        (Channel::Email, false) => ("gd_send_email_failure", "Email delivery failed"),
+    }
+}
+
+impl Event {
+    /// The event skeleton for a parsed job; the caller fills in the outcome.
+    pub fn for_job(job: &Job, default_locale: &Locale, success: bool) -> Event {
+        let (kind, description) = event_type(job.channel, success);
+        Event {
+            date: now_rfc3339(),
+            kind,
+            description,
+            job_id: Some(job.id.clone()),
+            user_id: Some(job.user_id.clone()),
+            ip: job.ip.map(|ip| ip.to_string()),
+            channel: job.channel,
+            action: Some(job.action.as_str()),
+            locale: Some(job.locale.as_ref().unwrap_or(default_locale).to_string()),
+            recipient: Some(job.to.masked()),
+            country: Some(job.to.country_label()),
+            provider: None,
+            provider_message_id: None,
+            attempt: 1,
+            duration_ms: 0,
+            error: None,
+            scope: None,
+        }
+    }
+
+    /// The failure event of a message that is not a valid job (an unknown channel counts as sms).
+    pub fn invalid(invalid: &InvalidJob) -> Event {
+        let channel = invalid.channel.unwrap_or(Channel::Sms);
+        let (kind, description) = event_type(channel, false);
+        Event {
+            date: now_rfc3339(),
+            kind,
+            description,
+            job_id: invalid.id.clone(),
+            user_id: invalid.user_id.clone(),
+            ip: invalid.ip.clone(),
+            channel,
+            action: None,
+            locale: None,
+            recipient: None,
+            country: None,
+            provider: None,
+            provider_message_id: None,
+            attempt: 1,
+            duration_ms: 0,
+            error: Some(EventError {
+                code: ErrorCode::InvalidJob,
+                message: scrub(&invalid.reason),
+                provider_code: None,
+            }),
+            scope: None,
+        }
+    }
+
+    pub fn is_success(&self) -> bool {
+        self.error.is_none()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing plain strings and numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Writes one event per line on stdout. Logs go to stderr, so stdout is a clean event stream.
+pub fn print(json: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not stop deliveries: the event is on the broker anyway.
+    let _ = out
+        .write_all(json)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush());
+}
+
+/// Masks anything in free text (provider error messages) that could be a phone number, a code or an
+/// email address: runs of 6+ digits and `x@y` words. Shorter numbers (statuses, Twilio error codes) stay.
+pub fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, word) in text.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if word.contains('@') && word.len() > 3 {
+            out.push_str("[address]");
+            continue;
+        }
+        let mut run = String::new();
+        for c in word.chars().chain(std::iter::once(' ')) {
+            if c.is_ascii_digit() {
+                run.push(c);
+                continue;
+            }
+            if run.len() >= 6 {
+                out.push_str("[number]");
+            } else {
+                out.push_str(&run);
+            }
+            run.clear();
+            if c != ' ' {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_masks_numbers_and_addresses() {
+        assert_eq!(
+            scrub("The 'To' number +14155550123 is invalid"),
+            "The 'To' number +[number] is invalid"
+        );
+        assert_eq!(scrub("mail jane@example.com failed"), "mail [address] failed");
+        assert_eq!(
+            scrub("twilio answered 400: code 21211"),
+            "twilio answered 400: code 21211"
+        );
+    }
+}

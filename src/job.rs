@@ -1,0 +1,679 @@
+//! The "send code" job (contract §3). The raw AMQP body becomes a [`Job`] in exactly one place,
+//! [`Job::from_message`]; past that point every field is a checked type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+/// Largest accepted body (contract §3).
+pub const MAX_BODY: usize = 16 * 1024;
+const MAX_VARS: usize = 32;
+const MAX_VAR_VALUE: usize = 1024;
+const MAX_USER_ID: usize = 256;
+const MAX_FRIENDLY_NAME: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Sms,
+    Voice,
+    Email,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Sms, Channel::Voice, Channel::Email];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Voice => "voice",
+            Channel::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Enrollment,
+    SecondFactorAuthentication,
+}
+
+impl Action {
+    pub const ALL: [Action; 2] = [Action::Enrollment, Action::SecondFactorAuthentication];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Enrollment => "enrollment",
+            Action::SecondFactorAuthentication => "second-factor-authentication",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// An E.164 number: `+` then 8–15 digits, the first not 0. `Debug` is masked.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    pub fn parse(s: &str) -> Result<PhoneNumber, String> {
+        let digits = s.strip_prefix('+').ok_or("must start with `+` (E.164)")?;
+        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("must be `+` followed by 8 to 15 digits (E.164)".into());
+        }
+        if digits.starts_with('0') {
+            return Err("country calling code cannot start with 0".into());
+        }
+        Ok(PhoneNumber(s.to_owned()))
+    }
+
+    /// The full number, for providers only: never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn digits(&self) -> &str {
+        &self.0[1..]
+    }
+
+    /// The E.164 country calling code (`1`, `44`, `225`), looked up in libphonenumber's metadata.
+    /// Calling codes are prefix-free, so the first 1–3 digit prefix that is assigned is the one.
+    pub fn country_code(&self) -> Option<u16> {
+        let db = &*phonenumber::metadata::DATABASE;
+        (1..=3).find_map(|n| {
+            let code: u16 = self.digits()[..n].parse().ok()?;
+            db.by_code(&code).map(|_| code)
+        })
+    }
+
+    /// `+1415*****23`: calling code and area kept for ops, the subscriber part hidden.
+    pub fn masked(&self) -> String {
+        let digits = self.digits();
+        let keep_head = if digits.len() >= 10 { 4 } else { 2 };
+        let keep_tail = 2;
+        let hidden = digits.len() - keep_head - keep_tail;
+        format!(
+            "+{}{}{}",
+            &digits[..keep_head],
+            "*".repeat(hidden),
+            &digits[digits.len() - keep_tail..]
+        )
+    }
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneNumber({})", self.masked())
+    }
+}
+
+/// A syntactically plausible address (`local@domain.tld`, no spaces or control characters).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub fn parse(s: &str) -> Result<EmailAddress, String> {
+        let bad = || "is not an email address".to_string();
+        if s.len() > 254
+            || s.chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        {
+            return Err(bad());
+        }
+        let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
+        if local.is_empty() || local.len() > 64 || local.contains('@') {
+            return Err(bad());
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2
+            || labels
+                .iter()
+                .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-'))
+        {
+            return Err(bad());
+        }
+        Ok(EmailAddress(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `j***@***.com`: first letter and top-level domain only.
+    pub fn masked(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or((&self.0, ""));
+        let first: String = local.chars().take(1).collect();
+        let tld = domain.rsplit('.').next().unwrap_or("");
+        format!("{first}***@***.{tld}")
+    }
+}
+
+impl fmt::Debug for EmailAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EmailAddress({})", self.masked())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Recipient {
+    Phone(PhoneNumber),
+    Email(EmailAddress),
+}
+
+impl Recipient {
+    pub fn masked(&self) -> String {
+        match self {
+            Recipient::Phone(p) => p.masked(),
+            Recipient::Email(e) => e.masked(),
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        match self {
+            Recipient::Phone(p) => p.expose(),
+            Recipient::Email(e) => e.expose(),
+        }
+    }
+
+    /// Calling code for phones, `none` for email (the metrics' `country` label, contract §9).
+    pub fn country_label(&self) -> String {
+        match self {
+            Recipient::Phone(p) => p.country_code().map_or_else(|| "unknown".into(), |c| c.to_string()),
+            Recipient::Email(_) => "none".into(),
+        }
+    }
+}
+
+/// The one-time code: 4–10 ASCII digits. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OtpCode(String);
+
+impl OtpCode {
+    pub fn parse(s: &str) -> Result<OtpCode, String> {
+        if (4..=10).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(OtpCode(s.to_owned()))
+        } else {
+            Err("must be 4 to 10 digits".into())
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `4. 8. 2. 9. 1. 3`: how a voice call reads a code, one digit at a time.
+    pub fn spoken(&self) -> String {
+        let mut out = String::with_capacity(self.0.len() * 3);
+        for (i, d) in self.0.chars().enumerate() {
+            if i > 0 {
+                out.push_str(". ");
+            }
+            out.push(d);
+        }
+        out
+    }
+}
+
+impl fmt::Debug for OtpCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OtpCode(***)")
+    }
+}
+
+/// A BCP 47 language tag, kept in canonical case (`es-AR`, `zh-Hant-TW`, `pt-BR`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Locale(String);
+
+impl Locale {
+    pub fn parse(s: &str) -> Result<Locale, String> {
+        let bad = || format!("`{}` is not a BCP 47 language tag", s.escape_debug());
+        if s.is_empty() || s.len() > 35 {
+            return Err(bad());
+        }
+        let tag = language_tags::LanguageTag::parse(s).map_err(|_| bad())?;
+        // Private-use-only and grandfathered tags have no language to fall back on.
+        if tag.primary_language().is_empty() || tag.primary_language() == "x" {
+            return Err(bad());
+        }
+        Ok(Locale(canonical_case(tag.as_str())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Primary language subtag: `es` for `es-AR`.
+    pub fn language(&self) -> &str {
+        self.0.split('-').next().unwrap_or(&self.0)
+    }
+
+    /// Lookup order for templates: `zh-Hant-TW` → `zh-Hant` → `zh` (RFC 4647 lookup, truncating).
+    pub fn fallbacks(&self) -> impl Iterator<Item = &str> {
+        let s = self.0.as_str();
+        std::iter::successors(Some(s), |cur| {
+            let cut = cur.rfind('-')?;
+            let mut shorter = &cur[..cut];
+            // Never leave a dangling single-letter extension/private-use marker.
+            if let Some(i) = shorter.rfind('-')
+                && shorter.len() - i == 2
+            {
+                shorter = &shorter[..i];
+            }
+            Some(shorter)
+        })
+    }
+}
+
+impl fmt::Display for Locale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Language lower case, script title case, region upper case (RFC 5646 §2.1.1).
+fn canonical_case(tag: &str) -> String {
+    let mut out = String::with_capacity(tag.len());
+    let mut after_singleton = false;
+    for (i, sub) in tag.split('-').enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        let lower = sub.to_ascii_lowercase();
+        if i == 0 || after_singleton {
+            out.push_str(&lower);
+        } else if sub.len() == 1 {
+            after_singleton = true;
+            out.push_str(&lower);
+        } else if sub.len() == 2 && sub.bytes().all(|b| b.is_ascii_alphabetic()) {
+            out.push_str(&sub.to_ascii_uppercase());
+        } else if sub.len() == 4 && sub.bytes().all(|b| b.is_ascii_alphabetic()) {
+            out.push_str(&lower[..1].to_ascii_uppercase());
+            out.push_str(&lower[1..]);
+        } else {
+            out.push_str(&lower);
+        }
+    }
+    out
+}
+
+/// A parsed, valid job. Construct it with [`Job::from_message`] or [`Job::from_json`].
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: String,
+    pub channel: Channel,
+    pub to: Recipient,
+    pub code: OtpCode,
+    pub action: Action,
+    pub locale: Option<Locale>,
+    pub user_id: String,
+    pub ip: Option<IpAddr>,
+    pub friendly_name: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub vars: BTreeMap<String, String>,
+}
+
+/// Why a message is not a valid job, plus whatever could still be read from it for the failure event.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct InvalidJob {
+    pub reason: String,
+    pub id: Option<String>,
+    pub user_id: Option<String>,
+    pub channel: Option<Channel>,
+    pub ip: Option<String>,
+}
+
+impl InvalidJob {
+    fn bare(reason: impl Into<String>) -> Self {
+        InvalidJob {
+            reason: reason.into(),
+            id: None,
+            user_id: None,
+            channel: None,
+            ip: None,
+        }
+    }
+}
+
+/// The wire shape: only `serde` types, so that any well-formed JSON object reaches the field checks
+/// and each error can name its field.
+#[derive(Deserialize)]
+struct RawJob {
+    id: Option<serde_json::Value>,
+    channel: Option<serde_json::Value>,
+    to: Option<serde_json::Value>,
+    code: Option<serde_json::Value>,
+    action: Option<serde_json::Value>,
+    locale: Option<serde_json::Value>,
+    user_id: Option<serde_json::Value>,
+    ip: Option<serde_json::Value>,
+    friendly_name: Option<serde_json::Value>,
+    expires_at: Option<serde_json::Value>,
+    vars: Option<serde_json::Value>,
+}
+
+fn opt_str<'a>(field: &str, v: &'a Option<serde_json::Value>) -> Result<Option<&'a str>, String> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("field `{field}` must be a string")),
+    }
+}
+
+fn req_str<'a>(field: &str, v: &'a Option<serde_json::Value>) -> Result<&'a str, String> {
+    opt_str(field, v)?.ok_or_else(|| format!("field `{field}` is required"))
+}
+
+impl Job {
+    /// The single entry point from AMQP: checks content type and size, then the body.
+    pub fn from_message(body: &[u8], content_type: Option<&str>) -> Result<Job, InvalidJob> {
+        if body.len() > MAX_BODY {
+            return Err(InvalidJob::bare(format!(
+                "body is {} bytes, more than the {MAX_BODY} allowed",
+                body.len()
+            )));
+        }
+        if let Some(ct) = content_type {
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            if !mime.eq_ignore_ascii_case("application/json") {
+                return Err(InvalidJob::bare(format!(
+                    "content type `{}` is not application/json",
+                    ct.escape_debug()
+                )));
+            }
+        }
+        Job::from_json(body)
+    }
+
+    pub fn from_json(body: &[u8]) -> Result<Job, InvalidJob> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| InvalidJob::bare(format!("body is not JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(InvalidJob::bare("body is not a JSON object"));
+        }
+        let raw: RawJob = serde_json::from_value(value).map_err(|e| InvalidJob::bare(format!("body: {e}")))?;
+        let mut ctx = InvalidJob::bare("");
+        // Keep what is readable for the failure event, but only values that pass their own checks.
+        ctx.id = opt_str("id", &raw.id)
+            .ok()
+            .flatten()
+            .filter(|s| valid_id(s))
+            .map(str::to_owned);
+        ctx.user_id = opt_str("user_id", &raw.user_id)
+            .ok()
+            .flatten()
+            .filter(|s| valid_user_id(s))
+            .map(str::to_owned);
+        ctx.channel = opt_str("channel", &raw.channel).ok().flatten().and_then(Channel::parse);
+        ctx.ip = opt_str("ip", &raw.ip)
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<IpAddr>().ok())
+            .map(|ip| ip.to_string());
+        Job::check(raw).map_err(|reason| InvalidJob { reason, ..ctx })
+    }
+
+    fn check(raw: RawJob) -> Result<Job, String> {
+        let id = req_str("id", &raw.id)?;
+        if !valid_id(id) {
+            return Err("field `id` must be 1 to 128 printable characters".into());
+        }
+        let channel_s = req_str("channel", &raw.channel)?;
+        let channel = Channel::parse(channel_s).ok_or_else(|| {
+            format!(
+                "field `channel`: unknown channel `{}` (sms, voice or email)",
+                truncate(channel_s, 32).escape_debug()
+            )
+        })?;
+        let to_s = req_str("to", &raw.to)?;
+        let to = match channel {
+            Channel::Sms | Channel::Voice => {
+                Recipient::Phone(PhoneNumber::parse(to_s).map_err(|e| format!("field `to` {e}"))?)
+            }
+            Channel::Email => Recipient::Email(EmailAddress::parse(to_s).map_err(|e| format!("field `to` {e}"))?),
+        };
+        let code = OtpCode::parse(req_str("code", &raw.code)?).map_err(|e| format!("field `code` {e}"))?;
+        let action = match opt_str("action", &raw.action)? {
+            None => Action::SecondFactorAuthentication,
+            Some(a) => Action::parse(a).ok_or_else(|| {
+                format!(
+                    "field `action`: unknown action `{}` (enrollment or second-factor-authentication)",
+                    truncate(a, 40).escape_debug()
+                )
+            })?,
+        };
+        let locale = opt_str("locale", &raw.locale)?
+            .map(Locale::parse)
+            .transpose()
+            .map_err(|e| format!("field `locale`: {e}"))?;
+        let user_id = req_str("user_id", &raw.user_id)?;
+        if !valid_user_id(user_id) {
+            return Err(format!(
+                "field `user_id` must be 1 to {MAX_USER_ID} printable characters"
+            ));
+        }
+        let ip = opt_str("ip", &raw.ip)?
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| "field `ip` is not an IPv4 or IPv6 address".to_string())
+            })
+            .transpose()?;
+        let friendly_name = opt_str("friendly_name", &raw.friendly_name)?;
+        if let Some(f) = friendly_name
+            && (f.chars().count() > MAX_FRIENDLY_NAME || f.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "field `friendly_name` must be at most {MAX_FRIENDLY_NAME} characters, no control characters"
+            ));
+        }
+        let expires_at = opt_str("expires_at", &raw.expires_at)?
+            .map(|s| {
+                DateTime::parse_from_rfc3339(s)
+                    .map(|d| d.with_timezone(&Utc))
+                    .map_err(|_| "field `expires_at` is not an RFC 3339 time".to_string())
+            })
+            .transpose()?;
+        let vars = match raw.vars {
+            None | Some(serde_json::Value::Null) => BTreeMap::new(),
+            Some(serde_json::Value::Object(map)) => {
+                if map.len() > MAX_VARS {
+                    return Err(format!(
+                        "field `vars` has {} keys, at most {MAX_VARS} allowed",
+                        map.len()
+                    ));
+                }
+                let mut vars = BTreeMap::new();
+                for (k, v) in map {
+                    if k.is_empty() || k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                        return Err("field `vars`: keys must be 1 to 64 letters, digits or `_`".into());
+                    }
+                    let serde_json::Value::String(v) = v else {
+                        return Err(format!("field `vars`: value of `{k}` must be a string"));
+                    };
+                    if v.len() > MAX_VAR_VALUE {
+                        return Err(format!(
+                            "field `vars`: value of `{k}` is longer than {MAX_VAR_VALUE} bytes"
+                        ));
+                    }
+                    vars.insert(k, v);
+                }
+                vars
+            }
+            Some(_) => return Err("field `vars` must be an object of strings".into()),
+        };
+        Ok(Job {
+            id: id.to_owned(),
+            channel,
+            to,
+            code,
+            action,
+            locale,
+            user_id: user_id.to_owned(),
+            ip,
+            friendly_name: friendly_name.map(str::to_owned),
+            expires_at,
+            vars,
+        })
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    (1..=128).contains(&s.chars().count()) && !s.chars().any(char::is_control)
+}
+
+fn valid_user_id(s: &str) -> bool {
+    (1..=MAX_USER_ID).contains(&s.chars().count()) && !s.chars().any(char::is_control)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(json: serde_json::Value) -> Result<Job, InvalidJob> {
+        Job::from_message(json.to_string().as_bytes(), Some("application/json"))
+    }
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({"id": "j1", "channel": "sms", "to": "+14155550123", "code": "482913", "user_id": "u1"})
+    }
+
+    #[test]
+    fn minimal_job_gets_defaults() {
+        let j = job(valid()).unwrap();
+        assert_eq!(j.action, Action::SecondFactorAuthentication);
+        assert!(j.locale.is_none());
+        assert_eq!(j.to.country_label(), "1");
+    }
+
+    #[test]
+    fn every_rule_is_enforced() {
+        let cases: &[(&str, serde_json::Value, &str)] = &[
+            ("id", serde_json::json!(""), "`id`"),
+            ("id", serde_json::json!("x".repeat(129)), "`id`"),
+            ("channel", serde_json::json!("fax"), "unknown channel"),
+            ("to", serde_json::json!("4155550123"), "`to`"),
+            ("to", serde_json::json!("+1234567"), "`to`"),
+            ("to", serde_json::json!("+1234567890123456"), "`to`"),
+            ("code", serde_json::json!("123"), "`code`"),
+            ("code", serde_json::json!("12345678901"), "`code`"),
+            ("code", serde_json::json!("12a456"), "`code`"),
+            ("code", serde_json::json!(123456), "`code`"),
+            ("action", serde_json::json!("login"), "`action`"),
+            ("locale", serde_json::json!("es_AR!"), "`locale`"),
+            ("user_id", serde_json::json!(""), "`user_id`"),
+            ("ip", serde_json::json!("300.1.1.1"), "`ip`"),
+            ("expires_at", serde_json::json!("tomorrow"), "`expires_at`"),
+            ("vars", serde_json::json!({"a": 1}), "`vars`"),
+            ("vars", serde_json::json!([1]), "`vars`"),
+        ];
+        for (field, value, needle) in cases {
+            let mut j = valid();
+            j[*field] = value.clone();
+            let err = job(j).expect_err(field);
+            assert!(err.reason.contains(needle), "{field}: {}", err.reason);
+        }
+        for missing in ["id", "channel", "to", "code", "user_id"] {
+            let mut j = valid();
+            j.as_object_mut().unwrap().remove(missing);
+            let err = job(j).unwrap_err();
+            assert!(
+                err.reason.contains(&format!("`{missing}` is required")),
+                "{}",
+                err.reason
+            );
+        }
+        let mut many = serde_json::Map::new();
+        for i in 0..33 {
+            many.insert(format!("k{i}"), "v".into());
+        }
+        let mut j = valid();
+        j["vars"] = serde_json::Value::Object(many);
+        assert!(job(j).unwrap_err().reason.contains("at most 32"));
+    }
+
+    #[test]
+    fn email_needs_an_address() {
+        let mut j = valid();
+        j["channel"] = "email".into();
+        assert!(job(j.clone()).is_err());
+        j["to"] = "jane@example.com".into();
+        let j = job(j).unwrap();
+        assert_eq!(j.to.masked(), "j***@***.com");
+        assert_eq!(j.to.country_label(), "none");
+    }
+
+    #[test]
+    fn body_level_checks() {
+        assert!(
+            Job::from_message(b"not json", None)
+                .unwrap_err()
+                .reason
+                .contains("not JSON")
+        );
+        assert!(Job::from_message(b"[1]", None).unwrap_err().reason.contains("object"));
+        let body = valid().to_string();
+        assert!(Job::from_message(body.as_bytes(), Some("text/plain")).is_err());
+        assert!(Job::from_message(body.as_bytes(), Some("application/json; charset=utf-8")).is_ok());
+        let big = vec![b' '; MAX_BODY + 1];
+        assert!(Job::from_message(&big, None).unwrap_err().reason.contains("bytes"));
+    }
+
+    #[test]
+    fn invalid_job_keeps_readable_fields() {
+        let mut j = valid();
+        j["code"] = "x".into();
+        let err = job(j).unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("j1"));
+        assert_eq!(err.channel, Some(Channel::Sms));
+    }
+
+    #[test]
+    fn masks_hide_the_subscriber() {
+        let p = PhoneNumber::parse("+14155550123").unwrap();
+        assert_eq!(p.masked(), "+1415*****23");
+        assert_eq!(format!("{p:?}"), "PhoneNumber(+1415*****23)");
+        assert_eq!(PhoneNumber::parse("+22512345").unwrap().masked(), "+22****45");
+        assert_eq!(format!("{:?}", OtpCode::parse("482913").unwrap()), "OtpCode(***)");
+    }
+
+    #[test]
+    fn country_codes_from_metadata() {
+        let cc = |s: &str| PhoneNumber::parse(s).unwrap().country_code();
+        assert_eq!(cc("+14155550123"), Some(1));
+        assert_eq!(cc("+447700900123"), Some(44));
+        assert_eq!(cc("+2250700000000"), Some(225));
+        assert_eq!(cc("+99912345678"), None);
+    }
+
+    #[test]
+    fn locales_are_canonical_and_fall_back() {
+        let l = Locale::parse("ES-ar").unwrap();
+        assert_eq!(l.as_str(), "es-AR");
+        assert_eq!(l.fallbacks().collect::<Vec<_>>(), ["es-AR", "es"]);
+        let l = Locale::parse("zh-hant-tw").unwrap();
+        assert_eq!(l.fallbacks().collect::<Vec<_>>(), ["zh-Hant-TW", "zh-Hant", "zh"]);
+        assert!(Locale::parse("../etc").is_err());
+        assert!(Locale::parse("en\0").is_err());
+    }
+
+    #[test]
+    fn spoken_code() {
+        assert_eq!(OtpCode::parse("482913").unwrap().spoken(), "4. 8. 2. 9. 1. 3");
+    }
+}

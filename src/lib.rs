@@ -1,0 +1,19 @@
+//! herald: delivers one-time codes that an MFA server publishes to RabbitMQ, by SMS, voice, email or
+//! webhook, and reports one outcome event per job.
+//!
+//! The data path, top-down: [`consumer`] takes a message → [`job`] parses it → [`dispatch`] renders it
+//! with [`templates`] and hands it to a [`providers`] chain → [`events`] reports the outcome, counted in
+//! [`metrics`].
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod dispatch;
+pub mod events;
+pub mod http;
+pub mod job;
+pub mod metrics;
+pub mod providers;
+pub mod templates;

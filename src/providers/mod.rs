@@ -1,0 +1,64 @@
+//! Delivery providers (contract §6). Each one turns a rendered message into one provider call and
+//! says whether a failure is worth retrying.
+
+use std::time::Duration;
+
+use crate::job::Job;
+use crate::templates::Rendered;
+
+pub mod outbox;
+pub mod twilio;
+
+/// What a provider returns on success.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// The provider's id for the message (Twilio `SM…`/`CA…` sid), when it gives one.
+    pub message_id: Option<String>,
+}
+
+/// A failed provider call, classified. The message never contains the code or the full recipient.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth trying again (or trying the next provider): 429, 5xx, timeouts, connection errors.
+    #[error("provider unavailable: {message}")]
+    Transient {
+        message: String,
+        provider_code: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// Will fail the same way again: invalid number, opted out, region not permitted, bad credentials.
+    #[error("provider rejected the message: {message}")]
+    Permanent {
+        message: String,
+        provider_code: Option<String>,
+    },
+}
+
+impl ProviderError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ProviderError::Transient { .. })
+    }
+
+    pub fn provider_code(&self) -> Option<&str> {
+        match self {
+            ProviderError::Transient { provider_code, .. } | ProviderError::Permanent { provider_code, .. } => {
+                provider_code.as_deref()
+            }
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ProviderError::Transient { message, .. } | ProviderError::Permanent { message, .. } => message,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// The name used in events and metric labels.
+    fn name(&self) -> &'static str;
+
+    /// Sends one rendered message for `job`. Implementations must be bounded by the provider timeout.
+    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError>;
+}

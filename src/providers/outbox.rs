@@ -1,0 +1,67 @@
+//! Development provider: appends each rendered message to a JSON-lines file instead of sending it.
+//! The file holds codes and full addresses by design; it is for a developer's own machine.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::{Provider, ProviderError, Receipt};
+use crate::job::Job;
+use crate::templates::{PAUSE, Rendered};
+
+pub struct Outbox {
+    file: File,
+}
+
+impl Outbox {
+    pub fn open(path: &Path) -> std::io::Result<Outbox> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Outbox { file })
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Outbox {
+    fn name(&self) -> &'static str {
+        "outbox"
+    }
+
+    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+        let (subject, body, html) = match message {
+            Rendered::Sms { body } => (None, body.clone(), None),
+            Rendered::Voice { text } => (None, text.replace(PAUSE, " … "), None),
+            Rendered::Email { subject, text, html } => (Some(subject.as_str()), text.clone(), Some(html.as_str())),
+        };
+        let mut line = json!({
+            "date": crate::events::now_rfc3339(),
+            "job_id": job.id,
+            "channel": job.channel.as_str(),
+            "action": job.action.as_str(),
+            "to": job.to.expose(),
+            "subject": subject,
+            "body": body,
+        });
+        if let Some(html) = html {
+            line["html"] = html.into();
+        }
+        let mut bytes = serde_json::to_vec(&line).map_err(|e| ProviderError::Permanent {
+            message: format!("cannot encode outbox line: {e}"),
+            provider_code: None,
+        })?;
+        bytes.push(b'\n');
+        // One write(2) on an O_APPEND file: lines from concurrent deliveries never interleave.
+        (&self.file).write_all(&bytes).map_err(|e| ProviderError::Transient {
+            message: format!("cannot append to outbox: {e}"),
+            provider_code: None,
+            retry_after: None,
+        })?;
+        Ok(Receipt {
+            message_id: Some(format!("outbox-{}", job.id)),
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! Twilio Programmable Messaging (SMS) and Voice, over the REST API (contract §6).
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use super::{Provider, ProviderError, Receipt};
+use crate::config::TwilioConfig;
+use crate::events::scrub;
+use crate::job::{Job, Locale};
+use crate::templates::{PAUSE, Rendered};
+
+pub struct Twilio {
+    client: reqwest::Client,
+    messages_url: String,
+    calls_url: String,
+    account_sid: String,
+    auth_token: String,
+    from: String,
+    messaging_service_sid: String,
+}
+
+/// Twilio's error body: `{"code": 21211, "message": "...", "more_info": "...", "status": 400}`.
+#[derive(Deserialize)]
+struct TwilioError {
+    code: Option<serde_json::Value>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    sid: Option<String>,
+}
+
+impl Twilio {
+    /// `client` is shared by every provider call: one connection pool for the process.
+    pub fn new(config: &TwilioConfig, client: reqwest::Client) -> Twilio {
+        let base = config.base_url.trim_end_matches('/');
+        let account = &config.account_sid;
+        Twilio {
+            client,
+            messages_url: format!("{base}/2010-04-01/Accounts/{account}/Messages.json"),
+            calls_url: format!("{base}/2010-04-01/Accounts/{account}/Calls.json"),
+            account_sid: config.account_sid.clone(),
+            auth_token: config.auth_token.expose().to_owned(),
+            from: config.from.clone(),
+            messaging_service_sid: config.messaging_service_sid.clone(),
+        }
+    }
+
+    async fn post(&self, url: &str, form: &[(&str, &str)]) -> Result<Receipt, ProviderError> {
+        let response = self
+            .client
+            .post(url)
+            .basic_auth(&self.account_sid, Some(&self.auth_token))
+            .form(form)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.map_err(transport_error)?;
+        if status.is_success() {
+            // Twilio has accepted the message: even an unreadable body must not make us send it twice.
+            let sid = serde_json::from_slice::<Created>(&body).ok().and_then(|c| c.sid);
+            return Ok(Receipt { message_id: sid });
+        }
+        let error = serde_json::from_slice::<TwilioError>(&body).ok();
+        let provider_code = error.as_ref().and_then(|e| e.code.as_ref()).map(|c| match c {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        let detail = error
+            .and_then(|e| e.message)
+            .map(|m| scrub(&m))
+            .unwrap_or_else(|| "no Twilio error body".into());
+        let message = format!("twilio answered {}: {detail}", status.as_u16());
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
+        {
+            Err(ProviderError::Transient {
+                message,
+                provider_code,
+                retry_after,
+            })
+        } else {
+            Err(ProviderError::Permanent { message, provider_code })
+        }
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> ProviderError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    ProviderError::Transient {
+        message: format!("twilio {what}"),
+        provider_code: None,
+        retry_after: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Twilio {
+    fn name(&self) -> &'static str {
+        "twilio"
+    }
+
+    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+        match message {
+            Rendered::Sms { body } => {
+                let sender = if self.messaging_service_sid.is_empty() {
+                    ("From", self.from.as_str())
+                } else {
+                    ("MessagingServiceSid", self.messaging_service_sid.as_str())
+                };
+                let form = [("To", job.to.expose()), sender, ("Body", body.as_str())];
+                self.post(&self.messages_url, &form).await
+            }
+            Rendered::Voice { text } => {
+                let twiml = twiml(text, job.locale.as_ref());
+                let form = [
+                    ("To", job.to.expose()),
+                    ("From", self.from.as_str()),
+                    ("Twiml", twiml.as_str()),
+                ];
+                self.post(&self.calls_url, &form).await
+            }
+            Rendered::Email { .. } => Err(ProviderError::Permanent {
+                message: "twilio cannot deliver email".into(),
+                provider_code: None,
+            }),
+        }
+    }
+}
+
+/// `<Response><Say language="es-MX">…</Say><Pause length="1"/>…</Response>`, said twice so that a
+/// listener who missed the start hears the code again.
+pub fn twiml(text: &str, locale: Option<&Locale>) -> String {
+    let language = say_language(locale);
+    let mut says = String::new();
+    for (i, piece) in text.split(PAUSE).enumerate() {
+        if i > 0 {
+            says.push_str("<Pause length=\"1\"/>");
+        }
+        let piece = piece.trim();
+        if !piece.is_empty() {
+            says.push_str(&format!("<Say language=\"{language}\">{}</Say>", xml_escape(piece)));
+        }
+    }
+    format!("<Response>{says}<Pause length=\"1\"/>{says}</Response>")
+}
+
+/// Maps a job locale onto a language `<Say>` supports, preferring the exact region.
+fn say_language(locale: Option<&Locale>) -> &'static str {
+    const SUPPORTED: &[&str] = &[
+        // The first entry of a language is its default.
+        "en-US", "en-GB", "en-AU", "en-CA", "en-IN", "da-DK", "de-DE", "ca-ES", "es-MX", "es-ES", "fi-FI", "fr-FR",
+        "fr-CA", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR", "pt-PT", "ru-RU", "sv-SE", "zh-CN",
+        "zh-HK", "zh-TW",
+    ];
+    let Some(locale) = locale else { return "en-US" };
+    if let Some(exact) = SUPPORTED.iter().find(|s| s.eq_ignore_ascii_case(locale.as_str())) {
+        return exact;
+    }
+    let lang = match locale.language() {
+        "no" => "nb",
+        lang => lang,
+    };
+    SUPPORTED
+        .iter()
+        .find(|s| s.split('-').next() == Some(lang))
+        .copied()
+        .unwrap_or("en-US")
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twiml_says_in_the_job_language_with_pauses() {
+        let es = Locale::parse("es-AR").unwrap();
+        let t = twiml(&format!("Su código <es>{PAUSE}4. 8"), Some(&es));
+        assert_eq!(
+            t,
+            "<Response><Say language=\"es-MX\">Su código &lt;es&gt;</Say><Pause length=\"1\"/><Say language=\"es-MX\">4. 8</Say>\
+             <Pause length=\"1\"/><Say language=\"es-MX\">Su código &lt;es&gt;</Say><Pause length=\"1\"/><Say language=\"es-MX\">4. 8</Say></Response>"
+        );
+        assert_eq!(say_language(Some(&Locale::parse("fr").unwrap())), "fr-FR");
+        assert_eq!(say_language(Some(&Locale::parse("pt-BR").unwrap())), "pt-BR");
+        assert_eq!(say_language(Some(&Locale::parse("xx").unwrap())), "en-US");
+    }
+}

@@ -1,0 +1,111 @@
+//! Bad input (contract §3): each kind lands in the dead-letter queue with a reason and a failure event,
+//! and the consumer keeps going.
+
+mod helpers;
+
+use helpers::{TestApp, assert_event_shape, job};
+use lapin::BasicProperties;
+
+fn json_props() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_input_is_dead_lettered_and_the_next_job_is_delivered() {
+    let mut app = TestApp::spawn(|_| {}).await;
+
+    let mut missing = job("sms");
+    missing.as_object_mut().unwrap().remove("user_id");
+    let mut malformed = job("sms");
+    malformed["code"] = "48-29".into();
+    let mut unknown_channel = job("fax");
+    unknown_channel["channel"] = "fax".into();
+    let mut oversize = job("sms");
+    oversize["friendly_name"] = "x".repeat(17 * 1024).into();
+    let wrong_type = job("sms");
+
+    let cases: Vec<(&str, Vec<u8>, BasicProperties, &str)> = vec![
+        ("not json", b"{\"id\": \"j1\", oops".to_vec(), json_props(), "not JSON"),
+        (
+            "missing field",
+            missing.to_string().into_bytes(),
+            json_props(),
+            "`user_id` is required",
+        ),
+        (
+            "malformed field",
+            malformed.to_string().into_bytes(),
+            json_props(),
+            "field `code`",
+        ),
+        (
+            "unknown channel",
+            unknown_channel.to_string().into_bytes(),
+            json_props(),
+            "unknown channel",
+        ),
+        (
+            "oversize body",
+            oversize.to_string().into_bytes(),
+            json_props(),
+            "more than the 16384 allowed",
+        ),
+        (
+            "wrong content type",
+            wrong_type.to_string().into_bytes(),
+            BasicProperties::default().with_content_type("text/plain".into()),
+            "content type",
+        ),
+    ];
+    for (_, body, props, _) in &cases {
+        app.publish_raw(body, props.clone()).await;
+    }
+    let valid = job("sms");
+    app.publish(&valid).await;
+
+    let events = app.events(cases.len() + 1).await;
+    let (ok, failed): (Vec<_>, Vec<_>) = events.iter().partition(|e| e.get("error").is_none());
+    assert_eq!(ok.len(), 1, "the valid job after the bad ones is delivered");
+    assert_eq!(ok[0]["job_id"], valid["id"]);
+    assert_eq!(app.outbox_lines().len(), 1);
+    for e in &failed {
+        assert_event_shape(e);
+        assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+        // An unknown channel still produces an sms failure event.
+        assert_eq!(e["type"], "gd_send_sms_failure", "{e}");
+    }
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["job_id"] == unknown_channel["id"] && e["user_id"] == unknown_channel["user_id"]),
+        "readable fields of an invalid job are kept in its event"
+    );
+
+    let dead = app.dead_letters(cases.len()).await;
+    assert_eq!(dead.len(), cases.len(), "every bad message is dead-lettered");
+    for (name, body, _, reason) in &cases {
+        let (_, header) = dead
+            .iter()
+            .find(|(b, _)| b == body)
+            .unwrap_or_else(|| panic!("{name}: original body not in the dead-letter queue"));
+        assert!(header.starts_with("invalid_job: "), "{name}: {header}");
+        assert!(header.contains(reason), "{name}: `{header}` should mention `{reason}`");
+    }
+    assert_eq!(
+        app.queue_len(&app.config.amqp.dead_queue).await,
+        0,
+        "nothing else was dead-lettered"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_without_content_type_is_accepted() {
+    // Many publishers (shell tools, some client libraries) omit content-type; a JSON body is enough.
+    let mut app = TestApp::spawn(|_| {}).await;
+    let j = job("sms");
+    app.publish_raw(j.to_string().as_bytes(), BasicProperties::default())
+        .await;
+    assert_eq!(app.next_event(20).await["type"], "gd_send_sms");
+    app.stop().await;
+}

@@ -1,0 +1,293 @@
+//! The `herald` binary as an operator uses it: config errors, `templates check`, and the README flow
+//! (`herald serve`, `herald send`, outbox, events on stdout, SIGTERM).
+
+mod helpers;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn herald() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    // Only what a test sets: no HERALD_* from the developer's shell.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+fn run_with_config(toml: &str, envs: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = herald()
+        .arg("--config")
+        .arg(&path)
+        .args(["templates", "check"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_name_the_key_and_never_print_secrets() {
+    let secret = "[twilio]\nauth_token = \"s3cr3t-token-value\"\n";
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        ("[amqp]\nprefetc = 10\n", &[], "amqp.prefetc"),
+        ("[nope]\nx = 1\n", &[], "nope"),
+        (
+            "[retry]\nprovider_timeout = \"10 parsecs\"\n",
+            &[],
+            "retry.provider_timeout",
+        ),
+        ("[retry]\nschedule = [\"1s\", \"soon\"]\n", &[], "retry.schedule"),
+        ("[throttle]\nip = \"fifty a minute\"\n", &[], "throttle.ip"),
+        ("[amqp]\nprefetch = 0\n", &[], "amqp.prefetch"),
+        ("[amqp]\nqueue_type = \"stream\"\n", &[], "amqp.queue_type"),
+        ("[http]\naddr = \"localhost\"\n", &[], "http.addr"),
+        ("[channels]\nsms = [\"twilio\"]\n", &[], "twilio.account_sid"),
+        ("[channels]\nsms = [\"carrier-pigeon\"]\n", &[], "channels.sms"),
+        (
+            "[twilio]\naccount_sid = \"AC1\"\nauth_token = \"s3cr3t-token-value\"\n[channels]\nvoice = [\"twilio\"]\n",
+            &[],
+            "twilio.from",
+        ),
+        (
+            "[templates]\ndefault_locale = \"english!\"\n",
+            &[],
+            "templates.default_locale",
+        ),
+        (secret, &[("HERALD_AMQP__PREFETCH", "lots")], "amqp.prefetch"),
+        (secret, &[("HERALD_AMQP_URL", "amqp://x")], "amqp_url"),
+    ];
+    for (toml, envs, key) in cases {
+        let (code, stderr) = run_with_config(toml, envs);
+        assert_ne!(code, 0, "{toml} should be refused");
+        assert!(
+            stderr.contains(key),
+            "error for {toml:?} {envs:?} should name `{key}`: {stderr}"
+        );
+        assert!(!stderr.contains("s3cr3t"), "a secret was printed: {stderr}");
+    }
+    let (code, stderr) = run_with_config("[amqp]\nprefetch = 64\n", &[]);
+    assert_eq!(code, 0, "a valid config passes: {stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let out = herald()
+        .args(["--config", "/nonexistent/herald.toml", "templates", "check"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/herald.toml"));
+}
+
+#[test]
+fn templates_check_reports_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    let ok = herald()
+        .args(["templates", "check"])
+        .env("HERALD_TEMPLATES__DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    std::fs::write(
+        dir.path().join("sms/enrollment.en.hbs"),
+        "Your code\nis {{#if code}}{{code}}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("voice/enrollment.fr.hbs"), "{{codee}}").unwrap();
+    let bad = herald()
+        .args(["templates", "check"])
+        .env("HERALD_TEMPLATES__DIR", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let position = stderr.split("sms/enrollment.en.hbs:").nth(1).expect("file named");
+    let mut numbers = position.split(':').take(2).map(|n| n.parse::<usize>());
+    assert!(
+        matches!((numbers.next(), numbers.next()), (Some(Ok(line)), Some(Ok(_))) if line >= 2),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("voice/enrollment.fr.hbs:1:1: unknown variable `codee`"),
+        "{stderr}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The README's first steps, with the real binary: serve, send, outbox, event on stdout, SIGTERM.
+#[test]
+fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = helpers::test_config(dir.path());
+    let env = [
+        ("HERALD_AMQP__JOBS_QUEUE", config.amqp.jobs_queue.clone()),
+        ("HERALD_AMQP__RETRY_QUEUE", config.amqp.retry_queue.clone()),
+        ("HERALD_AMQP__DEAD_QUEUE", config.amqp.dead_queue.clone()),
+        ("HERALD_AMQP__EVENTS_EXCHANGE", config.amqp.events_exchange.clone()),
+        ("HERALD_HTTP__ADDR", "127.0.0.1:0".into()),
+        ("HERALD_TEMPLATES__DIR", config.templates.dir.display().to_string()),
+    ];
+    let mut serve = herald()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for "consuming" on stderr, keeping every log line.
+    let mut stderr = BufReader::new(serve.stderr.take().unwrap());
+    let mut logs = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "herald exited early: {logs}");
+        logs.push_str(&line);
+        if line.contains("consuming") {
+            break;
+        }
+    }
+
+    let mut ids = Vec::new();
+    for (channel, to) in [
+        ("sms", "+14155550123"),
+        ("voice", "+14155550123"),
+        ("email", "jane.doe@example.com"),
+    ] {
+        let out = herald()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .args([
+                "send",
+                "--channel",
+                channel,
+                "--to",
+                to,
+                "--code",
+                "482913",
+                "--user",
+                "u1",
+                "--wait",
+            ])
+            .args(["--friendly-name", "Acme", "--timeout", "20s"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "send {channel}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines = stdout.lines();
+        let id = lines.next().unwrap().to_owned();
+        let event: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        assert_eq!(event["job_id"], id.as_str());
+        ids.push(id);
+    }
+    // An invalid job is refused by `send` itself, before it reaches the broker.
+    let refused = herald()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args([
+            "send",
+            "--channel",
+            "sms",
+            "--to",
+            "4155550123",
+            "--code",
+            "482913",
+            "--user",
+            "u1",
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("field `to`"));
+
+    Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_timeout(&mut serve, Duration::from_secs(30));
+    assert_eq!(status, Some(0), "SIGTERM is a clean shutdown");
+    let mut stdout = String::new();
+    serve.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    stderr.read_to_string(&mut logs).unwrap();
+
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout is JSON lines"))
+        .collect();
+    assert_eq!(events.len(), 3, "{stdout}");
+    for (event, id) in events.iter().zip(&ids) {
+        assert_eq!(event["job_id"], id.as_str());
+        assert!(event.get("error").is_none(), "{event}");
+    }
+    for (what, text) in [("stdout", &stdout), ("logs", &logs)] {
+        assert!(!text.contains("482913"), "{what} leaks the code:\n{text}");
+        assert!(!text.contains("4155550123"), "{what} leaks the number:\n{text}");
+        assert!(!text.contains("jane.doe"), "{what} leaks the address:\n{text}");
+        assert!(
+            !text.contains("guest:guest"),
+            "{what} leaks the broker password:\n{text}"
+        );
+    }
+    let outbox = std::fs::read_to_string(dir.path().join("outbox.jsonl")).unwrap();
+    assert_eq!(outbox.lines().count(), 3);
+    assert!(outbox.contains("482913 is your verification code for Acme."));
+    cleanup(&config.amqp);
+}
+
+fn wait_timeout(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+fn cleanup(amqp: &herald::config::AmqpConfig) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = helpers::broker().await;
+        let ch = conn.create_channel().await.unwrap();
+        for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        }
+        let _ = ch
+            .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
+            .await;
+    });
+}

@@ -1,0 +1,314 @@
+//! The core delivery path against the real broker: Twilio SMS and voice (a local server speaking the
+//! Twilio REST shapes), the outbox default, failures, expiry and reply_to.
+
+mod helpers;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use helpers::{TestApp, assert_event_shape, form, job, twilio};
+use lapin::BasicProperties;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+use wiremock::matchers::{basic_auth, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn twilio_created(sid: &str) -> ResponseTemplate {
+    // Trimmed from Twilio's 201 response to POST /Messages.json.
+    ResponseTemplate::new(201).set_body_json(json!({
+        "sid": sid, "status": "queued", "direction": "outbound-api", "num_segments": "1",
+        "account_sid": "AC0123456789abcdef0123456789abcdef", "error_code": null, "error_message": null,
+    }))
+}
+
+#[tokio::test]
+async fn sms_reaches_twilio_with_form_fields_and_basic_auth_and_one_event_per_job() {
+    let server = MockServer::start().await;
+    let mut sid = "";
+    let mut app = TestApp::spawn(|c| sid = twilio(c, &server.uri())).await;
+    Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{sid}/Messages.json")))
+        .and(basic_auth(sid, "test-auth-token"))
+        .respond_with(twilio_created("SM0123456789abcdef0123456789abcdef"))
+        .expect(3)
+        .mount(&server)
+        .await;
+
+    let jobs: Vec<_> = (0..3).map(|_| job("sms")).collect();
+    for j in &jobs {
+        app.publish(j).await;
+    }
+    let events = app.events(3).await;
+
+    let mut ids: Vec<_> = events
+        .iter()
+        .map(|e| e["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected: Vec<_> = jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected, "exactly one event per job id");
+    for e in &events {
+        assert_event_shape(e);
+        assert_eq!(e["type"], "gd_send_sms");
+        assert_eq!(e["description"], "SMS sent");
+        assert_eq!(e["provider"], "twilio");
+        assert_eq!(e["provider_message_id"], "SM0123456789abcdef0123456789abcdef");
+        assert_eq!(e["recipient"], "+1415*****23");
+        assert_eq!(e["country"], "1");
+        assert_eq!(e["channel"], "sms");
+        assert_eq!(e["action"], "second-factor-authentication");
+        assert_eq!(e["locale"], "en");
+        assert_eq!(e["user_id"], "auth0|5f7c8ec7c33c6c004bbafe82");
+        assert_eq!(e["ip"], "203.0.113.7");
+        assert_eq!(e["attempt"], 1);
+        assert!(e.get("error").is_none());
+    }
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 3);
+    let fields = form(&requests[0].body);
+    assert_eq!(fields["To"], "+14155550123");
+    assert_eq!(fields["From"], "+15005550006");
+    assert_eq!(fields["Body"], "482913 is your verification code for Acme.");
+    assert!(!fields.contains_key("MessagingServiceSid"));
+    assert_eq!(
+        requests[0].headers.get("content-type").unwrap(),
+        "application/x-www-form-urlencoded"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sms_uses_the_messaging_service_when_configured() {
+    let server = MockServer::start().await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.twilio.from = String::new();
+        c.twilio.messaging_service_sid = "MG0123456789abcdef0123456789abcdef".into();
+        // Voice needs a From number; this deployment sends voice elsewhere.
+        c.channels.voice = Some(vec![herald::config::ProviderKind::Outbox]);
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(twilio_created("SM1"))
+        .mount(&server)
+        .await;
+    app.publish(&job("sms")).await;
+    assert_eq!(app.next_event(20).await["type"], "gd_send_sms");
+    let fields = form(&server.received_requests().await.unwrap()[0].body);
+    assert_eq!(fields["MessagingServiceSid"], "MG0123456789abcdef0123456789abcdef");
+    assert!(!fields.contains_key("From"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn voice_calls_say_the_code_digit_by_digit_in_the_job_language() {
+    let server = MockServer::start().await;
+    let mut sid = "";
+    let mut app = TestApp::spawn(|c| sid = twilio(c, &server.uri())).await;
+    Mock::given(method("POST"))
+        .and(path(format!("/2010-04-01/Accounts/{sid}/Calls.json")))
+        .and(basic_auth(sid, "test-auth-token"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_json(json!({"sid": "CA0123456789abcdef0123456789abcdef", "status": "queued"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut j = job("voice");
+    j["locale"] = "es-AR".into();
+    app.publish(&j).await;
+    let event = app.next_event(20).await;
+    assert_event_shape(&event);
+    assert_eq!(event["type"], "gd_send_voice");
+    assert_eq!(event["provider_message_id"], "CA0123456789abcdef0123456789abcdef");
+    assert_eq!(event["locale"], "es-AR");
+
+    let fields = form(&server.received_requests().await.unwrap()[0].body);
+    assert_eq!(fields["To"], "+14155550123");
+    assert_eq!(fields["From"], "+15005550006");
+    let twiml = &fields["Twiml"];
+    assert!(
+        twiml.starts_with(
+            "<Response><Say language=\"es-MX\">Su código de verificación para Acme es:</Say><Pause length=\"1\"/>"
+        ),
+        "{twiml}"
+    );
+    assert!(twiml.contains("4. 8. 2. 9. 1. 3."), "{twiml}");
+    assert!(twiml.ends_with("</Response>"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn outbox_is_the_default_provider_and_gets_the_rendered_message() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let sms = job("sms");
+    let mut email = job("email");
+    email["action"] = "enrollment".into();
+    let mut voice = job("voice");
+    voice["locale"] = "pt-BR".into();
+    for j in [&sms, &email, &voice] {
+        app.publish(j).await;
+    }
+    let events = app.events(3).await;
+    for e in &events {
+        assert_event_shape(e);
+        assert_eq!(e["provider"], "outbox");
+        assert!(e.get("error").is_none(), "{e}");
+    }
+    let email_event = events.iter().find(|e| e["type"] == "gd_send_email").unwrap();
+    assert_eq!(email_event["recipient"], "j***@***.com");
+    assert_eq!(email_event["country"], "none");
+
+    let lines = app.outbox_lines();
+    assert_eq!(lines.len(), 3);
+    let line = |id: &serde_json::Value| lines.iter().find(|l| l["job_id"] == *id).unwrap().clone();
+    let s = line(&sms["id"]);
+    assert_eq!(s["to"], "+14155550123");
+    assert_eq!(s["body"], "482913 is your verification code for Acme.");
+    let e = line(&email["id"]);
+    assert_eq!(e["to"], "jane.doe@example.com");
+    assert_eq!(e["subject"], "Verify your enrollment with Acme");
+    assert!(
+        e["body"]
+            .as_str()
+            .unwrap()
+            .contains("Your verification code is 482913.")
+    );
+    assert!(e["html"].as_str().unwrap().contains(">482913</p>"));
+    let v = line(&voice["id"]);
+    assert!(
+        v["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("Seu código de verificação para Acme é:"),
+        "{v}"
+    );
+    assert!(v["body"].as_str().unwrap().contains("4. 8. 2. 9. 1. 3"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn template_locale_falls_back_to_the_language_then_the_default() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let mut fr_ca = job("sms");
+    fr_ca["locale"] = "fr-CA".into();
+    let mut ja = job("sms");
+    ja["locale"] = "ja-JP".into();
+    app.publish(&fr_ca).await;
+    app.publish(&ja).await;
+    let events = app.events(2).await;
+    assert!(events.iter().any(|e| e["locale"] == "fr-CA"));
+    let lines = app.outbox_lines();
+    let body = |id: &serde_json::Value| lines.iter().find(|l| l["job_id"] == *id).unwrap()["body"].clone();
+    assert_eq!(body(&fr_ca["id"]), "482913 est votre code de vérification pour Acme.");
+    assert_eq!(body(&ja["id"]), "482913 is your verification code for Acme.");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn twilio_errors_become_failure_events_with_the_provider_code() {
+    let server = MockServer::start().await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+    })
+    .await;
+    // Twilio's real error body for an invalid "To" number (it quotes the number: it must not leak).
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": 21211, "message": "The 'To' number +14155550123 is not a valid phone number.",
+            "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503).set_body_string("upstream down"))
+        .mount(&server)
+        .await;
+
+    let rejected = job("sms");
+    app.publish(&rejected).await;
+    let e = app.next_event(20).await;
+    assert_event_shape(&e);
+    assert_eq!(e["type"], "gd_send_sms_failure");
+    assert_eq!(e["error"]["code"], "provider_rejected");
+    assert_eq!(e["error"]["provider_code"], "21211");
+    assert_eq!(e["provider"], "twilio");
+
+    let unavailable = job("sms");
+    app.publish(&unavailable).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["type"], "gd_send_sms_failure");
+    assert_eq!(e["error"]["code"], "provider_unavailable");
+
+    // Both ended without a delivery: they are kept in the dead-letter queue with the reason.
+    let dead = app.dead_letters(2).await;
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].1.starts_with("provider_rejected: "), "{}", dead[0].1);
+    assert!(!dead[0].1.contains("4155550123"), "{}", dead[0].1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_job_is_not_sent() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let mut j = job("sms");
+    j["expires_at"] = "2020-01-01T00:00:00Z".into();
+    app.publish(&j).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["type"], "gd_send_sms_failure");
+    assert_eq!(e["error"]["code"], "expired");
+    assert!(app.outbox_lines().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_outcome_goes_to_reply_to_with_the_correlation_id() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let replies = app
+        .channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = app
+        .channel
+        .basic_consume(
+            replies.name().clone(),
+            "replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let j = job("sms");
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_reply_to(replies.name().clone())
+        .with_correlation_id("corr-42".into());
+    app.publish_raw(j.to_string().as_bytes(), props).await;
+    let reply = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.properties.correlation_id().as_ref().unwrap().as_str(), "corr-42");
+    let event: serde_json::Value = serde_json::from_slice(&reply.data).unwrap();
+    assert_eq!(event["job_id"], j["id"]);
+    assert_eq!(event["type"], "gd_send_sms");
+    // ...and still once on the events exchange.
+    assert_eq!(app.events(1).await[0]["job_id"], j["id"]);
+    app.stop().await;
+}

@@ -1,0 +1,499 @@
+//! Test harness: herald in-process against the real RabbitMQ, with queue names of its own so tests run
+//! in parallel. Tests observe only what leaves herald: events, dead letters, provider requests, metrics.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use herald::app::Application;
+use herald::config::Config;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub struct TestApp {
+    pub config: Config,
+    pub http: SocketAddr,
+    pub outbox: PathBuf,
+    pub channel: Channel,
+    connection: Connection,
+    events: lapin::Consumer,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A config with a unique namespace, port 0 and a private outbox; `customize` adjusts it.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let ns = format!("test.{}", uuid::Uuid::new_v4().simple());
+    let mut config = Config::default();
+    config.amqp.url = herald::config::Secret::new(AMQP_URL);
+    config.amqp.jobs_queue = format!("{ns}.jobs");
+    config.amqp.retry_queue = format!("{ns}.retry");
+    config.amqp.dead_queue = format!("{ns}.dead");
+    config.amqp.events_exchange = format!("{ns}.events");
+    config.http.addr = "127.0.0.1:0".parse().unwrap();
+    config.templates.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates");
+    config.outbox.path = dir.join("outbox.jsonl");
+    config.state.path = dir.join("state");
+    config
+}
+
+/// Connects to the test broker. A broker that is down fails the test: it never skips.
+pub async fn broker() -> Connection {
+    Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ must be running on 127.0.0.1:5672 (guest/guest) for the integration tests")
+}
+
+impl TestApp {
+    pub async fn spawn(customize: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        customize(&mut config);
+        config.validate().expect("test config is valid");
+
+        // Bind an event queue before herald starts, so no event can be missed.
+        let connection = broker().await;
+        let channel = connection.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        channel
+            .exchange_declare(
+                config.amqp.events_exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events_queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                events_queue.name().clone(),
+                config.amqp.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events = channel
+            .basic_consume(
+                events_queue.name().clone(),
+                "test-events".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+
+        let app = Application::build(config.clone()).await.expect("herald builds");
+        let http = app.http_addr();
+        let shutdown = app.shutdown_token();
+        let task = tokio::spawn(app.run());
+        let test = TestApp {
+            outbox: config.outbox.path.clone(),
+            config,
+            http,
+            channel,
+            connection,
+            events,
+            shutdown,
+            task: Some(task),
+            _dir: dir,
+        };
+        test.wait_ready(true).await;
+        test
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub async fn ready(&self) -> bool {
+        match reqwest::get(self.url("/readyz")).await {
+            Ok(r) => r.status() == 200,
+            Err(_) => false,
+        }
+    }
+
+    /// Polls `/readyz` until it says `ready` (up to 20 s).
+    pub async fn wait_ready(&self, ready: bool) {
+        for _ in 0..200 {
+            if self.ready().await == ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("/readyz never became {ready}");
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], props: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.config.amqp.jobs_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    pub async fn publish(&self, job: &Value) {
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        self.publish_raw(job.to_string().as_bytes(), props).await;
+    }
+
+    /// The next event from the events exchange, or a panic after `secs`.
+    pub async fn next_event(&mut self, secs: u64) -> Value {
+        let delivery = tokio::time::timeout(Duration::from_secs(secs), self.events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {secs}s"))
+            .expect("event stream open")
+            .expect("event delivery");
+        serde_json::from_slice(&delivery.data).expect("event is JSON")
+    }
+
+    /// Exactly `n` events: waits for them, then checks that no extra one follows.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next_event(30).await);
+        }
+        if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), self.events.next()).await {
+            let extra: Value = serde_json::from_slice(&extra.unwrap().data).unwrap();
+            panic!("more events than jobs: {extra}");
+        }
+        out
+    }
+
+    /// Takes up to `n` messages from the dead-letter queue: (body, x-herald-error).
+    pub async fn dead_letters(&self, n: usize) -> Vec<(Vec<u8>, String)> {
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            while out.len() < n {
+                let got = self
+                    .channel
+                    .basic_get(
+                        self.config.amqp.dead_queue.as_str().into(),
+                        BasicGetOptions { no_ack: true },
+                    )
+                    .await
+                    .unwrap();
+                let Some(message) = got else { break };
+                let reason = message
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-herald-error").cloned())
+                    .map(|v| match v {
+                        AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                out.push((message.data.clone(), reason));
+            }
+            if out.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    }
+
+    /// Messages ready in a queue (passive declare).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
+    }
+
+    pub fn outbox_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.outbox)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Stops herald gracefully and waits for it to finish.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("herald stops within 30s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        // Remove this test's queues and exchange even when the test failed.
+        let amqp = self.config.amqp.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else { return };
+                for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
+                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                let _ = ch
+                    .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
+                    .await;
+                let _ = conn.close(200, "cleanup".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A valid job for `channel`, with a fresh id.
+pub fn job(channel: &str) -> Value {
+    let to = if channel == "email" {
+        "jane.doe@example.com"
+    } else {
+        "+14155550123"
+    };
+    json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "channel": channel,
+        "to": to,
+        "code": "482913",
+        "user_id": "auth0|5f7c8ec7c33c6c004bbafe82",
+        "ip": "203.0.113.7",
+        "friendly_name": "Acme",
+    })
+}
+
+/// Configures Twilio against a local server and returns the account sid used.
+pub fn twilio(config: &mut Config, base_url: &str) -> &'static str {
+    config.twilio.account_sid = "AC0123456789abcdef0123456789abcdef".into();
+    config.twilio.auth_token = herald::config::Secret::new("test-auth-token");
+    config.twilio.from = "+15005550006".into();
+    config.twilio.base_url = base_url.into();
+    "AC0123456789abcdef0123456789abcdef"
+}
+
+/// Form fields of a `application/x-www-form-urlencoded` body.
+pub fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
+    let url = reqwest::Url::parse(&format!("http://x/?{}", String::from_utf8_lossy(body))).unwrap();
+    url.query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Asserts the fields every outcome event has (contract §4).
+pub fn assert_event_shape(event: &Value) {
+    for field in ["date", "type", "description", "channel", "attempt", "duration_ms"] {
+        assert!(event.get(field).is_some(), "event lacks `{field}`: {event}");
+    }
+    let text = event.to_string();
+    assert!(!text.contains("482913"), "event leaks the code: {text}");
+    assert!(!text.contains("+14155550123"), "event leaks the number: {text}");
+    assert!(
+        !text.contains("jane.doe@example.com"),
+        "event leaks the address: {text}"
+    );
+    chrono::DateTime::parse_from_rfc3339(event["date"].as_str().unwrap()).expect("date is RFC 3339");
+}
+
+/// A Twilio-shaped server whose answers wait at a gate the test opens: shows how many provider calls
+/// herald has under way at once, without timing anything.
+pub struct GatedTwilio {
+    pub url: String,
+    pub in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    gate: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl GatedTwilio {
+    pub async fn start() -> GatedTwilio {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::watch::channel(false).0);
+        let state = (in_flight.clone(), received.clone(), gate.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = HttpServer::new(move || {
+            let (in_flight, received, gate) = state.clone();
+            App::new().default_service(web::to(move || {
+                let (in_flight, received, gate) = (in_flight.clone(), received.clone(), gate.clone());
+                async move {
+                    received.fetch_add(1, Ordering::SeqCst);
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let mut open = gate.subscribe();
+                    let _ = open.wait_for(|open| *open).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    HttpResponse::Created().json(serde_json::json!({"sid": "SMgated", "status": "queued"}))
+                }
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        GatedTwilio {
+            url,
+            in_flight,
+            received,
+            gate,
+            handle,
+        }
+    }
+
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Waits (up to 20 s) until `n` calls are held at the gate at the same time.
+    pub async fn wait_in_flight(&self, n: usize) {
+        for _ in 0..200 {
+            if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "expected {n} concurrent provider calls, saw {}",
+            self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
+}
+
+impl Drop for GatedTwilio {
+    fn drop(&mut self) {
+        self.gate.send_replace(true);
+        // The stop command is sent at once; the returned future only waits for it.
+        drop(self.handle.stop(false));
+    }
+}
+
+/// A TCP proxy in front of RabbitMQ that the test can cut and restore, to take the broker away from
+/// one herald without disturbing the tests running beside it.
+pub struct BrokerProxy {
+    pub port: u16,
+    enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl BrokerProxy {
+    pub async fn start() -> BrokerProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let enabled = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (en, cu) = (enabled.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !en.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let cut = cu.clone();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        BrokerProxy { port, enabled, cut }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        self.enabled.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.enabled.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The value of one sample in Prometheus text, or 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
