@@ -15,6 +15,8 @@ use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::providers::outbox::Outbox;
 use crate::providers::twilio::Twilio;
+use crate::retry::RetryPolicy;
+use crate::store::{LocalStore, RedisStore, Store};
 use crate::templates::Templates;
 
 pub struct Application {
@@ -35,7 +37,13 @@ impl Application {
                 .with_context(|| format!("loading templates from {}", config.templates.dir.display()))?,
         );
         let chains = build_chains(&config)?;
-        let dispatcher = Arc::new(Dispatcher::new(templates, chains));
+        let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect());
+        let dispatcher = Arc::new(Dispatcher::new(templates, chains, retry));
+        let store = Arc::new(if config.redis.url.is_empty() {
+            Store::Local(LocalStore::open(&config.state.path).context("opening state.path")?)
+        } else {
+            Store::Redis(RedisStore::connect(config.redis.url.expose(), &config.amqp.jobs_queue).await?)
+        });
         let metrics = Arc::new(Metrics::new());
         let ready = Arc::new(AtomicBool::new(false));
         let listener =
@@ -48,7 +56,7 @@ impl Application {
                 ready: ready.clone(),
             },
         )?;
-        let consumer = Arc::new(Consumer::new(config.amqp.clone(), dispatcher, metrics, ready));
+        let consumer = Arc::new(Consumer::new(config.amqp.clone(), dispatcher, store, metrics, ready));
         Ok(Application {
             http_addr,
             server,

@@ -13,6 +13,8 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("broker refused (nacked) a publish to {0}")]
     Nacked(String),
+    #[error("broker: {0}")]
+    Closed(String),
 }
 
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {

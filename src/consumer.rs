@@ -1,38 +1,84 @@
 //! The consumer loop: moves messages from `herald.jobs` to [`Dispatcher::deliver`] and outcomes back to
 //! the broker. It owns connection, reconnection, acknowledgement and shutdown; nothing about delivery.
+//!
+//! Each finished job becomes one broker transaction on the consuming channel: its publishes (event,
+//! reply, dead letter or retry) and its ack commit together or not at all (contract §11.1). Transactions
+//! of many jobs are batched into one commit.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::{self, BrokerError, Publisher};
-use crate::config::AmqpConfig;
-use crate::dispatch::Dispatcher;
-use crate::events::{self, Event};
+use crate::broker::{self, BrokerError};
+use crate::config::{AmqpConfig, QueueType};
+use crate::dispatch::{Dispatcher, Outcome};
+use crate::events::{self, ErrorCode, Event, EventError};
 use crate::job::Job;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Sample};
+use crate::store::{Record, Store};
+
+/// Header carrying the attempt number of a retried job.
+pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
+/// Header with the reason a message was dead-lettered.
+pub const ERROR_HEADER: &str = "x-herald-error";
 
 pub struct Consumer {
     config: AmqpConfig,
     dispatcher: Arc<Dispatcher>,
+    store: Arc<Store>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    in_flight: InFlightIds,
+}
+
+/// One message to publish inside a job's transaction.
+struct Publish {
+    exchange: String,
+    routing_key: String,
+    body: Arc<Vec<u8>>,
+    properties: BasicProperties,
+}
+
+/// A handled message, waiting for its transaction.
+struct Finished {
+    delivery_tag: u64,
+    publishes: Vec<Publish>,
+    /// The event to print and count once committed.
+    event: Option<(Sample, Arc<Vec<u8>>)>,
+    dead: Option<ErrorCode>,
+    retried: bool,
+    /// Job id to mark committed in the store.
+    record: Option<String>,
+    /// Held until the commit, so a second copy of the same job waits and then sees the outcome.
+    _claim: Option<Claim>,
+    _gauge: GaugeGuard,
 }
 
 impl Consumer {
-    pub fn new(config: AmqpConfig, dispatcher: Arc<Dispatcher>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        config: AmqpConfig,
+        dispatcher: Arc<Dispatcher>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
         Consumer {
             config,
             dispatcher,
+            store,
             metrics,
             ready,
+            in_flight: InFlightIds::default(),
         }
     }
 
@@ -63,14 +109,14 @@ impl Consumer {
 
     /// One connection's lifetime. `Ok` only after a clean shutdown.
     async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> Result<(), BrokerError> {
-        // Named after the queue so operators (and tests) can tell replicas of different deployments apart.
+        // Named after the queue so operators (and tests) can tell deployments apart.
         let connection = broker::connect(&self.config, &format!("herald:{}", self.config.jobs_queue)).await?;
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.config).await?;
-        let publisher = Publisher::new(&connection).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await?;
+        channel.tx_select().await?;
         let mut consumer = channel
             .basic_consume(
                 self.config.jobs_queue.as_str().into(),
@@ -83,45 +129,131 @@ impl Consumer {
             prefetch = self.config.prefetch, "consuming");
         self.set_ready(true);
 
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+        let mut committer = tokio::spawn(self.clone().commit_loop(channel.clone(), done_rx));
         // Deliveries run concurrently, bounded by the prefetch window: the broker never hands out more.
         let tracker = TaskTracker::new();
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
+                committed = &mut committer => break match committed {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(BrokerError::Closed("commit loop stopped".into())),
+                },
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let this = self.clone();
-                        let publisher = publisher.clone();
-                        tracker.spawn(async move { this.handle(&publisher, delivery).await });
+                        let done = done_tx.clone();
+                        tracker.spawn(async move {
+                            let finished = this.handle(delivery).await;
+                            // A closed committer means the session is gone: the broker redelivers.
+                            let _ = done.send(finished);
+                        });
                     }
                     Some(Err(e)) => break Err(BrokerError::Amqp(e)),
-                    None => break Err(BrokerError::Nacked("consumer was cancelled by the broker".into())),
+                    None => break Err(BrokerError::Closed("consumer cancelled by the broker".into())),
                 },
             }
         };
         self.set_ready(false);
-        if result.is_ok() {
-            // Drain: stop receiving, let every delivery in flight finish and ack, then close. Messages
-            // prefetched but not started are returned to the queue when the channel closes.
-            let _ = channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await;
-            tracker.close();
-            tracker.wait().await;
-            let _ = channel.close(200, "shutdown".into()).await;
-            let _ = publisher.channel().close(200, "shutdown".into()).await;
-            let _ = connection.close(200, "shutdown".into()).await;
-            tracing::info!("consumer drained and closed");
+        if result.is_err() {
+            committer.abort();
+            return result;
         }
-        result
+        // Drain: stop receiving, let every delivery under way finish and commit, then close. Messages
+        // prefetched but not started return to the queue when the channel closes.
+        let _ = channel
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await;
+        tracker.close();
+        tracker.wait().await;
+        drop(done_tx);
+        match committer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final commit failed; the broker will redeliver"),
+            Err(e) => tracing::warn!(error = %e, "commit loop failed"),
+        }
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = connection.close(200, "shutdown".into()).await;
+        tracing::info!("consumer drained and closed");
+        Ok(())
     }
 
-    /// One message: parse, deliver, publish the outcome (dead letter, event, reply), then ack.
-    async fn handle(&self, publisher: &Publisher, delivery: Delivery) {
-        self.metrics.in_flight.inc();
+    /// Commits finished jobs in batches: publishes and acks of a batch go in one broker transaction.
+    async fn commit_loop(
+        self: Arc<Self>,
+        channel: Channel,
+        mut done: mpsc::UnboundedReceiver<Finished>,
+    ) -> Result<(), BrokerError> {
+        let mut batch = Vec::with_capacity(usize::from(self.config.prefetch));
+        while done
+            .recv_many(&mut batch, usize::from(self.config.prefetch).max(1))
+            .await
+            > 0
+        {
+            for finished in &batch {
+                for p in &finished.publishes {
+                    let routing_key = ShortString::try_new(p.routing_key.as_str())
+                        .map_err(|_| BrokerError::Closed("routing key longer than 255 bytes".into()))?;
+                    channel
+                        .basic_publish(
+                            p.exchange.as_str().into(),
+                            routing_key,
+                            BasicPublishOptions::default(),
+                            &p.body,
+                            p.properties.clone(),
+                        )
+                        .await?;
+                }
+                channel
+                    .basic_ack(finished.delivery_tag, BasicAckOptions::default())
+                    .await?;
+            }
+            channel.tx_commit().await?;
+            let mut committed = Vec::new();
+            for finished in &batch {
+                if let Some((sample, json)) = &finished.event {
+                    events::print(json);
+                    self.metrics.record(sample);
+                }
+                if let Some(code) = finished.dead {
+                    self.metrics.dead_lettered.with_label_values(&[code.as_str()]).inc();
+                }
+                if finished.retried {
+                    self.metrics.retries.inc();
+                }
+                if let Some(id) = &finished.record {
+                    committed.push(id.clone());
+                }
+            }
+            if !committed.is_empty() {
+                self.store.mark_committed(committed).await;
+            }
+            // Dropping the batch releases the claims and the in-flight gauge.
+            batch.clear();
+        }
+        Ok(())
+    }
+
+    /// One message: parse, check the outcome store, deliver, and say what to publish.
+    async fn handle(&self, delivery: Delivery) -> Finished {
+        let gauge = GaugeGuard::new(&self.metrics);
         let props = &delivery.properties;
         let content_type = props.content_type().as_ref().map(|s| s.as_str());
-        let (event, dead_reason) = match Job::from_message(&delivery.data, content_type) {
+        let attempt = header_u64(props, ATTEMPT_HEADER).unwrap_or(1).max(1) as u32;
+        let mut finished = Finished {
+            delivery_tag: delivery.delivery_tag,
+            publishes: Vec::new(),
+            event: None,
+            dead: None,
+            retried: false,
+            record: None,
+            _claim: None,
+            _gauge: gauge,
+        };
+        let body = Arc::new(delivery.data);
+        let job = match Job::from_message(&body, content_type) {
+            Ok(job) => job,
             Err(invalid) => {
                 tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason),
                     "invalid job dead-lettered");
@@ -130,74 +262,284 @@ impl Consumer {
                     "invalid_job: {}",
                     event.error.as_ref().map_or("", |e| e.message.as_str())
                 );
-                (event, Some(reason))
-            }
-            Ok(job) => {
-                let delivered = self.dispatcher.deliver(&job).await;
-                let reason = delivered.outcome.dead_letter_reason().map(|r| events::scrub(&r));
-                (self.dispatcher.event(&job, &delivered), reason)
+                self.finish(&mut finished, props, &body, event, Some(reason));
+                return finished;
             }
         };
-        let json = event.to_json();
-        match self
-            .publish_outcome(publisher, &delivery, &event, &json, dead_reason.as_deref())
-            .await
-        {
-            Ok(()) => {
-                events::print(&json);
-                self.metrics.record(&event);
-                if let Some(reason) = &dead_reason {
-                    let code = reason.split(':').next().unwrap_or("unknown");
-                    self.metrics.dead_lettered.with_label_values(&[code]).inc();
+        finished._claim = Some(self.in_flight.claim(&job.id).await);
+
+        match self.store.get(&job.id).await {
+            Ok(Some(record)) if record.committed => {
+                // Finished before: not sent again. Only a caller waiting on reply_to hears about it.
+                tracing::info!(job_id = %job.id, "duplicate job id acknowledged without sending");
+                if let Some(reply) = self.duplicate_reply(&job, props) {
+                    finished.publishes.push(reply);
                 }
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+                return finished;
+            }
+            Ok(Some(record)) => {
+                // Delivered, but its transaction never committed (herald died): publish the stored outcome.
+                tracing::info!(job_id = %job.id, "republishing the recorded outcome of an interrupted job");
+                match serde_json::from_str::<serde_json::Value>(&record.event) {
+                    Ok(value) => {
+                        self.finish_recorded(&mut finished, props, &body, &job, record, &value);
+                        return finished;
+                    }
+                    Err(e) => tracing::warn!(job_id = %job.id, error = %e, "unreadable record; delivering again"),
                 }
             }
-            Err(e) => {
-                // Not acked: the broker keeps the job and redelivers it (contract §11.1).
-                tracing::warn!(error = %e, "outcome not confirmed by the broker; job left for redelivery");
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
-            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome store unavailable; delivering without it"),
         }
-        self.metrics.in_flight.dec();
+
+        let deliveries = header_u64(props, "x-delivery-count").unwrap_or(0) + 1;
+        let delivered = if self.config.queue_type == QueueType::Quorum
+            && deliveries >= u64::from(self.config.delivery_limit)
+            && self.config.delivery_limit > 1
+        {
+            // Every earlier delivery ended without an outcome (herald died on it): a poison job.
+            tracing::warn!(job_id = %job.id, deliveries, "delivery limit reached; dead-lettering");
+            crate::dispatch::Delivered {
+                outcome: Outcome::failed(
+                    ErrorCode::AttemptsExhausted,
+                    format!("delivered {deliveries} times without reaching an outcome"),
+                ),
+                duration: Duration::ZERO,
+            }
+        } else {
+            self.dispatcher.deliver(&job, attempt).await
+        };
+
+        if let Outcome::Retry { after, message } = &delivered.outcome {
+            tracing::info!(job_id = %job.id, attempt, retry_in = ?after, error = %events::scrub(message), "retry scheduled");
+            finished
+                .publishes
+                .push(self.retry_publish(props, &body, attempt + 1, *after));
+            finished.retried = true;
+            return finished;
+        }
+        let Some(event) = self.dispatcher.event(&job, attempt, &delivered) else {
+            return finished;
+        };
+        let dead_reason = delivered.outcome.dead_letter_reason().map(|r| events::scrub(&r));
+        let json = event.to_json();
+        let record = Record {
+            event: String::from_utf8_lossy(&json).into_owned(),
+            dead_reason: dead_reason.clone(),
+            committed: false,
+        };
+        match self.store.put(&job.id, record).await {
+            Ok(()) => finished.record = Some(job.id.clone()),
+            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome not recorded"),
+        }
+        self.finish(&mut finished, props, &body, event, dead_reason);
+        finished
     }
 
-    async fn publish_outcome(
+    /// Fills in the publishes of a final outcome: dead letter (if any), event, reply.
+    fn finish(
         &self,
-        publisher: &Publisher,
-        delivery: &Delivery,
-        event: &Event,
-        json: &[u8],
-        dead_reason: Option<&str>,
-    ) -> Result<(), BrokerError> {
-        let props = &delivery.properties;
-        if let Some(reason) = dead_reason {
-            let dead_props = broker::with_error_header(props, reason);
-            publisher
-                .publish("", &self.config.dead_queue, &delivery.data, dead_props)
-                .await?;
+        finished: &mut Finished,
+        props: &BasicProperties,
+        body: &Arc<Vec<u8>>,
+        event: Event,
+        dead_reason: Option<String>,
+    ) {
+        let json = Arc::new(event.to_json());
+        if let Some(reason) = &dead_reason {
+            finished.publishes.push(self.dead_publish(props, body, reason));
+            finished.dead = event.error.as_ref().map(|e| e.code);
         }
-        let mut event_props = broker::json_properties().with_type(event.kind.into());
-        if let Some(id) = event.job_id.as_deref().and_then(broker::short) {
-            event_props = event_props.with_message_id(id);
+        finished
+            .publishes
+            .push(self.event_publish(event.kind, event.job_id.as_deref(), &json));
+        if let Some(reply) = reply_publish(props, event.kind, &json) {
+            finished.publishes.push(reply);
         }
-        publisher
-            .publish(&self.config.events_exchange, event.kind, json, event_props.clone())
-            .await?;
-        if let Some(reply_to) = props.reply_to() {
-            let mut reply_props = event_props;
-            if let Some(correlation_id) = props.correlation_id() {
-                reply_props = reply_props.with_correlation_id(correlation_id.clone());
+        finished.event = Some((Sample::of(&event), json));
+    }
+
+    /// The publishes of an outcome recorded before a crash, from the record alone.
+    fn finish_recorded(
+        &self,
+        finished: &mut Finished,
+        props: &BasicProperties,
+        body: &Arc<Vec<u8>>,
+        job: &Job,
+        record: Record,
+        value: &serde_json::Value,
+    ) {
+        let json = Arc::new(record.event.into_bytes());
+        let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or("gd_send_sms");
+        if let Some(reason) = &record.dead_reason {
+            finished.publishes.push(self.dead_publish(props, body, reason));
+            finished.dead = value
+                .pointer("/error/code")
+                .and_then(|c| serde_json::from_value(c.clone()).ok());
+        }
+        finished.publishes.push(self.event_publish(kind, Some(&job.id), &json));
+        if let Some(reply) = reply_publish(props, kind, &json) {
+            finished.publishes.push(reply);
+        }
+        finished.record = Some(job.id.clone());
+        // Printed and counted after the commit like any outcome: the first time was never committed.
+        finished.event = Sample::from_json(value).map(|sample| (sample, json));
+    }
+
+    fn duplicate_reply(&self, job: &Job, props: &BasicProperties) -> Option<Publish> {
+        props.reply_to().as_ref()?;
+        let mut event = Event::for_job(job, self.dispatcher.templates().default_locale(), false);
+        event.error = Some(EventError {
+            code: ErrorCode::Duplicate,
+            message: "this job id already reached an outcome; it was not sent again".into(),
+            provider_code: None,
+        });
+        let json = Arc::new(event.to_json());
+        reply_publish(props, event.kind, &json)
+    }
+
+    fn event_publish(&self, kind: &str, job_id: Option<&str>, json: &Arc<Vec<u8>>) -> Publish {
+        let mut properties = broker::json_properties().with_type(broker::short(kind).unwrap_or_default());
+        if let Some(id) = job_id.and_then(broker::short) {
+            properties = properties.with_message_id(id);
+        }
+        Publish {
+            exchange: self.config.events_exchange.clone(),
+            routing_key: kind.to_owned(),
+            body: json.clone(),
+            properties,
+        }
+    }
+
+    fn dead_publish(&self, props: &BasicProperties, body: &Arc<Vec<u8>>, reason: &str) -> Publish {
+        Publish {
+            exchange: String::new(),
+            routing_key: self.config.dead_queue.clone(),
+            body: body.clone(),
+            properties: broker::with_error_header(props, reason),
+        }
+    }
+
+    /// The job again, to `herald.retry` with a per-message TTL; the broker dead-letters it back to
+    /// `herald.jobs` when the TTL runs out.
+    fn retry_publish(&self, props: &BasicProperties, body: &Arc<Vec<u8>>, attempt: u32, after: Duration) -> Publish {
+        let mut headers = props.headers().clone().unwrap_or_default();
+        let mut fresh = FieldTable::default();
+        for (k, v) in headers.inner() {
+            // The broker's per-queue bookkeeping must not travel with the copy.
+            if !matches!(k.as_str(), "x-delivery-count" | ATTEMPT_HEADER) {
+                fresh.insert(k.clone(), v.clone());
             }
-            publisher.publish("", reply_to.as_str(), json, reply_props).await?;
         }
-        Ok(())
+        headers = fresh;
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+        Publish {
+            exchange: String::new(),
+            routing_key: self.config.retry_queue.clone(),
+            body: body.clone(),
+            properties: props
+                .clone()
+                .with_headers(headers)
+                .with_delivery_mode(2)
+                .with_expiration(after.as_millis().to_string().into()),
+        }
+    }
+}
+
+fn reply_publish(props: &BasicProperties, kind: &str, json: &Arc<Vec<u8>>) -> Option<Publish> {
+    let reply_to = props.reply_to().as_ref()?;
+    let mut properties = broker::json_properties().with_type(broker::short(kind).unwrap_or_default());
+    if let Some(correlation_id) = props.correlation_id() {
+        properties = properties.with_correlation_id(correlation_id.clone());
+    }
+    Some(Publish {
+        exchange: String::new(),
+        routing_key: reply_to.to_string(),
+        body: json.clone(),
+        properties,
+    })
+}
+
+fn header_u64(props: &BasicProperties, name: &str) -> Option<u64> {
+    let value = props.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongString(s) => s.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Keeps `herald_jobs_in_flight` right however a handled message ends (committed or dropped).
+struct GaugeGuard(prometheus::IntGauge);
+
+impl GaugeGuard {
+    fn new(metrics: &Metrics) -> GaugeGuard {
+        metrics.in_flight.inc();
+        GaugeGuard(metrics.in_flight.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Job ids being handled by this process. A second copy of a job under way (a replay racing the
+/// original) waits for the first to commit, then finds its outcome in the store.
+#[derive(Default, Clone)]
+struct InFlightIds(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
+
+struct Claim {
+    ids: InFlightIds,
+    id: String,
+    done: Arc<Notify>,
+}
+
+impl InFlightIds {
+    async fn claim(&self, id: &str) -> Claim {
+        loop {
+            let waiting = {
+                let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                match map.get(id) {
+                    Some(done) => done.clone(),
+                    None => {
+                        let done = Arc::new(Notify::new());
+                        map.insert(id.to_owned(), done.clone());
+                        return Claim {
+                            ids: self.clone(),
+                            id: id.to_owned(),
+                            done,
+                        };
+                    }
+                }
+            };
+            let notified = waiting.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Re-check: the holder may have released between the lookup and `enable`.
+            let still_held = self
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .is_some_and(|d| Arc::ptr_eq(d, &waiting));
+            if still_held {
+                notified.await;
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.ids.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.done.notify_waiters();
     }
 }

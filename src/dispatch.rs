@@ -8,11 +8,17 @@ use chrono::Utc;
 use crate::events::{ErrorCode, Event, EventError, scrub};
 use crate::job::{Channel, Job};
 use crate::providers::{Provider, ProviderError, Receipt};
+use crate::retry::RetryPolicy;
 use crate::templates::{TemplateError, Templates};
 
-/// How one job ended.
+/// How one delivery attempt ended: a final outcome, or a retry after a delay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Every provider was unavailable and the schedule has another step: not an outcome of the job.
+    Retry {
+        after: Duration,
+        message: String,
+    },
     Sent {
         provider: &'static str,
         receipt: Receipt,
@@ -27,7 +33,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
         Outcome::Failed {
             code,
             message: message.into(),
@@ -68,6 +74,7 @@ pub struct Dispatcher {
     templates: Arc<Templates>,
     /// Provider chain per channel, indexed like [`Channel::ALL`].
     chains: [Vec<Arc<dyn Provider>>; 3],
+    retry: RetryPolicy,
 }
 
 fn index(channel: Channel) -> usize {
@@ -75,26 +82,31 @@ fn index(channel: Channel) -> usize {
 }
 
 impl Dispatcher {
-    pub fn new(templates: Arc<Templates>, chains: [Vec<Arc<dyn Provider>>; 3]) -> Dispatcher {
-        Dispatcher { templates, chains }
+    pub fn new(templates: Arc<Templates>, chains: [Vec<Arc<dyn Provider>>; 3], retry: RetryPolicy) -> Dispatcher {
+        Dispatcher {
+            templates,
+            chains,
+            retry,
+        }
     }
 
     pub fn templates(&self) -> &Arc<Templates> {
         &self.templates
     }
 
-    /// Delivers one job: expiry check, render, then the channel's providers in order until one accepts.
-    /// A transient failure moves on to the next provider; a permanent one ends the job.
-    pub async fn deliver(&self, job: &Job) -> Delivered {
+    /// Attempt `attempt` (1-based) of one job: expiry check, render, then the channel's providers in order
+    /// until one accepts. A transient failure moves on to the next provider; a permanent one ends the job;
+    /// when all were unavailable the retry schedule decides between another attempt and the end.
+    pub async fn deliver(&self, job: &Job, attempt: u32) -> Delivered {
         let started = Instant::now();
-        let outcome = self.try_deliver(job).await;
+        let outcome = self.try_deliver(job, attempt).await;
         Delivered {
             outcome,
             duration: started.elapsed(),
         }
     }
 
-    async fn try_deliver(&self, job: &Job) -> Outcome {
+    async fn try_deliver(&self, job: &Job, attempt: u32) -> Outcome {
         if job.expires_at.is_some_and(|at| at <= Utc::now()) {
             return Outcome::failed(ErrorCode::Expired, "the job expired before it could be sent");
         }
@@ -122,21 +134,42 @@ impl Dispatcher {
                 }
             }
         }
-        match last {
-            Some((name, e)) => provider_failure(ErrorCode::ProviderUnavailable, name, e),
-            None => Outcome::failed(
+        let Some((name, error)) = last else {
+            return Outcome::failed(
                 ErrorCode::ProviderUnavailable,
                 "no provider configured for this channel",
+            );
+        };
+        let retry_after = match &error {
+            ProviderError::Transient { retry_after, .. } => *retry_after,
+            ProviderError::Permanent { .. } => None,
+        };
+        match self.retry.delay(attempt, retry_after) {
+            Some(after) if job.expires_at.is_some_and(|at| at <= Utc::now() + after) => Outcome::failed(
+                ErrorCode::Expired,
+                format!(
+                    "providers unavailable, and the job expires before the next attempt ({})",
+                    error.message()
+                ),
             ),
+            Some(after) => Outcome::Retry {
+                after,
+                message: error.message().to_owned(),
+            },
+            // No schedule at all: the job simply found no provider.
+            None if self.retry.max_attempts() == 1 => provider_failure(ErrorCode::ProviderUnavailable, name, error),
+            None => provider_failure(ErrorCode::AttemptsExhausted, name, error),
         }
     }
 
-    /// The outcome event of a delivered job.
-    pub fn event(&self, job: &Job, delivered: &Delivered) -> Event {
+    /// The outcome event of a job (`None` for a retry, which is not an outcome).
+    pub fn event(&self, job: &Job, attempt: u32, delivered: &Delivered) -> Option<Event> {
         let success = matches!(delivered.outcome, Outcome::Sent { .. });
         let mut event = Event::for_job(job, self.templates.default_locale(), success);
         event.duration_ms = delivered.duration.as_millis() as u64;
+        event.attempt = attempt;
         match &delivered.outcome {
+            Outcome::Retry { .. } => return None,
             Outcome::Sent { provider, receipt } => {
                 event.provider = Some(provider);
                 event.provider_message_id = receipt.message_id.clone();
@@ -157,7 +190,7 @@ impl Dispatcher {
                 });
             }
         }
-        event
+        Some(event)
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::job::{Channel, InvalidJob, Job, Locale};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJob,

@@ -16,4 +16,6 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod providers;
+pub mod retry;
+pub mod store;
 pub mod templates;

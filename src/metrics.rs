@@ -21,6 +21,47 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
 }
 
+/// What the metrics need of an outcome event: its labels and duration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub channel: Channel,
+    pub provider: Option<String>,
+    pub country: Option<String>,
+    pub action: Option<String>,
+    /// `error.code` of a failure.
+    pub error: Option<String>,
+    pub scope: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl Sample {
+    pub fn of(event: &Event) -> Sample {
+        Sample {
+            channel: event.channel,
+            provider: event.provider.map(str::to_owned),
+            country: event.country.clone(),
+            action: event.action.map(str::to_owned),
+            error: event.error.as_ref().map(|e| e.code.as_str().to_owned()),
+            scope: event.scope.map(str::to_owned),
+            duration_ms: event.duration_ms,
+        }
+    }
+
+    /// From a published event (an outcome recorded before a crash).
+    pub fn from_json(v: &serde_json::Value) -> Option<Sample> {
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+        Some(Sample {
+            channel: Channel::parse(v.get("channel")?.as_str()?)?,
+            provider: text("provider"),
+            country: text("country"),
+            action: text("action"),
+            error: v.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_owned),
+            scope: text("scope"),
+            duration_ms: v.get("duration_ms").and_then(|d| d.as_u64()).unwrap_or(0),
+        })
+    }
+}
+
 fn channel_index(channel: Channel) -> usize {
     match channel {
         Channel::Sms => 0,
@@ -94,25 +135,23 @@ impl Metrics {
     }
 
     /// Counts one outcome event.
-    pub fn record(&self, event: &Event) {
-        let i = channel_index(event.channel);
-        let provider = event.provider.unwrap_or("none");
-        let country = event.country.as_deref().unwrap_or("none");
-        match &event.error {
+    pub fn record(&self, s: &Sample) {
+        let i = channel_index(s.channel);
+        let provider = s.provider.as_deref().unwrap_or("none");
+        let country = s.country.as_deref().unwrap_or("none");
+        match &s.error {
             None => {
                 self.sent[i]
-                    .with_label_values(&[provider, country, event.action.unwrap_or("none")])
+                    .with_label_values(&[provider, country, s.action.as_deref().unwrap_or("none")])
                     .inc();
                 self.duration
-                    .with_label_values(&[event.channel.as_str(), provider])
-                    .observe(event.duration_ms as f64 / 1000.0);
+                    .with_label_values(&[s.channel.as_str(), provider])
+                    .observe(s.duration_ms as f64 / 1000.0);
             }
-            Some(error) => {
-                self.failed[i]
-                    .with_label_values(&[provider, country, error.code.as_str()])
-                    .inc();
-                if let Some(scope) = event.scope {
-                    self.throttled.with_label_values(&[event.channel.as_str(), scope]).inc();
+            Some(code) => {
+                self.failed[i].with_label_values(&[provider, country, code]).inc();
+                if let Some(scope) = &s.scope {
+                    self.throttled.with_label_values(&[s.channel.as_str(), scope]).inc();
                 }
             }
         }

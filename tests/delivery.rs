@@ -213,6 +213,8 @@ async fn twilio_errors_become_failure_events_with_the_provider_code() {
     let server = MockServer::start().await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
+        // No retries: a transient failure ends the job at once.
+        c.retry.schedule = vec![];
     })
     .await;
     // Twilio's real error body for an invalid "To" number (it quotes the number: it must not leak).

@@ -1,0 +1,255 @@
+//! Retries, failover chains, expiry and idempotency (contract §6, §11) against the real broker.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use helpers::{TestApp, job, metric, twilio};
+use herald::config::{HumanDuration, ProviderKind};
+use lapin::BasicProperties;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::json;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn fast_schedule(steps: usize) -> Vec<HumanDuration> {
+    vec![HumanDuration(Duration::from_millis(50)); steps]
+}
+
+fn unavailable() -> ResponseTemplate {
+    ResponseTemplate::new(503).set_body_json(json!({"code": 20503, "message": "Service unavailable", "status": 503}))
+}
+
+fn created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued"}))
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_and_only_the_final_result_is_an_event() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(unavailable())
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).respond_with(created()).mount(&server).await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.retry.schedule = fast_schedule(3);
+    })
+    .await;
+    let j = job("sms");
+    app.publish(&j).await;
+    let events = app.events(1).await;
+    assert_eq!(events[0]["type"], "gd_send_sms");
+    assert_eq!(events[0]["attempt"], 3);
+    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+    let m = app.metrics().await;
+    assert_eq!(metric(&m, "herald_retries_total"), 2.0);
+    assert_eq!(app.queue_len(&app.config.amqp.retry_queue).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_the_last_step_the_job_is_exhausted_and_dead_lettered() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(unavailable())
+        .mount(&server)
+        .await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.retry.schedule = fast_schedule(2);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = &app.events(1).await[0];
+    assert_eq!(e["type"], "gd_send_sms_failure");
+    assert_eq!(e["error"]["code"], "attempts_exhausted");
+    assert_eq!(e["error"]["provider_code"], "20503");
+    assert_eq!(e["attempt"], 3);
+    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+    let dead = app.dead_letters(1).await;
+    assert!(dead[0].1.starts_with("attempts_exhausted: "), "{}", dead[0].1);
+    let m = app.metrics().await;
+    assert_eq!(metric(&m, "herald_retries_total"), 2.0);
+    assert_eq!(
+        metric(
+            &m,
+            "gd_send_sms_failure_total{country=\"1\",provider=\"twilio\",reason=\"attempts_exhausted\"}"
+        ),
+        1.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_failures_are_not_retried() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            json!({"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}),
+        ))
+        .mount(&server)
+        .await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.retry.schedule = fast_schedule(3);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = &app.events(1).await[0];
+    assert_eq!(e["error"]["code"], "provider_rejected");
+    assert_eq!(e["error"]["provider_code"], "21610");
+    assert_eq!(e["attempt"], 1);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "2")
+                .set_body_json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).respond_with(created()).mount(&server).await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.retry.schedule = vec![
+            HumanDuration(Duration::from_millis(50)),
+            HumanDuration(Duration::from_secs(5)),
+        ];
+    })
+    .await;
+    let started = Instant::now();
+    app.publish(&job("sms")).await;
+    let e = &app.events(1).await[0];
+    assert_eq!(e["type"], "gd_send_sms");
+    assert_eq!(e["attempt"], 2);
+    // A lower bound only: the broker cannot hand the job back before its TTL ran out.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After: 2 was not honoured"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unavailable_provider_fails_over_to_the_next_in_the_chain() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(unavailable())
+        .mount(&server)
+        .await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.channels.sms = Some(vec![ProviderKind::Twilio, ProviderKind::Outbox]);
+    })
+    .await;
+    let j = job("sms");
+    app.publish(&j).await;
+    let e = &app.events(1).await[0];
+    assert_eq!(e["type"], "gd_send_sms");
+    assert_eq!(e["provider"], "outbox", "the event names the provider that delivered");
+    assert_eq!(e["attempt"], 1);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    assert_eq!(app.outbox_lines().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_would_expire_before_its_retry_ends_as_expired() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(unavailable())
+        .mount(&server)
+        .await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.retry.schedule = vec![HumanDuration(Duration::from_secs(60))];
+    })
+    .await;
+    let mut j = job("sms");
+    j["expires_at"] = (chrono::Utc::now() + chrono::Duration::seconds(10)).to_rfc3339().into();
+    app.publish(&j).await;
+    let e = &app.events(1).await[0];
+    assert_eq!(e["error"]["code"], "expired");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_job_id_is_not_sent_again() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let j = job("sms");
+    app.publish(&j).await;
+    assert_eq!(app.events(1).await[0]["type"], "gd_send_sms");
+
+    // The MFA server replays it: acked, not sent, no event on the exchange...
+    app.publish(&j).await;
+    // ...and a replay that waits on reply_to hears `duplicate`.
+    let replies = app
+        .channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = app
+        .channel
+        .basic_consume(
+            replies.name().clone(),
+            "replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_reply_to(replies.name().clone())
+        .with_correlation_id("again".into());
+    app.publish_raw(j.to_string().as_bytes(), props).await;
+    let reply = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&reply.data).unwrap();
+    assert_eq!(reply["error"]["code"], "duplicate");
+    assert_eq!(reply["job_id"], j["id"]);
+
+    app.events(0).await;
+    assert_eq!(app.outbox_lines().len(), 1, "sent once");
+    assert_eq!(app.queue_len(&app.config.amqp.jobs_queue).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_one_job_are_sent_once() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let j = job("sms");
+    for _ in 0..5 {
+        app.publish(&j).await;
+    }
+    app.events(1).await;
+    assert_eq!(app.outbox_lines().len(), 1);
+    app.stop().await;
+}
