@@ -14,7 +14,9 @@ use crate::job::{Channel, Locale};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::providers::outbox::Outbox;
+use crate::providers::smtp::Smtp;
 use crate::providers::twilio::Twilio;
+use crate::providers::webhook::{Webhook, decode_secret};
 use crate::retry::RetryPolicy;
 use crate::store::{LocalStore, RedisStore, Store};
 use crate::templates::Templates;
@@ -97,6 +99,8 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
         .context("building the HTTP client")?;
     let mut twilio: Option<Arc<dyn Provider>> = None;
     let mut outbox: Option<Arc<dyn Provider>> = None;
+    let mut smtp: Option<Arc<dyn Provider>> = None;
+    let mut webhook: Option<Arc<dyn Provider>> = None;
     let mut chain = |channel: Channel| -> anyhow::Result<Vec<Arc<dyn Provider>>> {
         config
             .chain(channel)
@@ -117,10 +121,30 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
                             p
                         }
                     },
-                    // Refused by Config::validate until these providers exist.
-                    ProviderKind::Smtp | ProviderKind::Webhook => {
-                        anyhow::bail!("provider {} is not available in this build", kind.name())
-                    }
+                    ProviderKind::Smtp => match &smtp {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p: Arc<dyn Provider> = Arc::new(
+                                Smtp::new(
+                                    config.smtp.url_or_default(),
+                                    &config.smtp.from,
+                                    config.retry.provider_timeout.0,
+                                    usize::from(config.amqp.prefetch).min(64),
+                                )
+                                .map_err(anyhow::Error::msg)?,
+                            );
+                            smtp = Some(p.clone());
+                            p
+                        }
+                    },
+                    ProviderKind::Webhook => webhook
+                        .get_or_insert_with(|| {
+                            // Both were checked by Config::validate.
+                            let url = reqwest::Url::parse(&config.webhook.url).expect("validated webhook.url");
+                            let key = decode_secret(config.webhook.secret.expose()).expect("validated webhook.secret");
+                            Arc::new(Webhook::new(url, key, &config.templates.default_locale, client.clone()))
+                        })
+                        .clone(),
                 })
             })
             .collect()

@@ -177,12 +177,27 @@ impl Default for TwilioConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// `None` = not configured (`smtp://127.0.0.1:25` is used if a chain names smtp anyway).
     pub url: Option<Secret>,
     pub from: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            url: None,
+            from: "Acme <no-reply@acme.test>".into(),
+        }
+    }
+}
+
+impl SmtpConfig {
+    pub fn url_or_default(&self) -> &str {
+        self.url.as_ref().map_or("smtp://127.0.0.1:25", |u| u.expose())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -477,10 +492,32 @@ impl Config {
                 }
                 Ok(())
             }
-            ProviderKind::Smtp | ProviderKind::Webhook => Err(ConfigError::key(
-                key,
-                format!("provider `{}` is not available in this build yet", kind.name()),
-            )),
+            ProviderKind::Smtp => {
+                if channel != "email" {
+                    return Err(ConfigError::key(key, "smtp delivers email only"));
+                }
+                crate::providers::smtp::parse_url(self.smtp.url_or_default())
+                    .map_err(|e| ConfigError::key("smtp.url", e))?;
+                crate::providers::smtp::parse_from(&self.smtp.from)
+                    .map(|_| ())
+                    .map_err(|e| ConfigError::key("smtp.from", e))
+            }
+            ProviderKind::Webhook => {
+                let url = reqwest::Url::parse(&self.webhook.url).map_err(|_| {
+                    ConfigError::key(
+                        "webhook.url",
+                        format!("required because {key} uses webhook: an http(s) URL"),
+                    )
+                })?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::key("webhook.url", "must be an http:// or https:// URL"));
+                }
+                crate::providers::webhook::decode_secret(self.webhook.secret.expose())
+                    .map(|_| ())
+                    .map_err(|e| {
+                        ConfigError::key("webhook.secret", format!("{e} (a Standard Webhooks secret, whsec_…)"))
+                    })
+            }
         }
     }
 

@@ -3,10 +3,8 @@
 
 mod helpers;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 fn herald() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -143,36 +141,11 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The README's first steps, with the real binary: serve, send, outbox, event on stdout, SIGTERM.
-#[test]
-fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_logs() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = helpers::test_config(dir.path());
-    let env = [
-        ("HERALD_AMQP__JOBS_QUEUE", config.amqp.jobs_queue.clone()),
-        ("HERALD_AMQP__RETRY_QUEUE", config.amqp.retry_queue.clone()),
-        ("HERALD_AMQP__DEAD_QUEUE", config.amqp.dead_queue.clone()),
-        ("HERALD_AMQP__EVENTS_EXCHANGE", config.amqp.events_exchange.clone()),
-        ("HERALD_HTTP__ADDR", "127.0.0.1:0".into()),
-        ("HERALD_TEMPLATES__DIR", config.templates.dir.display().to_string()),
-    ];
-    let mut serve = herald()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for "consuming" on stderr, keeping every log line.
-    let mut stderr = BufReader::new(serve.stderr.take().unwrap());
-    let mut logs = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "herald exited early: {logs}");
-        logs.push_str(&line);
-        if line.contains("consuming") {
-            break;
-        }
-    }
+#[tokio::test]
+async fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_logs() {
+    let broker = helpers::Broker::new(|_| {}).await;
+    let env = helpers::process_env(&broker.config);
+    let mut serve = helpers::HeraldProcess::start(&env);
 
     let mut ids = Vec::new();
     for (channel, to) in [
@@ -229,16 +202,8 @@ fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_logs() {
     assert_ne!(refused.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("field `to`"));
 
-    Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .unwrap();
-    let status = wait_timeout(&mut serve, Duration::from_secs(30));
-    assert_eq!(status, Some(0), "SIGTERM is a clean shutdown");
-    let mut stdout = String::new();
-    serve.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    stderr.read_to_string(&mut logs).unwrap();
-
+    assert_eq!(serve.terminate(), Some(0), "SIGTERM is a clean shutdown");
+    let (stdout, logs) = (serve.stdout(), serve.logs());
     let events: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("stdout is JSON lines"))
@@ -248,6 +213,7 @@ fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_logs() {
         assert_eq!(event["job_id"], id.as_str());
         assert!(event.get("error").is_none(), "{event}");
     }
+    assert!(logs.contains("consumer drained and closed"), "{logs}");
     for (what, text) in [("stdout", &stdout), ("logs", &logs)] {
         assert!(!text.contains("482913"), "{what} leaks the code:\n{text}");
         assert!(!text.contains("4155550123"), "{what} leaks the number:\n{text}");
@@ -257,37 +223,7 @@ fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_logs() {
             "{what} leaks the broker password:\n{text}"
         );
     }
-    let outbox = std::fs::read_to_string(dir.path().join("outbox.jsonl")).unwrap();
+    let outbox = std::fs::read_to_string(&broker.config.outbox.path).unwrap();
     assert_eq!(outbox.lines().count(), 3);
     assert!(outbox.contains("482913 is your verification code for Acme."));
-    cleanup(&config.amqp);
-}
-
-fn wait_timeout(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    None
-}
-
-fn cleanup(amqp: &herald::config::AmqpConfig) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let conn = helpers::broker().await;
-        let ch = conn.create_channel().await.unwrap();
-        for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
-            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-        }
-        let _ = ch
-            .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
-            .await;
-    });
 }

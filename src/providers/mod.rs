@@ -7,7 +7,9 @@ use crate::job::Job;
 use crate::templates::Rendered;
 
 pub mod outbox;
+pub mod smtp;
 pub mod twilio;
+pub mod webhook;
 
 /// What a provider returns on success.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,4 +63,45 @@ pub trait Provider: Send + Sync {
 
     /// Sends one rendered message for `job`. Implementations must be bounded by the provider timeout.
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError>;
+}
+
+/// Reads at most 64 KiB of a response body: a provider answering garbage cannot exhaust memory.
+pub async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    const CAP: usize = 64 * 1024;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = CAP - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= CAP {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// The `Retry-After` header in seconds, if any.
+pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(webhook::parse_retry_after)
+}
+
+/// A failed HTTP exchange: always transient (timeouts, refused connections, resets).
+pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "answer could not be read"
+    } else {
+        "request failed"
+    };
+    ProviderError::Transient {
+        message: format!("{provider} {what}"),
+        provider_code: None,
+        retry_after: None,
+    }
 }

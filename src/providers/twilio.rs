@@ -1,11 +1,9 @@
 //! Twilio Programmable Messaging (SMS) and Voice, over the REST API (contract §6).
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{Provider, ProviderError, Receipt};
+use super::{Provider, ProviderError, Receipt, read_capped, retry_after, transport_error};
 use crate::config::TwilioConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -57,15 +55,10 @@ impl Twilio {
             .form(form)
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(|e| transport_error("twilio", &e))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response.bytes().await.map_err(transport_error)?;
+        let retry_after = retry_after(&response);
+        let body = read_capped(response).await.map_err(|e| transport_error("twilio", &e))?;
         if status.is_success() {
             // Twilio has accepted the message: even an unreadable body must not make us send it twice.
             let sid = serde_json::from_slice::<Created>(&body).ok().and_then(|c| c.sid);
@@ -91,21 +84,6 @@ impl Twilio {
         } else {
             Err(ProviderError::Permanent { message, provider_code })
         }
-    }
-}
-
-fn transport_error(e: reqwest::Error) -> ProviderError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    ProviderError::Transient {
-        message: format!("twilio {what}"),
-        provider_code: None,
-        retry_after: None,
     }
 }
 

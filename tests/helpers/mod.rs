@@ -10,26 +10,36 @@ use futures_util::StreamExt;
 use herald::app::Application;
 use herald::config::Config;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// herald in-process on its own namespace, with the test's [`Broker`] view of that namespace.
 pub struct TestApp {
-    pub config: Config,
+    pub broker: Broker,
     pub http: SocketAddr,
     pub outbox: PathBuf,
-    pub channel: Channel,
-    connection: Connection,
-    events: lapin::Consumer,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut Broker {
+        &mut self.broker
+    }
 }
 
 /// A config with a unique namespace, port 0 and a private outbox; `customize` adjusts it.
@@ -57,76 +67,19 @@ pub async fn broker() -> Connection {
 
 impl TestApp {
     pub async fn spawn(customize: impl FnOnce(&mut Config)) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(dir.path());
-        customize(&mut config);
-        config.validate().expect("test config is valid");
-
-        // Bind an event queue before herald starts, so no event can be missed.
-        let connection = broker().await;
-        let channel = connection.create_channel().await.unwrap();
-        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        channel
-            .exchange_declare(
-                config.amqp.events_exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let events_queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                events_queue.name().clone(),
-                config.amqp.events_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let events = channel
-            .basic_consume(
-                events_queue.name().clone(),
-                "test-events".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-
-        let app = Application::build(config.clone()).await.expect("herald builds");
+        // The event queue is bound before herald starts, so no event can be missed.
+        let broker = Broker::new(customize).await;
+        broker.config.validate().expect("test config is valid");
+        let app = Application::build(broker.config.clone()).await.expect("herald builds");
         let http = app.http_addr();
         let shutdown = app.shutdown_token();
         let task = tokio::spawn(app.run());
         let test = TestApp {
-            outbox: config.outbox.path.clone(),
-            config,
+            outbox: broker.config.outbox.path.clone(),
+            broker,
             http,
-            channel,
-            connection,
-            events,
             shutdown,
             task: Some(task),
-            _dir: dir,
         };
         test.wait_ready(true).await;
         test
@@ -154,101 +107,6 @@ impl TestApp {
         panic!("/readyz never became {ready}");
     }
 
-    pub async fn publish_raw(&self, body: &[u8], props: BasicProperties) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.config.amqp.jobs_queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
-    }
-
-    pub async fn publish(&self, job: &Value) {
-        let props = BasicProperties::default().with_content_type("application/json".into());
-        self.publish_raw(job.to_string().as_bytes(), props).await;
-    }
-
-    /// The next event from the events exchange, or a panic after `secs`.
-    pub async fn next_event(&mut self, secs: u64) -> Value {
-        let delivery = tokio::time::timeout(Duration::from_secs(secs), self.events.next())
-            .await
-            .unwrap_or_else(|_| panic!("no event within {secs}s"))
-            .expect("event stream open")
-            .expect("event delivery");
-        serde_json::from_slice(&delivery.data).expect("event is JSON")
-    }
-
-    /// Exactly `n` events: waits for them, then checks that no extra one follows.
-    pub async fn events(&mut self, n: usize) -> Vec<Value> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(self.next_event(30).await);
-        }
-        if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), self.events.next()).await {
-            let extra: Value = serde_json::from_slice(&extra.unwrap().data).unwrap();
-            panic!("more events than jobs: {extra}");
-        }
-        out
-    }
-
-    /// Takes up to `n` messages from the dead-letter queue: (body, x-herald-error).
-    pub async fn dead_letters(&self, n: usize) -> Vec<(Vec<u8>, String)> {
-        let mut out = Vec::new();
-        for _ in 0..100 {
-            while out.len() < n {
-                let got = self
-                    .channel
-                    .basic_get(
-                        self.config.amqp.dead_queue.as_str().into(),
-                        BasicGetOptions { no_ack: true },
-                    )
-                    .await
-                    .unwrap();
-                let Some(message) = got else { break };
-                let reason = message
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get("x-herald-error").cloned())
-                    .map(|v| match v {
-                        AMQPValue::LongString(s) => s.to_string(),
-                        other => format!("{other:?}"),
-                    })
-                    .unwrap_or_default();
-                out.push((message.data.clone(), reason));
-            }
-            if out.len() >= n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        out
-    }
-
-    /// Messages ready in a queue (passive declare).
-    pub async fn queue_len(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
-    }
-
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
     }
@@ -272,37 +130,11 @@ impl TestApp {
                 .unwrap();
         }
     }
-
-    pub fn connection(&self) -> &Connection {
-        &self.connection
-    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        // Remove this test's queues and exchange even when the test failed.
-        let amqp = self.config.amqp.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else { return };
-                for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-                }
-                let _ = ch
-                    .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
-                    .await;
-                let _ = conn.close(200, "cleanup".into()).await;
-            });
-        })
-        .join();
     }
 }
 
@@ -496,4 +328,387 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// A real SMTP server process (aiosmtpd, `tests/support/smtp_server.py`); messages arrive as JSON.
+pub struct SmtpServer {
+    pub port: u16,
+    pub ca: Option<PathBuf>,
+    child: std::process::Child,
+    messages: std::sync::Mutex<std::sync::mpsc::Receiver<Value>>,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    pub fn start(mode: &str, auth: Option<&str>) -> SmtpServer {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py"))
+            .args(["--mode", mode, "--ca-out"])
+            .arg(&ca)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        if let Some(auth) = auth {
+            cmd.args(["--auth", auth]);
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("python3 with aiosmtpd is needed for the SMTP tests (.ci/run installs it)");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut lines = stdout.lines();
+        let first = lines.next().expect("smtp server started").unwrap();
+        let ready: Value = serde_json::from_str(&first).expect("smtp server printed its port");
+        let port = ready["ready"].as_u64().expect("ready line") as u16;
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        SmtpServer {
+            port,
+            ca: (mode != "plain").then_some(ca),
+            child,
+            messages: std::sync::Mutex::new(rx),
+            _dir: dir,
+        }
+    }
+
+    /// The next accepted message, or a panic after 20 s.
+    pub fn next_message(&self) -> Value {
+        self.messages
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no message reached the SMTP server")
+    }
+
+    pub fn received_nothing(&self) -> bool {
+        self.messages.lock().unwrap().try_recv().is_err()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// herald as a separate process (`herald serve`) on a test namespace, for what needs its own process:
+/// environment (SSL_CERT_FILE), signals, SIGKILL.
+pub struct HeraldProcess {
+    pub child: std::process::Child,
+    pub logs: std::sync::Arc<std::sync::Mutex<String>>,
+    pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// `HERALD_*` variables putting a herald process on `config`'s queues, templates and files.
+pub fn process_env(config: &Config) -> Vec<(String, String)> {
+    vec![
+        ("HERALD_AMQP__URL".into(), config.amqp.url.expose().to_owned()),
+        ("HERALD_AMQP__JOBS_QUEUE".into(), config.amqp.jobs_queue.clone()),
+        ("HERALD_AMQP__RETRY_QUEUE".into(), config.amqp.retry_queue.clone()),
+        ("HERALD_AMQP__DEAD_QUEUE".into(), config.amqp.dead_queue.clone()),
+        (
+            "HERALD_AMQP__EVENTS_EXCHANGE".into(),
+            config.amqp.events_exchange.clone(),
+        ),
+        ("HERALD_AMQP__PREFETCH".into(), config.amqp.prefetch.to_string()),
+        (
+            "HERALD_AMQP__DELIVERY_LIMIT".into(),
+            config.amqp.delivery_limit.to_string(),
+        ),
+        ("HERALD_HTTP__ADDR".into(), "127.0.0.1:0".into()),
+        (
+            "HERALD_TEMPLATES__DIR".into(),
+            config.templates.dir.display().to_string(),
+        ),
+        ("HERALD_OUTBOX__PATH".into(), config.outbox.path.display().to_string()),
+        ("HERALD_STATE__PATH".into(), config.state.path.display().to_string()),
+    ]
+}
+
+impl HeraldProcess {
+    /// Starts `herald serve` and waits until it consumes.
+    pub fn start(envs: &[(String, String)]) -> HeraldProcess {
+        use std::io::{BufRead, Read};
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("HERALD_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while err.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("consuming") {
+                    let _ = ready_tx.send(());
+                }
+                l.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let o = stdout.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            panic!("herald did not start consuming:\n{}", logs.lock().unwrap());
+        }
+        HeraldProcess { child, logs, stdout }
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit code (None if it did not exit within 30 s).
+    pub fn terminate(&mut self) -> Option<i32> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads take the last output.
+                std::thread::sleep(Duration::from_millis(100));
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Test-owned view of a namespace's broker side: publishes jobs and collects events and dead letters,
+/// without a herald of its own (for tests that run herald as a process).
+pub struct Broker {
+    pub config: Config,
+    pub channel: Channel,
+    _connection: Connection,
+    events: lapin::Consumer,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub async fn new(customize: impl FnOnce(&mut Config)) -> Broker {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        customize(&mut config);
+        let connection = broker().await;
+        let channel = connection.create_channel().await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        herald::broker::declare_topology(&channel, &config.amqp).await.unwrap();
+        let q = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                q.name().clone(),
+                config.amqp.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let events = channel
+            .basic_consume(
+                q.name().clone(),
+                "test-events".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Broker {
+            config,
+            channel,
+            _connection: connection,
+            events,
+            _dir: dir,
+        }
+    }
+
+    pub async fn publish_raw(&self, body: &[u8], props: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.config.amqp.jobs_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    pub async fn publish(&self, job: &Value) {
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        self.publish_raw(job.to_string().as_bytes(), props).await;
+    }
+
+    /// The next event from the events exchange, or a panic after `secs`.
+    pub async fn next_event(&mut self, secs: u64) -> Value {
+        let delivery = tokio::time::timeout(Duration::from_secs(secs), self.events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {secs}s"))
+            .expect("event stream open")
+            .expect("event delivery");
+        serde_json::from_slice(&delivery.data).expect("event is JSON")
+    }
+
+    /// Exactly `n` events: waits for them, then checks that no extra one follows.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next_event(30).await);
+        }
+        if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), self.events.next()).await {
+            let extra: Value = serde_json::from_slice(&extra.unwrap().data).unwrap();
+            panic!("more events than jobs: {extra}");
+        }
+        out
+    }
+
+    /// Takes up to `n` messages from the dead-letter queue: (body, x-herald-error).
+    pub async fn dead_letters(&self, n: usize) -> Vec<(Vec<u8>, String)> {
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            while out.len() < n {
+                let got = self
+                    .channel
+                    .basic_get(
+                        self.config.amqp.dead_queue.as_str().into(),
+                        BasicGetOptions { no_ack: true },
+                    )
+                    .await
+                    .unwrap();
+                let Some(message) = got else { break };
+                let reason = message
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-herald-error").cloned())
+                    .map(|v| match v {
+                        AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                out.push((message.data.clone(), reason));
+            }
+            if out.len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    }
+
+    /// Messages ready in a queue (passive declare).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// The next event, or `None` after `secs`.
+    pub async fn try_next_event(&mut self, secs: u64) -> Option<Value> {
+        match tokio::time::timeout(Duration::from_secs(secs), self.events.next()).await {
+            Ok(Some(Ok(d))) => Some(serde_json::from_slice(&d.data).unwrap()),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let amqp = self.config.amqp.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else { return };
+                for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
+                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                let _ = ch
+                    .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
+                    .await;
+            });
+        })
+        .join();
+    }
 }

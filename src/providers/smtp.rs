@@ -1,0 +1,271 @@
+//! Email over SMTP: multipart text + HTML built with lettre, sent over pooled connections to
+//! `smtp://` (plain), `smtp://…?tls=required` (STARTTLS), `smtps://` (implicit TLS), with
+//! `user:pass@` for AUTH (contract §5).
+//!
+//! The pool is herald's own, over lettre's `AsyncSmtpConnection`, so that the provider timeout bounds
+//! the whole exchange *and* a connection caught mid-command by it is closed, never reused: a reused
+//! half-finished SMTP transaction could add the next recipient to the previous message.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lettre::Message;
+use lettre::address::Envelope;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::sync::Semaphore;
+
+use super::{Provider, ProviderError, Receipt};
+use crate::job::{Job, Recipient};
+use crate::templates::Rendered;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Security {
+    Plain,
+    StartTls,
+    Implicit,
+}
+
+/// Where and how to connect, from `smtp.url`.
+#[derive(Clone)]
+pub struct Target {
+    host: String,
+    port: u16,
+    security: Security,
+    credentials: Option<(String, String)>,
+}
+
+/// Parses `smtp.url`; the error says what is wrong without echoing the URL (it may hold a password).
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL like smtp://host:25".to_string())?;
+    let tls = parsed
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    let (security, default_port) = match (parsed.scheme(), tls.as_deref()) {
+        ("smtp", None) => (Security::Plain, 25),
+        ("smtp", Some("required")) => (Security::StartTls, 587),
+        ("smtps", None) => (Security::Implicit, 465),
+        ("smtp", Some(other)) => return Err(format!("tls={other} is not supported (use tls=required)")),
+        (scheme, _) => return Err(format!("scheme `{scheme}` is not smtp:// or smtps://")),
+    };
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| "user or password is not valid percent-encoded UTF-8".to_string())
+    };
+    let credentials = match parsed.password() {
+        Some(password) => Some((decode(parsed.username())?, decode(password)?)),
+        None if !parsed.username().is_empty() => return Err("a user needs a password (user:pass@)".into()),
+        None => None,
+    };
+    Ok(Target {
+        host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        port: parsed.port().unwrap_or(default_port),
+        security,
+        credentials,
+    })
+}
+
+pub fn parse_from(from: &str) -> Result<Mailbox, String> {
+    from.parse::<Mailbox>()
+        .map_err(|e| format!("not a mailbox like \"Acme <no-reply@acme.test>\": {e}"))
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+pub struct Smtp {
+    target: Target,
+    from: Mailbox,
+    timeout: Duration,
+    hello: ClientId,
+    idle: Mutex<Vec<Idle>>,
+    /// Caps connections open at once (the relay's limit matters more than ours).
+    slots: Semaphore,
+}
+
+/// Idle connections older than this are checked with NOOP before reuse.
+const CHECK_AFTER: Duration = Duration::from_secs(10);
+
+impl Smtp {
+    pub fn new(url: &str, from: &str, timeout: Duration, max_connections: usize) -> Result<Smtp, String> {
+        Ok(Smtp {
+            target: parse_url(url).map_err(|e| format!("smtp.url: {e}"))?,
+            from: parse_from(from).map_err(|e| format!("smtp.from: {e}"))?,
+            timeout,
+            hello: ClientId::default(),
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(max_connections.max(1)),
+        })
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+        let t = &self.target;
+        let tls = || TlsParameters::new(t.host.clone());
+        let wrapper = match t.security {
+            Security::Implicit => Some(tls()?),
+            _ => None,
+        };
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            (t.host.as_str(), t.port),
+            Some(self.timeout),
+            &self.hello,
+            wrapper,
+            None,
+        )
+        .await?;
+        if t.security == Security::StartTls {
+            conn.starttls(tls()?, &self.hello).await?;
+        }
+        if let Some((user, password)) = &t.credentials {
+            conn.auth(
+                &[Mechanism::Plain, Mechanism::Login],
+                &Credentials::new(user.clone(), password.clone()),
+            )
+            .await?;
+        }
+        Ok(conn)
+    }
+
+    /// A pooled connection that still answers, or a new one.
+    async fn checkout(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match idle {
+                Some(Idle { conn, since }) if since.elapsed() < CHECK_AFTER => return Ok(conn),
+                Some(Idle { mut conn, .. }) => {
+                    if conn.test_connected().await {
+                        return Ok(conn);
+                    }
+                    conn.abort().await;
+                }
+                None => return self.connect().await,
+            }
+        }
+    }
+
+    async fn exchange(&self, envelope: &Envelope, email: &[u8]) -> Result<(), lettre::transport::smtp::Error> {
+        let mut conn = self.checkout().await?;
+        // On an error lettre aborts the connection itself; only a clean exchange goes back to the pool.
+        conn.send(envelope, email).await?;
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        Ok(())
+    }
+}
+
+fn classify(e: &lettre::transport::smtp::Error) -> ProviderError {
+    let provider_code = e.status().map(|c| c.to_string());
+    if let Some(code) = &provider_code {
+        let message = format!("smtp server answered {code}");
+        if e.is_permanent() {
+            return ProviderError::Permanent { message, provider_code };
+        }
+        return ProviderError::Transient {
+            message,
+            provider_code,
+            retry_after: None,
+        };
+    }
+    // No SMTP reply: refused or reset connection, TLS failure, unreadable answer.
+    let what = if e.is_tls() {
+        "TLS failed"
+    } else if e.is_client() {
+        "client error"
+    } else if e.is_response() {
+        "answer could not be read"
+    } else {
+        "connection failed"
+    };
+    ProviderError::Transient {
+        message: format!("smtp {what}: {}", crate::events::scrub(&e.to_string())),
+        provider_code: None,
+        retry_after: None,
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Smtp {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
+    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+        let (Rendered::Email { subject, text, html }, Recipient::Email(to)) = (message, &job.to) else {
+            return Err(ProviderError::Permanent {
+                message: "smtp delivers email only".into(),
+                provider_code: None,
+            });
+        };
+        let to = to.expose().parse::<Mailbox>().map_err(|_| ProviderError::Permanent {
+            message: "recipient is not an address the SMTP client accepts".into(),
+            provider_code: None,
+        })?;
+        let email = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(subject.as_str())
+            .message_id(None)
+            .multipart(MultiPart::alternative_plain_html(text.clone(), html.clone()))
+            .map_err(|e| ProviderError::Permanent {
+                message: format!("cannot build the email: {e}"),
+                provider_code: None,
+            })?;
+        let message_id = email
+            .headers()
+            .get_raw("Message-ID")
+            .map(|id| id.trim().trim_matches(|c| c == '<' || c == '>').to_owned());
+        let envelope = email.envelope().clone();
+        let bytes = email.formatted();
+
+        let _slot = self.slots.acquire().await.map_err(|_| ProviderError::Transient {
+            message: "smtp provider closed".into(),
+            provider_code: None,
+            retry_after: None,
+        })?;
+        // The whole exchange, connecting included, within the provider timeout. A connection dropped here
+        // is closed with the future, never returned to the pool.
+        match tokio::time::timeout(self.timeout, self.exchange(&envelope, &bytes)).await {
+            Ok(Ok(())) => Ok(Receipt { message_id }),
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(ProviderError::Transient {
+                message: "smtp timed out".into(),
+                provider_code: None,
+                retry_after: None,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!((t.port, t.security, t.credentials), (2525, Security::Plain, None));
+        let t = parse_url("smtp://u%40x:p%3Aw@mail.test?tls=required").unwrap();
+        assert_eq!(t.security, Security::StartTls);
+        assert_eq!(t.port, 587);
+        assert_eq!(t.credentials, Some(("u@x".into(), "p:w".into())));
+        let t = parse_url("smtps://mail.test").unwrap();
+        assert_eq!((t.port, t.security), (465, Security::Implicit));
+        assert!(parse_url("http://mail.test").is_err());
+        assert!(parse_url("smtp://mail.test?tls=maybe").is_err());
+        assert!(parse_url("smtp://user@mail.test").is_err());
+        match parse_url("ftp://u:hunter2@x") {
+            Err(e) => assert!(!e.contains("hunter2")),
+            Ok(_) => panic!("ftp accepted"),
+        }
+    }
+}
