@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer};
 
 /// A configuration error, already phrased for an operator: every message names the key at fault.
@@ -394,9 +396,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // HERALD_CONFIG names the file, it is not a key.
-        figment = figment.merge(Env::prefixed("HERALD_").ignore(&["config"]).split("__"));
-        let config: Config = figment.extract().map_err(figment_error)?;
+        for var in EnvVar::all() {
+            figment = figment.merge(var);
+        }
+        // Lossy: environment values are text, so "512" must be able to become a number.
+        let config: Config = figment.extract_lossy().map_err(figment_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -539,6 +543,53 @@ impl Config {
             Some(chain) => chain.clone(),
             None => vec![configured.unwrap_or(ProviderKind::Outbox)],
         }
+    }
+}
+
+/// One `HERALD_<SECTION>__<KEY>` variable as a configuration source. Values stay text (a phone number
+/// like `+15005550006` must not become an integer); only `[...]` is read as a TOML array.
+struct EnvVar {
+    name: String,
+    path: String,
+    value: Value,
+}
+
+impl EnvVar {
+    fn all() -> Vec<EnvVar> {
+        let mut vars: Vec<EnvVar> = std::env::vars()
+            .filter_map(|(name, raw)| {
+                let rest = name.strip_prefix("HERALD_")?;
+                // HERALD_CONFIG names the file, it is not a key.
+                if rest == "CONFIG" || rest.is_empty() {
+                    return None;
+                }
+                let path = rest.to_ascii_lowercase().replace("__", ".");
+                let value = if raw.trim_start().starts_with('[') {
+                    toml::from_str::<std::collections::BTreeMap<String, Value>>(&format!("v = {raw}"))
+                        .ok()
+                        .and_then(|mut m| m.remove("v"))
+                        .unwrap_or_else(|| Value::from(raw.clone()))
+                } else {
+                    Value::from(raw)
+                };
+                Some(EnvVar { name, path, value })
+            })
+            .collect();
+        vars.sort_by(|a, b| a.name.cmp(&b.name));
+        vars
+    }
+}
+
+impl Provider for EnvVar {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("environment variable {}", self.name))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict = figment::util::nest(&self.path, self.value.clone())
+            .into_dict()
+            .ok_or_else(|| figment::Error::from(format!("{}: not a key", self.name)))?;
+        Ok(Map::from([(Profile::Default, dict)]))
     }
 }
 

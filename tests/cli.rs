@@ -79,6 +79,18 @@ fn config_errors_name_the_key_and_never_print_secrets() {
     }
     let (code, stderr) = run_with_config("[amqp]\nprefetch = 64\n", &[]);
     assert_eq!(code, 0, "a valid config passes: {stderr}");
+    // Environment values are text: a number-like phone or token stays a string, arrays are TOML.
+    let env = [
+        ("HERALD_TWILIO__ACCOUNT_SID", "AC1"),
+        ("HERALD_TWILIO__AUTH_TOKEN", "123456"),
+        ("HERALD_TWILIO__FROM", "+15005550006"),
+        ("HERALD_CHANNELS__SMS", "[\"twilio\", \"outbox\"]"),
+        ("HERALD_AMQP__PREFETCH", "512"),
+        ("HERALD_RETRY__SCHEDULE", "[\"1s\", \"2s\"]"),
+        ("HERALD_THROTTLE__COUNTRIES_DENY", "[44, 225]"),
+    ];
+    let (code, stderr) = run_with_config("", &env);
+    assert_eq!(code, 0, "env overrides of every kind are accepted: {stderr}");
 }
 
 #[test]

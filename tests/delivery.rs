@@ -3,13 +3,7 @@
 
 mod helpers;
 
-use std::time::Duration;
-
-use futures_util::StreamExt;
 use helpers::{TestApp, assert_event_shape, form, job, twilio};
-use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 use wiremock::matchers::{basic_auth, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -269,45 +263,8 @@ async fn an_expired_job_is_not_sent() {
 #[tokio::test]
 async fn the_outcome_goes_to_reply_to_with_the_correlation_id() {
     let mut app = TestApp::spawn(|_| {}).await;
-    let replies = app
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut consumer = app
-        .channel
-        .basic_consume(
-            replies.name().clone(),
-            "replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     let j = job("sms");
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_reply_to(replies.name().clone())
-        .with_correlation_id("corr-42".into());
-    app.publish_raw(j.to_string().as_bytes(), props).await;
-    let reply = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(reply.properties.correlation_id().as_ref().unwrap().as_str(), "corr-42");
-    let event: serde_json::Value = serde_json::from_slice(&reply.data).unwrap();
+    let event = app.publish_and_wait(&j).await;
     assert_eq!(event["job_id"], j["id"]);
     assert_eq!(event["type"], "gd_send_sms");
     // ...and still once on the events exchange.

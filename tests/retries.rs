@@ -4,12 +4,8 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use helpers::{TestApp, job, metric, twilio};
-use herald::config::{HumanDuration, ProviderKind};
-use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use herald::config::{HumanDuration, ProviderKind, Secret};
 use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -196,43 +192,7 @@ async fn a_replayed_job_id_is_not_sent_again() {
     // The MFA server replays it: acked, not sent, no event on the exchange...
     app.publish(&j).await;
     // ...and a replay that waits on reply_to hears `duplicate`.
-    let replies = app
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut consumer = app
-        .channel
-        .basic_consume(
-            replies.name().clone(),
-            "replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let props = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_reply_to(replies.name().clone())
-        .with_correlation_id("again".into());
-    app.publish_raw(j.to_string().as_bytes(), props).await;
-    let reply = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let reply: serde_json::Value = serde_json::from_slice(&reply.data).unwrap();
+    let reply = app.publish_and_wait(&j).await;
     assert_eq!(reply["error"]["code"], "duplicate");
     assert_eq!(reply["job_id"], j["id"]);
 
@@ -252,4 +212,28 @@ async fn concurrent_copies_of_one_job_are_sent_once() {
     app.events(1).await;
     assert_eq!(app.outbox_lines().len(), 1);
     app.stop().await;
+}
+
+#[tokio::test]
+async fn with_redis_a_replica_knows_what_another_one_delivered() {
+    let redis = Secret::new("redis://127.0.0.1:6379");
+    let mut app = TestApp::spawn(|c| c.redis.url = redis.clone()).await;
+    let j = job("sms");
+    app.publish(&j).await;
+    app.events(1).await;
+    app.stop().await;
+
+    // A second replica: its own local state directory, the same Redis.
+    let mut config = app.config.clone();
+    let state = tempfile::tempdir().unwrap();
+    config.state.path = state.path().to_owned();
+    let replica = herald::app::Application::build(config).await.unwrap();
+    let stop = replica.shutdown_token();
+    let running = tokio::spawn(replica.run());
+    let reply = app.publish_and_wait(&j).await;
+    assert_eq!(reply["error"]["code"], "duplicate", "{reply}");
+    app.events(0).await;
+    assert_eq!(app.outbox_lines().len(), 1, "not sent again");
+    stop.cancel();
+    running.await.unwrap().unwrap();
 }

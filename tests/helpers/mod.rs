@@ -601,6 +601,78 @@ impl Broker {
         assert!(confirm.is_ack());
     }
 
+    /// Publishes many jobs, then waits for all their confirms.
+    pub async fn publish_many(&self, jobs: &[Value]) {
+        let mut confirms = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            confirms.push(
+                self.channel
+                    .basic_publish(
+                        "".into(),
+                        self.config.amqp.jobs_queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        job.to_string().as_bytes(),
+                        props,
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for confirm in confirms {
+            assert!(confirm.await.unwrap().is_ack());
+        }
+    }
+
+    /// Publishes `job` with a reply_to queue of its own and returns the reply (the outcome event, or a
+    /// `duplicate`), checking the correlation id.
+    pub async fn publish_and_wait(&self, job: &Value) -> Value {
+        let replies = self
+            .channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                replies.name().clone(),
+                "replies".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let correlation = uuid::Uuid::new_v4().to_string();
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_reply_to(replies.name().clone())
+            .with_correlation_id(correlation.as_str().into());
+        self.publish_raw(job.to_string().as_bytes(), props).await;
+        let reply = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("a reply within 20s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            reply.properties.correlation_id().as_ref().unwrap().as_str(),
+            correlation
+        );
+        serde_json::from_slice(&reply.data).unwrap()
+    }
+
     pub async fn publish(&self, job: &Value) {
         let props = BasicProperties::default().with_content_type("application/json".into());
         self.publish_raw(job.to_string().as_bytes(), props).await;

@@ -1,0 +1,113 @@
+//! Crash safety (contract §11): herald killed with SIGKILL in the middle of a stream, and a job that
+//! keeps killing it.
+
+mod helpers;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use helpers::{Broker, GatedTwilio, HeraldProcess, job, process_env, twilio};
+
+fn outbox_counts(path: &std::path::Path) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        // The last line may be cut by the kill: only whole lines count.
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            *counts.entry(v["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn sigkill_mid_stream_loses_nothing_and_repeats_at_most_the_jobs_in_flight() {
+    const JOBS: usize = 2000;
+    const PREFETCH: u16 = 64;
+    let mut broker = Broker::new(|c| c.amqp.prefetch = PREFETCH).await;
+    let jobs: Vec<_> = (0..JOBS).map(|_| job("sms")).collect();
+    broker.publish_many(&jobs).await;
+    let env = process_env(&broker.config);
+    let outbox = broker.config.outbox.path.clone();
+
+    let mut herald = HeraldProcess::start(&env);
+    // Kill it once a good part of the stream is through, while deliveries are under way.
+    for _ in 0..600 {
+        if outbox_counts(&outbox).len() >= JOBS / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    herald.kill();
+    let sent_before_kill = outbox_counts(&outbox).len();
+    assert!(
+        sent_before_kill > 0 && sent_before_kill < JOBS,
+        "the kill must land mid-stream ({sent_before_kill})"
+    );
+
+    let _herald = HeraldProcess::start(&env);
+    let mut events: HashMap<String, usize> = HashMap::new();
+    while events.len() < JOBS {
+        let Some(e) = broker.try_next_event(60).await else {
+            panic!("only {} of {JOBS} jobs got an event", events.len());
+        };
+        *events.entry(e["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    // Anything late would be a second event.
+    while let Some(e) = broker.try_next_event(2).await {
+        *events.entry(e["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+
+    let twice: Vec<_> = events.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "jobs with other than one event: {twice:?}");
+    for j in &jobs {
+        assert!(events.contains_key(j["id"].as_str().unwrap()));
+    }
+    let sent = outbox_counts(&outbox);
+    assert_eq!(sent.len(), JOBS, "every job reached the provider");
+    let repeated = sent.values().filter(|n| **n > 1).count();
+    assert!(
+        repeated <= usize::from(PREFETCH),
+        "{repeated} jobs were sent twice; only those in flight at the kill (≤ {PREFETCH}) may be"
+    );
+    assert!(sent.values().all(|n| *n <= 2));
+    println!("killed after {sent_before_kill} sends; {repeated} in-flight jobs were sent again");
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_killing_herald_is_dead_lettered_at_the_delivery_limit() {
+    let provider = GatedTwilio::start().await;
+    let mut broker = Broker::new(|c| {
+        twilio(c, &provider.url);
+        c.amqp.delivery_limit = 3;
+    })
+    .await;
+    let mut env = process_env(&broker.config);
+    for (k, v) in [
+        ("HERALD_TWILIO__ACCOUNT_SID", broker.config.twilio.account_sid.clone()),
+        (
+            "HERALD_TWILIO__AUTH_TOKEN",
+            broker.config.twilio.auth_token.expose().to_owned(),
+        ),
+        ("HERALD_TWILIO__FROM", broker.config.twilio.from.clone()),
+        ("HERALD_TWILIO__BASE_URL", provider.url.clone()),
+    ] {
+        env.push((k.into(), v));
+    }
+    let poison = job("sms");
+    broker.publish(&poison).await;
+    // Twice herald dies with the provider call under way (the provider never answers).
+    for round in 1..=2 {
+        let mut herald = HeraldProcess::start(&env);
+        provider.wait_in_flight(round).await;
+        herald.kill();
+    }
+    // The third delivery reaches the limit: dead-lettered with an outcome, not sent a third time.
+    let _herald = HeraldProcess::start(&env);
+    let e = broker.next_event(30).await;
+    assert_eq!(e["job_id"], poison["id"]);
+    assert_eq!(e["error"]["code"], "attempts_exhausted", "{e}");
+    let dead = broker.dead_letters(1).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].1.starts_with("attempts_exhausted: "), "{}", dead[0].1);
+    assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
