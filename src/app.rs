@@ -18,8 +18,9 @@ use crate::providers::smtp::Smtp;
 use crate::providers::twilio::Twilio;
 use crate::providers::webhook::{Webhook, decode_secret};
 use crate::retry::RetryPolicy;
-use crate::store::{LocalStore, RedisStore, Store};
+use crate::store::{LocalStore, RedisStore, Store, redis_connection};
 use crate::templates::Templates;
+use crate::throttle::{Shared, Throttle};
 
 pub struct Application {
     http_addr: SocketAddr,
@@ -40,13 +41,31 @@ impl Application {
         );
         let chains = build_chains(&config)?;
         let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect());
-        let dispatcher = Arc::new(Dispatcher::new(templates, chains, retry));
-        let store = Arc::new(if config.redis.url.is_empty() {
-            Store::Local(LocalStore::open(&config.state.path).context("opening state.path")?)
-        } else {
-            Store::Redis(RedisStore::connect(config.redis.url.expose(), &config.amqp.jobs_queue).await?)
-        });
         let metrics = Arc::new(Metrics::new());
+        let redis = if config.redis.url.is_empty() {
+            None
+        } else {
+            Some(redis_connection(config.redis.url.expose()).map_err(anyhow::Error::msg)?)
+        };
+        let namespace = &config.amqp.jobs_queue;
+        let store = Arc::new(match &redis {
+            None => Store::Local(LocalStore::open(&config.state.path).context("opening state.path")?),
+            Some(conn) => Store::Redis(RedisStore::new(conn.clone(), namespace)),
+        });
+        let throttle = Arc::new(Throttle::new(
+            &config.throttle,
+            redis.map(|conn| Shared::new(conn, namespace)),
+            Some(metrics.throttle_fallbacks.clone()),
+        ));
+        let sweeper = throttle.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                sweeper.local().sweep();
+            }
+        });
+        let dispatcher = Arc::new(Dispatcher::new(templates, chains, retry, throttle));
         let ready = Arc::new(AtomicBool::new(false));
         let listener =
             TcpListener::bind(config.http.addr).with_context(|| format!("binding http.addr {}", config.http.addr))?;

@@ -10,6 +10,7 @@ use crate::job::{Channel, Job};
 use crate::providers::{Provider, ProviderError, Receipt};
 use crate::retry::RetryPolicy;
 use crate::templates::{TemplateError, Templates};
+use crate::throttle::{Throttle, Verdict};
 
 /// How one delivery attempt ended: a final outcome, or a retry after a delay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +76,7 @@ pub struct Dispatcher {
     /// Provider chain per channel, indexed like [`Channel::ALL`].
     chains: [Vec<Arc<dyn Provider>>; 3],
     retry: RetryPolicy,
+    throttle: Arc<Throttle>,
 }
 
 fn index(channel: Channel) -> usize {
@@ -82,11 +84,17 @@ fn index(channel: Channel) -> usize {
 }
 
 impl Dispatcher {
-    pub fn new(templates: Arc<Templates>, chains: [Vec<Arc<dyn Provider>>; 3], retry: RetryPolicy) -> Dispatcher {
+    pub fn new(
+        templates: Arc<Templates>,
+        chains: [Vec<Arc<dyn Provider>>; 3],
+        retry: RetryPolicy,
+        throttle: Arc<Throttle>,
+    ) -> Dispatcher {
         Dispatcher {
             templates,
             chains,
             retry,
+            throttle,
         }
     }
 
@@ -109,6 +117,27 @@ impl Dispatcher {
     async fn try_deliver(&self, job: &Job, attempt: u32) -> Outcome {
         if job.expires_at.is_some_and(|at| at <= Utc::now()) {
             return Outcome::failed(ErrorCode::Expired, "the job expired before it could be sent");
+        }
+        // Limits count jobs, not attempts: a retry already passed them.
+        if attempt == 1 {
+            match self.throttle.check(job).await {
+                Verdict::Allow => {}
+                Verdict::Throttled(scope) => {
+                    return Outcome::Failed {
+                        code: ErrorCode::Throttled,
+                        message: format!("over the {scope} limit"),
+                        provider: None,
+                        provider_code: None,
+                        scope: Some(scope),
+                    };
+                }
+                Verdict::Blocked(country) => {
+                    return Outcome::failed(
+                        ErrorCode::BlockedDestination,
+                        format!("country calling code {country} is not allowed"),
+                    );
+                }
+            }
         }
         let message = match self.templates.render(job) {
             Ok(m) => m,

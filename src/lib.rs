@@ -19,3 +19,4 @@ pub mod providers;
 pub mod retry;
 pub mod store;
 pub mod templates;
+pub mod throttle;

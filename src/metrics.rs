@@ -19,6 +19,8 @@ pub struct Metrics {
     pub retries: IntCounter,
     pub dead_lettered: IntCounterVec,
     pub broker_connected: IntGauge,
+    /// Throttle checks made with the local limiters because Redis failed.
+    pub throttle_fallbacks: IntCounter,
 }
 
 /// What the metrics need of an outcome event: its labels and duration.
@@ -121,6 +123,12 @@ impl Metrics {
         )
         .expect("valid");
         register(Box::new(broker_connected.clone()));
+        let throttle_fallbacks = IntCounter::new(
+            "herald_throttle_local_fallback_total",
+            "Throttle checks made with per-replica limiters because Redis was unreachable",
+        )
+        .expect("valid");
+        register(Box::new(throttle_fallbacks.clone()));
         Metrics {
             registry,
             sent,
@@ -131,6 +139,7 @@ impl Metrics {
             retries,
             dead_lettered,
             broker_connected,
+            throttle_fallbacks,
         }
     }
 

@@ -242,19 +242,11 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// `namespace` keeps deployments (and tests) that share one Redis apart: the jobs queue name.
-    pub async fn connect(url: &str, namespace: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError(format!("redis.url: {e}")))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = redis::aio::ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| StoreError(format!("cannot connect to redis: {e}")))?;
-        Ok(RedisStore {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> RedisStore {
+        RedisStore {
             conn,
             prefix: format!("herald:{namespace}:outcome:"),
-        })
+        }
     }
 
     fn key(&self, id: &str) -> String {
@@ -308,6 +300,18 @@ impl RedisStore {
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(())
     }
+}
+
+/// One Redis connection (multiplexed, reconnecting) for everything herald keeps in Redis. Lazy: herald
+/// starts while Redis is down, and each use fails fast until it is back.
+pub fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_millis(500)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("redis.url: {e}"))
 }
 
 #[cfg(test)]

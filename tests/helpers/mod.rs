@@ -55,7 +55,23 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.templates.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates");
     config.outbox.path = dir.join("outbox.jsonl");
     config.state.path = dir.join("state");
+    // Tests send many jobs for one user and number; the throttle tests turn limits back on.
+    config.throttle = no_limits();
     config
+}
+
+/// `[throttle]` with every limit off.
+pub fn no_limits() -> herald::config::ThrottleConfig {
+    herald::config::ThrottleConfig {
+        user_phone: None,
+        user_voice: None,
+        user_email: None,
+        ip: None,
+        recipient: None,
+        prefix: None,
+        global_phone: None,
+        ..Default::default()
+    }
 }
 
 /// Connects to the test broker. A broker that is down fails the test: it never skips.
@@ -409,7 +425,7 @@ pub struct HeraldProcess {
 
 /// `HERALD_*` variables putting a herald process on `config`'s queues, templates and files.
 pub fn process_env(config: &Config) -> Vec<(String, String)> {
-    vec![
+    [
         ("HERALD_AMQP__URL".into(), config.amqp.url.expose().to_owned()),
         ("HERALD_AMQP__JOBS_QUEUE".into(), config.amqp.jobs_queue.clone()),
         ("HERALD_AMQP__RETRY_QUEUE".into(), config.amqp.retry_queue.clone()),
@@ -431,6 +447,13 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         ("HERALD_OUTBOX__PATH".into(), config.outbox.path.display().to_string()),
         ("HERALD_STATE__PATH".into(), config.state.path.display().to_string()),
     ]
+    .into_iter()
+    .chain(
+        ["user_phone", "user_voice", "user_email", "ip", "recipient", "prefix"]
+            .iter()
+            .map(|k| (format!("HERALD_THROTTLE__{}", k.to_ascii_uppercase()), String::new())),
+    )
+    .collect()
 }
 
 impl HeraldProcess {

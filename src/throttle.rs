@@ -1,0 +1,455 @@
+//! Throttling and toll-fraud defence (contract §5 `[throttle]`): GCRA limits per user, IP, recipient,
+//! number range (prefix) and overall, plus country allow/deny lists. Checked once per job, before
+//! anything is rendered or sent.
+//!
+//! Limits are local (governor, one keyed limiter per limit) or, with `[redis] url`, shared by every
+//! replica through one atomic Lua script per job. When Redis fails, the local limiters take over for a
+//! few seconds at a time: limits stay on, deliveries go on.
+
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Rate, ThrottleConfig};
+use crate::job::{Channel, Job, Recipient};
+
+/// One configured limit. Each has its own limiter (its own quota) and a `scope` for events and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    UserPhone,
+    UserVoice,
+    UserEmail,
+    Ip,
+    Recipient,
+    Prefix,
+    GlobalPhone,
+}
+
+impl Limit {
+    const ALL: [Limit; 7] = [
+        Limit::UserPhone,
+        Limit::UserVoice,
+        Limit::UserEmail,
+        Limit::Ip,
+        Limit::Recipient,
+        Limit::Prefix,
+        Limit::GlobalPhone,
+    ];
+
+    pub fn scope(self) -> &'static str {
+        match self {
+            Limit::UserPhone | Limit::UserVoice | Limit::UserEmail => "user",
+            Limit::Ip => "ip",
+            Limit::Recipient => "recipient",
+            Limit::Prefix => "prefix",
+            Limit::GlobalPhone => "global",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Limit::UserPhone => "user_phone",
+            Limit::UserVoice => "user_voice",
+            Limit::UserEmail => "user_email",
+            Limit::Ip => "ip",
+            Limit::Recipient => "recipient",
+            Limit::Prefix => "prefix",
+            Limit::GlobalPhone => "global_phone",
+        }
+    }
+
+    fn rate(self, config: &ThrottleConfig) -> Option<Rate> {
+        match self {
+            Limit::UserPhone => config.user_phone,
+            Limit::UserVoice => config.user_voice,
+            Limit::UserEmail => config.user_email,
+            Limit::Ip => config.ip,
+            Limit::Recipient => config.recipient,
+            Limit::Prefix => config.prefix,
+            Limit::GlobalPhone => config.global_phone,
+        }
+    }
+
+    fn index(self) -> usize {
+        Limit::ALL.iter().position(|l| *l == self).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Over a limit: the scope that refused.
+    Throttled(&'static str),
+    /// The destination country is not allowed; the calling code (or `unknown`).
+    Blocked(String),
+}
+
+/// The checks one job needs, most specific first: a job refused by its user limit then uses no
+/// capacity of the wider ones (locally each check takes its token when it passes).
+fn checks(config: &ThrottleConfig, job: &Job) -> Vec<(Limit, String)> {
+    let mut out = Vec::with_capacity(6);
+    let user = &job.user_id;
+    match job.channel {
+        Channel::Sms => out.push((Limit::UserPhone, user.clone())),
+        Channel::Voice => {
+            out.push((Limit::UserVoice, user.clone()));
+            out.push((Limit::UserPhone, user.clone()));
+        }
+        Channel::Email => out.push((Limit::UserEmail, user.clone())),
+    }
+    if let Some(ip) = job.ip {
+        out.push((Limit::Ip, ip.to_string()));
+    }
+    out.push((Limit::Recipient, job.to.expose().to_ascii_lowercase()));
+    if let Recipient::Phone(phone) = &job.to {
+        let digits = phone.digits();
+        let n = usize::from(config.prefix_digits).min(digits.len());
+        out.push((Limit::Prefix, digits[..n].to_owned()));
+        out.push((Limit::GlobalPhone, String::new()));
+    }
+    out.retain(|(limit, _)| limit.rate(config).is_some());
+    out
+}
+
+fn quota(rate: Rate) -> Quota {
+    let interval = rate.period / rate.count;
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(interval.max(Duration::from_nanos(1)))
+        .expect("non-zero period")
+        .allow_burst(burst)
+}
+
+/// Keys are kept as 64-bit hashes: a few bytes per key whatever the user id, and no phone number or
+/// address sits in memory (or in Redis) in the clear.
+fn key_hash(limit: Limit, key: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    limit.index().hash(&mut h);
+    key.hash(&mut h);
+    h.finish()
+}
+
+type Keyed<C> = RateLimiter<u64, DashMapStateStore<u64>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// In-process limiters, one per configured limit.
+pub struct Local<C: Clock = DefaultClock> {
+    limiters: Vec<Option<Keyed<C>>>,
+}
+
+impl<C: Clock + Clone> Local<C> {
+    pub fn new(config: &ThrottleConfig, clock: C) -> Local<C> {
+        Local {
+            limiters: Limit::ALL
+                .iter()
+                .map(|l| {
+                    l.rate(config)
+                        .map(|r| RateLimiter::dashmap_with_clock(quota(r), clock.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    fn check(&self, checks: &[(Limit, String)]) -> Verdict {
+        for (limit, key) in checks {
+            if let Some(limiter) = &self.limiters[limit.index()]
+                && limiter.check_key(&key_hash(*limit, key)).is_err()
+            {
+                return Verdict::Throttled(limit.scope());
+            }
+        }
+        Verdict::Allow
+    }
+
+    /// Drops keys whose state is back to "never seen" (the memory bound under many distinct keys).
+    pub fn sweep(&self) {
+        for limiter in self.limiters.iter().flatten() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Keys held, all limits together.
+    pub fn keys(&self) -> usize {
+        self.limiters.iter().flatten().map(|l| l.len()).sum()
+    }
+}
+
+/// GCRA over all of a job's limits at once: either every limit has room and all are updated, or none
+/// is. KEYS = limiter keys; ARGV = for each key, emission interval and burst tolerance in microseconds.
+/// Returns 0 (allowed) or the 1-based index of the refusing key. Time comes from Redis, so replicas
+/// with skewed clocks still agree.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  if tat - now > tolerance then return i end
+  tats[i] = tat + interval
+end
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
+end
+return 0
+"#;
+
+pub struct Shared {
+    conn: redis::aio::ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+}
+
+impl Shared {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Shared {
+        Shared {
+            conn,
+            script: redis::Script::new(GCRA),
+            prefix: format!("herald:{namespace}:throttle:"),
+        }
+    }
+
+    async fn check(&self, config: &ThrottleConfig, checks: &[(Limit, String)]) -> Result<Verdict, redis::RedisError> {
+        if checks.is_empty() {
+            return Ok(Verdict::Allow);
+        }
+        let mut invocation = self.script.prepare_invoke();
+        for (limit, key) in checks {
+            let rate = limit.rate(config).expect("checks hold configured limits only");
+            let interval = (rate.period / rate.count).as_micros() as u64;
+            let tolerance = interval * u64::from(rate.burst.saturating_sub(1));
+            let digest = Sha256::digest(key.as_bytes());
+            let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+            invocation.key(format!("{}{}:{hex}", self.prefix, limit.name()));
+            invocation.arg(interval).arg(tolerance);
+        }
+        let refused: usize = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(match refused {
+            0 => Verdict::Allow,
+            i => Verdict::Throttled(checks.get(i - 1).map_or("global", |(l, _)| l.scope())),
+        })
+    }
+}
+
+pub struct Throttle<C: Clock = DefaultClock> {
+    config: ThrottleConfig,
+    local: Local<C>,
+    shared: Option<Shared>,
+    /// Unix ms until which Redis is skipped after a failure.
+    shared_down_until: AtomicU64,
+    fallbacks: Option<prometheus::IntCounter>,
+}
+
+/// How long herald uses its local limiters after Redis failed, before trying Redis again.
+const FALLBACK_FOR: Duration = Duration::from_secs(5);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Throttle<DefaultClock> {
+    pub fn new(config: &ThrottleConfig, shared: Option<Shared>, fallbacks: Option<prometheus::IntCounter>) -> Self {
+        Throttle::with_clock(config, shared, fallbacks, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Throttle<C> {
+    pub fn with_clock(
+        config: &ThrottleConfig,
+        shared: Option<Shared>,
+        fallbacks: Option<prometheus::IntCounter>,
+        clock: C,
+    ) -> Self {
+        Throttle {
+            config: config.clone(),
+            local: Local::new(config, clock),
+            shared,
+            shared_down_until: AtomicU64::new(0),
+            fallbacks,
+        }
+    }
+
+    pub fn local(&self) -> &Local<C> {
+        &self.local
+    }
+
+    /// The destination policy: allow/deny lists of E.164 calling codes.
+    fn destination(&self, job: &Job) -> Option<Verdict> {
+        let Recipient::Phone(phone) = &job.to else { return None };
+        let code = phone.country_code();
+        let allowed =
+            self.config.countries_allow.is_empty() || code.is_some_and(|c| self.config.countries_allow.contains(&c));
+        let denied = code.is_some_and(|c| self.config.countries_deny.contains(&c));
+        (!allowed || denied).then(|| Verdict::Blocked(code.map_or_else(|| "unknown".into(), |c| c.to_string())))
+    }
+
+    pub async fn check(&self, job: &Job) -> Verdict {
+        if let Some(blocked) = self.destination(job) {
+            return blocked;
+        }
+        let checks = checks(&self.config, job);
+        if let Some(shared) = &self.shared
+            && now_ms() >= self.shared_down_until.load(Ordering::Relaxed)
+        {
+            match shared.check(&self.config, &checks).await {
+                Ok(verdict) => return verdict,
+                Err(e) => {
+                    let until = now_ms() + FALLBACK_FOR.as_millis() as u64;
+                    let previous = self.shared_down_until.swap(until, Ordering::Relaxed);
+                    if previous < now_ms().saturating_sub(60_000) {
+                        tracing::warn!(error = %e, "redis unreachable: throttling with local limiters (per replica) until it is back");
+                    }
+                }
+            }
+        }
+        if self.shared.is_some()
+            && let Some(counter) = &self.fallbacks
+        {
+            counter.inc();
+        }
+        self.local.check(&checks)
+    }
+
+    /// A synchronous check against the local limiters only (simulations and benchmarks).
+    pub fn check_local(&self, job: &Job) -> Verdict {
+        self.destination(job)
+            .unwrap_or_else(|| self.local.check(&checks(&self.config, job)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn job(channel: &str, to: &str, user: &str, ip: &str) -> Job {
+        let json =
+            serde_json::json!({"id": "j", "channel": channel, "to": to, "code": "123456", "user_id": user, "ip": ip});
+        Job::from_json(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn user_phone_limit_is_ten_an_hour() {
+        let clock = FakeRelativeClock::default();
+        let t = Throttle::with_clock(&ThrottleConfig::default(), None, None, clock.clone());
+        for i in 0..10 {
+            let j = job("sms", &format!("+1415555{:04}", i), "u1", "203.0.113.7");
+            assert_eq!(t.check_local(&j), Verdict::Allow, "sms {i}");
+        }
+        let j = job("sms", "+14155559999", "u1", "203.0.113.7");
+        assert_eq!(t.check_local(&j), Verdict::Throttled("user"));
+        clock.advance(Duration::from_secs(360));
+        assert_eq!(t.check_local(&j), Verdict::Allow, "one more after a tenth of the hour");
+    }
+
+    #[test]
+    fn voice_gets_a_burst_of_ten_then_one_an_hour() {
+        let config = ThrottleConfig {
+            user_phone: None,
+            recipient: None,
+            ..ThrottleConfig::default()
+        };
+        let clock = FakeRelativeClock::default();
+        let t = Throttle::with_clock(&config, None, None, clock.clone());
+        let j = job("voice", "+14155550123", "u1", "203.0.113.7");
+        for _ in 0..10 {
+            assert_eq!(t.check_local(&j), Verdict::Allow);
+        }
+        assert_eq!(t.check_local(&j), Verdict::Throttled("user"));
+        clock.advance(Duration::from_secs(30 * 60));
+        assert_eq!(t.check_local(&j), Verdict::Throttled("user"));
+        clock.advance(Duration::from_secs(30 * 60));
+        assert_eq!(t.check_local(&j), Verdict::Allow);
+    }
+
+    #[test]
+    fn prefix_and_recipient_limits() {
+        let t = Throttle::with_clock(&ThrottleConfig::default(), None, None, FakeRelativeClock::default());
+        // Different users and IPs, one number: the recipient limit.
+        for i in 0..10 {
+            assert_eq!(
+                t.check_local(&job(
+                    "sms",
+                    "+14155550123",
+                    &format!("u{i}"),
+                    &format!("198.51.100.{i}")
+                )),
+                Verdict::Allow
+            );
+        }
+        assert_eq!(
+            t.check_local(&job("sms", "+14155550123", "u99", "198.51.100.99")),
+            Verdict::Throttled("recipient")
+        );
+        // Different users, IPs and numbers in one range: the prefix limit (30/h on 7 digits).
+        let mut allowed = 0;
+        for i in 0..100 {
+            let j = job(
+                "sms",
+                &format!("+2250700{i:06}"),
+                &format!("a{i}"),
+                &format!("192.0.2.{i}"),
+            );
+            if t.check_local(&j) == Verdict::Allow {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 30);
+    }
+
+    #[test]
+    fn countries_allow_and_deny() {
+        let config = ThrottleConfig {
+            countries_deny: vec![225],
+            ..ThrottleConfig::default()
+        };
+        let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
+        assert_eq!(
+            t.check_local(&job("sms", "+2250700000000", "u", "192.0.2.1")),
+            Verdict::Blocked("225".into())
+        );
+        assert_eq!(
+            t.check_local(&job("sms", "+14155550123", "u", "192.0.2.1")),
+            Verdict::Allow
+        );
+        let config = ThrottleConfig {
+            countries_allow: vec![1, 44],
+            ..ThrottleConfig::default()
+        };
+        let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
+        assert_eq!(
+            t.check_local(&job("sms", "+33612345678", "u", "192.0.2.1")),
+            Verdict::Blocked("33".into())
+        );
+        assert_eq!(
+            t.check_local(&job("sms", "+447700900123", "u", "192.0.2.1")),
+            Verdict::Allow
+        );
+        let email = job("email", "a@b.co", "u", "192.0.2.1");
+        assert_eq!(t.check_local(&email), Verdict::Allow, "lists apply to phones only");
+    }
+
+    #[test]
+    fn sweeping_forgets_idle_keys() {
+        let clock = FakeRelativeClock::default();
+        let t = Throttle::with_clock(&ThrottleConfig::default(), None, None, clock.clone());
+        for i in 0..1000 {
+            let ip = format!("10.0.{}.{}", i / 256, i % 256);
+            t.check_local(&job("email", &format!("u{i}@example.com"), &format!("u{i}"), &ip));
+        }
+        assert_eq!(t.local().keys(), 3000, "user, ip and recipient keys");
+        clock.advance(Duration::from_secs(2 * 3600));
+        t.local().sweep();
+        assert_eq!(t.local().keys(), 0);
+    }
+}

@@ -1,0 +1,126 @@
+//! Throttling through the whole path: refused jobs end with `throttled` and are not sent, countries
+//! are blocked, and with Redis the limits hold across replicas (and survive Redis going away).
+
+mod helpers;
+
+use helpers::{TestApp, job, metric};
+use herald::config::{Secret, ThrottleConfig};
+
+fn sms_to(n: usize) -> serde_json::Value {
+    let mut j = job("sms");
+    j["to"] = format!("+1415555{n:04}").into();
+    j
+}
+
+#[tokio::test]
+async fn over_the_user_limit_a_job_ends_throttled_and_is_not_sent() {
+    let mut app = TestApp::spawn(|c| c.throttle = ThrottleConfig::default()).await;
+    let jobs: Vec<_> = (0..12).map(sms_to).collect();
+    app.publish_many(&jobs).await;
+    let events = app.events(12).await;
+    let throttled: Vec<_> = events.iter().filter(|e| e.get("error").is_some()).collect();
+    assert_eq!(throttled.len(), 2);
+    for e in &throttled {
+        assert_eq!(e["type"], "gd_send_sms_failure");
+        assert_eq!(e["error"]["code"], "throttled");
+        assert_eq!(e["scope"], "user");
+    }
+    assert_eq!(app.outbox_lines().len(), 10);
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, "gd_send_throttled_total{channel=\"sms\",scope=\"user\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "gd_send_sms_failure_total{country=\"1\",provider=\"none\",reason=\"throttled\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        app.queue_len(&app.config.amqp.jobs_queue).await,
+        0,
+        "throttled jobs are acknowledged"
+    );
+    assert_eq!(
+        app.queue_len(&app.config.amqp.dead_queue).await,
+        0,
+        "and not dead-lettered"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_denied_country_is_blocked() {
+    let mut app = TestApp::spawn(|c| c.throttle.countries_deny = vec![225]).await;
+    let mut j = job("sms");
+    j["to"] = "+2250700000001".into();
+    app.publish(&j).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["error"]["code"], "blocked_destination");
+    assert_eq!(e["country"], "225");
+    assert!(app.outbox_lines().is_empty());
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gd_send_sms_failure_total{country=\"225\",provider=\"none\",reason=\"blocked_destination\"}"
+        ),
+        1.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_give_a_user_ten_sms_an_hour_in_total() {
+    let mut app = TestApp::spawn(|c| {
+        c.throttle = ThrottleConfig::default();
+        c.redis.url = Secret::new("redis://127.0.0.1:6379");
+    })
+    .await;
+    // A second herald on the same queue and Redis, with its own local state.
+    let mut config = app.config.clone();
+    let state = tempfile::tempdir().unwrap();
+    config.state.path = state.path().to_owned();
+    let replica = herald::app::Application::build(config).await.unwrap();
+    let stop = replica.shutdown_token();
+    let running = tokio::spawn(replica.run());
+
+    let jobs: Vec<_> = (0..25).map(sms_to).collect();
+    app.publish_many(&jobs).await;
+    let events = app.events(25).await;
+    let sent = events.iter().filter(|e| e.get("error").is_none()).count();
+    assert_eq!(sent, 10, "10 in the hour in total, not 10 per replica");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.get("error").is_some())
+            .all(|e| e["scope"] == "user")
+    );
+    assert_eq!(app.outbox_lines().len(), 10);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_redis_limits_fall_back_to_local_and_delivery_goes_on() {
+    let mut app = TestApp::spawn(|c| {
+        c.throttle = ThrottleConfig::default();
+        // Nothing listens there.
+        c.redis.url = Secret::new("redis://127.0.0.1:1");
+    })
+    .await;
+    let jobs: Vec<_> = (0..11).map(sms_to).collect();
+    app.publish_many(&jobs).await;
+    let events = app.events(11).await;
+    assert_eq!(
+        events.iter().filter(|e| e.get("error").is_none()).count(),
+        10,
+        "delivered, and still limited"
+    );
+    let m = app.metrics().await;
+    assert!(metric(&m, "herald_throttle_local_fallback_total") >= 11.0, "{m}");
+    app.stop().await;
+}
