@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Audit;
 use crate::config::{Config, ProviderKind};
 use crate::consumer::Consumer;
 use crate::dispatch::Dispatcher;
@@ -65,7 +66,7 @@ impl Application {
                 sweeper.local().sweep();
             }
         });
-        let dispatcher = Arc::new(Dispatcher::new(templates, chains, retry, throttle));
+        let dispatcher = Arc::new(Dispatcher::new(templates.clone(), chains, retry, throttle));
         let ready = Arc::new(AtomicBool::new(false));
         let listener =
             TcpListener::bind(config.http.addr).with_context(|| format!("binding http.addr {}", config.http.addr))?;
@@ -76,7 +77,32 @@ impl Application {
                 metrics: metrics.clone(),
                 ready: ready.clone(),
             },
+            crate::http::admin::AdminState {
+                templates: templates.clone(),
+                token: config.admin.token.clone(),
+                token_name: config.admin.token_name.clone(),
+                audit: Arc::new(Audit::new(config.amqp.clone())),
+            },
         )?;
+        // Replicas share templates.dir: pick up each other's edits within seconds.
+        let watched = templates.clone();
+        tokio::spawn(async move {
+            let mut seen = watched.fingerprint();
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                every.tick().await;
+                let now = watched.fingerprint();
+                if now != seen {
+                    seen = now;
+                    match watched.reload() {
+                        Ok(()) => tracing::info!("templates reloaded from templates.dir"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "templates.dir changed but does not load; keeping the templates in use")
+                        }
+                    }
+                }
+            }
+        });
         let consumer = Arc::new(Consumer::new(config.amqp.clone(), dispatcher, store, metrics, ready));
         Ok(Application {
             http_addr,

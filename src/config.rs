@@ -105,10 +105,21 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub token: Secret,
+    /// Who the token stands for in audit events (the token itself is never shown).
+    pub token_name: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token: Secret::default(),
+            token_name: "admin".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,6 +6,7 @@
 //! [`metrics`].
 
 pub mod app;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod job;
 pub mod metrics;
 pub mod providers;
 pub mod retry;
+pub mod sms;
 pub mod store;
 pub mod templates;
 pub mod throttle;

@@ -39,6 +39,9 @@ impl fmt::Debug for Rendered {
     }
 }
 
+/// The shipped templates, compiled into the binary: what "revert to default" restores.
+static SHIPPED: include_dir::Dir<'static> = include_dir::include_dir!("$CARGO_MANIFEST_DIR/templates");
+
 /// Which file of a channel × action × locale: sms and voice have one, email three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
@@ -55,6 +58,16 @@ impl Part {
             Part::Subject => ".subject",
             Part::Html => ".html",
             Part::Text => ".txt",
+        }
+    }
+
+    /// The part's name in the admin API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Body => "body",
+            Part::Subject => "subject",
+            Part::Html => "html",
+            Part::Text => "text",
         }
     }
 
@@ -227,6 +240,244 @@ fn reason(e: &handlebars::RenderError) -> String {
         handlebars::RenderErrorReason::MissingVariable(Some(name)) => format!("unknown variable `{name}`"),
         other => other.to_string(),
     }
+}
+
+/// One editable template: a channel × action × locale, with one part (sms, voice) or three (email).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateId {
+    pub channel: Channel,
+    pub action: Action,
+    pub locale: Locale,
+}
+
+impl TemplateId {
+    pub fn file(&self, part: Part) -> String {
+        format!(
+            "{}.hbs",
+            template_name(self.channel, self.action, self.locale.as_str(), part)
+        )
+    }
+}
+
+/// The sources of a template's parts, by part name.
+pub type Sources = std::collections::BTreeMap<&'static str, String>;
+
+impl Templates {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The template's sources as they are on disk; `None` when no part exists.
+    pub fn read(&self, id: &TemplateId) -> std::io::Result<Option<Sources>> {
+        let mut sources = Sources::new();
+        for &part in Part::of(id.channel) {
+            match std::fs::read_to_string(self.dir.join(id.file(part))) {
+                Ok(text) => {
+                    sources.insert(part.name(), text);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((!sources.is_empty()).then_some(sources))
+    }
+
+    /// Every template in the directory, sorted by channel, action and locale.
+    pub fn list(&self) -> std::io::Result<Vec<TemplateId>> {
+        let mut ids: Vec<TemplateId> = Vec::new();
+        for rel in list_files(&self.dir)? {
+            if let Ok((channel, action, locale, _)) = parse_file_name(&rel) {
+                let id = TemplateId {
+                    channel,
+                    action,
+                    locale,
+                };
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The shipped default of a template, if it has one.
+    pub fn shipped(id: &TemplateId) -> Option<Sources> {
+        let mut sources = Sources::new();
+        for &part in Part::of(id.channel) {
+            let text = SHIPPED.get_file(id.file(part))?.contents_utf8()?;
+            sources.insert(part.name(), text.to_owned());
+        }
+        Some(sources)
+    }
+
+    /// Checks a complete set of sources: every part present, each compiling and rendering with sample
+    /// variables. Problems carry the part's file name and, when known, line and column.
+    pub fn validate(id: &TemplateId, sources: &Sources) -> Result<(), Vec<TemplateProblem>> {
+        let mut problems = Vec::new();
+        for &part in Part::of(id.channel) {
+            let name = template_name(id.channel, id.action, id.locale.as_str(), part);
+            match sources.get(part.name()) {
+                None => problems.push(TemplateProblem {
+                    file: format!("{name}.hbs"),
+                    line: None,
+                    column: None,
+                    message: format!("part `{}` is missing", part.name()),
+                }),
+                Some(source) => {
+                    if let Err(p) = check_source(&name, source, id.channel, id.action, &id.locale, part) {
+                        problems.push(p);
+                    }
+                }
+            }
+        }
+        for key in sources.keys() {
+            if !Part::of(id.channel).iter().any(|p| p.name() == *key) {
+                problems.push(TemplateProblem {
+                    file: id.file(Part::of(id.channel)[0]),
+                    line: None,
+                    column: None,
+                    message: format!("`{key}` is not a part of a {} template", id.channel.as_str()),
+                });
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// Renders sources (already validated) with the sample variables.
+    pub fn preview(id: &TemplateId, sources: &Sources) -> Result<Rendered, Vec<TemplateProblem>> {
+        Templates::validate(id, sources)?;
+        let job = sample_job(id.channel, id.action, &id.locale);
+        let ctx = context(&job, &id.locale);
+        let render = |part: Part| -> Result<String, Vec<TemplateProblem>> {
+            let name = template_name(id.channel, id.action, id.locale.as_str(), part);
+            let mut hb = registry(part != Part::Html);
+            let source = sources.get(part.name()).map(String::as_str).unwrap_or_default();
+            hb.register_template_string(&name, source).map_err(|e| {
+                vec![TemplateProblem {
+                    file: format!("{name}.hbs"),
+                    line: None,
+                    column: None,
+                    message: e.to_string(),
+                }]
+            })?;
+            hb.render(&name, &ctx).map_err(|e| {
+                vec![TemplateProblem {
+                    file: format!("{name}.hbs"),
+                    line: e.line_no,
+                    column: e.column_no,
+                    message: reason(&e),
+                }]
+            })
+        };
+        Ok(match id.channel {
+            Channel::Sms => Rendered::Sms {
+                body: render(Part::Body)?.trim().to_owned(),
+            },
+            Channel::Voice => Rendered::Voice {
+                text: render(Part::Body)?.trim().to_owned(),
+            },
+            Channel::Email => Rendered::Email {
+                subject: render(Part::Subject)?.trim().to_owned(),
+                text: render(Part::Text)?,
+                html: render(Part::Html)?,
+            },
+        })
+    }
+
+    /// Writes every part atomically (temp file, fsync, rename, fsync of the directory), then reloads so
+    /// the next job uses it. Call [`Templates::validate`] first.
+    pub fn save(&self, id: &TemplateId, sources: &Sources) -> Result<(), TemplateError> {
+        for &part in Part::of(id.channel) {
+            if let Some(text) = sources.get(part.name()) {
+                write_atomically(&self.dir.join(id.file(part)), text.as_bytes()).map_err(io_problem(id.file(part)))?;
+            }
+        }
+        self.reload()
+    }
+
+    /// Back to the shipped default, or, for a template that has none, removes it (lookups then fall
+    /// back to the language or the default locale). Returns what the template is now, if anything.
+    pub fn revert(&self, id: &TemplateId) -> Result<Option<Sources>, TemplateError> {
+        match Templates::shipped(id) {
+            Some(defaults) => {
+                self.save(id, &defaults)?;
+                Ok(Some(defaults))
+            }
+            None => {
+                if id.locale == self.default_locale {
+                    return Err(TemplateError::Invalid(vec![TemplateProblem {
+                        file: id.file(Part::of(id.channel)[0]),
+                        line: None,
+                        column: None,
+                        message: "the default locale's template cannot be removed: every job falls back to it".into(),
+                    }]));
+                }
+                for &part in Part::of(id.channel) {
+                    match std::fs::remove_file(self.dir.join(id.file(part))) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(io_problem(id.file(part))(e));
+                        }
+                        _ => {}
+                    }
+                }
+                self.reload()?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Changes in the directory (names, sizes, modification times): what replicas sharing the
+    /// directory poll to pick up each other's edits.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        if let Ok(files) = list_files(&self.dir) {
+            for rel in files {
+                std::hash::Hash::hash(&rel, &mut h);
+                if let Ok(meta) = std::fs::metadata(self.dir.join(&rel)) {
+                    std::hash::Hash::hash(&meta.len(), &mut h);
+                    std::hash::Hash::hash(&meta.modified().ok(), &mut h);
+                }
+            }
+        }
+        std::hash::Hasher::finish(&h)
+    }
+}
+
+fn io_problem(file: String) -> impl Fn(std::io::Error) -> TemplateError {
+    move |e| {
+        TemplateError::Invalid(vec![TemplateProblem {
+            file: file.clone(),
+            line: None,
+            column: None,
+            message: format!("cannot write: {e}"),
+        }])
+    }
+}
+
+/// Temp file in the same directory, fsync, rename over the target, fsync the directory: a crash leaves
+/// the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("template"),
+        fastrand::u64(..)
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// A sample job for validating templates: every built-in variable present, `vars` empty.

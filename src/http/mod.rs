@@ -1,4 +1,6 @@
-//! HTTP surface (contract §8): metrics and health probes. Admin routes join here later.
+//! HTTP surface (contract §8): metrics, health probes and the template administration.
+
+pub mod admin;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -35,14 +37,18 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 }
 
 /// Serves on an already bound listener (bind first, so tests can use port 0 and read the port back).
-pub fn serve(listener: TcpListener, state: HttpState) -> std::io::Result<Server> {
+pub fn serve(listener: TcpListener, state: HttpState, admin: admin::AdminState) -> std::io::Result<Server> {
     let state = web::Data::new(state);
+    let admin = web::Data::new(admin);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(admin.clone())
+            .app_data(admin::json_config())
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .configure(admin::routes)
     })
     .workers(1)
     .disable_signals()

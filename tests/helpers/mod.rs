@@ -711,6 +711,16 @@ impl Broker {
         serde_json::from_slice(&delivery.data).expect("event is JSON")
     }
 
+    /// The next outcome event (`gd_send_*`), skipping audit events.
+    pub async fn next_outcome(&mut self, secs: u64) -> Value {
+        loop {
+            let e = self.next_event(secs).await;
+            if e["type"].as_str().is_some_and(|t| t.starts_with("gd_send_")) {
+                return e;
+            }
+        }
+    }
+
     /// Exactly `n` events: waits for them, then checks that no extra one follows.
     pub async fn events(&mut self, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);

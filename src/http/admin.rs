@@ -1,0 +1,463 @@
+//! Template administration (contract §7-§8): `/admin/api/…` behind the admin bearer token, and the
+//! editor page at `/admin/`.
+
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::audit::{Audit, TEMPLATE_CHANGED, TemplateChanged};
+use crate::config::Secret;
+use crate::job::{Action, Channel, Locale};
+use crate::templates::{Rendered, Sources, TemplateId, TemplateProblem, Templates};
+
+/// Largest request body the admin API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Twilio refuses TwiML longer than this.
+pub const TWIML_LIMIT: usize = 4000;
+
+pub struct AdminState {
+    pub templates: Arc<Templates>,
+    pub token: Secret,
+    pub token_name: String,
+    pub audit: Arc<Audit>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/admin",
+        web::get().to(|| async {
+            HttpResponse::PermanentRedirect()
+                .insert_header((header::LOCATION, "/admin/"))
+                .finish()
+        }),
+    )
+    .route("/admin/", web::get().to(page))
+    .service(
+        // The token is checked before anything else, bodies included.
+        web::scope("/admin/api")
+            .wrap(from_fn(require_token))
+            .route("/templates", web::get().to(list))
+            .route("/templates/{channel}/{action}/{locale}", web::get().to(read))
+            .route("/templates/{channel}/{action}/{locale}", web::put().to(replace))
+            .route("/templates/{channel}/{action}/{locale}", web::delete().to(revert))
+            .route("/preview", web::post().to(preview)),
+    );
+}
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let denied = match req.app_data::<web::Data<AdminState>>() {
+        Some(state) => authorize(req.request(), state).err(),
+        None => Some(ApiError::Unauthorized("the admin API is not configured")),
+    };
+    match denied {
+        Some(e) => Ok(req
+            .into_response(actix_web::ResponseError::error_response(&e))
+            .map_into_right_body()),
+        None => next.call(req).await.map(ServiceResponse::map_into_left_body),
+    }
+}
+
+/// JSON bodies: capped, and every parse error is a 400 with a message.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
+        let message = err.to_string();
+        actix_web::error::InternalError::from_response(err, bad_request(&message)).into()
+    })
+}
+
+/// Every refusal of the admin API, rendered as JSON `{"error": …}` with its status.
+#[derive(Debug)]
+enum ApiError {
+    BadRequest(String),
+    Unauthorized(&'static str),
+    NotFound(&'static str),
+    Invalid(Vec<TemplateProblem>),
+    Stale(Option<String>),
+    Internal(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::BadRequest(m) | ApiError::Internal(m) => f.write_str(m),
+            ApiError::Unauthorized(m) | ApiError::NotFound(m) => f.write_str(m),
+            ApiError::Invalid(problems) => {
+                write!(
+                    f,
+                    "invalid template: {}",
+                    problems.first().map(ToString::to_string).unwrap_or_default()
+                )
+            }
+            ApiError::Stale(_) => f.write_str(
+                "the template changed since you read it (If-Match does not match its ETag): reload it and edit again",
+            ),
+        }
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        use actix_web::http::StatusCode;
+        match self {
+            ApiError::BadRequest(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Stale(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({ "error": self.to_string() });
+        match self {
+            ApiError::Invalid(problems) => {
+                body["problems"] = problems
+                    .iter()
+                    .map(|p| json!({"file": p.file, "line": p.line, "column": p.column, "message": p.message}))
+                    .collect();
+            }
+            ApiError::Stale(etag) => body["etag"] = json!(etag),
+            ApiError::Internal(e) => tracing::error!(error = %e, "template store"),
+            _ => {}
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"herald admin\""));
+        }
+        response.json(body)
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Internal(e.to_string())
+}
+
+fn bad_request(message: &str) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::BadRequest(message.to_owned()))
+}
+
+/// Bearer token check in constant time; an empty configured token disables the admin API.
+fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), ApiError> {
+    if state.token.is_empty() {
+        return Err(ApiError::Unauthorized("the admin API is disabled: set admin.token"));
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let expected = state.token.expose().as_bytes();
+    if bool::from(presented.as_bytes().ct_eq(expected)) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("missing or wrong bearer token"))
+    }
+}
+
+/// Channel, action and locale from the path (or a body), each checked: nothing unchecked reaches a
+/// file name, so `../`, absolute paths and NUL cannot.
+fn template_id(channel: &str, action: &str, locale: &str) -> Result<TemplateId, ApiError> {
+    let channel = Channel::parse(channel).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "unknown channel `{}` (sms, voice or email)",
+            channel.escape_debug()
+        ))
+    })?;
+    let action = Action::parse(action).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "unknown action `{}` (enrollment or second-factor-authentication)",
+            action.escape_debug()
+        ))
+    })?;
+    let locale = Locale::parse(locale).map_err(ApiError::BadRequest)?;
+    Ok(TemplateId {
+        channel,
+        action,
+        locale,
+    })
+}
+
+fn etag(sources: &Sources) -> String {
+    let mut hash = Sha256::new();
+    for (name, text) in sources {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+        hash.update(text.as_bytes());
+        hash.update([0]);
+    }
+    let digest = hash.finalize();
+    format!(
+        "\"{}\"",
+        digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+fn describe(id: &TemplateId, sources: &Sources) -> Value {
+    let shipped = Templates::shipped(id);
+    json!({
+        "channel": id.channel.as_str(),
+        "action": id.action.as_str(),
+        "locale": id.locale.as_str(),
+        "parts": sources,
+        "etag": etag(sources),
+        "has_default": shipped.is_some(),
+        "is_default": shipped.as_ref() == Some(sources),
+    })
+}
+
+/// The page itself holds no data (it asks for the token), so it needs no Authorization header; it is
+/// 401 like the API while the admin API is disabled.
+async fn page(state: web::Data<AdminState>) -> HttpResponse {
+    if state.token.is_empty() {
+        return actix_web::ResponseError::error_response(&ApiError::Unauthorized(
+            "the admin API is disabled: set admin.token",
+        ));
+    }
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+        ))
+        .body(include_str!("admin.html"))
+}
+
+async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    let ids = state.templates.list().map_err(internal)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Ok(Some(sources)) = state.templates.read(&id) {
+            let mut entry = describe(&id, &sources);
+            entry.as_object_mut().map(|o| o.remove("parts"));
+            out.push(entry);
+        }
+    }
+    Ok(HttpResponse::Ok()
+        .json(json!({ "templates": out, "default_locale": state.templates.default_locale().as_str() })))
+}
+
+async fn read(
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = template_id(&path.0, &path.1, &path.2)?;
+    let sources = state.templates.read(&id).map_err(internal)?.ok_or(ApiError::NotFound(
+        "no such template (lookups fall back to the language or the default locale)",
+    ))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, etag(&sources)))
+        .json(describe(&id, &sources)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replace {
+    parts: std::collections::BTreeMap<String, String>,
+}
+
+/// The part names of the request, as the template's own (`&'static str`) names; unknown ones stay
+/// for `validate` to report.
+fn sources_of(id: &TemplateId, parts: std::collections::BTreeMap<String, String>) -> Result<Sources, ApiError> {
+    let mut sources = Sources::new();
+    for (name, text) in parts {
+        let Some(part) = crate::templates::Part::of(id.channel).iter().find(|p| p.name() == name) else {
+            return Err(ApiError::BadRequest(format!(
+                "`{}` is not a part of a {} template ({})",
+                name.escape_debug(),
+                id.channel.as_str(),
+                crate::templates::Part::of(id.channel)
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if text.contains('\0') {
+            return Err(ApiError::BadRequest("templates cannot contain NUL characters".into()));
+        }
+        sources.insert(part.name(), text);
+    }
+    Ok(sources)
+}
+
+/// `If-Match` against the current version: `Err(412)` on a stale edit.
+fn check_if_match(req: &HttpRequest, current: Option<&Sources>) -> Result<(), ApiError> {
+    let Some(wanted) = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let wanted = wanted.trim();
+    let matches = match current {
+        Some(sources) => wanted == "*" || wanted.split(',').any(|t| t.trim() == etag(sources)),
+        None => false,
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::Stale(current.map(etag)))
+    }
+}
+
+async fn replace(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<Replace>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = template_id(&path.0, &path.1, &path.2)?;
+    let sources = sources_of(&id, body.into_inner().parts)?;
+    let rendered = Templates::preview(&id, &sources).map_err(ApiError::Invalid)?;
+    let current = state.templates.read(&id).map_err(internal)?;
+    check_if_match(&req, current.as_ref())?;
+    state.templates.save(&id, &sources).map_err(internal)?;
+    let tag = etag(&sources);
+    state
+        .audit
+        .emit(&change(&state, &id, "replace", Some(tag.clone())))
+        .await;
+    let mut out = describe(&id, &sources);
+    out["warnings"] = json!(warnings(&rendered, &id));
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, tag)).json(out))
+}
+
+async fn revert(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = template_id(&path.0, &path.1, &path.2)?;
+    let current = state
+        .templates
+        .read(&id)
+        .map_err(internal)?
+        .ok_or(ApiError::NotFound("no such template"))?;
+    check_if_match(&req, Some(&current))?;
+    let now = match state.templates.revert(&id) {
+        Ok(now) => now,
+        Err(crate::templates::TemplateError::Invalid(problems)) => return Err(ApiError::Invalid(problems)),
+        Err(e) => return Err(internal(e)),
+    };
+    state
+        .audit
+        .emit(&change(&state, &id, "revert", now.as_ref().map(etag)))
+        .await;
+    Ok(match now {
+        Some(sources) => HttpResponse::Ok()
+            .insert_header((header::ETAG, etag(&sources)))
+            .json(describe(&id, &sources)),
+        None => HttpResponse::Ok().json(json!({
+            "channel": id.channel.as_str(), "action": id.action.as_str(), "locale": id.locale.as_str(), "removed": true,
+        })),
+    })
+}
+
+fn change(state: &AdminState, id: &TemplateId, what: &'static str, etag: Option<String>) -> TemplateChanged {
+    TemplateChanged {
+        date: crate::events::now_rfc3339(),
+        kind: TEMPLATE_CHANGED,
+        description: "Template changed",
+        who: state.token_name.clone(),
+        change: what,
+        channel: id.channel.as_str(),
+        action: id.action.as_str(),
+        locale: id.locale.to_string(),
+        etag,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Preview {
+    channel: String,
+    #[serde(default = "default_action")]
+    action: String,
+    #[serde(default = "default_locale")]
+    locale: String,
+    parts: std::collections::BTreeMap<String, String>,
+}
+
+fn default_action() -> String {
+    "second-factor-authentication".into()
+}
+
+fn default_locale() -> String {
+    "en".into()
+}
+
+async fn preview(body: web::Json<Preview>) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let id = template_id(&body.channel, &body.action, &body.locale)?;
+    let sources = sources_of(&id, body.parts)?;
+    let rendered = Templates::preview(&id, &sources).map_err(ApiError::Invalid)?;
+    Ok(HttpResponse::Ok().json(describe_rendered(&rendered, &id)))
+}
+
+fn describe_rendered(rendered: &Rendered, id: &TemplateId) -> Value {
+    let mut out = match rendered {
+        Rendered::Sms { body } => json!({ "text": body, "sms": crate::sms::segments(body) }),
+        Rendered::Voice { text } => {
+            let twiml = crate::providers::twilio::twiml(text, Some(&id.locale));
+            json!({
+                "text": text.replace(crate::templates::PAUSE, " … "),
+                "voice": { "twiml": twiml, "twiml_length": twiml.chars().count(), "twiml_limit": TWIML_LIMIT },
+            })
+        }
+        Rendered::Email { subject, text, html } => {
+            json!({ "email": { "subject": subject, "text": text, "html": html } })
+        }
+    };
+    out["channel"] = id.channel.as_str().into();
+    out["warnings"] = json!(warnings(rendered, id));
+    out
+}
+
+/// What a save should hear about: an SMS in several segments or over Twilio's length limit, TwiML
+/// over Twilio's limit.
+fn warnings(rendered: &Rendered, id: &TemplateId) -> Vec<String> {
+    let mut out = Vec::new();
+    match rendered {
+        Rendered::Sms { body } => {
+            let s = crate::sms::segments(body);
+            if s.characters > crate::sms::TWILIO_MAX_CHARS {
+                out.push(format!(
+                    "the SMS is {} characters; Twilio refuses more than {}",
+                    s.characters,
+                    crate::sms::TWILIO_MAX_CHARS
+                ));
+            }
+            if s.segments > 1 {
+                out.push(format!(
+                    "the SMS takes {} segments ({}, {} units): each segment is billed",
+                    s.segments,
+                    serde_json::to_value(s.encoding)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    s.units
+                ));
+            }
+        }
+        Rendered::Voice { text } => {
+            let length = crate::providers::twilio::twiml(text, Some(&id.locale)).chars().count();
+            if length > TWIML_LIMIT {
+                out.push(format!(
+                    "the TwiML is {length} characters; Twilio refuses more than {TWIML_LIMIT}"
+                ));
+            }
+        }
+        Rendered::Email { .. } => {}
+    }
+    out
+}

@@ -1,0 +1,428 @@
+//! The template admin API: auth, read/replace/revert with ETags, validation with positions, preview
+//! measures, audit events, bad paths, replicas sharing the directory, and every answer checked against
+//! docs/admin-api.yaml.
+
+mod helpers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use helpers::{TestApp, job};
+use herald::config::Secret;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "t0ps3cret-admin-token";
+
+/// A private copy of the shipped templates, so edits stay in the test.
+fn templates_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+async fn admin_app(dir: &Path) -> TestApp {
+    let dir = dir.to_owned();
+    TestApp::spawn(move |c| {
+        c.templates.dir = dir;
+        c.admin.token = Secret::new(TOKEN);
+        c.admin.token_name = "ops-team".into();
+    })
+    .await
+}
+
+/// Validates `value` against a schema of docs/admin-api.yaml.
+fn conforms(value: &Value, schema: &str) {
+    let doc: Value = serde_yaml::from_str(include_str!("../docs/admin-api.yaml")).unwrap();
+    let mut components = doc["components"].clone();
+    nullable_to_json_schema(&mut components);
+    let schema = json!({ "$ref": format!("#/components/schemas/{schema}"), "components": components });
+    let validator = jsonschema::validator_for(&schema).expect("docs/admin-api.yaml schemas compile");
+    let errors: Vec<String> = validator.iter_errors(value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "answer does not match {schema}: {errors:?}\n{value}");
+}
+
+/// OpenAPI 3.0's `nullable: true` is `type: [T, "null"]` in JSON Schema.
+fn nullable_to_json_schema(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.remove("nullable") == Some(Value::Bool(true))
+                && let Some(Value::String(t)) = map.get("type").cloned()
+            {
+                map.insert("type".into(), json!([t, "null"]));
+            }
+            map.values_mut().for_each(nullable_to_json_schema);
+        }
+        Value::Array(items) => items.iter_mut().for_each(nullable_to_json_schema),
+        _ => {}
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(app: &TestApp) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: app.url(""),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> (StatusCode, Option<String>, Value) {
+        let r = rb.send().await.unwrap();
+        let status = r.status();
+        let etag = r.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+        let body = r.json::<Value>().await.unwrap_or(Value::Null);
+        (status, etag, body)
+    }
+}
+
+#[tokio::test]
+async fn with_no_token_configured_every_admin_route_is_401() {
+    let app = TestApp::spawn(|_| {}).await;
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/admin/"),
+        ("GET", "/admin/api/templates"),
+        ("GET", "/admin/api/templates/sms/enrollment/en"),
+        ("PUT", "/admin/api/templates/sms/enrollment/en"),
+        ("DELETE", "/admin/api/templates/sms/enrollment/en"),
+        ("POST", "/admin/api/preview"),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth("")
+            .json(&json!({"parts": {"body": "x"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_checked() {
+    let dir = templates_copy();
+    let app = admin_app(dir.path()).await;
+    let http = reqwest::Client::new();
+    let list = app.url("/admin/api/templates");
+    assert_eq!(http.get(&list).send().await.unwrap().status(), 401);
+    assert_eq!(http.get(&list).bearer_auth("wrong").send().await.unwrap().status(), 401);
+    let r = http.get(&list).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    conforms(&body, "TemplateList");
+    let templates = body["templates"].as_array().unwrap();
+    assert_eq!(
+        templates.len(),
+        22,
+        "2 email + 10 sms + 10 voice shipped templates: {body}"
+    );
+    assert!(
+        templates
+            .iter()
+            .all(|t| t["is_default"] == true && t["has_default"] == true)
+    );
+    let page = http.get(app.url("/admin/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<title>herald · templates</title>"));
+}
+
+#[tokio::test]
+async fn replace_is_validated_atomic_live_and_audited() {
+    let dir = templates_copy();
+    let mut app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let path = "/admin/api/templates/sms/second-factor-authentication/en";
+
+    let (status, etag, body) = c.send(c.req(reqwest::Method::GET, path)).await;
+    assert_eq!(status, 200);
+    conforms(&body, "Template");
+    let etag = etag.unwrap();
+    assert_eq!(body["etag"], etag.as_str());
+
+    // A syntax error: 400 with its line and column, nothing written.
+    let before = std::fs::read_to_string(dir.path().join("sms/second-factor-authentication.en.hbs")).unwrap();
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .json(&json!({"parts": {"body": "Your code:\n{{#if code}}{{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    conforms(&body, "Error");
+    assert!(body["problems"][0]["line"].as_u64().unwrap() >= 2, "{body}");
+    assert!(body["problems"][0]["column"].is_u64(), "{body}");
+    // An unknown variable under strict mode: 400 as well.
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .json(&json!({"parts": {"body": "Hi {{nmae}}: {{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("unknown variable `nmae`"),
+        "{body}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("sms/second-factor-authentication.en.hbs")).unwrap(),
+        before
+    );
+
+    // A good edit with the right If-Match.
+    let new_text = "Acme code: {{code}}. Do not share it.";
+    let (status, new_etag, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .header("If-Match", &etag)
+                .json(&json!({"parts": {"body": new_text}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    conforms(&body, "Saved");
+    assert_eq!(body["is_default"], false);
+    let new_etag = new_etag.unwrap();
+    assert_ne!(new_etag, etag);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("sms/second-factor-authentication.en.hbs")).unwrap(),
+        new_text
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sms"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+
+    // The audit event: who, what, when, and no token.
+    let audit = app.next_event(10).await;
+    assert_eq!(audit["type"], "herald_template_changed");
+    assert_eq!(audit["who"], "ops-team");
+    assert_eq!(audit["change"], "replace");
+    assert_eq!(
+        (audit["channel"].as_str(), audit["locale"].as_str()),
+        (Some("sms"), Some("en"))
+    );
+    assert_eq!(audit["etag"], new_etag.as_str());
+    chrono::DateTime::parse_from_rfc3339(audit["date"].as_str().unwrap()).unwrap();
+    assert!(!audit.to_string().contains(TOKEN));
+
+    // The next job uses it, without a restart.
+    app.publish(&job("sms")).await;
+    app.next_outcome(20).await;
+    assert_eq!(app.outbox_lines()[0]["body"], "Acme code: 482913. Do not share it.");
+
+    // A stale edit (the old ETag) is refused.
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .header("If-Match", &etag)
+                .json(&json!({"parts": {"body": "{{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 412);
+    conforms(&body, "Stale");
+
+    // Revert: back to the shipped text.
+    let (status, _, body) = c
+        .send(c.req(reqwest::Method::DELETE, path).header("If-Match", &new_etag))
+        .await;
+    assert_eq!(status, 200);
+    conforms(&body, "Template");
+    assert_eq!(body["is_default"], true);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("sms/second-factor-authentication.en.hbs")).unwrap(),
+        before
+    );
+    assert_eq!(app.next_event(10).await["change"], "revert");
+}
+
+#[tokio::test]
+async fn a_new_locale_can_be_added_and_removed() {
+    let dir = templates_copy();
+    let mut app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let path = "/admin/api/templates/sms/second-factor-authentication/it";
+    let (status, _, _) = c.send(c.req(reqwest::Method::GET, path)).await;
+    assert_eq!(status, 404);
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .json(&json!({"parts": {"body": "Il tuo codice è {{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["has_default"], false);
+    let mut j = job("sms");
+    j["locale"] = "it-IT".into();
+    app.publish(&j).await;
+    app.next_outcome(20).await;
+    assert_eq!(app.outbox_lines()[0]["body"], "Il tuo codice è 482913");
+    let (status, _, body) = c.send(c.req(reqwest::Method::DELETE, path)).await;
+    assert_eq!(status, 200);
+    conforms(&body, "Removed");
+    assert!(!dir.path().join("sms/second-factor-authentication.it.hbs").exists());
+}
+
+#[tokio::test]
+async fn preview_measures_sms_voice_and_email() {
+    let dir = templates_copy();
+    let app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let preview = |body: Value| c.send(c.req(reqwest::Method::POST, "/admin/api/preview").json(&body));
+
+    let (status, _, body) = preview(json!({"channel": "sms", "parts": {"body": "{{code}} is your code"}})).await;
+    assert_eq!(status, 200);
+    conforms(&body, "Preview");
+    assert_eq!(body["text"], "123456 is your code");
+    assert_eq!(
+        body["sms"],
+        json!({"encoding": "GSM-7", "characters": 19, "units": 19, "segments": 1})
+    );
+    assert_eq!(body["warnings"], json!([]));
+
+    let long = format!("{{{{code}}}} {}", "código ".repeat(12));
+    let (_, _, body) = preview(json!({"channel": "sms", "locale": "es", "parts": {"body": long}})).await;
+    conforms(&body, "Preview");
+    assert_eq!(body["sms"]["encoding"], "UCS-2");
+    assert_eq!(body["sms"]["segments"], 2);
+    assert!(body["warnings"][0].as_str().unwrap().contains("2 segments"), "{body}");
+
+    let (_, _, body) =
+        preview(json!({"channel": "voice", "locale": "fr", "parts": {"body": "Code {{pause}}{{code}}"}})).await;
+    conforms(&body, "Preview");
+    assert!(
+        body["voice"]["twiml"]
+            .as_str()
+            .unwrap()
+            .contains("<Say language=\"fr-FR\">1. 2. 3. 4. 5. 6</Say>"),
+        "{body}"
+    );
+    assert_eq!(body["voice"]["twiml_limit"], 4000);
+    let (_, _, body) = preview(json!({"channel": "voice", "parts": {"body": "{{code}} ".repeat(200)}})).await;
+    assert!(body["voice"]["twiml_length"].as_u64().unwrap() > 4000);
+    assert!(body["warnings"][0].as_str().unwrap().contains("4000"), "{body}");
+
+    let (_, _, body) = preview(json!({"channel": "email", "action": "enrollment", "parts": {
+        "subject": "Code for {{friendly_name}}", "text": "Code {{code}}", "html": "<b>{{code}}</b> {{friendly_name}}"}}))
+    .await;
+    conforms(&body, "Preview");
+    assert_eq!(
+        body["email"],
+        json!({"subject": "Code for Acme", "text": "Code 123456", "html": "<b>123456</b> Acme"})
+    );
+
+    let (status, _, body) = preview(json!({"channel": "email", "parts": {"subject": "x"}})).await;
+    assert_eq!(status, 400, "every part of an email is needed");
+    conforms(&body, "Error");
+}
+
+#[tokio::test]
+async fn bad_paths_and_bodies_are_400_and_nothing_is_written_outside() {
+    let dir = templates_copy();
+    let app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let body = json!({"parts": {"body": "{{code}}"}});
+    for path in [
+        "/admin/api/templates/sms/enrollment/..%2F..%2Fetc",
+        "/admin/api/templates/sms/enrollment/%2Ftmp%2Fx",
+        "/admin/api/templates/sms/enrollment/en%00",
+        "/admin/api/templates/sms/enrollment/not_a_locale!",
+        "/admin/api/templates/fax/enrollment/en",
+        "/admin/api/templates/sms/login/en",
+        "/admin/api/templates/..%2Fsms/enrollment/en",
+    ] {
+        let (status, _, answer) = c.send(c.req(reqwest::Method::PUT, path).json(&body)).await;
+        assert_eq!(status, 400, "{path}: {answer}");
+        conforms(&answer, "Error");
+    }
+    let huge = json!({"parts": {"body": "x".repeat(100 * 1024)}});
+    let (status, _, answer) = c
+        .send(
+            c.req(reqwest::Method::PUT, "/admin/api/templates/sms/enrollment/en")
+                .json(&huge),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("larger than allowed"),
+        "{answer}"
+    );
+    let (status, _, _) = c
+        .send(
+            c.req(reqwest::Method::PUT, "/admin/api/templates/sms/enrollment/en")
+                .body("{not json")
+                .header("content-type", "application/json"),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = c
+        .send(
+            c.req(reqwest::Method::PUT, "/admin/api/templates/sms/enrollment/en")
+                .json(&json!({"parts": {"subject": "x"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "sms has no subject part");
+    // Only the shipped files are in the directory and its parent is untouched.
+    let mut found = Vec::new();
+    for sub in ["sms", "voice", "email"] {
+        found.extend(
+            std::fs::read_dir(dir.path().join(sub))
+                .unwrap()
+                .map(|e| e.unwrap().file_name()),
+        );
+    }
+    assert_eq!(found.len(), 26);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+}
+
+#[tokio::test]
+async fn replicas_sharing_the_directory_pick_up_each_others_edits() {
+    let dir = templates_copy();
+    let first = admin_app(dir.path()).await;
+    let mut second = admin_app(dir.path()).await;
+    let c = Client::new(&first);
+    let (status, _, _) = c
+        .send(
+            c.req(
+                reqwest::Method::PUT,
+                "/admin/api/templates/sms/second-factor-authentication/en",
+            )
+            .json(&json!({"parts": {"body": "Edited elsewhere: {{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The other replica polls the directory: within seconds its jobs use the new text.
+    for _ in 0..40 {
+        second.publish(&job("sms")).await;
+        second.next_outcome(20).await;
+        if second.outbox_lines().last().unwrap()["body"] == "Edited elsewhere: 482913" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the second replica never used the edited template");
+}
