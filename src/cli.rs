@@ -36,6 +36,12 @@ pub enum Command {
     Serve,
     /// Publish one job to the jobs queue and print its id.
     Send(Box<SendArgs>),
+    /// Measure herald against the raw broker in the same run (see BENCHMARKS.md).
+    Bench {
+        /// Jobs per run.
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+    },
     /// Template tools.
     Templates {
         #[command(subcommand)]
@@ -102,6 +108,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await.map(|()| 0),
         Command::Send(args) => send(&config, *args).await,
+        Command::Bench { jobs } => crate::bench::run(&config, crate::bench::BenchArgs { jobs })
+            .await
+            .map(|()| 0),
         Command::Templates {
             command: TemplatesCommand::Check,
         } => Ok(templates_check(&config)),

@@ -211,9 +211,12 @@ impl Consumer {
             }
             channel.tx_commit().await?;
             let mut committed = Vec::new();
+            // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
+            let mut lines = Vec::new();
             for finished in &batch {
                 if let Some((sample, json)) = &finished.event {
-                    events::print(json);
+                    lines.extend_from_slice(json);
+                    lines.push(b'\n');
                     self.metrics.record(sample);
                 }
                 if let Some(code) = finished.dead {
@@ -226,6 +229,7 @@ impl Consumer {
                     committed.push(id.clone());
                 }
             }
+            events::print_lines(&lines);
             if !committed.is_empty() {
                 self.store.mark_committed(committed).await;
             }

@@ -159,12 +159,20 @@ pub fn now_rfc3339() -> String {
 
 /// Writes one event per line on stdout. Logs go to stderr, so stdout is a clean event stream.
 pub fn print(json: &[u8]) {
+    let mut line = Vec::with_capacity(json.len() + 1);
+    line.extend_from_slice(json);
+    line.push(b'\n');
+    print_lines(&line);
+}
+
+/// Writes complete lines (each ending in `\n`) to stdout at once.
+pub fn print_lines(lines: &[u8]) {
+    if lines.is_empty() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     // A closed stdout must not stop deliveries: the event is on the broker anyway.
-    let _ = out
-        .write_all(json)
-        .and_then(|_| out.write_all(b"\n"))
-        .and_then(|_| out.flush());
+    let _ = out.write_all(lines).and_then(|_| out.flush());
 }
 
 /// Masks anything in free text (provider error messages) that could be a phone number, a code or an

@@ -239,3 +239,29 @@ async fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_lo
     assert_eq!(outbox.lines().count(), 3);
     assert!(outbox.contains("482913 is your verification code for Acme."));
 }
+
+/// Not a timed test: `herald bench` runs end to end on its own queues and prints its table.
+#[test]
+fn bench_runs_and_prints_the_table() {
+    let out = herald().args(["bench", "--jobs", "500"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "| broker ceiling: consume + ack + one small publish | 500 |",
+        "| herald e2e, Twilio-shaped server (0 ms) | 500 |",
+        "| herald e2e, outbox provider | 500 |",
+        "| herald e2e, provider answering in 200 ms |",
+        "| e2e outbox / broker ceiling |",
+        "| 200 ms provider / (prefetch / 0.2 s = 1280/s) |",
+        "| publish → provider request p99 at",
+        "| peak RSS of the herald process |",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+    assert!(!stdout.contains("failed"), "{stdout}");
+}

@@ -1,0 +1,604 @@
+//! `herald bench`: herald against the raw broker, measured in the same run on the same machine, so
+//! that the result is a ratio rather than an absolute number that wanders with the machine.
+//!
+//! 1. the broker's ceiling: publish N with confirms, then consume them with manual acks at the same
+//!    prefetch, publishing one small confirmed message per message (what herald minimally does);
+//! 2. herald end to end (a child `herald serve`): N jobs published, time until N outcome events, with
+//!    a zero-latency Twilio-shaped HTTP server, then with the outbox provider;
+//! 3. herald with a provider answering after 200 ms (concurrency is the limit, not CPU);
+//! 4. latency from publish to provider request at half the measured throughput;
+//! 5. the peak RSS of the herald process.
+//!
+//! Everything runs on queues of its own (`herald.bench.<id>.*`), deleted afterwards.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+
+use crate::broker;
+use crate::config::{AmqpConfig, Config};
+
+pub struct BenchArgs {
+    pub jobs: usize,
+}
+
+#[derive(Default)]
+struct Row {
+    what: String,
+    jobs: usize,
+    seconds: f64,
+    note: String,
+}
+
+impl Row {
+    fn rate(&self) -> f64 {
+        self.jobs as f64 / self.seconds.max(1e-9)
+    }
+}
+
+pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    let n = args.jobs.max(10);
+    let prefetch = config.amqp.prefetch;
+    let id = ulid::Ulid::generate().to_string().to_ascii_lowercase();
+    let mut amqp = config.amqp.clone();
+    amqp.jobs_queue = format!("herald.bench.{id}.jobs");
+    amqp.retry_queue = format!("herald.bench.{id}.retry");
+    amqp.dead_queue = format!("herald.bench.{id}.dead");
+    amqp.events_exchange = format!("herald.bench.{id}.events");
+    let connection = broker::connect(&amqp, "herald-bench")
+        .await
+        .with_context(|| format!("connecting to {}", broker::redacted_url(&amqp)))?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    eprintln!(
+        "herald bench: {n} jobs, prefetch {prefetch}, broker {}",
+        broker::redacted_url(&amqp)
+    );
+
+    let result = async {
+        let mut rows = Vec::new();
+        let (publish, ceiling) = ceiling(&connection, &channel, &amqp, n).await?;
+        rows.push(publish);
+        rows.push(ceiling);
+        let dir = tempfile_dir(&id)?;
+        let fast = Provider::start(Duration::ZERO)?;
+        let (twilio_row, rss1) = herald_run(
+            &channel,
+            &amqp,
+            &dir,
+            n,
+            Some(&fast),
+            "herald e2e, Twilio-shaped server (0 ms)",
+        )
+        .await?;
+        let (outbox_row, rss2) = herald_run(&channel, &amqp, &dir, n, None, "herald e2e, outbox provider").await?;
+        let slow_jobs = n.min(usize::from(prefetch) * 20).max(10);
+        let slow = Provider::start(Duration::from_millis(200))?;
+        let (slow_row, rss3) = herald_run(
+            &channel,
+            &amqp,
+            &dir,
+            slow_jobs,
+            Some(&slow),
+            "herald e2e, provider answering in 200 ms",
+        )
+        .await?;
+        let half = twilio_row.rate() / 2.0;
+        let (latency_row, p50, p99, rss4) = latency(&channel, &amqp, &dir, &fast, half, n).await?;
+        let ceiling_rate = rows[1].rate();
+        let peak_rss = [rss1, rss2, rss3, rss4].into_iter().fold(0.0, f64::max);
+        let slow_ideal = f64::from(prefetch) / 0.2;
+        rows.push(twilio_row);
+        rows.push(outbox_row);
+        rows.push(slow_row);
+        rows.push(latency_row);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        println!("| step | jobs | seconds | jobs/s | |");
+        println!("|---|---:|---:|---:|---|");
+        for r in &rows {
+            println!(
+                "| {} | {} | {:.2} | {:.0} | {} |",
+                r.what,
+                r.jobs,
+                r.seconds,
+                r.rate(),
+                r.note
+            );
+        }
+        println!();
+        println!("| measure | value | bar |");
+        println!("|---|---:|---|");
+        println!(
+            "| e2e outbox / broker ceiling | {:.2} | ≥ 0.80 |",
+            rows[3].rate() / ceiling_rate
+        );
+        println!(
+            "| e2e Twilio-shaped / broker ceiling | {:.2} | ≥ 0.60 |",
+            rows[2].rate() / ceiling_rate
+        );
+        println!(
+            "| 200 ms provider / (prefetch / 0.2 s = {slow_ideal:.0}/s) | {:.2} | ≥ 0.90 |",
+            rows[4].rate() / slow_ideal
+        );
+        println!("| publish → provider request p50 at {half:.0} jobs/s | {p50:.2} ms | |");
+        println!("| publish → provider request p99 at {half:.0} jobs/s | {p99:.2} ms | ≤ 2 ms |");
+        println!("| peak RSS of the herald process | {peak_rss:.1} MiB | ≤ 30 MiB |");
+        anyhow::Ok(())
+    }
+    .await;
+
+    for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = channel
+        .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "bench done".into()).await;
+    result
+}
+
+fn tempfile_dir(id: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("herald-bench-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn job_body(i: usize) -> Vec<u8> {
+    // The code carries the index, so the provider side can match a request to its publish time.
+    format!(
+        r#"{{"id":"bench-{i}","channel":"sms","to":"+1415555{:04}","code":"{:06}","user_id":"bench-user-{i}","friendly_name":"Acme"}}"#,
+        i % 10_000,
+        i % 1_000_000
+    )
+    .into_bytes()
+}
+
+async fn declare(channel: &Channel, name: &str, amqp: &AmqpConfig) -> anyhow::Result<()> {
+    let mut args = FieldTable::default();
+    if amqp.queue_type == crate::config::QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+    }
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Step 1: what the broker itself does at this prefetch.
+async fn ceiling(
+    connection: &Connection,
+    channel: &Channel,
+    amqp: &AmqpConfig,
+    n: usize,
+) -> anyhow::Result<(Row, Row)> {
+    let q_in = format!("{}.ceiling-in", amqp.jobs_queue);
+    let q_out = format!("{}.ceiling-out", amqp.jobs_queue);
+    declare(channel, &q_in, amqp).await?;
+    declare(channel, &q_out, amqp).await?;
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let started = Instant::now();
+    let mut confirms = Vec::with_capacity(n);
+    for i in 0..n {
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    q_in.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &job_body(i),
+                    props.clone(),
+                )
+                .await?,
+        );
+    }
+    for c in confirms {
+        c.await?;
+    }
+    let publish = Row {
+        what: "broker: publish with confirms".into(),
+        jobs: n,
+        seconds: started.elapsed().as_secs_f64(),
+        note: String::new(),
+    };
+
+    let consume = connection.create_channel().await?;
+    consume.basic_qos(amqp.prefetch, BasicQosOptions::default()).await?;
+    let out = connection.create_channel().await?;
+    out.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut consumer = consume
+        .basic_consume(
+            q_in.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        for _ in 0..n {
+            let Some(Ok(delivery)) = consumer.next().await else {
+                break;
+            };
+            let out = out.clone();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                let small = BasicProperties::default().with_delivery_mode(2);
+                let confirmed = match out
+                    .basic_publish(
+                        "".into(),
+                        q_out_name(&delivery).as_str().into(),
+                        BasicPublishOptions::default(),
+                        b"{}",
+                        small,
+                    )
+                    .await
+                {
+                    Ok(c) => c.await.is_ok(),
+                    Err(_) => false,
+                };
+                let acked = delivery.acker.ack(BasicAckOptions::default()).await.is_ok();
+                let _ = done.send(confirmed && acked);
+            });
+        }
+    });
+    for _ in 0..n {
+        match done_rx.recv().await {
+            Some(true) => {}
+            _ => bail!("the broker ceiling run failed"),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    reader.abort();
+    let _ = consume.close(200, "done".into()).await;
+    for q in [&q_in, &q_out] {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let ceiling = Row {
+        what: "broker ceiling: consume + ack + one small publish".into(),
+        jobs: n,
+        seconds,
+        note: format!("prefetch {}", amqp.prefetch),
+    };
+    Ok((publish, ceiling))
+}
+
+/// The ceiling's output queue, derived from the input queue of the delivery.
+fn q_out_name(delivery: &lapin::message::Delivery) -> String {
+    delivery.routing_key.as_str().replace(".ceiling-in", ".ceiling-out")
+}
+
+/// A Twilio-shaped server answering `201 {"sid": …}` after `delay`, recording when each code arrived.
+struct Provider {
+    url: String,
+    arrivals: Arc<Mutex<HashMap<u32, Instant>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Provider {
+    fn start(delay: Duration) -> anyhow::Result<Provider> {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        let arrivals = Arc::new(Mutex::new(HashMap::new()));
+        let seen = arrivals.clone();
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = HttpServer::new(move || {
+            let seen = seen.clone();
+            App::new().default_service(web::to(move |form: web::Form<HashMap<String, String>>| {
+                let now = Instant::now();
+                let seen = seen.clone();
+                async move {
+                    if let Some(code) = form
+                        .get("Body")
+                        .and_then(|b| b.split(' ').next())
+                        .and_then(|c| c.parse().ok())
+                    {
+                        seen.lock().unwrap_or_else(|e| e.into_inner()).insert(code, now);
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    HttpResponse::Created().json(serde_json::json!({"sid": "SMbench", "status": "queued"}))
+                }
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .backlog(4096)
+        .max_connections(100_000)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Provider { url, arrivals, handle })
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+    }
+}
+
+struct Child {
+    process: std::process::Child,
+}
+
+impl Child {
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Starts `herald serve` on the bench's queues, with Twilio at `provider` or the outbox.
+async fn start_herald(amqp: &AmqpConfig, dir: &std::path::Path, provider: Option<&Provider>) -> anyhow::Result<Child> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") && !key.starts_with("HERALD_AMQP__URL") && key != "HERALD_TEMPLATES__DIR" {
+            cmd.env_remove(key);
+        }
+    }
+    let state = dir.join(format!("state-{}", ulid::Ulid::generate()));
+    cmd.arg("serve")
+        .env("RUST_LOG", "warn")
+        .env("HERALD_AMQP__URL", amqp.url.expose())
+        .env("HERALD_AMQP__PREFETCH", amqp.prefetch.to_string())
+        .env(
+            "HERALD_AMQP__QUEUE_TYPE",
+            if amqp.queue_type == crate::config::QueueType::Quorum {
+                "quorum"
+            } else {
+                "classic"
+            },
+        )
+        .env("HERALD_AMQP__JOBS_QUEUE", &amqp.jobs_queue)
+        .env("HERALD_AMQP__RETRY_QUEUE", &amqp.retry_queue)
+        .env("HERALD_AMQP__DEAD_QUEUE", &amqp.dead_queue)
+        .env("HERALD_AMQP__EVENTS_EXCHANGE", &amqp.events_exchange)
+        .env("HERALD_HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .env("HERALD_STATE__PATH", &state)
+        .env("HERALD_OUTBOX__PATH", dir.join("outbox.jsonl"))
+        .env("HERALD_RETRY__SCHEDULE", "[]");
+    for limit in ["USER_PHONE", "USER_VOICE", "USER_EMAIL", "IP", "RECIPIENT", "PREFIX"] {
+        cmd.env(format!("HERALD_THROTTLE__{limit}"), "");
+    }
+    if let Some(p) = provider {
+        cmd.env("HERALD_TWILIO__ACCOUNT_SID", "ACbench")
+            .env("HERALD_TWILIO__AUTH_TOKEN", "bench")
+            .env("HERALD_TWILIO__FROM", "+15005550006")
+            .env("HERALD_TWILIO__BASE_URL", &p.url)
+            .env("HERALD_RETRY__PROVIDER_TIMEOUT", "30s");
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    let child = Child {
+        process: cmd.spawn().context("starting herald serve")?,
+    };
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    for _ in 0..300 {
+        if reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200) {
+            return Ok(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("herald did not become ready")
+}
+
+/// A queue of the bench's own bound to the events exchange.
+async fn events(channel: &Channel, amqp: &AmqpConfig) -> anyhow::Result<lapin::Consumer> {
+    broker::declare_topology(channel, amqp).await?;
+    let q = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            q.name().clone(),
+            amqp.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(channel
+        .basic_consume(
+            q.name().clone(),
+            "bench-events".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+async fn publish_all(channel: &Channel, amqp: &AmqpConfig, range: std::ops::Range<usize>) -> anyhow::Result<()> {
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let mut confirms = Vec::with_capacity(range.len());
+    for i in range {
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    amqp.jobs_queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &job_body(i),
+                    props.clone(),
+                )
+                .await?,
+        );
+    }
+    for c in confirms {
+        c.await?;
+    }
+    Ok(())
+}
+
+async fn wait_events(events: &mut lapin::Consumer, n: usize) -> anyhow::Result<usize> {
+    let mut failures = 0;
+    for _ in 0..n {
+        let next = tokio::time::timeout(Duration::from_secs(120), events.next())
+            .await
+            .context("no event for 120 s")?
+            .context("event stream closed")??;
+        if next.data.windows(8).any(|w| w == b"\"error\":") {
+            failures += 1;
+        }
+    }
+    Ok(failures)
+}
+
+/// Steps 2 and 3: n jobs through a fresh herald; returns the row and herald's peak RSS.
+async fn herald_run(
+    channel: &Channel,
+    amqp: &AmqpConfig,
+    dir: &std::path::Path,
+    n: usize,
+    provider: Option<&Provider>,
+    what: &str,
+) -> anyhow::Result<(Row, f64)> {
+    let mut events = events(channel, amqp).await?;
+    let herald = start_herald(amqp, dir, provider).await?;
+    let started = Instant::now();
+    let publisher = {
+        let channel = channel.clone();
+        let amqp = amqp.clone();
+        tokio::spawn(async move { publish_all(&channel, &amqp, 0..n).await })
+    };
+    let failures = wait_events(&mut events, n).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    publisher.await??;
+    let rss = herald.peak_rss_mib();
+    drop(herald);
+    let note = if failures > 0 {
+        format!("{failures} failed")
+    } else {
+        String::new()
+    };
+    Ok((
+        Row {
+            what: what.into(),
+            jobs: n,
+            seconds,
+            note,
+        },
+        rss,
+    ))
+}
+
+/// Step 4: jobs published at a steady `rate`, latency to the provider request.
+async fn latency(
+    channel: &Channel,
+    amqp: &AmqpConfig,
+    dir: &std::path::Path,
+    provider: &Provider,
+    rate: f64,
+    n: usize,
+) -> anyhow::Result<(Row, f64, f64, f64)> {
+    let count = ((rate * 3.0) as usize).clamp(50, n);
+    let mut events = events(channel, amqp).await?;
+    let herald = start_herald(amqp, dir, Some(provider)).await?;
+    provider.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    let offset = 500_000; // codes distinct from the throughput runs
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    let gap = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let mut published = HashMap::with_capacity(count);
+    let started = Instant::now();
+    for k in 0..count {
+        let due = started + gap * k as u32;
+        tokio::time::sleep_until(due.into()).await;
+        let i = offset + k;
+        let at = Instant::now();
+        channel
+            .basic_publish(
+                "".into(),
+                amqp.jobs_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &job_body(i),
+                props.clone(),
+            )
+            .await?
+            .await?;
+        published.insert((i % 1_000_000) as u32, at);
+    }
+    wait_events(&mut events, count).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rss = herald.peak_rss_mib();
+    drop(herald);
+    let arrivals = provider.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut ms: Vec<f64> = published
+        .iter()
+        .filter_map(|(code, at)| {
+            arrivals
+                .get(code)
+                .map(|arr| arr.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        ms.get(((ms.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let row = Row {
+        what: format!("latency run at {rate:.0} jobs/s"),
+        jobs: count,
+        seconds,
+        note: String::new(),
+    };
+    Ok((row, pct(0.5), pct(0.99), rss))
+}
