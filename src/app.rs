@@ -35,6 +35,8 @@ impl Application {
     ///
     /// [`run`]: Application::run
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        // Cancels the consumer and the background chores below.
+        let shutdown = CancellationToken::new();
         let default_locale = Locale::parse(&config.templates.default_locale).map_err(anyhow::Error::msg)?;
         let templates = Arc::new(
             Templates::load(&config.templates.dir, &default_locale)
@@ -59,10 +61,14 @@ impl Application {
             Some(metrics.throttle_fallbacks.clone()),
         ));
         let sweeper = throttle.clone();
+        let stopping = shutdown.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
             loop {
-                every.tick().await;
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stopping.cancelled() => return,
+                }
                 sweeper.local().sweep();
             }
         });
@@ -86,11 +92,15 @@ impl Application {
         )?;
         // Replicas share templates.dir: pick up each other's edits within seconds.
         let watched = templates.clone();
+        let stopping = shutdown.clone();
         tokio::spawn(async move {
             let mut seen = watched.fingerprint();
             let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
             loop {
-                every.tick().await;
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stopping.cancelled() => return,
+                }
                 let now = watched.fingerprint();
                 if now != seen {
                     seen = now;
@@ -108,7 +118,7 @@ impl Application {
             http_addr,
             server,
             consumer,
-            shutdown: CancellationToken::new(),
+            shutdown,
         })
     }
 

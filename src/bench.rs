@@ -198,27 +198,8 @@ async fn ceiling(
     let q_out = format!("{}.ceiling-out", amqp.jobs_queue);
     declare(channel, &q_in, amqp).await?;
     declare(channel, &q_out, amqp).await?;
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
     let started = Instant::now();
-    let mut confirms = Vec::with_capacity(n);
-    for i in 0..n {
-        confirms.push(
-            channel
-                .basic_publish(
-                    "".into(),
-                    q_in.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &job_body(i),
-                    props.clone(),
-                )
-                .await?,
-        );
-    }
-    for c in confirms {
-        c.await?;
-    }
+    publish_all(channel, &q_in, 0..n).await?;
     let publish = Row {
         what: "broker: publish with confirms".into(),
         jobs: n,
@@ -462,7 +443,8 @@ async fn events(channel: &Channel, amqp: &AmqpConfig) -> anyhow::Result<lapin::C
         .await?)
 }
 
-async fn publish_all(channel: &Channel, amqp: &AmqpConfig, range: std::ops::Range<usize>) -> anyhow::Result<()> {
+/// Publishes jobs `range` to `queue`, then waits for every confirm.
+async fn publish_all(channel: &Channel, queue: &str, range: std::ops::Range<usize>) -> anyhow::Result<()> {
     let props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
@@ -472,7 +454,7 @@ async fn publish_all(channel: &Channel, amqp: &AmqpConfig, range: std::ops::Rang
             channel
                 .basic_publish(
                     "".into(),
-                    amqp.jobs_queue.as_str().into(),
+                    queue.into(),
                     BasicPublishOptions::default(),
                     &job_body(i),
                     props.clone(),
@@ -515,7 +497,7 @@ async fn herald_run(
     let publisher = {
         let channel = channel.clone();
         let amqp = amqp.clone();
-        tokio::spawn(async move { publish_all(&channel, &amqp, 0..n).await })
+        tokio::spawn(async move { publish_all(&channel, &amqp.jobs_queue, 0..n).await })
     };
     let failures = wait_events(&mut events, n).await?;
     let seconds = started.elapsed().as_secs_f64();

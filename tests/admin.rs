@@ -17,21 +17,8 @@ const TOKEN: &str = "t0ps3cret-admin-token";
 /// A private copy of the shipped templates, so edits stay in the test.
 fn templates_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    helpers::copy_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 async fn admin_app(dir: &Path) -> TestApp {

@@ -106,7 +106,7 @@ fn a_missing_config_file_is_an_error() {
 #[test]
 fn templates_check_reports_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    helpers::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
     let ok = herald()
         .args(["templates", "check"])
         .env("HERALD_TEMPLATES__DIR", dir.path())
@@ -137,19 +137,6 @@ fn templates_check_reports_file_line_and_column() {
         stderr.contains("voice/enrollment.fr.hbs:1:1: unknown variable `codee`"),
         "{stderr}"
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            std::fs::create_dir_all(&target).unwrap();
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// The README's first steps, with the real binary: serve, send, outbox, event on stdout, SIGTERM.
