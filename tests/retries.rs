@@ -224,16 +224,10 @@ async fn with_redis_a_replica_knows_what_another_one_delivered() {
     app.stop().await;
 
     // A second replica: its own local state directory, the same Redis.
-    let mut config = app.config.clone();
-    let state = tempfile::tempdir().unwrap();
-    config.state.path = state.path().to_owned();
-    let replica = herald::app::Application::build(config).await.unwrap();
-    let stop = replica.shutdown_token();
-    let running = tokio::spawn(replica.run());
+    let replica = helpers::Replica::spawn(&app.config).await;
     let reply = app.publish_and_wait(&j).await;
     assert_eq!(reply["error"]["code"], "duplicate", "{reply}");
     app.events(0).await;
     assert_eq!(app.outbox_lines().len(), 1, "not sent again");
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    replica.stop().await;
 }

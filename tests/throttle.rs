@@ -80,12 +80,7 @@ async fn two_replicas_sharing_redis_give_a_user_ten_sms_an_hour_in_total() {
     })
     .await;
     // A second herald on the same queue and Redis, with its own local state.
-    let mut config = app.config.clone();
-    let state = tempfile::tempdir().unwrap();
-    config.state.path = state.path().to_owned();
-    let replica = herald::app::Application::build(config).await.unwrap();
-    let stop = replica.shutdown_token();
-    let running = tokio::spawn(replica.run());
+    let replica = helpers::Replica::spawn(&app.config).await;
 
     let jobs: Vec<_> = (0..25).map(sms_to).collect();
     app.publish_many(&jobs).await;
@@ -99,8 +94,7 @@ async fn two_replicas_sharing_redis_give_a_user_ten_sms_an_hour_in_total() {
             .all(|e| e["scope"] == "user")
     );
     assert_eq!(app.outbox_lines().len(), 10);
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    replica.stop().await;
     app.stop().await;
 }
 

@@ -831,3 +831,31 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A second herald on the same config (queues, Redis), with a local state directory of its own: what
+/// another replica of the deployment is. Stop it with [`Replica::stop`].
+pub struct Replica {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _state: tempfile::TempDir,
+}
+
+impl Replica {
+    pub async fn spawn(config: &Config) -> Replica {
+        let mut config = config.clone();
+        let state = tempfile::tempdir().unwrap();
+        config.state.path = state.path().to_owned();
+        let app = Application::build(config).await.expect("the replica builds");
+        let shutdown = app.shutdown_token();
+        Replica {
+            shutdown,
+            task: tokio::spawn(app.run()),
+            _state: state,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
