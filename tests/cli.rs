@@ -245,7 +245,8 @@ fn bench_runs_and_prints_the_table() {
         "| herald e2e, provider answering in 200 ms |",
         "| e2e outbox / broker ceiling |",
         "| 200 ms provider / (prefetch / 0.2 s = 1280/s) |",
-        "| publish → provider request p99 at",
+        "| broker alone: publish → consumer p50 / p99 at",
+        "| added by herald p50 / p99 |",
         "| peak RSS of the herald process |",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
