@@ -516,11 +516,10 @@ async fn herald_run(
     let seconds = started.elapsed().as_secs_f64();
     let rss = herald.peak_rss_mib();
     drop(herald);
-    let note = if failures > 0 {
-        format!("{failures} failed")
-    } else {
-        String::new()
-    };
+    let mut note = format!("herald peak RSS {rss:.1} MiB");
+    if failures > 0 {
+        note.push_str(&format!(", {failures} failed"));
+    }
     Ok((
         Row {
             what: what.into(),

@@ -191,24 +191,28 @@ impl Consumer {
             .await
             > 0
         {
+            // Every publish and ack of the batch is queued at once and awaited together: awaiting each in
+            // turn would cost a round trip to lapin's I/O thread per frame. All must be written before the
+            // commit, which lapin sends ahead of queued publishes.
+            let mut sends: Vec<futures_util::future::BoxFuture<'_, Result<(), lapin::Error>>> = Vec::new();
             for finished in &batch {
                 for p in &finished.publishes {
                     let routing_key = ShortString::try_new(p.routing_key.as_str())
                         .map_err(|_| BrokerError::Closed("routing key longer than 255 bytes".into()))?;
-                    channel
-                        .basic_publish(
-                            p.exchange.as_str().into(),
-                            routing_key,
-                            BasicPublishOptions::default(),
-                            &p.body,
-                            p.properties.clone(),
-                        )
-                        .await?;
+                    let publish = channel.basic_publish(
+                        p.exchange.as_str().into(),
+                        routing_key,
+                        BasicPublishOptions::default(),
+                        &p.body,
+                        p.properties.clone(),
+                    );
+                    sends.push(Box::pin(async move { publish.await.map(drop) }));
                 }
-                channel
-                    .basic_ack(finished.delivery_tag, BasicAckOptions::default())
-                    .await?;
+                sends.push(Box::pin(
+                    channel.basic_ack(finished.delivery_tag, BasicAckOptions::default()),
+                ));
             }
+            futures_util::future::try_join_all(sends).await?;
             channel.tx_commit().await?;
             let mut committed = Vec::new();
             // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
