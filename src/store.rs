@@ -9,8 +9,9 @@
 //! Embedded SQLite (WAL, `synchronous=NORMAL`: every commit reaches the OS before the reply, so a killed
 //! process loses nothing, with no fsync per job) or Redis when `[redis] url` is set, shared by replicas.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,6 @@ fn now_secs() -> i64 {
 }
 
 enum Op {
-    Get(String, oneshot::Sender<Result<Option<Record>, StoreError>>),
     Put(String, Record, oneshot::Sender<Result<(), StoreError>>),
     Mark(Vec<String>),
 }
@@ -83,7 +83,12 @@ enum Op {
 /// in the next one (group commit), so throughput does not hinge on one write per job.
 pub struct LocalStore {
     tx: mpsc::Sender<Op>,
+    reads: mpsc::Sender<(String, GetReply)>,
+    /// Ids whose committed mark is requested but not yet written: a lookup treats them as committed.
+    marking: Arc<Mutex<HashSet<String>>>,
 }
+
+type GetReply = oneshot::Sender<Result<Option<Record>, StoreError>>;
 
 impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
@@ -103,17 +108,30 @@ impl LocalStore {
              CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);",
         )
         .map_err(|e| StoreError(e.to_string()))?;
+        // Lookups run on a connection of their own: WAL readers never wait for the writer, so a lookup is
+        // not held up behind a batch of writes (or its checkpoint).
+        let reader = rusqlite::Connection::open(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let marking: Arc<Mutex<HashSet<String>>> = Arc::default();
         let (tx, rx) = mpsc::channel();
+        let marks = marking.clone();
         std::thread::Builder::new()
             .name("herald-store".into())
-            .spawn(move || serve(conn, rx))
+            .spawn(move || serve(conn, rx, marks))
             .map_err(|e| StoreError(e.to_string()))?;
-        Ok(LocalStore { tx })
+        let (reads, requests) = mpsc::channel();
+        let marks = marking.clone();
+        std::thread::Builder::new()
+            .name("herald-store-read".into())
+            .spawn(move || serve_reads(reader, requests, marks))
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(LocalStore { tx, reads, marking })
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Get(id.to_owned(), reply))?;
+        self.reads
+            .send((id.to_owned(), reply))
+            .map_err(|_| StoreError("store thread stopped".into()))?;
         rx.await.map_err(|_| StoreError("store thread stopped".into()))?
     }
 
@@ -124,6 +142,8 @@ impl LocalStore {
     }
 
     fn mark_committed(&self, ids: Vec<String>) -> Result<(), StoreError> {
+        // Noted before it is queued, so a lookup right after this (a replay) already sees it committed.
+        lock(&self.marking).extend(ids.iter().cloned());
         self.send(Op::Mark(ids))
     }
 
@@ -132,7 +152,40 @@ impl LocalStore {
     }
 }
 
-fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>) {
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn serve_reads(
+    conn: rusqlite::Connection,
+    requests: mpsc::Receiver<(String, GetReply)>,
+    marking: Arc<Mutex<HashSet<String>>>,
+) {
+    while let Ok((id, reply)) = requests.recv() {
+        // The pending mark is checked before the row is read: once the writer drops it from the set, the
+        // row it committed is visible to this read.
+        let marked = lock(&marking).contains(&id);
+        let row = conn
+            .prepare_cached("SELECT event, dead_reason, committed FROM outcomes WHERE id = ?1")
+            .and_then(|mut get| {
+                get.query_row([&id], |r| {
+                    Ok(Record {
+                        event: r.get(0)?,
+                        dead_reason: r.get(1)?,
+                        committed: r.get::<_, i64>(2)? != 0 || marked,
+                    })
+                })
+            });
+        let result = match row {
+            Ok(record) => Ok(Some(record)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(StoreError(e.to_string())),
+        };
+        let _ = reply.send(result);
+    }
+}
+
+fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mutex<HashSet<String>>>) {
     let mut last_sweep = Instant::now();
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -155,28 +208,29 @@ fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>) {
         // Replies go out only after COMMIT: a `put` that returned is on disk (in the OS) for good.
         for op in ops {
             match op {
-                Op::Get(_, reply) => {
-                    let _ = reply.send(Err(StoreError("batch failed".into())));
-                }
                 Op::Put(_, _, reply) => {
                     let _ = reply.send(result.clone().map_err(StoreError));
                 }
-                Op::Mark(_) => {}
+                // Written (or lost with a failed batch: then a replay republishes the event instead of
+                // reporting a duplicate); either way no longer pending.
+                Op::Mark(ids) => {
+                    let mut marking = lock(&marking);
+                    for id in &ids {
+                        marking.remove(id);
+                    }
+                }
             }
         }
     }
 }
 
-/// Runs a batch in one transaction. Gets are answered inside it (and removed from `ops`); puts are
-/// answered by the caller after COMMIT.
+/// Runs a batch of writes in one transaction; puts are answered and marks cleared by the caller after
+/// COMMIT.
 fn run_batch(conn: &mut rusqlite::Connection, ops: &mut Vec<Op>, sweep: bool) -> Result<(), String> {
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     let now = now_secs();
     let mut pending = Vec::with_capacity(ops.len());
     {
-        let mut get = tx
-            .prepare_cached("SELECT event, dead_reason, committed FROM outcomes WHERE id = ?1")
-            .map_err(|e| e.to_string())?;
         let mut put = tx
             .prepare_cached(
                 "INSERT INTO outcomes (id, at, event, dead_reason, committed) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -189,21 +243,6 @@ fn run_batch(conn: &mut rusqlite::Connection, ops: &mut Vec<Op>, sweep: bool) ->
             .map_err(|e| e.to_string())?;
         for op in ops.drain(..) {
             match op {
-                Op::Get(id, reply) => {
-                    let row = get.query_row([&id], |r| {
-                        Ok(Record {
-                            event: r.get(0)?,
-                            dead_reason: r.get(1)?,
-                            committed: r.get::<_, i64>(2)? != 0,
-                        })
-                    });
-                    let result = match row {
-                        Ok(record) => Ok(Some(record)),
-                        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-                        Err(e) => Err(StoreError(e.to_string())),
-                    };
-                    let _ = reply.send(result);
-                }
                 Op::Put(id, record, reply) => {
                     let r = put.execute(rusqlite::params![
                         id,
@@ -219,9 +258,10 @@ fn run_batch(conn: &mut rusqlite::Connection, ops: &mut Vec<Op>, sweep: bool) ->
                     }
                 }
                 Op::Mark(ids) => {
-                    for id in ids {
+                    for id in &ids {
                         let _ = mark.execute([id]);
                     }
+                    pending.push(Op::Mark(ids));
                 }
             }
         }
@@ -335,7 +375,7 @@ mod tests {
             store.put("a", record("{}")).await.unwrap();
             store.mark_committed(vec!["a".into()]).await;
             store.put("b", record("{\"b\":1}")).await.unwrap();
-            // A get queued behind the mark sees it: one thread serves requests in order.
+            // A lookup right after the mark sees it, written or not.
             assert!(store.get("a").await.unwrap().unwrap().committed);
         }
         let store = Store::Local(LocalStore::open(dir.path()).unwrap());
