@@ -458,29 +458,11 @@ async fn events(channel: &Channel, amqp: &AmqpConfig) -> anyhow::Result<lapin::C
         .await?)
 }
 
-/// Publishes jobs `range` to `queue`, then waits for every confirm.
+/// Publishes jobs `range` to `queue` as fast as the broker takes them, then waits for every confirm.
 async fn publish_all(channel: &Channel, queue: &str, range: std::ops::Range<usize>) -> anyhow::Result<()> {
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into());
-    let mut confirms = Vec::with_capacity(range.len());
-    for i in range {
-        confirms.push(
-            channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    &job_body(i),
-                    props.clone(),
-                )
-                .await?,
-        );
-    }
-    for c in confirms {
-        c.await?;
-    }
-    Ok(())
+    paced_publish(channel, queue, range.start, range.len(), f64::INFINITY)
+        .await
+        .map(drop)
 }
 
 async fn wait_events(events: &mut lapin::Consumer, n: usize) -> anyhow::Result<usize> {
@@ -531,8 +513,8 @@ async fn herald_run(
     ))
 }
 
-/// Publishes `count` jobs (codes from `offset`) at a steady `rate` without waiting for each confirm,
-/// so the pace holds; returns when each code was published.
+/// Publishes `count` jobs (codes from `offset`) at a steady `rate` (jobs/s; infinite = no pause) without
+/// waiting for each confirm, so the pace holds; returns when each code was published.
 async fn paced_publish(
     channel: &Channel,
     queue: &str,
@@ -548,7 +530,9 @@ async fn paced_publish(
     let mut confirms = Vec::with_capacity(count);
     let started = Instant::now();
     for k in 0..count {
-        tokio::time::sleep_until((started + gap * k as u32).into()).await;
+        if rate.is_finite() {
+            tokio::time::sleep_until((started + gap * k as u32).into()).await;
+        }
         let i = offset + k;
         published.insert((i % 1_000_000) as u32, Instant::now());
         confirms.push(
