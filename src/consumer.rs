@@ -194,25 +194,27 @@ impl Consumer {
             // Every publish and ack of the batch is queued at once and awaited together: awaiting each in
             // turn would cost a round trip to lapin's I/O thread per frame. All must be written before the
             // commit, which lapin sends ahead of queued publishes.
-            let mut sends: Vec<futures_util::future::BoxFuture<'_, Result<(), lapin::Error>>> = Vec::new();
+            let mut publishes = Vec::new();
+            let mut acks = Vec::with_capacity(batch.len());
             for finished in &batch {
                 for p in &finished.publishes {
                     let routing_key = ShortString::try_new(p.routing_key.as_str())
                         .map_err(|_| BrokerError::Closed("routing key longer than 255 bytes".into()))?;
-                    let publish = channel.basic_publish(
+                    publishes.push(channel.basic_publish(
                         p.exchange.as_str().into(),
                         routing_key,
                         BasicPublishOptions::default(),
                         &p.body,
                         p.properties.clone(),
-                    );
-                    sends.push(Box::pin(async move { publish.await.map(drop) }));
+                    ));
                 }
-                sends.push(Box::pin(
-                    channel.basic_ack(finished.delivery_tag, BasicAckOptions::default()),
-                ));
+                acks.push(channel.basic_ack(finished.delivery_tag, BasicAckOptions::default()));
             }
-            futures_util::future::try_join_all(sends).await?;
+            futures_util::future::try_join(
+                futures_util::future::try_join_all(publishes),
+                futures_util::future::try_join_all(acks),
+            )
+            .await?;
             channel.tx_commit().await?;
             let mut committed = Vec::new();
             // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
