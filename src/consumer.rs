@@ -5,7 +5,7 @@
 //! reply, dead letter or retry) and its ack commit together or not at all (contract §11.1). Transactions
 //! of many jobs are batched into one commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +25,7 @@ use crate::dispatch::{Dispatcher, Outcome};
 use crate::events::{self, ErrorCode, Event, EventError};
 use crate::job::Job;
 use crate::metrics::{Metrics, Sample};
-use crate::store::{Record, Store};
+use crate::store::{PendingPut, Record, Store};
 
 /// Header carrying the attempt number of a retried job.
 pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
@@ -59,6 +59,8 @@ struct Finished {
     retried: bool,
     /// Job id to mark committed in the store.
     record: Option<String>,
+    /// The outcome record's write, awaited before the commit (a record precedes its event, §11.2).
+    put: Option<PendingPut>,
     /// Held until the commit, so a second copy of the same job waits and then sees the outcome.
     _claim: Option<Claim>,
     _gauge: GaugeGuard,
@@ -130,7 +132,8 @@ impl Consumer {
         self.set_ready(true);
 
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
-        let mut committer = tokio::spawn(self.clone().commit_loop(channel.clone(), done_rx));
+        let unacked = Unacked::default();
+        let mut committer = tokio::spawn(self.clone().commit_loop(channel.clone(), unacked.clone(), done_rx));
         // Deliveries run concurrently, bounded by the prefetch window: the broker never hands out more.
         let tracker = TaskTracker::new();
         let result = loop {
@@ -142,6 +145,7 @@ impl Consumer {
                 },
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        unacked.insert(delivery.delivery_tag);
                         let this = self.clone();
                         let done = done_tx.clone();
                         tracker.spawn(async move {
@@ -180,69 +184,107 @@ impl Consumer {
     }
 
     /// Commits finished jobs in batches: publishes and acks of a batch go in one broker transaction.
+    ///
+    /// While one batch commits, the next one gathers and its outcome records finish writing, so the only
+    /// serial steps are writing the batch's frames and the commit itself.
     async fn commit_loop(
         self: Arc<Self>,
         channel: Channel,
+        unacked: Unacked,
         mut done: mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), BrokerError> {
-        let mut batch = Vec::with_capacity(usize::from(self.config.prefetch));
-        while done
-            .recv_many(&mut batch, usize::from(self.config.prefetch).max(1))
-            .await
-            > 0
-        {
-            // Every publish and ack of the batch is queued at once and awaited together: awaiting each in
-            // turn would cost a round trip to lapin's I/O thread per frame. All must be written before the
-            // commit, which lapin sends ahead of queued publishes.
-            let mut publishes = Vec::new();
-            let mut acks = Vec::with_capacity(batch.len());
-            for finished in &batch {
-                for p in &finished.publishes {
-                    let routing_key = ShortString::try_new(p.routing_key.as_str())
-                        .map_err(|_| BrokerError::Closed("routing key longer than 255 bytes".into()))?;
-                    publishes.push(channel.basic_publish(
-                        p.exchange.as_str().into(),
-                        routing_key,
-                        BasicPublishOptions::default(),
-                        &p.body,
-                        p.properties.clone(),
-                    ));
+        let max = usize::from(self.config.prefetch).max(1);
+        let mut ready = Vec::with_capacity(max);
+        loop {
+            if ready.is_empty() {
+                if done.recv_many(&mut ready, max).await == 0 {
+                    return Ok(());
                 }
-                acks.push(channel.basic_ack(finished.delivery_tag, BasicAckOptions::default()));
+                await_records(&mut ready).await;
             }
-            futures_util::future::try_join(
-                futures_util::future::try_join_all(publishes),
-                futures_util::future::try_join_all(acks),
-            )
-            .await?;
-            channel.tx_commit().await?;
-            let mut committed = Vec::new();
-            // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
-            let mut lines = Vec::new();
-            for finished in &batch {
-                if let Some((sample, json)) = &finished.event {
-                    lines.extend_from_slice(json);
-                    lines.push(b'\n');
-                    self.metrics.record(sample);
+            self.send_frames(&channel, &unacked, &mut ready).await?;
+            let batch = std::mem::take(&mut ready);
+            let commit = async {
+                channel.tx_commit().await?;
+                self.committed(batch).await;
+                Ok::<_, BrokerError>(())
+            };
+            let gather = async {
+                if done.recv_many(&mut ready, max).await > 0 {
+                    await_records(&mut ready).await;
                 }
-                if let Some(code) = finished.dead {
-                    self.metrics.dead_lettered.with_label_values(&[code.as_str()]).inc();
-                }
-                if finished.retried {
-                    self.metrics.retries.inc();
-                }
-                if let Some(id) = &finished.record {
-                    committed.push(id.clone());
-                }
-            }
-            events::print_lines(&lines);
-            if !committed.is_empty() {
-                self.store.mark_committed(committed).await;
-            }
-            // Dropping the batch releases the claims and the in-flight gauge.
-            batch.clear();
+                Ok(())
+            };
+            futures_util::future::try_join(commit, gather).await?;
         }
+    }
+
+    /// Queues every publish and ack of a batch at once and awaits them together: awaiting each in turn
+    /// would cost a round trip to lapin's I/O thread per frame. All must be written before the commit.
+    async fn send_frames(
+        &self,
+        channel: &Channel,
+        unacked: &Unacked,
+        batch: &mut [Finished],
+    ) -> Result<(), BrokerError> {
+        let mut publishes = Vec::new();
+        for finished in batch.iter() {
+            for p in &finished.publishes {
+                let routing_key = ShortString::try_new(p.routing_key.as_str())
+                    .map_err(|_| BrokerError::Closed("routing key longer than 255 bytes".into()))?;
+                publishes.push(channel.basic_publish(
+                    p.exchange.as_str().into(),
+                    routing_key,
+                    BasicPublishOptions::default(),
+                    &p.body,
+                    p.properties.clone(),
+                ));
+            }
+        }
+        let mut tags: Vec<u64> = batch.iter().map(|f| f.delivery_tag).collect();
+        tags.sort_unstable();
+        let (up_to, singles) = unacked.settle(&tags);
+        let mut acks = Vec::with_capacity(singles.len() + 1);
+        if let Some(tag) = up_to {
+            acks.push(channel.basic_ack(tag, BasicAckOptions { multiple: true }));
+        }
+        for tag in singles {
+            acks.push(channel.basic_ack(tag, BasicAckOptions::default()));
+        }
+        futures_util::future::try_join(
+            futures_util::future::try_join_all(publishes),
+            futures_util::future::try_join_all(acks),
+        )
+        .await?;
         Ok(())
+    }
+
+    /// After a batch committed: print and count its events, mark its records committed. Dropping the
+    /// batch releases the claims and the in-flight gauge.
+    async fn committed(&self, batch: Vec<Finished>) {
+        let mut committed = Vec::new();
+        // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
+        let mut lines = Vec::new();
+        for finished in &batch {
+            if let Some((sample, json)) = &finished.event {
+                lines.extend_from_slice(json);
+                lines.push(b'\n');
+                self.metrics.record(sample);
+            }
+            if let Some(code) = finished.dead {
+                self.metrics.dead_lettered.with_label_values(&[code.as_str()]).inc();
+            }
+            if finished.retried {
+                self.metrics.retries.inc();
+            }
+            if let Some(id) = &finished.record {
+                committed.push(id.clone());
+            }
+        }
+        events::print_lines(&lines);
+        if !committed.is_empty() {
+            self.store.mark_committed(committed).await;
+        }
     }
 
     /// One message: parse, check the outcome store, deliver, and say what to publish.
@@ -258,6 +300,7 @@ impl Consumer {
             dead: None,
             retried: false,
             record: None,
+            put: None,
             _claim: None,
             _gauge: gauge,
         };
@@ -338,10 +381,8 @@ impl Consumer {
             dead_reason: dead_reason.clone(),
             committed: false,
         };
-        match self.store.put(&job.id, record).await {
-            Ok(()) => finished.record = Some(job.id.clone()),
-            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome not recorded"),
-        }
+        finished.put = Some(self.store.put(&job.id, record));
+        finished.record = Some(job.id.clone());
         self.finish(&mut finished, props, &body, event, dead_reason);
         finished
     }
@@ -456,6 +497,49 @@ impl Consumer {
     }
 }
 
+/// Waits for the outcome records of `batch`: a record must be stored before its event can leave, so
+/// that after a crash a redelivered job finds it (§11.2). A failed write only loses that protection.
+async fn await_records(batch: &mut [Finished]) {
+    let puts = batch.iter_mut().filter_map(|f| f.put.take().map(|p| (f, p)));
+    let results = futures_util::future::join_all(puts.map(|(f, p)| async move { (f, p.await) })).await;
+    for (finished, result) in results {
+        if let Err(e) = result {
+            tracing::warn!(job_id = finished.record.as_deref().unwrap_or("-"), error = %e, "outcome not recorded");
+            finished.record = None;
+        }
+    }
+}
+
+/// Delivery tags handed out on the consuming channel and not yet acked. A batch whose tags are the
+/// oldest outstanding ones is acked with one `multiple` ack instead of one frame per job.
+#[derive(Default, Clone)]
+struct Unacked(Arc<Mutex<BTreeSet<u64>>>);
+
+impl Unacked {
+    fn insert(&self, tag: u64) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(tag);
+    }
+
+    /// Removes `tags` (ascending) and says how to ack them: a `multiple` ack up to a tag that covers
+    /// every outstanding tag at or below it, then single acks for the rest.
+    fn settle(&self, tags: &[u64]) -> (Option<u64>, Vec<u64>) {
+        let mut outstanding = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The oldest job still under way: a `multiple` ack must stop below it.
+        let oldest_other = outstanding.iter().find(|t| tags.binary_search(t).is_err()).copied();
+        let mut up_to = None;
+        let mut singles = Vec::new();
+        for &tag in tags {
+            outstanding.remove(&tag);
+            if oldest_other.is_none_or(|o| tag < o) {
+                up_to = Some(tag);
+            } else {
+                singles.push(tag);
+            }
+        }
+        (up_to, singles)
+    }
+}
+
 fn reply_publish(props: &BasicProperties, kind: &str, json: &Arc<Vec<u8>>) -> Option<Publish> {
     let reply_to = props.reply_to().as_ref()?;
     let mut properties = broker::json_properties().with_type(broker::short(kind).unwrap_or_default());
@@ -551,5 +635,24 @@ impl Drop for Claim {
     fn drop(&mut self) {
         self.ids.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         self.done.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unacked;
+
+    #[test]
+    fn a_multiple_ack_never_covers_a_job_still_under_way() {
+        let unacked = Unacked::default();
+        for tag in 1..=6 {
+            unacked.insert(tag);
+        }
+        // 3 and 5 are still under way: 1-2 go as one multiple ack, 4 and 6 one by one.
+        assert_eq!(unacked.settle(&[1, 2, 4, 6]), (Some(2), vec![4, 6]));
+        assert_eq!(unacked.settle(&[5]), (None, vec![5]));
+        assert_eq!(unacked.settle(&[3]), (Some(3), vec![]));
+        unacked.insert(7);
+        assert_eq!(unacked.settle(&[7]), (Some(7), vec![]));
     }
 }

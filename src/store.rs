@@ -10,7 +10,7 @@
 //! process loses nothing, with no fsync per job) or Redis when `[redis] url` is set, shared by replicas.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +34,9 @@ pub struct Record {
 #[error("outcome store: {0}")]
 pub struct StoreError(String);
 
+/// A record write under way; see [`Store::put`].
+pub type PendingPut = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
 pub enum Store {
     Local(LocalStore),
     Redis(RedisStore),
@@ -42,16 +45,24 @@ pub enum Store {
 impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         match self {
-            Store::Local(s) => s.get(id).await,
+            Store::Local(s) => s.get(id),
             Store::Redis(s) => s.get(id).await,
         }
     }
 
-    /// Returns once the record is written (to the OS for SQLite, acknowledged by Redis).
-    pub async fn put(&self, id: &str, record: Record) -> Result<(), StoreError> {
+    /// Starts writing a record; the returned future resolves once it is written (to the OS for SQLite,
+    /// acknowledged by Redis). The consumer awaits it just before the job's broker commit, so the write
+    /// overlaps the wait for that commit instead of adding to it.
+    pub fn put(&self, id: &str, record: Record) -> PendingPut {
         match self {
-            Store::Local(s) => s.put(id, record).await,
-            Store::Redis(s) => s.put(id, &record).await,
+            Store::Local(s) => {
+                let written = s.put(id, record);
+                Box::pin(async move { written.await.map_err(|_| StoreError("store thread stopped".into()))? })
+            }
+            Store::Redis(s) => {
+                let (conn, key) = (s.conn.clone(), s.key(id));
+                Box::pin(async move { RedisStore::put(conn, key, &record).await })
+            }
         }
     }
 
@@ -83,12 +94,14 @@ enum Op {
 /// in the next one (group commit), so throughput does not hinge on one write per job.
 pub struct LocalStore {
     tx: mpsc::Sender<Op>,
-    reads: mpsc::Sender<(String, GetReply)>,
+    path: PathBuf,
+    /// Idle read-only connections. A lookup borrows one and runs on the caller's thread: WAL readers never
+    /// wait for the writer, and a point lookup costs microseconds, less than handing it to another thread
+    /// and waking the caller again. There are never more than the threads looking up at once.
+    readers: Mutex<Vec<rusqlite::Connection>>,
     /// Ids whose committed mark is requested but not yet written: a lookup treats them as committed.
     marking: Arc<Mutex<HashSet<String>>>,
 }
-
-type GetReply = oneshot::Sender<Result<Option<Record>, StoreError>>;
 
 impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
@@ -108,9 +121,8 @@ impl LocalStore {
              CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);",
         )
         .map_err(|e| StoreError(e.to_string()))?;
-        // Lookups run on a connection of their own: WAL readers never wait for the writer, so a lookup is
-        // not held up behind a batch of writes (or its checkpoint).
-        let reader = rusqlite::Connection::open(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        // Opened once here so that a bad path fails at start-up, then kept for the first lookup.
+        let reader = open_reader(&path)?;
         let marking: Arc<Mutex<HashSet<String>>> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let marks = marking.clone();
@@ -118,27 +130,34 @@ impl LocalStore {
             .name("herald-store".into())
             .spawn(move || serve(conn, rx, marks))
             .map_err(|e| StoreError(e.to_string()))?;
-        let (reads, requests) = mpsc::channel();
-        let marks = marking.clone();
-        std::thread::Builder::new()
-            .name("herald-store-read".into())
-            .spawn(move || serve_reads(reader, requests, marks))
-            .map_err(|e| StoreError(e.to_string()))?;
-        Ok(LocalStore { tx, reads, marking })
+        Ok(LocalStore {
+            tx,
+            path,
+            readers: Mutex::new(vec![reader]),
+            marking,
+        })
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.reads
-            .send((id.to_owned(), reply))
-            .map_err(|_| StoreError("store thread stopped".into()))?;
-        rx.await.map_err(|_| StoreError("store thread stopped".into()))?
+    fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let idle = lock(&self.readers).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        // The pending mark is checked before the row is read: once the writer drops it from the set, the
+        // row it committed is visible to this read.
+        let marked = lock(&self.marking).contains(id);
+        let result = lookup(&conn, id, marked);
+        lock(&self.readers).push(conn);
+        result
     }
 
-    async fn put(&self, id: &str, record: Record) -> Result<(), StoreError> {
+    fn put(&self, id: &str, record: Record) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Put(id.to_owned(), record, reply))?;
-        rx.await.map_err(|_| StoreError("store thread stopped".into()))?
+        if let Err(Op::Put(_, _, reply)) = self.tx.send(Op::Put(id.to_owned(), record, reply)).map_err(|e| e.0) {
+            let _ = reply.send(Err(StoreError("store thread stopped".into())));
+        }
+        rx
     }
 
     fn mark_committed(&self, ids: Vec<String>) -> Result<(), StoreError> {
@@ -152,36 +171,34 @@ impl LocalStore {
     }
 }
 
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    set.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn serve_reads(
-    conn: rusqlite::Connection,
-    requests: mpsc::Receiver<(String, GetReply)>,
-    marking: Arc<Mutex<HashSet<String>>>,
-) {
-    while let Ok((id, reply)) = requests.recv() {
-        // The pending mark is checked before the row is read: once the writer drops it from the set, the
-        // row it committed is visible to this read.
-        let marked = lock(&marking).contains(&id);
-        let row = conn
-            .prepare_cached("SELECT event, dead_reason, committed FROM outcomes WHERE id = ?1")
-            .and_then(|mut get| {
-                get.query_row([&id], |r| {
-                    Ok(Record {
-                        event: r.get(0)?,
-                        dead_reason: r.get(1)?,
-                        committed: r.get::<_, i64>(2)? != 0 || marked,
-                    })
+fn open_reader(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+    rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError(format!("{}: {e}", path.display())))
+}
+
+fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<Record>, StoreError> {
+    let row = conn
+        .prepare_cached("SELECT event, dead_reason, committed FROM outcomes WHERE id = ?1")
+        .and_then(|mut get| {
+            get.query_row([id], |r| {
+                Ok(Record {
+                    event: r.get(0)?,
+                    dead_reason: r.get(1)?,
+                    committed: r.get::<_, i64>(2)? != 0 || marked,
                 })
-            });
-        let result = match row {
-            Ok(record) => Ok(Some(record)),
-            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-            Err(e) => Err(StoreError(e.to_string())),
-        };
-        let _ = reply.send(result);
+            })
+        });
+    match row {
+        Ok(record) => Ok(Some(record)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(StoreError(e.to_string())),
     }
 }
 
@@ -311,14 +328,14 @@ impl RedisStore {
         })
     }
 
-    async fn put(&self, id: &str, record: &Record) -> Result<(), StoreError> {
+    async fn put(mut conn: redis::aio::ConnectionManager, key: String, record: &Record) -> Result<(), StoreError> {
         let json = serde_json::to_string(record).map_err(|e| StoreError(e.to_string()))?;
         let _: () = redis::cmd("SET")
-            .arg(self.key(id))
+            .arg(key)
             .arg(json)
             .arg("EX")
             .arg(RETENTION.as_secs())
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut conn)
             .await
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(())

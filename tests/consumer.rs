@@ -28,7 +28,7 @@ async fn deliveries_run_concurrently_up_to_the_prefetch_window() {
     provider.open();
     let events = app.events(24).await;
     assert!(events.iter().all(|e| e["type"] == "gd_send_sms"));
-    assert_eq!(metric(&app.metrics().await, "herald_jobs_in_flight"), 0.0);
+    assert_eq!(metric(&app.settled_metrics().await, "herald_jobs_in_flight"), 0.0);
     app.stop().await;
 }
 
@@ -57,7 +57,7 @@ async fn metrics_move_by_exactly_the_number_of_deliveries() {
     app.publish_raw(b"nope", lapin::BasicProperties::default()).await;
     app.events(8).await;
 
-    let m = app.metrics().await;
+    let m = app.settled_metrics().await;
     let sms = |country: &str| {
         metric(
             &m,

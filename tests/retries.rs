@@ -42,7 +42,7 @@ async fn a_transient_failure_is_retried_and_only_the_final_result_is_an_event() 
     assert_eq!(events[0]["type"], "gd_send_sms");
     assert_eq!(events[0]["attempt"], 3);
     assert_eq!(server.received_requests().await.unwrap().len(), 3);
-    let m = app.metrics().await;
+    let m = app.settled_metrics().await;
     assert_eq!(metric(&m, "herald_retries_total"), 2.0);
     assert_eq!(app.queue_len(&app.config.amqp.retry_queue).await, 0);
     app.stop().await;
@@ -69,7 +69,7 @@ async fn after_the_last_step_the_job_is_exhausted_and_dead_lettered() {
     assert_eq!(server.received_requests().await.unwrap().len(), 3);
     let dead = app.dead_letters(1).await;
     assert!(dead[0].1.starts_with("attempts_exhausted: "), "{}", dead[0].1);
-    let m = app.metrics().await;
+    let m = app.settled_metrics().await;
     assert_eq!(metric(&m, "herald_retries_total"), 2.0);
     assert_eq!(
         metric(

@@ -26,7 +26,7 @@ async fn over_the_user_limit_a_job_ends_throttled_and_is_not_sent() {
         assert_eq!(e["scope"], "user");
     }
     assert_eq!(app.outbox_lines().len(), 10);
-    let m = app.metrics().await;
+    let m = app.settled_metrics().await;
     assert_eq!(
         metric(&m, "gd_send_throttled_total{channel=\"sms\",scope=\"user\"}"),
         2.0
@@ -61,7 +61,7 @@ async fn a_denied_country_is_blocked() {
     assert_eq!(e["error"]["code"], "blocked_destination");
     assert_eq!(e["country"], "225");
     assert!(app.outbox_lines().is_empty());
-    let m = app.metrics().await;
+    let m = app.settled_metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -114,7 +114,7 @@ async fn without_redis_limits_fall_back_to_local_and_delivery_goes_on() {
         10,
         "delivered, and still limited"
     );
-    let m = app.metrics().await;
+    let m = app.settled_metrics().await;
     assert!(metric(&m, "herald_throttle_local_fallback_total") >= 11.0, "{m}");
     app.stop().await;
 }

@@ -127,6 +127,19 @@ impl TestApp {
         reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
     }
 
+    /// Metrics once no job is in flight. An event reaches a test as soon as the broker commits it, a
+    /// moment before herald hears the commit-ok and counts it; counts are read after that.
+    pub async fn settled_metrics(&self) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let m = self.metrics().await;
+            if m.lines().any(|l| l == "herald_jobs_in_flight 0") || std::time::Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn outbox_lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.outbox)
             .unwrap_or_default()
