@@ -135,7 +135,11 @@ impl Application {
         let handle = self.server.handle();
         let http = tokio::spawn(self.server);
         tracing::info!(addr = %self.http_addr, "http listening");
-        self.consumer.run(self.shutdown.clone()).await;
+        // On a runtime worker, not the caller's thread (`main`'s block_on): deliveries it spawns then go
+        // to that worker's own queue instead of waking another thread through the global one.
+        tokio::spawn(self.consumer.run(self.shutdown.clone()))
+            .await
+            .context("consumer task")?;
         handle.stop(true).await;
         http.await.context("http server task")?.context("http server")?;
         Ok(())
