@@ -19,8 +19,20 @@ pub enum BrokerError {
 
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(config.url.expose(), props).await?)
+    let mut uri: lapin::uri::AMQPUri = config
+        .url
+        .expose()
+        .parse()
+        .map_err(|e: String| BrokerError::Closed(format!("amqp.url: {e}")))?;
+    // A `frame_max` in the URL wins.
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Ok(Connection::connect_uri(uri, props).await?)
 }
+
+/// The largest AMQP frame herald asks for. lapin keeps 32 frames of buffer each way per connection, so
+/// RabbitMQ's default of 128 KiB held 8 MiB of herald's memory; jobs are at most 16 KiB, and a larger
+/// body would only be split into more frames.
+const FRAME_MAX: u32 = 32 * 1024;
 
 /// The broker address without credentials, for logs.
 pub fn redacted_url(config: &AmqpConfig) -> String {

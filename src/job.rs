@@ -60,6 +60,10 @@ impl Action {
     }
 }
 
+mod calling_codes {
+    include!(concat!(env!("OUT_DIR"), "/calling_codes.rs"));
+}
+
 /// An E.164 number: `+` then 8–15 digits, the first not 0. `Debug` is masked.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PhoneNumber(String);
@@ -85,13 +89,12 @@ impl PhoneNumber {
         &self.0[1..]
     }
 
-    /// The E.164 country calling code (`1`, `44`, `225`), looked up in libphonenumber's metadata.
+    /// The E.164 country calling code (`1`, `44`, `225`), from libphonenumber's metadata.
     /// Calling codes are prefix-free, so the first 1–3 digit prefix that is assigned is the one.
     pub fn country_code(&self) -> Option<u16> {
-        let db = &*phonenumber::metadata::DATABASE;
         (1..=3).find_map(|n| {
             let code: u16 = self.digits()[..n].parse().ok()?;
-            db.by_code(&code).map(|_| code)
+            calling_codes::CALLING_CODES.binary_search(&code).ok().map(|_| code)
         })
     }
 

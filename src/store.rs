@@ -6,6 +6,9 @@
 //! - a record not committed: the job was delivered, its event never left → the stored event is published;
 //! - a committed record: the job is finished → a duplicate, not sent again.
 //!
+//! Marks are not urgent: a job whose ack committed is not redelivered, so a lost mark only changes what a
+//! later replay of its id hears (its recorded event again, instead of `duplicate`), never whether it is sent.
+//!
 //! Embedded SQLite (WAL, `synchronous=NORMAL`: every commit reaches the OS before the reply, so a killed
 //! process loses nothing, with no fsync per job) or Redis when `[redis] url` is set, shared by replicas.
 
