@@ -205,40 +205,25 @@ fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<
     }
 }
 
-/// Committed marks are written at most this often: one transaction then rewrites each record page once
-/// rather than once per commit batch, which halves what the store writes per job. Until written they are
-/// held in `marking`, so lookups see them at once; a crash loses at most this much of them, and a replay
-/// of such an id then republishes its recorded event instead of being reported a duplicate.
-const MARK_EVERY: Duration = Duration::from_millis(250);
-
-/// The least time between two store commits.
+/// The least time between two store commits. Most of the store's cost is the commit (the WAL pages it
+/// writes), not the rows: spaced out a little, each commit carries more rows. A put is awaited only just
+/// before its job's broker commit, so the wait overlaps the previous broker commit.
 const COMMIT_SPACING: Duration = Duration::from_millis(2);
 
 fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mutex<HashSet<String>>>) {
     let mut last_sweep = Instant::now();
-    let mut marks: Vec<String> = Vec::new();
-    let mut last_marks: Option<Instant> = None;
     let mut last_commit = Instant::now();
     loop {
-        let wait = match last_marks {
-            Some(at) if !marks.is_empty() => MARK_EVERY.saturating_sub(at.elapsed()),
-            _ => Duration::from_secs(60),
+        let first = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(op) => Some(op),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        let (first, closed) = match rx.recv_timeout(wait) {
-            Ok(op) => (Some(op), false),
-            Err(mpsc::RecvTimeoutError::Timeout) => (None, false),
-            Err(mpsc::RecvTimeoutError::Disconnected) => (None, true),
-        };
-        // Commits are spaced out a little so that each writes more rows per WAL page: most of the store's
-        // cost is the commit, not the rows. A put is awaited only just before its job's broker commit,
-        // so this wait overlaps the previous broker commit.
         if first.is_some() {
-            let since = last_commit.elapsed();
-            if since < COMMIT_SPACING {
-                std::thread::sleep(COMMIT_SPACING - since);
-            }
+            std::thread::sleep(COMMIT_SPACING.saturating_sub(last_commit.elapsed()));
         }
         let mut puts = Vec::new();
+        let mut marks = Vec::new();
         let mut next = first;
         while let Some(op) = next.take() {
             match op {
@@ -249,35 +234,23 @@ fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mu
                 next = rx.try_recv().ok();
             }
         }
-        let due = last_marks.is_none_or(|at| at.elapsed() >= MARK_EVERY);
-        let writing = if !marks.is_empty() && (closed || due || marks.len() >= 65_536) {
-            last_marks = Some(Instant::now());
-            std::mem::take(&mut marks)
-        } else {
-            Vec::new()
-        };
         let sweep = last_sweep.elapsed() >= Duration::from_secs(60);
         if sweep {
             last_sweep = Instant::now();
         }
-        if !puts.is_empty() || !writing.is_empty() || sweep {
-            let result = run_batch(&mut conn, &mut puts, &writing, sweep);
-            last_commit = Instant::now();
-            // Replies go out only after COMMIT: a `put` that returned is on disk (in the OS) for good.
-            for op in puts {
-                if let Op::Put(_, _, reply) = op {
-                    let _ = reply.send(result.clone().map_err(StoreError));
-                }
-            }
-            // Written (or lost with a failed batch: then a replay republishes the event instead of
-            // reporting a duplicate); either way no longer pending.
-            let mut marking = lock(&marking);
-            for id in &writing {
-                marking.remove(id);
+        let result = run_batch(&mut conn, &mut puts, &marks, sweep);
+        last_commit = Instant::now();
+        // Replies go out only after COMMIT: a `put` that returned is on disk (in the OS) for good.
+        for op in puts {
+            if let Op::Put(_, _, reply) = op {
+                let _ = reply.send(result.clone().map_err(StoreError));
             }
         }
-        if closed {
-            return;
+        // Written (or lost with a failed batch: then a replay republishes the event instead of reporting a
+        // duplicate); either way no longer pending.
+        let mut marking = lock(&marking);
+        for id in &marks {
+            marking.remove(id);
         }
     }
 }
