@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
@@ -440,37 +440,8 @@ async fn start_herald(
 /// A queue of the bench's own bound to the events exchange.
 async fn events(channel: &Channel, amqp: &AmqpConfig) -> anyhow::Result<lapin::Consumer> {
     broker::declare_topology(channel, amqp).await?;
-    let q = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            q.name().clone(),
-            amqp.events_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(channel
-        .basic_consume(
-            q.name().clone(),
-            "bench-events".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?)
+    let (_, consumer) = broker::private_queue(channel, "bench-events", Some(&amqp.events_exchange)).await?;
+    Ok(consumer)
 }
 
 /// Publishes jobs `range` to `queue` as fast as the broker takes them, then waits for every confirm.

@@ -1,9 +1,12 @@
 //! RabbitMQ plumbing: connecting, declaring the topology of contract §2, and publishing with
 //! publisher confirms.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 use crate::config::{AmqpConfig, QueueType};
 
@@ -45,6 +48,50 @@ pub fn redacted_url(config: &AmqpConfig) -> String {
 
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
+}
+
+/// A private queue named by the broker (exclusive, gone with the connection), consumed without acks:
+/// where `herald send --wait` hears its reply, and where the bench and tests watch events. With
+/// `events_exchange`, every event is routed into it too. Returns the queue's name and its consumer.
+pub async fn private_queue(
+    channel: &Channel,
+    consumer_tag: &str,
+    events_exchange: Option<&str>,
+) -> Result<(ShortString, Consumer), BrokerError> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    if let Some(exchange) = events_exchange {
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            consumer_tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().clone(), consumer))
 }
 
 /// Declares queues and exchange. Idempotent: the same arguments every time, so a restart (or a second

@@ -6,8 +6,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::json;
 
 use crate::app::Application;
@@ -216,30 +214,9 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
     }
     let mut replies = None;
     if args.wait {
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "herald-send".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (queue, consumer) = broker::private_queue(&channel, "herald-send", None).await?;
         properties = properties
-            .with_reply_to(queue.name().clone())
+            .with_reply_to(queue)
             .with_correlation_id(broker::short(&id).context("--wait needs an id of at most 255 bytes")?);
         replies = Some(consumer);
     }
