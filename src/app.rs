@@ -166,9 +166,15 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
             .into_iter()
             .map(|kind| -> anyhow::Result<Arc<dyn Provider>> {
                 Ok(match kind {
-                    ProviderKind::Twilio => twilio
-                        .get_or_insert_with(|| Arc::new(Twilio::new(&config.twilio, client.clone())))
-                        .clone(),
+                    ProviderKind::Twilio => match &twilio {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p: Arc<dyn Provider> =
+                                Arc::new(Twilio::new(&config.twilio, client.clone()).map_err(anyhow::Error::msg)?);
+                            twilio = Some(p.clone());
+                            p
+                        }
+                    },
                     ProviderKind::Outbox => match &outbox {
                         Some(p) => p.clone(),
                         None => {

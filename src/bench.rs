@@ -367,6 +367,27 @@ impl Child {
     }
 }
 
+impl Child {
+    /// CPU time (user + system) the process has used so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are
+        // the 12th and 13th of them, in clock ticks.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        // SAFETY: sysconf only reads a system constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks / per_second
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.process.kill();
@@ -480,11 +501,14 @@ async fn herald_run(
     let mut events = events(channel, amqp).await?;
     publish_all(channel, &amqp.jobs_queue, 0..n).await?;
     let (herald, started) = start_herald(amqp, dir, provider).await?;
+    let cpu_at_start = herald.cpu_seconds();
     let failures = wait_events(&mut events, n).await?;
     let seconds = started.elapsed().as_secs_f64();
     let rss = herald.peak_rss_mib();
+    // Less noisy than the rate on a shared machine: what herald itself spent per job.
+    let cpu_per_job = (herald.cpu_seconds() - cpu_at_start) / n as f64 * 1e6;
     drop(herald);
-    let mut note = format!("herald peak RSS {rss:.1} MiB");
+    let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job");
     if failures > 0 {
         note.push_str(&format!(", {failures} failed"));
     }

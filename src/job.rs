@@ -398,12 +398,26 @@ impl Job {
     }
 
     pub fn from_json(body: &[u8]) -> Result<Job, InvalidJob> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| InvalidJob::bare(format!("body is not JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(InvalidJob::bare("body is not a JSON object"));
-        }
-        let raw: RawJob = serde_json::from_value(value).map_err(|e| InvalidJob::bare(format!("body: {e}")))?;
+        // Straight into the wire shape when it can only be an object (no intermediate map of the whole body);
+        // serde would also read a JSON array into a struct, field by position, so anything else takes the
+        // slow path that tells JSON that is not an object from no JSON at all.
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        let raw: RawJob = if first == Some(&b'{') {
+            serde_json::from_slice(body).map_err(|e| {
+                InvalidJob::bare(if e.is_data() {
+                    format!("body: {e}")
+                } else {
+                    format!("body is not JSON: {e}")
+                })
+            })?
+        } else {
+            let value: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| InvalidJob::bare(format!("body is not JSON: {e}")))?;
+            if !value.is_object() {
+                return Err(InvalidJob::bare("body is not a JSON object"));
+            }
+            serde_json::from_value(value).map_err(|e| InvalidJob::bare(format!("body: {e}")))?
+        };
         let mut ctx = InvalidJob::bare("");
         // Keep what is readable for the failure event, but only values that pass their own checks.
         ctx.id = opt_str("id", &raw.id)
@@ -630,6 +644,20 @@ mod tests {
                 .contains("not JSON")
         );
         assert!(Job::from_message(b"[1]", None).unwrap_err().reason.contains("object"));
+        assert!(
+            Job::from_message(b"  {\"id\": ", None)
+                .unwrap_err()
+                .reason
+                .contains("not JSON")
+        );
+        // A field given twice is ambiguous: which `to` did the sender mean?
+        let twice = br#"{"id":"j1","channel":"sms","to":"+14155550123","to":"+14155550124","code":"123456"}"#;
+        assert!(
+            Job::from_message(twice, None)
+                .unwrap_err()
+                .reason
+                .contains("duplicate field `to`")
+        );
         let body = valid().to_string();
         assert!(Job::from_message(body.as_bytes(), Some("text/plain")).is_err());
         assert!(Job::from_message(body.as_bytes(), Some("application/json; charset=utf-8")).is_ok());

@@ -160,7 +160,8 @@ impl Templates {
     /// Renders every part the job's channel needs.
     pub fn render(&self, job: &Job) -> Result<Rendered, TemplateError> {
         let compiled = self.compiled.load();
-        let ctx = context(job, &self.default_locale);
+        // Owned by handlebars' context as it is: `render(name, &value)` would copy it once per part.
+        let ctx = handlebars::Context::from(context(job, &self.default_locale));
         let locale = job.locale.as_ref().unwrap_or(&self.default_locale);
         let part = |part: Part| -> Result<String, TemplateError> {
             let name = locale
@@ -174,7 +175,7 @@ impl Templates {
             } else {
                 &compiled.text
             };
-            hb.render(&name, &ctx).map_err(|e| TemplateError::Render {
+            hb.render_with_context(&name, &ctx).map_err(|e| TemplateError::Render {
                 name,
                 message: render_message(&e),
             })
