@@ -194,7 +194,11 @@ impl Consumer {
         mut done: mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), BrokerError> {
         let max = usize::from(self.config.prefetch).max(1);
+        // Two batches, swapped each round, and one buffer of event lines: per-batch buffers of this size
+        // (tens of KiB) cost a realloc chain on every batch and made glibc consolidate its free lists.
         let mut ready = Vec::with_capacity(max);
+        let mut batch = Vec::with_capacity(max);
+        let mut lines = Vec::new();
         loop {
             if ready.is_empty() {
                 if done.recv_many(&mut ready, max).await == 0 {
@@ -203,10 +207,10 @@ impl Consumer {
                 await_records(&mut ready).await;
             }
             self.send_frames(&channel, &unacked, &mut ready).await?;
-            let batch = std::mem::take(&mut ready);
+            std::mem::swap(&mut batch, &mut ready);
             let commit = async {
                 channel.tx_commit().await?;
-                self.committed(batch).await;
+                self.committed(&mut batch, &mut lines).await;
                 Ok::<_, BrokerError>(())
             };
             let gather = async {
@@ -227,7 +231,7 @@ impl Consumer {
         unacked: &Unacked,
         batch: &mut [Finished],
     ) -> Result<(), BrokerError> {
-        let mut publishes = Vec::new();
+        let mut publishes = Vec::with_capacity(batch.iter().map(|f| f.publishes.len()).sum());
         for finished in batch.iter() {
             for p in &finished.publishes {
                 let routing_key = ShortString::try_new(p.routing_key.as_str())
@@ -259,13 +263,13 @@ impl Consumer {
         Ok(())
     }
 
-    /// After a batch committed: print and count its events, mark its records committed. Dropping the
+    /// After a batch committed: print and count its events, mark its records committed. Clearing the
     /// batch releases the claims and the in-flight gauge.
-    async fn committed(&self, batch: Vec<Finished>) {
-        let mut committed = Vec::new();
+    async fn committed(&self, batch: &mut Vec<Finished>, lines: &mut Vec<u8>) {
+        let mut committed = Vec::with_capacity(batch.len());
         // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
-        let mut lines = Vec::new();
-        for finished in &batch {
+        lines.clear();
+        for finished in batch.iter() {
             if let Some((sample, json)) = &finished.event {
                 lines.extend_from_slice(json);
                 lines.push(b'\n');
@@ -281,10 +285,11 @@ impl Consumer {
                 committed.push(id.clone());
             }
         }
-        events::print_lines(&lines);
+        events::print_lines(lines);
         if !committed.is_empty() {
             self.store.mark_committed(committed).await;
         }
+        batch.clear();
     }
 
     /// One message: parse, check the outcome store, deliver, and say what to publish.
