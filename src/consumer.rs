@@ -320,7 +320,8 @@ impl Consumer {
                     "invalid_job: {}",
                     event.error.as_ref().map_or("", |e| e.message.as_str())
                 );
-                self.finish(&mut finished, props, &body, event, Some(reason));
+                let json = Arc::new(event.to_json());
+                self.finish(&mut finished, props, &body, event, json, Some(reason));
                 return finished;
             }
         };
@@ -380,7 +381,7 @@ impl Consumer {
             return finished;
         };
         let dead_reason = delivered.outcome.dead_letter_reason().map(|r| events::scrub(&r));
-        let json = event.to_json();
+        let json = Arc::new(event.to_json());
         let record = Record {
             event: String::from_utf8_lossy(&json).into_owned(),
             dead_reason: dead_reason.clone(),
@@ -388,20 +389,21 @@ impl Consumer {
         };
         finished.put = Some(self.store.put(&job.id, record));
         finished.record = Some(job.id.clone());
-        self.finish(&mut finished, props, &body, event, dead_reason);
+        self.finish(&mut finished, props, &body, event, json, dead_reason);
         finished
     }
 
-    /// Fills in the publishes of a final outcome: dead letter (if any), event, reply.
+    /// Fills in the publishes of a final outcome: dead letter (if any), event, reply. `json` is `event`
+    /// serialized once, the same bytes the outcome record holds.
     fn finish(
         &self,
         finished: &mut Finished,
         props: &BasicProperties,
         body: &Arc<Vec<u8>>,
         event: Event,
+        json: Arc<Vec<u8>>,
         dead_reason: Option<String>,
     ) {
-        let json = Arc::new(event.to_json());
         if let Some(reason) = &dead_reason {
             finished.publishes.push(self.dead_publish(props, body, reason));
             finished.dead = event.error.as_ref().map(|e| e.code);

@@ -1,15 +1,31 @@
 //! Development provider: appends each rendered message to a JSON-lines file instead of sending it.
 //! The file holds codes and full addresses by design; it is for a developer's own machine.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::json;
+use serde::Serialize;
 
 use super::{Provider, ProviderError, Receipt};
 use crate::job::Job;
 use crate::templates::{PAUSE, Rendered};
+
+/// One line of the outbox file, written without building a JSON map first (keys in alphabetical order,
+/// as they always were).
+#[derive(Serialize)]
+struct Line<'a> {
+    action: &'a str,
+    body: Cow<'a, str>,
+    channel: &'a str,
+    date: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    html: Option<&'a str>,
+    job_id: &'a str,
+    subject: Option<&'a str>,
+    to: &'a str,
+}
 
 pub struct Outbox {
     file: File,
@@ -33,22 +49,24 @@ impl Provider for Outbox {
 
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
         let (subject, body, html) = match message {
-            Rendered::Sms { body } => (None, body.clone(), None),
-            Rendered::Voice { text } => (None, text.replace(PAUSE, " … "), None),
-            Rendered::Email { subject, text, html } => (Some(subject.as_str()), text.clone(), Some(html.as_str())),
+            Rendered::Sms { body } => (None, Cow::Borrowed(body.as_str()), None),
+            Rendered::Voice { text } => (None, Cow::Owned(text.replace(PAUSE, " … ")), None),
+            Rendered::Email { subject, text, html } => (
+                Some(subject.as_str()),
+                Cow::Borrowed(text.as_str()),
+                Some(html.as_str()),
+            ),
         };
-        let mut line = json!({
-            "date": crate::events::now_rfc3339(),
-            "job_id": job.id,
-            "channel": job.channel.as_str(),
-            "action": job.action.as_str(),
-            "to": job.to.expose(),
-            "subject": subject,
-            "body": body,
-        });
-        if let Some(html) = html {
-            line["html"] = html.into();
-        }
+        let line = Line {
+            action: job.action.as_str(),
+            body,
+            channel: job.channel.as_str(),
+            date: crate::events::now_rfc3339(),
+            html,
+            job_id: &job.id,
+            subject,
+            to: job.to.expose(),
+        };
         let mut bytes = serde_json::to_vec(&line).map_err(|e| ProviderError::Permanent {
             message: format!("cannot encode outbox line: {e}"),
             provider_code: None,
