@@ -149,7 +149,9 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             h50 - b50,
             h99 - b99
         );
-        println!("| peak RSS of the herald process | {peak_rss:.1} MiB | ≤ 30 MiB |");
+        // The bar is the 30 MB (10^6 bytes); the rows above count MiB like /proc does.
+        let peak_mb = peak_rss * 1024.0 * 1024.0 / 1e6;
+        println!("| peak RSS of the herald process | {peak_rss:.1} MiB = {peak_mb:.1} MB | ≤ 30 MB |");
         anyhow::Ok(())
     }
     .await;
