@@ -36,8 +36,8 @@ struct Created {
 impl Twilio {
     /// `client` is shared by every provider call: one connection pool for the process.
     ///
-    /// Fails when `base_url`, `account_sid` or `auth_token` cannot form a request (Config::validate checks
-    /// them first, so this names the key for anyone building a Twilio by hand).
+    /// Fails at start-up, naming the keys, when `twilio.base_url` and `twilio.account_sid` do not form a URL
+    /// (before, every request failed instead).
     pub fn new(config: &TwilioConfig, client: reqwest::Client) -> Result<Twilio, String> {
         let base = config.base_url.trim_end_matches('/');
         let account = &config.account_sid;
@@ -48,7 +48,7 @@ impl Twilio {
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("{account}:{}", config.auth_token.expose()));
         let mut authorization = HeaderValue::from_str(&format!("Basic {credentials}"))
-            .map_err(|_| "twilio.account_sid must be printable ASCII".to_owned())?;
+            .map_err(|_| "twilio.account_sid / twilio.auth_token cannot form an Authorization header".to_owned())?;
         authorization.set_sensitive(true);
         Ok(Twilio {
             client,
