@@ -271,3 +271,67 @@ async fn the_outcome_goes_to_reply_to_with_the_correlation_id() {
     assert_eq!(app.events(1).await[0]["job_id"], j["id"]);
     app.stop().await;
 }
+
+/// Twilio over HTTPS: herald runs as a process trusting a throwaway CA through SSL_CERT_FILE (as an
+/// operator with a private CA or a TLS-intercepting proxy would run it), and the request arrives intact.
+#[tokio::test]
+async fn sms_reaches_twilio_over_https() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    // Killed on drop, a failed assertion included: a server left running would hold the test's pipes open.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Server(
+        std::process::Command::new("python3")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/https_server.py"))
+            .arg("--ca-out")
+            .arg(&ca)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with trustme is needed for the TLS test (.ci/run installs it)"),
+    );
+    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let ready: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let port = ready["ready"].as_u64().expect("the server printed its port");
+
+    let mut broker = helpers::Broker::new(|_| {}).await;
+    let mut env = helpers::process_env(&broker.config);
+    for (key, value) in [
+        ("HERALD_TWILIO__ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("HERALD_TWILIO__AUTH_TOKEN", "test-auth-token"),
+        ("HERALD_TWILIO__FROM", "+15005550006"),
+    ] {
+        env.push((key.into(), value.into()));
+    }
+    env.push(("HERALD_TWILIO__BASE_URL".into(), format!("https://localhost:{port}")));
+    env.push(("SSL_CERT_FILE".into(), ca.display().to_string()));
+    let herald = helpers::HeraldProcess::start(&env);
+    broker.publish(&job("sms")).await;
+    let event = broker
+        .try_next_event(20)
+        .await
+        .unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+    assert_eq!(event["type"], "gd_send_sms", "{event}\n{}", herald.logs());
+    assert_eq!(event["provider"], "twilio");
+    assert_eq!(event["provider_message_id"], "SMtls0123456789abcdef0123456789ab");
+
+    let request: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        request["path"],
+        "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json"
+    );
+    // Basic base64("AC…:test-auth-token")
+    assert_eq!(
+        request["authorization"],
+        "Basic QUMwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjp0ZXN0LWF1dGgtdG9rZW4="
+    );
+    let fields = form(request["body"].as_str().unwrap().as_bytes());
+    assert_eq!(fields["To"], job("sms")["to"].as_str().unwrap());
+    assert_eq!(fields["From"], "+15005550006");
+}
