@@ -276,29 +276,7 @@ async fn the_outcome_goes_to_reply_to_with_the_correlation_id() {
 /// operator with a private CA or a TLS-intercepting proxy would run it), and the request arrives intact.
 #[tokio::test]
 async fn sms_reaches_twilio_over_https() {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    // Killed on drop, a failed assertion included: a server left running would hold the test's pipes open.
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut server = Server(
-        std::process::Command::new("python3")
-            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/https_server.py"))
-            .arg("--ca-out")
-            .arg(&ca)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 with trustme is needed for the TLS test (.ci/run installs it)"),
-    );
-    let mut lines = std::io::BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let ready: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    let port = ready["ready"].as_u64().expect("the server printed its port");
+    let server = helpers::SupportServer::https_twilio();
 
     let mut broker = helpers::Broker::new(|_| {}).await;
     let mut env = helpers::process_env(&broker.config);
@@ -309,8 +287,14 @@ async fn sms_reaches_twilio_over_https() {
     ] {
         env.push((key.into(), value.into()));
     }
-    env.push(("HERALD_TWILIO__BASE_URL".into(), format!("https://localhost:{port}")));
-    env.push(("SSL_CERT_FILE".into(), ca.display().to_string()));
+    env.push((
+        "HERALD_TWILIO__BASE_URL".into(),
+        format!("https://localhost:{}", server.port),
+    ));
+    env.push((
+        "SSL_CERT_FILE".into(),
+        server.ca.as_ref().unwrap().display().to_string(),
+    ));
     let herald = helpers::HeraldProcess::start(&env);
     broker.publish(&job("sms")).await;
     let event = broker
@@ -321,7 +305,7 @@ async fn sms_reaches_twilio_over_https() {
     assert_eq!(event["provider"], "twilio");
     assert_eq!(event["provider_message_id"], "SMtls0123456789abcdef0123456789ab");
 
-    let request: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let request = server.next_message();
     assert_eq!(
         request["path"],
         "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json"

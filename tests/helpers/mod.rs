@@ -359,37 +359,62 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
-/// A real SMTP server process (aiosmtpd, `tests/support/smtp_server.py`); messages arrive as JSON.
-pub struct SmtpServer {
+/// One of the Python servers in `tests/support`: it prints `{"ready": <port>}` once listening, then one
+/// JSON object per message or request it received.
+pub struct SupportServer {
     pub port: u16,
+    /// The throwaway CA that signed the server's certificate, for servers speaking TLS.
     pub ca: Option<PathBuf>,
     child: std::process::Child,
     messages: std::sync::Mutex<std::sync::mpsc::Receiver<Value>>,
     _dir: tempfile::TempDir,
 }
 
-impl SmtpServer {
-    pub fn start(mode: &str, auth: Option<&str>) -> SmtpServer {
+/// A real SMTP server process (aiosmtpd, `tests/support/smtp_server.py`); messages arrive as JSON.
+pub type SmtpServer = SupportServer;
+
+impl SupportServer {
+    /// The SMTP server: `mode` plain, starttls or smtps; `auth` as `user:pass`.
+    pub fn start(mode: &str, auth: Option<&str>) -> SupportServer {
+        let mut args = vec!["--mode", mode];
+        if let Some(auth) = auth {
+            args.extend(["--auth", auth]);
+        }
+        let mut server = SupportServer::spawn("smtp_server.py", &args, "aiosmtpd");
+        if mode == "plain" {
+            server.ca = None;
+        }
+        server
+    }
+
+    /// A Twilio-shaped HTTPS server (`tests/support/https_server.py`) answering 201 with a sid; each
+    /// request arrives as `{"path", "authorization", "body"}`.
+    pub fn https_twilio() -> SupportServer {
+        SupportServer::spawn("https_server.py", &[], "trustme")
+    }
+
+    fn spawn(script: &str, args: &[&str], needs: &str) -> SupportServer {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let mut cmd = std::process::Command::new("python3");
-        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtp_server.py"))
-            .args(["--mode", mode, "--ca-out"])
+        let mut child = std::process::Command::new("python3")
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/support")
+                    .join(script),
+            )
+            .args(args)
+            .arg("--ca-out")
             .arg(&ca)
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped());
-        if let Some(auth) = auth {
-            cmd.args(["--auth", auth]);
-        }
-        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("python3 with aiosmtpd is needed for the SMTP tests (.ci/run installs it)");
+            .unwrap_or_else(|e| panic!("python3 with {needs} is needed for this test (.ci/run installs it): {e}"));
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
         let mut lines = stdout.lines();
-        let first = lines.next().expect("smtp server started").unwrap();
-        let ready: Value = serde_json::from_str(&first).expect("smtp server printed its port");
+        let first = lines.next().unwrap_or_else(|| panic!("{script} started")).unwrap();
+        let ready: Value = serde_json::from_str(&first).unwrap_or_else(|_| panic!("{script} printed its port"));
         let port = ready["ready"].as_u64().expect("ready line") as u16;
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -398,22 +423,22 @@ impl SmtpServer {
                 }
             }
         });
-        SmtpServer {
+        SupportServer {
             port,
-            ca: (mode != "plain").then_some(ca),
+            ca: Some(ca),
             child,
             messages: std::sync::Mutex::new(rx),
             _dir: dir,
         }
     }
 
-    /// The next accepted message, or a panic after 20 s.
+    /// The next message (or request) received, or a panic after 20 s.
     pub fn next_message(&self) -> Value {
         self.messages
             .lock()
             .unwrap()
             .recv_timeout(Duration::from_secs(20))
-            .expect("no message reached the SMTP server")
+            .expect("nothing reached the test server")
     }
 
     pub fn received_nothing(&self) -> bool {
@@ -421,7 +446,7 @@ impl SmtpServer {
     }
 }
 
-impl Drop for SmtpServer {
+impl Drop for SupportServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
