@@ -367,9 +367,7 @@ impl Child {
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(0.0, |kib| kib / 1024.0)
     }
-}
 
-impl Child {
     /// CPU time (user + system) the process has used so far, in seconds.
     fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id())).unwrap_or_default();

@@ -81,18 +81,7 @@ async fn a_job_that_keeps_killing_herald_is_dead_lettered_at_the_delivery_limit(
         c.amqp.delivery_limit = 3;
     })
     .await;
-    let mut env = process_env(&broker.config);
-    for (k, v) in [
-        ("HERALD_TWILIO__ACCOUNT_SID", broker.config.twilio.account_sid.clone()),
-        (
-            "HERALD_TWILIO__AUTH_TOKEN",
-            broker.config.twilio.auth_token.expose().to_owned(),
-        ),
-        ("HERALD_TWILIO__FROM", broker.config.twilio.from.clone()),
-        ("HERALD_TWILIO__BASE_URL", provider.url.clone()),
-    ] {
-        env.push((k.into(), v));
-    }
+    let env = process_env(&broker.config);
     let poison = job("sms");
     broker.publish(&poison).await;
     // Twice herald dies with the provider call under way (the provider never answers).

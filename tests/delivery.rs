@@ -278,19 +278,9 @@ async fn the_outcome_goes_to_reply_to_with_the_correlation_id() {
 async fn sms_reaches_twilio_over_https() {
     let server = helpers::SupportServer::https_twilio();
 
-    let mut broker = helpers::Broker::new(|_| {}).await;
+    let mut sid = "";
+    let mut broker = helpers::Broker::new(|c| sid = twilio(c, &format!("https://localhost:{}", server.port))).await;
     let mut env = helpers::process_env(&broker.config);
-    for (key, value) in [
-        ("HERALD_TWILIO__ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
-        ("HERALD_TWILIO__AUTH_TOKEN", "test-auth-token"),
-        ("HERALD_TWILIO__FROM", "+15005550006"),
-    ] {
-        env.push((key.into(), value.into()));
-    }
-    env.push((
-        "HERALD_TWILIO__BASE_URL".into(),
-        format!("https://localhost:{}", server.port),
-    ));
     env.push((
         "SSL_CERT_FILE".into(),
         server.ca.as_ref().unwrap().display().to_string(),
@@ -306,10 +296,7 @@ async fn sms_reaches_twilio_over_https() {
     assert_eq!(event["provider_message_id"], "SMtls0123456789abcdef0123456789ab");
 
     let request = server.next_message();
-    assert_eq!(
-        request["path"],
-        "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json"
-    );
+    assert_eq!(request["path"], format!("/2010-04-01/Accounts/{sid}/Messages.json"));
     // Basic base64("AC…:test-auth-token")
     assert_eq!(
         request["authorization"],

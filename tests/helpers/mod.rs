@@ -461,7 +461,7 @@ pub struct HeraldProcess {
     pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-/// `HERALD_*` variables putting a herald process on `config`'s queues, templates and files.
+/// `HERALD_*` variables putting a herald process on `config`'s queues, templates, files and Twilio settings.
 pub fn process_env(config: &Config) -> Vec<(String, String)> {
     [
         ("HERALD_AMQP__URL".into(), config.amqp.url.expose().to_owned()),
@@ -486,6 +486,18 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         ("HERALD_STATE__PATH".into(), config.state.path.display().to_string()),
     ]
     .into_iter()
+    // Twilio as `twilio()` configured it, if it did.
+    .chain(
+        [
+            ("ACCOUNT_SID", config.twilio.account_sid.clone()),
+            ("AUTH_TOKEN", config.twilio.auth_token.expose().to_owned()),
+            ("FROM", config.twilio.from.clone()),
+            ("BASE_URL", config.twilio.base_url.clone()),
+        ]
+        .into_iter()
+        .filter(|_| !config.twilio.account_sid.is_empty())
+        .map(|(k, v)| (format!("HERALD_TWILIO__{k}"), v)),
+    )
     .chain(
         ["user_phone", "user_voice", "user_email", "ip", "recipient", "prefix"]
             .iter()
