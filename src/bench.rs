@@ -238,6 +238,7 @@ async fn ceiling(
         )
         .await?;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let broker_cpu = BrokerCpu::start();
     let started = Instant::now();
     let reader = tokio::spawn(async move {
         for _ in 0..n {
@@ -273,6 +274,7 @@ async fn ceiling(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let broker_cpu = broker_cpu.per_job(n);
     reader.abort();
     let _ = consume.close(200, "done".into()).await;
     for q in [&q_in, &q_out] {
@@ -284,7 +286,7 @@ async fn ceiling(
         what: "broker ceiling: consume + ack + one small publish".into(),
         jobs: n,
         seconds,
-        note: format!("prefetch {}", amqp.prefetch),
+        note: format!("prefetch {}{broker_cpu}", amqp.prefetch),
     };
     Ok((publish, ceiling))
 }
@@ -355,6 +357,7 @@ impl Drop for Provider {
 
 struct Child {
     process: std::process::Child,
+    events: EventLines,
 }
 
 impl Child {
@@ -370,21 +373,62 @@ impl Child {
 
     /// CPU time (user + system) the process has used so far, in seconds.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are
-        // the 12th and 13th of them, in clock ticks.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-            .sum();
-        // SAFETY: sysconf only reads a system constant.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        ticks / per_second
+        cpu_seconds(self.process.id())
+    }
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds; 0 when it cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and stime are
+    // the 12th and 13th of them, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks / per_second
+}
+
+/// The CPU use over a step of the broker, when it runs on this machine (an Erlang VM, `beam.smp`), and
+/// of this bench process (the ceiling's consumer, or the reader of herald's events): with herald's own, it
+/// shows where a step's time goes on a machine they all share.
+struct BrokerCpu {
+    pid: Option<u32>,
+    at_start: f64,
+    own_at_start: f64,
+}
+
+impl BrokerCpu {
+    fn start() -> BrokerCpu {
+        let pid = std::fs::read_dir("/proc").ok().and_then(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "beam.smp"))
+        });
+        BrokerCpu {
+            pid,
+            at_start: pid.map_or(0.0, cpu_seconds),
+            own_at_start: cpu_seconds(std::process::id()),
+        }
+    }
+
+    /// ", broker CPU N µs/job, bench M µs/job" since `start`; the broker's only when it is a local process.
+    fn per_job(&self, jobs: usize) -> String {
+        let per_job = |seconds: f64| seconds / jobs.max(1) as f64 * 1e6;
+        let own = per_job(cpu_seconds(std::process::id()) - self.own_at_start);
+        match self.pid {
+            Some(pid) => format!(
+                ", broker CPU {:.0} µs/job, bench {own:.0} µs/job",
+                per_job(cpu_seconds(pid) - self.at_start)
+            ),
+            None => format!(", bench CPU {own:.0} µs/job"),
+        }
     }
 }
 
@@ -441,11 +485,11 @@ async fn start_herald(
             .env("HERALD_TWILIO__BASE_URL", &p.url)
             .env("HERALD_RETRY__PROVIDER_TIMEOUT", "30s");
     }
-    cmd.stdout(std::process::Stdio::null())
+    cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit());
-    let child = Child {
-        process: cmd.spawn().context("starting herald serve")?,
-    };
+    let mut process = cmd.spawn().context("starting herald serve")?;
+    let events = EventLines::read(process.stdout.take().context("herald's stdout")?);
+    let child = Child { process, events };
     let ready = format!("http://127.0.0.1:{port}/readyz");
     // Polled tightly: with jobs already queued, the clock starts here.
     let client = reqwest::Client::new();
@@ -458,11 +502,77 @@ async fn start_herald(
     bail!("herald did not become ready")
 }
 
-/// A queue of the bench's own bound to the events exchange.
-async fn events(channel: &Channel, amqp: &AmqpConfig) -> anyhow::Result<lapin::Consumer> {
+/// A queue of the bench's own bound to the events exchange, of the same kind as the ceiling's output
+/// queue and, like it, not consumed: the broker does the same work for herald's events as for the
+/// ceiling's small publishes. The bench counts herald's events on its stdout instead (see [`EventLines`]).
+async fn events_sink(channel: &Channel, amqp: &AmqpConfig) -> anyhow::Result<String> {
     broker::declare_topology(channel, amqp).await?;
-    let (_, consumer) = broker::private_queue(channel, "bench-events", Some(&amqp.events_exchange)).await?;
-    Ok(consumer)
+    let queue = format!("{}.events-sink", amqp.jobs_queue);
+    declare(channel, &queue, amqp).await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            amqp.events_exchange.as_str().into(),
+            "#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue)
+}
+
+/// Herald's outcome events as it prints them on stdout: one JSON line each, written once the broker
+/// committed the job's event and ack. A thread counts them, so that reading them costs the bench (which
+/// shares the machine with herald and the broker) next to nothing; consuming them from the broker cost
+/// it about 10 µs of CPU per job, and the broker a delivery each.
+struct EventLines {
+    /// Lines so far, and how many of them carry an `error`.
+    seen: tokio::sync::watch::Receiver<(usize, usize)>,
+}
+
+impl EventLines {
+    fn read(mut stdout: std::process::ChildStdout) -> EventLines {
+        use std::io::Read;
+        let (tx, seen) = tokio::sync::watch::channel((0, 0));
+        std::thread::spawn(move || {
+            let (mut lines, mut failed) = (0, 0);
+            let mut buf = vec![0; 1 << 16];
+            // The unfinished last line of a read, carried to the next.
+            let mut partial = Vec::new();
+            while let Ok(read @ 1..) = stdout.read(&mut buf) {
+                partial.extend_from_slice(&buf[..read]);
+                let complete = partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                for line in partial[..complete].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    lines += 1;
+                    if line.windows(8).any(|w| w == b"\"error\":") {
+                        failed += 1;
+                    }
+                }
+                partial.drain(..complete);
+                // One wake-up per read, not per line.
+                tx.send_replace((lines, failed));
+            }
+        });
+        EventLines { seen }
+    }
+
+    /// Waits for `n` events in all; returns how many of them are failures.
+    async fn wait(&mut self, n: usize) -> anyhow::Result<usize> {
+        loop {
+            let (lines, failed) = *self.seen.borrow_and_update();
+            if lines >= n {
+                return Ok(failed);
+            }
+            tokio::time::timeout(Duration::from_secs(120), self.seen.changed())
+                .await
+                .with_context(|| format!("no event for 120 s ({lines} of {n})"))?
+                .context("herald's stdout closed")?;
+        }
+    }
+}
+
+async fn delete_queue(channel: &Channel, queue: &str) {
+    let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
 }
 
 /// Publishes jobs `range` to `queue` as fast as the broker takes them, then waits for every confirm.
@@ -470,20 +580,6 @@ async fn publish_all(channel: &Channel, queue: &str, range: std::ops::Range<usiz
     paced_publish(channel, queue, range.start, range.len(), f64::INFINITY)
         .await
         .map(drop)
-}
-
-async fn wait_events(events: &mut lapin::Consumer, n: usize) -> anyhow::Result<usize> {
-    let mut failures = 0;
-    for _ in 0..n {
-        let next = tokio::time::timeout(Duration::from_secs(120), events.next())
-            .await
-            .context("no event for 120 s")?
-            .context("event stream closed")??;
-        if next.data.windows(8).any(|w| w == b"\"error\":") {
-            failures += 1;
-        }
-    }
-    Ok(failures)
 }
 
 /// Steps 2 and 3: n jobs through a fresh herald; returns the row and herald's peak RSS.
@@ -498,17 +594,20 @@ async fn herald_run(
     provider: Option<&Provider>,
     what: &str,
 ) -> anyhow::Result<(Row, f64)> {
-    let mut events = events(channel, amqp).await?;
+    let sink = events_sink(channel, amqp).await?;
     publish_all(channel, &amqp.jobs_queue, 0..n).await?;
-    let (herald, started) = start_herald(amqp, dir, provider).await?;
+    let (mut herald, started) = start_herald(amqp, dir, provider).await?;
     let cpu_at_start = herald.cpu_seconds();
-    let failures = wait_events(&mut events, n).await?;
+    let broker_cpu = BrokerCpu::start();
+    let failures = herald.events.wait(n).await?;
     let seconds = started.elapsed().as_secs_f64();
+    let broker_cpu = broker_cpu.per_job(n);
     let rss = herald.peak_rss_mib();
     // Less noisy than the rate on a shared machine: what herald itself spent per job.
     let cpu_per_job = (herald.cpu_seconds() - cpu_at_start) / n as f64 * 1e6;
     drop(herald);
-    let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job");
+    delete_queue(channel, &sink).await;
+    let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{broker_cpu}");
     if failures > 0 {
         note.push_str(&format!(", {failures} failed"));
     }
@@ -656,18 +755,19 @@ async fn latency(
         .await;
 
     // Through herald, to the Twilio-shaped server.
-    let mut events = events(channel, amqp).await?;
-    let (herald, _) = start_herald(amqp, dir, Some(provider)).await?;
+    let sink = events_sink(channel, amqp).await?;
+    let (mut herald, _) = start_herald(amqp, dir, Some(provider)).await?;
     provider.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let started = Instant::now();
     let published = measured(
         paced_publish(channel, &amqp.jobs_queue, offset, warm + count, rate).await?,
         offset + warm,
     );
-    wait_events(&mut events, warm + count).await?;
+    herald.events.wait(warm + count).await?;
     let seconds = started.elapsed().as_secs_f64();
     let rss = herald.peak_rss_mib();
     drop(herald);
+    delete_queue(channel, &sink).await;
     let arrivals = provider.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let row = Row {
         what: format!("latency run at {rate:.0} jobs/s"),

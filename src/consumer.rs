@@ -185,8 +185,10 @@ impl Consumer {
 
     /// Commits finished jobs in batches: publishes and acks of a batch go in one broker transaction.
     ///
-    /// While one batch commits, the next one gathers and its outcome records finish writing, so the only
-    /// serial steps are writing the batch's frames and the commit itself.
+    /// A commit waits for the broker (a quorum queue writes it to disk), so it is the serial step of the
+    /// pipeline: while one commits, every job that finishes meanwhile is taken in, and the next commit
+    /// carries all of them whose outcome records are written. A job that finished just after a gather
+    /// would otherwise wait out a whole extra commit, and with it its place in the prefetch window.
     async fn commit_loop(
         self: Arc<Self>,
         channel: Channel,
@@ -194,18 +196,19 @@ impl Consumer {
         mut done: mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), BrokerError> {
         let max = usize::from(self.config.prefetch).max(1);
-        // Two batches, swapped each round, and one buffer of event lines: per-batch buffers of this size
-        // (tens of KiB) cost a realloc chain on every batch and made glibc consolidate its free lists.
+        // Finished jobs not yet committed; the batch being sent; the batch committing; one buffer of event
+        // lines. All reused: per-batch buffers of this size (tens of KiB) cost a realloc chain on every
+        // batch and made glibc consolidate its free lists.
+        let mut waiting = Vec::with_capacity(max);
         let mut ready = Vec::with_capacity(max);
         let mut batch = Vec::with_capacity(max);
         let mut lines = Vec::new();
+        let mut open = true;
         loop {
-            if ready.is_empty() {
-                if done.recv_many(&mut ready, max).await == 0 {
-                    return Ok(());
-                }
-                await_records(&mut ready).await;
+            if waiting.is_empty() && (!open || done.recv_many(&mut waiting, max).await == 0) {
+                return Ok(());
             }
+            take_recorded(&mut waiting, &mut ready).await;
             self.send_frames(&channel, &unacked, &mut ready).await?;
             std::mem::swap(&mut batch, &mut ready);
             let commit = async {
@@ -213,13 +216,17 @@ impl Consumer {
                 self.committed(&mut batch, &mut lines).await;
                 Ok::<_, BrokerError>(())
             };
-            let gather = async {
-                if done.recv_many(&mut ready, max).await > 0 {
-                    await_records(&mut ready).await;
+            tokio::pin!(commit);
+            loop {
+                tokio::select! {
+                    biased;
+                    committed = &mut commit => {
+                        committed?;
+                        break;
+                    }
+                    received = done.recv_many(&mut waiting, max), if open => open = received > 0,
                 }
-                Ok(())
-            };
-            futures_util::future::try_join(commit, gather).await?;
+            }
         }
     }
 
@@ -504,16 +511,42 @@ impl Consumer {
     }
 }
 
-/// Waits for the outcome records of `batch`: a record must be stored before its event can leave, so
-/// that after a crash a redelivered job finds it (§11.2). A failed write only loses that protection.
-async fn await_records(batch: &mut [Finished]) {
-    let puts = batch.iter_mut().filter_map(|f| f.put.take().map(|p| (f, p)));
-    let results = futures_util::future::join_all(puts.map(|(f, p)| async move { (f, p.await) })).await;
-    for (finished, result) in results {
-        if let Err(e) = result {
-            tracing::warn!(job_id = finished.record.as_deref().unwrap_or("-"), error = %e, "outcome not recorded");
-            finished.record = None;
+/// Moves the jobs of `waiting` whose outcome records are written (or who have none) to `ready`, the rest
+/// stay for a later commit; when none is written yet, waits for them all. A record must be stored before
+/// its event can leave, so that after a crash a redelivered job finds it (§11.2); a failed write only
+/// loses that protection.
+async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<Finished>) {
+    use futures_util::FutureExt;
+    let mut i = 0;
+    while i < waiting.len() {
+        let written = match waiting[i].put.as_mut() {
+            None => Some(Ok(())),
+            Some(put) => put.now_or_never(),
+        };
+        match written {
+            Some(result) => {
+                let mut finished = waiting.swap_remove(i);
+                finished.put = None;
+                recorded(&mut finished, result);
+                ready.push(finished);
+            }
+            None => i += 1,
         }
+    }
+    if ready.is_empty() {
+        let puts = waiting.iter_mut().filter_map(|f| f.put.take().map(|p| (f, p)));
+        let results = futures_util::future::join_all(puts.map(|(f, p)| async move { (f, p.await) })).await;
+        for (finished, result) in results {
+            recorded(finished, result);
+        }
+        ready.append(waiting);
+    }
+}
+
+fn recorded(finished: &mut Finished, result: Result<(), crate::store::StoreError>) {
+    if let Err(e) = result {
+        tracing::warn!(job_id = finished.record.as_deref().unwrap_or("-"), error = %e, "outcome not recorded");
+        finished.record = None;
     }
 }
 
