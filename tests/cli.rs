@@ -239,7 +239,7 @@ fn bench_runs_and_prints_the_table() {
         String::from_utf8_lossy(&out.stderr)
     );
     for line in [
-        "| broker ceiling: consume + ack + one small publish | 500 |",
+        "| broker ceiling: consume + ack + one small publish (topic exchange) | 500 |",
         "| herald e2e, Twilio-shaped server (0 ms) | 500 |",
         "| herald e2e, outbox provider | 500 |",
         "| herald e2e, provider answering in 200 ms |",
