@@ -64,7 +64,10 @@ impl Store {
             }
             Store::Redis(s) => {
                 let (conn, key) = (s.conn.clone(), s.key(id));
-                Box::pin(async move { RedisStore::put(conn, key, &record).await })
+                // A task of its own, so that the write is under way at once, like the SQLite one: the commit
+                // loop only checks on it (and waits only when nothing else is ready to commit).
+                let write = tokio::spawn(async move { RedisStore::put(conn, key, &record).await });
+                Box::pin(async move { write.await.map_err(|e| StoreError(format!("record write: {e}")))? })
             }
         }
     }
