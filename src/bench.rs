@@ -71,7 +71,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         broker::redacted_url(&amqp)
     );
 
-    let result = async {
+    let body = async {
         let mut rows = Vec::new();
         let (publish, first) = ceiling(&connection, &channel, &amqp, n).await?;
         rows.push(publish);
@@ -156,23 +156,35 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         let peak_mb = peak_rss * 1024.0 * 1024.0 / 1e6;
         println!("| peak RSS of the herald process | {peak_rss:.1} MiB = {peak_mb:.1} MB | ≤ 30 MB |");
         anyhow::Ok(())
-    }
-    .await;
+    };
+    // Ctrl-C ends the run but not the clean-up below: dropping the run kills the herald children.
+    let result = tokio::select! {
+        result = body => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
 
-    for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
-        let _ = channel
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
+    // Everything the steps may have declared, whether or not a step got to delete its own.
+    let steps = ["ceiling-in", "ceiling-out", "events-sink", "latency"].map(|s| format!("{}.{s}", amqp.jobs_queue));
+    for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue]
+        .into_iter()
+        .chain(&steps)
+    {
+        delete_queue(&channel, q).await;
     }
-    let _ = channel
-        .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
-        .await;
+    for x in [amqp.events_exchange.clone(), format!("{}.ceiling", amqp.jobs_queue)] {
+        let _ = channel.exchange_delete(x.as_str().into(), Default::default()).await;
+    }
+    let _ = std::fs::remove_dir_all(bench_dir(&id));
     let _ = connection.close(200, "bench done".into()).await;
     result
 }
 
+fn bench_dir(id: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("herald-bench-{id}"))
+}
+
 fn tempfile_dir(id: &str) -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("herald-bench-{id}"));
+    let dir = bench_dir(id);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
