@@ -165,54 +165,54 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
             .chain(channel)
             .into_iter()
             .map(|kind| -> anyhow::Result<Arc<dyn Provider>> {
-                Ok(match kind {
-                    ProviderKind::Twilio => match &twilio {
-                        Some(p) => p.clone(),
-                        None => {
-                            let p: Arc<dyn Provider> =
-                                Arc::new(Twilio::new(&config.twilio, client.clone()).map_err(anyhow::Error::msg)?);
-                            twilio = Some(p.clone());
-                            p
-                        }
-                    },
-                    ProviderKind::Outbox => match &outbox {
-                        Some(p) => p.clone(),
-                        None => {
-                            let p: Arc<dyn Provider> =
-                                Arc::new(Outbox::open(&config.outbox.path).with_context(|| {
-                                    format!("opening outbox.path {}", config.outbox.path.display())
-                                })?);
-                            outbox = Some(p.clone());
-                            p
-                        }
-                    },
-                    ProviderKind::Smtp => match &smtp {
-                        Some(p) => p.clone(),
-                        None => {
-                            let p: Arc<dyn Provider> = Arc::new(
-                                Smtp::new(
-                                    config.smtp.url_or_default(),
-                                    &config.smtp.from,
-                                    config.retry.provider_timeout.0,
-                                    usize::from(config.amqp.prefetch).min(64),
-                                )
-                                .map_err(anyhow::Error::msg)?,
-                            );
-                            smtp = Some(p.clone());
-                            p
-                        }
-                    },
-                    ProviderKind::Webhook => webhook
-                        .get_or_insert_with(|| {
-                            // Both were checked by Config::validate.
-                            let url = reqwest::Url::parse(&config.webhook.url).expect("validated webhook.url");
-                            let key = decode_secret(config.webhook.secret.expose()).expect("validated webhook.secret");
-                            Arc::new(Webhook::new(url, key, &config.templates.default_locale, client.clone()))
-                        })
-                        .clone(),
-                })
+                match kind {
+                    ProviderKind::Twilio => built_once(&mut twilio, || {
+                        Ok(Arc::new(
+                            Twilio::new(&config.twilio, client.clone()).map_err(anyhow::Error::msg)?,
+                        ))
+                    }),
+                    ProviderKind::Outbox => built_once(&mut outbox, || {
+                        Ok(Arc::new(Outbox::open(&config.outbox.path).with_context(|| {
+                            format!("opening outbox.path {}", config.outbox.path.display())
+                        })?))
+                    }),
+                    ProviderKind::Smtp => built_once(&mut smtp, || {
+                        Ok(Arc::new(
+                            Smtp::new(
+                                config.smtp.url_or_default(),
+                                &config.smtp.from,
+                                config.retry.provider_timeout.0,
+                                usize::from(config.amqp.prefetch).min(64),
+                            )
+                            .map_err(anyhow::Error::msg)?,
+                        ))
+                    }),
+                    ProviderKind::Webhook => built_once(&mut webhook, || {
+                        // Both were checked by Config::validate.
+                        let url = reqwest::Url::parse(&config.webhook.url).expect("validated webhook.url");
+                        let key = decode_secret(config.webhook.secret.expose()).expect("validated webhook.secret");
+                        Ok(Arc::new(Webhook::new(
+                            url,
+                            key,
+                            &config.templates.default_locale,
+                            client.clone(),
+                        )))
+                    }),
+                }
             })
             .collect()
     };
     Ok([chain(Channel::Sms)?, chain(Channel::Voice)?, chain(Channel::Email)?])
+}
+
+/// The provider in `slot`, built by `make` the first time: a provider named in several chains is one
+/// instance (one connection pool, one open outbox file).
+fn built_once(
+    slot: &mut Option<Arc<dyn Provider>>,
+    make: impl FnOnce() -> anyhow::Result<Arc<dyn Provider>>,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    if let Some(p) = slot {
+        return Ok(p.clone());
+    }
+    Ok(slot.insert(make()?).clone())
 }
