@@ -277,7 +277,7 @@ async fn ceiling(
         )
         .await?;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let others_cpu = StepCpu::start();
+    let cpu = StepCpu::start(None);
     let started = Instant::now();
     let to = Arc::new(exchange.clone());
     let reader = tokio::spawn(async move {
@@ -315,7 +315,7 @@ async fn ceiling(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let others_cpu = others_cpu.per_job(n);
+    let others_cpu = cpu.others_per_job(n);
     reader.abort();
     let _ = consume.close(200, "done".into()).await;
     for q in [&q_in, &q_out] {
@@ -407,11 +407,6 @@ impl Child {
             .and_then(|v| v.parse::<f64>().ok())
             .map_or(0.0, |kib| kib / 1024.0)
     }
-
-    /// CPU time (user + system) the process has used so far, in seconds.
-    fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.process.id())
-    }
 }
 
 /// CPU time (user + system) process `pid` has used so far, in seconds; 0 when it cannot be read.
@@ -433,44 +428,56 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / per_second
 }
 
-/// The CPU use over a step of the broker, when it runs on this machine (an Erlang VM, `beam.smp`), and
-/// of this bench process (the ceiling's consumer, or the reader of herald's events): with herald's own, it
-/// shows where a step's time goes on a machine they all share.
+/// The CPU use over a step of herald (when the step runs one), of the broker when it runs on this machine
+/// (an Erlang VM, `beam.smp`) and of this bench process (the ceiling's consumer, or the reader of herald's
+/// events): together they show where a step's time goes on a machine they all share, and herald's own is
+/// less noisy than its rate.
 struct StepCpu {
-    pid: Option<u32>,
-    at_start: f64,
-    own_at_start: f64,
+    /// (pid, CPU seconds at the start) of herald and of the broker.
+    herald: Option<(u32, f64)>,
+    broker: Option<(u32, f64)>,
+    bench: (u32, f64),
 }
 
 impl StepCpu {
-    fn start() -> StepCpu {
+    fn start(herald: Option<&Child>) -> StepCpu {
         // The busiest one: RabbitMQ's command-line tools run in an Erlang VM of their own too.
-        let pid = std::fs::read_dir("/proc").ok().and_then(|dir| {
+        let broker = std::fs::read_dir("/proc").ok().and_then(|dir| {
             dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
                 .filter(|pid| {
                     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "beam.smp")
                 })
                 .max_by(|a, b| cpu_seconds(*a).total_cmp(&cpu_seconds(*b)))
         });
+        let at_start = |pid: u32| (pid, cpu_seconds(pid));
         StepCpu {
-            pid,
-            at_start: pid.map_or(0.0, cpu_seconds),
-            own_at_start: cpu_seconds(std::process::id()),
+            herald: herald.map(|h| at_start(h.process.id())),
+            broker: broker.map(at_start),
+            bench: at_start(std::process::id()),
         }
     }
 
+    /// Herald's CPU per job since `start`, in µs (0 when the step runs no herald).
+    fn herald_per_job(&self, jobs: usize) -> f64 {
+        self.herald.map_or(0.0, |h| per_job(h, jobs))
+    }
+
     /// ", broker CPU N µs/job, bench M µs/job" since `start`; the broker's only when it is a local process.
-    fn per_job(&self, jobs: usize) -> String {
-        let per_job = |seconds: f64| seconds / jobs.max(1) as f64 * 1e6;
-        let own = per_job(cpu_seconds(std::process::id()) - self.own_at_start);
-        match self.pid {
-            Some(pid) => format!(
-                ", broker CPU {:.0} µs/job, bench {own:.0} µs/job",
-                per_job(cpu_seconds(pid) - self.at_start)
+    fn others_per_job(&self, jobs: usize) -> String {
+        let bench = per_job(self.bench, jobs);
+        match self.broker {
+            Some(broker) => format!(
+                ", broker CPU {:.0} µs/job, bench {bench:.0} µs/job",
+                per_job(broker, jobs)
             ),
-            None => format!(", bench CPU {own:.0} µs/job"),
+            None => format!(", bench CPU {bench:.0} µs/job"),
         }
     }
+}
+
+/// CPU µs per job that process `pid` spent since it had used `at_start` seconds.
+fn per_job((pid, at_start): (u32, f64), jobs: usize) -> f64 {
+    (cpu_seconds(pid) - at_start) / jobs.max(1) as f64 * 1e6
 }
 
 impl Drop for Child {
@@ -638,14 +645,11 @@ async fn herald_run(
     let sink = events_sink(channel, amqp).await?;
     publish_all(channel, &amqp.jobs_queue, 0..n).await?;
     let (mut herald, started) = start_herald(amqp, dir, provider).await?;
-    let cpu_at_start = herald.cpu_seconds();
-    let others_cpu = StepCpu::start();
+    let cpu = StepCpu::start(Some(&herald));
     let failures = herald.events.wait(n).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let others_cpu = others_cpu.per_job(n);
+    let (cpu_per_job, others_cpu) = (cpu.herald_per_job(n), cpu.others_per_job(n));
     let rss = herald.peak_rss_mib();
-    // Less noisy than the rate on a shared machine: what herald itself spent per job.
-    let cpu_per_job = (herald.cpu_seconds() - cpu_at_start) / n as f64 * 1e6;
     drop(herald);
     delete_queue(channel, &sink).await;
     let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{others_cpu}");
