@@ -152,6 +152,9 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
         .timeout(config.retry.provider_timeout.0)
         .connect_timeout(config.retry.provider_timeout.0)
         .redirect(reqwest::redirect::Policy::none())
+        // Retries are herald's own schedule (`herald.retry`). reqwest's default policy only ever retries
+        // HTTP/2 refusals, which this HTTP/1.1 client never sees, yet it copied every request in case.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .pool_max_idle_per_host(usize::from(config.amqp.prefetch))
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -402,7 +402,7 @@ impl Job {
         // serde would also read a JSON array into a struct, field by position, so anything else takes the
         // slow path that tells JSON that is not an object from no JSON at all.
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        let raw: RawJob = if first == Some(&b'{') {
+        let mut raw: RawJob = if first == Some(&b'{') {
             serde_json::from_slice(body).map_err(|e| {
                 InvalidJob::bare(if e.is_data() {
                     format!("body: {e}")
@@ -418,28 +418,33 @@ impl Job {
             }
             serde_json::from_value(value).map_err(|e| InvalidJob::bare(format!("body: {e}")))?
         };
-        let mut ctx = InvalidJob::bare("");
-        // Keep what is readable for the failure event, but only values that pass their own checks.
-        ctx.id = opt_str("id", &raw.id)
-            .ok()
-            .flatten()
-            .filter(|s| valid_id(s))
-            .map(str::to_owned);
-        ctx.user_id = opt_str("user_id", &raw.user_id)
-            .ok()
-            .flatten()
-            .filter(|s| valid_user_id(s))
-            .map(str::to_owned);
-        ctx.channel = opt_str("channel", &raw.channel).ok().flatten().and_then(Channel::parse);
-        ctx.ip = opt_str("ip", &raw.ip)
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse::<IpAddr>().ok())
-            .map(|ip| ip.to_string());
-        Job::check(raw).map_err(|reason| InvalidJob { reason, ..ctx })
+        let vars = raw.vars.take();
+        Job::check(&raw, vars).map_err(|reason| {
+            // Keep what is readable for the failure event, but only values that pass their own checks.
+            InvalidJob {
+                reason,
+                id: opt_str("id", &raw.id)
+                    .ok()
+                    .flatten()
+                    .filter(|s| valid_id(s))
+                    .map(str::to_owned),
+                user_id: opt_str("user_id", &raw.user_id)
+                    .ok()
+                    .flatten()
+                    .filter(|s| valid_user_id(s))
+                    .map(str::to_owned),
+                channel: opt_str("channel", &raw.channel).ok().flatten().and_then(Channel::parse),
+                ip: opt_str("ip", &raw.ip)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                    .map(|ip| ip.to_string()),
+            }
+        })
     }
 
-    fn check(raw: RawJob) -> Result<Job, String> {
+    /// `vars` is taken out of `raw`, so that its strings move into the job instead of being copied.
+    fn check(raw: &RawJob, vars: Option<serde_json::Value>) -> Result<Job, String> {
         let id = req_str("id", &raw.id)?;
         if !valid_id(id) {
             return Err("field `id` must be 1 to 128 printable characters".into());
@@ -499,7 +504,7 @@ impl Job {
                     .map_err(|_| "field `expires_at` is not an RFC 3339 time".to_string())
             })
             .transpose()?;
-        let vars = match raw.vars {
+        let vars = match vars {
             None | Some(serde_json::Value::Null) => BTreeMap::new(),
             Some(serde_json::Value::Object(map)) => {
                 if map.len() > MAX_VARS {
