@@ -39,6 +39,9 @@ pub enum Command {
         /// Jobs per run.
         #[arg(long, default_value_t = 20_000)]
         jobs: usize,
+        /// Rounds of ceiling + herald runs; the ratios are the median over the rounds.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+        rounds: u16,
     },
     /// Template tools.
     Templates {
@@ -106,9 +109,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await.map(|()| 0),
         Command::Send(args) => send(&config, *args).await,
-        Command::Bench { jobs } => crate::bench::run(&config, crate::bench::BenchArgs { jobs })
-            .await
-            .map(|()| 0),
+        Command::Bench { jobs, rounds } => crate::bench::run(
+            &config,
+            crate::bench::BenchArgs {
+                jobs,
+                rounds: usize::from(rounds),
+            },
+        )
+        .await
+        .map(|()| 0),
         Command::Templates {
             command: TemplatesCommand::Check,
         } => Ok(templates_check(&config)),

@@ -239,11 +239,13 @@ fn bench_runs_and_prints_the_table() {
         String::from_utf8_lossy(&out.stderr)
     );
     for line in [
-        "| broker ceiling: consume + ack + one small publish (topic exchange) | 500 |",
-        "| herald e2e, Twilio-shaped server (0 ms) | 500 |",
-        "| herald e2e, outbox provider | 500 |",
+        "| broker ceiling: consume + ack + one small publish (topic exchange), round 1 | 500 |",
+        "| herald e2e, Twilio-shaped server (0 ms), round 1 | 500 |",
+        "| herald e2e, outbox provider, round 1 | 500 |",
+        "| herald e2e, outbox provider, round 3 | 500 |",
         "| herald e2e, provider answering in 200 ms |",
-        "| e2e outbox / broker ceiling |",
+        "| e2e outbox / broker ceiling, median of 3 rounds |",
+        "| e2e Twilio-shaped / broker ceiling, median of 3 rounds |",
         "| 200 ms provider / (prefetch / 0.2 s = 1280/s) |",
         "| broker alone: publish → consumer p50 / p99 at",
         "| added by herald p50 / p99 |",
