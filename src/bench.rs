@@ -140,15 +140,18 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             );
         }
         println!();
-        let rounds = args.rounds;
+        let rounds = match args.rounds {
+            1 => "1 round".to_owned(),
+            n => format!("{n} rounds"),
+        };
         println!("| measure | value | bar |");
         println!("|---|---:|---|");
         println!(
-            "| e2e outbox / broker ceiling, median of {rounds} rounds | {} | ≥ 0.80 |",
+            "| e2e outbox / broker ceiling, median of {rounds} | {} | ≥ 0.80 |",
             ratios(outbox)
         );
         println!(
-            "| e2e Twilio-shaped / broker ceiling, median of {rounds} rounds | {} | ≥ 0.60 |",
+            "| e2e Twilio-shaped / broker ceiling, median of {rounds} | {} | ≥ 0.60 |",
             ratios(twilio.into_iter().map(|(_, ratio)| ratio).collect())
         );
         println!("| 200 ms provider / (prefetch / 0.2 s = {slow_ideal:.0}/s) | {slow_ratio:.2} | ≥ 0.90 |");
@@ -352,7 +355,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// "median (each round's)" of per-round ratios.
+/// Per-round ratios as "median (round 1, round 2, …)".
 fn ratios(values: Vec<f64>) -> String {
     let each: Vec<String> = values.iter().map(|r| format!("{r:.2}")).collect();
     if values.len() == 1 {

@@ -443,7 +443,8 @@ impl Job {
         })
     }
 
-    /// `vars` is taken out of `raw`, so that its strings move into the job instead of being copied.
+    /// `raw` is only borrowed, so that a rejection can still read it; `vars`, taken out of it, moves into the
+    /// job instead of being copied.
     fn check(raw: &RawJob, vars: Option<serde_json::Value>) -> Result<Job, String> {
         let id = req_str("id", &raw.id)?;
         if !valid_id(id) {
