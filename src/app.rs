@@ -19,7 +19,7 @@ use crate::providers::smtp::Smtp;
 use crate::providers::twilio::Twilio;
 use crate::providers::webhook::{Webhook, decode_secret};
 use crate::retry::RetryPolicy;
-use crate::store::{LocalStore, RedisStore, Store, redis_connection};
+use crate::store::{Store, redis_connection};
 use crate::templates::Templates;
 use crate::throttle::{Shared, Throttle};
 
@@ -52,8 +52,13 @@ impl Application {
         };
         let namespace = &config.amqp.jobs_queue;
         let store = Arc::new(match &redis {
-            None => Store::Local(LocalStore::open(&config.state.path).context("opening state.path")?),
-            Some(conn) => Store::Redis(RedisStore::new(conn.clone(), namespace)),
+            None => Store::local(&config.state.path, metrics.store_errors.clone())?,
+            Some(conn) => Store::redis(
+                conn.clone(),
+                namespace,
+                claim_lease(&config),
+                metrics.store_errors.clone(),
+            ),
         });
         let throttle = Arc::new(Throttle::new(
             &config.throttle,
@@ -113,7 +118,15 @@ impl Application {
                 }
             }
         });
-        let consumer = Arc::new(Consumer::new(config.amqp.clone(), dispatcher, store, metrics, ready));
+        let retry_waits: Vec<_> = config.retry.schedule.iter().map(|d| d.0).collect();
+        let consumer = Arc::new(Consumer::new(
+            config.amqp.clone(),
+            dispatcher,
+            store,
+            metrics,
+            ready,
+            &retry_waits,
+        ));
         Ok(Application {
             http_addr,
             server,
@@ -144,6 +157,18 @@ impl Application {
         http.await.context("http server task")?.context("http server")?;
         Ok(())
     }
+}
+
+/// How long a job id stays claimed across replicas if its holder dies: a little longer than the worst
+/// delivery, every provider of the longest chain timing out in turn.
+fn claim_lease(config: &Config) -> std::time::Duration {
+    let longest = Channel::ALL
+        .iter()
+        .map(|c| config.chain(*c).len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    config.retry.provider_timeout.0 * longest as u32 + std::time::Duration::from_secs(10)
 }
 
 fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> {

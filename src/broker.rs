@@ -8,6 +8,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
+use std::time::Duration;
+
 use crate::config::{AmqpConfig, QueueType};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,24 @@ pub async fn private_queue(
     Ok((queue.name().clone(), consumer))
 }
 
+/// Arguments of herald's queues: the configured queue type, and where expired or rejected messages go.
+fn queue_args(config: &AmqpConfig, dead_letter_to: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    if config.queue_type == QueueType::Quorum {
+        args.insert("x-queue-type".into(), text("quorum"));
+    }
+    if let Some(target) = dead_letter_to {
+        args.insert("x-dead-letter-exchange".into(), text(""));
+        args.insert("x-dead-letter-routing-key".into(), text(target));
+        if config.queue_type == QueueType::Quorum {
+            // Dead-lettering must not drop messages: at-least-once needs reject-publish overflow.
+            args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            args.insert("x-overflow".into(), text("reject-publish"));
+        }
+    }
+    args
+}
+
 /// Declares queues and exchange. Idempotent: the same arguments every time, so a restart (or a second
 /// replica) re-declares without a PRECONDITION_FAILED.
 pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), BrokerError> {
@@ -101,22 +121,7 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let base = |dead_letter_to: Option<&str>| {
-        let mut args = FieldTable::default();
-        if config.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), text("quorum"));
-        }
-        if let Some(target) = dead_letter_to {
-            args.insert("x-dead-letter-exchange".into(), text(""));
-            args.insert("x-dead-letter-routing-key".into(), text(target));
-            if config.queue_type == QueueType::Quorum {
-                // Dead-lettering must not drop messages: at-least-once needs reject-publish overflow.
-                args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-                args.insert("x-overflow".into(), text("reject-publish"));
-            }
-        }
-        args
-    };
+    let base = |dead_letter_to: Option<&str>| queue_args(config, dead_letter_to);
 
     channel
         .queue_declare(config.dead_queue.as_str().into(), durable, base(None))
@@ -150,6 +155,53 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
             FieldTable::default(),
         )
         .await?;
+    Ok(())
+}
+
+/// The delay queue of each retry wait, `{retry_queue}.{wait}` (`herald.retry.30s`), shortest first. One
+/// queue per wait because a queue releases expired messages only from its head: in one shared queue a
+/// retry due in 1 s waited behind one due in 10 minutes.
+pub fn delay_queues(config: &AmqpConfig, waits: &[Duration]) -> Vec<(Duration, String)> {
+    let mut waits: Vec<Duration> = waits.iter().copied().filter(|w| !w.is_zero()).collect();
+    waits.sort_unstable();
+    waits.dedup();
+    waits
+        .into_iter()
+        .map(|w| (w, format!("{}.{}", config.retry_queue, wait_name(w))))
+        .collect()
+}
+
+/// `1s`, `2m`, `1h`, `1500ms`: the largest unit that says the wait exactly.
+fn wait_name(wait: Duration) -> String {
+    let ms = wait.as_millis();
+    match ms {
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// Declares the delay queues of [`delay_queues`]: like `herald.retry`, each dead-letters expired messages
+/// back to `herald.jobs`. `herald.retry` itself stays declared, so that messages an older herald left there
+/// still come back when they expire.
+pub async fn declare_delay_queues(
+    channel: &Channel,
+    config: &AmqpConfig,
+    waits: &[Duration],
+) -> Result<(), BrokerError> {
+    for (_, name) in delay_queues(config, waits) {
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                queue_args(config, Some(&config.jobs_queue)),
+            )
+            .await?;
+    }
     Ok(())
 }
 

@@ -25,9 +25,10 @@ use crate::dispatch::{Dispatcher, Outcome};
 use crate::events::{self, ErrorCode, Event, EventError};
 use crate::job::Job;
 use crate::metrics::{Metrics, Sample};
-use crate::store::{PendingPut, Record, Store};
+use crate::store::{Entry, PendingPut, Record, Store};
 
-/// Header carrying the attempt number of a retried job.
+/// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
+/// only: herald takes attempt numbers from its outcome store, never from a header a publisher can write.
 pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
 /// Header with the reason a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-herald-error";
@@ -39,6 +40,8 @@ pub struct Consumer {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     in_flight: InFlightIds,
+    /// `(wait, queue)` of each retry delay queue, shortest first.
+    delay_queues: Vec<(Duration, String)>,
 }
 
 /// One message to publish inside a job's transaction.
@@ -61,9 +64,26 @@ struct Finished {
     record: Option<String>,
     /// The outcome record's write, awaited before the commit (a record precedes its event, §11.2).
     put: Option<PendingPut>,
-    /// Held until the commit, so a second copy of the same job waits and then sees the outcome.
-    _claim: Option<Claim>,
+    /// Held until the commit, so a second copy of the same job waits and then sees the outcome; if the
+    /// commit never comes, until the outcome record is durable (see `Drop`).
+    claim: Option<Claim>,
     _gauge: GaugeGuard,
+}
+
+impl Drop for Finished {
+    /// A job dropped before its commit (the broker connection went away) is redelivered, and the copy
+    /// must find the outcome this one reached: the claim is held until the record's write has finished,
+    /// not released while it is still queued.
+    fn drop(&mut self) {
+        if let (Some(put), Some(claim)) = (self.put.take(), self.claim.take())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = put.await;
+                drop(claim);
+            });
+        }
+    }
 }
 
 impl Consumer {
@@ -73,8 +93,10 @@ impl Consumer {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
+        retry_waits: &[Duration],
     ) -> Self {
         Consumer {
+            delay_queues: broker::delay_queues(&config, retry_waits),
             config,
             dispatcher,
             store,
@@ -86,12 +108,18 @@ impl Consumer {
 
     /// Consumes until `shutdown` fires, reconnecting with backoff whenever the broker goes away.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST;
         while !shutdown.is_cancelled() {
-            match self.clone().session(&shutdown).await {
+            let mut consumed = false;
+            match self.clone().session(&shutdown, &mut consumed).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.set_ready(false);
+                    // Backoff is for a broker that keeps refusing; one that served us starts it over.
+                    if consumed {
+                        backoff = FIRST;
+                    }
                     tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
                 }
             }
@@ -110,11 +138,13 @@ impl Consumer {
     }
 
     /// One connection's lifetime. `Ok` only after a clean shutdown.
-    async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> Result<(), BrokerError> {
+    async fn session(self: Arc<Self>, shutdown: &CancellationToken, consumed: &mut bool) -> Result<(), BrokerError> {
         // Named after the queue so operators (and tests) can tell deployments apart.
         let connection = broker::connect(&self.config, &format!("herald:{}", self.config.jobs_queue)).await?;
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.config).await?;
+        let waits: Vec<Duration> = self.delay_queues.iter().map(|(w, _)| *w).collect();
+        broker::declare_delay_queues(&channel, &self.config, &waits).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await?;
@@ -130,6 +160,7 @@ impl Consumer {
         tracing::info!(broker = %broker::redacted_url(&self.config), queue = %self.config.jobs_queue,
             prefetch = self.config.prefetch, "consuming");
         self.set_ready(true);
+        *consumed = true;
 
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
         let unacked = Unacked::default();
@@ -148,10 +179,14 @@ impl Consumer {
                         unacked.insert(delivery.delivery_tag);
                         let this = self.clone();
                         let done = done_tx.clone();
+                        let stopping = shutdown.clone();
                         tracker.spawn(async move {
-                            let finished = this.handle(delivery).await;
-                            // A closed committer means the session is gone: the broker redelivers.
-                            let _ = done.send(finished);
+                            // `None`: abandoned at shutdown before anything happened; the broker redelivers.
+                            if let Some(finished) = this.handle(delivery, &stopping).await {
+                                // A closed committer means the session is gone: the broker redelivers, and
+                                // dropping `finished` holds its claim until its record is written.
+                                let _ = done.send(finished);
+                            }
                         });
                     }
                     Some(Err(e)) => break Err(BrokerError::Amqp(e)),
@@ -214,7 +249,7 @@ impl Consumer {
             std::mem::swap(&mut batch, &mut ready);
             let commit = async {
                 channel.tx_commit().await?;
-                self.committed(&mut batch, &mut lines).await;
+                self.committed(&mut batch, &mut lines);
                 Ok::<_, BrokerError>(())
             };
             tokio::pin!(commit);
@@ -273,7 +308,7 @@ impl Consumer {
 
     /// After a batch committed: print and count its events, mark its records committed. Clearing the
     /// batch releases the claims and the in-flight gauge.
-    async fn committed(&self, batch: &mut Vec<Finished>, lines: &mut Vec<u8>) {
+    fn committed(&self, batch: &mut Vec<Finished>, lines: &mut Vec<u8>) {
         let mut committed = Vec::with_capacity(batch.len());
         // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
         lines.clear();
@@ -294,18 +329,23 @@ impl Consumer {
             }
         }
         events::print_lines(lines);
-        if !committed.is_empty() {
-            self.store.mark_committed(committed).await;
-        }
+        // Cross-replica claims are released after their marks, in one request that the commit loop
+        // does not wait for: Redis latency stays out of the broker's commit path.
+        let release = batch
+            .iter_mut()
+            .filter_map(|f| f.claim.as_mut().and_then(|c| c.shared.take()))
+            .map(SharedClaim::into_id)
+            .collect();
+        self.store.mark_committed(committed, release);
         batch.clear();
     }
 
-    /// One message: parse, check the outcome store, deliver, and say what to publish.
-    async fn handle(&self, delivery: Delivery) -> Finished {
+    /// One message: parse, claim its id, check the outcome store, deliver, and say what to publish.
+    /// `None` when shutdown came while it waited for another replica's claim: nothing was done.
+    async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) -> Option<Finished> {
         let gauge = GaugeGuard::new(&self.metrics);
         let props = &delivery.properties;
         let content_type = props.content_type().as_ref().map(|s| s.as_str());
-        let attempt = header_u64(props, ATTEMPT_HEADER).unwrap_or(1).max(1) as u32;
         let mut finished = Finished {
             delivery_tag: delivery.delivery_tag,
             publishes: Vec::new(),
@@ -314,8 +354,15 @@ impl Consumer {
             retried: false,
             record: None,
             put: None,
-            _claim: None,
+            claim: None,
             _gauge: gauge,
+        };
+        // The broker's count of earlier deliveries, only on an actual redelivery: on a first delivery
+        // the header can only be the publisher's.
+        let deliveries = if delivery.redelivered {
+            header_u64(props, "x-delivery-count").unwrap_or(0).saturating_add(1)
+        } else {
+            1
         };
         let body = Arc::new(delivery.data);
         let job = match Job::from_message(&body, content_type) {
@@ -330,36 +377,41 @@ impl Consumer {
                 );
                 let json = Arc::new(event.to_json());
                 self.finish(&mut finished, props, &body, event, json, Some(reason));
-                return finished;
+                return Some(finished);
             }
         };
-        finished._claim = Some(self.in_flight.claim(&job.id).await);
+        finished.claim = Some(tokio::select! {
+            claim = self.claim(&job.id) => claim,
+            _ = shutdown.cancelled() => return None,
+        });
 
+        // Attempt numbers come from herald's own record of the job, never from the message.
+        let mut attempt = 1;
         match self.store.get(&job.id).await {
-            Ok(Some(record)) if record.committed => {
+            Ok(Some(Entry::Outcome(record))) if record.committed => {
                 // Finished before: not sent again. Only a caller waiting on reply_to hears about it.
                 tracing::info!(job_id = %job.id, "duplicate job id acknowledged without sending");
                 if let Some(reply) = self.duplicate_reply(&job, props) {
                     finished.publishes.push(reply);
                 }
-                return finished;
+                return Some(finished);
             }
-            Ok(Some(record)) => {
+            Ok(Some(Entry::Outcome(record))) => {
                 // Delivered, but its transaction never committed (herald died): publish the stored outcome.
                 tracing::info!(job_id = %job.id, "republishing the recorded outcome of an interrupted job");
                 match serde_json::from_str::<serde_json::Value>(&record.event) {
                     Ok(value) => {
                         self.finish_recorded(&mut finished, props, &body, &job, record, &value);
-                        return finished;
+                        return Some(finished);
                     }
                     Err(e) => tracing::warn!(job_id = %job.id, error = %e, "unreadable record; delivering again"),
                 }
             }
+            Ok(Some(Entry::Retrying { next_attempt })) => attempt = next_attempt.max(1),
             Ok(None) => {}
             Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome store unavailable; delivering without it"),
         }
 
-        let deliveries = header_u64(props, "x-delivery-count").unwrap_or(0) + 1;
         let delivered = if self.config.queue_type == QueueType::Quorum
             && deliveries >= u64::from(self.config.delivery_limit)
             && self.config.delivery_limit > 1
@@ -379,15 +431,17 @@ impl Consumer {
 
         if let Outcome::Retry { after, message } = &delivered.outcome {
             tracing::info!(job_id = %job.id, attempt, retry_in = ?after, error = %events::scrub(message), "retry scheduled");
+            let next_attempt = attempt.saturating_add(1);
+            // Written before the retry's publish commits, like an outcome record: the copy coming back from
+            // the delay queue reads its attempt number (and that it passed the limits) here.
+            finished.put = Some(self.store.put(&job.id, Entry::Retrying { next_attempt }));
             finished
                 .publishes
-                .push(self.retry_publish(props, &body, attempt + 1, *after));
+                .push(self.retry_publish(props, &body, next_attempt, *after));
             finished.retried = true;
-            return finished;
+            return Some(finished);
         }
-        let Some(event) = self.dispatcher.event(&job, attempt, &delivered) else {
-            return finished;
-        };
+        let event = self.dispatcher.event(&job, attempt, &delivered)?;
         let dead_reason = delivered.outcome.dead_letter_reason().map(|r| events::scrub(&r));
         let json = Arc::new(event.to_json());
         let record = Record {
@@ -395,10 +449,40 @@ impl Consumer {
             dead_reason: dead_reason.clone(),
             committed: false,
         };
-        finished.put = Some(self.store.put(&job.id, record));
+        finished.put = Some(self.store.put(&job.id, Entry::Outcome(record)));
         finished.record = Some(job.id.clone());
         self.finish(&mut finished, props, &body, event, json, dead_reason);
-        finished
+        Some(finished)
+    }
+
+    /// Claims a job id: in this process, then across replicas (Redis). A copy that finds it claimed waits
+    /// until the holder commits (or its record is durable), or the holder's lease runs out (it died).
+    async fn claim(&self, id: &str) -> Claim {
+        let mut claim = self.in_flight.claim(id).await;
+        if !self.store.shares_claims() {
+            return claim;
+        }
+        let mut wait = Duration::from_millis(10);
+        loop {
+            match self.store.try_claim(id).await {
+                Ok(true) => {
+                    claim.shared = Some(SharedClaim {
+                        store: self.store.clone(),
+                        id: id.to_owned(),
+                    });
+                    return claim;
+                }
+                Ok(false) => {
+                    tracing::debug!(job_id = %id, "job id under way on another replica; waiting");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(250));
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %id, error = %e, "cannot claim the job id across replicas; delivering without it");
+                    return claim;
+                }
+            }
+        }
     }
 
     /// Fills in the publishes of a final outcome: dead letter (if any), event, reply. `json` is `event`
@@ -486,22 +570,26 @@ impl Consumer {
         }
     }
 
-    /// The job again, to `herald.retry` with a per-message TTL; the broker dead-letters it back to
-    /// `herald.jobs` when the TTL runs out.
+    /// The job again, to the delay queue of its wait with a per-message TTL; the broker dead-letters it
+    /// back to `herald.jobs` when the TTL runs out.
     fn retry_publish(&self, props: &BasicProperties, body: &Arc<Vec<u8>>, attempt: u32, after: Duration) -> Publish {
-        let mut headers = props.headers().clone().unwrap_or_default();
-        let mut fresh = FieldTable::default();
-        for (k, v) in headers.inner() {
-            // The broker's per-queue bookkeeping must not travel with the copy.
-            if !matches!(k.as_str(), "x-delivery-count" | ATTEMPT_HEADER) {
-                fresh.insert(k.clone(), v.clone());
+        let mut headers = FieldTable::default();
+        for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
+            // The broker's bookkeeping (and herald's own header) must not travel with the copy.
+            let k_str = k.as_str();
+            if !(matches!(k_str, "x-delivery-count" | "x-death" | ATTEMPT_HEADER)
+                || k_str.starts_with("x-first-death-")
+                || k_str.starts_with("x-last-death-"))
+            {
+                headers.insert(k.clone(), v.clone());
             }
         }
-        headers = fresh;
         headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
         Publish {
             exchange: String::new(),
-            routing_key: self.config.retry_queue.clone(),
+            routing_key: delay_queue(&self.delay_queues, after)
+                .unwrap_or(&self.config.retry_queue)
+                .to_owned(),
             body: body.clone(),
             properties: props
                 .clone()
@@ -510,6 +598,16 @@ impl Consumer {
                 .with_expiration(after.as_millis().to_string().into()),
         }
     }
+}
+
+/// The delay queue for a wait: the one whose own wait is nearest to it (by ratio), so that a jittered or
+/// Retry-After wait queues only behind waits of about its length.
+fn delay_queue(queues: &[(Duration, String)], after: Duration) -> Option<&str> {
+    let distance = |w: Duration| (w.as_secs_f64().max(1e-3) / after.as_secs_f64().max(1e-3)).ln().abs();
+    queues
+        .iter()
+        .min_by(|a, b| distance(a.0).total_cmp(&distance(b.0)))
+        .map(|(_, name)| name.as_str())
 }
 
 /// Moves the jobs of `waiting` whose outcome records are written (or who have none) to `ready`, the rest
@@ -635,6 +733,29 @@ struct Claim {
     ids: InFlightIds,
     id: String,
     done: Arc<Notify>,
+    /// The same id claimed across replicas, when the store shares claims.
+    shared: Option<SharedClaim>,
+}
+
+/// A job id claimed in Redis. Released on drop; [`SharedClaim::into_id`] hands the release to the
+/// commit's mark instead.
+struct SharedClaim {
+    store: Arc<Store>,
+    id: String,
+}
+
+impl SharedClaim {
+    fn into_id(mut self) -> String {
+        std::mem::take(&mut self.id)
+    }
+}
+
+impl Drop for SharedClaim {
+    fn drop(&mut self) {
+        if !self.id.is_empty() {
+            self.store.release(vec![std::mem::take(&mut self.id)]);
+        }
+    }
 }
 
 impl InFlightIds {
@@ -651,6 +772,7 @@ impl InFlightIds {
                             ids: self.clone(),
                             id: id.to_owned(),
                             done,
+                            shared: None,
                         };
                     }
                 }

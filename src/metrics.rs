@@ -21,6 +21,8 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Throttle checks made with the local limiters because Redis failed.
     pub throttle_fallbacks: IntCounter,
+    /// Failed operations of the outcome store, by `op`.
+    pub store_errors: IntCounterVec,
 }
 
 /// What the metrics need of an outcome event: its labels and duration.
@@ -129,6 +131,15 @@ impl Metrics {
         )
         .expect("valid");
         register(Box::new(throttle_fallbacks.clone()));
+        let store_errors = counter_vec(
+            "herald_store_errors_total".into(),
+            "Failed outcome-store operations (get, put, mark, claim): duplicate protection is lost meanwhile".into(),
+            &["op"],
+        );
+        // Present at 0 from the start, so that rate() sees the first failure.
+        for op in ["get", "put", "mark", "claim"] {
+            store_errors.with_label_values(&[op]);
+        }
         Metrics {
             registry,
             sent,
@@ -140,6 +151,7 @@ impl Metrics {
             dead_lettered,
             broker_connected,
             throttle_fallbacks,
+            store_errors,
         }
     }
 

@@ -9,14 +9,24 @@
 //! Marks are not urgent: a job whose ack committed is not redelivered, so a lost mark only changes what a
 //! later replay of its id hears (its recorded event again, instead of `duplicate`), never whether it is sent.
 //!
+//! A retried job leaves a [`Entry::Retrying`] entry: the attempt number of its next copy comes from here,
+//! never from a header a publisher could write.
+//!
+//! With Redis, a job id under way is also *claimed* across replicas (`SET NX` with a lease a little longer
+//! than the worst provider call): a second copy on another replica waits until the claim is released (at
+//! commit, or once the outcome record is durable) or expires (its holder died: the job is in doubt, §11.3).
+//!
 //! Embedded SQLite (WAL, `synchronous=NORMAL`: every commit reaches the OS before the reply, so a killed
 //! process loses nothing, with no fsync per job) or Redis when `[redis] url` is set, shared by replicas.
+//! Every failed store operation is counted in `herald_store_errors_total{op}`: while it fails, herald keeps
+//! delivering but loses the duplicate protection of §11.2.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -33,6 +43,62 @@ pub struct Record {
     pub committed: bool,
 }
 
+/// What the store knows of a job id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// The job reached its outcome.
+    Outcome(Record),
+    /// An attempt failed and a retry is scheduled: the next copy of the job is attempt `next_attempt`,
+    /// and it already passed the limits.
+    Retrying { next_attempt: u32 },
+}
+
+/// The wire form of an [`Entry`] in Redis: a record, plus `next_attempt` for a retry (older herald
+/// versions wrote records without it).
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(default)]
+    event: String,
+    #[serde(default)]
+    dead_reason: Option<String>,
+    #[serde(default)]
+    committed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_attempt: Option<u32>,
+}
+
+impl From<&Entry> for Stored {
+    fn from(entry: &Entry) -> Stored {
+        match entry {
+            Entry::Outcome(r) => Stored {
+                event: r.event.clone(),
+                dead_reason: r.dead_reason.clone(),
+                committed: r.committed,
+                next_attempt: None,
+            },
+            Entry::Retrying { next_attempt } => Stored {
+                event: String::new(),
+                dead_reason: None,
+                committed: false,
+                next_attempt: Some(*next_attempt),
+            },
+        }
+    }
+}
+
+impl From<Stored> for Entry {
+    fn from(s: Stored) -> Entry {
+        match s.next_attempt {
+            Some(next_attempt) if s.event.is_empty() => Entry::Retrying { next_attempt },
+            _ => Entry::Outcome(Record {
+                event: s.event,
+                dead_reason: s.dead_reason,
+                committed: s.committed,
+            }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("outcome store: {0}")]
 pub struct StoreError(String);
@@ -40,48 +106,163 @@ pub struct StoreError(String);
 /// A record write under way; see [`Store::put`].
 pub type PendingPut = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
 
-pub enum Store {
+/// The outcome store of this deployment, with the counter of its failures.
+pub struct Store {
+    backend: Backend,
+    /// `herald_store_errors_total{op}`.
+    errors: IntCounterVec,
+}
+
+enum Backend {
     Local(LocalStore),
-    Redis(RedisStore),
+    Redis(Arc<RedisStore>),
+}
+
+/// An operation of the store, the `op` label of `herald_store_errors_total`.
+#[derive(Debug, Clone, Copy)]
+enum StoreOp {
+    Get,
+    Put,
+    Mark,
+    Claim,
+}
+
+impl StoreOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Get => "get",
+            StoreOp::Put => "put",
+            StoreOp::Mark => "mark",
+            StoreOp::Claim => "claim",
+        }
+    }
 }
 
 impl Store {
-    pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        match self {
-            Store::Local(s) => s.get(id),
-            Store::Redis(s) => s.get(id).await,
+    /// The embedded store in `dir` (`state.path`), checked writable now rather than at the first job.
+    pub fn local(dir: &Path, errors: IntCounterVec) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Local(LocalStore::open(dir)?),
+            errors,
+        })
+    }
+
+    /// Records and claims in Redis, shared by every replica; `lease` bounds how long a claim outlives a
+    /// replica that died holding it.
+    pub fn redis(
+        conn: redis::aio::ConnectionManager,
+        namespace: &str,
+        lease: Duration,
+        errors: IntCounterVec,
+    ) -> Store {
+        Store {
+            backend: Backend::Redis(Arc::new(RedisStore::new(conn, namespace, lease))),
+            errors,
         }
     }
 
-    /// Starts writing a record; the returned future resolves once it is written (to the OS for SQLite,
+    fn counted<T>(&self, op: StoreOp, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.errors.with_label_values(&[op.as_str()]).inc();
+        }
+        result
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
+        let result = match &self.backend {
+            Backend::Local(s) => s.get(id),
+            Backend::Redis(s) => s.get(id).await,
+        };
+        self.counted(StoreOp::Get, result)
+    }
+
+    /// Starts writing an entry; the returned future resolves once it is written (to the OS for SQLite,
     /// acknowledged by Redis). The consumer awaits it just before the job's broker commit, so the write
     /// overlaps the wait for that commit instead of adding to it.
-    pub fn put(&self, id: &str, record: Record) -> PendingPut {
-        match self {
-            Store::Local(s) => {
-                let written = s.put(id, record);
-                Box::pin(async move { written.await.map_err(|_| StoreError("store thread stopped".into()))? })
+    pub fn put(&self, id: &str, entry: Entry) -> PendingPut {
+        let errors = self.errors.clone();
+        let count = move |result: Result<(), StoreError>| {
+            if result.is_err() {
+                errors.with_label_values(&[StoreOp::Put.as_str()]).inc();
             }
-            Store::Redis(s) => {
+            result
+        };
+        match &self.backend {
+            Backend::Local(s) => {
+                let written = s.put(id, entry);
+                Box::pin(async move {
+                    count(
+                        written
+                            .await
+                            .unwrap_or_else(|_| Err(StoreError("store thread stopped".into()))),
+                    )
+                })
+            }
+            Backend::Redis(s) => {
                 let (conn, key) = (s.conn.clone(), s.key(id));
                 // A task of its own, so that the write is under way at once, like the SQLite one: the commit
                 // loop only checks on it (and waits only when nothing else is ready to commit).
-                let write = tokio::spawn(async move { RedisStore::put(conn, key, &record).await });
-                Box::pin(async move { write.await.map_err(|e| StoreError(format!("record write: {e}")))? })
+                let write = tokio::spawn(async move { RedisStore::put(conn, key, &entry).await });
+                Box::pin(async move {
+                    count(
+                        write
+                            .await
+                            .unwrap_or_else(|e| Err(StoreError(format!("record write: {e}")))),
+                    )
+                })
             }
         }
     }
 
-    /// Marks records committed. Not awaited by the hot path: losing a mark only means a later replay of
-    /// the same id republishes its event instead of reporting a duplicate.
-    pub async fn mark_committed(&self, ids: Vec<String>) {
-        let result = match self {
-            Store::Local(s) => s.mark_committed(ids),
-            Store::Redis(s) => s.mark_committed(ids).await,
+    /// Claims `id` for this process across replicas: `Ok(true)` when claimed (always, without Redis: one
+    /// process has nothing to share), `Ok(false)` while another replica holds it.
+    pub async fn try_claim(&self, id: &str) -> Result<bool, StoreError> {
+        let result = match &self.backend {
+            Backend::Local(_) => Ok(true),
+            Backend::Redis(s) => s.try_claim(id).await,
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not mark outcomes committed");
+        self.counted(StoreOp::Claim, result)
+    }
+
+    /// Whether claims are shared with other replicas (and so must be released).
+    pub fn shares_claims(&self) -> bool {
+        matches!(self.backend, Backend::Redis(_))
+    }
+
+    /// Marks outcome records committed, then releases the cross-replica claims `release`, in that order:
+    /// a copy waiting on a released claim must find its outcome committed. Never waits on Redis (the
+    /// broker's commit loop calls it): losing a mark only means a later replay of the same id republishes
+    /// its event instead of reporting a duplicate, and a claim not released expires with its lease.
+    pub fn mark_committed(&self, ids: Vec<String>, release: Vec<String>) {
+        match &self.backend {
+            Backend::Local(s) => {
+                let result = s.mark_committed(ids);
+                if let Err(e) = self.counted(StoreOp::Mark, result) {
+                    tracing::warn!(error = %e, "could not mark outcomes committed");
+                }
+            }
+            Backend::Redis(s) => {
+                if ids.is_empty() && release.is_empty() {
+                    return;
+                }
+                let (store, errors) = (s.clone(), self.errors.clone());
+                // Called from drops too: without a runtime (process exit) the leases expire on their own.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                runtime.spawn(async move {
+                    if let Err(e) = store.mark_and_release(&ids, &release).await {
+                        errors.with_label_values(&[StoreOp::Mark.as_str()]).inc();
+                        tracing::warn!(error = %e, "could not mark outcomes committed");
+                    }
+                });
+            }
         }
+    }
+
+    /// Releases cross-replica claims without marking anything (the job left no outcome to commit).
+    pub fn release(&self, ids: Vec<String>) {
+        self.mark_committed(Vec::new(), ids);
     }
 }
 
@@ -92,7 +273,7 @@ fn now_secs() -> i64 {
 }
 
 enum Op {
-    Put(String, Record, oneshot::Sender<Result<(), StoreError>>),
+    Put(String, Entry, oneshot::Sender<Result<(), StoreError>>),
     Mark(Vec<String>),
 }
 
@@ -111,14 +292,16 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("creating {}: {e}", dir.display())))?;
+        let named = |e: &dyn std::fmt::Display| StoreError(format!("state.path {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| named(&e))?;
         let path = dir.join("outcomes.sqlite");
-        let conn = rusqlite::Connection::open(&path).map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+        let conn = rusqlite::Connection::open(&path).map_err(|e| named(&e))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA cache_size = -512; -- KiB. SQLite's 2 MiB default was the largest share of herald's
                                        -- peak memory in `herald bench`; writes touch few pages each
+             PRAGMA journal_size_limit = 4194304; -- the WAL shrinks back to 4 MiB after each checkpoint
              CREATE TABLE IF NOT EXISTS outcomes (
                  id TEXT PRIMARY KEY,
                  at INTEGER NOT NULL,
@@ -128,9 +311,34 @@ impl LocalStore {
              );
              CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);",
         )
-        .map_err(|e| StoreError(e.to_string()))?;
+        .map_err(|e| named(&e))?;
+        // Added after the first release: a store written by an older herald gains the column in place.
+        let has_attempts: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('outcomes') WHERE name = 'next_attempt'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| named(&e))?
+            > 0;
+        if !has_attempts {
+            conn.execute_batch("ALTER TABLE outcomes ADD COLUMN next_attempt INTEGER")
+                .map_err(|e| named(&e))?;
+        }
+        // A read-only file or directory opens fine and fails at the first write: find out now, not with
+        // every job's record failing while /readyz says ready.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT OR REPLACE INTO outcomes (id, at, event) VALUES ('', 0, '');
+             DELETE FROM outcomes WHERE id = '';
+             COMMIT;",
+        )
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            named(&format!("not writable: {e}"))
+        })?;
         // Opened once here so that a bad path fails at start-up, then kept for the first lookup.
-        let reader = open_reader(&path)?;
+        let reader = open_reader(&path).map_err(|e| named(&e))?;
         let marking: Arc<Mutex<HashSet<String>>> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let marks = marking.clone();
@@ -146,7 +354,7 @@ impl LocalStore {
         })
     }
 
-    fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+    fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
         let idle = lock(&self.readers).pop();
         let conn = match idle {
             Some(conn) => conn,
@@ -160,9 +368,9 @@ impl LocalStore {
         result
     }
 
-    fn put(&self, id: &str, record: Record) -> oneshot::Receiver<Result<(), StoreError>> {
+    fn put(&self, id: &str, entry: Entry) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
-        if let Err(Op::Put(_, _, reply)) = self.tx.send(Op::Put(id.to_owned(), record, reply)).map_err(|e| e.0) {
+        if let Err(Op::Put(_, _, reply)) = self.tx.send(Op::Put(id.to_owned(), entry, reply)).map_err(|e| e.0) {
             let _ = reply.send(Err(StoreError("store thread stopped".into())));
         }
         rx
@@ -196,16 +404,17 @@ fn open_reader(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     .map_err(|e| StoreError(format!("{}: {e}", path.display())))
 }
 
-fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<Record>, StoreError> {
+fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<Entry>, StoreError> {
     let row = conn
-        .prepare_cached("SELECT event, dead_reason, committed FROM outcomes WHERE id = ?1")
+        .prepare_cached("SELECT event, dead_reason, committed, next_attempt FROM outcomes WHERE id = ?1")
         .and_then(|mut get| {
             get.query_row([id], |r| {
-                Ok(Record {
+                Ok(Entry::from(Stored {
                     event: r.get(0)?,
                     dead_reason: r.get(1)?,
                     committed: r.get::<_, i64>(2)? != 0 || marked,
-                })
+                    next_attempt: r.get::<_, Option<i64>>(3)?.and_then(|n| u32::try_from(n).ok()),
+                }))
             })
         });
     match row {
@@ -250,6 +459,13 @@ fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mu
         }
         let result = run_batch(&mut conn, &mut puts, &marks, sweep);
         last_commit = Instant::now();
+        if result.is_err() || sweep {
+            // Keeps the WAL bounded: after a failed write (a full disk) its pages would otherwise stay, and
+            // a long-lived reader can hold automatic checkpoints back. TRUNCATE gives the space back.
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                tracing::debug!(error = %e, "outcome store checkpoint");
+            }
+        }
         // Replies go out only after COMMIT: a `put` that returned is on disk (in the OS) for good.
         for op in puts {
             if let Op::Put(_, _, reply) = op {
@@ -274,24 +490,28 @@ fn run_batch(conn: &mut rusqlite::Connection, puts: &mut Vec<Op>, marks: &[Strin
     {
         let mut put = tx
             .prepare_cached(
-                "INSERT INTO outcomes (id, at, event, dead_reason, committed) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO outcomes (id, at, event, dead_reason, committed, next_attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(id) DO UPDATE SET at = excluded.at, event = excluded.event,
-                 dead_reason = excluded.dead_reason, committed = excluded.committed",
+                 dead_reason = excluded.dead_reason, committed = excluded.committed,
+                 next_attempt = excluded.next_attempt",
             )
             .map_err(|e| e.to_string())?;
         for op in puts.drain(..) {
-            if let Op::Put(id, record, reply) = op {
+            if let Op::Put(id, entry, reply) = op {
+                let row = Stored::from(&entry);
                 let r = put.execute(rusqlite::params![
                     id,
                     now,
-                    record.event,
-                    record.dead_reason,
-                    record.committed as i64
+                    row.event,
+                    row.dead_reason,
+                    row.committed as i64,
+                    row.next_attempt
                 ]);
                 if let Err(e) = r {
                     let _ = reply.send(Err(StoreError(e.to_string())));
                 } else {
-                    pending.push(Op::Put(id, record, reply));
+                    pending.push(Op::Put(id, entry, reply));
                 }
             }
         }
@@ -310,18 +530,27 @@ fn run_batch(conn: &mut rusqlite::Connection, puts: &mut Vec<Op>, marks: &[Strin
     tx.commit().map_err(|e| e.to_string())
 }
 
-/// Outcome records in Redis, shared by every replica. Keys expire after [`RETENTION`].
+/// Outcome records and claims in Redis, shared by every replica. Records expire after [`RETENTION`].
 pub struct RedisStore {
     conn: redis::aio::ConnectionManager,
     prefix: String,
+    /// Who holds a claim: this process (random per start), so a release never frees another's claim.
+    owner: String,
+    lease: Duration,
 }
+
+/// Deletes a claim only while it is still this owner's: a claim that expired and was taken by another
+/// replica stays.
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 impl RedisStore {
     /// `namespace` keeps deployments (and tests) that share one Redis apart: the jobs queue name.
-    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> RedisStore {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str, lease: Duration) -> RedisStore {
         RedisStore {
             conn,
             prefix: format!("herald:{namespace}:outcome:"),
+            owner: ulid::Ulid::generate().to_string(),
+            lease,
         }
     }
 
@@ -329,7 +558,11 @@ impl RedisStore {
         format!("{}{id}", self.prefix)
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+    fn claim_key(&self, id: &str) -> String {
+        format!("{}{id}:claim", self.prefix)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
         let key = self.key(id);
         let (record, committed): (Option<String>, Option<String>) = redis::pipe()
             .get(&key)
@@ -340,15 +573,15 @@ impl RedisStore {
         Ok(match record {
             None => None,
             Some(json) => {
-                let mut record: Record = serde_json::from_str(&json).map_err(|e| StoreError(e.to_string()))?;
-                record.committed |= committed.is_some();
-                Some(record)
+                let mut stored: Stored = serde_json::from_str(&json).map_err(|e| StoreError(e.to_string()))?;
+                stored.committed |= committed.is_some();
+                Some(Entry::from(stored))
             }
         })
     }
 
-    async fn put(mut conn: redis::aio::ConnectionManager, key: String, record: &Record) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record).map_err(|e| StoreError(e.to_string()))?;
+    async fn put(mut conn: redis::aio::ConnectionManager, key: String, entry: &Entry) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&Stored::from(entry)).map_err(|e| StoreError(e.to_string()))?;
         let _: () = redis::cmd("SET")
             .arg(key)
             .arg(json)
@@ -360,14 +593,35 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn mark_committed(&self, ids: Vec<String>) -> Result<(), StoreError> {
+    async fn try_claim(&self, id: &str) -> Result<bool, StoreError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.claim_key(id))
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.lease.as_millis() as u64)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(set.is_some())
+    }
+
+    async fn mark_and_release(&self, ids: &[String], release: &[String]) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        for id in &ids {
+        for id in ids {
             pipe.cmd("SET")
                 .arg(format!("{}:committed", self.key(id)))
                 .arg("1")
                 .arg("EX")
                 .arg(RETENTION.as_secs())
+                .ignore();
+        }
+        for id in release {
+            pipe.cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(self.claim_key(id))
+                .arg(&self.owner)
                 .ignore();
         }
         let _: () = pipe
@@ -394,30 +648,57 @@ pub fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, Stri
 mod tests {
     use super::*;
 
-    fn record(event: &str) -> Record {
-        Record {
+    fn record(event: &str) -> Entry {
+        Entry::Outcome(Record {
             event: event.into(),
             dead_reason: None,
             committed: false,
-        }
+        })
+    }
+
+    fn errors() -> IntCounterVec {
+        IntCounterVec::new(prometheus::Opts::new("e", "e"), &["op"]).unwrap()
+    }
+
+    fn committed(entry: Option<Entry>) -> bool {
+        matches!(entry, Some(Entry::Outcome(Record { committed: true, .. })))
     }
 
     #[tokio::test]
     async fn local_store_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::Local(LocalStore::open(dir.path()).unwrap());
+            let store = Store::local(dir.path(), errors()).unwrap();
             assert_eq!(store.get("a").await.unwrap(), None);
             store.put("a", record("{}")).await.unwrap();
-            store.mark_committed(vec!["a".into()]).await;
+            store.mark_committed(vec!["a".into()], Vec::new());
             store.put("b", record("{\"b\":1}")).await.unwrap();
+            store.put("r", Entry::Retrying { next_attempt: 3 }).await.unwrap();
             // A lookup right after the mark sees it, written or not.
-            assert!(store.get("a").await.unwrap().unwrap().committed);
+            assert!(committed(store.get("a").await.unwrap()));
         }
-        let store = Store::Local(LocalStore::open(dir.path()).unwrap());
-        assert!(store.get("a").await.unwrap().unwrap().committed);
-        let b = store.get("b").await.unwrap().unwrap();
-        assert_eq!(b.event, "{\"b\":1}");
-        assert!(!b.committed);
+        let store = Store::local(dir.path(), errors()).unwrap();
+        assert!(committed(store.get("a").await.unwrap()));
+        assert_eq!(store.get("b").await.unwrap(), Some(record("{\"b\":1}")));
+        assert_eq!(store.get("r").await.unwrap(), Some(Entry::Retrying { next_attempt: 3 }));
+        // An outcome replaces the retry state.
+        store.put("r", record("{}")).await.unwrap();
+        assert_eq!(store.get("r").await.unwrap(), Some(record("{}")));
+    }
+
+    #[test]
+    fn a_store_of_an_older_version_gains_the_attempt_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("outcomes.sqlite")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE outcomes (id TEXT PRIMARY KEY, at INTEGER NOT NULL, event TEXT NOT NULL,
+             dead_reason TEXT, committed INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO outcomes VALUES ('old', 1, '{}', NULL, 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::local(dir.path(), errors()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(committed(rt.block_on(store.get("old")).unwrap()));
     }
 }

@@ -815,6 +815,8 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         let amqp = self.config.amqp.clone();
+        let waits: Vec<Duration> = self.config.retry.schedule.iter().map(|d| d.0).collect();
+        let delay_queues = herald::broker::delay_queues(&amqp, &waits);
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -825,7 +827,11 @@ impl Drop for Broker {
                     return;
                 };
                 let Ok(ch) = conn.create_channel().await else { return };
-                for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue] {
+                let delays = delay_queues.iter().map(|(_, q)| q);
+                for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue]
+                    .into_iter()
+                    .chain(delays)
+                {
                     let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
                 }
                 let _ = ch
