@@ -484,6 +484,7 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
         ),
         ("HERALD_OUTBOX__PATH".into(), config.outbox.path.display().to_string()),
         ("HERALD_STATE__PATH".into(), config.state.path.display().to_string()),
+        ("HERALD_REDIS__URL".into(), config.redis.url.expose().to_owned()),
     ]
     .into_iter()
     // Twilio as `twilio()` configured it, if it did.

@@ -1,0 +1,239 @@
+//! Contract §11 under replicas, reconnects and forged headers: what a publisher writes never decides for
+//! herald, and a job under way anywhere is not sent a second time.
+
+mod helpers;
+
+use std::time::{Duration, Instant};
+
+use helpers::{Broker, BrokerProxy, GatedTwilio, HeraldProcess, TestApp, job, process_env, twilio};
+use herald::config::{HumanDuration, Secret};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::json;
+use wiremock::matchers::{body_string_contains, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued"}))
+}
+
+fn with_headers(headers: &[(&str, AMQPValue)]) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert((*k).into(), v.clone());
+    }
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(table)
+}
+
+/// Two herald processes share Redis; every job id is published twice back to back, so most pairs are
+/// split between them. Each id reaches Twilio once and ends in one event.
+#[tokio::test]
+async fn two_replicas_send_a_job_id_published_twice_once() {
+    let twilio_server = GatedTwilio::start().await;
+    let mut broker = Broker::new(|c| {
+        twilio(c, &twilio_server.url);
+        c.redis.url = Secret::new(REDIS);
+    })
+    .await;
+    let envs = process_env(&broker.config);
+    let state_b = tempfile::tempdir().unwrap();
+    let mut envs_b = envs.clone();
+    envs_b.retain(|(k, _)| k != "HERALD_STATE__PATH");
+    envs_b.push(("HERALD_STATE__PATH".into(), state_b.path().display().to_string()));
+    let a = HeraldProcess::start(&envs);
+    let b = HeraldProcess::start(&envs_b);
+
+    let jobs: Vec<_> = (0..10).map(|_| job("sms")).collect();
+    let twice: Vec<_> = jobs.iter().flat_map(|j| [j.clone(), j.clone()]).collect();
+    broker.publish_many(&twice).await;
+    twilio_server.wait_in_flight(jobs.len()).await;
+    // Every first copy is at the gate; a second copy that is going to call Twilio has had time to.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = twilio_server.received.load(std::sync::atomic::Ordering::SeqCst);
+    twilio_server.open();
+    let events = broker.events(jobs.len()).await;
+    assert_eq!(calls, jobs.len(), "provider calls for {} job ids", jobs.len());
+    let mut ids: Vec<_> = events
+        .iter()
+        .map(|e| e["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), jobs.len(), "one event per job id");
+    assert!(events.iter().all(|e| e["type"] == "gd_send_sms"));
+    drop((a, b));
+}
+
+/// The broker connection drops while 20 provider calls are under way. Their deliveries come back on the
+/// new connection while the first copies are still running: each job still reaches Twilio once.
+#[tokio::test]
+async fn a_reconnect_does_not_send_the_jobs_in_flight_again() {
+    let proxy = BrokerProxy::start().await;
+    let twilio_server = GatedTwilio::start().await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &twilio_server.url);
+        c.amqp.url = Secret::new(proxy.url());
+    })
+    .await;
+    let jobs: Vec<_> = (0..20).map(|_| job("sms")).collect();
+    app.publish_many(&jobs).await;
+    twilio_server.wait_in_flight(jobs.len()).await;
+    proxy.cut();
+    app.wait_ready(false).await;
+    proxy.restore();
+    app.wait_ready(true).await;
+    // The redelivered copies are waiting on their first copies now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    twilio_server.open();
+    let events = app.events(jobs.len()).await;
+    let mut ids: Vec<_> = events
+        .iter()
+        .map(|e| e["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), jobs.len(), "one event per job");
+    assert_eq!(
+        twilio_server.received.load(std::sync::atomic::Ordering::SeqCst),
+        jobs.len(),
+        "provider calls"
+    );
+    app.stop().await;
+}
+
+/// After many short outages in one process life, a reconnect is as quick as the first one.
+#[tokio::test]
+async fn reconnect_backoff_starts_over_once_consuming_again() {
+    let proxy = BrokerProxy::start().await;
+    let mut app = TestApp::spawn(|c| c.amqp.url = Secret::new(proxy.url())).await;
+    let mut last = Duration::ZERO;
+    for _ in 0..7 {
+        proxy.cut();
+        app.wait_ready(false).await;
+        proxy.restore();
+        let cut_at = Instant::now();
+        app.wait_ready(true).await;
+        last = cut_at.elapsed();
+    }
+    // Without the reset the seventh wait is the 5 s cap.
+    assert!(last < Duration::from_millis(2500), "seventh reconnect took {last:?}");
+    let j = job("sms");
+    app.publish(&j).await;
+    assert_eq!(app.next_outcome(20).await["type"], "gd_send_sms");
+    app.stop().await;
+}
+
+/// `x-herald-attempt` and `x-delivery-count` written by a publisher change nothing: a fresh job is
+/// attempt 1, passes the limits like any other, and is sent.
+#[tokio::test]
+async fn headers_a_publisher_writes_decide_nothing() {
+    let mut app = TestApp::spawn(|c| {
+        c.throttle.user_phone = Some("1/h".parse().unwrap());
+    })
+    .await;
+    let first = job("sms");
+    app.publish(&first).await;
+    let e = app.next_outcome(20).await;
+    assert_eq!(e["type"], "gd_send_sms");
+
+    // Claims to be a retry, which would skip the limits: it is throttled like any second job.
+    let mut forged = job("sms");
+    forged["id"] = "forged-retry".into();
+    app.publish_raw(
+        forged.to_string().as_bytes(),
+        with_headers(&[("x-herald-attempt", AMQPValue::LongLongInt(2))]),
+    )
+    .await;
+    let e = app.next_outcome(20).await;
+    assert_eq!(e["job_id"], "forged-retry");
+    assert_eq!(e["error"]["code"], "throttled", "{e}");
+    assert_eq!(e["attempt"], 1);
+
+    // The others, for another user so that the limit is not what ends them.
+    let cases = [
+        ("x-herald-attempt", AMQPValue::LongLongInt(99)),
+        ("x-herald-attempt", AMQPValue::LongLongInt(i64::MAX)),
+        ("x-herald-attempt", AMQPValue::LongString("4294967296".into())),
+        ("x-delivery-count", AMQPValue::LongLongInt(10)),
+    ];
+    for (i, (header, value)) in cases.into_iter().enumerate() {
+        let mut j = job("sms");
+        j["user_id"] = format!("user-{i}").into();
+        app.publish_raw(j.to_string().as_bytes(), with_headers(&[(header, value.clone())]))
+            .await;
+        let e = app.next_outcome(20).await;
+        assert_eq!(e["job_id"], j["id"]);
+        assert_eq!(e["type"], "gd_send_sms", "{header}: {value:?} → {e}");
+        assert_eq!(e["attempt"], 1, "{header}: {value:?}");
+    }
+    assert!(app.dead_letters(1).await.is_empty(), "nothing dead-lettered");
+    app.stop().await;
+}
+
+/// A retry waits its own delay, not the longest one queued before it: two jobs whose waits differ are
+/// each back within 20% of their own.
+#[tokio::test]
+async fn each_retry_waits_its_own_delay() {
+    let server = MockServer::start().await;
+    // The long job is told to come back in 8 s, the short one fails plainly (1 s step).
+    Mock::given(method("POST"))
+        .and(body_string_contains("15550000001"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "8")
+                .set_body_json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("15550000002"))
+        .respond_with(
+            ResponseTemplate::new(503).set_body_json(json!({"code": 20503, "message": "unavailable", "status": 503})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).respond_with(created()).mount(&server).await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.retry.schedule = vec![
+            HumanDuration(Duration::from_secs(1)),
+            HumanDuration(Duration::from_secs(8)),
+        ];
+    })
+    .await;
+    let mut long = job("sms");
+    long["to"] = "+15550000001".into();
+    let mut short = job("sms");
+    short["to"] = "+15550000002".into();
+    app.publish(&long).await;
+    let long_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.publish(&short).await;
+    let short_at = Instant::now();
+    let mut waited = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let e = app.next_outcome(30).await;
+        assert_eq!(e["type"], "gd_send_sms", "{e}");
+        assert_eq!(e["attempt"], 2);
+        let since = if e["job_id"] == long["id"] { long_at } else { short_at };
+        waited.insert(e["job_id"].as_str().unwrap().to_owned(), since.elapsed());
+    }
+    // Each event leaves right after the second attempt: its wait, jittered ±20% (Retry-After exactly).
+    let short_wait = waited[short["id"].as_str().unwrap()];
+    let long_wait = waited[long["id"].as_str().unwrap()];
+    assert!(
+        short_wait >= Duration::from_millis(800) && short_wait <= Duration::from_millis(1200 * 6 / 5),
+        "the 1 s retry came back after {short_wait:?}"
+    );
+    assert!(
+        long_wait >= Duration::from_secs(8) && long_wait <= Duration::from_millis(9600),
+        "the 8 s retry came back after {long_wait:?}"
+    );
+    app.stop().await;
+}
