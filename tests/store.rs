@@ -1,0 +1,162 @@
+//! The outcome store fails loudly: a read-only state volume stops start-up, a full one is counted and
+//! recovers when space comes back. Real file systems: a small tmpfs mounted for the test (needs root,
+//! which CI and the development machines are; a test that cannot mount fails, it never skips).
+
+mod helpers;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use helpers::{TestApp, job, metric};
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct TmpFs {
+    dir: tempfile::TempDir,
+}
+
+impl TmpFs {
+    fn mount(size: &str) -> TmpFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        TmpFs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn remount_read_only(&self) {
+        let status = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for TmpFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+fn errors() -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(prometheus::Opts::new("e", "e"), &["op"]).unwrap()
+}
+
+/// herald as an unprivileged user (root writes through permission bits) on a state directory of
+/// read-only files: it used to start, report ready and fail every record write.
+#[test]
+fn a_read_only_state_directory_stops_start_up_naming_state_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state: PathBuf = dir.path().join("state");
+    // A store as an earlier run left it, then made read-only.
+    drop(herald::store::Store::local(&state, errors()).unwrap());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in std::fs::read_dir(&state).unwrap() {
+        std::fs::set_permissions(file.unwrap().path(), std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let writable = dir.path().join("writable");
+    std::fs::create_dir(&writable).unwrap();
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // `timeout`: a herald that starts anyway would serve forever (exit 124 then).
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_herald"),
+            "serve",
+        ])
+        .current_dir(&writable)
+        .env("HERALD_STATE__PATH", &state)
+        .env("HERALD_HTTP__ADDR", "127.0.0.1:0")
+        .env(
+            "HERALD_TEMPLATES__DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
+        )
+        .env("HERALD_AMQP__JOBS_QUEUE", "test.readonly-store.jobs")
+        .output()
+        .expect("setpriv (util-linux) runs herald as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("state.path"), "{stderr}");
+}
+
+/// The same on a read-only mount.
+#[test]
+fn a_read_only_state_volume_stops_start_up_naming_state_path() {
+    let fs = TmpFs::mount("4m");
+    let state: PathBuf = fs.path().join("state");
+    drop(herald::store::Store::local(&state, errors()).unwrap());
+    fs.remount_read_only();
+    let out = Command::new("timeout")
+        .args(["20", env!("CARGO_BIN_EXE_herald"), "serve"])
+        .env("HERALD_STATE__PATH", &state)
+        .env("HERALD_HTTP__ADDR", "127.0.0.1:0")
+        .env(
+            "HERALD_TEMPLATES__DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
+        )
+        .env("HERALD_AMQP__JOBS_QUEUE", "test.readonly-store.jobs")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("state.path"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_full_state_volume_is_counted_and_recovers_when_space_comes_back() {
+    let fs = TmpFs::mount("2m");
+    let state = fs.path().join("state");
+    let mut app = TestApp::spawn(|c| c.state.path = state.clone()).await;
+    let first = job("sms");
+    app.publish(&first).await;
+    assert_eq!(app.next_outcome(20).await["type"], "gd_send_sms");
+
+    // Fill the volume: the next job is still delivered, its record fails and is counted.
+    let filler = fs.path().join("filler");
+    let free = fs2_free(fs.path());
+    std::fs::write(&filler, vec![0u8; free as usize]).ok();
+    let during = job("sms");
+    app.publish(&during).await;
+    assert_eq!(app.next_outcome(20).await["type"], "gd_send_sms");
+    let failed = metric(&app.metrics().await, "herald_store_errors_total{op=\"put\"}");
+    assert!(failed >= 1.0, "a failed record write is counted: {failed}");
+
+    // Space is back: records are written again, so a replay of a new job is a duplicate, not a send.
+    std::fs::remove_file(&filler).unwrap();
+    let after = job("sms");
+    app.publish(&after).await;
+    assert_eq!(app.next_outcome(20).await["job_id"], after["id"]);
+    let reply = app.publish_and_wait(&after).await;
+    assert_eq!(reply["error"]["code"], "duplicate", "{reply}");
+    // The WAL stays bounded: the volume is not left full.
+    assert!(fs2_free(fs.path()) > 512 * 1024, "state volume still full");
+    app.stop().await;
+}
+
+/// Free bytes on the file system holding `path` (`df`, to need no extra crate).
+fn fs2_free(path: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the free bytes")
+}
