@@ -30,13 +30,20 @@ impl TmpFs {
         self.dir.path()
     }
 
+    /// Retried for a moment: a store just dropped may still be closing its files on its own thread.
     fn remount_read_only(&self) {
-        let status = Command::new("mount")
-            .args(["-o", "remount,ro"])
-            .arg(self.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        for _ in 0..50 {
+            let status = Command::new("mount")
+                .args(["-o", "remount,ro"])
+                .arg(self.path())
+                .status()
+                .unwrap();
+            if status.success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("could not remount {} read-only", self.path().display());
     }
 }
 
