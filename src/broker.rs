@@ -205,6 +205,27 @@ pub async fn declare_delay_queues(
     Ok(())
 }
 
+/// A process's commit-marker queue: keeps only the newest message (the sequence number of the last commit),
+/// and is deleted by the broker an hour after its process last used it.
+pub async fn declare_marker_queue(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("classic"));
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert("x-overflow".into(), text("drop-head"));
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(3_600_000));
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+    Ok(())
+}
+
 /// A channel in confirm mode: every publish resolves only once the broker has taken the message.
 #[derive(Clone)]
 pub struct Publisher {

@@ -6,13 +6,15 @@
 //! of many jobs are batched into one commit.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::sync::{Notify, mpsc};
@@ -42,6 +44,22 @@ pub struct Consumer {
     in_flight: InFlightIds,
     /// `(wait, queue)` of each retry delay queue, shortest first.
     delay_queues: Vec<(Duration, String)>,
+    /// This process's commit-marker queue (see [`InDoubt`]).
+    marker_queue: String,
+    /// Sequence number of the next commit.
+    commits: AtomicU64,
+    /// The batch whose commit is under way, or was when its connection went.
+    in_doubt: Arc<Mutex<Option<InDoubt>>>,
+}
+
+/// A batch whose `tx.commit` was sent but not confirmed: the connection can drop between the broker's
+/// commit and its `commit-ok`. Each commit also publishes its sequence number to a marker queue of this
+/// process that keeps only the newest message; on the next connection that queue says whether the batch
+/// committed (print, count and mark its events, which are out) or not (drop it: the broker redelivers its
+/// jobs, and their copies wait on its claims until then).
+struct InDoubt {
+    seq: u64,
+    batch: Vec<Finished>,
 }
 
 /// One message to publish inside a job's transaction.
@@ -97,6 +115,13 @@ impl Consumer {
     ) -> Self {
         Consumer {
             delay_queues: broker::delay_queues(&config, retry_waits),
+            marker_queue: format!(
+                "{}.commits.{}",
+                config.jobs_queue,
+                ulid::Ulid::generate().to_string().to_ascii_lowercase()
+            ),
+            commits: AtomicU64::new(1),
+            in_doubt: Arc::default(),
             config,
             dispatcher,
             store,
@@ -145,6 +170,8 @@ impl Consumer {
         broker::declare_topology(&channel, &self.config).await?;
         let waits: Vec<Duration> = self.delay_queues.iter().map(|(w, _)| *w).collect();
         broker::declare_delay_queues(&channel, &self.config, &waits).await?;
+        broker::declare_marker_queue(&channel, &self.marker_queue).await?;
+        self.settle_in_doubt(&channel).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await?;
@@ -245,10 +272,20 @@ impl Consumer {
                 return Ok(());
             }
             take_recorded(&mut waiting, &mut ready).await;
-            self.send_frames(&channel, &unacked, &mut ready).await?;
+            let seq = self.commits.fetch_add(1, Ordering::Relaxed);
+            self.send_frames(&channel, &unacked, &mut ready, seq).await?;
             std::mem::swap(&mut batch, &mut ready);
+            // Parked while its commit is unresolved: if the connection (or this task) goes now, the next
+            // session finds it there and asks the marker queue.
+            *lock(&self.in_doubt) = Some(InDoubt {
+                seq,
+                batch: std::mem::take(&mut batch),
+            });
             let commit = async {
                 channel.tx_commit().await?;
+                if let Some(parked) = lock(&self.in_doubt).take() {
+                    batch = parked.batch;
+                }
                 self.committed(&mut batch, &mut lines);
                 Ok::<_, BrokerError>(())
             };
@@ -273,8 +310,17 @@ impl Consumer {
         channel: &Channel,
         unacked: &Unacked,
         batch: &mut [Finished],
+        seq: u64,
     ) -> Result<(), BrokerError> {
-        let mut publishes = Vec::with_capacity(batch.iter().map(|f| f.publishes.len()).sum());
+        let marker = seq.to_string();
+        let mut publishes = Vec::with_capacity(batch.iter().map(|f| f.publishes.len()).sum::<usize>() + 1);
+        publishes.push(channel.basic_publish(
+            "".into(),
+            self.marker_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            marker.as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        ));
         for finished in batch.iter() {
             for p in &finished.publishes {
                 let routing_key = ShortString::try_new(p.routing_key.as_str())
@@ -303,6 +349,29 @@ impl Consumer {
             futures_util::future::try_join_all(acks),
         )
         .await?;
+        Ok(())
+    }
+
+    /// Decides a batch left in doubt by the last connection (see [`InDoubt`]), before consuming again.
+    async fn settle_in_doubt(&self, channel: &Channel) -> Result<(), BrokerError> {
+        let Some(seq) = lock(&self.in_doubt).as_ref().map(|d| d.seq) else {
+            return Ok(());
+        };
+        let newest = channel
+            .basic_get(self.marker_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await?;
+        let committed = newest.is_some_and(|m| m.data == seq.to_string().as_bytes());
+        let Some(mut parked) = lock(&self.in_doubt).take() else {
+            return Ok(());
+        };
+        tracing::info!(
+            jobs = parked.batch.len(),
+            committed,
+            "settled a commit the broker never confirmed"
+        );
+        if committed {
+            self.committed(&mut parked.batch, &mut Vec::new());
+        }
         Ok(())
     }
 
@@ -647,6 +716,10 @@ fn recorded(finished: &mut Finished, result: Result<(), crate::store::StoreError
         tracing::warn!(job_id = finished.record.as_deref().unwrap_or("-"), error = %e, "outcome not recorded");
         finished.record = None;
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Delivery tags handed out on the consuming channel and not yet acked. A batch whose tags are the

@@ -237,3 +237,41 @@ async fn each_retry_waits_its_own_delay() {
     );
     app.stop().await;
 }
+
+/// The broker commits a batch but its `commit-ok` is lost with the connection: the event is out (and
+/// its job acked), so herald still prints and counts it once it knows, and sends nothing again.
+#[tokio::test]
+async fn an_event_committed_without_confirmation_is_still_counted_once() {
+    let proxy = BrokerProxy::start().await;
+    let twilio_server = GatedTwilio::start().await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &twilio_server.url);
+        c.amqp.url = Secret::new(proxy.url());
+    })
+    .await;
+    let j = job("sms");
+    app.publish(&j).await;
+    twilio_server.wait_in_flight(1).await;
+    proxy.swallow_replies();
+    twilio_server.open();
+    // The test's own connection sees the event: the commit happened on the broker.
+    assert_eq!(app.next_outcome(20).await["job_id"], j["id"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    app.wait_ready(false).await;
+    proxy.restore();
+    app.wait_ready(true).await;
+    let sent = "gd_send_sms_total{action=\"second-factor-authentication\",country=\"1\",provider=\"twilio\"}";
+    let mut counted = 0.0;
+    for _ in 0..50 {
+        counted = helpers::metric(&app.metrics().await, sent);
+        if counted > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 1.0, "the committed event is counted");
+    assert!(app.try_next_event(2).await.is_none(), "no second event");
+    assert_eq!(twilio_server.received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    app.stop().await;
+}

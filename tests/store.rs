@@ -49,7 +49,7 @@ impl TmpFs {
 
 impl Drop for TmpFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 

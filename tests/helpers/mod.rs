@@ -296,10 +296,13 @@ impl Drop for GatedTwilio {
 }
 
 /// A TCP proxy in front of RabbitMQ that the test can cut and restore, to take the broker away from
-/// one herald without disturbing the tests running beside it.
+/// one herald without disturbing the tests running beside it. It can also swallow what the broker says
+/// while still passing on what herald says: a commit then reaches the broker, its `commit-ok` never
+/// reaches herald.
 pub struct BrokerProxy {
     pub port: u16,
     enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    deaf: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<tokio::sync::Notify>,
 }
 
@@ -307,33 +310,56 @@ impl BrokerProxy {
     pub async fn start() -> BrokerProxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let enabled = Arc::new(AtomicBool::new(true));
+        let deaf = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let (en, cu) = (enabled.clone(), cut.clone());
+        let (en, de, cu) = (enabled.clone(), deaf.clone(), cut.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
                 if !en.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
-                let cut = cu.clone();
+                let (cut, deaf) = (cu.clone(), de.clone());
                 tokio::spawn(async move {
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    let Ok(upstream) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
                         return;
                     };
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
+                    let up = tokio::io::copy(&mut client_rx, &mut upstream_tx);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = upstream_rx.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if !deaf.load(Ordering::SeqCst) {
+                                client_tx.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = up => {}
+                        _ = down => {}
                         _ = cut.notified() => {}
                     }
                 });
             }
         });
-        BrokerProxy { port, enabled, cut }
+        BrokerProxy {
+            port,
+            enabled,
+            deaf,
+            cut,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -347,7 +373,13 @@ impl BrokerProxy {
     }
 
     pub fn restore(&self) {
+        self.deaf.store(false, std::sync::atomic::Ordering::SeqCst);
         self.enabled.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on, what the broker sends is dropped; what herald sends still reaches the broker.
+    pub fn swallow_replies(&self) {
+        self.deaf.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
