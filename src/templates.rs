@@ -1541,7 +1541,7 @@ mod tests {
         let generation = |s: &str| s.split(' ').next().unwrap()[1..].to_owned();
         let mut j = job("email", "a@b.co", "en");
         j.action = Action::SecondFactorAuthentication;
-        for _ in 0..150 {
+        for _ in 0..60 {
             let sources = reader.read(&id).unwrap().unwrap();
             if sources["subject"].starts_with('S') {
                 let g = generation(&sources["subject"]);
