@@ -39,9 +39,12 @@ impl Application {
         let shutdown = CancellationToken::new();
         let default_locale = Locale::parse(&config.templates.default_locale).map_err(anyhow::Error::msg)?;
         let templates = Arc::new(
-            Templates::load(&config.templates.dir, &default_locale)
+            Templates::load_with_vars(&config.templates.dir, &default_locale, &config.templates.vars)
                 .with_context(|| format!("loading templates from {}", config.templates.dir.display()))?,
         );
+        for warning in templates.warnings() {
+            tracing::warn!(%warning, "template");
+        }
         let chains = build_chains(&config)?;
         let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect());
         let metrics = Arc::new(Metrics::new());
@@ -109,11 +112,14 @@ impl Application {
                 let now = watched.fingerprint();
                 if now != seen {
                     seen = now;
-                    match watched.reload() {
-                        Ok(()) => tracing::info!("templates reloaded from templates.dir"),
-                        Err(e) => {
+                    // Blocking: reads files and waits for a save in progress (on any replica) to finish.
+                    let reloading = watched.clone();
+                    match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                        Ok(Ok(())) => tracing::info!("templates reloaded from templates.dir"),
+                        Ok(Err(e)) => {
                             tracing::error!(error = %e, "templates.dir changed but does not load; keeping the templates in use")
                         }
+                        Err(e) => tracing::error!(error = %e, "templates reload stopped; keeping the templates in use"),
                     }
                 }
             }

@@ -165,8 +165,11 @@ fn templates_check(config: &Config) -> i32 {
             return 1;
         }
     };
-    match Templates::load(&config.templates.dir, &locale) {
-        Ok(_) => {
+    match Templates::load_with_vars(&config.templates.dir, &locale, &config.templates.vars) {
+        Ok(templates) => {
+            for warning in templates.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("templates in {} are valid", config.templates.dir.display());
             0
         }

@@ -127,6 +127,9 @@ impl Default for AdminConfig {
 pub struct TemplatesConfig {
     pub dir: PathBuf,
     pub default_locale: String,
+    /// Names of job `vars` the templates print as `{{name}}`: checked without a warning, and empty for a
+    /// job that does not carry them.
+    pub vars: Vec<String>,
 }
 
 impl Default for TemplatesConfig {
@@ -134,6 +137,7 @@ impl Default for TemplatesConfig {
         TemplatesConfig {
             dir: "templates".into(),
             default_locale: "en".into(),
+            vars: Vec::new(),
         }
     }
 }

@@ -141,7 +141,12 @@ impl Dispatcher {
         }
         let message = match self.templates.render(job) {
             Ok(m) => m,
-            Err(e @ (TemplateError::Render { .. } | TemplateError::Missing(_) | TemplateError::Invalid(_))) => {
+            Err(
+                e @ (TemplateError::Render { .. }
+                | TemplateError::Missing(_)
+                | TemplateError::Invalid(_)
+                | TemplateError::Io { .. }),
+            ) => {
                 return Outcome::failed(ErrorCode::InvalidJob, e.to_string());
             }
         };

@@ -527,6 +527,11 @@ impl Job {
                             "field `vars`: value of `{k}` is longer than {MAX_VAR_VALUE} bytes"
                         ));
                     }
+                    // Control characters would reach providers raw (a newline in a TwiML `<Say>`, an SMS
+                    // header…), and the voice pause marker is made of them: a var must not forge a pause.
+                    if v.chars().any(char::is_control) {
+                        return Err(format!("field `vars`: value of `{k}` contains control characters"));
+                    }
                     vars.insert(k, v);
                 }
                 vars
@@ -604,6 +609,24 @@ mod tests {
             ("expires_at", serde_json::json!("tomorrow"), "`expires_at`"),
             ("vars", serde_json::json!({"a": 1}), "`vars`"),
             ("vars", serde_json::json!([1]), "`vars`"),
+            ("vars", serde_json::json!({"brand": "Acme\u{7}"}), "control characters"),
+            ("vars", serde_json::json!({"brand": "Acme\nInc"}), "control characters"),
+            ("vars", serde_json::json!({"brand": "a\u{85}b"}), "control characters"),
+            (
+                "vars",
+                serde_json::json!({"brand": crate::templates::PAUSE}),
+                "control characters",
+            ),
+            (
+                "friendly_name",
+                serde_json::json!("Acme\u{1b}[31m"),
+                "control characters",
+            ),
+            (
+                "friendly_name",
+                serde_json::json!(crate::templates::PAUSE),
+                "control characters",
+            ),
         ];
         for (field, value, needle) in cases {
             let mut j = valid();
@@ -628,6 +651,22 @@ mod tests {
         let mut j = valid();
         j["vars"] = serde_json::Value::Object(many);
         assert!(job(j).unwrap_err().reason.contains("at most 32"));
+    }
+
+    /// Every string a template can print comes from a job: none may carry the voice pause marker.
+    #[test]
+    fn the_pause_marker_cannot_be_forged_by_any_field() {
+        let forged = format!("Acme{}", crate::templates::PAUSE);
+        for field in ["id", "user_id", "friendly_name", "locale"] {
+            let mut j = valid();
+            j[field] = forged.clone().into();
+            assert!(job(j).is_err(), "{field}");
+        }
+        let mut j = valid();
+        j["vars"] = serde_json::json!({ "brand": forged });
+        let err = job(j).unwrap_err();
+        assert!(err.reason.contains("control characters"), "{}", err.reason);
+        assert!(!err.reason.contains('\u{1}'), "the reason does not echo the value");
     }
 
     #[test]

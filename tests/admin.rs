@@ -162,16 +162,19 @@ async fn replace_is_validated_atomic_live_and_audited() {
     conforms(&body, "Error");
     assert!(body["problems"][0]["line"].as_u64().unwrap() >= 2, "{body}");
     assert!(body["problems"][0]["column"].is_u64(), "{body}");
-    // An unknown variable under strict mode: 400 as well.
+    // A misspelt built-in variable: 400 as well.
     let (status, _, body) = c
         .send(
             c.req(reqwest::Method::PUT, path)
-                .json(&json!({"parts": {"body": "Hi {{nmae}}: {{code}}"}})),
+                .json(&json!({"parts": {"body": "Hi {{frendly_name}}: {{code}}"}})),
         )
         .await;
     assert_eq!(status, 400);
     assert!(
-        body["error"].as_str().unwrap().contains("unknown variable `nmae`"),
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variable `frendly_name` (did you mean `friendly_name`?)"),
         "{body}"
     );
     assert_eq!(
@@ -383,7 +386,13 @@ async fn bad_paths_and_bodies_are_400_and_nothing_is_written_outside() {
         );
     }
     assert_eq!(found.len(), 26);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    // Besides the channel directories, at most herald's own lock file.
+    let entries: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".herald.lock")
+        .collect();
+    assert_eq!(entries.len(), 3, "{entries:?}");
 }
 
 #[tokio::test]
@@ -412,4 +421,272 @@ async fn replicas_sharing_the_directory_pick_up_each_others_edits() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("the second replica never used the edited template");
+}
+
+/// Issue #17: a recursive partial or thousands of nested blocks aborted the process with a stack
+/// overflow. Now they are a 400 naming the construct, and herald goes on serving.
+#[tokio::test]
+async fn hostile_templates_are_a_400_and_herald_keeps_running() {
+    let dir = templates_copy();
+    let mut app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let path = "/admin/api/templates/sms/second-factor-authentication/en";
+    let recursive = r#"{{#*inline "a"}}{{> a}}{{/inline}}{{> a}}"#;
+    let deep = format!("{}{{{{code}}}}{}", "{{#if code}}".repeat(2000), "{{/if}}".repeat(2000));
+    let deep_sub = format!(
+        "{{{{code}}}}{{{{len {}code{}}}}}",
+        "(len ".repeat(5000),
+        ")".repeat(5000)
+    );
+    for (source, needle) in [
+        (recursive, "inline partials"),
+        ("{{> sms/enrollment.en}}{{code}}", "partials"),
+        (deep.as_str(), "more than the 512 allowed"),
+        (deep_sub.as_str(), "levels deep"),
+        ("{{log code}}", "helper `log` is not available"),
+    ] {
+        let (status, _, body) = c
+            .send(
+                c.req(reqwest::Method::PUT, path)
+                    .json(&json!({"parts": {"body": source}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        conforms(&body, "Error");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+        let (status, _, body) = c
+            .send(
+                c.req(reqwest::Method::POST, "/admin/api/preview")
+                    .json(&json!({"channel": "sms", "parts": {"body": source}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+    }
+    let health = reqwest::get(app.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    app.publish(&job("sms")).await;
+    app.next_outcome(20).await;
+    assert_eq!(
+        app.outbox_lines()[0]["body"],
+        "482913 is your verification code for Acme."
+    );
+}
+
+/// Issue #17: `{{log code}}` printed the code; an sms or voice template without the code was accepted;
+/// a URL in an SMS and a job var that is not declared are warnings.
+#[tokio::test]
+async fn templates_must_print_the_code_and_preview_warns_about_urls_and_job_vars() {
+    let dir = templates_copy();
+    let app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    for channel in ["sms", "voice"] {
+        let (status, _, body) = c
+            .send(
+                c.req(
+                    reqwest::Method::PUT,
+                    &format!("/admin/api/templates/{channel}/enrollment/en"),
+                )
+                .json(&json!({"parts": {"body": "Welcome to {{friendly_name}}!"}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("must print `{{code}}`"),
+            "{body}"
+        );
+    }
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::POST, "/admin/api/preview").json(
+                &json!({"channel": "sms", "parts": {"body": "{{code}} for {{brand}}: https://acme.test/verify"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    conforms(&body, "Preview");
+    let warnings = body["warnings"].to_string();
+    assert!(warnings.contains("contains a URL"), "{body}");
+    assert!(warnings.contains("`brand` is not a built-in variable"), "{body}");
+}
+
+/// Contract §7: each key of `vars` is a variable, at the top level.
+#[tokio::test]
+async fn a_job_var_prints_at_the_top_level() {
+    let dir = templates_copy();
+    let mut app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let (status, _, body) = c
+        .send(
+            c.req(
+                reqwest::Method::PUT,
+                "/admin/api/templates/sms/second-factor-authentication/en",
+            )
+            .json(&json!({"parts": {"body": "{{brand}}: {{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    conforms(&body, "Saved");
+    assert!(body["warnings"][0].as_str().unwrap().contains("`brand`"), "{body}");
+    let mut j = job("sms");
+    j["vars"] = json!({"brand": "Acme"});
+    app.publish(&j).await;
+    app.next_outcome(20).await;
+    app.publish(&job("sms")).await;
+    app.next_outcome(20).await;
+    let bodies: Vec<Value> = app.outbox_lines().iter().map(|l| l["body"].clone()).collect();
+    assert_eq!(bodies, [json!("Acme: 482913"), json!(": 482913")]);
+}
+
+/// Issue #17, admin API: PUT takes what GET returns and text/plain for one part; other content types
+/// are 415; `bearer` in any case; the page cannot be framed.
+#[tokio::test]
+async fn put_takes_the_get_representation_or_text_and_names_the_content_types() {
+    let dir = templates_copy();
+    let app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let path = "/admin/api/templates/sms/enrollment/en";
+    let (_, _, mut read) = c.send(c.req(reqwest::Method::GET, path)).await;
+    read["parts"]["body"] = "Round trip {{code}}".into();
+    let (status, etag, body) = c.send(c.req(reqwest::Method::PUT, path).json(&read)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["parts"]["body"], "Round trip {{code}}");
+    // Sent again, its etag is stale now.
+    let (status, _, body) = c.send(c.req(reqwest::Method::PUT, path).json(&read)).await;
+    assert_eq!(status, 412, "{body}");
+    read["etag"] = etag.unwrap().into();
+    read["locale"] = "fr".into();
+    let (status, _, body) = c.send(c.req(reqwest::Method::PUT, path).json(&read)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("`locale`"), "{body}");
+
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body("Plain {{code}}"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("sms/enrollment.en.hbs")).unwrap(),
+        "Plain {{code}}"
+    );
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, "/admin/api/templates/email/enrollment/en")
+                .header("content-type", "text/plain")
+                .body("{{code}}"),
+        )
+        .await;
+    assert_eq!(status, 415, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("application/json"), "{body}");
+    for (route, method) in [
+        (path, reqwest::Method::PUT),
+        ("/admin/api/preview", reqwest::Method::POST),
+    ] {
+        let (status, _, body) = c
+            .send(
+                c.req(method, route)
+                    .header("content-type", "application/xml")
+                    .body("<parts/>"),
+            )
+            .await;
+        assert_eq!(status, 415, "{route}: {body}");
+        conforms(&body, "Error");
+        assert!(body["error"].as_str().unwrap().contains("application/json"), "{body}");
+    }
+
+    let http = reqwest::Client::new();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let r = http
+            .get(app.url("/admin/api/templates"))
+            .header("authorization", format!("{scheme} {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{scheme}");
+    }
+    let page = http.get(app.url("/admin/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+}
+
+/// Issue #17: a save is checked with the whole directory first (a broken file elsewhere is a 409 and
+/// nothing is written, not "500 after writing"), and a disk that cannot be written is a 500, not 400.
+#[tokio::test]
+async fn a_save_beside_a_broken_file_is_409_and_a_write_error_is_500() {
+    let dir = templates_copy();
+    let app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    std::fs::write(dir.path().join("sms/enrollment.de.hbs"), "{{#if code}}").unwrap();
+    let path = "/admin/api/templates/sms/second-factor-authentication/it";
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .json(&json!({"parts": {"body": "Codice {{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    conforms(&body, "Error");
+    assert_eq!(body["problems"][0]["file"], "sms/enrollment.de.hbs", "{body}");
+    assert!(!dir.path().join("sms/second-factor-authentication.it.hbs").exists());
+    std::fs::remove_file(dir.path().join("sms/enrollment.de.hbs")).unwrap();
+
+    // Root ignores permissions: a directory where herald writes its journal makes the write fail.
+    std::fs::create_dir(dir.path().join(".herald.journal.tmp")).unwrap();
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .json(&json!({"parts": {"body": "Codice {{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 500, "{body}");
+    conforms(&body, "Error");
+    let (status, _, body) = c
+        .send(c.req(
+            reqwest::Method::DELETE,
+            "/admin/api/templates/sms/second-factor-authentication/en",
+        ))
+        .await;
+    assert_eq!(status, 500, "{body}");
+}
+
+/// Issue #17: a preview without a locale renders (and speaks) in templates.default_locale.
+#[tokio::test]
+async fn preview_without_a_locale_uses_the_default_locale() {
+    let dir = templates_copy();
+    for action in ["enrollment", "second-factor-authentication"] {
+        for part in ["subject", "txt", "html"] {
+            std::fs::copy(
+                dir.path().join(format!("email/{action}.en.{part}.hbs")),
+                dir.path().join(format!("email/{action}.fr.{part}.hbs")),
+            )
+            .unwrap();
+        }
+    }
+    let path = dir.path().to_owned();
+    let app = TestApp::spawn(move |c| {
+        c.templates.dir = path;
+        c.templates.default_locale = "fr".into();
+        c.admin.token = Secret::new(TOKEN);
+    })
+    .await;
+    let c = Client::new(&app);
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::POST, "/admin/api/preview")
+                .json(&json!({"channel": "voice", "parts": {"body": "Code {{code}}"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    conforms(&body, "Preview");
+    assert_eq!(body["locale"], "fr");
+    assert!(
+        body["voice"]["twiml"]
+            .as_str()
+            .unwrap()
+            .contains("<Say language=\"fr-FR\">"),
+        "{body}"
+    );
 }

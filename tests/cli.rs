@@ -139,6 +139,87 @@ fn templates_check_reports_file_line_and_column() {
     );
 }
 
+fn check_dir(dir: &Path, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = herald()
+        .args(["templates", "check"])
+        .env("HERALD_TEMPLATES__DIR", dir)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Issue #17: these aborted `templates check` (and `serve`) with a stack overflow, exit 134.
+#[test]
+fn templates_check_refuses_hostile_templates_with_file_and_line_instead_of_crashing() {
+    let dir = tempfile::tempdir().unwrap();
+    helpers::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    std::fs::write(
+        dir.path().join("sms/enrollment.fr.hbs"),
+        "{{code}}\n{{#*inline \"a\"}}{{> a}}{{/inline}}{{> a}}",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("voice/enrollment.fr.hbs"),
+        format!("{}{{{{code}}}}{}", "{{#if code}}".repeat(2000), "{{/if}}".repeat(2000)),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("sms/enrollment.de.hbs"), "Welcome!").unwrap();
+    let (code, stderr) = check_dir(dir.path(), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sms/enrollment.fr.hbs:2:1: decorators and inline partials"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("voice/enrollment.fr.hbs: 4001 `{{` expressions"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sms/enrollment.de.hbs: an sms template must print `{{code}}`"),
+        "{stderr}"
+    );
+}
+
+/// Issue #17: `{{log code}}` printed the code, and handlebars' debug log printed helper arguments.
+#[test]
+fn templates_check_never_logs_the_code_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    helpers::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    let trace = [("RUST_LOG", "trace")];
+    std::fs::write(
+        dir.path().join("sms/enrollment.fr.hbs"),
+        "{{#if code}}{{code}}{{/if}} {{lookup this \"code\"}}",
+    )
+    .unwrap();
+    let (code, stderr) = check_dir(dir.path(), &trace);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("123456"), "the sample code was logged:\n{stderr}");
+    std::fs::write(dir.path().join("sms/enrollment.fr.hbs"), "{{log code}} {{code}}").unwrap();
+    let (code, stderr) = check_dir(dir.path(), &trace);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("helper `log` is not available"), "{stderr}");
+    assert!(!stderr.contains("123456"), "the sample code was logged:\n{stderr}");
+}
+
+/// Contract §7: `{{brand}}` prints a job's `vars.brand`. Undeclared, it is a warning (exit 0);
+/// declared in `templates.vars`, not even that.
+#[test]
+fn templates_check_warns_about_undeclared_job_vars() {
+    let dir = tempfile::tempdir().unwrap();
+    helpers::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    std::fs::write(dir.path().join("sms/enrollment.fr.hbs"), "{{brand}}: {{code}}").unwrap();
+    let (code, stderr) = check_dir(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: sms/enrollment.fr.hbs:1:1: `brand` is not a built-in variable"),
+        "{stderr}"
+    );
+    let (code, stderr) = check_dir(dir.path(), &[("HERALD_TEMPLATES__VARS", "[\"brand\"]")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
 /// The README's first steps, with the real binary: serve, send, outbox, event on stdout, SIGTERM.
 #[tokio::test]
 async fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_logs() {

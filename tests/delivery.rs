@@ -135,6 +135,47 @@ async fn voice_calls_say_the_code_digit_by_digit_in_the_job_language() {
     app.stop().await;
 }
 
+/// Issue #17: a job without a locale gets the default locale's text, and now its voice too (it was
+/// spoken as en-US whatever `templates.default_locale` was).
+#[tokio::test]
+async fn voice_without_a_locale_speaks_the_default_locale() {
+    let templates = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    helpers::copy_dir(&shipped, templates.path());
+    for action in ["enrollment", "second-factor-authentication"] {
+        for part in ["subject", "txt", "html"] {
+            std::fs::copy(
+                shipped.join(format!("email/{action}.en.{part}.hbs")),
+                templates.path().join(format!("email/{action}.es.{part}.hbs")),
+            )
+            .unwrap();
+        }
+    }
+    let server = MockServer::start().await;
+    let dir = templates.path().to_owned();
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.templates.dir = dir;
+        c.templates.default_locale = "es".into();
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"sid": "CA1", "status": "queued"})))
+        .mount(&server)
+        .await;
+    let mut j = job("voice");
+    j.as_object_mut().unwrap().remove("locale");
+    app.publish(&j).await;
+    assert_eq!(app.next_event(20).await["type"], "gd_send_voice");
+    let twiml = form(&server.received_requests().await.unwrap()[0].body)["Twiml"].clone();
+    assert!(
+        twiml.starts_with("<Response><Say language=\"es-MX\">Su código"),
+        "{twiml}"
+    );
+    assert!(!twiml.contains("en-US"), "{twiml}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn outbox_is_the_default_provider_and_gets_the_rendered_message() {
     let mut app = TestApp::spawn(|_| {}).await;

@@ -16,7 +16,8 @@ use subtle::ConstantTimeEq;
 use crate::audit::{Audit, TEMPLATE_CHANGED, TemplateChanged};
 use crate::config::Secret;
 use crate::job::{Action, Channel, Locale};
-use crate::templates::{Rendered, Sources, TemplateId, TemplateProblem, Templates};
+use crate::templates::Part;
+use crate::templates::{Previewed, Rendered, Sources, TemplateError, TemplateId, TemplateProblem, Templates};
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -68,11 +69,17 @@ async fn require_token(
     }
 }
 
-/// JSON bodies: capped, and every parse error is a 400 with a message.
+/// JSON bodies: capped, a wrong content type is a 415 naming the right one, and every parse error is a
+/// 400 with a message.
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
-        let message = err.to_string();
-        actix_web::error::InternalError::from_response(err, bad_request(&message)).into()
+        let response = match &err {
+            actix_web::error::JsonPayloadError::ContentType => actix_web::ResponseError::error_response(
+                &ApiError::UnsupportedMediaType("send application/json".into()),
+            ),
+            _ => bad_request(&err.to_string()),
+        };
+        actix_web::error::InternalError::from_response(err, response).into()
     })
 }
 
@@ -83,6 +90,9 @@ enum ApiError {
     Unauthorized(&'static str),
     NotFound(&'static str),
     Invalid(Vec<TemplateProblem>),
+    /// The request is fine but other files in templates.dir are not: nothing was written.
+    Conflict(Vec<TemplateProblem>),
+    UnsupportedMediaType(String),
     Stale(Option<String>),
     Internal(String),
 }
@@ -91,6 +101,12 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApiError::BadRequest(m) | ApiError::Internal(m) => f.write_str(m),
+            ApiError::UnsupportedMediaType(m) => write!(f, "unsupported content type: {m}"),
+            ApiError::Conflict(problems) => write!(
+                f,
+                "templates.dir has problems outside this template, nothing was written: {}",
+                problems.first().map(ToString::to_string).unwrap_or_default()
+            ),
             ApiError::Unauthorized(m) | ApiError::NotFound(m) => f.write_str(m),
             ApiError::Invalid(problems) => {
                 write!(
@@ -113,6 +129,8 @@ impl actix_web::ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Stale(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,7 +139,7 @@ impl actix_web::ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut body = json!({ "error": self.to_string() });
         match self {
-            ApiError::Invalid(problems) => {
+            ApiError::Invalid(problems) | ApiError::Conflict(problems) => {
                 body["problems"] = problems
                     .iter()
                     .map(|p| json!({"file": p.file, "line": p.line, "column": p.column, "message": p.message}))
@@ -143,6 +161,21 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal(e.to_string())
 }
 
+/// A refused save: the template's own problems are the client's (400), other files' are a conflict
+/// (409), and a disk that cannot be read or written is the server's (500).
+fn store_error(id: &TemplateId, e: TemplateError) -> ApiError {
+    match e {
+        TemplateError::Invalid(problems) if problems.iter().all(|p| id.owns(p)) => ApiError::Invalid(problems),
+        TemplateError::Invalid(problems) => ApiError::Conflict(problems),
+        other => internal(other),
+    }
+}
+
+/// File work (and waiting for another replica's save) off the HTTP worker.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    web::block(f).await.map_err(internal)?
+}
+
 fn bad_request(message: &str) -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::BadRequest(message.to_owned()))
 }
@@ -156,8 +189,10 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), ApiError> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim());
     let expected = state.token.expose().as_bytes();
     if bool::from(presented.as_bytes().ct_eq(expected)) {
         Ok(())
@@ -230,23 +265,34 @@ async fn page(state: web::Data<AdminState>) -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+            "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
         ))
         .body(include_str!("admin.html"))
 }
 
 async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
-    let ids = state.templates.list().map_err(internal)?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Ok(Some(sources)) = state.templates.read(&id) {
-            let mut entry = describe(&id, &sources);
-            entry.as_object_mut().map(|o| o.remove("parts"));
-            out.push(entry);
+    let templates = state.templates.clone();
+    let out = blocking(move || {
+        let ids = templates.list().map_err(internal)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(Some(sources)) = templates.read(&id) {
+                let mut entry = describe(&id, &sources);
+                entry.as_object_mut().map(|o| o.remove("parts"));
+                out.push(entry);
+            }
         }
-    }
+        Ok(out)
+    })
+    .await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "templates": out, "default_locale": state.templates.default_locale().as_str() })))
+}
+
+/// The template as it is on disk, read off the HTTP worker.
+async fn current(state: &AdminState, id: &TemplateId) -> Result<Option<Sources>, ApiError> {
+    let (templates, id) = (state.templates.clone(), id.clone());
+    blocking(move || templates.read(&id).map_err(internal)).await
 }
 
 async fn read(
@@ -254,7 +300,7 @@ async fn read(
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = template_id(&path.0, &path.1, &path.2)?;
-    let sources = state.templates.read(&id).map_err(internal)?.ok_or(ApiError::NotFound(
+    let sources = current(&state, &id).await?.ok_or(ApiError::NotFound(
         "no such template (lookups fall back to the language or the default locale)",
     ))?;
     Ok(HttpResponse::Ok()
@@ -262,10 +308,98 @@ async fn read(
         .json(describe(&id, &sources)))
 }
 
+/// A `PUT` body: `{"parts": …}`, or the whole representation `GET` returns, so that a read can be
+/// edited and sent back. Its `channel`, `action` and `locale` must name the template of the path, its
+/// `etag` must be the current one (like `If-Match`); `has_default`, `is_default` and `warnings` are
+/// read-only and ignored.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Replace {
     parts: std::collections::BTreeMap<String, String>,
+    channel: Option<String>,
+    action: Option<String>,
+    locale: Option<String>,
+    etag: Option<String>,
+    #[serde(rename = "has_default")]
+    _has_default: Option<Value>,
+    #[serde(rename = "is_default")]
+    _is_default: Option<Value>,
+    #[serde(rename = "warnings")]
+    _warnings: Option<Value>,
+}
+
+/// The content types a `PUT` takes.
+const PUT_TYPES: &str = "application/json, or text/plain for a one-part (sms or voice) template";
+
+/// The body of a `PUT`, read up to [`MAX_BODY`], as parts plus the ETag it was read with, if any.
+async fn replace_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    id: &TemplateId,
+) -> Result<(std::collections::BTreeMap<String, String>, Option<String>), ApiError> {
+    use futures_util::StreamExt;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = mime == "application/json" || mime.ends_with("+json");
+    if !json && mime != "text/plain" {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "`{}`; send {PUT_TYPES}",
+            content_type.escape_debug()
+        )));
+    }
+    if !json && Part::of(id.channel).len() > 1 {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "an {} template has several parts: send them as application/json",
+            id.channel.as_str()
+        )));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::BadRequest(format!(
+                "the body is larger than allowed ({MAX_BODY} bytes)"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !json {
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::BadRequest("a text/plain body must be UTF-8".into()))?;
+        return Ok(([(Part::Body.name().to_owned(), text)].into(), None));
+    }
+    let replace: Replace =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let named = |field: &str, given: &Option<String>, want: &str, same: bool| match given {
+        Some(g) if !same => Err(ApiError::BadRequest(format!(
+            "`{field}` is `{}` but the path names `{want}`",
+            g.escape_debug()
+        ))),
+        _ => Ok(()),
+    };
+    named(
+        "channel",
+        &replace.channel,
+        id.channel.as_str(),
+        replace.channel.as_deref() == Some(id.channel.as_str()),
+    )?;
+    named(
+        "action",
+        &replace.action,
+        id.action.as_str(),
+        replace.action.as_deref() == Some(id.action.as_str()),
+    )?;
+    named(
+        "locale",
+        &replace.locale,
+        id.locale.as_str(),
+        replace.locale.as_deref().map(Locale::parse) == Some(Ok(id.locale.clone())),
+    )?;
+    Ok((replace.parts, replace.etag))
 }
 
 /// The part names of the request, as the template's own (`&'static str`) names; unknown ones stay
@@ -273,12 +407,12 @@ struct Replace {
 fn sources_of(id: &TemplateId, parts: std::collections::BTreeMap<String, String>) -> Result<Sources, ApiError> {
     let mut sources = Sources::new();
     for (name, text) in parts {
-        let Some(part) = crate::templates::Part::of(id.channel).iter().find(|p| p.name() == name) else {
+        let Some(part) = Part::of(id.channel).iter().find(|p| p.name() == name) else {
             return Err(ApiError::BadRequest(format!(
                 "`{}` is not a part of a {} template ({})",
                 name.escape_debug(),
                 id.channel.as_str(),
-                crate::templates::Part::of(id.channel)
+                Part::of(id.channel)
                     .iter()
                     .map(|p| p.name())
                     .collect::<Vec<_>>()
@@ -293,9 +427,10 @@ fn sources_of(id: &TemplateId, parts: std::collections::BTreeMap<String, String>
     Ok(sources)
 }
 
-/// `If-Match` against the current version: `Err(412)` on a stale edit.
-fn check_if_match(req: &HttpRequest, current: Option<&Sources>) -> Result<(), ApiError> {
-    let Some(wanted) = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok()) else {
+/// `If-Match` (or the body's `etag`) against the current version: `Err(412)` on a stale edit.
+fn check_if_match(req: &HttpRequest, body_etag: Option<&str>, current: Option<&Sources>) -> Result<(), ApiError> {
+    let header = req.headers().get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    let Some(wanted) = header.or(body_etag) else {
         return Ok(());
     };
     let wanted = wanted.trim();
@@ -313,22 +448,24 @@ fn check_if_match(req: &HttpRequest, current: Option<&Sources>) -> Result<(), Ap
 async fn replace(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
-    body: web::Json<Replace>,
+    payload: web::Payload,
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = template_id(&path.0, &path.1, &path.2)?;
-    let sources = sources_of(&id, body.into_inner().parts)?;
-    let rendered = Templates::preview(&id, &sources).map_err(ApiError::Invalid)?;
-    let current = state.templates.read(&id).map_err(internal)?;
-    check_if_match(&req, current.as_ref())?;
-    state.templates.save(&id, &sources).map_err(internal)?;
+    let (parts, body_etag) = replace_body(&req, payload, &id).await?;
+    let sources = sources_of(&id, parts)?;
+    let previewed = state.templates.preview(&id, &sources).map_err(ApiError::Invalid)?;
+    let now = current(&state, &id).await?;
+    check_if_match(&req, body_etag.as_deref(), now.as_ref())?;
+    let (templates, save_id, saved) = (state.templates.clone(), id.clone(), sources.clone());
+    blocking(move || templates.save(&save_id, &saved).map_err(|e| store_error(&save_id, e))).await?;
     let tag = etag(&sources);
     state
         .audit
         .emit(&change(&state, &id, "replace", Some(tag.clone())))
         .await;
     let mut out = describe(&id, &sources);
-    out["warnings"] = json!(warnings(&rendered, &id));
+    out["warnings"] = json!(warnings(&previewed));
     Ok(HttpResponse::Ok().insert_header((header::ETAG, tag)).json(out))
 }
 
@@ -338,17 +475,12 @@ async fn revert(
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = template_id(&path.0, &path.1, &path.2)?;
-    let current = state
-        .templates
-        .read(&id)
-        .map_err(internal)?
+    let now = current(&state, &id)
+        .await?
         .ok_or(ApiError::NotFound("no such template"))?;
-    check_if_match(&req, Some(&current))?;
-    let now = match state.templates.revert(&id) {
-        Ok(now) => now,
-        Err(crate::templates::TemplateError::Invalid(problems)) => return Err(ApiError::Invalid(problems)),
-        Err(e) => return Err(internal(e)),
-    };
+    check_if_match(&req, None, Some(&now))?;
+    let (templates, revert_id) = (state.templates.clone(), id.clone());
+    let now = blocking(move || templates.revert(&revert_id).map_err(|e| store_error(&revert_id, e))).await?;
     state
         .audit
         .emit(&change(&state, &id, "revert", now.as_ref().map(etag)))
@@ -383,8 +515,8 @@ struct Preview {
     channel: String,
     #[serde(default = "default_action")]
     action: String,
-    #[serde(default = "default_locale")]
-    locale: String,
+    /// Default: `templates.default_locale`, the locale a job without one gets.
+    locale: Option<String>,
     parts: std::collections::BTreeMap<String, String>,
 }
 
@@ -392,23 +524,22 @@ fn default_action() -> String {
     "second-factor-authentication".into()
 }
 
-fn default_locale() -> String {
-    "en".into()
-}
-
-async fn preview(body: web::Json<Preview>) -> Result<HttpResponse, ApiError> {
+async fn preview(body: web::Json<Preview>, state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let id = template_id(&body.channel, &body.action, &body.locale)?;
+    let locale = body
+        .locale
+        .unwrap_or_else(|| state.templates.default_locale().to_string());
+    let id = template_id(&body.channel, &body.action, &locale)?;
     let sources = sources_of(&id, body.parts)?;
-    let rendered = Templates::preview(&id, &sources).map_err(ApiError::Invalid)?;
-    Ok(HttpResponse::Ok().json(describe_rendered(&rendered, &id)))
+    let previewed = state.templates.preview(&id, &sources).map_err(ApiError::Invalid)?;
+    Ok(HttpResponse::Ok().json(describe_rendered(&previewed, &id)))
 }
 
-fn describe_rendered(rendered: &Rendered, id: &TemplateId) -> Value {
-    let mut out = match rendered {
+fn describe_rendered(previewed: &Previewed, id: &TemplateId) -> Value {
+    let mut out = match &previewed.rendered {
         Rendered::Sms { body } => json!({ "text": body, "sms": crate::sms::segments(body) }),
-        Rendered::Voice { text } => {
-            let twiml = crate::providers::twilio::twiml(text, Some(&id.locale));
+        Rendered::Voice { text, language } => {
+            let twiml = crate::providers::twilio::twiml(text, language);
             json!({
                 "text": text.replace(crate::templates::PAUSE, " … "),
                 "voice": { "twiml": twiml, "twiml_length": twiml.chars().count(), "twiml_limit": TWIML_LIMIT },
@@ -419,15 +550,16 @@ fn describe_rendered(rendered: &Rendered, id: &TemplateId) -> Value {
         }
     };
     out["channel"] = id.channel.as_str().into();
-    out["warnings"] = json!(warnings(rendered, id));
+    out["locale"] = id.locale.as_str().into();
+    out["warnings"] = json!(warnings(previewed));
     out
 }
 
-/// What a save should hear about: an SMS in several segments or over Twilio's length limit, TwiML
-/// over Twilio's limit.
-fn warnings(rendered: &Rendered, id: &TemplateId) -> Vec<String> {
-    let mut out = Vec::new();
-    match rendered {
+/// What a save should hear about: variables that are neither built in nor declared, an SMS in
+/// several segments, over Twilio's length limit or with a link in it, TwiML over Twilio's limit.
+fn warnings(previewed: &Previewed) -> Vec<String> {
+    let mut out: Vec<String> = previewed.warnings.iter().map(ToString::to_string).collect();
+    match &previewed.rendered {
         Rendered::Sms { body } => {
             let s = crate::sms::segments(body);
             if s.characters > crate::sms::TWILIO_MAX_CHARS {
@@ -448,9 +580,16 @@ fn warnings(rendered: &Rendered, id: &TemplateId) -> Vec<String> {
                     s.units
                 ));
             }
+            if has_url(body) {
+                out.push(
+                    "the SMS contains a URL: carriers filter SMS with links, and a link next to a code is what \
+                     phishing looks like; prefer a code alone (or a WebOTP `@domain #code` line)"
+                        .into(),
+                );
+            }
         }
-        Rendered::Voice { text } => {
-            let length = crate::providers::twilio::twiml(text, Some(&id.locale)).chars().count();
+        Rendered::Voice { text, language } => {
+            let length = crate::providers::twilio::twiml(text, language).chars().count();
             if length > TWIML_LIMIT {
                 out.push(format!(
                     "the TwiML is {length} characters; Twilio refuses more than {TWIML_LIMIT}"
@@ -460,4 +599,10 @@ fn warnings(rendered: &Rendered, id: &TemplateId) -> Vec<String> {
         Rendered::Email { .. } => {}
     }
     out
+}
+
+/// `http://`, `https://` or `www.` anywhere, in any case.
+fn has_url(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    ["http://", "https://", "www."].iter().any(|p| lower.contains(p))
 }

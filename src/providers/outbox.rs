@@ -50,7 +50,7 @@ impl Provider for Outbox {
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
         let (subject, body, html) = match message {
             Rendered::Sms { body } => (None, Cow::Borrowed(body.as_str()), None),
-            Rendered::Voice { text } => (None, Cow::Owned(text.replace(PAUSE, " … ")), None),
+            Rendered::Voice { text, .. } => (None, Cow::Owned(text.replace(PAUSE, " … ")), None),
             Rendered::Email { subject, text, html } => (
                 Some(subject.as_str()),
                 Cow::Borrowed(text.as_str()),

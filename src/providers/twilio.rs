@@ -117,8 +117,8 @@ impl Provider for Twilio {
                 let form = [("To", job.to.expose()), sender, ("Body", body.as_str())];
                 self.post(&self.messages_url, &form).await
             }
-            Rendered::Voice { text } => {
-                let twiml = twiml(text, job.locale.as_ref());
+            Rendered::Voice { text, language } => {
+                let twiml = twiml(text, language);
                 let form = [
                     ("To", job.to.expose()),
                     ("From", self.from.as_str()),
@@ -136,8 +136,9 @@ impl Provider for Twilio {
 
 /// `<Response><Say language="es-MX">…</Say><Pause length="1"/>…</Response>`, said twice so that a
 /// listener who missed the start hears the code again.
-pub fn twiml(text: &str, locale: Option<&Locale>) -> String {
-    let language = say_language(locale);
+/// `language` is the locale of the template the text came from (see [`Rendered::Voice`]).
+pub fn twiml(text: &str, language: &Locale) -> String {
+    let language = say_language(language);
     let mut says = String::new();
     for (i, piece) in text.split(PAUSE).enumerate() {
         if i > 0 {
@@ -152,14 +153,13 @@ pub fn twiml(text: &str, locale: Option<&Locale>) -> String {
 }
 
 /// Maps a job locale onto a language `<Say>` supports, preferring the exact region.
-fn say_language(locale: Option<&Locale>) -> &'static str {
+fn say_language(locale: &Locale) -> &'static str {
     const SUPPORTED: &[&str] = &[
         // The first entry of a language is its default.
         "en-US", "en-GB", "en-AU", "en-CA", "en-IN", "da-DK", "de-DE", "ca-ES", "es-MX", "es-ES", "fi-FI", "fr-FR",
         "fr-CA", "it-IT", "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR", "pt-PT", "ru-RU", "sv-SE", "zh-CN",
         "zh-HK", "zh-TW",
     ];
-    let Some(locale) = locale else { return "en-US" };
     if let Some(exact) = SUPPORTED.iter().find(|s| s.eq_ignore_ascii_case(locale.as_str())) {
         return exact;
     }
@@ -197,14 +197,14 @@ mod tests {
     #[test]
     fn twiml_says_in_the_job_language_with_pauses() {
         let es = Locale::parse("es-AR").unwrap();
-        let t = twiml(&format!("Su código <es>{PAUSE}4. 8"), Some(&es));
+        let t = twiml(&format!("Su código <es>{PAUSE}4. 8"), &es);
         assert_eq!(
             t,
             "<Response><Say language=\"es-MX\">Su código &lt;es&gt;</Say><Pause length=\"1\"/><Say language=\"es-MX\">4. 8</Say>\
              <Pause length=\"1\"/><Say language=\"es-MX\">Su código &lt;es&gt;</Say><Pause length=\"1\"/><Say language=\"es-MX\">4. 8</Say></Response>"
         );
-        assert_eq!(say_language(Some(&Locale::parse("fr").unwrap())), "fr-FR");
-        assert_eq!(say_language(Some(&Locale::parse("pt-BR").unwrap())), "pt-BR");
-        assert_eq!(say_language(Some(&Locale::parse("xx").unwrap())), "en-US");
+        assert_eq!(say_language(&Locale::parse("fr").unwrap()), "fr-FR");
+        assert_eq!(say_language(&Locale::parse("pt-BR").unwrap()), "pt-BR");
+        assert_eq!(say_language(&Locale::parse("xx").unwrap()), "en-US");
     }
 }

@@ -63,7 +63,7 @@ impl Webhook {
         });
         match message {
             Rendered::Sms { body } => options["text"] = body.as_str().into(),
-            Rendered::Voice { text } => options["text"] = text.replace(PAUSE, " ").into(),
+            Rendered::Voice { text, .. } => options["text"] = text.replace(PAUSE, " ").into(),
             Rendered::Email { subject, text, html } => {
                 options["text"] = text.as_str().into();
                 options["subject"] = subject.as_str().into();
