@@ -256,6 +256,8 @@ pub struct ThrottleConfig {
     #[serde(deserialize_with = "empty_is_none")]
     pub prefix: Option<Rate>,
     pub prefix_digits: u8,
+    /// The per-IP limit keys an IPv6 address by its first `ipv6_prefix` bits: one host gets a whole /64.
+    pub ipv6_prefix: u8,
     #[serde(deserialize_with = "empty_is_none")]
     pub global_phone: Option<Rate>,
     pub countries_allow: Vec<u16>,
@@ -273,6 +275,7 @@ impl Default for ThrottleConfig {
             recipient: rate("10/h"),
             prefix: rate("30/h"),
             prefix_digits: 7,
+            ipv6_prefix: 64,
             global_phone: None,
             countries_allow: Vec::new(),
             countries_deny: Vec::new(),
@@ -451,6 +454,9 @@ impl Config {
         }
         if !(1..=15).contains(&self.throttle.prefix_digits) {
             return Err(ConfigError::key("throttle.prefix_digits", "must be between 1 and 15"));
+        }
+        if !(1..=128).contains(&self.throttle.ipv6_prefix) {
+            return Err(ConfigError::key("throttle.ipv6_prefix", "must be between 1 and 128"));
         }
         for (channel, kinds) in [
             ("sms", self.chain(crate::job::Channel::Sms)),

@@ -134,6 +134,8 @@ fn config_errors_name_key_and_line_but_never_the_value() {
             &[("HERALD_RETRY__SCHEDULE", "[\"1s\", \"s3cr3t-Zq9\"]")],
             &["retry.schedule"],
         ),
+        ("[throttle]\nipv6_prefix = 129\n", &[], &["throttle.ipv6_prefix"]),
+        ("", &[("HERALD_THROTTLE__IPV6_PREFIX", "0")], &["throttle.ipv6_prefix"]),
     ];
     for (toml, envs, names) in cases {
         let (code, stderr) = run_with_config(toml, envs);

@@ -118,3 +118,34 @@ async fn without_redis_limits_fall_back_to_local_and_delivery_goes_on() {
     assert!(metric(&m, "herald_throttle_local_fallback_total") >= 11.0, "{m}");
     app.stop().await;
 }
+
+/// An attacker rotating addresses within one IPv6 /64, or writing its IPv4 address as `::ffff:…`, still
+/// spends one per-IP budget.
+#[tokio::test]
+async fn the_ip_limit_keys_ipv6_by_its_64_and_a_mapped_ipv4_as_ipv4() {
+    let mut app = TestApp::spawn(|c| c.throttle.ip = Some("2/h".parse().unwrap())).await;
+    let from = |n: usize, ip: &str| {
+        let mut j = sms_to(n);
+        j["user_id"] = format!("u{n}").into();
+        j["ip"] = ip.into();
+        j
+    };
+    let jobs = [
+        from(1, "2001:db8:1:2::1"),
+        from(2, "2001:db8:1:2:ffff::2"),
+        from(3, "2001:db8:1:2:abcd:ef01:2345:6789"),
+        from(4, "198.51.100.9"),
+        from(5, "::ffff:198.51.100.9"),
+        from(6, "198.51.100.9"),
+    ];
+    // One at a time: the verdicts depend on the order.
+    let mut scopes = Vec::new();
+    for j in &jobs {
+        app.publish(j).await;
+        let e = app.next_event(20).await;
+        scopes.push(e["scope"].as_str().unwrap_or("sent").to_owned());
+    }
+    assert_eq!(scopes, ["sent", "sent", "ip", "sent", "sent", "ip"]);
+    assert_eq!(app.outbox_lines().len(), 4);
+    app.stop().await;
+}
