@@ -149,3 +149,20 @@ async fn the_ip_limit_keys_ipv6_by_its_64_and_a_mapped_ipv4_as_ipv4() {
     assert_eq!(app.outbox_lines().len(), 4);
     app.stop().await;
 }
+
+/// A start that fails at the HTTP bind leaves nothing running behind it (the throttle sweeper used to be
+/// spawned before the bind and outlived the failed start).
+#[tokio::test]
+async fn a_start_that_cannot_bind_its_port_leaves_no_task_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = helpers::test_config(dir.path());
+    config.http.addr = taken.local_addr().unwrap();
+    let err = match herald::app::Application::build(config).await {
+        Ok(_) => panic!("herald started on a port already in use"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("http.addr"), "{err}");
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    assert_eq!(tasks, 0, "tasks still running after the failed start");
+}
