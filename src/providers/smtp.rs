@@ -151,10 +151,10 @@ impl Smtp {
         }
     }
 
-    async fn exchange(&self, envelope: &Envelope, email: &[u8]) -> Result<(), lettre::transport::smtp::Error> {
-        let mut conn = self.checkout().await?;
+    async fn exchange(&self, envelope: &Envelope, email: &[u8]) -> Result<(), Failure> {
+        let mut conn = self.checkout().await.map_err(Failure::Connecting)?;
         // On an error lettre aborts the connection itself; only a clean exchange goes back to the pool.
-        conn.send(envelope, email).await?;
+        conn.send(envelope, email).await.map_err(Failure::Sending)?;
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(Idle {
             conn,
             since: Instant::now(),
@@ -163,7 +163,30 @@ impl Smtp {
     }
 }
 
-fn classify(e: &lettre::transport::smtp::Error) -> ProviderError {
+/// Where an exchange failed: lettre's client errors mean different things before and after the
+/// connection is up.
+#[derive(Debug)]
+enum Failure {
+    /// Connecting, STARTTLS, AUTH: about the server or the configuration.
+    Connecting(lettre::transport::smtp::Error),
+    /// On a working connection: an SMTP reply, or lettre refusing this message for this server (a
+    /// non-ASCII address without SMTPUTF8, non-ASCII content without 8BITMIME), which no retry changes.
+    Sending(lettre::transport::smtp::Error),
+}
+
+fn classify(failure: &Failure) -> ProviderError {
+    let e = match failure {
+        Failure::Sending(e) if e.is_client() && e.status().is_none() => {
+            return ProviderError::Permanent {
+                message: format!(
+                    "the smtp server cannot take this address or message: {}",
+                    crate::events::scrub(&e.to_string())
+                ),
+                provider_code: None,
+            };
+        }
+        Failure::Connecting(e) | Failure::Sending(e) => e,
+    };
     let provider_code = e.status().map(|c| c.to_string());
     if let Some(code) = &provider_code {
         let message = format!("smtp server answered {code}");
