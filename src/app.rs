@@ -68,19 +68,7 @@ impl Application {
             redis.map(|conn| Shared::new(conn, namespace)),
             Some(metrics.throttle_fallbacks.clone()),
         ));
-        let sweeper = throttle.clone();
-        let stopping = shutdown.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = every.tick() => {}
-                    _ = stopping.cancelled() => return,
-                }
-                sweeper.local().sweep();
-            }
-        });
-        let dispatcher = Arc::new(Dispatcher::new(templates.clone(), chains, retry, throttle));
+        let dispatcher = Arc::new(Dispatcher::new(templates.clone(), chains, retry, throttle.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let listener =
             TcpListener::bind(config.http.addr).with_context(|| format!("binding http.addr {}", config.http.addr))?;
@@ -98,6 +86,20 @@ impl Application {
                 audit: Arc::new(Audit::new(config.amqp.clone())),
             },
         )?;
+        // Background chores start only now that nothing below can fail: a start that fails (a port in use)
+        // must not leave them running.
+        let sweeper = throttle;
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stopping.cancelled() => return,
+                }
+                sweeper.local().sweep();
+            }
+        });
         // Replicas share templates.dir: pick up each other's edits within seconds.
         let watched = templates.clone();
         let stopping = shutdown.clone();

@@ -260,6 +260,8 @@ pub struct ThrottleConfig {
     #[serde(deserialize_with = "empty_is_none")]
     pub prefix: Option<Rate>,
     pub prefix_digits: u8,
+    /// The per-IP limit keys an IPv6 address by its first `ipv6_prefix` bits: one host gets a whole /64.
+    pub ipv6_prefix: u8,
     #[serde(deserialize_with = "empty_is_none")]
     pub global_phone: Option<Rate>,
     pub countries_allow: Vec<u16>,
@@ -277,6 +279,7 @@ impl Default for ThrottleConfig {
             recipient: rate("10/h"),
             prefix: rate("30/h"),
             prefix_digits: 7,
+            ipv6_prefix: 64,
             global_phone: None,
             countries_allow: Vec::new(),
             countries_deny: Vec::new(),
@@ -334,10 +337,12 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Neither the value nor humantime's message (which quotes it): a secret pasted on the wrong line
+        // must not reach the terminal.
         let s = String::deserialize(d)?;
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"10s\" or \"2m\" ({e})")))
+            .map_err(|_| serde::de::Error::custom("is not a duration like \"10s\" or \"2m\""))
     }
 }
 
@@ -353,7 +358,7 @@ pub struct Rate {
 impl std::str::FromStr for Rate {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a limit like \"10/h\", \"5/5m\" or \"1/h burst 10\"");
+        let bad = || "is not a limit like \"10/h\", \"5/5m\" or \"1/h burst 10\"".to_string();
         let mut words = s.split_whitespace();
         let rate = words.next().ok_or_else(bad)?;
         let burst = match (words.next(), words.next(), words.next()) {
@@ -409,6 +414,7 @@ impl Config {
             if !path.exists() {
                 return Err(ConfigError(format!("config file {} does not exist", path.display())));
             }
+            check_toml_syntax(path)?;
             figment = figment.merge(Toml::file_exact(path));
         }
         for var in EnvVar::all() {
@@ -444,7 +450,7 @@ impl Config {
         if crate::job::Locale::parse(&self.templates.default_locale).is_err() {
             return Err(ConfigError::key(
                 "templates.default_locale",
-                format!("`{}` is not a BCP 47 language tag", self.templates.default_locale),
+                "is not a BCP 47 language tag",
             ));
         }
         if self.retry.provider_timeout.0.is_zero() {
@@ -452,6 +458,9 @@ impl Config {
         }
         if !(1..=15).contains(&self.throttle.prefix_digits) {
             return Err(ConfigError::key("throttle.prefix_digits", "must be between 1 and 15"));
+        }
+        if !(1..=128).contains(&self.throttle.ipv6_prefix) {
+            return Err(ConfigError::key("throttle.ipv6_prefix", "must be between 1 and 128"));
         }
         for (channel, kinds) in [
             ("sms", self.chain(crate::job::Channel::Sms)),
@@ -608,6 +617,69 @@ impl Provider for EnvVar {
     }
 }
 
+/// Reports a TOML syntax error by line, column and (when the line shows it) key. The toml crate's own
+/// message quotes the offending line, which is where a secret usually is.
+fn check_toml_syntax(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+    let Err(e) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let at = e.span().map_or(0, |span| span.start).min(text.len());
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let key = key_on_line(&text, line - 1)
+        .map(|k| format!(" (`{k}`)"))
+        .unwrap_or_default();
+    // The message says what the parser expected ("invalid basic string", "duplicate key `x`"), not
+    // what it found.
+    let message = e.message().lines().collect::<Vec<_>>().join("; ");
+    Err(ConfigError(format!(
+        "{} line {line}, column {column}{key}: {message}",
+        path.display()
+    )))
+}
+
+/// `section.key` of a `key = …` line (0-based index), when the line and its table header are plain.
+fn key_on_line(text: &str, index: usize) -> Option<String> {
+    let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    let lines: Vec<&str> = text.lines().collect();
+    let (key, _) = lines.get(index)?.split_once('=')?;
+    let key = key.trim();
+    if !plain(key) {
+        return None;
+    }
+    let table = lines[..index].iter().rev().find_map(|l| {
+        let l = l.trim();
+        let name = l.strip_prefix('[')?.split(']').next()?.trim_matches(['[', ' ']);
+        Some(name)
+    });
+    match table {
+        Some(t) if plain(t) => Some(format!("{t}.{key}")),
+        Some(_) => None,
+        None => Some(key.to_owned()),
+    }
+}
+
+/// What went wrong with a value, in words that never include the value: figment's own wording quotes it
+/// (`found string "…"`), and it may be a secret pasted into the wrong key.
+fn describe(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => format!("expected {expected}"),
+        Kind::InvalidLength(_, expected) => format!("wrong number of items, expected {expected}"),
+        Kind::UnknownVariant(_, expected) => format!(
+            "unknown value, expected one of {}",
+            expected.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+        ),
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".into(),
+        Kind::Unsupported(_) | Kind::UnsupportedKey(..) => "unsupported value".into(),
+        // Key names and herald's own value-free messages.
+        Kind::Message(_) | Kind::UnknownField(..) | Kind::MissingField(_) | Kind::DuplicateField(_) => kind.to_string(),
+    }
+}
+
 /// Turns figment's error list into one message per key, without the profile prefix.
 fn figment_error(err: figment::Error) -> ConfigError {
     let lines: Vec<String> = err
@@ -619,7 +691,7 @@ fn figment_error(err: figment::Error) -> ConfigError {
                 .as_ref()
                 .map(|m| format!(" (from {})", m.name))
                 .unwrap_or_default();
-            let msg = e.kind.to_string();
+            let msg = describe(&e.kind);
             if key.is_empty() {
                 format!("{msg}{source}")
             } else {

@@ -175,10 +175,20 @@ pub fn print_lines(lines: &[u8]) {
     let _ = out.write_all(lines).and_then(|_| out.flush());
 }
 
+/// Longest text [`scrub`] returns: a message is for an operator to read, not a channel for a payload.
+const SCRUBBED_MAX: usize = 256;
+
 /// Masks anything in free text (provider error messages) that could be a phone number, a code or an
 /// email address: runs of 6+ digits and `x@y` words. Shorter numbers (statuses, Twilio error codes) stay.
+/// Cut to [`SCRUBBED_MAX`] characters.
 pub fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(text.len().min(SCRUBBED_MAX + 3));
+    let original_len = text.len();
+    let text = match text.char_indices().nth(SCRUBBED_MAX) {
+        // A digit run cut short could be the visible part of a number: drop it.
+        Some((cut, _)) => text[..cut].trim_end_matches(|c: char| c.is_ascii_digit()),
+        None => text,
+    };
     for (i, word) in text.split(' ').enumerate() {
         if i > 0 {
             out.push(' ');
@@ -204,6 +214,9 @@ pub fn scrub(text: &str) -> String {
             }
         }
     }
+    if text.len() < original_len {
+        out.push('…');
+    }
     out
 }
 
@@ -222,5 +235,16 @@ mod tests {
             scrub("twilio answered 400: code 21211"),
             "twilio answered 400: code 21211"
         );
+    }
+
+    #[test]
+    fn scrub_caps_the_length() {
+        let long = "é".repeat(10_000);
+        let out = scrub(&long);
+        assert_eq!(out.chars().count(), SCRUBBED_MAX + 1);
+        assert!(out.ends_with('…'));
+        assert_eq!(scrub("short"), "short");
+        let cut_in_a_number = format!("{}+14155550123", "x".repeat(SCRUBBED_MAX - 4));
+        assert!(!scrub(&cut_in_a_number).contains("141"), "{}", scrub(&cut_in_a_number));
     }
 }

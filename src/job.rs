@@ -238,7 +238,8 @@ pub struct Locale(String);
 
 impl Locale {
     pub fn parse(s: &str) -> Result<Locale, String> {
-        let bad = || format!("`{}` is not a BCP 47 language tag", s.escape_debug());
+        // Never echo the text: a job can carry a number or a code in any field (contract §4).
+        let bad = || "is not a BCP 47 language tag".to_string();
         if s.is_empty() || s.len() > 35 {
             return Err(bad());
         }
@@ -325,6 +326,8 @@ pub struct Job {
 }
 
 /// Why a message is not a valid job, plus whatever could still be read from it for the failure event.
+/// `reason` names the field and the rule it breaks, never the value: a publisher that puts a phone number
+/// or a code in the wrong field must not see it echoed in the event, the log or `x-herald-error`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{reason}")]
 pub struct InvalidJob {
@@ -388,10 +391,7 @@ impl Job {
         if let Some(ct) = content_type {
             let mime = ct.split(';').next().unwrap_or("").trim();
             if !mime.eq_ignore_ascii_case("application/json") {
-                return Err(InvalidJob::bare(format!(
-                    "content type `{}` is not application/json",
-                    ct.escape_debug()
-                )));
+                return Err(InvalidJob::bare("content type is not application/json"));
             }
         }
         Job::from_json(body)
@@ -451,12 +451,8 @@ impl Job {
             return Err("field `id` must be 1 to 128 printable characters".into());
         }
         let channel_s = req_str("channel", &raw.channel)?;
-        let channel = Channel::parse(channel_s).ok_or_else(|| {
-            format!(
-                "field `channel`: unknown channel `{}` (sms, voice or email)",
-                truncate(channel_s, 32).escape_debug()
-            )
-        })?;
+        let channel = Channel::parse(channel_s)
+            .ok_or_else(|| "field `channel`: unknown channel (sms, voice or email)".to_string())?;
         let to_s = req_str("to", &raw.to)?;
         let to = match channel {
             Channel::Sms | Channel::Voice => {
@@ -468,10 +464,7 @@ impl Job {
         let action = match opt_str("action", &raw.action)? {
             None => Action::SecondFactorAuthentication,
             Some(a) => Action::parse(a).ok_or_else(|| {
-                format!(
-                    "field `action`: unknown action `{}` (enrollment or second-factor-authentication)",
-                    truncate(a, 40).escape_debug()
-                )
+                "field `action`: unknown action (enrollment or second-factor-authentication)".to_string()
             })?,
         };
         let locale = opt_str("locale", &raw.locale)?
@@ -520,12 +513,10 @@ impl Job {
                         return Err("field `vars`: keys must be 1 to 64 letters, digits or `_`".into());
                     }
                     let serde_json::Value::String(v) = v else {
-                        return Err(format!("field `vars`: value of `{k}` must be a string"));
+                        return Err("field `vars`: every value must be a string".into());
                     };
                     if v.len() > MAX_VAR_VALUE {
-                        return Err(format!(
-                            "field `vars`: value of `{k}` is longer than {MAX_VAR_VALUE} bytes"
-                        ));
+                        return Err(format!("field `vars`: a value is longer than {MAX_VAR_VALUE} bytes"));
                     }
                     // Control characters would reach providers raw (a newline in a TwiML `<Say>`, an SMS
                     // header…), and the voice pause marker is made of them: a var must not forge a pause.
@@ -560,13 +551,6 @@ fn valid_id(s: &str) -> bool {
 
 fn valid_user_id(s: &str) -> bool {
     (1..=MAX_USER_ID).contains(&s.chars().count()) && !s.chars().any(char::is_control)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
 
 #[cfg(test)]
@@ -667,6 +651,47 @@ mod tests {
         let err = job(j).unwrap_err();
         assert!(err.reason.contains("control characters"), "{}", err.reason);
         assert!(!err.reason.contains('\u{1}'), "the reason does not echo the value");
+    }
+
+    #[test]
+    fn a_bad_field_is_named_but_its_value_never_echoed() {
+        let long_locale = format!("en-{}", "a1b2c3d4".repeat(15 * 1024 / 8));
+        let cases: &[(&str, &str)] = &[
+            ("locale", "+14155550123"),
+            ("locale", "482913"),
+            ("locale", &long_locale),
+            ("channel", "482913"),
+            ("channel", "+14155550123"),
+            ("channel", "jane.doe@example.com"),
+            ("action", "4829"),
+            ("action", "+14155550123"),
+            ("ip", "+14155550123"),
+            ("expires_at", "482913"),
+        ];
+        for (field, value) in cases {
+            let mut j = valid();
+            j[*field] = (*value).into();
+            let reason = job(j).expect_err(field).reason;
+            assert!(reason.contains(&format!("`{field}`")), "{field}: {reason}");
+            assert!(!reason.contains(value), "{field}: the value was echoed: {reason}");
+            assert!(reason.len() < 200, "{field}: {} bytes", reason.len());
+            let digits = reason
+                .replace("RFC 3339", "")
+                .split(|c: char| !c.is_ascii_digit())
+                .map(str::len)
+                .max()
+                .unwrap_or(0);
+            assert!(digits < 4, "{field}: a digit run that could be a code: {reason}");
+        }
+        let mut j = valid();
+        j["vars"] = serde_json::json!({"482913": 482913});
+        let reason = job(j).unwrap_err().reason;
+        assert!(!reason.contains("482913"), "{reason}");
+        let body = valid().to_string();
+        let reason = Job::from_message(body.as_bytes(), Some("text/+14155550123"))
+            .unwrap_err()
+            .reason;
+        assert!(!reason.contains("14155550123"), "{reason}");
     }
 
     #[test]

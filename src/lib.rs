@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod events;
 pub mod http;
 pub mod job;
+pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod retry;

@@ -1,7 +1,4 @@
-use std::io::IsTerminal;
-
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     limit_malloc_arenas();
@@ -16,14 +13,7 @@ fn main() {
 }
 
 async fn run() -> i32 {
-    // Logs go to stderr: stdout carries only outcome events (one JSON line each).
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,actix_server=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    herald::logging::init();
     let cli = herald::cli::Cli::parse();
     match herald::cli::run(cli).await {
         Ok(code) => code,

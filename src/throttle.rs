@@ -7,6 +7,7 @@
 //! few seconds at a time: limits stay on, deliveries go on.
 
 use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -105,7 +106,7 @@ fn checks(config: &ThrottleConfig, job: &Job) -> Vec<(Limit, String)> {
         Channel::Email => out.push((Limit::UserEmail, user.clone())),
     }
     if let Some(ip) = job.ip {
-        out.push((Limit::Ip, ip.to_string()));
+        out.push((Limit::Ip, ip_key(ip, config.ipv6_prefix)));
     }
     out.push((Limit::Recipient, job.to.expose().to_ascii_lowercase()));
     if let Recipient::Phone(phone) = &job.to {
@@ -116,6 +117,23 @@ fn checks(config: &ThrottleConfig, job: &Job) -> Vec<(Limit, String)> {
     }
     out.retain(|(limit, _)| limit.rate(config).is_some());
     out
+}
+
+/// The per-IP limit's key, keyed the way one client can vary its address: an IPv4-mapped IPv6 address
+/// (`::ffff:198.51.100.9`) is its IPv4 address, and an IPv6 address counts by its first `prefix` bits (a
+/// host is routinely given a whole /64 to rotate through). IPv4 keys are the address as before.
+pub fn ip_key(ip: IpAddr, prefix: u8) -> String {
+    let v6 = match ip {
+        IpAddr::V4(v4) => return v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => return v4.to_string(),
+            None => v6,
+        },
+    };
+    // 1..=128 is checked at start-up; clamped anyway so that a shift never overflows.
+    let prefix = u32::from(prefix.clamp(1, 128));
+    let network = u128::from(v6) & (u128::MAX << (128 - prefix));
+    format!("{}/{prefix}", Ipv6Addr::from(network))
 }
 
 fn quota(rate: Rate) -> Quota {
@@ -405,6 +423,62 @@ mod tests {
             }
         }
         assert_eq!(allowed, 30);
+    }
+
+    #[test]
+    fn ip_keys_normalize_mapped_addresses_and_group_ipv6_by_prefix() {
+        let key = |ip: &str, prefix| ip_key(ip.parse().unwrap(), prefix);
+        assert_eq!(key("198.51.100.9", 64), "198.51.100.9");
+        assert_eq!(key("::ffff:198.51.100.9", 64), "198.51.100.9");
+        assert_eq!(key("2001:db8:1:2::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:eeee:dddd:cccc", 64), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:3::1", 64), key("2001:db8:1:2::1", 64));
+        assert_eq!(key("2001:db8:1:2::1", 48), "2001:db8:1::/48");
+        assert_eq!(key("2001:db8::1", 128), "2001:db8::1/128");
+        assert_eq!(key("2001:db8::1", 1), "::/1");
+        assert_eq!(key("2001:db8::1", 0), "::/1", "never a 128-bit shift");
+    }
+
+    #[test]
+    fn one_ipv6_64_and_a_mapped_ipv4_share_the_ip_budget() {
+        let config = ThrottleConfig {
+            ip: Some("2/h".parse().unwrap()),
+            ..no_limits()
+        };
+        let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
+        let sms = |n: u32, ip: &str| job("sms", &format!("+1415555{n:04}"), &format!("u{n}"), ip);
+        assert_eq!(t.check_local(&sms(1, "2001:db8:1:2::1")), Verdict::Allow);
+        assert_eq!(t.check_local(&sms(2, "2001:db8:1:2::2")), Verdict::Allow);
+        assert_eq!(
+            t.check_local(&sms(3, "2001:db8:1:2:abcd::3")),
+            Verdict::Throttled("ip"),
+            "a third address of the same /64"
+        );
+        assert_eq!(
+            t.check_local(&sms(4, "2001:db8:1:3::1")),
+            Verdict::Allow,
+            "the next /64"
+        );
+        assert_eq!(t.check_local(&sms(5, "198.51.100.9")), Verdict::Allow);
+        assert_eq!(t.check_local(&sms(6, "::ffff:198.51.100.9")), Verdict::Allow);
+        assert_eq!(
+            t.check_local(&sms(7, "198.51.100.9")),
+            Verdict::Throttled("ip"),
+            "v4-mapped is the same address"
+        );
+    }
+
+    fn no_limits() -> ThrottleConfig {
+        ThrottleConfig {
+            user_phone: None,
+            user_voice: None,
+            user_email: None,
+            ip: None,
+            recipient: None,
+            prefix: None,
+            global_phone: None,
+            ..ThrottleConfig::default()
+        }
     }
 
     #[test]

@@ -109,3 +109,59 @@ async fn a_job_without_content_type_is_accepted() {
     assert_eq!(app.next_event(20).await["type"], "gd_send_sms");
     app.stop().await;
 }
+
+/// A publisher that mixes up fields (a number in `locale`, a code in `channel`) or sends a huge value
+/// must not see it echoed: the dead letter's `x-herald-error`, the event and herald's own logs name the
+/// field, never its value (contract §4).
+#[tokio::test]
+async fn a_bad_field_value_is_never_echoed_in_the_dead_letter_event_or_log() {
+    let mut broker = helpers::Broker::new(|_| {}).await;
+    let mut env = helpers::process_env(&broker.config);
+    env.push(("RUST_LOG".into(), "debug".into()));
+    let mut herald = helpers::HeraldProcess::start(&env);
+
+    let long_locale = format!("en-{}", "qz".repeat(15 * 1024 / 2));
+    let cases: [(&str, &str); 5] = [
+        ("locale", "+1 415 555 0123"),
+        ("locale", &long_locale),
+        ("channel", "4829"),
+        ("action", "48291"),
+        ("action", "jane doe at example dot com"),
+    ];
+    let mut bodies = Vec::new();
+    for (field, value) in cases {
+        let mut j = job("sms");
+        j[field] = value.into();
+        let body = j.to_string().into_bytes();
+        broker.publish_raw(&body, json_props()).await;
+        bodies.push(body);
+    }
+    let events = broker.events(cases.len()).await;
+    let dead = broker.dead_letters(cases.len()).await;
+    assert_eq!(dead.len(), cases.len());
+    assert_eq!(herald.terminate(), Some(0));
+    let (logs, stdout) = (herald.logs(), herald.stdout());
+
+    for (field, value) in cases {
+        // A long value is looked for by a slice of it; echoing any part of it fails too.
+        let needle = &value[value.len().saturating_sub(64)..];
+        for e in &events {
+            assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+            assert!(!e.to_string().contains(needle), "{field}: the event echoes it: {e}");
+        }
+        for (_, header) in &dead {
+            assert!(header.starts_with("invalid_job: "), "{header}");
+            assert!(!header.contains(needle), "{field}: x-herald-error echoes it: {header}");
+        }
+        assert!(!logs.contains(needle), "{field}: the log echoes it:\n{logs}");
+        assert!(!stdout.contains(needle), "{field}: the stdout event echoes it");
+    }
+    for (field, _) in cases {
+        let named = format!("`{field}`");
+        assert!(dead.iter().any(|(_, h)| h.contains(&named)), "{field} is named");
+    }
+    assert!(
+        dead.iter().all(|(b, _)| bodies.contains(b)),
+        "the bodies are kept as they came"
+    );
+}

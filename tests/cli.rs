@@ -93,6 +93,63 @@ fn config_errors_name_the_key_and_never_print_secrets() {
     assert_eq!(code, 0, "env overrides of every kind are accepted: {stderr}");
 }
 
+/// A config error names the key (and, for a TOML syntax error, the line) but never prints the value:
+/// the value on a broken line, or pasted into the wrong key, is often a secret.
+#[test]
+fn config_errors_name_key_and_line_but_never_the_value() {
+    const SECRET: &str = "s3cr3t-Zq9";
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            "[twilio]\naccount_sid = \"AC1\"\nauth_token = \"s3cr3t-Zq9\n",
+            &[],
+            &["line 3", "twilio.auth_token"],
+        ),
+        (
+            "[twilio]\nauth_token = s3cr3t-Zq9\n",
+            &[],
+            &["line 2", "twilio.auth_token"],
+        ),
+        ("[amqp]\nprefetch = \"s3cr3t-Zq9\"\n", &[], &["amqp.prefetch"]),
+        (
+            "[retry]\nprovider_timeout = \"s3cr3t-Zq9\"\n",
+            &[],
+            &["retry.provider_timeout"],
+        ),
+        ("[throttle]\nip = \"s3cr3t-Zq9\"\n", &[], &["throttle.ip"]),
+        ("[channels]\nsms = [\"s3cr3t-Zq9\"]\n", &[], &["channels.sms"]),
+        (
+            "[templates]\ndefault_locale = \"s3cr3t-Zq9!\"\n",
+            &[],
+            &["templates.default_locale"],
+        ),
+        (
+            "",
+            &[("HERALD_AMQP__PREFETCH", SECRET)],
+            &["amqp.prefetch", "HERALD_AMQP__PREFETCH"],
+        ),
+        ("", &[("HERALD_AMQP__QUEUE_TYPE", SECRET)], &["amqp.queue_type"]),
+        (
+            "",
+            &[("HERALD_RETRY__SCHEDULE", "[\"1s\", \"s3cr3t-Zq9\"]")],
+            &["retry.schedule"],
+        ),
+        ("[throttle]\nipv6_prefix = 129\n", &[], &["throttle.ipv6_prefix"]),
+        ("", &[("HERALD_THROTTLE__IPV6_PREFIX", "0")], &["throttle.ipv6_prefix"]),
+    ];
+    for (toml, envs, names) in cases {
+        let (code, stderr) = run_with_config(toml, envs);
+        assert_eq!(code, 2, "{toml:?} {envs:?} should stop start-up: {stderr}");
+        for name in *names {
+            assert!(stderr.contains(name), "{toml:?} {envs:?} should name {name}: {stderr}");
+        }
+        assert!(
+            !stderr.contains("s3cr3t"),
+            "{toml:?} {envs:?}: the value was printed: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_config_file_is_an_error() {
     let out = herald()

@@ -132,3 +132,25 @@ async fn starttls_with_auth_and_implicit_tls() {
         assert!(!herald.logs().contains("s3cret"), "{mode}: the SMTP password leaked");
     }
 }
+
+/// An address the SMTP server cannot take will not become takeable: a non-ASCII address to a server
+/// without SMTPUTF8 (lettre refuses it before RCPT), or one lettre or the server finds malformed, ends
+/// the job as rejected on the first attempt, instead of being retried until `attempts_exhausted`.
+#[tokio::test]
+async fn an_address_the_smtp_server_cannot_take_is_rejected_not_retried() {
+    let smtp = SmtpServer::start("ascii", None);
+    let mut app = TestApp::spawn(|c| {
+        c.smtp.url = Some(Secret::new(format!("smtp://127.0.0.1:{}", smtp.port)));
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50)); 3];
+    })
+    .await;
+    for to in ["jöhn.doe@example.com", "jane@exämple.com", "jane..doe@example.com"] {
+        app.publish(&email(to)).await;
+        let e = app.next_event(20).await;
+        assert_eq!(e["error"]["code"], "provider_rejected", "{to}: {e}");
+        assert_eq!(e["attempt"], 1, "{to}: {e}");
+        assert!(!e.to_string().contains(to), "the address leaked: {e}");
+    }
+    assert!(smtp.received_nothing());
+    app.stop().await;
+}

@@ -118,3 +118,51 @@ async fn without_redis_limits_fall_back_to_local_and_delivery_goes_on() {
     assert!(metric(&m, "herald_throttle_local_fallback_total") >= 11.0, "{m}");
     app.stop().await;
 }
+
+/// An attacker rotating addresses within one IPv6 /64, or writing its IPv4 address as `::ffff:…`, still
+/// spends one per-IP budget.
+#[tokio::test]
+async fn the_ip_limit_keys_ipv6_by_its_64_and_a_mapped_ipv4_as_ipv4() {
+    let mut app = TestApp::spawn(|c| c.throttle.ip = Some("2/h".parse().unwrap())).await;
+    let from = |n: usize, ip: &str| {
+        let mut j = sms_to(n);
+        j["user_id"] = format!("u{n}").into();
+        j["ip"] = ip.into();
+        j
+    };
+    let jobs = [
+        from(1, "2001:db8:1:2::1"),
+        from(2, "2001:db8:1:2:ffff::2"),
+        from(3, "2001:db8:1:2:abcd:ef01:2345:6789"),
+        from(4, "198.51.100.9"),
+        from(5, "::ffff:198.51.100.9"),
+        from(6, "198.51.100.9"),
+    ];
+    // One at a time: the verdicts depend on the order.
+    let mut scopes = Vec::new();
+    for j in &jobs {
+        app.publish(j).await;
+        let e = app.next_event(20).await;
+        scopes.push(e["scope"].as_str().unwrap_or("sent").to_owned());
+    }
+    assert_eq!(scopes, ["sent", "sent", "ip", "sent", "sent", "ip"]);
+    assert_eq!(app.outbox_lines().len(), 4);
+    app.stop().await;
+}
+
+/// A start that fails at the HTTP bind leaves nothing running behind it (the throttle sweeper used to be
+/// spawned before the bind and outlived the failed start).
+#[tokio::test]
+async fn a_start_that_cannot_bind_its_port_leaves_no_task_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = helpers::test_config(dir.path());
+    config.http.addr = taken.local_addr().unwrap();
+    let err = match herald::app::Application::build(config).await {
+        Ok(_) => panic!("herald started on a port already in use"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("http.addr"), "{err}");
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    assert_eq!(tasks, 0, "tasks still running after the failed start");
+}

@@ -17,9 +17,17 @@ pub struct HttpState {
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    let mut body = state.metrics.render();
+    // Counted by the log layer (actix-http would log each at ERROR), so outside the registry.
+    let errors = crate::logging::HTTP_CONNECTION_ERRORS.load(Ordering::Relaxed);
+    body.push_str(&format!(
+        "# HELP herald_http_connection_errors_total HTTP connections closed on a malformed request or a \
+         connection error (not logged).\n# TYPE herald_http_connection_errors_total counter\n\
+         herald_http_connection_errors_total {errors}\n"
+    ));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(body)
 }
 
 async fn healthz() -> HttpResponse {

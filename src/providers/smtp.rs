@@ -48,7 +48,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         ("smtp", None) => (Security::Plain, 25),
         ("smtp", Some("required")) => (Security::StartTls, 587),
         ("smtps", None) => (Security::Implicit, 465),
-        ("smtp", Some(other)) => return Err(format!("tls={other} is not supported (use tls=required)")),
+        ("smtp", Some(_)) => return Err("this tls= value is not supported (use tls=required)".into()),
         (scheme, _) => return Err(format!("scheme `{scheme}` is not smtp:// or smtps://")),
     };
     let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
@@ -151,10 +151,10 @@ impl Smtp {
         }
     }
 
-    async fn exchange(&self, envelope: &Envelope, email: &[u8]) -> Result<(), lettre::transport::smtp::Error> {
-        let mut conn = self.checkout().await?;
+    async fn exchange(&self, envelope: &Envelope, email: &[u8]) -> Result<(), Failure> {
+        let mut conn = self.checkout().await.map_err(Failure::Connecting)?;
         // On an error lettre aborts the connection itself; only a clean exchange goes back to the pool.
-        conn.send(envelope, email).await?;
+        conn.send(envelope, email).await.map_err(Failure::Sending)?;
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(Idle {
             conn,
             since: Instant::now(),
@@ -163,7 +163,30 @@ impl Smtp {
     }
 }
 
-fn classify(e: &lettre::transport::smtp::Error) -> ProviderError {
+/// Where an exchange failed: lettre's client errors mean different things before and after the
+/// connection is up.
+#[derive(Debug)]
+enum Failure {
+    /// Connecting, STARTTLS, AUTH: about the server or the configuration.
+    Connecting(lettre::transport::smtp::Error),
+    /// On a working connection: an SMTP reply, or lettre refusing this message for this server (a
+    /// non-ASCII address without SMTPUTF8, non-ASCII content without 8BITMIME), which no retry changes.
+    Sending(lettre::transport::smtp::Error),
+}
+
+fn classify(failure: &Failure) -> ProviderError {
+    let e = match failure {
+        Failure::Sending(e) if e.is_client() && e.status().is_none() => {
+            return ProviderError::Permanent {
+                message: format!(
+                    "the smtp server cannot take this address or message: {}",
+                    crate::events::scrub(&e.to_string())
+                ),
+                provider_code: None,
+            };
+        }
+        Failure::Connecting(e) | Failure::Sending(e) => e,
+    };
     let provider_code = e.status().map(|c| c.to_string());
     if let Some(code) = &provider_code {
         let message = format!("smtp server answered {code}");
@@ -261,11 +284,12 @@ mod tests {
         let t = parse_url("smtps://mail.test").unwrap();
         assert_eq!((t.port, t.security), (465, Security::Implicit));
         assert!(parse_url("http://mail.test").is_err());
-        assert!(parse_url("smtp://mail.test?tls=maybe").is_err());
         assert!(parse_url("smtp://user@mail.test").is_err());
-        match parse_url("ftp://u:hunter2@x") {
-            Err(e) => assert!(!e.contains("hunter2")),
-            Ok(_) => panic!("ftp accepted"),
+        for url in ["ftp://u:hunter2@x", "smtp://u:p@mail.test?tls=hunter2"] {
+            match parse_url(url) {
+                Err(e) => assert!(!e.contains("hunter2"), "{e}"),
+                Ok(_) => panic!("{url} accepted"),
+            }
         }
     }
 }

@@ -5,7 +5,8 @@ Prints JSON lines on stdout: {"ready": <port>} once listening, then one object p
 {"mail_from", "rcpt_tos", "data", "auth"}. The recipient's local part steers failures:
 tempfail@ -> 451, reject@ -> 550, hang@ -> no answer to RCPT at all.
 
---mode plain | starttls (STARTTLS required before MAIL) | smtps (implicit TLS)
+--mode plain | ascii (plain, without SMTPUTF8, like an older relay) | starttls (STARTTLS required before MAIL)
+       | smtps (implicit TLS)
 --auth user:pass   require AUTH with these credentials
 --ca-out PATH      where to write the test CA (PEM) that signs the server certificate
 """
@@ -52,14 +53,14 @@ def free_port():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--mode", default="plain", choices=["plain", "starttls", "smtps"])
+    parser.add_argument("--mode", default="plain", choices=["plain", "ascii", "starttls", "smtps"])
     parser.add_argument("--auth")
     parser.add_argument("--ca-out")
     args = parser.parse_args()
 
     kwargs = {}
     context = None
-    if args.mode != "plain":
+    if args.mode not in ("plain", "ascii"):
         import trustme
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -80,6 +81,8 @@ def main():
         # aiosmtpd only counts STARTTLS as TLS; with implicit TLS the whole session is encrypted anyway.
         kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=args.mode == "starttls")
 
+    # aiosmtpd's Controller offers SMTPUTF8 unless told not to.
+    kwargs.update(enable_SMTPUTF8=args.mode != "ascii")
     port = free_port()
     controller = Controller(
         Handler(), hostname="127.0.0.1", port=port,
