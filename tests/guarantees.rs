@@ -275,3 +275,32 @@ async fn an_event_committed_without_confirmation_is_still_counted_once() {
     assert_eq!(twilio_server.received.load(std::sync::atomic::Ordering::SeqCst), 1);
     app.stop().await;
 }
+
+/// Upgrading from a herald that used the single `herald.retry` queue: what it left there still comes back
+/// when its TTL runs out, and is delivered.
+#[tokio::test]
+async fn a_job_left_in_the_old_retry_queue_still_comes_back() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let j = job("sms");
+    let confirm = app
+        .channel
+        .basic_publish(
+            "".into(),
+            app.config.amqp.retry_queue.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            j.to_string().as_bytes(),
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_expiration("200".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    let e = app.next_outcome(20).await;
+    assert_eq!(e["job_id"], j["id"]);
+    assert_eq!(e["type"], "gd_send_sms");
+    app.stop().await;
+}
