@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use helpers::{TestApp, job, metric, twilio};
 use herald::config::{HumanDuration, ProviderKind, Secret};
 use serde_json::json;
-use wiremock::matchers::method;
+use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn fast_schedule(steps: usize) -> Vec<HumanDuration> {
@@ -16,6 +16,12 @@ fn fast_schedule(steps: usize) -> Vec<HumanDuration> {
 
 fn unavailable() -> ResponseTemplate {
     ResponseTemplate::new(503).set_body_json(json!({"code": 20503, "message": "Service unavailable", "status": 503}))
+}
+
+fn too_many_requests(retry_after: &str) -> ResponseTemplate {
+    ResponseTemplate::new(429)
+        .insert_header("Retry-After", retry_after)
+        .set_body_json(json!({"code": 20429, "message": "Too Many Requests", "status": 429}))
 }
 
 fn created() -> ResponseTemplate {
@@ -108,11 +114,7 @@ async fn permanent_failures_are_not_retried() {
 async fn retry_after_is_honoured() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(429)
-                .insert_header("Retry-After", "2")
-                .set_body_json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})),
-        )
+        .respond_with(too_many_requests("2"))
         .up_to_n_times(1)
         .mount(&server)
         .await;
@@ -230,4 +232,62 @@ async fn with_redis_a_replica_knows_what_another_one_delivered() {
     app.events(0).await;
     assert_eq!(app.outbox_lines().len(), 1, "not sent again");
     replica.stop().await;
+}
+
+/// A retry waits its own delay, not the longest one queued before it: two jobs whose waits differ are
+/// each back within 20% of their own.
+#[tokio::test]
+async fn each_retry_waits_its_own_delay() {
+    let server = MockServer::start().await;
+    // The long job is told to come back in 8 s, the short one fails plainly (1 s step).
+    Mock::given(method("POST"))
+        .and(body_string_contains("15550000001"))
+        .respond_with(too_many_requests("8"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("15550000002"))
+        .respond_with(unavailable())
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).respond_with(created()).mount(&server).await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.retry.schedule = vec![
+            HumanDuration(Duration::from_secs(1)),
+            HumanDuration(Duration::from_secs(8)),
+        ];
+    })
+    .await;
+    let mut long = job("sms");
+    long["to"] = "+15550000001".into();
+    let mut short = job("sms");
+    short["to"] = "+15550000002".into();
+    app.publish(&long).await;
+    let long_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.publish(&short).await;
+    let short_at = Instant::now();
+    let mut waited = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let e = app.next_outcome(30).await;
+        assert_eq!(e["type"], "gd_send_sms", "{e}");
+        assert_eq!(e["attempt"], 2);
+        let since = if e["job_id"] == long["id"] { long_at } else { short_at };
+        waited.insert(e["job_id"].as_str().unwrap().to_owned(), since.elapsed());
+    }
+    // Each event leaves right after the second attempt: its wait, jittered ±20% (Retry-After exactly).
+    let short_wait = waited[short["id"].as_str().unwrap()];
+    let long_wait = waited[long["id"].as_str().unwrap()];
+    assert!(
+        short_wait >= Duration::from_millis(800) && short_wait <= Duration::from_millis(1200 * 6 / 5),
+        "the 1 s retry came back after {short_wait:?}"
+    );
+    assert!(
+        long_wait >= Duration::from_secs(8) && long_wait <= Duration::from_millis(9600),
+        "the 8 s retry came back after {long_wait:?}"
+    );
+    app.stop().await;
 }

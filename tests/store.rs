@@ -74,19 +74,29 @@ fn a_read_only_state_directory_stops_start_up_naming_state_path() {
     let writable = dir.path().join("writable");
     std::fs::create_dir(&writable).unwrap();
     std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
-    // `timeout`: a herald that starts anyway would serve forever (exit 124 then).
-    let out = Command::new("timeout")
+    let mut setpriv = Command::new("setpriv");
+    setpriv
         .args([
-            "20",
-            "setpriv",
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
             env!("CARGO_BIN_EXE_herald"),
             "serve",
         ])
-        .current_dir(&writable)
-        .env("HERALD_STATE__PATH", &state)
+        .current_dir(&writable);
+    assert_start_refused(setpriv, &state);
+}
+
+/// Starts `herald serve` as `command` on `state` and expects exit code 2 naming `state.path`. A herald
+/// that starts anyway would serve forever: `timeout` ends it (exit 124).
+fn assert_start_refused(command: Command, state: &Path) {
+    let mut timeout = Command::new("timeout");
+    timeout.arg("20").arg(command.get_program()).args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        timeout.current_dir(dir);
+    }
+    let out = timeout
+        .env("HERALD_STATE__PATH", state)
         .env("HERALD_HTTP__ADDR", "127.0.0.1:0")
         .env(
             "HERALD_TEMPLATES__DIR",
@@ -94,7 +104,7 @@ fn a_read_only_state_directory_stops_start_up_naming_state_path() {
         )
         .env("HERALD_AMQP__JOBS_QUEUE", "test.readonly-store.jobs")
         .output()
-        .expect("setpriv (util-linux) runs herald as nobody");
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("state.path"), "{stderr}");
@@ -107,20 +117,9 @@ fn a_read_only_state_volume_stops_start_up_naming_state_path() {
     let state: PathBuf = fs.path().join("state");
     drop(herald::store::Store::local(&state, errors()).unwrap());
     fs.remount_read_only();
-    let out = Command::new("timeout")
-        .args(["20", env!("CARGO_BIN_EXE_herald"), "serve"])
-        .env("HERALD_STATE__PATH", &state)
-        .env("HERALD_HTTP__ADDR", "127.0.0.1:0")
-        .env(
-            "HERALD_TEMPLATES__DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/templates"),
-        )
-        .env("HERALD_AMQP__JOBS_QUEUE", "test.readonly-store.jobs")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("state.path"), "{stderr}");
+    let mut herald = Command::new(env!("CARGO_BIN_EXE_herald"));
+    herald.arg("serve");
+    assert_start_refused(herald, &state);
 }
 
 #[tokio::test]
