@@ -205,14 +205,20 @@ pub async fn declare_delay_queues(
     Ok(())
 }
 
+/// How long a commit-marker queue outlives its last declaration: a reconnect comes back well within it.
+pub const MARKER_EXPIRES: Duration = Duration::from_secs(15 * 60);
+/// How often a consuming herald declares its marker queue again. Publishing to a queue does not count as
+/// using it (RabbitMQ's `x-expires` counts only consumers, `basic.get` and declarations).
+pub const MARKER_REFRESH: Duration = Duration::from_secs(60);
+
 /// A process's commit-marker queue: keeps only the newest message (the sequence number of the last commit),
-/// and is deleted by the broker 15 minutes after its process last used it (a reconnect is quicker).
-pub async fn declare_marker_queue(channel: &Channel, name: &str) -> Result<(), BrokerError> {
+/// and is deleted by the broker `expires` after its process last declared it.
+pub async fn declare_marker_queue(channel: &Channel, name: &str, expires: Duration) -> Result<(), BrokerError> {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("classic"));
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
     args.insert("x-overflow".into(), text("drop-head"));
-    args.insert("x-expires".into(), AMQPValue::LongLongInt(900_000));
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(expires.as_millis() as i64));
     channel
         .queue_declare(
             name.into(),

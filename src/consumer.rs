@@ -170,7 +170,12 @@ impl Consumer {
         broker::declare_topology(&channel, &self.config).await?;
         let waits: Vec<Duration> = self.delay_queues.iter().map(|(w, _)| *w).collect();
         broker::declare_delay_queues(&channel, &self.config, &waits).await?;
-        broker::declare_marker_queue(&channel, &self.marker_queue).await?;
+        broker::declare_marker_queue(&channel, &self.marker_queue, broker::MARKER_EXPIRES).await?;
+        // The marker queue is declared again on a channel of its own: the consuming channel is
+        // transactional and takes nothing else while a commit is under way.
+        let side = connection.create_channel().await?;
+        let mut refresh = tokio::time::interval(broker::MARKER_REFRESH);
+        refresh.reset();
         self.settle_in_doubt(&channel).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
@@ -197,6 +202,11 @@ impl Consumer {
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = refresh.tick() => {
+                    if let Err(e) = broker::declare_marker_queue(&side, &self.marker_queue, broker::MARKER_EXPIRES).await {
+                        break Err(e);
+                    }
+                }
                 committed = &mut committer => break match committed {
                     Ok(Err(e)) => Err(e),
                     _ => Err(BrokerError::Closed("commit loop stopped".into())),
@@ -428,7 +438,8 @@ impl Consumer {
         };
         // The broker's count of earlier deliveries, only on an actual redelivery: on a first delivery
         // the header can only be the publisher's.
-        let deliveries = if delivery.redelivered {
+        let redelivered = delivery.redelivered;
+        let deliveries = if redelivered {
             header_u64(props, "x-delivery-count").unwrap_or(0).saturating_add(1)
         } else {
             1
@@ -457,8 +468,12 @@ impl Consumer {
         // Attempt numbers come from herald's own record of the job, never from the message.
         let mut attempt = 1;
         match self.store.get(&job.id).await {
-            Ok(Some(Entry::Outcome(record))) if record.committed => {
-                // Finished before: not sent again. Only a caller waiting on reply_to hears about it.
+            // Finished before: not sent again. Only a caller waiting on reply_to hears about it. A record
+            // whose commit mark is missing counts as finished too unless this is the broker's redelivery of
+            // the job: a job whose commit went through is acked and never redelivered, so a fresh copy (a
+            // replay) finding the record means the event is out, or will be published by the redelivery of
+            // the original; only that redelivery may publish it (a lost mark never makes a second event).
+            Ok(Some(Entry::Outcome(record))) if record.committed || !redelivered => {
                 tracing::info!(job_id = %job.id, "duplicate job id acknowledged without sending");
                 if let Some(reply) = self.duplicate_reply(&job, props) {
                     finished.publishes.push(reply);
@@ -466,7 +481,8 @@ impl Consumer {
                 return Some(finished);
             }
             Ok(Some(Entry::Outcome(record))) => {
-                // Delivered, but its transaction never committed (herald died): publish the stored outcome.
+                // Redelivered: reached its outcome, but its transaction never committed (herald or its
+                // connection died first). Publish the stored outcome.
                 tracing::info!(job_id = %job.id, "republishing the recorded outcome of an interrupted job");
                 match serde_json::from_str::<serde_json::Value>(&record.event) {
                     Ok(value) => {
@@ -702,11 +718,17 @@ async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<Finished>) {
         }
     }
     if ready.is_empty() {
-        let puts = waiting.iter_mut().filter_map(|f| f.put.take().map(|p| (f, p)));
-        let results = futures_util::future::join_all(puts.map(|(f, p)| async move { (f, p.await) })).await;
-        for (finished, result) in results {
+        // Awaited in place, not taken out: if this task is aborted meanwhile (the connection went), each
+        // job's drop still finds its write and holds its claim until it is done.
+        let writes = waiting.iter_mut().map(|finished| async move {
+            let result = match finished.put.as_mut() {
+                Some(put) => put.await,
+                None => Ok(()),
+            };
+            finished.put = None;
             recorded(finished, result);
-        }
+        });
+        futures_util::future::join_all(writes).await;
         ready.append(waiting);
     }
 }

@@ -3,11 +3,13 @@
 //! A record is written when a job reaches its outcome, *before* the outcome is published, and marked
 //! committed once the broker has taken the event and the ack together. So after a crash:
 //! - no record: the provider call may or may not have happened (in doubt) → the job is delivered again;
-//! - a record not committed: the job was delivered, its event never left → the stored event is published;
+//! - a record not committed, on the broker's redelivery: the job was delivered, its event never left → the
+//!   stored event is published;
 //! - a committed record: the job is finished → a duplicate, not sent again.
 //!
-//! Marks are not urgent: a job whose ack committed is not redelivered, so a lost mark only changes what a
-//! later replay of its id hears (its recorded event again, instead of `duplicate`), never whether it is sent.
+//! Marks are not urgent: a job whose ack committed is never redelivered, and only the broker's redelivery
+//! of a job republishes an uncommitted record (a replay finding one is a duplicate), so a lost mark
+//! changes neither whether a job is sent nor how many events it gets.
 //!
 //! A retried job leaves a [`Entry::Retrying`] entry: the attempt number of its next copy comes from here,
 //! never from a header a publisher could write.
@@ -22,6 +24,7 @@
 //! delivering but loses the duplicate protection of §11.2.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -104,7 +107,28 @@ impl From<Stored> for Entry {
 pub struct StoreError(String);
 
 /// A record write under way; see [`Store::put`].
-pub type PendingPut = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+/// Once it has resolved, polling it again resolves at once: a job dropped with its connection waits on its
+/// write before releasing its claim, and the commit loop may have seen that write finish already.
+pub struct PendingPut(Option<futures_util::future::BoxFuture<'static, Result<(), StoreError>>>);
+
+impl PendingPut {
+    fn new(write: impl Future<Output = Result<(), StoreError>> + Send + 'static) -> PendingPut {
+        PendingPut(Some(Box::pin(write)))
+    }
+}
+
+impl Future for PendingPut {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let Some(write) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Ok(()));
+        };
+        let result = std::task::ready!(write.as_mut().poll(cx));
+        self.0 = None;
+        std::task::Poll::Ready(result)
+    }
+}
 
 /// The outcome store of this deployment, with the counter of its failures.
 pub struct Store {
@@ -155,8 +179,12 @@ impl Store {
         lease: Duration,
         errors: IntCounterVec,
     ) -> Store {
+        let store = Arc::new(RedisStore::new(conn, namespace, lease));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(RedisStore::renew_claims(Arc::downgrade(&store)));
+        }
         Store {
-            backend: Backend::Redis(Arc::new(RedisStore::new(conn, namespace, lease))),
+            backend: Backend::Redis(store),
             errors,
         }
     }
@@ -190,7 +218,7 @@ impl Store {
         match &self.backend {
             Backend::Local(s) => {
                 let written = s.put(id, entry);
-                Box::pin(async move {
+                PendingPut::new(async move {
                     count(
                         written
                             .await
@@ -203,7 +231,7 @@ impl Store {
                 // A task of its own, so that the write is under way at once, like the SQLite one: the commit
                 // loop only checks on it (and waits only when nothing else is ready to commit).
                 let write = tokio::spawn(async move { RedisStore::put(conn, key, &entry).await });
-                Box::pin(async move {
+                PendingPut::new(async move {
                     count(
                         write
                             .await
@@ -245,6 +273,7 @@ impl Store {
                 if ids.is_empty() && release.is_empty() {
                     return;
                 }
+                s.forget(&release);
                 let (store, errors) = (s.clone(), self.errors.clone());
                 // Called from drops too: without a runtime (process exit) the leases expire on their own.
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -537,7 +566,15 @@ pub struct RedisStore {
     /// Who holds a claim: this process (random per start), so a release never frees another's claim.
     owner: String,
     lease: Duration,
+    /// Ids this process has claimed and not released: their leases are renewed while it lives, so a job
+    /// that takes longer than the lease (a provider queue, a commit-ok lost with the connection) is never
+    /// taken over by another replica while its holder is alive. Only a dead holder's claim expires.
+    held: Mutex<HashSet<String>>,
 }
+
+/// Extends a claim only while it is still this owner's.
+const RENEW: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
 
 /// Deletes a claim only while it is still this owner's: a claim that expired and was taken by another
 /// replica stays.
@@ -551,6 +588,45 @@ impl RedisStore {
             prefix: format!("herald:{namespace}:outcome:"),
             owner: ulid::Ulid::generate().to_string(),
             lease,
+            held: Mutex::default(),
+        }
+    }
+
+    fn forget(&self, ids: &[String]) {
+        let mut held = lock(&self.held);
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// Renews the leases of the claims held, three times per lease, until the store is dropped.
+    async fn renew_claims(store: std::sync::Weak<RedisStore>) {
+        let Some(every) = store.upgrade().map(|s| s.lease / 3) else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            let ids: Vec<String> = lock(&store.held).iter().cloned().collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.cmd("EVAL")
+                    .arg(RENEW)
+                    .arg(1)
+                    .arg(store.claim_key(id))
+                    .arg(&store.owner)
+                    .arg(store.lease.as_millis() as u64)
+                    .ignore();
+            }
+            let renewed: Result<(), _> = pipe.query_async(&mut store.conn.clone()).await;
+            if let Err(e) = renewed {
+                tracing::warn!(error = %e, claims = ids.len(), "could not renew job claims");
+            }
         }
     }
 
@@ -603,6 +679,9 @@ impl RedisStore {
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| StoreError(e.to_string()))?;
+        if set.is_some() {
+            lock(&self.held).insert(id.to_owned());
+        }
         Ok(set.is_some())
     }
 

@@ -100,3 +100,58 @@ async fn a_job_that_keeps_killing_herald_is_dead_lettered_at_the_delivery_limit(
     assert!(dead[0].1.starts_with("attempts_exhausted: "), "{}", dead[0].1);
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// herald is killed six times mid-stream, restarted, and finishes every job (one event each). Then the
+/// MFA server replays every job id: each replay is a duplicate, not sent and without an event, even for
+/// the batches whose commit marks died with a process (they are written after the broker's commit, on
+/// the store thread). (Found by attacking this change: those replays published second events.)
+#[tokio::test]
+async fn after_sigkills_replays_of_finished_jobs_get_no_second_event() {
+    const JOBS: usize = 1500;
+    let mut broker = Broker::new(|c| c.amqp.prefetch = 64).await;
+    let jobs: Vec<_> = (0..JOBS).map(|_| job("sms")).collect();
+    broker.publish_many(&jobs).await;
+    let env = process_env(&broker.config);
+    let outbox = broker.config.outbox.path.clone();
+
+    // Killed six times mid-stream (one kill hits a committed-but-unmarked batch about one time in four).
+    for round in 1..=6 {
+        let mut herald = HeraldProcess::start(&env);
+        for _ in 0..600 {
+            if outbox_counts(&outbox).len() >= round * JOBS / 8 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        herald.kill();
+    }
+    let _herald = HeraldProcess::start(&env);
+    let mut events: HashMap<String, usize> = HashMap::new();
+    while events.len() < JOBS {
+        let Some(e) = broker.try_next_event(60).await else {
+            panic!("only {} of {JOBS} jobs got an event", events.len());
+        };
+        *events.entry(e["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    while let Some(e) = broker.try_next_event(2).await {
+        *events.entry(e["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert!(events.values().all(|n| *n == 1), "one event each before the replays");
+    let sends_before = outbox_counts(&outbox);
+
+    // The MFA server replays every job id.
+    broker.publish_many(&jobs).await;
+    let mut replay_events: HashMap<String, usize> = HashMap::new();
+    while let Some(e) = broker.try_next_event(5).await {
+        *replay_events
+            .entry(e["job_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let sends_after = outbox_counts(&outbox);
+    assert_eq!(sends_before, sends_after, "a replay was sent again");
+    assert!(
+        replay_events.is_empty(),
+        "{} finished job ids got a second event on herald.events from a replay",
+        replay_events.len()
+    );
+}

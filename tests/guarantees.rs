@@ -5,12 +5,23 @@ mod helpers;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use helpers::{Broker, BrokerProxy, GatedTwilio, HeraldProcess, TestApp, job, process_env, twilio};
-use herald::config::Secret;
+use herald::config::{HumanDuration, Secret};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued"}))
+}
 
 fn with_headers(headers: &[(&str, AMQPValue)]) -> BasicProperties {
     let mut table = FieldTable::default();
@@ -225,4 +236,155 @@ async fn a_job_left_in_the_old_retry_queue_still_comes_back() {
     assert_eq!(e["job_id"], j["id"]);
     assert_eq!(e["type"], "gd_send_sms");
     app.stop().await;
+}
+
+/// A TCP proxy in front of Redis that closes a connection when herald sends a chunk matching `drop_if`
+/// (while armed), instead of forwarding it: one Redis request lost with its connection.
+struct RedisProxy {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl RedisProxy {
+    async fn start(drop_if: fn(&[u8]) -> bool) -> RedisProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(true));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (a, d) = (armed.clone(), dropped.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let (armed, dropped) = (a.clone(), d.clone());
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else {
+                        return;
+                    };
+                    let (mut crx, mut ctx) = client.into_split();
+                    let (mut urx, mut utx) = upstream.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = crx.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<_, std::io::Error>(());
+                            }
+                            if armed.load(Ordering::SeqCst) && drop_if(&buf[..n]) {
+                                dropped.fetch_add(1, Ordering::SeqCst);
+                                return Ok(());
+                            }
+                            utx.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    let down = tokio::io::copy(&mut urx, &mut ctx);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        RedisProxy { port, armed, dropped }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The commit's "committed" marks (`SET …:committed`) go to Redis after the commit, unawaited: when the
+/// connection drops exactly then, the record stays "not committed". A replay of the job id is still a
+/// duplicate: only the broker's redelivery of a job republishes a recorded outcome. (Found by attacking
+/// this change: the replay used to publish a second event.)
+#[tokio::test]
+async fn a_replay_is_a_duplicate_even_when_the_commit_mark_was_lost() {
+    let proxy = RedisProxy::start(|chunk| contains(chunk, b"\r\nSET\r\n") && contains(chunk, b":committed\r\n")).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(created()).mount(&server).await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.redis.url = Secret::new(proxy.url());
+        // Lease 1 s × 1 + 10 s: the replay waits out the claim the lost pipeline did not release.
+        c.retry.provider_timeout = HumanDuration(Duration::from_secs(1));
+    })
+    .await;
+    let j = job("sms");
+    app.publish(&j).await;
+    let first = app.next_outcome(20).await;
+    assert_eq!(first["job_id"], j["id"]);
+    // Give the mark its chance; then Redis is healthy again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.armed.store(false, Ordering::SeqCst);
+    assert_eq!(
+        proxy.dropped.load(Ordering::SeqCst),
+        1,
+        "the mark pipeline was cut once"
+    );
+
+    // The MFA server replays the job id.
+    app.publish(&j).await;
+    let second = app.try_next_event(20).await;
+    let calls = server.received_requests().await.unwrap().len();
+    assert_eq!(calls, 1, "provider calls");
+    assert!(
+        second.is_none(),
+        "a replay of a finished job published a second event: {}",
+        second.unwrap()
+    );
+    app.stop().await;
+}
+
+/// What keeps a commit-marker queue alive: RabbitMQ's `x-expires` ignores publishes, so herald declares it
+/// again every minute. Checked here with a 2 s expiry: commits every 200 ms, declarations every 500 ms,
+/// and the queue (with its newest marker) is still there after 5 s.
+#[tokio::test]
+async fn a_marker_queue_declared_again_outlives_its_expiry() {
+    use lapin::options::{BasicGetOptions, BasicPublishOptions};
+    let connection = helpers::broker().await;
+    let commits = connection.create_channel().await.unwrap();
+    let side = connection.create_channel().await.unwrap();
+    let name = format!("test.{}.commits", uuid::Uuid::new_v4().simple());
+    let expires = Duration::from_secs(2);
+    herald::broker::declare_marker_queue(&side, &name, expires)
+        .await
+        .unwrap();
+    commits.tx_select().await.unwrap();
+    let started = Instant::now();
+    let mut seq = 0u32;
+    let mut declared = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        seq += 1;
+        commits
+            .basic_publish(
+                "".into(),
+                name.as_str().into(),
+                BasicPublishOptions::default(),
+                seq.to_string().as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        commits.tx_commit().await.unwrap();
+        if declared.elapsed() >= Duration::from_millis(500) {
+            herald::broker::declare_marker_queue(&side, &name, expires)
+                .await
+                .unwrap();
+            declared = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let newest = side
+        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("the marker queue is still there")
+        .expect("it holds the newest marker");
+    assert_eq!(newest.data, seq.to_string().as_bytes());
+    let _ = side.queue_delete(name.as_str().into(), Default::default()).await;
 }
