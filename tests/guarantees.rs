@@ -388,3 +388,60 @@ async fn a_marker_queue_declared_again_outlives_its_expiry() {
     assert_eq!(newest.data, seq.to_string().as_bytes());
     let _ = side.queue_delete(name.as_str().into(), Default::default()).await;
 }
+
+/// A job can outlive its claim's lease with its holder alive: here it waits for one of the SMTP provider's
+/// connection slots, which `retry.provider_timeout` does not bound (64 slots, 384 messages ahead of it at
+/// 4.5 s each: ~27 s, against a 15 s lease). The holder renews its lease meanwhile, so a copy of the job on
+/// another replica waits and ends as a duplicate instead of sending it as well. (Found by attacking this
+/// change: both replicas sent it.)
+#[tokio::test]
+async fn a_claim_outlives_its_lease_while_its_holder_lives() {
+    let smtp = helpers::SupportServer::start("plain", None);
+    let fillers: u16 = 384;
+    let mut app = TestApp::spawn(|c| {
+        c.smtp.url = Some(Secret::new(format!("smtp://127.0.0.1:{}", smtp.port)));
+        c.redis.url = Secret::new(REDIS);
+        c.retry.provider_timeout = HumanDuration(Duration::from_secs(5));
+        c.amqp.prefetch = fillers + 1;
+    })
+    .await;
+    let mut jobs: Vec<_> = (0..fillers)
+        .map(|_| {
+            let mut j = job("email");
+            j["to"] = "slow@example.com".into();
+            j
+        })
+        .collect();
+    let mut x = job("email");
+    x["to"] = "slow-x@example.com".into();
+    jobs.push(x.clone());
+    app.publish_many(&jobs).await;
+    // The first replica's window is full (every job taken and claimed); the second takes what comes next.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut config_b = app.config.clone();
+    config_b.amqp.prefetch = 10;
+    let b = helpers::Replica::spawn(&config_b).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The MFA server publishes X again; the second replica gets it and waits on the first one's claim.
+    app.publish(&x).await;
+    let mut events = Vec::new();
+    while events.len() <= usize::from(fillers) {
+        events.push(app.next_outcome(60).await);
+    }
+    // A second send of X would come right after the first one's commit; give it the time.
+    let extra = app.try_next_event(3).await;
+    b.stop().await;
+    app.stop().await;
+    assert!(extra.is_none(), "a second event: {}", extra.unwrap());
+    let for_x = events.iter().filter(|e| e["job_id"] == x["id"]).count();
+    assert_eq!(for_x, 1, "events for X");
+    let mut x_sent = 0;
+    for _ in 0..=fillers {
+        let message = smtp.next_message();
+        if message["rcpt_tos"][0] == "slow-x@example.com" {
+            x_sent += 1;
+        }
+    }
+    assert!(smtp.received_nothing(), "more messages than jobs");
+    assert_eq!(x_sent, 1, "X reached the relay {x_sent} times");
+}

@@ -3,7 +3,8 @@
 
 Prints JSON lines on stdout: {"ready": <port>} once listening, then one object per accepted message:
 {"mail_from", "rcpt_tos", "data", "auth"}. The recipient's local part steers failures:
-tempfail@ -> 451, reject@ -> 550, hang@ -> no answer to RCPT at all.
+tempfail@ -> 451, reject@ -> 550, hang@ -> no answer to RCPT at all, slow…@ -> the message is accepted
+after 4.5 s (a relay slower than herald's connection slots can serve).
 
 --mode plain | ascii (plain, without SMTPUTF8, like an older relay) | starttls (STARTTLS required before MAIL)
        | smtps (implicit TLS)
@@ -36,6 +37,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if any(r.split("@")[0].startswith("slow") for r in envelope.rcpt_tos):
+            await asyncio.sleep(4.5)
         print(json.dumps({
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
