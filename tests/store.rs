@@ -166,3 +166,32 @@ fn fs2_free(path: &Path) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .expect("df prints the free bytes")
 }
+
+/// Marking a batch committed never waits on Redis: the broker's commit loop calls it, and a Redis that
+/// does not answer (here a port that accepts and never replies) must not stall every commit behind its
+/// timeouts. The marks go out on a task of their own.
+#[tokio::test]
+async fn marking_committed_never_waits_on_redis() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let conn = herald::store::redis_connection(&url).unwrap();
+    let store = herald::store::Store::redis(conn, "test.silent", std::time::Duration::from_secs(20), errors());
+    // The claim, for comparison, does wait (and fails after the connection's timeouts).
+    let started = std::time::Instant::now();
+    assert!(store.try_claim("j1").await.is_err());
+    let claim_took = started.elapsed();
+    let started = std::time::Instant::now();
+    store.mark_committed(vec!["j1".into()], vec!["j1".into()]);
+    let mark_took = started.elapsed();
+    assert!(
+        mark_took * 10 < claim_took,
+        "marking took {mark_took:?}, a Redis round trip here {claim_took:?}"
+    );
+    held.abort();
+}
