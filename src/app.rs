@@ -130,6 +130,7 @@ impl Application {
         let consumer = Arc::new(Consumer::new(
             config.amqp.clone(),
             dispatcher,
+            default_locale,
             store,
             metrics,
             ready,

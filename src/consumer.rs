@@ -23,9 +23,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, BrokerError};
 use crate::config::{AmqpConfig, QueueType};
-use crate::dispatch::{Dispatcher, Outcome};
-use crate::events::{self, ErrorCode, Event, EventError};
+use crate::decision::{self, Disposition, Step};
+use crate::dispatch::Dispatcher;
+use crate::events::{self, ErrorCode};
 use crate::job::Job;
+use crate::job::Locale;
 use crate::metrics::{Metrics, Sample};
 use crate::store::{Entry, PendingPut, Record, Store};
 
@@ -38,6 +40,8 @@ pub const ERROR_HEADER: &str = "x-herald-error";
 pub struct Consumer {
     config: AmqpConfig,
     dispatcher: Arc<Dispatcher>,
+    /// The locale events name for a job without one (`templates.default_locale`).
+    default_locale: Locale,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -88,6 +92,22 @@ struct Finished {
     _gauge: GaugeGuard,
 }
 
+impl Finished {
+    fn new(delivery_tag: u64, gauge: GaugeGuard) -> Finished {
+        Finished {
+            delivery_tag,
+            publishes: Vec::new(),
+            event: None,
+            dead: None,
+            retried: false,
+            record: None,
+            put: None,
+            claim: None,
+            _gauge: gauge,
+        }
+    }
+}
+
 impl Drop for Finished {
     /// A job dropped before its commit (the broker connection went away) is redelivered, and the copy
     /// must find the outcome this one reached: the claim is held until the record's write has finished,
@@ -108,6 +128,7 @@ impl Consumer {
     pub fn new(
         config: AmqpConfig,
         dispatcher: Arc<Dispatcher>,
+        default_locale: Locale,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
@@ -124,6 +145,7 @@ impl Consumer {
             in_doubt: Arc::default(),
             config,
             dispatcher,
+            default_locale,
             store,
             metrics,
             ready,
@@ -419,44 +441,22 @@ impl Consumer {
         batch.clear();
     }
 
-    /// One message: parse, claim its id, check the outcome store, deliver, and say what to publish.
-    /// `None` when shutdown came while it waited for another replica's claim: nothing was done.
+    /// One message: parse, claim its id, read its outcome record, decide, deliver if the decision says so,
+    /// and turn the disposition into its transaction. `None` when shutdown came while it waited for
+    /// another replica's claim: nothing was done.
     async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) -> Option<Finished> {
         let gauge = GaugeGuard::new(&self.metrics);
         let props = &delivery.properties;
         let content_type = props.content_type().as_ref().map(|s| s.as_str());
-        let mut finished = Finished {
-            delivery_tag: delivery.delivery_tag,
-            publishes: Vec::new(),
-            event: None,
-            dead: None,
-            retried: false,
-            record: None,
-            put: None,
-            claim: None,
-            _gauge: gauge,
-        };
-        // The broker's count of earlier deliveries, only on an actual redelivery: on a first delivery
-        // the header can only be the publisher's.
-        let redelivered = delivery.redelivered;
-        let deliveries = if redelivered {
-            header_u64(props, "x-delivery-count").unwrap_or(0).saturating_add(1)
-        } else {
-            1
-        };
+        let copy = decision::Copy::new(delivery.redelivered, header_u64(props, "x-delivery-count"));
         let body = Arc::new(delivery.data);
+        let mut finished = Finished::new(delivery.delivery_tag, gauge);
         let job = match Job::from_message(&body, content_type) {
             Ok(job) => job,
             Err(invalid) => {
                 tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason),
                     "invalid job dead-lettered");
-                let event = Event::invalid(&invalid);
-                let reason = format!(
-                    "invalid_job: {}",
-                    event.error.as_ref().map_or("", |e| e.message.as_str())
-                );
-                let json = Arc::new(event.to_json());
-                self.finish(&mut finished, props, &body, event, json, Some(reason));
+                self.transaction(&mut finished, None, decision::rejected(&invalid), props, &body);
                 return Some(finished);
             }
         };
@@ -464,80 +464,138 @@ impl Consumer {
             claim = self.claim(&job.id) => claim,
             _ = shutdown.cancelled() => return None,
         });
+        let prior = self.store.get(&job.id).await.unwrap_or_else(|e| {
+            tracing::warn!(job_id = %job.id, error = %e, "outcome store unavailable; delivering without it");
+            None
+        });
+        let disposition = match decision::before_delivery(&job, prior, copy, self.poison_limit(), &self.default_locale)
+        {
+            Step::Settled(disposition) => *disposition,
+            Step::Deliver { attempt } => {
+                let delivered = self.dispatcher.deliver(&job, attempt).await;
+                decision::after_delivery(&job, attempt, &delivered, &self.default_locale)
+            }
+        };
+        self.transaction(&mut finished, Some(&job.id), disposition, props, &body);
+        Some(finished)
+    }
 
-        // Attempt numbers come from herald's own record of the job, never from the message.
-        let mut attempt = 1;
-        match self.store.get(&job.id).await {
-            // Finished before: not sent again. Only a caller waiting on reply_to hears about it. A record
-            // whose commit mark is missing counts as finished too unless this is the broker's redelivery of
-            // the job: a job whose commit went through is acked and never redelivered, so a fresh copy (a
-            // replay) finding the record means the event is out, or will be published by the redelivery of
-            // the original; only that redelivery may publish it (a lost mark never makes a second event).
-            Ok(Some(Entry::Outcome(record))) if record.committed || !redelivered => {
-                tracing::info!(job_id = %job.id, "duplicate job id acknowledged without sending");
-                if let Some(reply) = self.duplicate_reply(&job, props) {
+    /// Where herald's queue dead-letters poison (contract §11.4): only a quorum queue counts deliveries.
+    fn poison_limit(&self) -> decision::PoisonLimit {
+        (self.config.queue_type == QueueType::Quorum).then_some(self.config.delivery_limit)
+    }
+
+    /// Turns a disposition into what the copy's transaction holds: its store write (awaited before the
+    /// commit: a record precedes its event, §11.2), its publishes, and what to print and count once
+    /// committed. `job_id` is the parsed job's.
+    fn transaction(
+        &self,
+        finished: &mut Finished,
+        job_id: Option<&str>,
+        disposition: Disposition,
+        props: &BasicProperties,
+        body: &Arc<Vec<u8>>,
+    ) {
+        match disposition {
+            Disposition::Duplicate { reply } => {
+                tracing::info!(
+                    job_id = job_id.unwrap_or("-"),
+                    "duplicate job id acknowledged without sending"
+                );
+                if let Some(reply) = reply_publish(props, reply.kind, &Arc::new(reply.to_json())) {
                     finished.publishes.push(reply);
                 }
-                return Some(finished);
             }
-            Ok(Some(Entry::Outcome(record))) => {
-                // Redelivered: reached its outcome, but its transaction never committed (herald or its
-                // connection died first). Publish the stored outcome.
-                tracing::info!(job_id = %job.id, "republishing the recorded outcome of an interrupted job");
-                match serde_json::from_str::<serde_json::Value>(&record.event) {
-                    Ok(value) => {
-                        self.finish_recorded(&mut finished, props, &body, &job, record, &value);
-                        return Some(finished);
-                    }
-                    Err(e) => tracing::warn!(job_id = %job.id, error = %e, "unreadable record; delivering again"),
+            Disposition::Republish(record) => {
+                tracing::info!(
+                    job_id = job_id.unwrap_or("-"),
+                    "republishing the recorded outcome of an interrupted job"
+                );
+                let value: serde_json::Value = serde_json::from_str(&record.event).unwrap_or_default();
+                let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or("gd_send_sms");
+                let dead = value
+                    .pointer("/error/code")
+                    .and_then(|c| serde_json::from_value(c.clone()).ok());
+                let json = Arc::new(record.event.into_bytes());
+                // Printed and counted after the commit like any outcome: the first time was never committed.
+                let sample = Sample::from_json(&value);
+                self.outcome_publishes(
+                    finished,
+                    props,
+                    body,
+                    kind,
+                    job_id,
+                    &json,
+                    record.dead_reason.as_deref(),
+                );
+                finished.dead = dead.filter(|_| record.dead_reason.is_some());
+                finished.event = sample.map(|sample| (sample, json));
+                finished.record = job_id.map(str::to_owned);
+            }
+            Disposition::Retry { after, next_attempt } => {
+                tracing::info!(job_id = job_id.unwrap_or("-"), next_attempt, retry_in = ?after, "retry scheduled");
+                // Written before the retry's publish commits, like an outcome record: the copy coming back
+                // from the delay queue reads its attempt number (and that it passed the limits) here.
+                if let Some(id) = job_id {
+                    finished.put = Some(self.store.put(id, Entry::Retrying { next_attempt }));
                 }
+                finished
+                    .publishes
+                    .push(self.retry_publish(props, body, next_attempt, after));
+                finished.retried = true;
             }
-            Ok(Some(Entry::Retrying { next_attempt })) => attempt = next_attempt.max(1),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(job_id = %job.id, error = %e, "outcome store unavailable; delivering without it"),
-        }
-
-        let delivered = if self.config.queue_type == QueueType::Quorum
-            && deliveries >= u64::from(self.config.delivery_limit)
-            && self.config.delivery_limit > 1
-        {
-            // Every earlier delivery ended without an outcome (herald died on it): a poison job.
-            tracing::warn!(job_id = %job.id, deliveries, "delivery limit reached; dead-lettering");
-            crate::dispatch::Delivered {
-                outcome: Outcome::failed(
-                    ErrorCode::AttemptsExhausted,
-                    format!("delivered {deliveries} times without reaching an outcome"),
-                ),
-                duration: Duration::ZERO,
+            Disposition::Final { event, dead_reason } => {
+                let json = Arc::new(event.to_json());
+                if let Some(id) = job_id {
+                    let record = Record {
+                        event: String::from_utf8_lossy(&json).into_owned(),
+                        dead_reason: dead_reason.clone(),
+                        committed: false,
+                    };
+                    finished.put = Some(self.store.put(id, Entry::Outcome(record)));
+                    finished.record = Some(id.to_owned());
+                }
+                self.outcome_publishes(finished, props, body, event.kind, job_id, &json, dead_reason.as_deref());
+                finished.dead = dead_reason.and(event.error.as_ref().map(|e| e.code));
+                finished.event = Some((Sample::of(&event), json));
             }
-        } else {
-            self.dispatcher.deliver(&job, attempt).await
-        };
-
-        if let Outcome::Retry { after, message } = &delivered.outcome {
-            tracing::info!(job_id = %job.id, attempt, retry_in = ?after, error = %events::scrub(message), "retry scheduled");
-            let next_attempt = attempt.saturating_add(1);
-            // Written before the retry's publish commits, like an outcome record: the copy coming back from
-            // the delay queue reads its attempt number (and that it passed the limits) here.
-            finished.put = Some(self.store.put(&job.id, Entry::Retrying { next_attempt }));
-            finished
-                .publishes
-                .push(self.retry_publish(props, &body, next_attempt, *after));
-            finished.retried = true;
-            return Some(finished);
+            Disposition::Rejected { event, reason } => {
+                let json = Arc::new(event.to_json());
+                self.outcome_publishes(
+                    finished,
+                    props,
+                    body,
+                    event.kind,
+                    event.job_id.as_deref(),
+                    &json,
+                    Some(&reason),
+                );
+                finished.dead = Some(ErrorCode::InvalidJob);
+                finished.event = Some((Sample::of(&event), json));
+            }
         }
-        let event = self.dispatcher.event(&job, attempt, &delivered)?;
-        let dead_reason = delivered.outcome.dead_letter_reason().map(|r| events::scrub(&r));
-        let json = Arc::new(event.to_json());
-        let record = Record {
-            event: String::from_utf8_lossy(&json).into_owned(),
-            dead_reason: dead_reason.clone(),
-            committed: false,
-        };
-        finished.put = Some(self.store.put(&job.id, Entry::Outcome(record)));
-        finished.record = Some(job.id.clone());
-        self.finish(&mut finished, props, &body, event, json, dead_reason);
-        Some(finished)
+    }
+
+    /// The publishes of an outcome: dead letter (if any), event, reply. `json` is the event serialized
+    /// once, the same bytes the outcome record holds.
+    #[allow(clippy::too_many_arguments)]
+    fn outcome_publishes(
+        &self,
+        finished: &mut Finished,
+        props: &BasicProperties,
+        body: &Arc<Vec<u8>>,
+        kind: &str,
+        job_id: Option<&str>,
+        json: &Arc<Vec<u8>>,
+        dead_reason: Option<&str>,
+    ) {
+        if let Some(reason) = dead_reason {
+            finished.publishes.push(self.dead_publish(props, body, reason));
+        }
+        finished.publishes.push(self.event_publish(kind, job_id, json));
+        if let Some(reply) = reply_publish(props, kind, json) {
+            finished.publishes.push(reply);
+        }
     }
 
     /// Claims a job id: in this process, then across replicas (Redis). A copy that finds it claimed waits
@@ -568,69 +626,6 @@ impl Consumer {
                 }
             }
         }
-    }
-
-    /// Fills in the publishes of a final outcome: dead letter (if any), event, reply. `json` is `event`
-    /// serialized once, the same bytes the outcome record holds.
-    fn finish(
-        &self,
-        finished: &mut Finished,
-        props: &BasicProperties,
-        body: &Arc<Vec<u8>>,
-        event: Event,
-        json: Arc<Vec<u8>>,
-        dead_reason: Option<String>,
-    ) {
-        if let Some(reason) = &dead_reason {
-            finished.publishes.push(self.dead_publish(props, body, reason));
-            finished.dead = event.error.as_ref().map(|e| e.code);
-        }
-        finished
-            .publishes
-            .push(self.event_publish(event.kind, event.job_id.as_deref(), &json));
-        if let Some(reply) = reply_publish(props, event.kind, &json) {
-            finished.publishes.push(reply);
-        }
-        finished.event = Some((Sample::of(&event), json));
-    }
-
-    /// The publishes of an outcome recorded before a crash, from the record alone.
-    fn finish_recorded(
-        &self,
-        finished: &mut Finished,
-        props: &BasicProperties,
-        body: &Arc<Vec<u8>>,
-        job: &Job,
-        record: Record,
-        value: &serde_json::Value,
-    ) {
-        let json = Arc::new(record.event.into_bytes());
-        let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or("gd_send_sms");
-        if let Some(reason) = &record.dead_reason {
-            finished.publishes.push(self.dead_publish(props, body, reason));
-            finished.dead = value
-                .pointer("/error/code")
-                .and_then(|c| serde_json::from_value(c.clone()).ok());
-        }
-        finished.publishes.push(self.event_publish(kind, Some(&job.id), &json));
-        if let Some(reply) = reply_publish(props, kind, &json) {
-            finished.publishes.push(reply);
-        }
-        finished.record = Some(job.id.clone());
-        // Printed and counted after the commit like any outcome: the first time was never committed.
-        finished.event = Sample::from_json(value).map(|sample| (sample, json));
-    }
-
-    fn duplicate_reply(&self, job: &Job, props: &BasicProperties) -> Option<Publish> {
-        props.reply_to().as_ref()?;
-        let mut event = Event::for_job(job, self.dispatcher.templates().default_locale(), false);
-        event.error = Some(EventError {
-            code: ErrorCode::Duplicate,
-            message: "this job id already reached an outcome; it was not sent again".into(),
-            provider_code: None,
-        });
-        let json = Arc::new(event.to_json());
-        reply_publish(props, event.kind, &json)
     }
 
     fn event_publish(&self, kind: &str, job_id: Option<&str>, json: &Arc<Vec<u8>>) -> Publish {

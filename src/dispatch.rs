@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::events::{ErrorCode, Event, EventError, scrub};
+use crate::events::ErrorCode;
 use crate::job::{Channel, Job};
 use crate::providers::{Provider, ProviderError, Receipt};
 use crate::retry::RetryPolicy;
@@ -96,10 +96,6 @@ impl Dispatcher {
             retry,
             throttle,
         }
-    }
-
-    pub fn templates(&self) -> &Arc<Templates> {
-        &self.templates
     }
 
     /// Attempt `attempt` (1-based) of one job: expiry check, render, then the channel's providers in order
@@ -194,37 +190,6 @@ impl Dispatcher {
             None if self.retry.max_attempts() == 1 => provider_failure(ErrorCode::ProviderUnavailable, name, error),
             None => provider_failure(ErrorCode::AttemptsExhausted, name, error),
         }
-    }
-
-    /// The outcome event of a job (`None` for a retry, which is not an outcome).
-    pub fn event(&self, job: &Job, attempt: u32, delivered: &Delivered) -> Option<Event> {
-        let success = matches!(delivered.outcome, Outcome::Sent { .. });
-        let mut event = Event::for_job(job, self.templates.default_locale(), success);
-        event.duration_ms = delivered.duration.as_millis() as u64;
-        event.attempt = attempt;
-        match &delivered.outcome {
-            Outcome::Retry { .. } => return None,
-            Outcome::Sent { provider, receipt } => {
-                event.provider = Some(provider);
-                event.provider_message_id = receipt.message_id.clone();
-            }
-            Outcome::Failed {
-                code,
-                message,
-                provider,
-                provider_code,
-                scope,
-            } => {
-                event.provider = *provider;
-                event.scope = *scope;
-                event.error = Some(EventError {
-                    code: *code,
-                    message: scrub(message),
-                    provider_code: provider_code.clone(),
-                });
-            }
-        }
-        Some(event)
     }
 }
 

@@ -1,9 +1,10 @@
 //! herald: delivers one-time codes that an MFA server publishes to RabbitMQ, by SMS, voice, email or
 //! webhook, and reports one outcome event per job.
 //!
-//! The data path, top-down: [`consumer`] takes a message → [`job`] parses it → [`dispatch`] renders it
-//! with [`templates`] and hands it to a [`providers`] chain → [`events`] reports the outcome, counted in
-//! [`metrics`].
+//! The data path, top-down: [`consumer`] takes a message → [`job`] parses it → [`store`] says what herald
+//! recorded of its id → [`decision`] settles it or asks for a delivery, which [`dispatch`] makes (rendered
+//! with [`templates`], sent by a [`providers`] chain) → [`decision`] turns the result into a disposition →
+//! the consumer commits its transaction → [`events`] reports the outcome, counted in [`metrics`].
 
 pub mod app;
 pub mod audit;
@@ -12,6 +13,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod decision;
 pub mod dispatch;
 pub mod events;
 pub mod http;
