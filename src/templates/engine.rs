@@ -1,0 +1,233 @@
+//! Renders a job with the templates in use: the registries, the locale lookup, the variables a
+//! template sees (voice digits and pauses included).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use handlebars::Handlebars;
+use handlebars::template::Template;
+use serde_json::{Map, Value, json};
+
+use super::{Part, Rendered, TemplateError, template_name};
+use crate::job::{Channel, Job, Locale};
+
+/// Marker that `{{pause}}` leaves in rendered voice text; the voice provider turns it into a pause.
+/// Control characters cannot come from a job (they are rejected there), so it cannot be forged.
+pub const PAUSE: &str = "\u{1}pause\u{1}";
+
+/// The variables every job has (contract §7); job `vars` add their own keys.
+pub(super) const BUILT_IN: &[&str] = &[
+    "code",
+    "friendly_name",
+    "locale",
+    "action",
+    "channel",
+    "message_type",
+    "user_id",
+    "tenant",
+    "vars",
+    "pause",
+];
+
+/// A registry for one part, in strict mode. Text parts (sms, voice, email subject and text) are not
+/// escaped; the HTML part escapes every variable.
+pub(super) fn registry(part: Part) -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    // Writes its arguments to the process log. (The crate's own debug logging of helper arguments is
+    // compiled out by its `no_logging` feature, see Cargo.toml.)
+    hb.unregister_helper("log");
+    if part != Part::Html {
+        hb.register_escape_fn(handlebars::no_escape);
+    }
+    hb
+}
+
+/// Compiled templates, each checked before it was registered.
+pub(super) struct Engine {
+    text: Handlebars<'static>,
+    html: Handlebars<'static>,
+    names: HashSet<String>,
+    /// Job variables the templates print (declared in `templates.vars` or found in a template): a job
+    /// without one renders it empty instead of failing strict mode.
+    vars: BTreeSet<String>,
+}
+
+impl Engine {
+    /// No templates yet; `declared` are the variables of `templates.vars`.
+    pub(super) fn new(declared: BTreeSet<String>) -> Engine {
+        Engine {
+            text: registry(Part::Body),
+            html: registry(Part::Html),
+            names: HashSet::new(),
+            vars: declared,
+        }
+    }
+
+    /// Adds a checked template, and the job variables it prints.
+    pub(super) fn register(&mut self, name: String, part: Part, template: Template, vars: BTreeSet<String>) {
+        let hb = if part == Part::Html {
+            &mut self.html
+        } else {
+            &mut self.text
+        };
+        hb.register_template(&name, template);
+        self.vars.extend(vars);
+        self.names.insert(name);
+    }
+
+    pub(super) fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Renders every part the job's channel needs, each from the job's locale, its language or
+    /// `default_locale`, whichever has the part first.
+    pub(super) fn render(&self, job: &Job, default_locale: &Locale) -> Result<Rendered, TemplateError> {
+        // Owned by handlebars' context as it is: `render(name, &value)` would copy it once per part.
+        let ctx = handlebars::Context::from(context(job, default_locale, &self.vars));
+        let locale = job.locale.as_ref().unwrap_or(default_locale);
+        let mut texts = HashMap::new();
+        let mut language = locale;
+        for &part in Part::of(job.channel) {
+            let (name, own) = locale
+                .fallbacks()
+                .map(|l| (l, true))
+                .chain(std::iter::once((default_locale.as_str(), false)))
+                .map(|(l, own)| (template_name(job.channel, job.action, l, part), own))
+                .find(|(n, _)| self.names.contains(n))
+                .ok_or_else(|| TemplateError::Missing(template_name(job.channel, job.action, "*", part)))?;
+            if !own {
+                // Voice, the one channel that has a language, has one part.
+                language = default_locale;
+            }
+            let hb = if part == Part::Html { &self.html } else { &self.text };
+            let text = hb
+                .render_with_context(&name, &ctx)
+                .map_err(|e| TemplateError::render(name, e))?;
+            texts.insert(part, text);
+        }
+        Ok(Rendered::from_parts(
+            job.channel,
+            |part| texts.remove(&part).unwrap_or_default(),
+            language.clone(),
+        ))
+    }
+}
+
+/// The variables a template sees (contract §7), Auth0 names included.
+pub(super) fn context(job: &Job, default_locale: &Locale, var_names: &BTreeSet<String>) -> Value {
+    let mut map = Map::new();
+    let mut vars = Map::new();
+    // Job vars first, so that the built-in names below win on a collision.
+    for name in var_names {
+        vars.insert(name.clone(), Value::String(String::new()));
+    }
+    for (k, v) in &job.vars {
+        vars.insert(k.clone(), Value::String(v.clone()));
+    }
+    for (k, v) in &vars {
+        map.insert(k.clone(), v.clone());
+    }
+    let friendly_name = job.friendly_name.clone().unwrap_or_default();
+    let code = match job.channel {
+        Channel::Voice => job.code.spoken(),
+        _ => job.code.expose().to_owned(),
+    };
+    map.insert("code".into(), code.into());
+    map.insert("friendly_name".into(), friendly_name.clone().into());
+    map.insert(
+        "locale".into(),
+        job.locale.as_ref().unwrap_or(default_locale).as_str().into(),
+    );
+    map.insert("action".into(), job.action.as_str().into());
+    map.insert("channel".into(), job.channel.as_str().into());
+    map.insert("message_type".into(), job.channel.as_str().into());
+    map.insert("user_id".into(), job.user_id.clone().into());
+    map.insert("tenant".into(), json!({ "friendly_name": friendly_name }));
+    map.insert("vars".into(), Value::Object(vars));
+    map.insert(
+        "pause".into(),
+        if job.channel == Channel::Voice { PAUSE } else { " " }.into(),
+    );
+    Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Templates;
+    use super::super::tests::{job, load_with, shipped, write};
+    use super::*;
+    use crate::job::Action;
+
+    #[test]
+    fn locale_falls_back_to_language_then_default() {
+        let (_dir, t) = load_with(&[
+            ("sms/second-factor-authentication.es.hbs", "ES {{code}}"),
+            ("sms/second-factor-authentication.es-AR.hbs", "AR {{code}}"),
+        ]);
+        let body = |locale: &str| match t.render(&job("sms", "+14155550123", locale)).unwrap() {
+            Rendered::Sms { body } => body,
+            _ => unreachable!(),
+        };
+        assert_eq!(body("es-AR"), "AR 482913");
+        assert_eq!(body("es-MX"), "ES 482913");
+        assert_eq!(body("ja"), "482913 is your verification code for Acme.");
+    }
+
+    #[test]
+    fn voice_reads_digits_and_pauses() {
+        let (_dir, t) = load_with(&[("voice/second-factor-authentication.en.hbs", "Code {{pause}}{{code}}")]);
+        let Rendered::Voice { text, .. } = t.render(&job("voice", "+14155550123", "en")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(text, format!("Code {PAUSE}4. 8. 2. 9. 1. 3"));
+    }
+
+    #[test]
+    fn html_escapes_and_text_does_not() {
+        let (_dir, t) = load_with(&[
+            ("email/enrollment.en.html.hbs", "<p>{{friendly_name}}</p>"),
+            ("email/enrollment.en.txt.hbs", "{{friendly_name}}"),
+        ]);
+        let mut j = job("email", "a@b.co", "en");
+        j.action = Action::Enrollment;
+        j.friendly_name = Some("A&B <x>".into());
+        let Rendered::Email { html, text, .. } = t.render(&j).unwrap() else {
+            panic!()
+        };
+        assert_eq!(html, "<p>A&amp;B &lt;x&gt;</p>");
+        assert_eq!(text, "A&B <x>");
+    }
+
+    /// Voice says the text in the language of the template it came from: a job without a locale (or
+    /// with one that has no template) gets the default locale's text, so the default locale's voice.
+    #[test]
+    fn voice_language_is_the_templates_locale() {
+        let dir = shipped();
+        write(
+            dir.path(),
+            "voice/second-factor-authentication.fr.hbs",
+            "Votre code {{code}}",
+        );
+        write(dir.path(), "voice/enrollment.fr.hbs", "Votre code {{code}}");
+        write(dir.path(), "sms/second-factor-authentication.fr.hbs", "{{code}}");
+        write(dir.path(), "sms/enrollment.fr.hbs", "{{code}}");
+        for action in ["second-factor-authentication", "enrollment"] {
+            for part in [".subject", ".txt", ".html"] {
+                write(dir.path(), &format!("email/{action}.fr{part}.hbs"), "{{code}}");
+            }
+        }
+        let t = Templates::load(dir.path(), &Locale::parse("fr").unwrap()).unwrap();
+        let language = |locale: Option<&str>| {
+            let mut j = job("voice", "+14155550123", "en");
+            j.locale = locale.map(|l| Locale::parse(l).unwrap());
+            match t.render(&j).unwrap() {
+                Rendered::Voice { language, .. } => language.as_str().to_owned(),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(language(None), "fr");
+        assert_eq!(language(Some("ja")), "fr", "no ja template: French text");
+        assert_eq!(language(Some("fr-CA")), "fr-CA");
+        assert_eq!(language(Some("en-GB")), "en-GB");
+    }
+}
