@@ -5,6 +5,7 @@
 //! exchange into an unconsumed queue of the configured kind.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -56,16 +57,17 @@ pub(super) async fn ceiling(bench: &Bench, n: usize) -> anyhow::Result<(Row, Row
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let cpu = StepCpu::start(None);
     let started = Instant::now();
+    let to: Arc<str> = exchange.as_str().into();
     let reader = tokio::spawn(async move {
         for _ in 0..n {
             let Some(Ok(delivery)) = consumer.next().await else {
                 break;
             };
-            let (out, done, exchange) = (out.clone(), done_tx.clone(), exchange.clone());
+            let (out, done, to) = (out.clone(), done_tx.clone(), to.clone());
             // Each delivery on its own task, as herald handles up to prefetch jobs at once.
             tokio::spawn(async move {
                 let small = BasicProperties::default().with_delivery_mode(2);
-                let published = out.publish(&exchange, "gd_send_sms", b"{}", small).await;
+                let published = out.publish(&to, "gd_send_sms", b"{}", small).await;
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;
                 let _ = done.send(published.map_err(anyhow::Error::from).and(acked.map_err(Into::into)));
             });
@@ -86,7 +88,7 @@ pub(super) async fn ceiling(bench: &Bench, n: usize) -> anyhow::Result<(Row, Row
         delete_queue(channel, q).await;
     }
     let _ = channel
-        .exchange_delete(bench.own(OWN_EXCHANGE).as_str().into(), Default::default())
+        .exchange_delete(exchange.as_str().into(), Default::default())
         .await;
     let ceiling = Row {
         what: "broker ceiling: consume + ack + one small publish (topic exchange)".into(),
