@@ -72,15 +72,7 @@ pub async fn private_queue(
         )
         .await?;
     if let Some(exchange) = events_exchange {
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        bind_all(channel, queue.name().as_str(), exchange).await?;
     }
     let consumer = channel
         .basic_consume(
@@ -94,6 +86,20 @@ pub async fn private_queue(
         )
         .await?;
     Ok((queue.name().clone(), consumer))
+}
+
+/// Routes everything published to topic exchange `exchange` into `queue`.
+pub async fn bind_all(channel: &Channel, queue: &str, exchange: &str) -> Result<(), BrokerError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Arguments of herald's queues: the configured queue type, and where expired or rejected messages go.
@@ -123,9 +129,7 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
     };
     let base = |dead_letter_to: Option<&str>| queue_args(config, dead_letter_to);
 
-    channel
-        .queue_declare(config.dead_queue.as_str().into(), durable, base(None))
-        .await?;
+    declare_queue(channel, config, &config.dead_queue).await?;
     let mut jobs_args = base(Some(&config.dead_queue));
     if config.queue_type == QueueType::Quorum {
         // Poison messages (contract §11.4): the quorum queue stops redelivering after this many.
@@ -144,9 +148,14 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
             base(Some(&config.jobs_queue)),
         )
         .await?;
+    declare_topic_exchange(channel, &config.events_exchange).await
+}
+
+/// A durable topic exchange, the kind `herald.events` is (contract §2).
+pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
     channel
         .exchange_declare(
-            config.events_exchange.as_str().into(),
+            name.into(),
             ExchangeKind::Topic,
             ExchangeDeclareOptions {
                 durable: true,
@@ -154,6 +163,19 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
             },
             FieldTable::default(),
         )
+        .await?;
+    Ok(())
+}
+
+/// A durable queue of the configured type and nothing more (no dead-lettering): a queue for events, or
+/// the bench's own.
+pub async fn declare_queue(channel: &Channel, config: &AmqpConfig, name: &str) -> Result<(), BrokerError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name.into(), durable, queue_args(config, None))
         .await?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 
 pub mod app;
 pub mod audit;
-pub mod bench;
+mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,270 @@
+//! What the steps run against besides the broker: herald itself as a child `herald serve`, its outcome
+//! events counted on its stdout, and a Twilio-shaped HTTP server standing in for the provider.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::config::AmqpConfig;
+
+use super::procfs;
+
+/// A Twilio-shaped server answering `201 {"sid": …}` after `delay`, recording when each code arrived.
+pub(super) struct Provider {
+    url: String,
+    arrivals: Arc<Mutex<HashMap<u32, Instant>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Provider {
+    pub fn start(delay: Duration) -> anyhow::Result<Provider> {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        let arrivals = Arc::new(Mutex::new(HashMap::new()));
+        let seen = arrivals.clone();
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = HttpServer::new(move || {
+            let seen = seen.clone();
+            // As little work as a server can do per request, so that its own cost stays out of herald's row:
+            // the code is read from the raw form body, the answer is a constant.
+            App::new().default_service(web::to(move |body: web::Bytes| {
+                let now = Instant::now();
+                let seen = seen.clone();
+                async move {
+                    if let Some(code) = form_code(&body) {
+                        seen.lock().unwrap_or_else(|e| e.into_inner()).insert(code, now);
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    HttpResponse::Created()
+                        .content_type("application/json")
+                        .body(r#"{"sid":"SMbench","status":"queued"}"#)
+                }
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .backlog(4096)
+        .max_connections(100_000)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Provider { url, arrivals, handle })
+    }
+
+    /// Forgets the arrivals so far: the next step matches only its own codes.
+    pub fn clear_arrivals(&self) {
+        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// When each code reached the server.
+    pub fn arrivals(&self) -> HashMap<u32, Instant> {
+        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+    }
+}
+
+/// The code at the start of the form's `Body` field ("123456 is your code…", URL-encoded).
+fn form_code(form: &[u8]) -> Option<u32> {
+    let at = form.windows(5).position(|w| w == b"Body=")? + 5;
+    let digits = form[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&form[at..at + digits]).ok()?.parse().ok()
+}
+
+/// A running `herald serve`, killed when dropped (a stopped or failed run leaves no process behind).
+pub(super) struct Herald {
+    process: std::process::Child,
+    pub events: EventLines,
+}
+
+impl Herald {
+    /// Starts `herald serve` on the bench's queues, with Twilio at `provider` or the outbox; returns once
+    /// it reports ready, and the instant it did (it consumes from then on).
+    pub async fn start(
+        amqp: &AmqpConfig,
+        dir: &Path,
+        provider: Option<&Provider>,
+    ) -> anyhow::Result<(Herald, Instant)> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = serve_command(amqp, dir, port, provider)?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut process = cmd.spawn().context("starting herald serve")?;
+        let events = EventLines::read(process.stdout.take().context("herald's stdout")?);
+        let herald = Herald { process, events };
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        // Polled tightly: with jobs already queued, the clock starts here.
+        let client = reqwest::Client::new();
+        for _ in 0..3000 {
+            if client.get(&ready).send().await.is_ok_and(|r| r.status() == 200) {
+                return Ok((herald, Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!("herald did not become ready")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    pub fn peak_rss_mib(&self) -> f64 {
+        procfs::peak_rss_mib(self.pid())
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// This executable as `herald serve`, configured by environment for the bench: its queues, its own
+/// HTTP port, state and outbox under `dir`, no retries, no throttles, and Twilio at `provider` if any.
+/// The inherited `HERALD_*` variables are removed, but for the broker URL and the templates.
+fn serve_command(amqp: &AmqpConfig, dir: &Path, port: u16, provider: Option<&Provider>) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") && !key.starts_with("HERALD_AMQP__URL") && key != "HERALD_TEMPLATES__DIR" {
+            cmd.env_remove(key);
+        }
+    }
+    let state = dir.join(format!("state-{}", ulid::Ulid::generate()));
+    cmd.arg("serve")
+        .env("RUST_LOG", "warn")
+        .env("HERALD_AMQP__URL", amqp.url.expose())
+        .env("HERALD_AMQP__PREFETCH", amqp.prefetch.to_string())
+        .env(
+            "HERALD_AMQP__QUEUE_TYPE",
+            if amqp.queue_type == crate::config::QueueType::Quorum {
+                "quorum"
+            } else {
+                "classic"
+            },
+        )
+        .env("HERALD_AMQP__JOBS_QUEUE", &amqp.jobs_queue)
+        .env("HERALD_AMQP__RETRY_QUEUE", &amqp.retry_queue)
+        .env("HERALD_AMQP__DEAD_QUEUE", &amqp.dead_queue)
+        .env("HERALD_AMQP__EVENTS_EXCHANGE", &amqp.events_exchange)
+        .env("HERALD_HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .env("HERALD_STATE__PATH", &state)
+        .env("HERALD_OUTBOX__PATH", dir.join("outbox.jsonl"))
+        .env("HERALD_RETRY__SCHEDULE", "[]");
+    for limit in ["USER_PHONE", "USER_VOICE", "USER_EMAIL", "IP", "RECIPIENT", "PREFIX"] {
+        cmd.env(format!("HERALD_THROTTLE__{limit}"), "");
+    }
+    if let Some(p) = provider {
+        cmd.env("HERALD_TWILIO__ACCOUNT_SID", "ACbench")
+            .env("HERALD_TWILIO__AUTH_TOKEN", "bench")
+            .env("HERALD_TWILIO__FROM", "+15005550006")
+            .env("HERALD_TWILIO__BASE_URL", &p.url)
+            .env("HERALD_RETRY__PROVIDER_TIMEOUT", "30s");
+    }
+    Ok(cmd)
+}
+
+/// Herald's outcome events as it prints them on stdout: one JSON line each, written once the broker
+/// committed the job's event and ack. A thread counts them, so that reading them costs the bench (which
+/// shares the machine with herald and the broker) next to nothing; consuming them from the broker cost
+/// it about 10 µs of CPU per job, and the broker a delivery each.
+pub(super) struct EventLines {
+    /// Lines so far, and how many of them carry an `error`.
+    seen: tokio::sync::watch::Receiver<(usize, usize)>,
+}
+
+impl EventLines {
+    fn read(mut stdout: std::process::ChildStdout) -> EventLines {
+        let (tx, seen) = tokio::sync::watch::channel((0, 0));
+        std::thread::spawn(move || {
+            let mut count = LineCount::default();
+            let mut buf = vec![0; 1 << 16];
+            while let Ok(read @ 1..) = stdout.read(&mut buf) {
+                count.feed(&buf[..read]);
+                // One wake-up per read, not per line.
+                tx.send_replace((count.lines, count.failed));
+            }
+        });
+        EventLines { seen }
+    }
+
+    /// Waits for `n` events in all; returns how many of them are failures.
+    pub async fn wait(&mut self, n: usize) -> anyhow::Result<usize> {
+        loop {
+            let (lines, failed) = *self.seen.borrow_and_update();
+            if lines >= n {
+                return Ok(failed);
+            }
+            tokio::time::timeout(Duration::from_secs(120), self.seen.changed())
+                .await
+                .with_context(|| format!("no event for 120 s ({lines} of {n})"))?
+                .context("herald's stdout closed")?;
+        }
+    }
+}
+
+/// Complete lines in a byte stream read in arbitrary pieces, and how many of them are failure events.
+#[derive(Default)]
+struct LineCount {
+    lines: usize,
+    failed: usize,
+    /// The unfinished last line of a read, carried to the next.
+    partial: Vec<u8>,
+}
+
+impl LineCount {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        let complete = self.partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in self.partial[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            self.lines += 1;
+            // A byte search, not a JSON parse: only failure events have an `error` object.
+            if line.windows(8).any(|w| w == b"\"error\":") {
+                self.failed += 1;
+            }
+        }
+        self.partial.drain(..complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_is_read_from_the_start_of_the_forms_body() {
+        let form = b"To=%2B14155550001&From=%2B15005550006&Body=000042+is+your+verification+code";
+        assert_eq!(form_code(form), Some(42));
+        assert_eq!(form_code(b"To=%2B14155550001&Body=Your+code"), None);
+        assert_eq!(form_code(b"To=%2B14155550001"), None);
+    }
+
+    #[test]
+    fn lines_are_counted_only_once_complete_across_reads() {
+        let mut count = LineCount::default();
+        count.feed(b"{\"type\":\"gd_send_sms\"}\n{\"type\":\"gd_se");
+        assert_eq!((count.lines, count.failed), (1, 0));
+        count.feed(b"nd_sms_failure\",\"error\":{\"code\":\"expired\"}}\n\n");
+        assert_eq!((count.lines, count.failed), (2, 1));
+        count.feed(b"{\"type\":\"gd_send_sms\"}");
+        assert_eq!((count.lines, count.failed), (2, 1));
+        count.feed(b"\n");
+        assert_eq!((count.lines, count.failed), (3, 1));
+        assert!(count.partial.is_empty());
+    }
+}

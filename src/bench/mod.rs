@@ -1,0 +1,176 @@
+//! `herald bench`: herald against the raw broker, measured in the same run on the same machine, so
+//! that the result is a ratio rather than an absolute number that wanders with the machine.
+//!
+//! 1. the broker's ceiling: publish N with confirms, then consume them with manual acks at the same
+//!    prefetch, publishing one small confirmed message per message through a topic exchange to a queue
+//!    (what herald minimally does);
+//! 2. herald end to end (a child `herald serve`): N jobs queued, time from herald consuming until N
+//!    outcome events, with a zero-latency Twilio-shaped HTTP server, then with the outbox provider. The
+//!    events go to a queue like the ceiling's output, and are counted on herald's stdout. Steps 1 and 2
+//!    run in rounds (`--rounds`, default 3): each herald run is divided by its round's ceiling, and the
+//!    median over the rounds is the ratio printed;
+//! 3. herald with a provider answering after 200 ms (concurrency is the limit, not CPU);
+//! 4. latency from publish to provider request at half the measured throughput, next to the broker's
+//!    own publish → consumer latency at that rate (herald's share is the difference), after a first
+//!    second at that pace that is not measured (a fresh process opening its connections);
+//! 5. the peak RSS of the herald process.
+//!
+//! Each row notes the CPU per job that herald, the broker (when local) and the bench itself spent.
+//! Everything runs on queues of its own (`herald.bench.<id>.*`), deleted afterwards.
+//!
+//! This module runs the steps and cleans up; [`steps`] measures, [`harness`] runs herald and the fake
+//! provider, [`procfs`] reads CPU and memory, [`report`] computes and prints.
+
+mod harness;
+mod procfs;
+mod report;
+mod steps;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::{Channel, Connection};
+
+use crate::broker;
+use crate::config::{AmqpConfig, Config};
+
+use self::harness::Provider;
+use self::report::{Round, Row, Summary};
+
+pub struct BenchArgs {
+    /// Jobs per run (at least 10).
+    pub jobs: usize,
+    /// Rounds of ceiling and herald runs; the ratios are their median.
+    pub rounds: usize,
+}
+
+/// How long the slow provider of step 3 takes to answer.
+const SLOW_ANSWER: Duration = Duration::from_millis(200);
+
+pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    let n = args.jobs.max(10);
+    let bench = Bench::connect(config).await?;
+    eprintln!(
+        "herald bench: {n} jobs, prefetch {}, broker {}",
+        bench.amqp.prefetch,
+        broker::redacted_url(&bench.amqp)
+    );
+    // Ctrl-C ends the run but not the clean-up below: dropping the run kills the herald children.
+    let result = tokio::select! {
+        result = measure(&bench, n, args.rounds) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    bench.clean_up().await;
+    let (rows, summary) = result?;
+    println!("{}", report::steps_table(&rows));
+    print!("{}", report::measures_table(&summary));
+    Ok(())
+}
+
+/// Runs the steps in order; returns their rows and what the measures are computed from.
+async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<Row>, Summary)> {
+    let mut rows = Vec::new();
+    let fast = Provider::start(Duration::ZERO)?;
+    let (mut measured, mut rss) = (Vec::new(), Vec::new());
+    // Rounds of ceiling, Twilio-shaped and outbox runs: each herald run is held to the ceiling measured
+    // just before it (see `Summary`), and the median over the rounds drops a round that caught a stall
+    // on one side only.
+    for round in 1..=rounds {
+        let (publish, mut ceiling) = steps::ceiling(bench, n).await?;
+        let (mut twilio, rss1) =
+            steps::herald_run(bench, n, Some(&fast), "herald e2e, Twilio-shaped server (0 ms)").await?;
+        let (mut outbox, rss2) = steps::herald_run(bench, n, None, "herald e2e, outbox provider").await?;
+        measured.push(Round {
+            ceiling: ceiling.rate(),
+            twilio: twilio.rate(),
+            outbox: outbox.rate(),
+        });
+        rss.extend([rss1, rss2]);
+        if round == 1 {
+            rows.push(publish);
+        }
+        for row in [&mut ceiling, &mut twilio, &mut outbox] {
+            row.what = format!("{}, round {round}", row.what);
+        }
+        rows.extend([ceiling, twilio, outbox]);
+    }
+
+    let prefetch = bench.amqp.prefetch;
+    // Enough jobs to fill prefetch 20 times over: the rate is then set by concurrency, not by start-up.
+    let slow_jobs = n.min(usize::from(prefetch) * 20).max(10);
+    let slow = Provider::start(SLOW_ANSWER)?;
+    let what = format!("herald e2e, provider answering in {} ms", SLOW_ANSWER.as_millis());
+    let (slow_row, rss3) = steps::herald_run(bench, slow_jobs, Some(&slow), &what).await?;
+    let (latency_row, latency, rss4) = steps::latency(bench, &fast, report::half_load(&measured), n).await?;
+    rss.extend([rss3, rss4]);
+    let summary = Summary {
+        rounds: measured,
+        prefetch,
+        slow_delay: SLOW_ANSWER,
+        slow_rate: slow_row.rate(),
+        latency,
+        peak_rss_mib: rss.into_iter().fold(0.0, f64::max),
+    };
+    rows.extend([slow_row, latency_row]);
+    Ok((rows, summary))
+}
+
+/// What every step runs against.
+struct Bench {
+    connection: Connection,
+    /// In confirm mode: publishes the jobs, declares and deletes queues.
+    channel: Channel,
+    /// The configured broker and kind of queue, with names of the bench's own (`herald.bench.<id>.*`).
+    amqp: AmqpConfig,
+    /// Herald's state and outbox files.
+    dir: PathBuf,
+}
+
+impl Bench {
+    async fn connect(config: &Config) -> anyhow::Result<Bench> {
+        let id = ulid::Ulid::generate().to_string().to_ascii_lowercase();
+        let mut amqp = config.amqp.clone();
+        amqp.jobs_queue = format!("herald.bench.{id}.jobs");
+        amqp.retry_queue = format!("herald.bench.{id}.retry");
+        amqp.dead_queue = format!("herald.bench.{id}.dead");
+        amqp.events_exchange = format!("herald.bench.{id}.events");
+        let connection = broker::connect(&amqp, "herald-bench")
+            .await
+            .with_context(|| format!("connecting to {}", broker::redacted_url(&amqp)))?;
+        let channel = broker::Publisher::new(&connection).await?.channel().clone();
+        let dir = std::env::temp_dir().join(format!("herald-bench-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Bench {
+            connection,
+            channel,
+            amqp,
+            dir,
+        })
+    }
+
+    /// A queue or exchange of a step's own: `<jobs queue>.<name>`.
+    fn own(&self, name: &str) -> String {
+        format!("{}.{name}", self.amqp.jobs_queue)
+    }
+
+    /// Deletes everything the steps may have declared, whether or not a step got to delete its own.
+    async fn clean_up(self) {
+        let amqp = &self.amqp;
+        let own = steps::OWN_QUEUES.map(|q| self.own(q));
+        for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue]
+            .into_iter()
+            .chain(&own)
+        {
+            steps::delete_queue(&self.channel, q).await;
+        }
+        for x in [amqp.events_exchange.clone(), self.own(steps::OWN_EXCHANGE)] {
+            let _ = self
+                .channel
+                .exchange_delete(x.as_str().into(), Default::default())
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}

@@ -1,0 +1,320 @@
+//! The measured steps. Each declares what it needs, runs, deletes its own queues and returns its row.
+//!
+//! The ceiling and the herald runs do the same broker work per job: jobs queued first, the clock running
+//! from the first consume to the n-th outcome, one small persistent publish per job through a topic
+//! exchange into an unconsumed queue of the configured kind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer};
+
+use crate::broker;
+
+use super::Bench;
+use super::harness::{Herald, Provider};
+use super::procfs::StepCpu;
+use super::report::{self, Latency, Row};
+
+/// Queues and the exchange the steps declare for themselves, each `<jobs queue>.<name>`.
+const CEILING_IN: &str = "ceiling-in";
+const CEILING_OUT: &str = "ceiling-out";
+const EVENTS_SINK: &str = "events-sink";
+const LATENCY: &str = "latency";
+pub(super) const OWN_QUEUES: [&str; 4] = [CEILING_IN, CEILING_OUT, EVENTS_SINK, LATENCY];
+pub(super) const OWN_EXCHANGE: &str = "ceiling";
+
+/// Step 1: what the broker itself does at this prefetch. Returns the rows of publishing the n jobs and of
+/// consuming them.
+///
+/// The small publish takes the path herald's event must (contract: `herald.events` is a topic exchange):
+/// through a topic exchange to one bound queue of the configured kind. Topic routing costs the broker
+/// about 10 µs of CPU per message more than the default exchange, which a ceiling publishing straight to
+/// its queue would leave out.
+pub(super) async fn ceiling(bench: &Bench, n: usize) -> anyhow::Result<(Row, Row)> {
+    let channel = &bench.channel;
+    let (q_in, q_out, exchange) = (bench.own(CEILING_IN), bench.own(CEILING_OUT), bench.own(OWN_EXCHANGE));
+    broker::declare_queue(channel, &bench.amqp, &q_in).await?;
+    broker::declare_topic_exchange(channel, &exchange).await?;
+    broker::declare_queue(channel, &bench.amqp, &q_out).await?;
+    broker::bind_all(channel, &q_out, &exchange).await?;
+    let started = Instant::now();
+    publish_all(channel, &q_in, n).await?;
+    let publish = Row {
+        what: "broker: publish with confirms".into(),
+        jobs: n,
+        seconds: started.elapsed().as_secs_f64(),
+        note: String::new(),
+    };
+
+    let (consume, mut consumer) = consume(bench, &q_in, "bench").await?;
+    let out = broker::Publisher::new(&bench.connection).await?;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let cpu = StepCpu::start(None);
+    let started = Instant::now();
+    let to: Arc<str> = exchange.as_str().into();
+    let reader = tokio::spawn(async move {
+        for _ in 0..n {
+            let Some(Ok(delivery)) = consumer.next().await else {
+                break;
+            };
+            let (out, done, to) = (out.clone(), done_tx.clone(), to.clone());
+            // Each delivery on its own task, as herald handles up to prefetch jobs at once.
+            tokio::spawn(async move {
+                let small = BasicProperties::default().with_delivery_mode(2);
+                let published = out.publish(&to, "gd_send_sms", b"{}", small).await;
+                let acked = delivery.acker.ack(BasicAckOptions::default()).await;
+                let _ = done.send(published.map_err(anyhow::Error::from).and(acked.map_err(Into::into)));
+            });
+        }
+    });
+    for _ in 0..n {
+        done_rx
+            .recv()
+            .await
+            .context("the broker ceiling's consumer stopped")?
+            .context("the broker ceiling run failed")?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let others_cpu = cpu.others_per_job(n);
+    reader.abort();
+    let _ = consume.close(200, "done".into()).await;
+    for q in [&q_in, &q_out] {
+        delete_queue(channel, q).await;
+    }
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    let ceiling = Row {
+        what: "broker ceiling: consume + ack + one small publish (topic exchange)".into(),
+        jobs: n,
+        seconds,
+        note: format!("prefetch {}{others_cpu}", bench.amqp.prefetch),
+    };
+    Ok((publish, ceiling))
+}
+
+/// Steps 2 and 3: n jobs through a fresh herald, with Twilio at `provider` or the outbox; returns the row
+/// and herald's peak RSS in MiB.
+///
+/// Like the ceiling run, the jobs are queued first and the clock runs from the moment herald consumes
+/// until the n-th outcome event, so both rows measure consuming, not the bench's own publishing.
+pub(super) async fn herald_run(
+    bench: &Bench,
+    n: usize,
+    provider: Option<&Provider>,
+    what: &str,
+) -> anyhow::Result<(Row, f64)> {
+    let sink = events_sink(bench).await?;
+    publish_all(&bench.channel, &bench.amqp.jobs_queue, n).await?;
+    let (mut herald, started) = Herald::start(&bench.amqp, &bench.dir, provider).await?;
+    let cpu = StepCpu::start(Some(herald.pid()));
+    let failures = herald.events.wait(n).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (cpu_per_job, others_cpu) = (cpu.herald_per_job(n), cpu.others_per_job(n));
+    let rss = herald.peak_rss_mib();
+    drop(herald);
+    delete_queue(&bench.channel, &sink).await;
+    let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{others_cpu}");
+    if failures > 0 {
+        note.push_str(&format!(", {failures} failed"));
+    }
+    let row = Row {
+        what: what.into(),
+        jobs: n,
+        seconds,
+        note,
+    };
+    Ok((row, rss))
+}
+
+/// Step 4: jobs published at a steady `rate`; the latency to the provider request through herald, and
+/// the broker's own publish → consumer latency at the same rate on the same kind of queue (what herald
+/// adds is the difference). Returns the row, the latencies and herald's peak RSS in MiB.
+pub(super) async fn latency(
+    bench: &Bench,
+    provider: &Provider,
+    rate: f64,
+    n: usize,
+) -> anyhow::Result<(Row, Latency, f64)> {
+    let channel = &bench.channel;
+    let count = ((rate * 3.0) as usize).clamp(50, n);
+    // The first second at this pace is not measured: it covers a freshly started process opening its
+    // connections to the provider and warming its caches, which is start-up, not steady-state latency.
+    let warm = ((rate * 1.0) as usize).clamp(50, n);
+    let offset = 500_000; // codes distinct from the throughput runs
+
+    // The broker alone: a plain consumer acking each message.
+    let q = bench.own(LATENCY);
+    broker::declare_queue(channel, &bench.amqp, &q).await?;
+    let (consume, mut consumer) = consume(bench, &q, "bench-latency").await?;
+    let reader = tokio::spawn(async move {
+        let mut arrived = HashMap::with_capacity(warm + count);
+        while arrived.len() < warm + count {
+            let Some(Ok(delivery)) = consumer.next().await else {
+                break;
+            };
+            let at = Instant::now();
+            if let Some(code) = body_code(&delivery.data) {
+                arrived.insert(code, at);
+            }
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        arrived
+    });
+    let published = report::measured(
+        paced_publish(channel, &q, offset, warm + count, rate).await?,
+        offset + warm,
+    );
+    let arrived = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .context("the broker latency run stalled")??;
+    let broker = report::percentiles(&published, &arrived);
+    let _ = consume.close(200, "done".into()).await;
+    delete_queue(channel, &q).await;
+
+    // Through herald, to the Twilio-shaped server.
+    let sink = events_sink(bench).await?;
+    let (mut herald, _) = Herald::start(&bench.amqp, &bench.dir, Some(provider)).await?;
+    provider.clear_arrivals();
+    let started = Instant::now();
+    let published = report::measured(
+        paced_publish(channel, &bench.amqp.jobs_queue, offset, warm + count, rate).await?,
+        offset + warm,
+    );
+    herald.events.wait(warm + count).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let rss = herald.peak_rss_mib();
+    drop(herald);
+    delete_queue(channel, &sink).await;
+    let row = Row {
+        what: format!("latency run at {rate:.0} jobs/s"),
+        jobs: warm + count,
+        seconds,
+        note: format!("latency of the last {count}: the first {warm} warm up"),
+    };
+    let latency = Latency {
+        rate,
+        broker,
+        herald: report::percentiles(&published, &provider.arrivals()),
+    };
+    Ok((row, latency, rss))
+}
+
+/// A consumer of `queue` with manual acks at herald's prefetch, on a channel of its own.
+async fn consume(bench: &Bench, queue: &str, tag: &str) -> anyhow::Result<(Channel, Consumer)> {
+    let channel = bench.connection.create_channel().await?;
+    channel
+        .basic_qos(bench.amqp.prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// Herald's topology, and a queue of the bench's own bound to the events exchange, of the same kind as the
+/// ceiling's output queue and, like it, not consumed: the broker does the same work for herald's events as
+/// for the ceiling's small publishes. The bench counts herald's events on its stdout instead.
+async fn events_sink(bench: &Bench) -> anyhow::Result<String> {
+    broker::declare_topology(&bench.channel, &bench.amqp).await?;
+    let queue = bench.own(EVENTS_SINK);
+    broker::declare_queue(&bench.channel, &bench.amqp, &queue).await?;
+    broker::bind_all(&bench.channel, &queue, &bench.amqp.events_exchange).await?;
+    Ok(queue)
+}
+
+/// Best effort: a queue left behind is deleted again by the clean-up.
+pub(super) async fn delete_queue(channel: &Channel, queue: &str) {
+    let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+}
+
+/// Publishes jobs 0..n to `queue` as fast as the broker takes them, then waits for every confirm.
+async fn publish_all(channel: &Channel, queue: &str, n: usize) -> anyhow::Result<()> {
+    paced_publish(channel, queue, 0, n, f64::INFINITY).await.map(drop)
+}
+
+/// Publishes `count` jobs (codes from `offset`) at a steady `rate` (jobs/s; infinite = no pause) without
+/// waiting for each confirm, so the pace holds; returns when each code was published.
+async fn paced_publish(
+    channel: &Channel,
+    queue: &str,
+    offset: usize,
+    count: usize,
+    rate: f64,
+) -> anyhow::Result<HashMap<u32, Instant>> {
+    let props = broker::json_properties();
+    let gap = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let mut published = HashMap::with_capacity(count);
+    let mut confirms = Vec::with_capacity(count);
+    let started = Instant::now();
+    for k in 0..count {
+        if rate.is_finite() {
+            tokio::time::sleep_until((started + gap * k as u32).into()).await;
+        }
+        let i = offset + k;
+        published.insert(code(i), Instant::now());
+        confirms.push(
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &job_body(i),
+                    props.clone(),
+                )
+                .await?,
+        );
+    }
+    for c in confirms {
+        c.await?;
+    }
+    Ok(published)
+}
+
+/// The code of job `i`: it carries the index, so that an arrival is matched to its publish time.
+fn code(i: usize) -> u32 {
+    (i % 1_000_000) as u32
+}
+
+/// Job `i` as published: a valid SMS job whose code is [`code`]`(i)`.
+fn job_body(i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"id":"bench-{i}","channel":"sms","to":"+1415555{:04}","code":"{:06}","user_id":"bench-user-{i}","friendly_name":"Acme"}}"#,
+        i % 10_000,
+        code(i)
+    )
+    .into_bytes()
+}
+
+/// The code of a job body, as the broker-alone latency consumer reads it.
+fn body_code(body: &[u8]) -> Option<u32> {
+    let job: serde_json::Value = serde_json::from_slice(body).ok()?;
+    job["code"].as_str()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_body_is_a_valid_job_that_carries_its_index_as_code() {
+        for i in [0, 7, 500_001, 1_234_567] {
+            let body = job_body(i);
+            let job = crate::job::Job::from_json(&body).unwrap_or_else(|e| panic!("job {i}: {e:?}"));
+            assert_eq!(job.code.expose(), format!("{:06}", i % 1_000_000));
+            assert_eq!(body_code(&body), Some(code(i)));
+        }
+        assert_eq!(body_code(b"{}"), None);
+    }
+}
