@@ -532,8 +532,12 @@ impl Consumer {
                 finished.event = sample.map(|sample| (sample, json));
                 finished.record = job_id.map(str::to_owned);
             }
-            Disposition::Retry { after, next_attempt } => {
-                tracing::info!(job_id = job_id.unwrap_or("-"), next_attempt, retry_in = ?after, "retry scheduled");
+            Disposition::Retry {
+                after,
+                next_attempt,
+                reason,
+            } => {
+                tracing::info!(job_id = job_id.unwrap_or("-"), next_attempt, retry_in = ?after, error = %reason, "retry scheduled");
                 // Written before the retry's publish commits, like an outcome record: the copy coming back
                 // from the delay queue reads its attempt number (and that it passed the limits) here.
                 if let Some(id) = job_id {

@@ -45,7 +45,12 @@ pub enum Disposition {
     /// its recorded outcome is published.
     Republish(Record),
     /// Not an outcome: the job goes to the delay queue of `after`, and comes back as `next_attempt`.
-    Retry { after: Duration, next_attempt: u32 },
+    /// `reason` (scrubbed) is for the log.
+    Retry {
+        after: Duration,
+        next_attempt: u32,
+        reason: String,
+    },
     /// The job's outcome: its event, recorded, and the `x-herald-error` reason when the job also goes to
     /// `herald.dead`.
     Final { event: Event, dead_reason: Option<String> },
@@ -118,10 +123,11 @@ pub fn after_delivery(job: &Job, attempt: u32, delivered: &Delivered, default_lo
     event.duration_ms = delivered.duration.as_millis() as u64;
     event.attempt = attempt;
     match &delivered.outcome {
-        Outcome::Retry { after, .. } => {
+        Outcome::Retry { after, message } => {
             return Disposition::Retry {
                 after: *after,
                 next_attempt: attempt.saturating_add(1),
+                reason: scrub(message),
             };
         }
         Outcome::Sent { provider, receipt } => {
@@ -409,7 +415,9 @@ mod tests {
                 &en(),
             )
         };
-        assert!(matches!(retry(1), Disposition::Retry { next_attempt: 2, after } if after == Duration::from_secs(5)));
+        assert!(
+            matches!(retry(1), Disposition::Retry { next_attempt: 2, after, .. } if after == Duration::from_secs(5))
+        );
         assert!(matches!(
             retry(u32::MAX),
             Disposition::Retry {
