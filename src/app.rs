@@ -8,16 +8,16 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, ProviderKind, chain_key};
 use crate::consumer::Consumer;
 use crate::dispatch::Dispatcher;
-use crate::job::{Channel, Locale};
+use crate::job::Channel;
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::providers::outbox::Outbox;
 use crate::providers::smtp::Smtp;
 use crate::providers::twilio::Twilio;
-use crate::providers::webhook::{Webhook, decode_secret};
+use crate::providers::webhook::Webhook;
 use crate::retry::RetryPolicy;
 use crate::store::{Store, redis_connection};
 use crate::templates::Templates;
@@ -37,10 +37,13 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         // Cancels the consumer and the background chores below.
         let shutdown = CancellationToken::new();
-        let default_locale = Locale::parse(&config.templates.default_locale).map_err(anyhow::Error::msg)?;
         let templates = Arc::new(
-            Templates::load_with_vars(&config.templates.dir, &default_locale, &config.templates.vars)
-                .with_context(|| format!("loading templates from {}", config.templates.dir.display()))?,
+            Templates::load_with_vars(
+                &config.templates.dir,
+                &config.templates.default_locale,
+                &config.templates.vars,
+            )
+            .with_context(|| format!("loading templates from {}", config.templates.dir.display()))?,
         );
         for warning in templates.warnings() {
             tracing::warn!(%warning, "template");
@@ -130,7 +133,7 @@ impl Application {
         let consumer = Arc::new(Consumer::new(
             config.amqp.clone(),
             dispatcher,
-            default_locale,
+            config.templates.default_locale.clone(),
             store,
             metrics,
             ready,
@@ -204,9 +207,7 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
             .map(|kind| -> anyhow::Result<Arc<dyn Provider>> {
                 match kind {
                     ProviderKind::Twilio => built_once(&mut twilio, || {
-                        Ok(Arc::new(
-                            Twilio::new(&config.twilio, client.clone()).map_err(anyhow::Error::msg)?,
-                        ))
+                        Ok(Arc::new(Twilio::new(&config.twilio, client.clone())?))
                     }),
                     ProviderKind::Outbox => built_once(&mut outbox, || {
                         Ok(Arc::new(Outbox::open(&config.outbox.path).with_context(|| {
@@ -214,24 +215,19 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
                         })?))
                     }),
                     ProviderKind::Smtp => built_once(&mut smtp, || {
-                        Ok(Arc::new(
-                            Smtp::new(
-                                config.smtp.url_or_default(),
-                                &config.smtp.from,
-                                config.retry.provider_timeout.0,
-                                usize::from(config.amqp.prefetch).min(64),
-                            )
-                            .map_err(anyhow::Error::msg)?,
-                        ))
+                        Ok(Arc::new(Smtp::new(
+                            config.smtp.target(),
+                            config.smtp.from.clone(),
+                            config.retry.provider_timeout.0,
+                            usize::from(config.amqp.prefetch).min(64),
+                        )))
                     }),
                     ProviderKind::Webhook => built_once(&mut webhook, || {
-                        // Both were checked by Config::validate.
-                        let url = reqwest::Url::parse(&config.webhook.url).expect("validated webhook.url");
-                        let key = decode_secret(config.webhook.secret.expose()).expect("validated webhook.secret");
+                        let (url, key) = config.webhook.endpoint(&chain_key(channel))?;
                         Ok(Arc::new(Webhook::new(
-                            url,
-                            key,
-                            &config.templates.default_locale,
+                            url.as_url().clone(),
+                            key.as_bytes().to_vec(),
+                            config.templates.default_locale.as_str(),
                             client.clone(),
                         )))
                     }),

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::app::Application;
 use crate::broker::{self, Publisher};
 use crate::config::Config;
-use crate::job::{Job, Locale};
+use crate::job::Job;
 use crate::templates::Templates;
 
 #[derive(Parser, Debug)]
@@ -158,14 +158,11 @@ async fn wait_for_signal() {
 }
 
 fn templates_check(config: &Config) -> i32 {
-    let locale = match Locale::parse(&config.templates.default_locale) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("templates.default_locale: {e}");
-            return 1;
-        }
-    };
-    match Templates::load_with_vars(&config.templates.dir, &locale, &config.templates.vars) {
+    match Templates::load_with_vars(
+        &config.templates.dir,
+        &config.templates.default_locale,
+        &config.templates.vars,
+    ) {
         Ok(templates) => {
             for warning in templates.warnings() {
                 eprintln!("warning: {warning}");

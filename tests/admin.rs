@@ -668,7 +668,7 @@ async fn preview_without_a_locale_uses_the_default_locale() {
     let path = dir.path().to_owned();
     let app = TestApp::spawn(move |c| {
         c.templates.dir = path;
-        c.templates.default_locale = "fr".into();
+        c.templates.default_locale = herald::job::Locale::parse("fr").unwrap();
         c.admin.token = Secret::new(TOKEN);
     })
     .await;

@@ -78,7 +78,7 @@ async fn sms_uses_the_messaging_service_when_configured() {
     let server = MockServer::start().await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
-        c.twilio.from = String::new();
+        c.twilio.from = None;
         c.twilio.messaging_service_sid = "MG0123456789abcdef0123456789abcdef".into();
         // Voice needs a From number; this deployment sends voice elsewhere.
         c.channels.voice = Some(vec![herald::config::ProviderKind::Outbox]);
@@ -156,7 +156,7 @@ async fn voice_without_a_locale_speaks_the_default_locale() {
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
         c.templates.dir = dir;
-        c.templates.default_locale = "es".into();
+        c.templates.default_locale = herald::job::Locale::parse("es").unwrap();
     })
     .await;
     Mock::given(method("POST"))

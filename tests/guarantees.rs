@@ -399,7 +399,7 @@ async fn a_claim_outlives_its_lease_while_its_holder_lives() {
     let smtp = helpers::SupportServer::start("plain", None);
     let fillers: u16 = 384;
     let mut app = TestApp::spawn(|c| {
-        c.smtp.url = Some(Secret::new(format!("smtp://127.0.0.1:{}", smtp.port)));
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
         c.redis.url = Secret::new(REDIS);
         c.retry.provider_timeout = HumanDuration(Duration::from_secs(5));
         c.amqp.prefetch = fillers + 1;

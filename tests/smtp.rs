@@ -6,7 +6,7 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::{Broker, HeraldProcess, SmtpServer, TestApp, job, process_env};
-use herald::config::{HumanDuration, ProviderKind, Secret};
+use herald::config::{HumanDuration, ProviderKind};
 
 fn email(to: &str) -> serde_json::Value {
     let mut j = job("email");
@@ -48,7 +48,7 @@ fn assert_mime(message: &serde_json::Value, to: &str, subject: &str) {
 async fn email_is_delivered_as_multipart_text_and_html() {
     let smtp = SmtpServer::start("plain", None);
     let mut app = TestApp::spawn(|c| {
-        c.smtp.url = Some(Secret::new(format!("smtp://127.0.0.1:{}", smtp.port)));
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
     })
     .await;
     app.publish(&email("jane.doe@example.com")).await;
@@ -70,7 +70,7 @@ async fn email_is_delivered_as_multipart_text_and_html() {
 async fn smtp_replies_are_classified_4xx_retried_5xx_rejected() {
     let smtp = SmtpServer::start("plain", None);
     let mut app = TestApp::spawn(|c| {
-        c.smtp.url = Some(Secret::new(format!("smtp://127.0.0.1:{}", smtp.port)));
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
         c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))];
     })
     .await;
@@ -94,7 +94,7 @@ async fn smtp_replies_are_classified_4xx_retried_5xx_rejected() {
 async fn a_hanging_smtp_server_is_bounded_by_the_timeout() {
     let smtp = SmtpServer::start("plain", None);
     let mut app = TestApp::spawn(|c| {
-        c.smtp.url = Some(Secret::new(format!("smtp://127.0.0.1:{}", smtp.port)));
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
         c.retry.schedule = vec![];
         c.retry.provider_timeout = HumanDuration(Duration::from_millis(500));
         // Failover: the job still reaches the user through the next provider.
@@ -140,7 +140,7 @@ async fn starttls_with_auth_and_implicit_tls() {
 async fn an_address_the_smtp_server_cannot_take_is_rejected_not_retried() {
     let smtp = SmtpServer::start("ascii", None);
     let mut app = TestApp::spawn(|c| {
-        c.smtp.url = Some(Secret::new(format!("smtp://127.0.0.1:{}", smtp.port)));
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
         c.retry.schedule = vec![HumanDuration(Duration::from_millis(50)); 3];
     })
     .await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use helpers::{TestApp, job};
-use herald::config::{HumanDuration, ProviderKind, Secret};
+use herald::config::{HumanDuration, ProviderKind};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -36,8 +36,8 @@ fn verify(headers: &wiremock::http::HeaderMap, body: &[u8]) -> bool {
 }
 
 fn with_webhook(c: &mut herald::config::Config, url: String) {
-    c.webhook.url = url;
-    c.webhook.secret = Secret::new(SECRET);
+    c.webhook.url = Some(url.parse().unwrap());
+    c.webhook.secret = Some(SECRET.parse().unwrap());
     c.channels.sms = Some(vec![ProviderKind::Webhook]);
     c.channels.voice = Some(vec![ProviderKind::Webhook]);
     c.channels.email = Some(vec![ProviderKind::Webhook]);

@@ -28,8 +28,8 @@ enum Security {
     Implicit,
 }
 
-/// Where and how to connect, from `smtp.url`.
-#[derive(Clone)]
+/// Where and how to connect, from `smtp.url`. `Debug` shows no credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     host: String,
     port: u16,
@@ -37,9 +37,49 @@ pub struct Target {
     credentials: Option<(String, String)>,
 }
 
-/// Parses `smtp.url`; the error says what is wrong without echoing the URL (it may hold a password).
-pub fn parse_url(url: &str) -> Result<Target, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| "not a URL like smtp://host:25".to_string())?;
+impl Target {
+    /// `smtp://127.0.0.1:25`: the relay used when `smtp.url` is unset but a chain names smtp.
+    pub fn local() -> Target {
+        Target {
+            host: "127.0.0.1".into(),
+            port: 25,
+            security: Security::Plain,
+            credentials: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("credentials", &self.credentials.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// What is wrong with `smtp.url`, in words that never echo it (it may hold a password).
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("not a URL like smtp://host:25")]
+    NotAUrl(#[source] url::ParseError),
+    #[error("this tls= value is not supported (use tls=required)")]
+    Tls,
+    #[error("scheme `{0}` is not smtp:// or smtps://")]
+    Scheme(String),
+    #[error("no host")]
+    NoHost,
+    #[error("user or password is not valid percent-encoded UTF-8")]
+    Encoding(#[source] std::str::Utf8Error),
+    #[error("a user needs a password (user:pass@)")]
+    UserWithoutPassword,
+}
+
+/// Parses `smtp.url`.
+pub fn parse_url(url: &str) -> Result<Target, UrlError> {
+    let parsed = reqwest::Url::parse(url).map_err(UrlError::NotAUrl)?;
     let tls = parsed
         .query_pairs()
         .find(|(k, _)| k == "tls")
@@ -48,19 +88,19 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
         ("smtp", None) => (Security::Plain, 25),
         ("smtp", Some("required")) => (Security::StartTls, 587),
         ("smtps", None) => (Security::Implicit, 465),
-        ("smtp", Some(_)) => return Err("this tls= value is not supported (use tls=required)".into()),
-        (scheme, _) => return Err(format!("scheme `{scheme}` is not smtp:// or smtps://")),
+        ("smtp", Some(_)) => return Err(UrlError::Tls),
+        (scheme, _) => return Err(UrlError::Scheme(scheme.to_owned())),
     };
-    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or(UrlError::NoHost)?;
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
             .map(|s| s.into_owned())
-            .map_err(|_| "user or password is not valid percent-encoded UTF-8".to_string())
+            .map_err(UrlError::Encoding)
     };
     let credentials = match parsed.password() {
         Some(password) => Some((decode(parsed.username())?, decode(password)?)),
-        None if !parsed.username().is_empty() => return Err("a user needs a password (user:pass@)".into()),
+        None if !parsed.username().is_empty() => return Err(UrlError::UserWithoutPassword),
         None => None,
     };
     Ok(Target {
@@ -71,9 +111,13 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-pub fn parse_from(from: &str) -> Result<Mailbox, String> {
-    from.parse::<Mailbox>()
-        .map_err(|e| format!("not a mailbox like \"Acme <no-reply@acme.test>\": {e}"))
+/// `smtp.from` is not a mailbox.
+#[derive(Debug, thiserror::Error)]
+#[error("not a mailbox like \"Acme <no-reply@acme.test>\"")]
+pub struct FromError(#[source] lettre::address::AddressError);
+
+pub fn parse_from(from: &str) -> Result<Mailbox, FromError> {
+    from.parse::<Mailbox>().map_err(FromError)
 }
 
 struct Idle {
@@ -95,15 +139,16 @@ pub struct Smtp {
 const CHECK_AFTER: Duration = Duration::from_secs(10);
 
 impl Smtp {
-    pub fn new(url: &str, from: &str, timeout: Duration, max_connections: usize) -> Result<Smtp, String> {
-        Ok(Smtp {
-            target: parse_url(url).map_err(|e| format!("smtp.url: {e}"))?,
-            from: parse_from(from).map_err(|e| format!("smtp.from: {e}"))?,
+    /// `target` and `from` come parsed from `smtp.url` and `smtp.from`.
+    pub fn new(target: Target, from: Mailbox, timeout: Duration, max_connections: usize) -> Smtp {
+        Smtp {
+            target,
+            from,
             timeout,
             hello: ClientId::default(),
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(max_connections.max(1)),
-        })
+        }
     }
 
     async fn connect(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
@@ -287,7 +332,7 @@ mod tests {
         assert!(parse_url("smtp://user@mail.test").is_err());
         for url in ["ftp://u:hunter2@x", "smtp://u:p@mail.test?tls=hunter2"] {
             match parse_url(url) {
-                Err(e) => assert!(!e.contains("hunter2"), "{e}"),
+                Err(e) => assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}"),
                 Ok(_) => panic!("{url} accepted"),
             }
         }

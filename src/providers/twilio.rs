@@ -33,29 +33,38 @@ struct Created {
     sid: Option<String>,
 }
 
+/// `twilio.base_url`, `twilio.account_sid` and `twilio.auth_token` do not form a request: named, never
+/// quoted.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("twilio.base_url / twilio.account_sid do not form a URL")]
+    Url(#[source] url::ParseError),
+    #[error("twilio.account_sid / twilio.auth_token cannot form an Authorization header")]
+    Authorization(#[source] reqwest::header::InvalidHeaderValue),
+}
+
 impl Twilio {
     /// `client` is shared by every provider call: one connection pool for the process.
     ///
     /// Fails at start-up, naming the keys, when `twilio.base_url` and `twilio.account_sid` do not form a URL
     /// (before, every request failed instead).
-    pub fn new(config: &TwilioConfig, client: reqwest::Client) -> Result<Twilio, String> {
-        let base = config.base_url.trim_end_matches('/');
+    pub fn new(config: &TwilioConfig, client: reqwest::Client) -> Result<Twilio, SetupError> {
+        let base = config.base_url.as_str().trim_end_matches('/');
         let account = &config.account_sid;
         let url = |resource: &str| {
-            Url::parse(&format!("{base}/2010-04-01/Accounts/{account}/{resource}.json"))
-                .map_err(|e| format!("twilio.base_url / twilio.account_sid do not form a URL: {e}"))
+            Url::parse(&format!("{base}/2010-04-01/Accounts/{account}/{resource}.json")).map_err(SetupError::Url)
         };
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("{account}:{}", config.auth_token.expose()));
-        let mut authorization = HeaderValue::from_str(&format!("Basic {credentials}"))
-            .map_err(|_| "twilio.account_sid / twilio.auth_token cannot form an Authorization header".to_owned())?;
+        let mut authorization =
+            HeaderValue::from_str(&format!("Basic {credentials}")).map_err(SetupError::Authorization)?;
         authorization.set_sensitive(true);
         Ok(Twilio {
             client,
             messages_url: url("Messages")?,
             calls_url: url("Calls")?,
             authorization,
-            from: config.from.clone(),
+            from: config.from.as_ref().map_or_else(String::new, |n| n.expose().to_owned()),
             messaging_service_sid: config.messaging_service_sid.clone(),
         })
     }

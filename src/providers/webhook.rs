@@ -21,16 +21,31 @@ pub struct Webhook {
     default_locale: String,
 }
 
+/// What is wrong with a `whsec_…` secret, never quoting it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("must start with `whsec_`")]
+    Prefix,
+    // No `#[source]`: base64's message names the offending byte of the secret.
+    #[error("the part after `whsec_` is not base64")]
+    NotBase64,
+    #[error("the key is empty")]
+    Empty,
+}
+
 /// `whsec_<base64>` → the HMAC key bytes.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret.strip_prefix("whsec_").ok_or("must start with `whsec_`")?;
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|_| "the part after `whsec_` is not base64")?;
+pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
+    let encoded = secret.strip_prefix("whsec_").ok_or(SecretError::Prefix)?;
+    let key = BASE64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
     if key.is_empty() {
-        return Err("the key is empty".into());
+        return Err(SecretError::Empty);
     }
     Ok(key)
+}
+
+/// The key as a `whsec_…` secret again: the inverse of [`decode_secret`].
+pub fn encode_secret(key: &[u8]) -> String {
+    format!("whsec_{}", BASE64.encode(key))
 }
 
 /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
@@ -182,5 +197,6 @@ mod tests {
         );
         assert!(decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(decode_secret("whsec_!!!").is_err());
+        assert_eq!(encode_secret(&key), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
     }
 }

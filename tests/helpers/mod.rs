@@ -189,8 +189,8 @@ pub fn job(channel: &str) -> Value {
 pub fn twilio(config: &mut Config, base_url: &str) -> &'static str {
     config.twilio.account_sid = "AC0123456789abcdef0123456789abcdef".into();
     config.twilio.auth_token = herald::config::Secret::new("test-auth-token");
-    config.twilio.from = "+15005550006".into();
-    config.twilio.base_url = base_url.into();
+    config.twilio.from = Some(herald::job::PhoneNumber::parse("+15005550006").unwrap());
+    config.twilio.base_url = base_url.parse().unwrap();
     "AC0123456789abcdef0123456789abcdef"
 }
 
@@ -493,50 +493,10 @@ pub struct HeraldProcess {
     pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-/// `HERALD_*` variables putting a herald process on `config`'s queues, templates, files and Twilio settings.
+/// `HERALD_*` variables giving a herald process `config` (its queues, templates, files, providers and
+/// limits). `test_config` has `http.addr` on port 0, so processes of one test never collide.
 pub fn process_env(config: &Config) -> Vec<(String, String)> {
-    [
-        ("HERALD_AMQP__URL".into(), config.amqp.url.expose().to_owned()),
-        ("HERALD_AMQP__JOBS_QUEUE".into(), config.amqp.jobs_queue.clone()),
-        ("HERALD_AMQP__RETRY_QUEUE".into(), config.amqp.retry_queue.clone()),
-        ("HERALD_AMQP__DEAD_QUEUE".into(), config.amqp.dead_queue.clone()),
-        (
-            "HERALD_AMQP__EVENTS_EXCHANGE".into(),
-            config.amqp.events_exchange.clone(),
-        ),
-        ("HERALD_AMQP__PREFETCH".into(), config.amqp.prefetch.to_string()),
-        (
-            "HERALD_AMQP__DELIVERY_LIMIT".into(),
-            config.amqp.delivery_limit.to_string(),
-        ),
-        ("HERALD_HTTP__ADDR".into(), "127.0.0.1:0".into()),
-        (
-            "HERALD_TEMPLATES__DIR".into(),
-            config.templates.dir.display().to_string(),
-        ),
-        ("HERALD_OUTBOX__PATH".into(), config.outbox.path.display().to_string()),
-        ("HERALD_STATE__PATH".into(), config.state.path.display().to_string()),
-        ("HERALD_REDIS__URL".into(), config.redis.url.expose().to_owned()),
-    ]
-    .into_iter()
-    // Twilio as `twilio()` configured it, if it did.
-    .chain(
-        [
-            ("ACCOUNT_SID", config.twilio.account_sid.clone()),
-            ("AUTH_TOKEN", config.twilio.auth_token.expose().to_owned()),
-            ("FROM", config.twilio.from.clone()),
-            ("BASE_URL", config.twilio.base_url.clone()),
-        ]
-        .into_iter()
-        .filter(|_| !config.twilio.account_sid.is_empty())
-        .map(|(k, v)| (format!("HERALD_TWILIO__{k}"), v)),
-    )
-    .chain(
-        ["user_phone", "user_voice", "user_email", "ip", "recipient", "prefix"]
-            .iter()
-            .map(|k| (format!("HERALD_THROTTLE__{}", k.to_ascii_uppercase()), String::new())),
-    )
-    .collect()
+    config.to_env().expect("the test config as HERALD_* variables")
 }
 
 impl HeraldProcess {

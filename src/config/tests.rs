@@ -1,0 +1,275 @@
+//! The defaults are written once (`defaults.toml`); the example config and README's tables are held to
+//! them here. The env mapping gives back the configuration it was made from.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+fn repo_file(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `section.key` → value of a TOML document of sections.
+fn keys(toml_text: &str) -> BTreeMap<String, toml::Value> {
+    let table: toml::Table = toml_text.parse().unwrap();
+    let mut keys = BTreeMap::new();
+    for (section, values) in table {
+        let toml::Value::Table(values) = values else {
+            panic!("`{section}` is not a section")
+        };
+        for (key, value) in values {
+            keys.insert(format!("{section}.{key}"), value);
+        }
+    }
+    keys
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[test]
+fn the_defaults_load_and_are_valid() {
+    let loaded = Config::load_from(None, no_env()).unwrap();
+    assert_eq!(loaded, Config::default());
+    assert_eq!(loaded.templates.default_locale.as_str(), "en");
+    assert_eq!(loaded.twilio.from, None);
+    assert_eq!(loaded.webhook.url, None);
+    assert_eq!(loaded.smtp.url, None);
+    assert_eq!(loaded.smtp.target(), Target::local());
+    assert_eq!(loaded.throttle.global_phone, None);
+    assert_eq!(loaded.throttle.user_voice.map(|r| r.burst), Some(10));
+}
+
+#[test]
+fn the_example_config_sets_every_key_to_its_default() {
+    let defaults = keys(DEFAULTS);
+    let example = keys(&repo_file("deploy/herald.example.toml"));
+    let mut drift = Vec::new();
+    for key in defaults
+        .keys()
+        .chain(example.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (defaults.get(key), example.get(key)) {
+            (Some(d), Some(e)) if d == e => {}
+            (d, e) => drift.push(format!("{key}: default {d:?}, example {e:?}")),
+        }
+    }
+    assert!(
+        drift.is_empty(),
+        "deploy/herald.example.toml differs from src/config/defaults.toml:\n{}",
+        drift.join("\n")
+    );
+}
+
+/// The backticked words of a table cell.
+fn code_spans(cell: &str) -> Vec<&str> {
+    cell.split('`').skip(1).step_by(2).collect()
+}
+
+/// The rows of the markdown table whose header line starts with `header`, as cells.
+fn table_rows<'a>(readme: &'a str, header: &str) -> Vec<Vec<&'a str>> {
+    let start = readme
+        .find(&format!("\n{header}"))
+        .unwrap_or_else(|| panic!("README has no table `{header}`"));
+    readme[start + 1..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect()
+}
+
+/// Whether README's `shown` default is `value`: a string as is, `—`/`off` for `""`, a list of durations
+/// space-separated, any value as TOML (`[]`).
+fn shows(shown: &str, value: &toml::Value) -> bool {
+    match value {
+        toml::Value::String(s) if s.is_empty() => matches!(shown, "—" | "off"),
+        toml::Value::String(s) => shown == s,
+        toml::Value::Array(items) if !items.is_empty() => {
+            let words: Vec<String> = items
+                .iter()
+                .map(|i| i.as_str().map_or(i.to_string(), str::to_owned))
+                .collect();
+            shown == words.join(" ") || shown == value.to_string()
+        }
+        other => shown == other.to_string(),
+    }
+}
+
+/// README's configuration table and its `[throttle]` table show each key's default as `defaults.toml`
+/// has it, name only keys that exist, and together leave no key out.
+#[test]
+fn readme_tables_show_the_defaults() {
+    let readme = repo_file("README.md");
+    let defaults = keys(DEFAULTS);
+    let mut named = std::collections::BTreeSet::new();
+    let mut wrong = Vec::new();
+    let config_rows = table_rows(&readme, "| key | default | meaning |");
+    let throttle_rows = table_rows(&readme, "| limit (`[throttle]`) | default |");
+    let rows = config_rows
+        .iter()
+        .map(|r| (r, ""))
+        .chain(throttle_rows.iter().map(|r| (r, "throttle.")));
+    for (row, section) in rows {
+        let [key_cell, default_cell, ..] = row[..] else {
+            panic!("README row {row:?}")
+        };
+        // `amqp.jobs_queue`, `retry_queue` and `channels.sms`, `.voice`: later keys are in the first's section.
+        let spans = code_spans(key_cell);
+        let first = format!("{section}{}", spans[0]);
+        let section = first
+            .rsplit_once('.')
+            .map_or(section.to_owned(), |(s, _)| format!("{s}."));
+        let row_keys: Vec<String> = std::iter::once(first.clone())
+            .chain(spans[1..].iter().map(|k| match k.strip_prefix('.') {
+                Some(key) => format!("{section}{key}"),
+                None if k.contains('.') => (*k).to_owned(),
+                None => format!("{section}{k}"),
+            }))
+            .collect();
+        if first.ends_with(".*") {
+            named.extend(defaults.keys().filter(|k| k.starts_with(&section)).cloned());
+            continue;
+        }
+        named.extend(row_keys.iter().cloned());
+        if default_cell.starts_with("see ") {
+            continue;
+        }
+        if default_cell.starts_with("unset") {
+            for key in &row_keys {
+                if defaults.contains_key(key) {
+                    wrong.push(format!("{key}: README says unset, defaults.toml sets it"));
+                }
+            }
+            continue;
+        }
+        let shown: Vec<&str> = match code_spans(default_cell) {
+            spans if spans.is_empty() => vec![default_cell; row_keys.len()],
+            spans if spans.len() == 1 => vec![spans[0]; row_keys.len()],
+            spans => spans,
+        };
+        if shown.len() != row_keys.len() {
+            wrong.push(format!("{key_cell}: {} keys, {} defaults", row_keys.len(), shown.len()));
+            continue;
+        }
+        for (key, shown) in row_keys.iter().zip(shown) {
+            match defaults.get(key) {
+                None => wrong.push(format!("{key}: in README, not in defaults.toml")),
+                Some(value) if !shows(shown, value) => {
+                    wrong.push(format!("{key}: README shows `{shown}`, defaults.toml has {value}"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for key in defaults.keys().filter(|k| !named.contains(*k)) {
+        wrong.push(format!("{key}: in defaults.toml, not in README's configuration table"));
+    }
+    assert!(
+        wrong.is_empty(),
+        "README drifted from defaults.toml:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// A configuration far from the defaults, through `to_env` and back.
+#[test]
+fn to_env_gives_the_configuration_back() {
+    let mut config = Config::default();
+    config.amqp.url = Secret::new("amqp://u:p@broker:5672/vhost");
+    config.amqp.prefetch = 512;
+    config.amqp.queue_type = QueueType::Classic;
+    config.amqp.jobs_queue = "ns.jobs".into();
+    config.admin.token = Secret::new("123456");
+    config.templates.dir = "/srv/templates".into();
+    config.templates.default_locale = Locale::parse("pt-BR").unwrap();
+    config.templates.vars = vec!["team".into(), "app".into()];
+    config.channels.sms = Some(vec![ProviderKind::Twilio, ProviderKind::Webhook]);
+    config.channels.email = Some(vec![ProviderKind::Smtp, ProviderKind::Outbox]);
+    config.twilio.account_sid = "AC1".into();
+    config.twilio.auth_token = Secret::new("0042");
+    config.twilio.from = Some(PhoneNumber::parse("+15005550006").unwrap());
+    config.twilio.base_url = "http://127.0.0.1:9/twilio".parse().unwrap();
+    config.smtp.url = Some("smtp://u%40x:p%3Aw@mail.test?tls=required".parse().unwrap());
+    config.smtp.from = "Ops <ops@acme.test>".parse().unwrap();
+    config.webhook.url = Some("https://hooks.test/send?x=1".parse().unwrap());
+    config.webhook.secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap());
+    config.redis.url = Secret::new("redis://127.0.0.1:6379");
+    config.throttle.user_phone = None;
+    config.throttle.ip = Some("3/90s burst 7".parse().unwrap());
+    config.throttle.global_phone = Some("2000/m".parse().unwrap());
+    config.throttle.countries_deny = vec![44, 225];
+    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(50)); 2];
+    config.retry.provider_timeout = HumanDuration(std::time::Duration::from_secs(90));
+
+    let env = config.to_env().unwrap();
+    assert!(
+        env.iter()
+            .all(|(name, _)| name.starts_with("HERALD_") && name.contains("__"))
+    );
+    assert!(env.contains(&("HERALD_AMQP__PREFETCH".into(), "512".into())));
+    assert!(env.contains(&("HERALD_THROTTLE__USER_PHONE".into(), String::new())));
+    assert!(env.contains(&("HERALD_CHANNELS__SMS".into(), r#"["twilio", "webhook"]"#.into())));
+    assert!(
+        !env.iter().any(|(name, _)| name == "HERALD_CHANNELS__VOICE"),
+        "unset stays unset"
+    );
+    assert_eq!(Config::load_from(None, env).unwrap(), config);
+    assert_eq!(
+        Config::load_from(None, Config::default().to_env().unwrap()).unwrap(),
+        Config::default()
+    );
+}
+
+#[test]
+fn typed_values_are_checked_at_load_and_name_their_key() {
+    let load = |vars: &[(&str, &str)]| {
+        Config::load_from(None, vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).map_err(|e| e.to_string())
+    };
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("HERALD_TEMPLATES__DEFAULT_LOCALE", "s3cr3t!")],
+            "templates.default_locale",
+        ),
+        (&[("HERALD_TWILIO__FROM", "s3cr3t")], "twilio.from"),
+        (&[("HERALD_TWILIO__BASE_URL", "s3cr3t")], "twilio.base_url"),
+        (&[("HERALD_WEBHOOK__URL", "ftp://s3cr3t")], "webhook.url"),
+        (&[("HERALD_WEBHOOK__SECRET", "whsec_s3cr3t!")], "webhook.secret"),
+        (&[("HERALD_SMTP__URL", "smtp://u:s3cr3t@")], "smtp.url"),
+        (&[("HERALD_SMTP__URL", "")], "smtp.url"),
+        (&[("HERALD_SMTP__FROM", "s3cr3t")], "smtp.from"),
+        (&[("HERALD_CHANNELS__SMS", r#"["webhook"]"#)], "webhook.url"),
+        (
+            &[
+                ("HERALD_CHANNELS__SMS", r#"["webhook"]"#),
+                ("HERALD_WEBHOOK__URL", "https://hooks.test"),
+            ],
+            "webhook.secret",
+        ),
+        (&[("HERALD_CHANNELS__VOICE", r#"["smtp"]"#)], "channels.voice"),
+    ];
+    for (vars, key) in cases {
+        let err = load(vars).expect_err(key);
+        assert!(err.contains(key), "{vars:?}: {err}");
+        assert!(!err.contains("s3cr3t"), "{vars:?}: {err}");
+    }
+    let config = load(&[
+        ("HERALD_CHANNELS__SMS", r#"["webhook"]"#),
+        ("HERALD_WEBHOOK__URL", "https://hooks.test/send"),
+        ("HERALD_WEBHOOK__SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("HERALD_SMTP__URL", "smtps://mail.test"),
+    ])
+    .unwrap();
+    let (url, key) = config.webhook.endpoint("channels.sms").unwrap();
+    assert_eq!(url.as_url().as_str(), "https://hooks.test/send");
+    assert_eq!(key.as_bytes().len(), 24);
+    assert_eq!(config.chain(Channel::Email), [ProviderKind::Smtp]);
+    assert_eq!(
+        config.smtp.target(),
+        "smtps://mail.test".parse::<SmtpUrl>().unwrap().target().clone()
+    );
+}
