@@ -245,6 +245,22 @@ impl Default for ThrottleConfig {
     }
 }
 
+impl ThrottleConfig {
+    /// Every limit off, country lists and `prefix_digits` as by default: what tests and the bench start from.
+    pub fn unlimited() -> ThrottleConfig {
+        ThrottleConfig {
+            user_phone: None,
+            user_voice: None,
+            user_email: None,
+            ip: None,
+            recipient: None,
+            prefix: None,
+            global_phone: None,
+            ..ThrottleConfig::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {

@@ -469,16 +469,7 @@ mod tests {
     }
 
     fn no_limits() -> ThrottleConfig {
-        ThrottleConfig {
-            user_phone: None,
-            user_voice: None,
-            user_email: None,
-            ip: None,
-            recipient: None,
-            prefix: None,
-            global_phone: None,
-            ..ThrottleConfig::default()
-        }
+        ThrottleConfig::unlimited()
     }
 
     #[test]

@@ -62,16 +62,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 
 /// `[throttle]` with every limit off.
 pub fn no_limits() -> herald::config::ThrottleConfig {
-    herald::config::ThrottleConfig {
-        user_phone: None,
-        user_voice: None,
-        user_email: None,
-        ip: None,
-        recipient: None,
-        prefix: None,
-        global_phone: None,
-        ..Default::default()
-    }
+    herald::config::ThrottleConfig::unlimited()
 }
 
 /// Connects to the test broker. A broker that is down fails the test: it never skips.
