@@ -202,3 +202,227 @@ fn provider_failure(code: ErrorCode, provider: &'static str, e: ProviderError) -
         scope: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every rule of one delivery attempt, driven with scripted providers: no broker, no network.
+    use super::*;
+    use crate::config::ThrottleConfig;
+    use crate::job::Locale;
+    use crate::providers::stub::StubProvider;
+
+    fn transient(retry_after: Option<Duration>) -> Result<Receipt, ProviderError> {
+        Err(ProviderError::Transient {
+            message: "answered 503".into(),
+            provider_code: Some("20503".into()),
+            retry_after,
+        })
+    }
+
+    fn permanent() -> Result<Receipt, ProviderError> {
+        Err(ProviderError::Permanent {
+            message: "The 'To' number +14155550123 is not valid".into(),
+            provider_code: Some("21211".into()),
+        })
+    }
+
+    fn sent(id: &str) -> Result<Receipt, ProviderError> {
+        Ok(Receipt {
+            message_id: Some(id.into()),
+        })
+    }
+
+    fn job(extra: serde_json::Value) -> Job {
+        let mut body = serde_json::json!({
+            "id": "j1", "channel": "sms", "to": "+14155550123", "code": "482913", "user_id": "u1"
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        Job::from_json(body.to_string().as_bytes()).unwrap()
+    }
+
+    /// A dispatcher whose SMS chain is `chain`, with schedule `[1s, 5s]` and `throttle`.
+    fn dispatcher(chain: Vec<Arc<dyn Provider>>, throttle: ThrottleConfig) -> Dispatcher {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let templates = Templates::load(&dir, &Locale::parse("en").unwrap()).unwrap();
+        Dispatcher::new(
+            Arc::new(templates),
+            [chain, Vec::new(), Vec::new()],
+            RetryPolicy::new(vec![Duration::from_secs(1), Duration::from_secs(5)]),
+            Arc::new(Throttle::new(&throttle, None, None)),
+        )
+    }
+
+    fn stub(name: &'static str, script: Vec<Result<Receipt, ProviderError>>) -> Arc<StubProvider> {
+        Arc::new(StubProvider::new(name, script))
+    }
+
+    /// An outcome in a word, for the table.
+    fn word(outcome: &Outcome) -> String {
+        match outcome {
+            Outcome::Sent { provider, receipt } => {
+                format!("sent by {provider} as {}", receipt.message_id.as_deref().unwrap_or("-"))
+            }
+            // Whole seconds: a Retry-After (jittered steps are never exactly whole).
+            Outcome::Retry { after, .. } if after.subsec_nanos() == 0 => format!("retry after {after:?}"),
+            Outcome::Retry { after, .. } if after.as_secs_f64() >= 0.8 && after.as_secs_f64() <= 1.2 => {
+                "retry after ~1s".into()
+            }
+            Outcome::Retry { after, .. } if after.as_secs_f64() >= 4.0 && after.as_secs_f64() <= 6.0 => {
+                "retry after ~5s".into()
+            }
+            Outcome::Retry { after, .. } => format!("retry after {after:?}"),
+            Outcome::Failed { code, provider, .. } => format!("{} by {}", code.as_str(), provider.unwrap_or("-")),
+        }
+    }
+
+    /// A row: name, each chain provider's script, fields added to the job, attempt, expected outcome.
+    type Case = (
+        &'static str,
+        Vec<Vec<Result<Receipt, ProviderError>>>,
+        serde_json::Value,
+        u32,
+        &'static str,
+    );
+
+    #[tokio::test]
+    async fn one_attempt_by_the_rules() {
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+        let past = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+        let cases: Vec<Case> = vec![
+            (
+                "first provider accepts",
+                vec![vec![sent("SM1")]],
+                serde_json::json!({}),
+                1,
+                "sent by a as SM1",
+            ),
+            (
+                "a permanent failure ends the job, no failover",
+                vec![vec![permanent()], vec![sent("SM2")]],
+                serde_json::json!({}),
+                1,
+                "provider_rejected by a",
+            ),
+            (
+                "a transient failure fails over",
+                vec![vec![transient(None)], vec![sent("SM2")]],
+                serde_json::json!({}),
+                1,
+                "sent by b as SM2",
+            ),
+            (
+                "all unavailable: retry on the schedule",
+                vec![vec![transient(None)], vec![transient(None)]],
+                serde_json::json!({}),
+                1,
+                "retry after ~1s",
+            ),
+            (
+                "second attempt: the second step",
+                vec![vec![transient(None)]],
+                serde_json::json!({}),
+                2,
+                "retry after ~5s",
+            ),
+            (
+                "Retry-After is honoured",
+                vec![vec![transient(Some(Duration::from_secs(3)))]],
+                serde_json::json!({}),
+                1,
+                "retry after 3s",
+            ),
+            (
+                "Retry-After is capped at the longest step",
+                vec![vec![transient(Some(Duration::from_secs(3600)))]],
+                serde_json::json!({}),
+                1,
+                "retry after 5s",
+            ),
+            (
+                "after the last step: exhausted",
+                vec![vec![transient(None)]],
+                serde_json::json!({}),
+                3,
+                "attempts_exhausted by a",
+            ),
+            (
+                "expired before sending",
+                vec![vec![sent("SM1")]],
+                serde_json::json!({"expires_at": past}),
+                1,
+                "expired by -",
+            ),
+            (
+                "expires before the next attempt",
+                vec![vec![transient(Some(Duration::from_secs(5)))]],
+                serde_json::json!({"expires_at": soon}),
+                1,
+                "expired by -",
+            ),
+            (
+                "no provider for the channel",
+                vec![],
+                serde_json::json!({}),
+                1,
+                "provider_unavailable by -",
+            ),
+        ];
+        for (name, scripts, extra, attempt, expected) in cases {
+            let names = ["a", "b", "c"];
+            let stubs: Vec<Arc<StubProvider>> = scripts
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| stub(names[i], s))
+                .collect();
+            let chain = stubs.iter().map(|s| s.clone() as Arc<dyn Provider>).collect();
+            let d = dispatcher(chain, ThrottleConfig::unlimited());
+            let delivered = d.deliver(&job(extra), attempt).await;
+            assert_eq!(word(&delivered.outcome), expected, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_count_jobs_not_attempts() {
+        let a = stub("a", vec![sent("SM1")]);
+        let limits = ThrottleConfig {
+            user_phone: Some("1/h".parse().unwrap()),
+            ..ThrottleConfig::unlimited()
+        };
+        let d = dispatcher(vec![a.clone()], limits);
+        assert_eq!(
+            word(&d.deliver(&job(serde_json::json!({})), 1).await.outcome),
+            "sent by a as SM1"
+        );
+        let second = d.deliver(&job(serde_json::json!({"id": "j2"})), 1).await.outcome;
+        assert!(
+            matches!(
+                second,
+                Outcome::Failed {
+                    code: ErrorCode::Throttled,
+                    scope: Some("user"),
+                    ..
+                }
+            ),
+            "{second:?}"
+        );
+        // A retry of a job that passed the limits is not counted again.
+        let retry = d.deliver(&job(serde_json::json!({"id": "j3"})), 2).await.outcome;
+        assert_eq!(word(&retry), "sent by a as SM1");
+        assert_eq!(a.calls(), ["j1", "j3"], "the throttled job never reached the provider");
+    }
+
+    #[tokio::test]
+    async fn a_denied_country_is_blocked_before_any_provider() {
+        let a = stub("a", vec![sent("SM1")]);
+        let limits = ThrottleConfig {
+            countries_deny: vec![1],
+            ..ThrottleConfig::unlimited()
+        };
+        let d = dispatcher(vec![a.clone()], limits);
+        let outcome = d.deliver(&job(serde_json::json!({})), 1).await.outcome;
+        assert_eq!(word(&outcome), "blocked_destination by -");
+        assert!(a.calls().is_empty());
+    }
+}

@@ -8,6 +8,7 @@ use crate::templates::Rendered;
 
 pub mod outbox;
 pub mod smtp;
+pub mod stub;
 pub mod twilio;
 pub mod webhook;
 

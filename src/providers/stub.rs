@@ -1,0 +1,51 @@
+//! A provider that answers from a script, for tests of what herald decides (like lettre's stub
+//! transport): no network, and it remembers which jobs it was given.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use crate::job::Job;
+use crate::providers::{Provider, ProviderError, Receipt};
+use crate::templates::Rendered;
+
+/// Answers each call with the next scripted result, then with the last one again.
+pub struct StubProvider {
+    name: &'static str,
+    script: Mutex<VecDeque<Result<Receipt, ProviderError>>>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl StubProvider {
+    pub fn new(name: &'static str, script: Vec<Result<Receipt, ProviderError>>) -> StubProvider {
+        StubProvider {
+            name,
+            script: Mutex::new(script.into()),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// The ids of the jobs sent so far, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for StubProvider {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn send(&self, job: &Job, _message: &Rendered) -> Result<Receipt, ProviderError> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job.id.clone());
+        let mut script = self.script.lock().unwrap_or_else(|e| e.into_inner());
+        match script.len() {
+            0 => Ok(Receipt::default()),
+            1 => script[0].clone(),
+            _ => script.pop_front().unwrap_or_else(|| Ok(Receipt::default())),
+        }
+    }
+}
