@@ -11,7 +11,7 @@ use crate::audit::Audit;
 use crate::config::{Config, ProviderKind, chain_key};
 use crate::consumer::Consumer;
 use crate::dispatch::Dispatcher;
-use crate::job::Channel;
+use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::providers::outbox::Outbox;
@@ -183,7 +183,7 @@ fn claim_lease(config: &Config) -> std::time::Duration {
     config.retry.provider_timeout.0 * longest as u32 + std::time::Duration::from_secs(10)
 }
 
-fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> {
+fn build_chains(config: &Config) -> anyhow::Result<PerChannel<Vec<Arc<dyn Provider>>>> {
     // One HTTP client for every provider call: one connection pool, TLS set up once.
     let client = reqwest::Client::builder()
         .timeout(config.retry.provider_timeout.0)
@@ -200,7 +200,7 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
     let mut outbox: Option<Arc<dyn Provider>> = None;
     let mut smtp: Option<Arc<dyn Provider>> = None;
     let mut webhook: Option<Arc<dyn Provider>> = None;
-    let mut chain = |channel: Channel| -> anyhow::Result<Vec<Arc<dyn Provider>>> {
+    let chain = |channel: Channel| -> anyhow::Result<Vec<Arc<dyn Provider>>> {
         config
             .chain(channel)
             .into_iter()
@@ -235,7 +235,7 @@ fn build_chains(config: &Config) -> anyhow::Result<[Vec<Arc<dyn Provider>>; 3]> 
             })
             .collect()
     };
-    Ok([chain(Channel::Sms)?, chain(Channel::Voice)?, chain(Channel::Email)?])
+    PerChannel::try_from_fn(chain)
 }
 
 /// The provider in `slot`, built by `make` the first time: a provider named in several chains is one

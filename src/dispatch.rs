@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::events::ErrorCode;
-use crate::job::{Channel, Job};
+use crate::job::{Job, PerChannel};
 use crate::providers::{Provider, ProviderError, Receipt};
 use crate::retry::RetryPolicy;
 use crate::templates::{TemplateError, Templates};
@@ -73,20 +73,16 @@ pub struct Delivered {
 
 pub struct Dispatcher {
     templates: Arc<Templates>,
-    /// Provider chain per channel, indexed like [`Channel::ALL`].
-    chains: [Vec<Arc<dyn Provider>>; 3],
+    /// Provider chain per channel.
+    chains: PerChannel<Vec<Arc<dyn Provider>>>,
     retry: RetryPolicy,
     throttle: Arc<Throttle>,
-}
-
-fn index(channel: Channel) -> usize {
-    Channel::ALL.iter().position(|c| *c == channel).unwrap_or(0)
 }
 
 impl Dispatcher {
     pub fn new(
         templates: Arc<Templates>,
-        chains: [Vec<Arc<dyn Provider>>; 3],
+        chains: PerChannel<Vec<Arc<dyn Provider>>>,
         retry: RetryPolicy,
         throttle: Arc<Throttle>,
     ) -> Dispatcher {
@@ -147,7 +143,7 @@ impl Dispatcher {
             }
         };
         let mut last: Option<(&'static str, ProviderError)> = None;
-        for provider in &self.chains[index(job.channel)] {
+        for provider in self.chains.get(job.channel) {
             match provider.send(job, &message).await {
                 Ok(receipt) => {
                     return Outcome::Sent {
@@ -248,7 +244,10 @@ mod tests {
         let templates = Templates::load(&dir, &Locale::parse("en").unwrap()).unwrap();
         Dispatcher::new(
             Arc::new(templates),
-            [chain, Vec::new(), Vec::new()],
+            PerChannel {
+                sms: chain,
+                ..PerChannel::default()
+            },
             RetryPolicy::new(vec![Duration::from_secs(1), Duration::from_secs(5)]),
             Arc::new(Throttle::new(&throttle, None, None)),
         )

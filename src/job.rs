@@ -39,6 +39,42 @@ impl Channel {
     }
 }
 
+/// One `T` per channel: the provider chains, the per-channel counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerChannel<T> {
+    pub sms: T,
+    pub voice: T,
+    pub email: T,
+}
+
+impl<T> PerChannel<T> {
+    /// Builds each channel's value.
+    pub fn from_fn(mut f: impl FnMut(Channel) -> T) -> PerChannel<T> {
+        PerChannel {
+            sms: f(Channel::Sms),
+            voice: f(Channel::Voice),
+            email: f(Channel::Email),
+        }
+    }
+
+    /// Builds each channel's value, or the first error.
+    pub fn try_from_fn<E>(mut f: impl FnMut(Channel) -> Result<T, E>) -> Result<PerChannel<T>, E> {
+        Ok(PerChannel {
+            sms: f(Channel::Sms)?,
+            voice: f(Channel::Voice)?,
+            email: f(Channel::Email)?,
+        })
+    }
+
+    pub fn get(&self, channel: Channel) -> &T {
+        match channel {
+            Channel::Sms => &self.sms,
+            Channel::Voice => &self.voice,
+            Channel::Email => &self.email,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     Enrollment,

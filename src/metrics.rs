@@ -5,14 +5,14 @@ use prometheus::{
 };
 
 use crate::events::Event;
-use crate::job::Channel;
+use crate::job::{Channel, PerChannel};
 
 pub struct Metrics {
     registry: Registry,
-    /// `gd_send_{sms,voice,email}_total`, indexed by [`channel_index`].
-    sent: [IntCounterVec; 3],
+    /// `gd_send_{sms,voice,email}_total`.
+    sent: PerChannel<IntCounterVec>,
     /// `gd_send_{sms,voice,email}_failure_total`.
-    failed: [IntCounterVec; 3],
+    failed: PerChannel<IntCounterVec>,
     throttled: IntCounterVec,
     duration: HistogramVec,
     pub in_flight: IntGauge,
@@ -66,14 +66,6 @@ impl Sample {
     }
 }
 
-fn channel_index(channel: Channel) -> usize {
-    match channel {
-        Channel::Sms => 0,
-        Channel::Voice => 1,
-        Channel::Email => 2,
-    }
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
@@ -83,14 +75,14 @@ impl Metrics {
             register(Box::new(c.clone()));
             c
         };
-        let sent = Channel::ALL.map(|c| {
+        let sent = PerChannel::from_fn(|c| {
             counter_vec(
                 format!("gd_send_{}_total", c.as_str()),
                 format!("{} messages accepted by a provider", c.as_str()),
                 &["provider", "country", "action"],
             )
         });
-        let failed = Channel::ALL.map(|c| {
+        let failed = PerChannel::from_fn(|c| {
             counter_vec(
                 format!("gd_send_{}_failure_total", c.as_str()),
                 format!("{} jobs that ended in failure, by reason (= error.code)", c.as_str()),
@@ -157,12 +149,12 @@ impl Metrics {
 
     /// Counts one outcome event.
     pub fn record(&self, s: &Sample) {
-        let i = channel_index(s.channel);
         let provider = s.provider.as_deref().unwrap_or("none");
         let country = s.country.as_deref().unwrap_or("none");
         match &s.error {
             None => {
-                self.sent[i]
+                self.sent
+                    .get(s.channel)
                     .with_label_values(&[provider, country, s.action.as_deref().unwrap_or("none")])
                     .inc();
                 self.duration
@@ -170,7 +162,10 @@ impl Metrics {
                     .observe(s.duration_ms as f64 / 1000.0);
             }
             Some(code) => {
-                self.failed[i].with_label_values(&[provider, country, code]).inc();
+                self.failed
+                    .get(s.channel)
+                    .with_label_values(&[provider, country, code])
+                    .inc();
                 if let Some(scope) = &s.scope {
                     self.throttled.with_label_values(&[s.channel.as_str(), scope]).inc();
                 }
