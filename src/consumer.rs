@@ -502,20 +502,16 @@ impl Consumer {
                     job_id = job_id.unwrap_or("-"),
                     "duplicate job id acknowledged without sending"
                 );
-                if let Some(reply) = reply_publish(props, reply.kind, &Arc::new(reply.to_json())) {
+                if let Some(reply) = reply_publish(props, reply.kind.as_str(), &Arc::new(reply.to_json())) {
                     finished.publishes.push(reply);
                 }
             }
-            Disposition::Republish(record) => {
+            Disposition::Republish { record, recorded } => {
                 tracing::info!(
                     job_id = job_id.unwrap_or("-"),
                     "republishing the recorded outcome of an interrupted job"
                 );
                 let value: serde_json::Value = serde_json::from_str(&record.event).unwrap_or_default();
-                let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or("gd_send_sms");
-                let dead = value
-                    .pointer("/error/code")
-                    .and_then(|c| serde_json::from_value(c.clone()).ok());
                 let json = Arc::new(record.event.into_bytes());
                 // Printed and counted after the commit like any outcome: the first time was never committed.
                 let sample = Sample::from_json(&value);
@@ -523,12 +519,12 @@ impl Consumer {
                     finished,
                     props,
                     body,
-                    kind,
+                    recorded.kind.as_str(),
                     job_id,
                     &json,
                     record.dead_reason.as_deref(),
                 );
-                finished.dead = dead.filter(|_| record.dead_reason.is_some());
+                finished.dead = recorded.error.map(|e| e.code).filter(|_| record.dead_reason.is_some());
                 finished.event = sample.map(|sample| (sample, json));
                 finished.record = job_id.map(str::to_owned);
             }
@@ -559,7 +555,15 @@ impl Consumer {
                     finished.put = Some(self.store.put(id, Entry::Outcome(record)));
                     finished.record = Some(id.to_owned());
                 }
-                self.outcome_publishes(finished, props, body, event.kind, job_id, &json, dead_reason.as_deref());
+                self.outcome_publishes(
+                    finished,
+                    props,
+                    body,
+                    event.kind.as_str(),
+                    job_id,
+                    &json,
+                    dead_reason.as_deref(),
+                );
                 finished.dead = dead_reason.and(event.error.as_ref().map(|e| e.code));
                 finished.event = Some((Sample::of(&event), json));
             }
@@ -569,7 +573,7 @@ impl Consumer {
                     finished,
                     props,
                     body,
-                    event.kind,
+                    event.kind.as_str(),
                     event.job_id.as_deref(),
                     &json,
                     Some(&reason),

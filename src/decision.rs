@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::dispatch::{Delivered, Outcome};
-use crate::events::{ErrorCode, Event, EventError, scrub};
+use crate::events::{ErrorCode, Event, EventError, RecordedEvent, scrub};
 use crate::job::{InvalidJob, Job, Locale};
 use crate::store::{Entry, Record};
 
@@ -42,8 +42,8 @@ pub enum Disposition {
     /// `reply_to`; `herald.events` hears nothing.
     Duplicate { reply: Event },
     /// The broker's redelivery of a job whose outcome was recorded but whose transaction never committed:
-    /// its recorded outcome is published.
-    Republish(Record),
+    /// its recorded outcome is published. `recorded` is what the record says of itself, read as types.
+    Republish { record: Record, recorded: RecordedEvent },
     /// Not an outcome: the job goes to the delay queue of `after`, and comes back as `next_attempt`.
     /// `reason` (scrubbed) is for the log.
     Retry {
@@ -91,8 +91,8 @@ pub fn before_delivery(
             return Step::Settled(Box::new(duplicate(job, default_locale)));
         }
         Some(Entry::Outcome(record)) => {
-            if serde_json::from_str::<serde_json::Value>(&record.event).is_ok() {
-                return Step::Settled(Box::new(Disposition::Republish(record)));
+            if let Ok(recorded) = serde_json::from_str::<RecordedEvent>(&record.event) {
+                return Step::Settled(Box::new(Disposition::Republish { record, recorded }));
             }
             tracing::warn!(job_id = %job.id, "unreadable outcome record; delivering again");
         }
@@ -216,7 +216,10 @@ mod tests {
                     assert_eq!(reply.error.as_ref().unwrap().code, ErrorCode::Duplicate);
                     "duplicate".into()
                 }
-                Disposition::Republish(_) => "republish".into(),
+                Disposition::Republish { recorded, .. } => {
+                    assert_eq!(recorded.kind.as_str(), "gd_send_sms");
+                    "republish".into()
+                }
                 Disposition::Final { event, dead_reason } => format!(
                     "final {} dead={}",
                     event.error.as_ref().map_or("sent", |e| e.code.as_str()),
@@ -335,7 +338,10 @@ mod tests {
         let Disposition::Final { event, dead_reason } = sent else {
             panic!("sent is final")
         };
-        assert_eq!((event.kind, event.attempt, event.duration_ms), ("gd_send_sms", 2, 142));
+        assert_eq!(
+            (event.kind.as_str(), event.attempt, event.duration_ms),
+            ("gd_send_sms", 2, 142)
+        );
         assert_eq!(
             (event.provider, event.provider_message_id.as_deref()),
             (Some("twilio"), Some("SM1"))
@@ -390,7 +396,7 @@ mod tests {
             };
             let error = event.error.as_ref().unwrap();
             assert_eq!(error.code.as_str(), *code);
-            assert_eq!(event.kind, "gd_send_sms_failure");
+            assert_eq!(event.kind.as_str(), "gd_send_sms_failure");
             assert_eq!(dead_reason.is_some(), *dead, "{code}");
             // Free text from a provider never carries a number into the event or the dead letter.
             assert!(!error.message.contains("4155550123"));

@@ -48,7 +48,7 @@ pub struct EventError {
 pub struct Event {
     pub date: String,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: EventType,
     pub description: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
@@ -77,26 +77,77 @@ pub struct Event {
     pub scope: Option<&'static str>,
 }
 
-/// `gd_send_sms` / `gd_send_sms_failure` and their descriptions.
-pub fn event_type(channel: Channel, success: bool) -> (&'static str, &'static str) {
-    match (channel, success) {
-        (Channel::Sms, true) => ("gd_send_sms", "SMS sent"),
-        (Channel::Sms, false) => ("gd_send_sms_failure", "SMS delivery failed"),
-        (Channel::Voice, true) => ("gd_send_voice", "Voice call placed"),
-        (Channel::Voice, false) => ("gd_send_voice_failure", "Voice call failed"),
-        (Channel::Email, true) => ("gd_send_email", "Email sent"),
-        (Channel::Email, false) => ("gd_send_email_failure", "Email delivery failed"),
+/// An outcome event's `type` (contract §4): its channel and whether it succeeded. Also its routing key on
+/// `herald.events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    GdSendSms,
+    GdSendSmsFailure,
+    GdSendVoice,
+    GdSendVoiceFailure,
+    GdSendEmail,
+    GdSendEmailFailure,
+}
+
+impl EventType {
+    pub fn of(channel: Channel, success: bool) -> EventType {
+        match (channel, success) {
+            (Channel::Sms, true) => EventType::GdSendSms,
+            (Channel::Sms, false) => EventType::GdSendSmsFailure,
+            (Channel::Voice, true) => EventType::GdSendVoice,
+            (Channel::Voice, false) => EventType::GdSendVoiceFailure,
+            (Channel::Email, true) => EventType::GdSendEmail,
+            (Channel::Email, false) => EventType::GdSendEmailFailure,
+        }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::GdSendSms => "gd_send_sms",
+            EventType::GdSendSmsFailure => "gd_send_sms_failure",
+            EventType::GdSendVoice => "gd_send_voice",
+            EventType::GdSendVoiceFailure => "gd_send_voice_failure",
+            EventType::GdSendEmail => "gd_send_email",
+            EventType::GdSendEmailFailure => "gd_send_email_failure",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            EventType::GdSendSms => "SMS sent",
+            EventType::GdSendSmsFailure => "SMS delivery failed",
+            EventType::GdSendVoice => "Voice call placed",
+            EventType::GdSendVoiceFailure => "Voice call failed",
+            EventType::GdSendEmail => "Email sent",
+            EventType::GdSendEmailFailure => "Email delivery failed",
+        }
+    }
+}
+
+/// What a stored outcome record says of itself, read back as types (a record holds the event as
+/// published).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RecordedEvent {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[serde(default)]
+    pub error: Option<RecordedError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RecordedError {
+    pub code: ErrorCode,
 }
 
 impl Event {
     /// The event skeleton for a parsed job; the caller fills in the outcome.
     pub fn for_job(job: &Job, default_locale: &Locale, success: bool) -> Event {
-        let (kind, description) = event_type(job.channel, success);
+        let kind = EventType::of(job.channel, success);
         Event {
             date: now_rfc3339(),
             kind,
-            description,
+            description: kind.description(),
             job_id: Some(job.id.clone()),
             user_id: Some(job.user_id.clone()),
             ip: job.ip.map(|ip| ip.to_string()),
@@ -117,11 +168,11 @@ impl Event {
     /// The failure event of a message that is not a valid job (an unknown channel counts as sms).
     pub fn invalid(invalid: &InvalidJob) -> Event {
         let channel = invalid.channel.unwrap_or(Channel::Sms);
-        let (kind, description) = event_type(channel, false);
+        let kind = EventType::of(channel, false);
         Event {
             date: now_rfc3339(),
             kind,
-            description,
+            description: kind.description(),
             job_id: invalid.id.clone(),
             user_id: invalid.user_id.clone(),
             ip: invalid.ip.clone(),
