@@ -355,7 +355,7 @@ mod tests {
                     message: "over the user limit".into(),
                     provider: None,
                     provider_code: None,
-                    scope: Some("user"),
+                    scope: Some(crate::events::Scope::User),
                 },
                 "throttled",
                 false,
@@ -444,7 +444,7 @@ mod tests {
     }
 
     impl Disposition {
-        fn event_scope(&self) -> Option<&'static str> {
+        fn event_scope(&self) -> Option<crate::events::Scope> {
             match self {
                 Disposition::Final { event, .. } => event.scope,
                 _ => None,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::events::ErrorCode;
+use crate::events::{ErrorCode, Scope};
 use crate::job::{Job, PerChannel};
 use crate::providers::{Provider, ProviderError, Receipt};
 use crate::retry::RetryPolicy;
@@ -29,7 +29,7 @@ pub enum Outcome {
         message: String,
         provider: Option<&'static str>,
         provider_code: Option<String>,
-        scope: Option<&'static str>,
+        scope: Option<Scope>,
     },
 }
 
@@ -400,7 +400,7 @@ mod tests {
                 second,
                 Outcome::Failed {
                     code: ErrorCode::Throttled,
-                    scope: Some("user"),
+                    scope: Some(Scope::User),
                     ..
                 }
             ),

@@ -36,6 +36,37 @@ impl ErrorCode {
     }
 }
 
+/// Which limit or guard refused a job (contract §4 `scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    User,
+    Ip,
+    Recipient,
+    Prefix,
+    Country,
+    Global,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Ip => "ip",
+            Scope::Recipient => "recipient",
+            Scope::Prefix => "prefix",
+            Scope::Country => "country",
+            Scope::Global => "global",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct EventError {
     pub code: ErrorCode,
@@ -74,7 +105,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<EventError>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<&'static str>,
+    pub scope: Option<Scope>,
 }
 
 /// An outcome event's `type` (contract §4): its channel and whether it succeeded. Also its routing key on

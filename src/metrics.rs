@@ -46,7 +46,7 @@ impl Sample {
             country: event.country.clone(),
             action: event.action.map(str::to_owned),
             error: event.error.as_ref().map(|e| e.code.as_str().to_owned()),
-            scope: event.scope.map(str::to_owned),
+            scope: event.scope.map(|s| s.as_str().to_owned()),
             duration_ms: event.duration_ms,
         }
     }

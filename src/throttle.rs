@@ -19,6 +19,7 @@ use governor::{Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Rate, ThrottleConfig};
+use crate::events::Scope;
 use crate::job::{Channel, Job, Recipient};
 
 /// One configured limit. Each has its own limiter (its own quota) and a `scope` for events and metrics.
@@ -44,13 +45,13 @@ impl Limit {
         Limit::GlobalPhone,
     ];
 
-    pub fn scope(self) -> &'static str {
+    pub fn scope(self) -> Scope {
         match self {
-            Limit::UserPhone | Limit::UserVoice | Limit::UserEmail => "user",
-            Limit::Ip => "ip",
-            Limit::Recipient => "recipient",
-            Limit::Prefix => "prefix",
-            Limit::GlobalPhone => "global",
+            Limit::UserPhone | Limit::UserVoice | Limit::UserEmail => Scope::User,
+            Limit::Ip => Scope::Ip,
+            Limit::Recipient => Scope::Recipient,
+            Limit::Prefix => Scope::Prefix,
+            Limit::GlobalPhone => Scope::Global,
         }
     }
 
@@ -87,7 +88,7 @@ impl Limit {
 pub enum Verdict {
     Allow,
     /// Over a limit: the scope that refused.
-    Throttled(&'static str),
+    Throttled(Scope),
     /// The destination country is not allowed; the calling code (or `unknown`).
     Blocked(String),
 }
@@ -252,7 +253,7 @@ impl Shared {
         let refused: usize = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(match refused {
             0 => Verdict::Allow,
-            i => Verdict::Throttled(checks.get(i - 1).map_or("global", |(l, _)| l.scope())),
+            i => Verdict::Throttled(checks.get(i - 1).map_or(Scope::Global, |(l, _)| l.scope())),
         })
     }
 }
@@ -365,7 +366,7 @@ mod tests {
             assert_eq!(t.check_local(&j), Verdict::Allow, "sms {i}");
         }
         let j = job("sms", "+14155559999", "u1", "203.0.113.7");
-        assert_eq!(t.check_local(&j), Verdict::Throttled("user"));
+        assert_eq!(t.check_local(&j), Verdict::Throttled(Scope::User));
         clock.advance(Duration::from_secs(360));
         assert_eq!(t.check_local(&j), Verdict::Allow, "one more after a tenth of the hour");
     }
@@ -383,9 +384,9 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(t.check_local(&j), Verdict::Allow);
         }
-        assert_eq!(t.check_local(&j), Verdict::Throttled("user"));
+        assert_eq!(t.check_local(&j), Verdict::Throttled(Scope::User));
         clock.advance(Duration::from_secs(30 * 60));
-        assert_eq!(t.check_local(&j), Verdict::Throttled("user"));
+        assert_eq!(t.check_local(&j), Verdict::Throttled(Scope::User));
         clock.advance(Duration::from_secs(30 * 60));
         assert_eq!(t.check_local(&j), Verdict::Allow);
     }
@@ -407,7 +408,7 @@ mod tests {
         }
         assert_eq!(
             t.check_local(&job("sms", "+14155550123", "u99", "198.51.100.99")),
-            Verdict::Throttled("recipient")
+            Verdict::Throttled(Scope::Recipient)
         );
         // Different users, IPs and numbers in one range: the prefix limit (30/h on 7 digits).
         let mut allowed = 0;
@@ -451,7 +452,7 @@ mod tests {
         assert_eq!(t.check_local(&sms(2, "2001:db8:1:2::2")), Verdict::Allow);
         assert_eq!(
             t.check_local(&sms(3, "2001:db8:1:2:abcd::3")),
-            Verdict::Throttled("ip"),
+            Verdict::Throttled(Scope::Ip),
             "a third address of the same /64"
         );
         assert_eq!(
@@ -463,7 +464,7 @@ mod tests {
         assert_eq!(t.check_local(&sms(6, "::ffff:198.51.100.9")), Verdict::Allow);
         assert_eq!(
             t.check_local(&sms(7, "198.51.100.9")),
-            Verdict::Throttled("ip"),
+            Verdict::Throttled(Scope::Ip),
             "v4-mapped is the same address"
         );
     }
