@@ -86,7 +86,33 @@ pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(webhook::parse_retry_after)
+        .and_then(parse_retry_after)
+}
+
+/// Seconds form of Retry-After, as sent by rate limiters (the HTTP-date form is rare for APIs).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// An HTTP provider's failed answer, classified the way Twilio, Standard Webhooks receivers and most
+/// APIs mean it: 408, 429 and 5xx are worth retrying (with the answer's Retry-After), other statuses
+/// fail the same way again.
+pub fn http_failure(
+    status: reqwest::StatusCode,
+    message: String,
+    provider_code: Option<String>,
+    retry_after: Option<Duration>,
+) -> ProviderError {
+    use reqwest::StatusCode;
+    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        ProviderError::Transient {
+            message,
+            provider_code,
+            retry_after,
+        }
+    } else {
+        ProviderError::Permanent { message, provider_code }
+    }
 }
 
 /// A failed HTTP exchange: always transient (timeouts, refused connections, resets).
@@ -104,5 +130,32 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
         message: format!("{provider} {what}"),
         provider_code: None,
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::StatusCode;
+
+    #[test]
+    fn http_statuses_are_classified_once_for_every_provider() {
+        let cases = [
+            (StatusCode::REQUEST_TIMEOUT, true),
+            (StatusCode::TOO_MANY_REQUESTS, true),
+            (StatusCode::INTERNAL_SERVER_ERROR, true),
+            (StatusCode::SERVICE_UNAVAILABLE, true),
+            (StatusCode::BAD_REQUEST, false),
+            (StatusCode::UNAUTHORIZED, false),
+            (StatusCode::NOT_FOUND, false),
+            (StatusCode::UNPROCESSABLE_ENTITY, false),
+        ];
+        for (status, transient) in cases {
+            let e = http_failure(status, "m".into(), Some("1".into()), Some(Duration::from_secs(3)));
+            assert_eq!(e.is_transient(), transient, "{status}");
+            assert_eq!(e.provider_code(), Some("1"));
+        }
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 }

@@ -1,11 +1,11 @@
 //! Twilio Programmable Messaging (SMS) and Voice, over the REST API (contract §6).
 
 use base64::Engine;
+use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::{Provider, ProviderError, Receipt, read_capped, retry_after, transport_error};
+use super::{Provider, ProviderError, Receipt, http_failure, read_capped, retry_after, transport_error};
 use crate::config::TwilioConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -96,16 +96,7 @@ impl Twilio {
             .map(|m| scrub(&m))
             .unwrap_or_else(|| "no Twilio error body".into());
         let message = format!("twilio answered {}: {detail}", status.as_u16());
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
-        {
-            Err(ProviderError::Transient {
-                message,
-                provider_code,
-                retry_after,
-            })
-        } else {
-            Err(ProviderError::Permanent { message, provider_code })
-        }
+        Err(http_failure(status, message, provider_code, retry_after))
     }
 }
 

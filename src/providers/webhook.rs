@@ -1,12 +1,11 @@
 //! Custom provider: POSTs the message to an operator's endpoint in the shape of Auth0's
 //! send-phone-message event, signed per Standard Webhooks (contract §6).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
-use reqwest::StatusCode;
 use serde_json::json;
 use sha2::Sha256;
 
@@ -161,25 +160,8 @@ impl Provider for Webhook {
             });
         }
         let message = format!("webhook answered {}", status.as_u16());
-        if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
-        {
-            Err(ProviderError::Transient {
-                message,
-                provider_code: code,
-                retry_after,
-            })
-        } else {
-            Err(ProviderError::Permanent {
-                message,
-                provider_code: code,
-            })
-        }
+        Err(super::http_failure(status, message, code, retry_after))
     }
-}
-
-/// Seconds form of Retry-After, as sent by rate limiters (the HTTP-date form is rare for APIs).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 #[cfg(test)]
