@@ -123,14 +123,8 @@ fn queue_args(config: &AmqpConfig, dead_letter_to: Option<&str>) -> FieldTable {
 /// Declares queues and exchange. Idempotent: the same arguments every time, so a restart (or a second
 /// replica) re-declares without a PRECONDITION_FAILED.
 pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), BrokerError> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let base = |dead_letter_to: Option<&str>| queue_args(config, dead_letter_to);
-
     declare_queue(channel, config, &config.dead_queue).await?;
-    let mut jobs_args = base(Some(&config.dead_queue));
+    let mut jobs_args = queue_args(config, Some(&config.dead_queue));
     if config.queue_type == QueueType::Quorum {
         // Poison messages (contract §11.4): the quorum queue stops redelivering after this many.
         jobs_args.insert(
@@ -138,16 +132,13 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
             AMQPValue::LongLongInt(i64::from(config.delivery_limit)),
         );
     }
-    channel
-        .queue_declare(config.jobs_queue.as_str().into(), durable, jobs_args)
-        .await?;
-    channel
-        .queue_declare(
-            config.retry_queue.as_str().into(),
-            durable,
-            base(Some(&config.jobs_queue)),
-        )
-        .await?;
+    declare_durable(channel, &config.jobs_queue, jobs_args).await?;
+    declare_durable(
+        channel,
+        &config.retry_queue,
+        queue_args(config, Some(&config.jobs_queue)),
+    )
+    .await?;
     declare_topic_exchange(channel, &config.events_exchange).await
 }
 
@@ -170,13 +161,16 @@ pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(),
 /// A durable queue of the configured type and nothing more (no dead-lettering): a queue for events, or
 /// the bench's own.
 pub async fn declare_queue(channel: &Channel, config: &AmqpConfig, name: &str) -> Result<(), BrokerError> {
+    declare_durable(channel, name, queue_args(config, None)).await
+}
+
+/// Every queue herald declares is durable; `args` say the rest.
+async fn declare_durable(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .queue_declare(name.into(), durable, queue_args(config, None))
-        .await?;
+    channel.queue_declare(name.into(), durable, args).await?;
     Ok(())
 }
 
@@ -204,25 +198,16 @@ fn wait_name(wait: Duration) -> String {
     }
 }
 
-/// Declares the delay queues of [`delay_queues`]: like `herald.retry`, each dead-letters expired messages
-/// back to `herald.jobs`. `herald.retry` itself stays declared, so that messages an older herald left there
-/// still come back when they expire.
+/// Declares the delay queues that [`delay_queues`] named: like `herald.retry`, each dead-letters expired
+/// messages back to `herald.jobs`. `herald.retry` itself stays declared, so that messages an older herald
+/// left there still come back when they expire.
 pub async fn declare_delay_queues(
     channel: &Channel,
     config: &AmqpConfig,
-    waits: &[Duration],
+    queues: &[(Duration, String)],
 ) -> Result<(), BrokerError> {
-    for (_, name) in delay_queues(config, waits) {
-        channel
-            .queue_declare(
-                name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                queue_args(config, Some(&config.jobs_queue)),
-            )
-            .await?;
+    for (_, name) in queues {
+        declare_durable(channel, name, queue_args(config, Some(&config.jobs_queue))).await?;
     }
     Ok(())
 }
@@ -241,17 +226,7 @@ pub async fn declare_marker_queue(channel: &Channel, name: &str, expires: Durati
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
     args.insert("x-overflow".into(), text("drop-head"));
     args.insert("x-expires".into(), AMQPValue::LongLongInt(expires.as_millis() as i64));
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-    Ok(())
+    declare_durable(channel, name, args).await
 }
 
 /// A channel in confirm mode: every publish resolves only once the broker has taken the message.

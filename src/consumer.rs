@@ -53,7 +53,7 @@ pub struct Consumer {
     /// Sequence number of the next commit.
     commits: AtomicU64,
     /// The batch whose commit is under way, or was when its connection went.
-    in_doubt: Arc<Mutex<Option<InDoubt>>>,
+    in_doubt: Mutex<Option<InDoubt>>,
 }
 
 /// A batch whose `tx.commit` was sent but not confirmed: the connection can drop between the broker's
@@ -142,7 +142,7 @@ impl Consumer {
                 ulid::Ulid::generate().to_string().to_ascii_lowercase()
             ),
             commits: AtomicU64::new(1),
-            in_doubt: Arc::default(),
+            in_doubt: Mutex::default(),
             config,
             dispatcher,
             default_locale,
@@ -190,8 +190,7 @@ impl Consumer {
         let connection = broker::connect(&self.config, &format!("herald:{}", self.config.jobs_queue)).await?;
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.config).await?;
-        let waits: Vec<Duration> = self.delay_queues.iter().map(|(w, _)| *w).collect();
-        broker::declare_delay_queues(&channel, &self.config, &waits).await?;
+        broker::declare_delay_queues(&channel, &self.config, &self.delay_queues).await?;
         broker::declare_marker_queue(&channel, &self.marker_queue, broker::MARKER_EXPIRES).await?;
         // The marker queue is declared again on a channel of its own: the consuming channel is
         // transactional and takes nothing else while a commit is under way.
@@ -502,7 +501,10 @@ impl Consumer {
                     job_id = job_id.unwrap_or("-"),
                     "duplicate job id acknowledged without sending"
                 );
-                if let Some(reply) = reply_publish(props, reply.kind.as_str(), &Arc::new(reply.to_json())) {
+                // Serialized only for a caller waiting on reply_to: most duplicates have none.
+                if props.reply_to().is_some()
+                    && let Some(reply) = reply_publish(props, reply.kind.as_str(), &Arc::new(reply.to_json()))
+                {
                     finished.publishes.push(reply);
                 }
             }
