@@ -190,10 +190,7 @@ impl Store {
     }
 
     fn counted<T>(&self, op: StoreOp, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if result.is_err() {
-            self.errors.with_label_values(&[op.as_str()]).inc();
-        }
-        result
+        count(&self.errors, op, result)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
@@ -209,17 +206,13 @@ impl Store {
     /// overlaps the wait for that commit instead of adding to it.
     pub fn put(&self, id: &str, entry: Entry) -> PendingPut {
         let errors = self.errors.clone();
-        let count = move |result: Result<(), StoreError>| {
-            if result.is_err() {
-                errors.with_label_values(&[StoreOp::Put.as_str()]).inc();
-            }
-            result
-        };
         match &self.backend {
             Backend::Local(s) => {
                 let written = s.put(id, entry);
                 PendingPut::new(async move {
                     count(
+                        &errors,
+                        StoreOp::Put,
                         written
                             .await
                             .unwrap_or_else(|_| Err(StoreError("store thread stopped".into()))),
@@ -233,6 +226,8 @@ impl Store {
                 let write = tokio::spawn(async move { RedisStore::put(conn, key, &entry).await });
                 PendingPut::new(async move {
                     count(
+                        &errors,
+                        StoreOp::Put,
                         write
                             .await
                             .unwrap_or_else(|e| Err(StoreError(format!("record write: {e}")))),
@@ -280,8 +275,7 @@ impl Store {
                     return;
                 };
                 runtime.spawn(async move {
-                    if let Err(e) = store.mark_and_release(&ids, &release).await {
-                        errors.with_label_values(&[StoreOp::Mark.as_str()]).inc();
+                    if let Err(e) = count(&errors, StoreOp::Mark, store.mark_and_release(&ids, &release).await) {
                         tracing::warn!(error = %e, "could not mark outcomes committed");
                     }
                 });
@@ -293,6 +287,14 @@ impl Store {
     pub fn release(&self, ids: Vec<String>) {
         self.mark_committed(Vec::new(), ids);
     }
+}
+
+/// Counts a failed operation in `herald_store_errors_total{op}`, passing the result on.
+fn count<T>(errors: &IntCounterVec, op: StoreOp, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    if result.is_err() {
+        errors.with_label_values(&[op.as_str()]).inc();
+    }
+    result
 }
 
 fn now_secs() -> i64 {
