@@ -513,10 +513,7 @@ impl Consumer {
                     job_id = job_id.unwrap_or("-"),
                     "republishing the recorded outcome of an interrupted job"
                 );
-                let value: serde_json::Value = serde_json::from_str(&record.event).unwrap_or_default();
                 let json = Arc::new(record.event.into_bytes());
-                // Printed and counted after the commit like any outcome: the first time was never committed.
-                let sample = Sample::from_json(&value);
                 self.outcome_publishes(
                     finished,
                     props,
@@ -526,8 +523,13 @@ impl Consumer {
                     &json,
                     record.dead_reason.as_deref(),
                 );
-                finished.dead = recorded.error.map(|e| e.code).filter(|_| record.dead_reason.is_some());
-                finished.event = sample.map(|sample| (sample, json));
+                finished.dead = recorded
+                    .error
+                    .as_ref()
+                    .map(|e| e.code)
+                    .filter(|_| record.dead_reason.is_some());
+                // Printed and counted after the commit like any outcome: the first time was never committed.
+                finished.event = Some((Sample::recorded(&recorded), json));
                 finished.record = job_id.map(str::to_owned);
             }
             Disposition::Retry {

@@ -157,11 +157,22 @@ impl EventType {
 }
 
 /// What a stored outcome record says of itself, read back as types (a record holds the event as
-/// published).
+/// published): enough to route it again and to count it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct RecordedEvent {
     #[serde(rename = "type")]
     pub kind: EventType,
+    pub channel: Channel,
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub scope: Option<Scope>,
+    #[serde(default)]
+    pub duration_ms: u64,
     #[serde(default)]
     pub error: Option<RecordedError>,
 }

@@ -15,7 +15,7 @@ const MAX_VAR_VALUE: usize = 1024;
 const MAX_USER_ID: usize = 256;
 const MAX_FRIENDLY_NAME: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Sms,

@@ -4,7 +4,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::events::Event;
+use crate::events::{Event, RecordedEvent};
 use crate::job::{Channel, PerChannel};
 
 pub struct Metrics {
@@ -51,18 +51,17 @@ impl Sample {
         }
     }
 
-    /// From a published event (an outcome recorded before a crash).
-    pub fn from_json(v: &serde_json::Value) -> Option<Sample> {
-        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-        Some(Sample {
-            channel: Channel::parse(v.get("channel")?.as_str()?)?,
-            provider: text("provider"),
-            country: text("country"),
-            action: text("action"),
-            error: v.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_owned),
-            scope: text("scope"),
-            duration_ms: v.get("duration_ms").and_then(|d| d.as_u64()).unwrap_or(0),
-        })
+    /// From a recorded outcome (one whose transaction never committed).
+    pub fn recorded(r: &RecordedEvent) -> Sample {
+        Sample {
+            channel: r.channel,
+            provider: r.provider.clone(),
+            country: r.country.clone(),
+            action: r.action.clone(),
+            error: r.error.as_ref().map(|e| e.code.as_str().to_owned()),
+            scope: r.scope.map(|s| s.as_str().to_owned()),
+            duration_ms: r.duration_ms,
+        }
     }
 }
 
@@ -186,5 +185,34 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ErrorCode, EventError, Scope};
+    use crate::job::{Job, Locale};
+
+    /// A republished outcome is counted with the labels its first publication would have had.
+    #[test]
+    fn a_recorded_outcome_counts_as_its_event_would() {
+        let job =
+            Job::from_json(br#"{"id":"j1","channel":"voice","to":"+447700900123","code":"482913","user_id":"u1"}"#)
+                .unwrap();
+        let mut sent = Event::for_job(&job, &Locale::parse("en").unwrap(), true);
+        sent.provider = Some("twilio");
+        sent.duration_ms = 142;
+        let mut throttled = Event::for_job(&job, &Locale::parse("en").unwrap(), false);
+        throttled.scope = Some(Scope::Prefix);
+        throttled.error = Some(EventError {
+            code: ErrorCode::Throttled,
+            message: "over the prefix limit".into(),
+            provider_code: None,
+        });
+        for event in [sent, throttled] {
+            let recorded: RecordedEvent = serde_json::from_slice(&event.to_json()).unwrap();
+            assert_eq!(Sample::recorded(&recorded), Sample::of(&event));
+        }
     }
 }
