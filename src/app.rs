@@ -11,6 +11,8 @@ use crate::audit::Audit;
 use crate::config::{Config, ProviderKind, chain_key};
 use crate::consumer::Consumer;
 use crate::dispatch::Dispatcher;
+use crate::feedback::FeedbackConsumer;
+use crate::fraud::{self, Guard};
 use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
@@ -27,6 +29,7 @@ pub struct Application {
     http_addr: SocketAddr,
     server: actix_web::dev::Server,
     consumer: Arc<Consumer>,
+    feedback: FeedbackConsumer,
     shutdown: CancellationToken,
 }
 
@@ -66,12 +69,25 @@ impl Application {
                 metrics.store_errors.clone(),
             ),
         });
+        let guard = Arc::new(match &redis {
+            None => Guard::local(
+                config.fraud_settings(),
+                fraud::system_clock(),
+                Some(metrics.guard.clone()),
+            ),
+            Some(conn) => Guard::shared(
+                config.fraud_settings(),
+                fraud::Shared::new(conn.clone(), namespace),
+                Some(metrics.guard.clone()),
+            ),
+        });
         let throttle = Arc::new(Throttle::new(
             &config.throttle,
             redis.map(|conn| Shared::new(conn, namespace)),
             Some(metrics.throttle_fallbacks.clone()),
         ));
-        let dispatcher = Arc::new(Dispatcher::new(templates.clone(), chains, retry, throttle.clone()));
+        let dispatcher =
+            Arc::new(Dispatcher::new(templates.clone(), chains, retry, throttle.clone()).with_guard(guard.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let listener =
             TcpListener::bind(config.http.addr).with_context(|| format!("binding http.addr {}", config.http.addr))?;
@@ -87,11 +103,13 @@ impl Application {
                 token: config.admin.token.clone(),
                 token_name: config.admin.token_name.clone(),
                 audit: Arc::new(Audit::new(config.amqp.clone())),
+                guard: guard.clone(),
             },
         )?;
         // Background chores start only now that nothing below can fail: a start that fails (a port in use)
         // must not leave them running.
         let sweeper = throttle;
+        let swept_guard = guard.clone();
         let stopping = shutdown.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -101,8 +119,15 @@ impl Application {
                     _ = stopping.cancelled() => return,
                 }
                 sweeper.local().sweep();
+                swept_guard.sweep();
             }
         });
+        let feedback = FeedbackConsumer::new(
+            config.amqp.clone(),
+            guard,
+            metrics.guard.clone(),
+            metrics.dead_lettered.clone(),
+        );
         // Replicas share templates.dir: pick up each other's edits within seconds.
         let watched = templates.clone();
         let stopping = shutdown.clone();
@@ -143,6 +168,7 @@ impl Application {
             http_addr,
             server,
             consumer,
+            feedback,
             shutdown,
         })
     }
@@ -160,11 +186,13 @@ impl Application {
         let handle = self.server.handle();
         let http = tokio::spawn(self.server);
         tracing::info!(addr = %self.http_addr, "http listening");
+        let feedback = tokio::spawn(self.feedback.run(self.shutdown.clone()));
         // On a runtime worker, not the caller's thread (`main`'s block_on): deliveries it spawns then go
         // to that worker's own queue instead of waking another thread through the global one.
         tokio::spawn(self.consumer.run(self.shutdown.clone()))
             .await
             .context("consumer task")?;
+        feedback.await.context("feedback consumer task")?;
         handle.stop(true).await;
         http.await.context("http server task")?.context("http server")?;
         Ok(())

@@ -132,7 +132,9 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
             AMQPValue::LongLongInt(i64::from(config.delivery_limit)),
         );
     }
-    declare_durable(channel, &config.jobs_queue, jobs_args).await?;
+    declare_durable(channel, &config.jobs_queue, jobs_args.clone()).await?;
+    // Declared like the jobs queue (contract §12): same type, same poison limit, same dead letters.
+    declare_durable(channel, &config.feedback_queue, jobs_args).await?;
     declare_durable(
         channel,
         &config.retry_queue,

@@ -47,6 +47,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub redis: RedisConfig,
     pub throttle: ThrottleConfig,
+    pub fraud: FraudConfig,
     pub retry: RetryConfig,
 }
 
@@ -76,6 +77,8 @@ pub struct AmqpConfig {
     pub retry_queue: String,
     pub dead_queue: String,
     pub events_exchange: String,
+    /// Verification feedback from the MFA server (contract §12).
+    pub feedback_queue: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -238,6 +241,55 @@ pub struct ThrottleConfig {
     pub countries_deny: Vec<u16>,
 }
 
+/// `[fraud]`: the adaptive toll-fraud guard (contract §12); [`FraudConfig::settings`] is what the guard
+/// runs on.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FraudConfig {
+    pub mode: crate::fraud::Mode,
+    /// E.164 prefixes (`+1415`) the guard never refuses.
+    pub allow_prefixes: Vec<String>,
+    /// Calling codes the guard never refuses.
+    pub allow_countries: Vec<u16>,
+    /// Unverified codes each verified code earns a destination.
+    pub ratio: f64,
+    pub country_hourly_floor: u32,
+    pub country_daily_floor: u32,
+    pub range_hourly_floor: u32,
+    pub range_daily_floor: u32,
+    pub ip_daily_floor: u32,
+    #[serde(with = "text")]
+    pub learning_period: HumanDuration,
+    #[serde(with = "text")]
+    pub outage_after: HumanDuration,
+}
+
+impl Config {
+    /// The guard's settings: `[fraud]`, with `[throttle]`'s idea of a number range and an IP.
+    pub fn fraud_settings(&self) -> crate::fraud::Settings {
+        let f = &self.fraud;
+        crate::fraud::Settings {
+            mode: f.mode,
+            allow_prefixes: f.allow_prefixes.clone(),
+            allow_countries: f.allow_countries.clone(),
+            ratio: f.ratio,
+            country: crate::fraud::Floors {
+                hour: f.country_hourly_floor,
+                day: f.country_daily_floor,
+            },
+            range: crate::fraud::Floors {
+                hour: f.range_hourly_floor,
+                day: f.range_daily_floor,
+            },
+            ip_day: f.ip_daily_floor,
+            learning_period: f.learning_period.0,
+            outage_after: f.outage_after.0,
+            prefix_digits: self.throttle.prefix_digits,
+            ipv6_prefix: self.throttle.ipv6_prefix,
+        }
+    }
+}
+
 impl Default for ThrottleConfig {
     /// `[throttle]` of [`DEFAULTS`].
     fn default() -> Self {
@@ -312,6 +364,7 @@ impl Config {
             ("amqp.retry_queue", &self.amqp.retry_queue),
             ("amqp.dead_queue", &self.amqp.dead_queue),
             ("amqp.events_exchange", &self.amqp.events_exchange),
+            ("amqp.feedback_queue", &self.amqp.feedback_queue),
         ] {
             if name.is_empty() || name.len() > 255 {
                 return Err(ConfigError::key(key, "must be 1-255 characters"));
@@ -325,6 +378,32 @@ impl Config {
         }
         if !(1..=128).contains(&self.throttle.ipv6_prefix) {
             return Err(ConfigError::key("throttle.ipv6_prefix", "must be between 1 and 128"));
+        }
+        if !(self.fraud.ratio.is_finite() && self.fraud.ratio > 0.0) {
+            return Err(ConfigError::key("fraud.ratio", "must be a number greater than 0"));
+        }
+        for p in &self.fraud.allow_prefixes {
+            let digits = p.strip_prefix('+').unwrap_or("");
+            if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::key(
+                    "fraud.allow_prefixes",
+                    "every entry must be `+` and 1 to 15 digits, like \"+1415\"",
+                ));
+            }
+        }
+        for (key, floor) in [
+            ("fraud.country_hourly_floor", self.fraud.country_hourly_floor),
+            ("fraud.country_daily_floor", self.fraud.country_daily_floor),
+            ("fraud.range_hourly_floor", self.fraud.range_hourly_floor),
+            ("fraud.range_daily_floor", self.fraud.range_daily_floor),
+            ("fraud.ip_daily_floor", self.fraud.ip_daily_floor),
+        ] {
+            if floor == 0 {
+                return Err(ConfigError::key(
+                    key,
+                    "must be at least 1, or a new user's first code is refused",
+                ));
+            }
         }
         for channel in Channel::ALL {
             let key = chain_key(channel);

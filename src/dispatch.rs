@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use crate::events::{ErrorCode, Scope};
+use crate::fraud::{self, Guard};
 use crate::job::{Job, PerChannel};
 use crate::providers::{Provider, ProviderError, Receipt};
 use crate::retry::RetryPolicy;
@@ -77,6 +78,8 @@ pub struct Dispatcher {
     chains: PerChannel<Vec<Arc<dyn Provider>>>,
     retry: RetryPolicy,
     throttle: Arc<Throttle>,
+    /// The toll-fraud guard, after the fixed limits (contract §12); none in tests that do not need it.
+    guard: Option<Arc<Guard>>,
 }
 
 impl Dispatcher {
@@ -91,7 +94,13 @@ impl Dispatcher {
             chains,
             retry,
             throttle,
+            guard: None,
         }
+    }
+
+    pub fn with_guard(mut self, guard: Arc<Guard>) -> Dispatcher {
+        self.guard = Some(guard);
+        self
     }
 
     /// Attempt `attempt` (1-based) of one job: expiry check, render, then the channel's providers in order
@@ -129,6 +138,17 @@ impl Dispatcher {
                         format!("country calling code {country} is not allowed"),
                     );
                 }
+            }
+            if let Some(guard) = &self.guard
+                && let fraud::Verdict::Refuse(scope) = guard.check(job).await
+            {
+                return Outcome::Failed {
+                    code: ErrorCode::SuspectedFraud,
+                    message: format!("over the {scope} budget of unverified codes"),
+                    provider: None,
+                    provider_code: None,
+                    scope: Some(scope),
+                };
             }
         }
         let message = match self.templates.render(job) {

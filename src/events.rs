@@ -19,6 +19,7 @@ pub enum ErrorCode {
     ProviderUnavailable,
     AttemptsExhausted,
     Duplicate,
+    SuspectedFraud,
 }
 
 impl ErrorCode {
@@ -32,6 +33,7 @@ impl ErrorCode {
             ErrorCode::ProviderUnavailable => "provider_unavailable",
             ErrorCode::AttemptsExhausted => "attempts_exhausted",
             ErrorCode::Duplicate => "duplicate",
+            ErrorCode::SuspectedFraud => "suspected_fraud",
         }
     }
 }

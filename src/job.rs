@@ -581,7 +581,7 @@ impl Job {
     }
 }
 
-fn valid_id(s: &str) -> bool {
+pub(crate) fn valid_id(s: &str) -> bool {
     (1..=128).contains(&s.chars().count()) && !s.chars().any(char::is_control)
 }
 

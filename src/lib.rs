@@ -2,9 +2,10 @@
 //! webhook, and reports one outcome event per job.
 //!
 //! The data path, top-down: [`consumer`] takes a message → [`job`] parses it → [`store`] says what herald
-//! recorded of its id → [`decision`] settles it or asks for a delivery, which [`dispatch`] makes (rendered
-//! with [`templates`], sent by a [`providers`] chain) → [`decision`] turns the result into a disposition →
-//! the consumer commits its transaction → [`events`] reports the outcome, counted in [`metrics`].
+//! recorded of its id → [`decision`] settles it or asks for a delivery, which [`dispatch`] makes (past
+//! [`throttle`] and the [`fraud`] guard, rendered with [`templates`], sent by a [`providers`] chain) →
+//! [`decision`] turns the result into a disposition → the consumer commits its transaction → [`events`]
+//! reports the outcome, counted in [`metrics`]. Beside it, [`feedback`] feeds verified codes to the guard.
 
 pub mod app;
 pub mod audit;
@@ -16,6 +17,8 @@ pub mod consumer;
 pub mod decision;
 pub mod dispatch;
 pub mod events;
+pub mod feedback;
+pub mod fraud;
 pub mod http;
 pub mod job;
 pub mod logging;

@@ -9,6 +9,8 @@ use crate::job::{Channel, PerChannel};
 
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family herald exports, whether or not it has a sample yet.
+    names: Vec<String>,
     /// `gd_send_{sms,voice,email}_total`.
     sent: PerChannel<IntCounterVec>,
     /// `gd_send_{sms,voice,email}_failure_total`.
@@ -23,6 +25,8 @@ pub struct Metrics {
     pub throttle_fallbacks: IntCounter,
     /// Failed operations of the outcome store, by `op`.
     pub store_errors: IntCounterVec,
+    /// The toll-fraud guard's decisions, feedback and state (contract §12).
+    pub guard: crate::fraud::GuardMetrics,
 }
 
 /// What the metrics need of an outcome event: its labels and duration.
@@ -68,7 +72,11 @@ impl Sample {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let register = |c: Box<dyn prometheus::core::Collector>| registry.register(c).expect("unique metric name");
+        let names = std::cell::RefCell::new(Vec::new());
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            names.borrow_mut().extend(c.desc().iter().map(|d| d.fq_name.clone()));
+            registry.register(c).expect("unique metric name")
+        };
         let counter_vec = |name: String, help: String, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             register(Box::new(c.clone()));
@@ -131,7 +139,58 @@ impl Metrics {
         for op in ["get", "put", "mark", "claim"] {
             store_errors.with_label_values(&[op]);
         }
+        let suspected = counter_vec(
+            "gd_send_fraud_suspected_total".into(),
+            "Phone jobs over their destination's verified budget, by scope; mode=enforce were refused, \
+             mode=monitor only counted"
+                .into(),
+            &["channel", "scope", "mode"],
+        );
+        let verified = counter_vec(
+            "gd_send_verified_total".into(),
+            "Codes the MFA server reported verified (herald.feedback), by channel and country".into(),
+            &["channel", "country"],
+        );
+        let feedback = counter_vec(
+            "herald_feedback_total".into(),
+            "herald.feedback messages, by result: counted, duplicate, unknown (job id not sent or \
+             expired), not_verified, malformed"
+                .into(),
+            &["result"],
+        );
+        for result in ["counted", "duplicate", "unknown", "not_verified", "malformed"] {
+            feedback.with_label_values(&[result]);
+        }
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid");
+            register(Box::new(g.clone()));
+            g
+        };
+        let guard = crate::fraud::GuardMetrics {
+            suspected,
+            verified,
+            feedback,
+            outage: gauge(
+                "herald_fraud_feedback_outage",
+                "1 while no verification feedback arrives although codes go to destinations that verify",
+            ),
+            enforcing: gauge(
+                "herald_fraud_enforcing",
+                "1 while the fraud guard refuses jobs (enforce mode, learning over, feedback flowing)",
+            ),
+            errors: {
+                let c = IntCounter::new(
+                    "herald_fraud_errors_total",
+                    "Fraud-guard checks skipped because Redis was unreachable (the job was allowed)",
+                )
+                .expect("valid");
+                register(Box::new(c.clone()));
+                c
+            },
+        };
         Metrics {
+            names: names.into_inner(),
+            guard,
             registry,
             sent,
             failed,
@@ -144,6 +203,12 @@ impl Metrics {
             throttle_fallbacks,
             store_errors,
         }
+    }
+
+    /// The name of every metric family herald exports (a histogram adds `_bucket`, `_sum`, `_count`):
+    /// what dashboards and alert rules may query.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Counts one outcome event.

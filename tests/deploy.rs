@@ -453,3 +453,73 @@ async fn asyncapi_event_schema_matches_events_captured_from_herald() {
         "the Event schema accepts extra fields such as a code"
     );
 }
+
+/// The Grafana dashboard is valid JSON, every query names only metrics herald exports, and the compose
+/// stack provisions it against its Prometheus.
+#[test]
+fn grafana_dashboard_queries_only_what_herald_exports() {
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana/herald.json")).unwrap())
+        .expect("deploy/grafana/herald.json is JSON");
+    let exported: Vec<String> = herald::metrics::Metrics::new().names().to_vec();
+    let known = |name: &str| {
+        exported.iter().any(|e| {
+            name == e
+                || [e.clone() + "_bucket", e.clone() + "_sum", e.clone() + "_count"]
+                    .iter()
+                    .any(|h| h == name)
+        })
+    };
+    let mut queries = 0;
+    let mut unknown = Vec::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(
+        panels.len() >= 6,
+        "sends, failures, throttles, guard, conversion, duration"
+    );
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            assert_eq!(target["datasource"]["uid"], "prometheus", "{expr}");
+            queries += 1;
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("gd_send_") || w.starts_with("herald_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr} queries no herald metric");
+            unknown.extend(names.into_iter().filter(|n| !known(n)).map(str::to_owned));
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics herald does not export: {unknown:?}"
+    );
+    for name in [
+        "gd_send_fraud_suspected_total",
+        "gd_send_verified_total",
+        "gd_send_throttled_total",
+    ] {
+        assert!(dashboard.to_string().contains(name), "the dashboard shows {name}");
+    }
+    assert!(queries >= 10);
+
+    let datasource: Value = serde_json::to_value(
+        serde_yaml::from_str::<serde_yaml::Value>(
+            &std::fs::read_to_string(repo("deploy/grafana/provisioning/datasources/prometheus.yml")).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(datasource["datasources"][0]["uid"], "prometheus");
+    assert_eq!(datasource["datasources"][0]["url"], "http://prometheus:9090");
+    let compose = std::fs::read_to_string(repo("deploy/docker-compose.yml")).unwrap();
+    let compose: Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&compose).unwrap()).unwrap();
+    let volumes = compose["services"]["grafana"]["volumes"].to_string();
+    assert!(
+        volumes.contains("./grafana/provisioning:/etc/grafana/provisioning"),
+        "{volumes}"
+    );
+    assert!(
+        volumes.contains("./grafana/herald.json:/var/lib/grafana/dashboards/herald.json"),
+        "{volumes}"
+    );
+}

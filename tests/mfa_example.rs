@@ -26,6 +26,7 @@ impl Mfa {
             addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: helpers::AMQP_URL.into(),
             jobs_queue: herald.config.amqp.jobs_queue.clone(),
+            feedback_queue: herald.config.amqp.feedback_queue.clone(),
             client_id: "example-client".into(),
             client_secret: "example-secret".into(),
             friendly_name: "Acme".into(),
@@ -298,4 +299,197 @@ async fn wrong_codes_lock_the_challenge_and_throttled_delivery_is_an_error() {
     assert_eq!(status, 401);
     let (status, body) = mfa.challenge(&token, "sms|dev_unknown").await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// Polls herald's metrics until `series` reaches `want` (feedback is counted asynchronously).
+async fn wait_metric(app: &TestApp, series: &str, want: f64) -> String {
+    for _ in 0..200 {
+        let m = app.metrics().await;
+        if helpers::metric(&m, series) >= want {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{series} never reached {want}:\n{}", app.metrics().await);
+}
+
+/// Contract §12 end to end: the example server reports the codes its users verify on herald.feedback,
+/// herald counts them for the number's country, and in enforce mode a pumping run into a country with no
+/// verified history is refused after its floor. Bad feedback is dead-lettered, duplicates count once.
+#[tokio::test]
+async fn verified_codes_reach_the_fraud_guard_and_pumping_is_refused() {
+    let mut app = TestApp::spawn(|c| {
+        c.fraud.mode = herald::fraud::Mode::Enforce;
+        c.fraud.learning_period = herald::config::HumanDuration(Duration::ZERO);
+        c.admin.token = herald::config::Secret::new("guard-token");
+    })
+    .await;
+    let mfa = Mfa::start(&app).await;
+
+    // A real user enrolls a +44 phone and types the code in: one verified code for country 44.
+    let token = mfa.login("bob").await;
+    let (status, enrolled) = mfa
+        .associate(
+            &token,
+            json!({"authenticator_types": ["oob"], "oob_channels": ["sms"], "phone_number": "+447700900123"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{enrolled}");
+    let (code, _) = last_code(&app, "+447700900123");
+    let (status, body) = mfa.confirm(&token, enrolled["oob_code"].as_str().unwrap(), &code).await;
+    assert_eq!(status, 200, "{body}");
+    let first = app.next_event(20).await;
+    assert_eq!(first["type"], "gd_send_sms");
+    wait_metric(&app, r#"gd_send_verified_total{channel="sms",country="44"}"#, 1.0).await;
+
+    // Pumping: five codes to a premium range in a country nobody verified in, from five users and IPs.
+    let jobs: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({"id": format!("pump-{i}"), "channel": "sms", "to": format!("+88216540000{i}"),
+                   "code": "123456", "user_id": format!("bot{i}"), "ip": format!("203.0.113.{i}")})
+        })
+        .collect();
+    for job in &jobs {
+        // One at a time, so that which one is sent does not depend on the order of deliveries.
+        app.publish(job).await;
+        let event = app.next_event(20).await;
+        assert_eq!(event["job_id"], job["id"]);
+        if job["id"] == "pump-0" {
+            assert_eq!(
+                event["type"], "gd_send_sms",
+                "the floor lets a new country's first code out: {event}"
+            );
+        } else {
+            assert_eq!(event["type"], "gd_send_sms_failure", "{event}");
+            assert_eq!(event["error"]["code"], "suspected_fraud");
+            assert_eq!(event["scope"], "country");
+        }
+    }
+    let m = app.settled_metrics().await;
+    assert_eq!(
+        helpers::metric(
+            &m,
+            r#"gd_send_fraud_suspected_total{channel="sms",mode="enforce",scope="country"}"#
+        ),
+        4.0,
+        "{m}"
+    );
+    assert_eq!(helpers::metric(&m, "herald_fraud_enforcing"), 1.0);
+    assert_eq!(
+        app.outbox_lines().len(),
+        2,
+        "the real user's code and the pumped floor, nothing else"
+    );
+
+    // Operators can see why: the admin API explains the range and the country (token required).
+    let client = reqwest::Client::new();
+    let explain = |query: &'static str| client.get(app.url(&format!("/admin/api/guard?{query}")));
+    assert_eq!(explain("to=%2B8821654").send().await.unwrap().status(), 401);
+    let r = explain("to=%2B8821654&ip=203.0.113.1")
+        .bearer_auth("guard-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let why: Value = r.json().await.unwrap();
+    assert_eq!(
+        (why["mode"].as_str(), why["enforcing"].as_bool()),
+        (Some("enforce"), Some(true)),
+        "{why}"
+    );
+    let levels = why["levels"].as_array().unwrap();
+    let country = levels.iter().find(|l| l["scope"] == "country").unwrap();
+    assert_eq!(country["destination"], "882");
+    assert_eq!(
+        (country["unverified_day"].as_u64(), country["allows"].as_bool()),
+        (Some(1), Some(false)),
+        "{why}"
+    );
+    let range = levels.iter().find(|l| l["scope"] == "prefix").unwrap();
+    assert_eq!(
+        (range["destination"].as_str(), range["unverified_day"].as_u64()),
+        (Some("+8821654"), Some(1))
+    );
+    let ip = levels.iter().find(|l| l["scope"] == "ip").unwrap();
+    assert_eq!(
+        ip["unverified_day"], 0,
+        "pump-1 from this IP was refused, not sent: {why}"
+    );
+    let uk = explain("to=%2B447700900123")
+        .bearer_auth("guard-token")
+        .send()
+        .await
+        .unwrap();
+    let uk: Value = uk.json().await.unwrap();
+    let country = uk["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["scope"] == "country")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (country["verified_day"].as_u64(), country["allows"].as_bool()),
+        (Some(1), Some(true)),
+        "{uk}"
+    );
+    for bad in ["to=882", "to=%2B", "to=%2B0123", "to=%2B44&ip=nope"] {
+        let r = explain(bad).bearer_auth("guard-token").send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+
+    // Feedback: the same job again counts once; an unknown id is counted and dropped; garbage goes to
+    // herald.dead with its reason and the consumer goes on.
+    let feedback = |body: &[u8]| {
+        let channel = app.channel.clone();
+        let queue = app.config.amqp.feedback_queue.clone();
+        let body = body.to_vec();
+        async move {
+            let props = lapin::BasicProperties::default().with_content_type("application/json".into());
+            let confirm = channel
+                .basic_publish("".into(), queue.as_str().into(), Default::default(), &body, props)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        }
+    };
+    feedback(
+        format!(
+            r#"{{"job_id":"{}","verified":true}}"#,
+            first["job_id"].as_str().unwrap()
+        )
+        .as_bytes(),
+    )
+    .await;
+    feedback(br#"{"job_id":"never-sent","verified":true}"#).await;
+    feedback(b"not json").await;
+    feedback(br#"{"job_id":"pump-1","verified":"yes"}"#).await;
+    let m = wait_metric(&app, r#"herald_feedback_total{result="malformed"}"#, 2.0).await;
+    let m = wait_metric(&app, r#"herald_feedback_total{result="unknown"}"#, 1.0).await + &m;
+    assert_eq!(
+        helpers::metric(&m, r#"herald_feedback_total{result="duplicate"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        helpers::metric(&m, r#"herald_feedback_total{result="counted"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        helpers::metric(&m, r#"gd_send_verified_total{channel="sms",country="44"}"#),
+        1.0
+    );
+    let dead = app.dead_letters(2).await;
+    let reasons: Vec<&str> = dead.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "feedback body is not a JSON object",
+            "feedback field `verified` must be true or false"
+        ]
+    );
+    assert_eq!(dead[0].0, b"not json", "the message itself is kept");
 }

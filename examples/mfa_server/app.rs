@@ -38,6 +38,9 @@ pub struct Settings {
     pub addr: SocketAddr,
     pub amqp_url: String,
     pub jobs_queue: String,
+    /// Where verified codes are reported (herald's `amqp.feedback_queue`): its toll-fraud guard budgets
+    /// each destination by the codes that get used.
+    pub feedback_queue: String,
     pub client_id: String,
     pub client_secret: String,
     pub friendly_name: String,
@@ -143,6 +146,8 @@ struct Challenge {
     code: String,
     expires: Instant,
     wrong: u32,
+    /// The herald job that delivered the code: named in the feedback once the code is verified.
+    job_id: Option<String>,
 }
 
 /// An OAuth-style error answer: `{"error", "error_description"}` with its HTTP status.
@@ -297,9 +302,12 @@ async fn associate(req: HttpRequest, state: web::Data<State>, body: web::Json<As
     };
 
     let (oob_code, code) = new_challenge(&state, &user_id, &device_id);
-    if let Err(response) = deliver(&req, &state, &channel, &to, &code, "enrollment", &user_id).await {
-        state.store().challenges.remove(&oob_code);
-        return Err(response);
+    match deliver(&req, &state, &channel, &to, &code, "enrollment", &user_id).await {
+        Ok(job_id) => sent_by(&state, &oob_code, job_id),
+        Err(response) => {
+            state.store().challenges.remove(&oob_code);
+            return Err(response);
+        }
     }
     let mut answer = json!({
         "authenticator_type": "oob",
@@ -393,7 +401,7 @@ async fn challenge(req: HttpRequest, state: web::Data<State>, body: web::Json<Ch
         ));
     };
     let (oob_code, code) = new_challenge(&state, &user_id, &device_id);
-    if let Err(response) = deliver(
+    match deliver(
         &req,
         &state,
         &channel,
@@ -404,8 +412,11 @@ async fn challenge(req: HttpRequest, state: web::Data<State>, body: web::Json<Ch
     )
     .await
     {
-        state.store().challenges.remove(&oob_code);
-        return Err(response);
+        Ok(job_id) => sent_by(&state, &oob_code, job_id),
+        Err(response) => {
+            state.store().challenges.remove(&oob_code);
+            return Err(response);
+        }
     }
     Ok(HttpResponse::Ok().json(json!({"challenge_type": "oob", "oob_code": oob_code, "binding_method": "prompt"})))
 }
@@ -490,6 +501,11 @@ fn verify_oob(state: &State, form: TokenRequest) -> Answer {
     if let Some(session) = store.sessions.get_mut(&mfa_token) {
         session.verified = true;
     }
+    // Both grants that use a code (confirming an enrollment, answering a challenge) end here: tell herald
+    // the code was used.
+    if let Some(job_id) = challenge.job_id {
+        state.herald.verified(&state.settings.feedback_queue, job_id);
+    }
     Ok(HttpResponse::Ok().json(
         json!({"access_token": random_token(), "token_type": "Bearer", "expires_in": 86400,
         "scope": "openid"}),
@@ -501,6 +517,13 @@ fn client_ok(state: &State, id: &str, secret: &str) -> bool {
     let id_ok: bool = subtle::ConstantTimeEq::ct_eq(id.as_bytes(), s.client_id.as_bytes()).into();
     let secret_ok: bool = subtle::ConstantTimeEq::ct_eq(secret.as_bytes(), s.client_secret.as_bytes()).into();
     id_ok & secret_ok
+}
+
+/// Remembers which herald job delivered the code of `oob_code`.
+fn sent_by(state: &State, oob_code: &str, job_id: String) {
+    if let Some(challenge) = state.store().challenges.get_mut(oob_code) {
+        challenge.job_id = Some(job_id);
+    }
 }
 
 /// A fresh code for `device_id`; returns the `oob_code` naming it and the code itself.
@@ -515,6 +538,7 @@ fn new_challenge(state: &State, user_id: &str, device_id: &str) -> (String, Stri
             code: code.clone(),
             expires: Instant::now() + CODE_TTL,
             wrong: 0,
+            job_id: None,
         },
     );
     (oob_code, code)
@@ -529,10 +553,11 @@ async fn deliver(
     code: &str,
     action: &str,
     user_id: &str,
-) -> Result<(), OAuthError> {
+) -> Result<String, OAuthError> {
     let expires_at = chrono::Utc::now() + CODE_TTL;
+    let id = uuid::Uuid::new_v4().to_string();
     let mut job = json!({
-        "id": uuid::Uuid::new_v4().to_string(),
+        "id": id,
         "channel": channel,
         "to": to,
         "code": code,
@@ -553,7 +578,7 @@ async fn deliver(
         Err(e) => return Err(oauth_error(503, "temporarily_unavailable", &e)),
     };
     match event["error"]["code"].as_str() {
-        None => Ok(()),
+        None => Ok(id),
         Some("throttled") => Err(oauth_error(
             429,
             "too_many_requests",
@@ -635,6 +660,38 @@ impl Herald {
             waiting,
             _connection: connection,
         })
+    }
+
+    /// Reports a verified code on herald's feedback queue (contract §12), in the background: the user's
+    /// login does not wait for it, and a lost report only makes herald's guard a little stricter.
+    fn verified(&self, feedback_queue: &str, job_id: String) {
+        let channel = self.channel.clone();
+        let queue = feedback_queue.to_owned();
+        tokio::spawn(async move {
+            let body = json!({
+                "job_id": job_id,
+                "verified": true,
+                "verified_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            });
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2);
+            let published = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body.to_string().as_bytes(),
+                    props,
+                )
+                .await;
+            if let Err(e) = match published {
+                Ok(confirm) => confirm.await.map(|_| ()),
+                Err(e) => Err(e),
+            } {
+                eprintln!("feedback to herald not published: {e}");
+            }
+        });
     }
 
     /// Publishes `job` (persistent, confirmed, mandatory) and waits up to `timeout` for its outcome event.

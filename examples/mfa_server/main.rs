@@ -5,7 +5,7 @@
 //!     cargo run --example mfa_server                       # this server, on 127.0.0.1:3000
 //!
 //! Settings (environment): MFA_ADDR (127.0.0.1:3000), MFA_AMQP_URL (amqp://guest:guest@127.0.0.1:5672/%2f),
-//! MFA_JOBS_QUEUE (herald.jobs), MFA_CLIENT_ID / MFA_CLIENT_SECRET (example-client / example-secret),
+//! MFA_JOBS_QUEUE (herald.jobs), MFA_FEEDBACK_QUEUE (herald.feedback), MFA_CLIENT_ID / MFA_CLIENT_SECRET (example-client / example-secret),
 //! MFA_FRIENDLY_NAME (Acme), MFA_REPLY_TIMEOUT_SECS (15).
 
 mod app;
@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         addr: env_or("MFA_ADDR", "127.0.0.1:3000").parse()?,
         amqp_url: env_or("MFA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
         jobs_queue: env_or("MFA_JOBS_QUEUE", "herald.jobs"),
+        feedback_queue: env_or("MFA_FEEDBACK_QUEUE", "herald.feedback"),
         client_id: env_or("MFA_CLIENT_ID", "example-client"),
         client_secret: env_or("MFA_CLIENT_SECRET", "example-secret"),
         friendly_name: env_or("MFA_FRIENDLY_NAME", "Acme"),

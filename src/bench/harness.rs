@@ -159,6 +159,7 @@ fn serve_command(amqp: &AmqpConfig, dir: &Path, port: u16, provider: Option<&Pro
         .env("HERALD_AMQP__RETRY_QUEUE", &amqp.retry_queue)
         .env("HERALD_AMQP__DEAD_QUEUE", &amqp.dead_queue)
         .env("HERALD_AMQP__EVENTS_EXCHANGE", &amqp.events_exchange)
+        .env("HERALD_AMQP__FEEDBACK_QUEUE", &amqp.feedback_queue)
         .env("HERALD_HTTP__ADDR", format!("127.0.0.1:{port}"))
         .env("HERALD_STATE__PATH", &state)
         .env("HERALD_OUTBOX__PATH", dir.join("outbox.jsonl"))

@@ -135,6 +135,7 @@ impl Bench {
         amqp.retry_queue = format!("herald.bench.{id}.retry");
         amqp.dead_queue = format!("herald.bench.{id}.dead");
         amqp.events_exchange = format!("herald.bench.{id}.events");
+        amqp.feedback_queue = format!("herald.bench.{id}.feedback");
         let connection = broker::connect(&amqp, "herald-bench")
             .await
             .with_context(|| format!("connecting to {}", broker::redacted_url(&amqp)))?;
@@ -158,9 +159,14 @@ impl Bench {
     async fn clean_up(self) {
         let amqp = &self.amqp;
         let own = steps::OWN_QUEUES.map(|q| self.own(q));
-        for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue]
-            .into_iter()
-            .chain(&own)
+        for q in [
+            &amqp.jobs_queue,
+            &amqp.retry_queue,
+            &amqp.dead_queue,
+            &amqp.feedback_queue,
+        ]
+        .into_iter()
+        .chain(&own)
         {
             steps::delete_queue(&self.channel, q).await;
         }

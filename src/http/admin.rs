@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 
 use crate::audit::{Audit, TEMPLATE_CHANGED, TemplateChanged};
 use crate::config::Secret;
+use crate::fraud::Guard;
 use crate::job::{Action, Channel, Locale};
 use crate::templates::Part;
 use crate::templates::{Previewed, Rendered, Sources, TemplateError, TemplateId, TemplateProblem, Templates};
@@ -29,6 +30,8 @@ pub struct AdminState {
     pub token: Secret,
     pub token_name: String,
     pub audit: Arc<Audit>,
+    /// For `GET /admin/api/guard`: why the fraud guard lets a destination through or not.
+    pub guard: Arc<Guard>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -49,7 +52,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/templates/{channel}/{action}/{locale}", web::get().to(read))
             .route("/templates/{channel}/{action}/{locale}", web::put().to(replace))
             .route("/templates/{channel}/{action}/{locale}", web::delete().to(revert))
-            .route("/preview", web::post().to(preview)),
+            .route("/preview", web::post().to(preview))
+            .route("/guard", web::get().to(explain_guard)),
     );
 }
 
@@ -268,6 +272,43 @@ async fn page(state: web::Data<AdminState>) -> HttpResponse {
             "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
         ))
         .body(include_str!("admin.html"))
+}
+
+#[derive(Deserialize)]
+struct GuardQuery {
+    /// A number or number prefix in E.164 form: `+8821654`.
+    to: String,
+    ip: Option<String>,
+}
+
+/// `GET /admin/api/guard?to=+8821654[&ip=203.0.113.7]`: the fraud guard's counts and budgets for the
+/// destination's range and country (and the IP), and whether one more unverified code fits.
+async fn explain_guard(state: web::Data<AdminState>, query: web::Query<GuardQuery>) -> Result<HttpResponse, ApiError> {
+    let digits = query
+        .to
+        .strip_prefix('+')
+        .filter(|d| (1..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ApiError::BadRequest("`to` must be `+` and 1 to 15 digits: a number or its prefix".into()))?;
+    let ip = match &query.ip {
+        None => None,
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|_| ApiError::BadRequest("`ip` is not an IPv4 or IPv6 address".into()))?,
+        ),
+    };
+    let levels = state
+        .guard
+        .explain(digits, ip)
+        .await
+        .map_err(|e| ApiError::Internal(format!("fraud guard state unavailable: {e}")))?
+        .ok_or_else(|| ApiError::BadRequest("`to` does not start with a country calling code".into()))?;
+    let settings = state.guard.settings();
+    Ok(HttpResponse::Ok().json(json!({
+        "mode": settings.mode.as_str(),
+        "enforcing": state.guard.is_enforcing(),
+        "ratio": settings.ratio,
+        "levels": levels,
+    })))
 }
 
 async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {

@@ -51,6 +51,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.amqp.retry_queue = format!("{ns}.retry");
     config.amqp.dead_queue = format!("{ns}.dead");
     config.amqp.events_exchange = format!("{ns}.events");
+    config.amqp.feedback_queue = format!("{ns}.feedback");
     config.http.addr = "127.0.0.1:0".parse().unwrap();
     config.templates.dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates");
     config.outbox.path = dir.join("outbox.jsonl");

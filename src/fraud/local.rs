@@ -1,0 +1,184 @@
+//! The guard's counts in this process (no `[redis] url`). Bounded: destinations and jobs older than every
+//! window are swept, and past [`MAX_DESTINATIONS`] / [`MAX_JOBS`] the least useful go first.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::budget::{HOURS_KEPT, Tally};
+use super::{Decision, Destinations, Feedback, Level, Settings};
+use crate::job::Channel;
+
+/// Destinations held, all levels together: a flood of fresh IPs or ranges cannot grow memory past this
+/// (about 100 bytes each). When full, destinations without verified history that were seen least
+/// recently are dropped first: they only ever had their floors.
+pub const MAX_DESTINATIONS: usize = 500_000;
+/// Phone jobs remembered for their feedback (about 40 bytes each): a day of 11 jobs a second. Past it the
+/// oldest go first, and their feedback counts as unknown.
+pub const MAX_JOBS: usize = 1_000_000;
+
+/// One job the guard let through, by the hash of its id.
+#[derive(Debug, Clone, Copy)]
+struct SentJob {
+    hour: u32,
+    channel: Channel,
+    country: u16,
+    range: u64,
+    ip: Option<u64>,
+    verified: bool,
+}
+
+#[derive(Default)]
+struct State {
+    tallies: HashMap<u64, Tally>,
+    jobs: HashMap<u64, SentJob>,
+}
+
+#[derive(Default)]
+pub struct Local {
+    state: Mutex<State>,
+    /// When the first verified code was counted; 0 = never.
+    since: AtomicU64,
+}
+
+fn job_key(job_id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    'j'.hash(&mut h);
+    job_id.hash(&mut h);
+    h.finish()
+}
+
+fn key(level: Level, id: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    level.tag().hash(&mut h);
+    id.hash(&mut h);
+    h.finish()
+}
+
+impl Local {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Counts stay usable after a panic elsewhere: every update is a few additions.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, enforcing: bool) -> Decision {
+        let hour = (now / 3600) as u32;
+        let keys: Vec<(Level, u64)> = dest.keys().into_iter().map(|(l, id)| (l, key(l, &id))).collect();
+        let mut state = self.state();
+        let mut over = None;
+        let mut country_known = false;
+        for (level, k) in &keys {
+            let window = state.tallies.get(k).map(|t| t.window(now)).unwrap_or_default();
+            if *level == Level::Country {
+                country_known = window.has_history();
+            }
+            if over.is_none() && !window.allows(level.floors(s), s.ratio) {
+                over = Some(*level);
+            }
+        }
+        if over.is_some() && enforcing {
+            return Decision {
+                over,
+                counted: false,
+                country_known,
+            };
+        }
+        for (_, k) in &keys {
+            state.tallies.entry(*k).or_default().sent(hour);
+        }
+        let ip = keys.iter().find(|(l, _)| *l == Level::Ip).map(|(_, k)| *k);
+        state.jobs.insert(
+            job_key(job_id),
+            SentJob {
+                hour,
+                channel: dest.channel,
+                country: dest.country,
+                range: keys[0].1,
+                ip,
+                verified: false,
+            },
+        );
+        Decision {
+            over,
+            counted: true,
+            country_known,
+        }
+    }
+
+    pub fn verified(&self, job_id: &str, now: u64) -> Feedback {
+        let mut state = self.state();
+        let Some(job) = state.jobs.get_mut(&job_key(job_id)) else {
+            return Feedback::Unknown;
+        };
+        if job.verified {
+            return Feedback::Duplicate;
+        }
+        job.verified = true;
+        let job = *job;
+        let country = key(Level::Country, &job.country.to_string());
+        for k in [Some(job.range), Some(country), job.ip].into_iter().flatten() {
+            state.tallies.entry(k).or_default().verified(job.hour);
+        }
+        drop(state);
+        let _ = self
+            .since
+            .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+        Feedback::Counted {
+            channel: job.channel,
+            country: job.country,
+        }
+    }
+
+    pub fn since(&self) -> Option<u64> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    pub fn tally(&self, level: Level, id: &str) -> Tally {
+        self.state().tallies.get(&key(level, id)).cloned().unwrap_or_default()
+    }
+
+    pub fn sweep(&self, now: u64) {
+        let hour = (now / 3600) as u32;
+        let mut state = self.state();
+        state.tallies.retain(|_, t| !t.prune(hour));
+        state.jobs.retain(|_, j| j.hour + HOURS_KEPT > hour);
+        if state.tallies.len() > MAX_DESTINATIONS {
+            // Keep destinations with verified history, then the most recently seen.
+            let mut order: Vec<(bool, u32, u64)> = state
+                .tallies
+                .iter()
+                .map(|(k, t)| {
+                    (
+                        !t.days.is_empty(),
+                        t.hours.iter().map(|h| h.hour).max().unwrap_or(0),
+                        *k,
+                    )
+                })
+                .collect();
+            order.sort_unstable();
+            let excess = state.tallies.len() - MAX_DESTINATIONS * 9 / 10;
+            for (_, _, k) in order.into_iter().take(excess) {
+                state.tallies.remove(&k);
+            }
+        }
+        if state.jobs.len() > MAX_JOBS {
+            let mut order: Vec<(u32, u64)> = state.jobs.iter().map(|(k, j)| (j.hour, *k)).collect();
+            order.sort_unstable();
+            let excess = state.jobs.len() - MAX_JOBS * 9 / 10;
+            for (_, k) in order.into_iter().take(excess) {
+                state.jobs.remove(&k);
+            }
+        }
+        state.tallies.shrink_to_fit();
+        state.jobs.shrink_to_fit();
+    }
+
+    pub fn held(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.tallies.len(), state.jobs.len())
+    }
+}

@@ -1,0 +1,267 @@
+//! The guard's counts in Redis, shared by every replica: one script per job (decide, and count unless
+//! refused) and one per feedback (verify once). The arithmetic is `budget.rs`'s, in Lua; a test runs both
+//! on the same history. Each destination is a hash of `s<hour>` (sent), `v<hour>` (verified, by the hour
+//! the code was sent) and `d<day>` (verified per day, for the 14-day peak), stale fields dropped as they
+//! are read; each job a string `U|hour|channel|country|range|ip` (`V…` once verified) that expires with
+//! the day window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::budget::{DAYS_KEPT, DayCount, HOURS_KEPT, HourCount, Tally};
+use super::{Decision, Destinations, Feedback, Level, Settings};
+use crate::job::Channel;
+
+/// Job entries live through the day window and a little more (feedback comes within minutes).
+const JOB_TTL_SECS: u64 = (HOURS_KEPT as u64) * 3600;
+/// Destinations live as long as their oldest field can matter.
+const TALLY_TTL_SECS: u64 = (DAYS_KEPT as u64) * 86_400;
+
+/// KEYS = the job's tally keys, most specific first, then the job key. ARGV = now, enforce (1/0), ratio,
+/// the job's entry, the index of the country key, then floor_hour and floor_day for each tally key.
+/// Returns {over (0 = none, else the index of the first key over budget), counted (1/0), country known
+/// (1/0), since (0 = never)}.
+const CHECK: &str = r#"
+local now = tonumber(ARGV[1])
+local enforce = ARGV[2] == '1'
+local ratio = tonumber(ARGV[3])
+local country_index = tonumber(ARGV[5])
+local n = #KEYS - 1
+local hour = math.floor(now / 3600)
+local today = math.floor(hour / 24)
+local previous_weight = 1 - (now % 3600) / 3600
+local over = 0
+local known = 0
+for i = 1, n do
+  local fields = redis.call('HGETALL', KEYS[i])
+  local sent, verified, stale = {}, {}, {}
+  local peak = 0
+  for j = 1, #fields, 2 do
+    local name = fields[j]
+    local value = tonumber(fields[j + 1])
+    local kind = string.sub(name, 1, 1)
+    local t = tonumber(string.sub(name, 2))
+    if kind == 'd' then
+      if t + 15 <= today then
+        stale[#stale + 1] = name
+      elseif t < today and t + 14 >= today and value > peak then
+        peak = value
+      end
+    elseif t + 25 <= hour then
+      stale[#stale + 1] = name
+    elseif kind == 's' then
+      sent[t] = value
+    else
+      verified[t] = value
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
+  local uh, vh, ud, vd = 0, 0, 0, 0
+  for t, s in pairs(sent) do
+    local v = verified[t] or 0
+    local u = math.max(s - v, 0)
+    if t + 24 > hour and t <= hour then ud = ud + u end
+    if t == hour then uh = uh + u elseif t + 1 == hour then uh = uh + u * previous_weight end
+  end
+  for t, v in pairs(verified) do
+    if t + 24 > hour and t <= hour then vd = vd + v end
+    if t == hour then vh = vh + v elseif t + 1 == hour then vh = vh + v * previous_weight end
+  end
+  local floor_hour = tonumber(ARGV[4 + 2 * i])
+  local floor_day = tonumber(ARGV[5 + 2 * i])
+  local day = floor_day + ratio * math.max(peak, vd)
+  local per_hour = math.max(floor_hour + ratio * vh, day / 3)
+  if over == 0 and not (uh + 1 <= per_hour and ud + 1 <= day) then over = i end
+  if i == country_index and (vd > 0 or peak > 0) then known = 1 end
+end
+local since = tonumber(redis.call('GET', KEYS[n + 1] .. ':since') or '0')
+if over > 0 and enforce then return {over, 0, known, since} end
+for i = 1, n do
+  redis.call('HINCRBY', KEYS[i], 's' .. hour, 1)
+  redis.call('EXPIRE', KEYS[i], ARGV[6 + 2 * n])
+end
+redis.call('SET', KEYS[n + 1] .. ':j:' .. ARGV[7 + 2 * n], ARGV[4], 'EX', ARGV[8 + 2 * n])
+return {over, 1, known, since}
+"#;
+
+/// KEYS = the guard's prefix; ARGV = the job key's id, now, the tally TTL. Returns {0} unknown,
+/// {1} duplicate, {2, entry} counted now.
+const VERIFIED: &str = r#"
+local prefix = KEYS[1]
+local job = prefix .. ':j:' .. ARGV[1]
+local entry = redis.call('GET', job)
+if not entry then return {0} end
+if string.sub(entry, 1, 1) == 'V' then return {1} end
+local ttl = redis.call('TTL', job)
+if ttl < 1 then ttl = 1 end
+redis.call('SET', job, 'V' .. string.sub(entry, 2), 'EX', ttl)
+local parts = {}
+for part in string.gmatch(entry .. '|', '([^|]*)|') do parts[#parts + 1] = part end
+local hour = tonumber(parts[2])
+local keys = {prefix .. ':r:' .. parts[5], prefix .. ':c:' .. parts[4]}
+if parts[6] ~= nil and parts[6] ~= '' and parts[6] ~= '-' then keys[#keys + 1] = prefix .. ':i:' .. parts[6] end
+for _, key in ipairs(keys) do
+  if redis.call('HEXISTS', key, 's' .. hour) == 1 then redis.call('HINCRBY', key, 'v' .. hour, 1) end
+  redis.call('HINCRBY', key, 'd' .. math.floor(hour / 24), 1)
+  redis.call('EXPIRE', key, ARGV[3])
+end
+redis.call('SET', prefix .. ':since', ARGV[2], 'NX')
+return {2, entry}
+"#;
+
+pub struct Shared {
+    conn: redis::aio::ConnectionManager,
+    check: redis::Script,
+    verified: redis::Script,
+    prefix: String,
+    /// The shared learning clock, as last read from Redis; 0 = no verified code yet.
+    since: AtomicU64,
+}
+
+fn job_id_key(job_id: &str) -> String {
+    Sha256::digest(job_id.as_bytes())[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Shared {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Shared {
+        Shared {
+            conn,
+            check: redis::Script::new(CHECK),
+            verified: redis::Script::new(VERIFIED),
+            prefix: format!("herald:{namespace}:guard"),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    fn tally_key(&self, level: Level, id: &str) -> String {
+        format!("{}:{}:{id}", self.prefix, level.tag())
+    }
+
+    pub async fn check(
+        &self,
+        job_id: &str,
+        dest: &Destinations,
+        s: &Settings,
+        now: u64,
+        enforcing: bool,
+    ) -> Result<Decision, redis::RedisError> {
+        let keys = dest.keys();
+        let mut invocation = self.check.prepare_invoke();
+        for (level, id) in &keys {
+            invocation.key(self.tally_key(*level, id));
+        }
+        invocation.key(&self.prefix);
+        let entry = format!(
+            "U|{}|{}|{}|{}|{}",
+            now / 3600,
+            dest.channel.as_str(),
+            dest.country,
+            dest.range,
+            dest.ip.as_deref().unwrap_or("-")
+        );
+        let country_index = keys.iter().position(|(l, _)| *l == Level::Country).map_or(0, |i| i + 1);
+        invocation
+            .arg(now)
+            .arg(u8::from(enforcing))
+            .arg(s.ratio)
+            .arg(entry)
+            .arg(country_index);
+        for (level, _) in &keys {
+            let floors = level.floors(s);
+            invocation.arg(floors.hour).arg(floors.day);
+        }
+        invocation.arg(TALLY_TTL_SECS).arg(job_id_key(job_id)).arg(JOB_TTL_SECS);
+        let (over, counted, known, since): (usize, u8, u8, u64) =
+            invocation.invoke_async(&mut self.conn.clone()).await?;
+        self.since.store(since, Ordering::Relaxed);
+        Ok(Decision {
+            over: over.checked_sub(1).and_then(|i| keys.get(i)).map(|(l, _)| *l),
+            counted: counted == 1,
+            country_known: known == 1,
+        })
+    }
+
+    pub async fn verified(&self, job_id: &str, now: u64) -> Result<Feedback, redis::RedisError> {
+        let answer: Vec<redis::Value> = self
+            .verified
+            .key(&self.prefix)
+            .arg(job_id_key(job_id))
+            .arg(now.max(1))
+            .arg(TALLY_TTL_SECS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let code: u8 = answer
+            .first()
+            .map(|v| redis::from_redis_value(v.clone()))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(match code {
+            1 => Feedback::Duplicate,
+            2 => {
+                let entry: String = answer
+                    .get(1)
+                    .map(|v| redis::from_redis_value(v.clone()))
+                    .transpose()?
+                    .unwrap_or_default();
+                let mut parts = entry.split('|').skip(2);
+                let channel = parts.next().and_then(Channel::parse).unwrap_or(Channel::Sms);
+                let country = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+                if self.since.load(Ordering::Relaxed) == 0 {
+                    self.since.store(now.max(1), Ordering::Relaxed);
+                }
+                Feedback::Counted { channel, country }
+            }
+            _ => Feedback::Unknown,
+        })
+    }
+
+    pub fn since(&self) -> Option<u64> {
+        match self.since.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        }
+    }
+
+    /// One destination's history, read back into a [`Tally`] (for `explain`).
+    pub async fn tally(&self, level: Level, id: &str) -> Result<Tally, redis::RedisError> {
+        let fields: Vec<(String, u32)> = redis::cmd("HGETALL")
+            .arg(self.tally_key(level, id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut tally = Tally::default();
+        for (name, value) in fields {
+            let Some(t) = name.get(1..).and_then(|t| t.parse::<u32>().ok()) else {
+                continue;
+            };
+            match name.as_bytes()[0] {
+                b'd' => tally.days.push(DayCount {
+                    day: t,
+                    verified: value,
+                }),
+                kind => {
+                    let i = match tally.hours.iter().position(|h| h.hour == t) {
+                        Some(i) => i,
+                        None => {
+                            tally.hours.push(HourCount {
+                                hour: t,
+                                sent: 0,
+                                verified: 0,
+                            });
+                            tally.hours.len() - 1
+                        }
+                    };
+                    if kind == b's' {
+                        tally.hours[i].sent = value;
+                    } else {
+                        tally.hours[i].verified = value;
+                    }
+                }
+            }
+        }
+        Ok(tally)
+    }
+}
