@@ -102,8 +102,8 @@ impl Twilio {
 
 #[async_trait::async_trait]
 impl Provider for Twilio {
-    fn name(&self) -> &'static str {
-        "twilio"
+    fn name(&self) -> super::ProviderKind {
+        super::ProviderKind::Twilio
     }
 
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {

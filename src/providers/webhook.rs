@@ -99,8 +99,8 @@ impl Webhook {
 
 #[async_trait::async_trait]
 impl Provider for Webhook {
-    fn name(&self) -> &'static str {
-        "webhook"
+    fn name(&self) -> super::ProviderKind {
+        super::ProviderKind::Webhook
     }
 
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {

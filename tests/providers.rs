@@ -1,0 +1,399 @@
+//! The native SMS/voice providers, each against a local server that checks the request as the provider's
+//! API documentation specifies it (method, path, auth, content type, every field), and each answer class of
+//! that documentation: provider-level, calling `Provider::send` directly (no broker). Then through the
+//! broker: failover between providers and routing by destination country.
+
+mod helpers;
+
+use std::time::Duration;
+
+use base64::Engine;
+use helpers::{TestApp, form, job};
+use herald::config::{HttpUrl, PlivoConfig, ProviderKind, Secret, VonageConfig};
+use herald::job::{CallingCode, Job};
+use herald::providers::plivo::Plivo;
+use herald::providers::vonage::Vonage;
+use herald::providers::{Provider, ProviderError, Receipt};
+use herald::templates::Rendered;
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const NUMBER: &str = "+14155550123";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn phone_job(to: &str) -> Job {
+    let mut body = job("sms");
+    body["to"] = to.into();
+    Job::from_json(body.to_string().as_bytes()).unwrap()
+}
+
+fn sms(text: &str) -> Rendered {
+    Rendered::Sms { body: text.into() }
+}
+
+/// A server answering every POST with `response`.
+async fn server(response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(response).mount(&server).await;
+    server
+}
+
+async fn only_request(server: &MockServer) -> wiremock::Request {
+    let mut requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "one request per send");
+    requests.remove(0)
+}
+
+fn header<'a>(r: &'a wiremock::Request, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+/// What a failure says, in a word: `transient <code> <retry-after>` / `permanent <code>`. Also checks it
+/// never carries the recipient's number.
+fn verdict(result: Result<Receipt, ProviderError>) -> String {
+    let e = result.expect_err("a failure");
+    assert!(!e.message().contains("4155550123"), "{e}");
+    match &e {
+        ProviderError::Transient {
+            provider_code,
+            retry_after,
+            ..
+        } => format!(
+            "transient {} {}",
+            provider_code.as_deref().unwrap_or("-"),
+            retry_after.map_or("-".into(), |d| d.as_secs().to_string())
+        ),
+        ProviderError::Permanent { provider_code, .. } => {
+            format!("permanent {}", provider_code.as_deref().unwrap_or("-"))
+        }
+    }
+}
+
+// --- Vonage ---------------------------------------------------------------------------------------------
+
+fn vonage_config(base_url: &str) -> VonageConfig {
+    VonageConfig {
+        api_key: "a1b2c3d4".into(),
+        api_secret: Secret::new("vonage-secret"),
+        from: "Acme".into(),
+        base_url: base_url.parse::<HttpUrl>().unwrap(),
+    }
+}
+
+fn vonage_answer(messages: Value) -> ResponseTemplate {
+    let count = messages.as_array().map_or(0, Vec::len).to_string();
+    ResponseTemplate::new(200).set_body_json(json!({"message-count": count, "messages": messages}))
+}
+
+fn vonage_failure(status: &str) -> ResponseTemplate {
+    vonage_answer(json!([{"status": status, "error-text": format!("Failed for {NUMBER}")}]))
+}
+
+#[tokio::test]
+async fn vonage_sends_the_form_vonage_documents() {
+    let server = server(vonage_answer(json!([{
+        "to": "14155550123", "message-id": "0A0000000123ABCD1", "status": "0",
+        "remaining-balance": "3.14159265", "message-price": "0.03330000", "network": "12345"
+    }])))
+    .await;
+    let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
+    assert_eq!(vonage.name(), ProviderKind::Vonage);
+    let receipt = vonage
+        .send(&phone_job(NUMBER), &sms("482913 is your code for Acme."))
+        .await
+        .unwrap();
+    assert_eq!(receipt.message_id.as_deref(), Some("0A0000000123ABCD1"));
+    let r = only_request(&server).await;
+    assert_eq!((r.method.as_str(), r.url.path()), ("POST", "/sms/json"));
+    assert_eq!(header(&r, "content-type"), "application/x-www-form-urlencoded");
+    assert!(r.headers.get("authorization").is_none(), "credentials go in the form");
+    assert_eq!(
+        form(&r.body),
+        [
+            ("api_key", "a1b2c3d4"),
+            ("api_secret", "vonage-secret"),
+            ("from", "Acme"),
+            ("to", "14155550123"),
+            ("text", "482913 is your code for Acme."),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    );
+}
+
+#[tokio::test]
+async fn vonage_marks_non_gsm_text_unicode_and_writes_numbers_without_plus() {
+    let server = server(vonage_answer(json!([{"message-id": "m1", "status": "0"}]))).await;
+    let mut config = vonage_config(&server.uri());
+    config.from = "+447700900000".into();
+    let vonage = Vonage::new(&config, client()).unwrap();
+    vonage
+        .send(&phone_job("+447700900123"), &sms("Ваш код 482913"))
+        .await
+        .unwrap();
+    let f = form(&only_request(&server).await.body);
+    assert_eq!(f["type"], "unicode");
+    assert_eq!(f["text"], "Ваш код 482913");
+    assert_eq!((f["from"].as_str(), f["to"].as_str()), ("447700900000", "447700900123"));
+}
+
+#[tokio::test]
+async fn vonage_answers_are_classified_as_documented() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        // HTTP 200 with a failed status: Vonage's own verdict.
+        (vonage_failure("1"), "transient 1 -"),
+        (vonage_failure("5"), "transient 5 -"),
+        (vonage_failure("9"), "transient 9 -"),
+        (vonage_failure("10"), "transient 10 -"),
+        (vonage_failure("2"), "permanent 2"),
+        (vonage_failure("3"), "permanent 3"),
+        (vonage_failure("4"), "permanent 4"),
+        (vonage_failure("6"), "permanent 6"),
+        (vonage_failure("7"), "permanent 7"),
+        (vonage_failure("8"), "permanent 8"),
+        (vonage_failure("12"), "permanent 12"),
+        (vonage_failure("15"), "permanent 15"),
+        (vonage_failure("29"), "permanent 29"),
+        (vonage_failure("99"), "permanent 99"),
+        // A long text: one part throttled, so not sent.
+        (
+            vonage_answer(
+                json!([{"message-id": "m1", "status": "0"}, {"status": "1", "error-text": "Throughput exceeded"}]),
+            ),
+            "transient 1 -",
+        ),
+        // HTTP-level failures, Retry-After honoured.
+        (
+            ResponseTemplate::new(429).insert_header("Retry-After", "7"),
+            "transient - 7",
+        ),
+        (ResponseTemplate::new(500), "transient - -"),
+        (
+            ResponseTemplate::new(401).set_body_string("Unauthorized"),
+            "permanent -",
+        ),
+        // HTTP 200 that says nothing readable: may not have been taken.
+        (
+            ResponseTemplate::new(200).set_body_string("<html>gateway</html>"),
+            "transient - -",
+        ),
+        (vonage_answer(json!([])), "transient - -"),
+        (
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
+            "transient - -",
+        ),
+    ];
+    for (i, (response, expected)) in cases.into_iter().enumerate() {
+        let server = server(response).await;
+        let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
+        let got = verdict(vonage.send(&phone_job(NUMBER), &sms("482913")).await);
+        assert_eq!(got, expected, "case {i}");
+    }
+}
+
+#[tokio::test]
+async fn vonage_timeout_and_refused_connection_are_transient_and_say_so() {
+    let server = server(ResponseTemplate::new(200).set_delay(Duration::from_secs(5))).await;
+    let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
+    let e = vonage.send(&phone_job(NUMBER), &sms("482913")).await.unwrap_err();
+    assert!(e.is_transient() && e.message() == "vonage timed out", "{e}");
+    let closed = Vonage::new(&vonage_config("http://127.0.0.1:9"), client()).unwrap();
+    let e = closed.send(&phone_job(NUMBER), &sms("482913")).await.unwrap_err();
+    assert!(e.is_transient() && e.message() == "vonage connection failed", "{e}");
+}
+
+// --- Plivo ----------------------------------------------------------------------------------------------
+
+fn plivo_config(base_url: &str) -> PlivoConfig {
+    PlivoConfig {
+        auth_id: "MAXXXXXXXXXXXXXXXXXX".into(),
+        auth_token: Secret::new("plivo-token"),
+        from: "+14155550100".into(),
+        base_url: base_url.parse::<HttpUrl>().unwrap(),
+    }
+}
+
+fn plivo_error(status: u16, error: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"api_id": "97ceeb52-58b6-11e1-86da-77300b68f8bb", "error": error}))
+}
+
+#[tokio::test]
+async fn plivo_sends_the_json_plivo_documents() {
+    let server = server(ResponseTemplate::new(202).set_body_json(json!({
+        "api_id": "db342550-7f1d-11e1-8ea7-1231380bc196",
+        "message": "message(s) queued",
+        "message_uuid": ["db3ce55a-7f1d-11e1-8ea7-1231380bc196"]
+    })))
+    .await;
+    let plivo = Plivo::new(&plivo_config(&server.uri()), client()).unwrap();
+    assert_eq!(plivo.name(), ProviderKind::Plivo);
+    let receipt = plivo
+        .send(&phone_job(NUMBER), &sms("482913 is your code for Acme."))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.message_id.as_deref(),
+        Some("db3ce55a-7f1d-11e1-8ea7-1231380bc196")
+    );
+    let r = only_request(&server).await;
+    assert_eq!(
+        (r.method.as_str(), r.url.path()),
+        ("POST", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Message/")
+    );
+    assert_eq!(header(&r, "content-type"), "application/json");
+    let basic = base64::engine::general_purpose::STANDARD.encode("MAXXXXXXXXXXXXXXXXXX:plivo-token");
+    assert_eq!(header(&r, "authorization"), format!("Basic {basic}"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap(),
+        json!({"src": "14155550100", "dst": "14155550123", "text": "482913 is your code for Acme."})
+    );
+}
+
+#[tokio::test]
+async fn plivo_answers_are_classified_as_documented() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        (plivo_error(400, "invalid dst number"), "permanent 400"),
+        (plivo_error(401, "authentication failed"), "permanent 401"),
+        (plivo_error(404, "not found"), "permanent 404"),
+        (plivo_error(405, "method not allowed"), "permanent 405"),
+        (
+            plivo_error(429, "too many requests").insert_header("Retry-After", "3"),
+            "transient 429 3",
+        ),
+        (plivo_error(500, "server error"), "transient 500 -"),
+        (ResponseTemplate::new(503).set_body_string("<html>"), "transient 503 -"),
+        (
+            ResponseTemplate::new(202).set_delay(Duration::from_secs(5)),
+            "transient - -",
+        ),
+    ];
+    for (i, (response, expected)) in cases.into_iter().enumerate() {
+        let server = server(response).await;
+        let plivo = Plivo::new(&plivo_config(&server.uri()), client()).unwrap();
+        let got = verdict(plivo.send(&phone_job(NUMBER), &sms("482913")).await);
+        assert_eq!(got, expected, "case {i}");
+    }
+    // A 202 with garbage is still queued at Plivo: sent, without an id (sending again would repeat it).
+    let garbage = server(ResponseTemplate::new(202).set_body_string("garbage")).await;
+    let plivo = Plivo::new(&plivo_config(&garbage.uri()), client()).unwrap();
+    assert_eq!(
+        plivo.send(&phone_job(NUMBER), &sms("482913")).await.unwrap(),
+        Receipt { message_id: None }
+    );
+    // The error text is Plivo's, scrubbed of the number it may quote.
+    let quoting = server(plivo_error(400, &format!("{NUMBER} is not a valid dst"))).await;
+    let plivo = Plivo::new(&plivo_config(&quoting.uri()), client()).unwrap();
+    let e = plivo.send(&phone_job(NUMBER), &sms("482913")).await.unwrap_err();
+    assert_eq!(e.message(), "plivo answered 400: +[number] is not a valid dst");
+}
+
+// --- Through the broker ---------------------------------------------------------------------------------
+
+fn with_vonage(c: &mut herald::config::Config, url: &str) {
+    c.vonage = vonage_config(url);
+}
+
+fn with_plivo(c: &mut herald::config::Config, url: &str) {
+    c.plivo = plivo_config(url);
+}
+
+#[tokio::test]
+async fn vonage_throttled_fails_over_to_plivo() {
+    let vonage = server(vonage_failure("1")).await;
+    let plivo = server(
+        ResponseTemplate::new(202).set_body_json(json!({"message": "message(s) queued", "message_uuid": ["p-1"]})),
+    )
+    .await;
+    let mut app = TestApp::spawn(|c| {
+        with_vonage(c, &vonage.uri());
+        with_plivo(c, &plivo.uri());
+        c.channels.sms = Some(vec![ProviderKind::Vonage, ProviderKind::Plivo]);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = app.next_outcome(20).await;
+    helpers::assert_event_shape(&e);
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["provider"].as_str(),
+            e["provider_message_id"].as_str()
+        ),
+        (Some("gd_send_sms"), Some("plivo"), Some("p-1")),
+        "{e}"
+    );
+    assert_eq!(vonage.received_requests().await.unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_vonage_status_ends_the_job_with_its_code() {
+    let vonage = server(vonage_failure("7")).await;
+    let plivo = server(ResponseTemplate::new(202)).await;
+    let mut app = TestApp::spawn(|c| {
+        with_vonage(c, &vonage.uri());
+        with_plivo(c, &plivo.uri());
+        c.channels.sms = Some(vec![ProviderKind::Vonage, ProviderKind::Plivo]);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = app.next_outcome(20).await;
+    helpers::assert_event_shape(&e);
+    assert_eq!(e["error"]["code"], "provider_rejected", "{e}");
+    assert_eq!(e["error"]["provider_code"], "7", "{e}");
+    assert_eq!(e["provider"], "vonage", "{e}");
+    assert!(
+        plivo.received_requests().await.unwrap().is_empty(),
+        "no failover on a permanent failure"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_goes_to_its_countrys_chain_else_to_the_channel_chain() {
+    let vonage = server(vonage_answer(json!([{"message-id": "v-1", "status": "0"}]))).await;
+    let plivo = server(
+        ResponseTemplate::new(202).set_body_json(json!({"message": "message(s) queued", "message_uuid": ["p-1"]})),
+    )
+    .await;
+    let mut app = TestApp::spawn(|c| {
+        with_vonage(c, &vonage.uri());
+        with_plivo(c, &plivo.uri());
+        c.channels.sms = Some(vec![ProviderKind::Vonage]);
+        c.routing.sms = [(CallingCode::parse("44").unwrap(), vec![ProviderKind::Plivo])].into();
+    })
+    .await;
+    let mut uk = job("sms");
+    uk["to"] = "+447700900123".into();
+    let us = job("sms");
+    app.publish(&uk).await;
+    app.publish(&us).await;
+    let events = app.events(2).await;
+    let provider_of = |j: &Value| {
+        events
+            .iter()
+            .find(|e| e["job_id"] == j["id"])
+            .map(|e| (e["country"].clone(), e["provider"].clone()))
+            .unwrap()
+    };
+    assert_eq!(provider_of(&uk), (json!("44"), json!("plivo")));
+    assert_eq!(provider_of(&us), (json!("1"), json!("vonage")));
+    let to_plivo: Value = serde_json::from_slice(&only_request(&plivo).await.body).unwrap();
+    assert_eq!(to_plivo["dst"], "447700900123");
+    assert_eq!(form(&only_request(&vonage).await.body)["to"], "14155550123");
+    app.stop().await;
+}
