@@ -15,6 +15,7 @@ use crate::dispatch::Dispatcher;
 use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
+use crate::providers::infobip::Infobip;
 use crate::providers::outbox::Outbox;
 use crate::providers::plivo::Plivo;
 use crate::providers::smtp::Smtp;
@@ -230,7 +231,8 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             }
             ProviderKind::Vonage => Arc::new(Vonage::new(&config.vonage, client.clone())?),
             ProviderKind::Plivo => Arc::new(Plivo::new(&config.plivo, client.clone())?),
-            ProviderKind::Infobip | ProviderKind::Sns => anyhow::bail!("{kind} is not built yet"),
+            ProviderKind::Infobip => Arc::new(Infobip::new(&config.infobip, client.clone())?),
+            ProviderKind::Sns => anyhow::bail!("{kind} is not built yet"),
         };
         built.insert(kind, p.clone());
         Ok(p)

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use helpers::{TestApp, form, job};
-use herald::config::{HttpUrl, PlivoConfig, ProviderKind, Secret, VonageConfig};
-use herald::job::{CallingCode, Job};
+use herald::config::{HttpUrl, InfobipConfig, PlivoConfig, ProviderKind, Secret, VonageConfig};
+use herald::job::{CallingCode, Job, Locale};
+use herald::providers::infobip::Infobip;
 use herald::providers::plivo::Plivo;
 use herald::providers::vonage::Vonage;
 use herald::providers::{Provider, ProviderError, Receipt};
-use herald::templates::Rendered;
+use herald::templates::{PAUSE, Rendered};
 use serde_json::{Value, json};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -301,6 +302,132 @@ async fn plivo_answers_are_classified_as_documented() {
     assert_eq!(e.message(), "plivo answered 400: +[number] is not a valid dst");
 }
 
+// --- Infobip --------------------------------------------------------------------------------------------
+
+fn infobip_config(base_url: &str) -> InfobipConfig {
+    InfobipConfig {
+        api_key: Secret::new("infobip-key"),
+        from: "+447491163443".into(),
+        base_url: Some(base_url.parse::<HttpUrl>().unwrap()),
+    }
+}
+
+fn infobip_status(group_id: u8, group: &str, id: u16, name: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "bulkId": "2034072219640523072",
+        "messages": [{
+            "to": "14155550123",
+            "messageId": "2250be2d4219-3af1-78856-aabe-1362af1edfd2",
+            "status": {"groupId": group_id, "groupName": group, "id": id, "name": name,
+                       "description": format!("status for {NUMBER}")}
+        }]
+    }))
+}
+
+fn infobip_error(status: u16, id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"requestError": {"serviceException": {"messageId": id, "text": "Request failed"}}}))
+}
+
+fn voice(text: &str, locale: &str) -> Rendered {
+    Rendered::Voice {
+        text: text.into(),
+        language: Locale::parse(locale).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn infobip_sends_sms_and_voice_as_infobip_documents() {
+    let server = server(infobip_status(1, "PENDING", 26, "PENDING_ACCEPTED")).await;
+    let infobip = Infobip::new(&infobip_config(&format!("{}/", server.uri())), client()).unwrap();
+    assert_eq!(infobip.name(), ProviderKind::Infobip);
+    let receipt = infobip
+        .send(&phone_job(NUMBER), &sms("482913 is your code for Acme."))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.message_id.as_deref(),
+        Some("2250be2d4219-3af1-78856-aabe-1362af1edfd2")
+    );
+    infobip
+        .send(
+            &phone_job(NUMBER),
+            &voice(&format!("Su código es{PAUSE}4. 8. 2. 9. 1. 3"), "es-AR"),
+        )
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(r.method.as_str(), "POST");
+        assert_eq!(header(r, "authorization"), "App infobip-key");
+        assert_eq!(header(r, "content-type"), "application/json");
+    }
+    assert_eq!(requests[0].url.path(), "/sms/2/text/advanced");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&requests[0].body).unwrap(),
+        json!({"messages": [{"destinations": [{"to": "14155550123"}], "from": "447491163443",
+                             "text": "482913 is your code for Acme."}]})
+    );
+    assert_eq!(requests[1].url.path(), "/tts/3/advanced");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&requests[1].body).unwrap(),
+        json!({"messages": [{"destinations": [{"to": "14155550123"}], "from": "447491163443",
+                             "text": "Su código es <break time=\"1s\"/> 4. 8. 2. 9. 1. 3", "language": "es"}]})
+    );
+}
+
+#[tokio::test]
+async fn infobip_answers_are_classified_as_documented() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        (infobip_status(0, "ACCEPTED", 7, "ACCEPTED"), "sent"),
+        (infobip_status(3, "DELIVERED", 5, "DELIVERED_TO_HANDSET"), "sent"),
+        (
+            infobip_status(5, "REJECTED", 14, "REJECTED_DESTINATION"),
+            "permanent REJECTED_DESTINATION",
+        ),
+        (
+            infobip_status(5, "REJECTED", 52, "REJECTED_INVALID_DESTINATION"),
+            "permanent REJECTED_INVALID_DESTINATION",
+        ),
+        (
+            infobip_status(5, "REJECTED", 10, "REJECTED_DND"),
+            "permanent REJECTED_DND",
+        ),
+        (
+            infobip_status(2, "UNDELIVERABLE", 9, "UNDELIVERABLE_NOT_DELIVERED"),
+            "permanent UNDELIVERABLE_NOT_DELIVERED",
+        ),
+        (
+            infobip_status(5, "REJECTED", 21, "REJECTED_SYSTEM_ERROR"),
+            "transient REJECTED_SYSTEM_ERROR -",
+        ),
+        (
+            infobip_status(5, "REJECTED", 12, "REJECTED_NOT_ENOUGH_CREDITS"),
+            "transient REJECTED_NOT_ENOUGH_CREDITS -",
+        ),
+        (infobip_error(400, "BAD_REQUEST"), "permanent BAD_REQUEST"),
+        (infobip_error(401, "UNAUTHORIZED"), "permanent UNAUTHORIZED"),
+        (
+            infobip_error(429, "TOO_MANY_REQUESTS").insert_header("Retry-After", "2"),
+            "transient TOO_MANY_REQUESTS 2",
+        ),
+        (infobip_error(500, "GENERAL_ERROR"), "transient GENERAL_ERROR -"),
+        (ResponseTemplate::new(200).set_body_string("garbage"), "transient - -"),
+        (
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
+            "transient - -",
+        ),
+    ];
+    for (i, (response, expected)) in cases.into_iter().enumerate() {
+        let server = server(response).await;
+        let infobip = Infobip::new(&infobip_config(&server.uri()), client()).unwrap();
+        let result = infobip.send(&phone_job(NUMBER), &sms("482913")).await;
+        let got = if result.is_ok() { "sent".into() } else { verdict(result) };
+        assert_eq!(got, expected, "case {i}");
+    }
+}
+
 // --- Through the broker ---------------------------------------------------------------------------------
 
 fn with_vonage(c: &mut herald::config::Config, url: &str) {
@@ -395,5 +522,38 @@ async fn a_job_goes_to_its_countrys_chain_else_to_the_channel_chain() {
     let to_plivo: Value = serde_json::from_slice(&only_request(&plivo).await.body).unwrap();
     assert_eq!(to_plivo["dst"], "447700900123");
     assert_eq!(form(&only_request(&vonage).await.body)["to"], "14155550123");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_voice_call_fails_over_from_infobip_to_twilio_and_routes_by_country() {
+    let infobip = server(infobip_error(503, "GENERAL_ERROR")).await;
+    let twilio = server(ResponseTemplate::new(201).set_body_json(json!({"sid": "CA1"}))).await;
+    let mut app = TestApp::spawn(|c| {
+        c.infobip = infobip_config(&infobip.uri());
+        helpers::twilio(c, &twilio.uri());
+        c.channels.voice = Some(vec![ProviderKind::Twilio]);
+        c.routing.voice = [(
+            CallingCode::parse("44").unwrap(),
+            vec![ProviderKind::Infobip, ProviderKind::Twilio],
+        )]
+        .into();
+    })
+    .await;
+    let mut call = job("voice");
+    call["to"] = "+447700900123".into();
+    app.publish(&call).await;
+    let e = app.next_outcome(20).await;
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["provider"].as_str(),
+            e["provider_message_id"].as_str()
+        ),
+        (Some("gd_send_voice"), Some("twilio"), Some("CA1")),
+        "{e}"
+    );
+    let tried: Value = serde_json::from_slice(&only_request(&infobip).await.body).unwrap();
+    assert_eq!(tried["messages"][0]["destinations"][0]["to"], "447700900123");
     app.stop().await;
 }
