@@ -19,6 +19,7 @@ use crate::providers::infobip::Infobip;
 use crate::providers::outbox::Outbox;
 use crate::providers::plivo::Plivo;
 use crate::providers::smtp::Smtp;
+use crate::providers::sns::Sns;
 use crate::providers::twilio::Twilio;
 use crate::providers::vonage::Vonage;
 use crate::providers::webhook::Webhook;
@@ -232,7 +233,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             ProviderKind::Vonage => Arc::new(Vonage::new(&config.vonage, client.clone())?),
             ProviderKind::Plivo => Arc::new(Plivo::new(&config.plivo, client.clone())?),
             ProviderKind::Infobip => Arc::new(Infobip::new(&config.infobip, client.clone())?),
-            ProviderKind::Sns => anyhow::bail!("{kind} is not built yet"),
+            ProviderKind::Sns => Arc::new(Sns::new(&config.sns, client.clone())?),
         };
         built.insert(kind, p.clone());
         Ok(p)

@@ -10,6 +10,7 @@ pub mod infobip;
 pub mod outbox;
 pub mod plivo;
 pub mod smtp;
+pub mod sns;
 pub mod stub;
 pub mod twilio;
 pub mod vonage;
