@@ -122,12 +122,12 @@ impl Infobip {
             .json(&body)
             .send()
             .await
-            .map_err(|e| transport_error("infobip", &e))?;
+            .map_err(|e| transport_error(self.name(), &e))?;
         let status = response.status();
         let retry_after = retry_after(&response);
         let body = read_capped(response)
             .await
-            .map_err(|e| transport_error("infobip", &e))?;
+            .map_err(|e| transport_error(self.name(), &e))?;
         if !status.is_success() {
             let error = serde_json::from_slice::<ErrorBody>(&body)
                 .ok()

@@ -189,7 +189,7 @@ pub fn http_failure(
 }
 
 /// A failed HTTP exchange: always transient (timeouts, refused connections, resets).
-pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
+pub fn transport_error(provider: ProviderKind, e: &reqwest::Error) -> ProviderError {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

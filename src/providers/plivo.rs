@@ -85,10 +85,12 @@ impl Provider for Plivo {
             .json(&json!({"src": self.from, "dst": dst, "text": body}))
             .send()
             .await
-            .map_err(|e| transport_error("plivo", &e))?;
+            .map_err(|e| transport_error(self.name(), &e))?;
         let status = response.status();
         let retry_after = retry_after(&response);
-        let answer = read_capped(response).await.map_err(|e| transport_error("plivo", &e))?;
+        let answer = read_capped(response)
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
         let answer = serde_json::from_slice::<Answer>(&answer).ok();
         if status.is_success() {
             // Plivo has queued the message: an unreadable body must not make us send it twice.

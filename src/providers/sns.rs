@@ -163,10 +163,12 @@ impl Provider for Sns {
             .body(form)
             .send()
             .await
-            .map_err(|e| transport_error("sns", &e))?;
+            .map_err(|e| transport_error(self.name(), &e))?;
         let status = response.status();
         let retry_after = retry_after(&response);
-        let answer = read_capped(response).await.map_err(|e| transport_error("sns", &e))?;
+        let answer = read_capped(response)
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
         let answer = String::from_utf8_lossy(&answer);
         if status.is_success() {
             // SNS accepted the publish: an unreadable body must not make us send it twice.

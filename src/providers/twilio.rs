@@ -77,10 +77,12 @@ impl Twilio {
             .form(form)
             .send()
             .await
-            .map_err(|e| transport_error("twilio", &e))?;
+            .map_err(|e| transport_error(self.name(), &e))?;
         let status = response.status();
         let retry_after = retry_after(&response);
-        let body = read_capped(response).await.map_err(|e| transport_error("twilio", &e))?;
+        let body = read_capped(response)
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
         if status.is_success() {
             // Twilio has accepted the message: even an unreadable body must not make us send it twice.
             let sid = serde_json::from_slice::<Created>(&body).ok().and_then(|c| c.sid);

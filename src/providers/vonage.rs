@@ -120,10 +120,12 @@ impl Provider for Vonage {
             .form(&form)
             .send()
             .await
-            .map_err(|e| transport_error("vonage", &e))?;
+            .map_err(|e| transport_error(self.name(), &e))?;
         let status = response.status();
         let retry_after = retry_after(&response);
-        let body = read_capped(response).await.map_err(|e| transport_error("vonage", &e))?;
+        let body = read_capped(response)
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
         let answer = serde_json::from_slice::<Answer>(&body).ok();
         if !status.is_success() {
             let code = answer.and_then(|a| a.messages.into_iter().next()).map(|m| m.status);
