@@ -302,7 +302,10 @@ fn routing_and_provider_sections_round_trip_and_name_their_keys() {
     ]
     .into();
     config.routing.voice = [(code("44"), vec![ProviderKind::Infobip])].into();
+    config.sns.session_token = Secret::new("ts3cr3t");
     config.validate().unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cr3t"), "a provider secret in Debug: {shown}");
     let env = config.to_env().unwrap();
     assert!(env.iter().any(|(k, _)| k == "HERALD_ROUTING__SMS"), "{env:?}");
     assert_eq!(Config::load_from(None, env).unwrap(), config);

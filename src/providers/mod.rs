@@ -212,6 +212,22 @@ mod tests {
     use reqwest::StatusCode;
 
     #[test]
+    fn a_provider_has_one_name_in_config_events_and_metrics() {
+        for kind in ProviderKind::ALL {
+            let written = serde_json::to_string(&kind).unwrap();
+            assert_eq!(written, format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<ProviderKind>(&written).unwrap(), kind);
+            assert_eq!(kind.to_string(), kind.name());
+        }
+        let voice: Vec<&str> = ProviderKind::ALL
+            .into_iter()
+            .filter(|k| k.delivers(Channel::Voice))
+            .map(ProviderKind::name)
+            .collect();
+        assert_eq!(voice, ["twilio", "webhook", "outbox", "infobip"]);
+    }
+
+    #[test]
     fn http_statuses_are_classified_once_for_every_provider() {
         let cases = [
             (StatusCode::REQUEST_TIMEOUT, true),
