@@ -185,8 +185,8 @@ pub struct PlivoConfig {
     pub base_url: HttpUrl,
 }
 
-/// Infobip SMS and text-to-speech voice. Each Infobip account has its own base URL (`https://xxxxx.api.infobip.com`),
-/// so there is no default.
+/// Infobip SMS and text-to-speech voice. Each Infobip account has its own base URL
+/// (`https://xxxxx.api.infobip.com`), so there is no default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfobipConfig {
@@ -198,9 +198,10 @@ pub struct InfobipConfig {
     pub base_url: Option<HttpUrl>,
 }
 
-/// Amazon SNS `Publish` to a phone number. Empty `region`, `access_key_id`, `secret_access_key`,
-/// `session_token` are taken from `AWS_REGION` (else `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` at load: herald's own keys win.
+/// Amazon SNS `Publish` to a phone number. At load, an empty `region` is taken from `AWS_REGION` (else
+/// `AWS_DEFAULT_REGION`), and when `access_key_id` and `secret_access_key` are both empty, they and
+/// `session_token` come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`: herald's own
+/// keys win.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnsConfig {
@@ -508,6 +509,15 @@ impl Config {
                 required(!self.sns.region.is_empty(), "region")?;
                 required(!self.sns.access_key_id.is_empty(), "access_key_id")?;
                 required(!self.sns.secret_access_key.is_empty(), "secret_access_key")?;
+                // The region becomes part of the endpoint's host name.
+                if !self
+                    .sns
+                    .region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(ConfigError::key("sns.region", "is not an AWS region like `eu-west-1`"));
+                }
                 self.sns
                     .endpoint()
                     .map(|_| ())

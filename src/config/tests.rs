@@ -341,6 +341,15 @@ fn routing_and_provider_sections_round_trip_and_name_their_keys() {
             "infobip.base_url",
         ),
         (&[("HERALD_CHANNELS__SMS", r#"["sns"]"#)], "sns.region"),
+        (
+            &[
+                ("HERALD_CHANNELS__SMS", r#"["sns"]"#),
+                ("HERALD_SNS__REGION", "evil.test/x"),
+                ("HERALD_SNS__ACCESS_KEY_ID", "AKID"),
+                ("HERALD_SNS__SECRET_ACCESS_KEY", "s3cr3t"),
+            ],
+            "sns.region",
+        ),
         (&[("HERALD_VONAGE__BASE_URL", "ftp://s3cr3t")], "vonage.base_url"),
     ];
     for (vars, key) in cases {

@@ -49,8 +49,7 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestExpired",
 ];
 
-/// Error codes that fail the same way again, even when sent with a 5xx-free status that `http_failure`
-/// would also call permanent: listed so the table in README is the code's.
+/// Error codes that fail the same way again, whatever HTTP status AWS pairs them with.
 const PERMANENT_CODES: &[&str] = &[
     "InvalidParameter",
     "InvalidParameterValue",
