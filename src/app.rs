@@ -1,5 +1,6 @@
 //! Wiring: builds every part from a [`Config`] and runs them until shutdown.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -8,7 +9,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
-use crate::config::{Config, ProviderKind, chain_key};
+use crate::config::{Config, ProviderKind, chain_key, route_key};
 use crate::consumer::Consumer;
 use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackConsumer;
@@ -16,11 +17,16 @@ use crate::fraud::{self, Guard};
 use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
+use crate::providers::infobip::Infobip;
 use crate::providers::outbox::Outbox;
+use crate::providers::plivo::Plivo;
 use crate::providers::smtp::Smtp;
+use crate::providers::sns::Sns;
 use crate::providers::twilio::Twilio;
+use crate::providers::vonage::Vonage;
 use crate::providers::webhook::Webhook;
 use crate::retry::RetryPolicy;
+use crate::routing::{Chain, Routes};
 use crate::store::{Store, redis_connection};
 use crate::templates::Templates;
 use crate::throttle::{Shared, Throttle};
@@ -51,7 +57,7 @@ impl Application {
         for warning in templates.warnings() {
             tracing::warn!(%warning, "template");
         }
-        let chains = build_chains(&config)?;
+        let routes = build_routes(&config)?;
         let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect());
         let metrics = Arc::new(Metrics::new());
         let redis = if config.redis.url.is_empty() {
@@ -87,7 +93,7 @@ impl Application {
             Some(metrics.throttle_fallbacks.clone()),
         ));
         let dispatcher =
-            Arc::new(Dispatcher::new(templates.clone(), chains, retry, throttle.clone()).with_guard(guard.clone()));
+            Arc::new(Dispatcher::new(templates.clone(), routes, retry, throttle.clone()).with_guard(guard.clone()));
         let ready = Arc::new(AtomicBool::new(false));
         let listener =
             TcpListener::bind(config.http.addr).with_context(|| format!("binding http.addr {}", config.http.addr))?;
@@ -202,16 +208,17 @@ impl Application {
 /// How long a job id stays claimed across replicas if its holder dies: a little longer than the worst
 /// delivery, every provider of the longest chain timing out in turn.
 fn claim_lease(config: &Config) -> std::time::Duration {
-    let longest = Channel::ALL
+    let longest = config
+        .chains()
         .iter()
-        .map(|c| config.chain(*c).len())
+        .map(|(_, _, chain)| chain.len())
         .max()
         .unwrap_or(1)
         .max(1);
     config.retry.provider_timeout.0 * longest as u32 + std::time::Duration::from_secs(10)
 }
 
-fn build_chains(config: &Config) -> anyhow::Result<PerChannel<Vec<Arc<dyn Provider>>>> {
+fn build_routes(config: &Config) -> anyhow::Result<Routes> {
     // One HTTP client for every provider call: one connection pool, TLS set up once.
     let client = reqwest::Client::builder()
         .timeout(config.retry.provider_timeout.0)
@@ -224,56 +231,58 @@ fn build_chains(config: &Config) -> anyhow::Result<PerChannel<Vec<Arc<dyn Provid
         .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the HTTP client")?;
-    let mut twilio: Option<Arc<dyn Provider>> = None;
-    let mut outbox: Option<Arc<dyn Provider>> = None;
-    let mut smtp: Option<Arc<dyn Provider>> = None;
-    let mut webhook: Option<Arc<dyn Provider>> = None;
-    let chain = |channel: Channel| -> anyhow::Result<Vec<Arc<dyn Provider>>> {
-        config
+    // A provider named in several chains is one instance (one connection pool, one open outbox file).
+    let mut built: HashMap<ProviderKind, Arc<dyn Provider>> = HashMap::new();
+    let mut provider = |kind: ProviderKind, key: &str| -> anyhow::Result<Arc<dyn Provider>> {
+        if let Some(p) = built.get(&kind) {
+            return Ok(p.clone());
+        }
+        let p: Arc<dyn Provider> = match kind {
+            ProviderKind::Twilio => Arc::new(Twilio::new(&config.twilio, client.clone())?),
+            ProviderKind::Outbox => Arc::new(
+                Outbox::open(&config.outbox.path)
+                    .with_context(|| format!("opening outbox.path {}", config.outbox.path.display()))?,
+            ),
+            ProviderKind::Smtp => Arc::new(Smtp::new(
+                config.smtp.target(),
+                config.smtp.from.clone(),
+                config.retry.provider_timeout.0,
+                usize::from(config.amqp.prefetch).min(64),
+            )),
+            ProviderKind::Webhook => {
+                let (url, key) = config.webhook.endpoint(key)?;
+                Arc::new(Webhook::new(
+                    url.as_url().clone(),
+                    key.as_bytes().to_vec(),
+                    config.templates.default_locale.as_str(),
+                    client.clone(),
+                ))
+            }
+            ProviderKind::Vonage => Arc::new(Vonage::new(&config.vonage, client.clone())?),
+            ProviderKind::Plivo => Arc::new(Plivo::new(&config.plivo, client.clone())?),
+            ProviderKind::Infobip => Arc::new(Infobip::new(&config.infobip, client.clone())?),
+            ProviderKind::Sns => Arc::new(Sns::new(&config.sns, client.clone())?),
+        };
+        built.insert(kind, p.clone());
+        Ok(p)
+    };
+    let mut default = PerChannel::<Chain>::default();
+    let mut by_country = PerChannel::<HashMap<u16, Chain>>::default();
+    for channel in Channel::ALL {
+        let key = chain_key(channel);
+        *default.get_mut(channel) = config
             .chain(channel)
             .into_iter()
-            .map(|kind| -> anyhow::Result<Arc<dyn Provider>> {
-                match kind {
-                    ProviderKind::Twilio => built_once(&mut twilio, || {
-                        Ok(Arc::new(Twilio::new(&config.twilio, client.clone())?))
-                    }),
-                    ProviderKind::Outbox => built_once(&mut outbox, || {
-                        Ok(Arc::new(Outbox::open(&config.outbox.path).with_context(|| {
-                            format!("opening outbox.path {}", config.outbox.path.display())
-                        })?))
-                    }),
-                    ProviderKind::Smtp => built_once(&mut smtp, || {
-                        Ok(Arc::new(Smtp::new(
-                            config.smtp.target(),
-                            config.smtp.from.clone(),
-                            config.retry.provider_timeout.0,
-                            usize::from(config.amqp.prefetch).min(64),
-                        )))
-                    }),
-                    ProviderKind::Webhook => built_once(&mut webhook, || {
-                        let (url, key) = config.webhook.endpoint(&chain_key(channel))?;
-                        Ok(Arc::new(Webhook::new(
-                            url.as_url().clone(),
-                            key.as_bytes().to_vec(),
-                            config.templates.default_locale.as_str(),
-                            client.clone(),
-                        )))
-                    }),
-                }
-            })
-            .collect()
-    };
-    PerChannel::try_from_fn(chain)
-}
-
-/// The provider in `slot`, built by `make` the first time: a provider named in several chains is one
-/// instance (one connection pool, one open outbox file).
-fn built_once(
-    slot: &mut Option<Arc<dyn Provider>>,
-    make: impl FnOnce() -> anyhow::Result<Arc<dyn Provider>>,
-) -> anyhow::Result<Arc<dyn Provider>> {
-    if let Some(p) = slot {
-        return Ok(p.clone());
+            .map(|kind| provider(kind, &key))
+            .collect::<anyhow::Result<Chain>>()?;
+        for (code, kinds) in config.routing.routes(channel).into_iter().flatten() {
+            let key = route_key(channel, *code);
+            let chain = kinds
+                .iter()
+                .map(|kind| provider(*kind, &key))
+                .collect::<anyhow::Result<Chain>>()?;
+            by_country.get_mut(channel).insert(code.get(), chain);
+        }
     }
-    Ok(slot.insert(make()?).clone())
+    Ok(Routes::new(default, by_country))
 }

@@ -7,6 +7,7 @@ mod env;
 mod error;
 mod values;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,8 @@ pub use values::{
     WebhookKeyError,
 };
 
-use crate::job::{Channel, Locale, PhoneNumber};
+use crate::job::{CallingCode, Channel, Locale, PhoneNumber};
+pub use crate::providers::ProviderKind;
 use crate::providers::smtp::Target;
 use values::{blank_is_none, text};
 
@@ -41,7 +43,14 @@ pub struct Config {
     pub admin: AdminConfig,
     pub templates: TemplatesConfig,
     pub channels: ChannelsConfig,
+    /// Chains by destination country; empty by default.
+    #[serde(default)]
+    pub routing: RoutingConfig,
     pub twilio: TwilioConfig,
+    pub vonage: VonageConfig,
+    pub plivo: PlivoConfig,
+    pub infobip: InfobipConfig,
+    pub sns: SnsConfig,
     pub smtp: SmtpConfig,
     pub webhook: WebhookConfig,
     pub outbox: OutboxConfig,
@@ -112,26 +121,6 @@ pub struct TemplatesConfig {
     pub vars: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Twilio,
-    Smtp,
-    Webhook,
-    Outbox,
-}
-
-impl ProviderKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderKind::Twilio => "twilio",
-            ProviderKind::Smtp => "smtp",
-            ProviderKind::Webhook => "webhook",
-            ProviderKind::Outbox => "outbox",
-        }
-    }
-}
-
 /// Provider chain per channel. `None` means "not configured": sms and voice then use twilio when its
 /// credentials are set, email uses smtp when `[smtp] url` is set, and everything else falls back to outbox.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -153,6 +142,114 @@ pub struct TwilioConfig {
     pub messaging_service_sid: String,
     #[serde(with = "text")]
     pub base_url: reqwest::Url,
+}
+
+/// `[routing.sms]` / `[routing.voice]`: an E.164 calling code → the provider chain for destinations in it
+/// (contract §6). A phone job whose country has no entry uses `[channels]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sms: BTreeMap<CallingCode, Vec<ProviderKind>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub voice: BTreeMap<CallingCode, Vec<ProviderKind>>,
+}
+
+impl RoutingConfig {
+    /// The routes of a channel (email has none: an address has no country).
+    pub fn routes(&self, channel: Channel) -> Option<&BTreeMap<CallingCode, Vec<ProviderKind>>> {
+        match channel {
+            Channel::Sms => Some(&self.sms),
+            Channel::Voice => Some(&self.voice),
+            Channel::Email => None,
+        }
+    }
+}
+
+/// Vonage SMS API (`POST {base_url}/sms/json`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VonageConfig {
+    pub api_key: String,
+    pub api_secret: Secret,
+    /// Sender: a number (E.164) or an alphanumeric sender id where the country allows one.
+    pub from: String,
+    pub base_url: HttpUrl,
+}
+
+/// Plivo Messages API (`POST {base_url}/v1/Account/{auth_id}/Message/`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlivoConfig {
+    pub auth_id: String,
+    pub auth_token: Secret,
+    /// Sender: a Plivo number (E.164) or an alphanumeric sender id.
+    pub from: String,
+    pub base_url: HttpUrl,
+}
+
+/// Infobip SMS and text-to-speech voice. Each Infobip account has its own base URL
+/// (`https://xxxxx.api.infobip.com`), so there is no default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfobipConfig {
+    pub api_key: Secret,
+    /// Sender: a number or an alphanumeric sender id (SMS); a number for voice.
+    pub from: String,
+    /// `""` = unset (required once a chain uses infobip).
+    #[serde(with = "blank_is_none", default)]
+    pub base_url: Option<HttpUrl>,
+}
+
+/// Amazon SNS `Publish` to a phone number. At load, an empty `region` is taken from `AWS_REGION` (else
+/// `AWS_DEFAULT_REGION`), and when `access_key_id` and `secret_access_key` are both empty, they and
+/// `session_token` come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`: herald's own
+/// keys win.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnsConfig {
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// For temporary credentials (STS); `""` = none.
+    pub session_token: Secret,
+    /// `AWS.SNS.SMS.SenderID`; `""` = none.
+    pub sender_id: String,
+    /// `""` = `https://sns.{region}.amazonaws.com`.
+    #[serde(with = "blank_is_none", default)]
+    pub base_url: Option<HttpUrl>,
+}
+
+impl SnsConfig {
+    /// Fills the empty credential keys from the standard `AWS_*` variables among `vars`.
+    fn fill_from_aws_env(&mut self, vars: &[(String, String)]) {
+        let var = |name: &str| {
+            vars.iter()
+                .find(|(k, v)| k == name && !v.is_empty())
+                .map(|(_, v)| v.clone())
+        };
+        if self.region.is_empty() {
+            self.region = var("AWS_REGION")
+                .or_else(|| var("AWS_DEFAULT_REGION"))
+                .unwrap_or_default();
+        }
+        if self.access_key_id.is_empty() && self.secret_access_key.is_empty() {
+            // Key and secret come as a pair: never one from the file and the other from the environment.
+            if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+                self.access_key_id = id;
+                self.secret_access_key = Secret::new(secret);
+                self.session_token = Secret::new(var("AWS_SESSION_TOKEN").unwrap_or_default());
+            }
+        }
+    }
+
+    /// `base_url`, else the regional endpoint.
+    pub fn endpoint(&self) -> Result<reqwest::Url, url::ParseError> {
+        match &self.base_url {
+            Some(url) => Ok(url.as_url().clone()),
+            None => reqwest::Url::parse(&format!("https://sns.{}.amazonaws.com/", self.region)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -339,11 +436,13 @@ impl Config {
             error::check_toml_syntax(path)?;
             figment = figment.merge(Toml::file_exact(path));
         }
-        for var in env::EnvVar::all(vars) {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        for var in env::EnvVar::all(vars.iter().cloned()) {
             figment = figment.merge(var);
         }
         // Lossy: environment values are text, so "512" must be able to become a number.
-        let config: Config = figment.extract_lossy()?;
+        let mut config: Config = figment.extract_lossy()?;
+        config.sns.fill_from_aws_env(&vars);
         config.validate()?;
         Ok(config)
     }
@@ -405,9 +504,7 @@ impl Config {
                 ));
             }
         }
-        for channel in Channel::ALL {
-            let key = chain_key(channel);
-            let kinds = self.chain(channel);
+        for (key, channel, kinds) in self.chains() {
             if kinds.is_empty() {
                 return Err(ConfigError::key(&key, "needs at least one provider"));
             }
@@ -418,25 +515,44 @@ impl Config {
         Ok(())
     }
 
+    /// Every provider chain with its key: `channels.<channel>` (defaults applied), then each
+    /// `routing.<channel>.<calling code>`.
+    pub fn chains(&self) -> Vec<(String, Channel, Vec<ProviderKind>)> {
+        let mut chains: Vec<_> = Channel::ALL
+            .into_iter()
+            .map(|channel| (chain_key(channel), channel, self.chain(channel)))
+            .collect();
+        for channel in Channel::ALL {
+            for (code, chain) in self.routing.routes(channel).into_iter().flatten() {
+                chains.push((route_key(channel, *code), channel, chain.clone()));
+            }
+        }
+        chains
+    }
+
     fn check_provider(&self, key: &str, channel: Channel, kind: ProviderKind) -> Result<(), ConfigError> {
+        if !kind.delivers(channel) {
+            return Err(ConfigError::key(
+                key,
+                format!("{kind} does not deliver {}", channel.as_str()),
+            ));
+        }
+        // `section.key` must be set because the chain at `key` uses the provider.
+        let required = |set: bool, what: &str| {
+            if set {
+                Ok(())
+            } else {
+                Err(ConfigError::key(
+                    &format!("{kind}.{what}"),
+                    format!("required because {key} uses {kind}"),
+                ))
+            }
+        };
         match kind {
-            ProviderKind::Outbox => Ok(()),
+            ProviderKind::Outbox | ProviderKind::Smtp => Ok(()),
             ProviderKind::Twilio => {
-                if channel == Channel::Email {
-                    return Err(ConfigError::key(key, "twilio cannot deliver email"));
-                }
-                if self.twilio.account_sid.is_empty() {
-                    return Err(ConfigError::key(
-                        "twilio.account_sid",
-                        format!("required because {key} uses twilio"),
-                    ));
-                }
-                if self.twilio.auth_token.is_empty() {
-                    return Err(ConfigError::key(
-                        "twilio.auth_token",
-                        format!("required because {key} uses twilio"),
-                    ));
-                }
+                required(!self.twilio.account_sid.is_empty(), "account_sid")?;
+                required(!self.twilio.auth_token.is_empty(), "auth_token")?;
                 if channel == Channel::Voice && self.twilio.from.is_none() {
                     return Err(ConfigError::key(
                         "twilio.from",
@@ -452,9 +568,40 @@ impl Config {
                 }
                 Ok(())
             }
-            ProviderKind::Smtp if channel != Channel::Email => Err(ConfigError::key(key, "smtp delivers email only")),
-            ProviderKind::Smtp => Ok(()),
             ProviderKind::Webhook => self.webhook.endpoint(key).map(|_| ()),
+            ProviderKind::Vonage => {
+                required(!self.vonage.api_key.is_empty(), "api_key")?;
+                required(!self.vonage.api_secret.is_empty(), "api_secret")?;
+                required(!self.vonage.from.is_empty(), "from")
+            }
+            ProviderKind::Plivo => {
+                required(!self.plivo.auth_id.is_empty(), "auth_id")?;
+                required(!self.plivo.auth_token.is_empty(), "auth_token")?;
+                required(!self.plivo.from.is_empty(), "from")
+            }
+            ProviderKind::Infobip => {
+                required(!self.infobip.api_key.is_empty(), "api_key")?;
+                required(!self.infobip.from.is_empty(), "from")?;
+                required(self.infobip.base_url.is_some(), "base_url")
+            }
+            ProviderKind::Sns => {
+                required(!self.sns.region.is_empty(), "region")?;
+                required(!self.sns.access_key_id.is_empty(), "access_key_id")?;
+                required(!self.sns.secret_access_key.is_empty(), "secret_access_key")?;
+                // The region becomes part of the endpoint's host name.
+                if !self
+                    .sns
+                    .region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(ConfigError::key("sns.region", "is not an AWS region like `eu-west-1`"));
+                }
+                self.sns
+                    .endpoint()
+                    .map(|_| ())
+                    .map_err(|_| ConfigError::key("sns.region", "does not form an endpoint URL"))
+            }
         }
     }
 
@@ -481,6 +628,11 @@ impl Config {
 /// `channels.sms`: the key of a channel's provider chain.
 pub fn chain_key(channel: Channel) -> String {
     format!("channels.{}", channel.as_str())
+}
+
+/// `routing.sms.44`: the key of a country's provider chain.
+pub fn route_key(channel: Channel, code: CallingCode) -> String {
+    format!("routing.{}.{code}", channel.as_str())
 }
 
 #[cfg(test)]

@@ -7,9 +7,10 @@ use chrono::Utc;
 
 use crate::events::{ErrorCode, Scope};
 use crate::fraud::{self, Guard};
-use crate::job::{Job, PerChannel};
-use crate::providers::{Provider, ProviderError, Receipt};
+use crate::job::Job;
+use crate::providers::{ProviderError, Receipt};
 use crate::retry::RetryPolicy;
+use crate::routing::Routes;
 use crate::templates::{TemplateError, Templates};
 use crate::throttle::{Throttle, Verdict};
 
@@ -74,8 +75,8 @@ pub struct Delivered {
 
 pub struct Dispatcher {
     templates: Arc<Templates>,
-    /// Provider chain per channel.
-    chains: PerChannel<Vec<Arc<dyn Provider>>>,
+    /// Provider chain per channel and destination country.
+    routes: Routes,
     retry: RetryPolicy,
     throttle: Arc<Throttle>,
     /// The toll-fraud guard, after the fixed limits (contract §12); none in tests that do not need it.
@@ -85,13 +86,13 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         templates: Arc<Templates>,
-        chains: PerChannel<Vec<Arc<dyn Provider>>>,
+        routes: impl Into<Routes>,
         retry: RetryPolicy,
         throttle: Arc<Throttle>,
     ) -> Dispatcher {
         Dispatcher {
             templates,
-            chains,
+            routes: routes.into(),
             retry,
             throttle,
             guard: None,
@@ -103,7 +104,7 @@ impl Dispatcher {
         self
     }
 
-    /// Attempt `attempt` (1-based) of one job: expiry check, render, then the channel's providers in order
+    /// Attempt `attempt` (1-based) of one job: expiry check, render, then its chain's providers in order
     /// until one accepts. A transient failure moves on to the next provider; a permanent one ends the job;
     /// when all were unavailable the retry schedule decides between another attempt and the end.
     pub async fn deliver(&self, job: &Job, attempt: u32) -> Delivered {
@@ -163,20 +164,22 @@ impl Dispatcher {
             }
         };
         let mut last: Option<(&'static str, ProviderError)> = None;
-        for provider in self.chains.get(job.channel) {
+        for provider in self.routes.chain(job) {
+            // The closed name becomes text here, where it leaves for the event.
+            let name = provider.name().name();
             match provider.send(job, &message).await {
                 Ok(receipt) => {
                     return Outcome::Sent {
-                        provider: provider.name(),
+                        provider: name,
                         receipt,
                     };
                 }
                 Err(e @ ProviderError::Permanent { .. }) => {
-                    return provider_failure(ErrorCode::ProviderRejected, provider.name(), e);
+                    return provider_failure(ErrorCode::ProviderRejected, name, e);
                 }
                 Err(e) => {
-                    tracing::warn!(job_id = %job.id, provider = provider.name(), error = %e, "provider unavailable");
-                    last = Some((provider.name(), e));
+                    tracing::warn!(job_id = %job.id, provider = name, error = %e, "provider unavailable");
+                    last = Some((name, e));
                 }
             }
         }
@@ -224,8 +227,9 @@ mod tests {
     //! Every rule of one delivery attempt, driven with scripted providers: no broker, no network.
     use super::*;
     use crate::config::ThrottleConfig;
-    use crate::job::Locale;
+    use crate::job::{Locale, PerChannel};
     use crate::providers::stub::StubProvider;
+    use crate::providers::{Provider, ProviderKind};
 
     fn transient(retry_after: Option<Duration>) -> Result<Receipt, ProviderError> {
         Err(ProviderError::Transient {
@@ -273,7 +277,7 @@ mod tests {
         )
     }
 
-    fn stub(name: &'static str, script: Vec<Result<Receipt, ProviderError>>) -> Arc<StubProvider> {
+    fn stub(name: ProviderKind, script: Vec<Result<Receipt, ProviderError>>) -> Arc<StubProvider> {
         Arc::new(StubProvider::new(name, script))
     }
 
@@ -315,21 +319,21 @@ mod tests {
                 vec![vec![sent("SM1")]],
                 serde_json::json!({}),
                 1,
-                "sent by a as SM1",
+                "sent by vonage as SM1",
             ),
             (
                 "a permanent failure ends the job, no failover",
                 vec![vec![permanent()], vec![sent("SM2")]],
                 serde_json::json!({}),
                 1,
-                "provider_rejected by a",
+                "provider_rejected by vonage",
             ),
             (
                 "a transient failure fails over",
                 vec![vec![transient(None)], vec![sent("SM2")]],
                 serde_json::json!({}),
                 1,
-                "sent by b as SM2",
+                "sent by plivo as SM2",
             ),
             (
                 "all unavailable: retry on the schedule",
@@ -364,7 +368,7 @@ mod tests {
                 vec![vec![transient(None)]],
                 serde_json::json!({}),
                 3,
-                "attempts_exhausted by a",
+                "attempts_exhausted by vonage",
             ),
             (
                 "expired before sending",
@@ -389,7 +393,7 @@ mod tests {
             ),
         ];
         for (name, scripts, extra, attempt, expected) in cases {
-            let names = ["a", "b", "c"];
+            let names = [ProviderKind::Vonage, ProviderKind::Plivo, ProviderKind::Infobip];
             let stubs: Vec<Arc<StubProvider>> = scripts
                 .into_iter()
                 .enumerate()
@@ -404,7 +408,7 @@ mod tests {
 
     #[tokio::test]
     async fn limits_count_jobs_not_attempts() {
-        let a = stub("a", vec![sent("SM1")]);
+        let a = stub(ProviderKind::Vonage, vec![sent("SM1")]);
         let limits = ThrottleConfig {
             user_phone: Some("1/h".parse().unwrap()),
             ..ThrottleConfig::unlimited()
@@ -412,7 +416,7 @@ mod tests {
         let d = dispatcher(vec![a.clone()], limits);
         assert_eq!(
             word(&d.deliver(&job(serde_json::json!({})), 1).await.outcome),
-            "sent by a as SM1"
+            "sent by vonage as SM1"
         );
         let second = d.deliver(&job(serde_json::json!({"id": "j2"})), 1).await.outcome;
         assert!(
@@ -428,13 +432,13 @@ mod tests {
         );
         // A retry of a job that passed the limits is not counted again.
         let retry = d.deliver(&job(serde_json::json!({"id": "j3"})), 2).await.outcome;
-        assert_eq!(word(&retry), "sent by a as SM1");
+        assert_eq!(word(&retry), "sent by vonage as SM1");
         assert_eq!(a.calls(), ["j1", "j3"], "the throttled job never reached the provider");
     }
 
     #[tokio::test]
     async fn a_denied_country_is_blocked_before_any_provider() {
-        let a = stub("a", vec![sent("SM1")]);
+        let a = stub(ProviderKind::Vonage, vec![sent("SM1")]);
         let limits = ThrottleConfig {
             countries_deny: vec![1],
             ..ThrottleConfig::unlimited()
@@ -443,5 +447,40 @@ mod tests {
         let outcome = d.deliver(&job(serde_json::json!({})), 1).await.outcome;
         assert_eq!(word(&outcome), "blocked_destination by -");
         assert!(a.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_job_takes_its_countrys_chain_else_its_channels() {
+        let default = stub(ProviderKind::Vonage, vec![sent("V1")]);
+        let uk = stub(ProviderKind::Infobip, vec![sent("I1")]);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+        let templates = Templates::load(&dir, &Locale::parse("en").unwrap()).unwrap();
+        let routes = Routes::new(
+            PerChannel {
+                sms: vec![default.clone() as Arc<dyn Provider>],
+                ..PerChannel::default()
+            },
+            PerChannel {
+                sms: [(44, vec![uk.clone() as Arc<dyn Provider>])].into(),
+                ..PerChannel::default()
+            },
+        );
+        let d = Dispatcher::new(
+            Arc::new(templates),
+            routes,
+            RetryPolicy::new(vec![Duration::from_secs(1)]),
+            Arc::new(Throttle::new(&ThrottleConfig::unlimited(), None, None)),
+        );
+        let gb = job(serde_json::json!({"id": "gb", "to": "+447700900123"}));
+        assert_eq!(word(&d.deliver(&gb, 1).await.outcome), "sent by infobip as I1");
+        let us = job(serde_json::json!({"id": "us"}));
+        assert_eq!(word(&d.deliver(&us, 1).await.outcome), "sent by vonage as V1");
+        // Voice has no +44 entry: the voice chain (empty here), not the SMS route.
+        let call = job(serde_json::json!({"id": "call", "channel": "voice", "to": "+447700900123"}));
+        assert_eq!(word(&d.deliver(&call, 1).await.outcome), "provider_unavailable by -");
+        assert_eq!(
+            (uk.calls(), default.calls()),
+            (vec!["gb".to_owned()], vec!["us".to_owned()])
+        );
     }
 }

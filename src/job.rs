@@ -73,6 +73,14 @@ impl<T> PerChannel<T> {
             Channel::Email => &self.email,
         }
     }
+
+    pub fn get_mut(&mut self, channel: Channel) -> &mut T {
+        match channel {
+            Channel::Sms => &mut self.sms,
+            Channel::Voice => &mut self.voice,
+            Channel::Email => &mut self.email,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,6 +106,48 @@ impl Action {
 
 mod calling_codes {
     include!(concat!(env!("OUT_DIR"), "/calling_codes.rs"));
+}
+
+/// An assigned E.164 country calling code (`1`, `44`, `225`): a key of `[routing.sms]`, written as its digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallingCode(u16);
+
+impl CallingCode {
+    /// 1–3 digits that libphonenumber knows as a country calling code (no `+`).
+    pub fn parse(s: &str) -> Result<CallingCode, String> {
+        if !(1..=3).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
+            return Err("not a country calling code: 1 to 3 digits without `+`, like \"44\"".into());
+        }
+        let code: u16 = s.parse().map_err(|_| "not a country calling code")?;
+        calling_codes::CALLING_CODES
+            .binary_search(&code)
+            .map(|_| CallingCode(code))
+            .map_err(|_| "not an assigned country calling code".into())
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for CallingCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl serde::Serialize for CallingCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CallingCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        // figment names the key (`routing.sms.4x`); the message says what is wrong with it.
+        CallingCode::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// An E.164 number: `+` then 8–15 digits, the first not 0. `Debug` is masked.

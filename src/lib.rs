@@ -25,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod retry;
+pub mod routing;
 pub mod sms;
 pub mod store;
 pub mod templates;

@@ -20,7 +20,8 @@ pub fn var_name(section: &str, key: &str) -> String {
 }
 
 /// One `HERALD_<SECTION>__<KEY>` variable as a configuration source. Values stay text (a phone number
-/// like `+15005550006` must not become an integer); only `[...]` is read as a TOML array.
+/// like `+15005550006` must not become an integer); only `[...]` is read as a TOML array and `{...}` as a
+/// TOML inline table (`HERALD_ROUTING__SMS='{44 = ["infobip", "twilio"]}'`).
 pub(super) struct EnvVar {
     name: String,
     path: String,
@@ -39,7 +40,7 @@ impl EnvVar {
                     return None;
                 }
                 let path = rest.to_ascii_lowercase().replace(SEPARATOR, ".");
-                let value = if raw.trim_start().starts_with('[') {
+                let value = if raw.trim_start().starts_with(['[', '{']) {
                     toml::from_str::<std::collections::BTreeMap<String, Value>>(&format!("v = {raw}"))
                         .ok()
                         .and_then(|mut m| m.remove("v"))
@@ -81,7 +82,8 @@ impl Config {
             for (key, value) in keys {
                 let text = match value {
                     toml::Value::String(s) => s.clone(),
-                    // Numbers as digits, lists as a TOML array (`["1s", "5s"]`), as `EnvVar` reads them.
+                    // Numbers as digits, lists as a TOML array (`["1s", "5s"]`), tables (`[routing]`) as an
+                    // inline table, as `EnvVar` reads them.
                     other => other.to_string(),
                 };
                 vars.push((var_name(section, key), text));

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
+use crate::job::CallingCode;
 
 fn repo_file(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -272,4 +273,140 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
         config.smtp.target(),
         "smtps://mail.test".parse::<SmtpUrl>().unwrap().target().clone()
     );
+}
+
+/// New providers' sections and `[routing]` survive `to_env`, and chains are checked where they are
+/// written: `routing.sms.44` names itself.
+#[test]
+fn routing_and_provider_sections_round_trip_and_name_their_keys() {
+    let mut config = Config::default();
+    config.vonage.api_key = "k".into();
+    config.vonage.api_secret = Secret::new("vs3cr3t");
+    config.vonage.from = "Acme".into();
+    config.vonage.base_url = "http://127.0.0.1:9/vonage".parse().unwrap();
+    config.plivo.auth_id = "MA1".into();
+    config.plivo.auth_token = Secret::new("ps3cr3t");
+    config.plivo.from = "+14155550100".into();
+    config.infobip.api_key = Secret::new("is3cr3t");
+    config.infobip.from = "+447491163443".into();
+    config.infobip.base_url = Some("https://x.api.infobip.com".parse().unwrap());
+    config.sns.region = "eu-west-1".into();
+    config.sns.access_key_id = "AKID".into();
+    config.sns.secret_access_key = Secret::new("ss3cr3t");
+    config.sns.sender_id = "Acme".into();
+    config.channels.sms = Some(vec![ProviderKind::Vonage]);
+    let code = |c: &str| CallingCode::parse(c).unwrap();
+    config.routing.sms = [
+        (code("44"), vec![ProviderKind::Infobip, ProviderKind::Plivo]),
+        (code("1"), vec![ProviderKind::Sns]),
+    ]
+    .into();
+    config.routing.voice = [(code("44"), vec![ProviderKind::Infobip])].into();
+    config.sns.session_token = Secret::new("ts3cr3t");
+    config.validate().unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("s3cr3t"), "a provider secret in Debug: {shown}");
+    let env = config.to_env().unwrap();
+    assert!(env.iter().any(|(k, _)| k == "HERALD_ROUTING__SMS"), "{env:?}");
+    assert_eq!(Config::load_from(None, env).unwrap(), config);
+    let keys: Vec<String> = config.chains().into_iter().map(|(k, _, _)| k).collect();
+    assert!(keys.contains(&"routing.sms.44".to_owned()) && keys.contains(&"routing.voice.44".to_owned()));
+
+    let load = |vars: &[(&str, &str)]| {
+        Config::load_from(None, vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).map_err(|e| e.to_string())
+    };
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("HERALD_ROUTING__SMS", r#"{"44" = ["carrier-pigeon"]}"#)],
+            "routing.sms.44",
+        ),
+        (&[("HERALD_ROUTING__SMS", r#"{"4x" = ["outbox"]}"#)], "routing.sms.4x"),
+        (&[("HERALD_ROUTING__SMS", r#"{"999" = ["outbox"]}"#)], "routing.sms.999"),
+        (&[("HERALD_ROUTING__SMS", r#"{"+44" = ["outbox"]}"#)], "routing.sms.+44"),
+        (&[("HERALD_ROUTING__SMS", r#"{"44" = []}"#)], "routing.sms.44"),
+        (&[("HERALD_ROUTING__SMS", r#"{"44" = ["vonage"]}"#)], "vonage.api_key"),
+        (
+            &[("HERALD_ROUTING__VOICE", r#"{"44" = ["vonage"]}"#)],
+            "routing.voice.44",
+        ),
+        (&[("HERALD_ROUTING__EMAIL", r#"{"44" = ["outbox"]}"#)], "routing"),
+        (&[("HERALD_CHANNELS__VOICE", r#"["plivo"]"#)], "channels.voice"),
+        (&[("HERALD_CHANNELS__SMS", r#"["plivo"]"#)], "plivo.auth_id"),
+        (
+            &[
+                ("HERALD_CHANNELS__SMS", r#"["infobip"]"#),
+                ("HERALD_INFOBIP__API_KEY", "s3cr3t"),
+                ("HERALD_INFOBIP__FROM", "Acme"),
+            ],
+            "infobip.base_url",
+        ),
+        (&[("HERALD_CHANNELS__SMS", r#"["sns"]"#)], "sns.region"),
+        (
+            &[
+                ("HERALD_CHANNELS__SMS", r#"["sns"]"#),
+                ("HERALD_SNS__REGION", "evil.test/x"),
+                ("HERALD_SNS__ACCESS_KEY_ID", "AKID"),
+                ("HERALD_SNS__SECRET_ACCESS_KEY", "s3cr3t"),
+            ],
+            "sns.region",
+        ),
+        (&[("HERALD_VONAGE__BASE_URL", "ftp://s3cr3t")], "vonage.base_url"),
+    ];
+    for (vars, key) in cases {
+        let err = load(vars).expect_err(key);
+        assert!(err.contains(key), "{vars:?}: {err}");
+        assert!(!err.contains("s3cr3t"), "{vars:?}: {err}");
+    }
+}
+
+/// Empty `[sns]` credentials come from the standard AWS variables; herald's own keys win.
+#[test]
+fn sns_credentials_fall_back_to_the_aws_variables() {
+    let vars = |extra: &[(&str, &str)]| {
+        let mut v: Vec<(String, String)> = [
+            ("HERALD_CHANNELS__SMS", r#"["sns"]"#),
+            ("AWS_ACCESS_KEY_ID", "AKIDENV"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ("AWS_SESSION_TOKEN", "env-token"),
+            ("AWS_DEFAULT_REGION", "us-east-2"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        v.sort();
+        v
+    };
+    let c = Config::load_from(None, vars(&[])).unwrap();
+    assert_eq!(
+        (
+            c.sns.region.as_str(),
+            c.sns.access_key_id.as_str(),
+            c.sns.secret_access_key.expose()
+        ),
+        ("us-east-2", "AKIDENV", "env-secret")
+    );
+    assert_eq!(c.sns.session_token.expose(), "env-token");
+    assert_eq!(
+        c.sns.endpoint().unwrap().as_str(),
+        "https://sns.us-east-2.amazonaws.com/"
+    );
+    let c = Config::load_from(
+        None,
+        vars(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("HERALD_SNS__ACCESS_KEY_ID", "AKIDOWN"),
+            ("HERALD_SNS__SECRET_ACCESS_KEY", "own-secret"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.sns.region.as_str(),
+            c.sns.access_key_id.as_str(),
+            c.sns.secret_access_key.expose()
+        ),
+        ("eu-west-1", "AKIDOWN", "own-secret")
+    );
+    assert!(c.sns.session_token.is_empty(), "the env token belongs to the env key");
 }

@@ -3,14 +3,75 @@
 
 use std::time::Duration;
 
-use crate::job::Job;
+use crate::job::{Channel, Job, PhoneNumber, Recipient};
 use crate::templates::Rendered;
 
+pub mod infobip;
 pub mod outbox;
+pub mod plivo;
 pub mod smtp;
+pub mod sns;
 pub mod stub;
 pub mod twilio;
+pub mod vonage;
 pub mod webhook;
+
+/// Every provider herald has: one closed vocabulary for config (`channels.sms = ["twilio"]`), dispatch,
+/// events and metric labels. The text form appears only where a name is written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Twilio,
+    Smtp,
+    Webhook,
+    Outbox,
+    Vonage,
+    Sns,
+    Infobip,
+    Plivo,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 8] = [
+        ProviderKind::Twilio,
+        ProviderKind::Smtp,
+        ProviderKind::Webhook,
+        ProviderKind::Outbox,
+        ProviderKind::Vonage,
+        ProviderKind::Sns,
+        ProviderKind::Infobip,
+        ProviderKind::Plivo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Twilio => "twilio",
+            ProviderKind::Smtp => "smtp",
+            ProviderKind::Webhook => "webhook",
+            ProviderKind::Outbox => "outbox",
+            ProviderKind::Vonage => "vonage",
+            ProviderKind::Sns => "sns",
+            ProviderKind::Infobip => "infobip",
+            ProviderKind::Plivo => "plivo",
+        }
+    }
+
+    /// Whether this provider can deliver on `channel` at all (a chain naming it elsewhere is a config error).
+    pub fn delivers(self, channel: Channel) -> bool {
+        match self {
+            ProviderKind::Webhook | ProviderKind::Outbox => true,
+            ProviderKind::Smtp => channel == Channel::Email,
+            ProviderKind::Twilio | ProviderKind::Infobip => channel != Channel::Email,
+            ProviderKind::Vonage | ProviderKind::Sns | ProviderKind::Plivo => channel == Channel::Sms,
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What a provider returns on success.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,11 +120,23 @@ impl ProviderError {
 
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
-    /// The name used in events and metric labels.
-    fn name(&self) -> &'static str;
+    /// Which provider this is: its name in events and metric labels.
+    fn name(&self) -> ProviderKind;
 
     /// Sends one rendered message for `job`. Implementations must be bounded by the provider timeout.
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError>;
+}
+
+/// The destination number of a phone job; an email job is a permanent failure for a phone-only provider
+/// (config validation keeps it from happening).
+pub fn phone_of(job: &Job, provider: ProviderKind) -> Result<&PhoneNumber, ProviderError> {
+    match &job.to {
+        Recipient::Phone(number) => Ok(number),
+        Recipient::Email(_) => Err(ProviderError::Permanent {
+            message: format!("{provider} cannot deliver email"),
+            provider_code: None,
+        }),
+    }
 }
 
 /// Reads at most 64 KiB of a response body: a provider answering garbage cannot exhaust memory.
@@ -116,7 +189,7 @@ pub fn http_failure(
 }
 
 /// A failed HTTP exchange: always transient (timeouts, refused connections, resets).
-pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
+pub fn transport_error(provider: ProviderKind, e: &reqwest::Error) -> ProviderError {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -137,6 +210,22 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
 mod tests {
     use super::*;
     use reqwest::StatusCode;
+
+    #[test]
+    fn a_provider_has_one_name_in_config_events_and_metrics() {
+        for kind in ProviderKind::ALL {
+            let written = serde_json::to_string(&kind).unwrap();
+            assert_eq!(written, format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<ProviderKind>(&written).unwrap(), kind);
+            assert_eq!(kind.to_string(), kind.name());
+        }
+        let voice: Vec<&str> = ProviderKind::ALL
+            .into_iter()
+            .filter(|k| k.delivers(Channel::Voice))
+            .map(ProviderKind::name)
+            .collect();
+        assert_eq!(voice, ["twilio", "webhook", "outbox", "infobip"]);
+    }
 
     #[test]
     fn http_statuses_are_classified_once_for_every_provider() {

@@ -43,8 +43,8 @@ impl Outbox {
 
 #[async_trait::async_trait]
 impl Provider for Outbox {
-    fn name(&self) -> &'static str {
-        "outbox"
+    fn name(&self) -> super::ProviderKind {
+        super::ProviderKind::Outbox
     }
 
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {

@@ -263,8 +263,8 @@ fn classify(failure: &Failure) -> ProviderError {
 
 #[async_trait::async_trait]
 impl Provider for Smtp {
-    fn name(&self) -> &'static str {
-        "smtp"
+    fn name(&self) -> super::ProviderKind {
+        super::ProviderKind::Smtp
     }
 
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {

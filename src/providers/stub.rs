@@ -5,18 +5,18 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use crate::job::Job;
-use crate::providers::{Provider, ProviderError, Receipt};
+use crate::providers::{Provider, ProviderError, ProviderKind, Receipt};
 use crate::templates::Rendered;
 
 /// Answers each call with the next scripted result, then with the last one again.
 pub struct StubProvider {
-    name: &'static str,
+    name: ProviderKind,
     script: Mutex<VecDeque<Result<Receipt, ProviderError>>>,
     calls: Mutex<Vec<String>>,
 }
 
 impl StubProvider {
-    pub fn new(name: &'static str, script: Vec<Result<Receipt, ProviderError>>) -> StubProvider {
+    pub fn new(name: ProviderKind, script: Vec<Result<Receipt, ProviderError>>) -> StubProvider {
         StubProvider {
             name,
             script: Mutex::new(script.into()),
@@ -32,7 +32,7 @@ impl StubProvider {
 
 #[async_trait::async_trait]
 impl Provider for StubProvider {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> ProviderKind {
         self.name
     }
 

@@ -77,10 +77,12 @@ impl Twilio {
             .form(form)
             .send()
             .await
-            .map_err(|e| transport_error("twilio", &e))?;
+            .map_err(|e| transport_error(self.name(), &e))?;
         let status = response.status();
         let retry_after = retry_after(&response);
-        let body = read_capped(response).await.map_err(|e| transport_error("twilio", &e))?;
+        let body = read_capped(response)
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
         if status.is_success() {
             // Twilio has accepted the message: even an unreadable body must not make us send it twice.
             let sid = serde_json::from_slice::<Created>(&body).ok().and_then(|c| c.sid);
@@ -102,8 +104,8 @@ impl Twilio {
 
 #[async_trait::async_trait]
 impl Provider for Twilio {
-    fn name(&self) -> &'static str {
-        "twilio"
+    fn name(&self) -> super::ProviderKind {
+        super::ProviderKind::Twilio
     }
 
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {

@@ -99,8 +99,8 @@ impl Webhook {
 
 #[async_trait::async_trait]
 impl Provider for Webhook {
-    fn name(&self) -> &'static str {
-        "webhook"
+    fn name(&self) -> super::ProviderKind {
+        super::ProviderKind::Webhook
     }
 
     async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
@@ -119,7 +119,7 @@ impl Provider for Webhook {
             .body(body)
             .send()
             .await
-            .map_err(|e| super::transport_error("webhook", &e))?;
+            .map_err(|e| super::transport_error(self.name(), &e))?;
         let status = response.status();
         let retry_after = super::retry_after(&response);
         let html = response
@@ -129,7 +129,7 @@ impl Provider for Webhook {
             .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
         let answer = read_capped(response)
             .await
-            .map_err(|e| super::transport_error("webhook", &e))?;
+            .map_err(|e| super::transport_error(self.name(), &e))?;
         let code = Some(status.as_u16().to_string());
         if status.is_success() {
             if html {

@@ -1,0 +1,232 @@
+//! Infobip SMS (`POST {base_url}/sms/2/text/advanced`) and voice text-to-speech
+//! (`POST {base_url}/tts/3/advanced`), JSON with `Authorization: App <api_key>` (contract §6). Each
+//! account has its own base URL.
+//!
+//! Classification: HTTP 408, 429 and 5xx are transient, other 4xx permanent (Infobip's `serviceException`
+//! `messageId`, e.g. `UNAUTHORIZED`, is the provider code). A 200 carries each message's status: groups
+//! PENDING, ACCEPTED and DELIVERED are sent; REJECTED, UNDELIVERABLE and EXPIRED are not, and fail
+//! permanently except the statuses that another attempt or provider can get past (system error, no
+//! credit, no route), which are transient.
+
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    Provider, ProviderError, ProviderKind, Receipt, http_failure, phone_of, read_capped, retry_after, transport_error,
+};
+use crate::config::InfobipConfig;
+use crate::events::scrub;
+use crate::job::{Job, Locale};
+use crate::templates::{PAUSE, Rendered};
+
+pub struct Infobip {
+    client: reqwest::Client,
+    sms_url: Url,
+    tts_url: Url,
+    authorization: HeaderValue,
+    from: String,
+}
+
+/// `{"bulkId", "messages": [{"to", "messageId", "status": {"groupId", "groupName", "id", "name",
+/// "description"}}]}`.
+#[derive(Deserialize)]
+struct Answer {
+    messages: Vec<Message>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Message {
+    message_id: Option<String>,
+    status: Status,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    group_name: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+/// `{"requestError": {"serviceException": {"messageId": "UNAUTHORIZED", "text": "Invalid login details"}}}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody {
+    request_error: RequestError,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestError {
+    service_exception: ServiceException,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceException {
+    message_id: Option<String>,
+    text: Option<String>,
+}
+
+/// Rejections that are no fault of the message: Infobip's own error, the account's credit, a route
+/// that is down. Worth another attempt, or the next provider.
+const TRANSIENT_REJECTIONS: &[&str] = &[
+    "REJECTED_SYSTEM_ERROR",
+    "REJECTED_NOT_ENOUGH_CREDITS",
+    "REJECTED_ROUTE_NOT_AVAILABLE",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("infobip.base_url is required when a chain uses infobip")]
+    NoBaseUrl,
+    #[error("infobip.base_url does not form a URL")]
+    Url(#[source] url::ParseError),
+    #[error("infobip.api_key cannot form an Authorization header")]
+    Authorization(#[source] reqwest::header::InvalidHeaderValue),
+}
+
+impl Infobip {
+    pub fn new(config: &InfobipConfig, client: reqwest::Client) -> Result<Infobip, SetupError> {
+        let base = config.base_url.as_ref().ok_or(SetupError::NoBaseUrl)?;
+        let base = base.as_url().as_str().trim_end_matches('/');
+        let url = |path: &str| Url::parse(&format!("{base}{path}")).map_err(SetupError::Url);
+        let mut authorization =
+            HeaderValue::from_str(&format!("App {}", config.api_key.expose())).map_err(SetupError::Authorization)?;
+        authorization.set_sensitive(true);
+        Ok(Infobip {
+            client,
+            sms_url: url("/sms/2/text/advanced")?,
+            tts_url: url("/tts/3/advanced")?,
+            authorization,
+            // Infobip writes numbers in international form without `+`; a sender id stays as it is.
+            from: config
+                .from
+                .strip_prefix('+')
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                .unwrap_or(&config.from)
+                .to_owned(),
+        })
+    }
+
+    async fn post(&self, url: &Url, body: serde_json::Value) -> Result<Receipt, ProviderError> {
+        let response = self
+            .client
+            .post(url.clone())
+            .header(AUTHORIZATION, self.authorization.clone())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let body = read_capped(response)
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
+        if !status.is_success() {
+            let error = serde_json::from_slice::<ErrorBody>(&body)
+                .ok()
+                .map(|e| e.request_error.service_exception);
+            let code = error.as_ref().and_then(|e| e.message_id.clone());
+            let detail = error
+                .and_then(|e| e.text)
+                .map(|t| scrub(&t))
+                .unwrap_or_else(|| "no Infobip error body".into());
+            let message = format!("infobip answered {}: {detail}", status.as_u16());
+            return Err(http_failure(status, message, code, retry_after));
+        }
+        let Some(message) = serde_json::from_slice::<Answer>(&body)
+            .ok()
+            .and_then(|a| a.messages.into_iter().next())
+        else {
+            // A 2xx whose verdict cannot be read: Infobip may have taken the message, and may not have.
+            // Losing the code is worse than a second message.
+            return Err(ProviderError::Transient {
+                message: format!(
+                    "infobip answered {} without a readable messages[].status",
+                    status.as_u16()
+                ),
+                provider_code: None,
+                retry_after: None,
+            });
+        };
+        let Status {
+            group_name,
+            name,
+            description,
+        } = message.status;
+        if matches!(group_name.as_str(), "PENDING" | "ACCEPTED" | "DELIVERED") {
+            return Ok(Receipt {
+                message_id: message.message_id,
+            });
+        }
+        let text = format!("infobip status {group_name}/{name}: {}", scrub(&description));
+        let provider_code = Some(if name.is_empty() { group_name } else { name.clone() });
+        Err(if TRANSIENT_REJECTIONS.contains(&name.as_str()) {
+            ProviderError::Transient {
+                message: text,
+                provider_code,
+                retry_after,
+            }
+        } else {
+            ProviderError::Permanent {
+                message: text,
+                provider_code,
+            }
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Infobip {
+    fn name(&self) -> ProviderKind {
+        ProviderKind::Infobip
+    }
+
+    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+        let to = phone_of(job, self.name())?.digits();
+        match message {
+            Rendered::Sms { body } => {
+                let body = json!({"messages": [{
+                    "destinations": [{"to": to}],
+                    "from": self.from,
+                    "text": body,
+                }]});
+                self.post(&self.sms_url, body).await
+            }
+            Rendered::Voice { text, language } => {
+                let body = json!({"messages": [{
+                    "destinations": [{"to": to}],
+                    "from": self.from,
+                    "text": speech(text),
+                    "language": tts_language(language),
+                }]});
+                self.post(&self.tts_url, body).await
+            }
+            Rendered::Email { .. } => Err(ProviderError::Permanent {
+                message: "infobip cannot deliver email".into(),
+                provider_code: None,
+            }),
+        }
+    }
+}
+
+/// The voice text with each `{{pause}}` as a one-second `<break/>`, which Infobip's text-to-speech honours.
+pub fn speech(text: &str) -> String {
+    text.split(PAUSE)
+        .map(str::trim)
+        .filter(|piece| !piece.is_empty())
+        .collect::<Vec<_>>()
+        .join(" <break time=\"1s\"/> ")
+}
+
+/// Infobip's language code for a locale: the lowercase language subtag (`es-AR` → `es`), as its TTS
+/// languages are listed.
+pub fn tts_language(locale: &Locale) -> String {
+    locale.language().to_ascii_lowercase()
+}

@@ -1,0 +1,166 @@
+//! Vonage (Nexmo) SMS API: `POST {base_url}/sms/json`, form-encoded, credentials in the form (contract §6).
+//! Vonage answers HTTP 200 whether or not it took the message: the verdict is `messages[].status`.
+
+use reqwest::Url;
+use serde::Deserialize;
+
+use super::{
+    Provider, ProviderError, ProviderKind, Receipt, http_failure, phone_of, read_capped, retry_after, transport_error,
+};
+use crate::config::VonageConfig;
+use crate::events::scrub;
+use crate::job::Job;
+use crate::sms::{Encoding, segments};
+use crate::templates::Rendered;
+
+pub struct Vonage {
+    client: reqwest::Client,
+    url: Url,
+    api_key: String,
+    api_secret: String,
+    from: String,
+}
+
+/// `{"message-count": "1", "messages": [{"to", "message-id", "status": "0", ...}]}`; a failed message
+/// has `status` and `error-text` instead of an id.
+#[derive(Deserialize)]
+struct Answer {
+    messages: Vec<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    status: String,
+    #[serde(rename = "message-id")]
+    message_id: Option<String>,
+    #[serde(rename = "error-text")]
+    error_text: Option<String>,
+}
+
+/// A status of Vonage's SMS API error table: its meaning, and whether sending again can succeed.
+/// Throttled, internal error, too many binds and an account out of credit (documented as "top-up and
+/// retry": another provider of the chain can still send) are worth retrying; every other status means
+/// the request, the number or the account is wrong and will fail again.
+pub fn classify(status: &str) -> (&'static str, bool) {
+    match status {
+        "1" => ("throttled", true),
+        "2" => ("missing parameters", false),
+        "3" => ("invalid parameters", false),
+        "4" => ("invalid credentials", false),
+        "5" => ("internal error", true),
+        "6" => ("invalid message", false),
+        "7" => ("number barred", false),
+        "8" => ("partner account barred", false),
+        "9" => ("partner quota violation", true),
+        "10" => ("too many existing binds", true),
+        "11" => ("account not enabled for HTTP", false),
+        "12" => ("message too long", false),
+        "14" => ("invalid signature", false),
+        "15" => ("invalid sender address", false),
+        "22" => ("invalid network code", false),
+        "23" => ("invalid callback url", false),
+        "29" => ("non-whitelisted destination", false),
+        "32" => ("signature and api secret disallowed", false),
+        "33" => ("number de-activated", false),
+        _ => ("undocumented status", false),
+    }
+}
+
+/// `vonage.base_url` does not take `/sms/json`.
+#[derive(Debug, thiserror::Error)]
+#[error("vonage.base_url does not form a URL")]
+pub struct SetupError(#[source] url::ParseError);
+
+impl Vonage {
+    pub fn new(config: &VonageConfig, client: reqwest::Client) -> Result<Vonage, SetupError> {
+        let base = config.base_url.as_url().as_str().trim_end_matches('/');
+        Ok(Vonage {
+            client,
+            url: Url::parse(&format!("{base}/sms/json")).map_err(SetupError)?,
+            api_key: config.api_key.clone(),
+            api_secret: config.api_secret.expose().to_owned(),
+            // Vonage writes numbers without `+`; an alphanumeric sender id stays as it is.
+            from: config
+                .from
+                .strip_prefix('+')
+                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+                .unwrap_or(&config.from)
+                .to_owned(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Vonage {
+    fn name(&self) -> ProviderKind {
+        ProviderKind::Vonage
+    }
+
+    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+        let Rendered::Sms { body } = message else {
+            return Err(ProviderError::Permanent {
+                message: "vonage delivers SMS only".into(),
+                provider_code: None,
+            });
+        };
+        let to = phone_of(job, self.name())?.digits();
+        let mut form = vec![
+            ("api_key", self.api_key.as_str()),
+            ("api_secret", self.api_secret.as_str()),
+            ("from", self.from.as_str()),
+            ("to", to),
+            ("text", body.as_str()),
+        ];
+        if segments(body).encoding == Encoding::Ucs2 {
+            form.push(("type", "unicode"));
+        }
+        let response = self
+            .client
+            .post(self.url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let body = read_capped(response)
+            .await
+            .map_err(|e| transport_error(self.name(), &e))?;
+        let answer = serde_json::from_slice::<Answer>(&body).ok();
+        if !status.is_success() {
+            let code = answer.and_then(|a| a.messages.into_iter().next()).map(|m| m.status);
+            let message = format!("vonage answered HTTP {}", status.as_u16());
+            return Err(http_failure(status, message, code, retry_after));
+        }
+        let Some(answer) = answer.filter(|a| !a.messages.is_empty()) else {
+            // HTTP 200 without a readable verdict: whether Vonage took the message is unknown. Sending
+            // again risks a second SMS, losing the code is worse.
+            return Err(ProviderError::Transient {
+                message: "vonage answered HTTP 200 without a readable messages[].status".into(),
+                provider_code: None,
+                retry_after: None,
+            });
+        };
+        // A long text is several messages: sent only if every part was taken.
+        match answer.messages.iter().find(|m| m.status != "0") {
+            None => Ok(Receipt {
+                message_id: answer.messages.into_iter().find_map(|m| m.message_id),
+            }),
+            Some(failed) => {
+                let (meaning, transient) = classify(&failed.status);
+                let detail = failed.error_text.as_deref().map(scrub).unwrap_or_default();
+                let message = format!("vonage status {} ({meaning}): {detail}", failed.status);
+                let provider_code = Some(failed.status.clone());
+                Err(if transient {
+                    ProviderError::Transient {
+                        message,
+                        provider_code,
+                        retry_after,
+                    }
+                } else {
+                    ProviderError::Permanent { message, provider_code }
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,869 @@
+//! The native SMS/voice providers, each against a local server that checks the request as the provider's
+//! API documentation specifies it (method, path, auth, content type, every field), and each answer class of
+//! that documentation: provider-level, calling `Provider::send` directly (no broker). Then through the
+//! broker: failover between providers and routing by destination country.
+
+mod helpers;
+
+use std::time::Duration;
+
+use base64::Engine;
+use helpers::{TestApp, form, job};
+use herald::config::{HttpUrl, InfobipConfig, PlivoConfig, ProviderKind, Secret, SnsConfig, VonageConfig};
+use herald::job::{CallingCode, Job, Locale};
+use herald::providers::infobip::Infobip;
+use herald::providers::plivo::Plivo;
+use herald::providers::sns::Sns;
+use herald::providers::vonage::Vonage;
+use herald::providers::{Provider, ProviderError, Receipt};
+use herald::templates::{PAUSE, Rendered};
+use serde_json::{Value, json};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const NUMBER: &str = "+14155550123";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn phone_job(to: &str) -> Job {
+    let mut body = job("sms");
+    body["to"] = to.into();
+    Job::from_json(body.to_string().as_bytes()).unwrap()
+}
+
+fn sms(text: &str) -> Rendered {
+    Rendered::Sms { body: text.into() }
+}
+
+/// A server answering every POST with `response`.
+async fn server(response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(response).mount(&server).await;
+    server
+}
+
+async fn only_request(server: &MockServer) -> wiremock::Request {
+    let mut requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "one request per send");
+    requests.remove(0)
+}
+
+fn header<'a>(r: &'a wiremock::Request, name: &str) -> &'a str {
+    r.headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+/// What a failure says, in a word: `transient <code> <retry-after>` / `permanent <code>`. Also checks it
+/// never carries the recipient's number.
+fn verdict(result: Result<Receipt, ProviderError>) -> String {
+    let e = result.expect_err("a failure");
+    assert!(!e.message().contains("4155550123"), "{e}");
+    match &e {
+        ProviderError::Transient {
+            provider_code,
+            retry_after,
+            ..
+        } => format!(
+            "transient {} {}",
+            provider_code.as_deref().unwrap_or("-"),
+            retry_after.map_or("-".into(), |d| d.as_secs().to_string())
+        ),
+        ProviderError::Permanent { provider_code, .. } => {
+            format!("permanent {}", provider_code.as_deref().unwrap_or("-"))
+        }
+    }
+}
+
+// --- Vonage ---------------------------------------------------------------------------------------------
+
+fn vonage_config(base_url: &str) -> VonageConfig {
+    VonageConfig {
+        api_key: "a1b2c3d4".into(),
+        api_secret: Secret::new("vonage-secret"),
+        from: "Acme".into(),
+        base_url: base_url.parse::<HttpUrl>().unwrap(),
+    }
+}
+
+fn vonage_answer(messages: Value) -> ResponseTemplate {
+    let count = messages.as_array().map_or(0, Vec::len).to_string();
+    ResponseTemplate::new(200).set_body_json(json!({"message-count": count, "messages": messages}))
+}
+
+fn vonage_failure(status: &str) -> ResponseTemplate {
+    vonage_answer(json!([{"status": status, "error-text": format!("Failed for {NUMBER}")}]))
+}
+
+#[tokio::test]
+async fn vonage_sends_the_form_vonage_documents() {
+    let server = server(vonage_answer(json!([{
+        "to": "14155550123", "message-id": "0A0000000123ABCD1", "status": "0",
+        "remaining-balance": "3.14159265", "message-price": "0.03330000", "network": "12345"
+    }])))
+    .await;
+    let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
+    assert_eq!(vonage.name(), ProviderKind::Vonage);
+    let receipt = vonage
+        .send(&phone_job(NUMBER), &sms("482913 is your code for Acme."))
+        .await
+        .unwrap();
+    assert_eq!(receipt.message_id.as_deref(), Some("0A0000000123ABCD1"));
+    let r = only_request(&server).await;
+    assert_eq!((r.method.as_str(), r.url.path()), ("POST", "/sms/json"));
+    assert_eq!(header(&r, "content-type"), "application/x-www-form-urlencoded");
+    assert!(r.headers.get("authorization").is_none(), "credentials go in the form");
+    assert_eq!(
+        form(&r.body),
+        [
+            ("api_key", "a1b2c3d4"),
+            ("api_secret", "vonage-secret"),
+            ("from", "Acme"),
+            ("to", "14155550123"),
+            ("text", "482913 is your code for Acme."),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    );
+}
+
+#[tokio::test]
+async fn vonage_marks_non_gsm_text_unicode_and_writes_numbers_without_plus() {
+    let server = server(vonage_answer(json!([{"message-id": "m1", "status": "0"}]))).await;
+    let mut config = vonage_config(&server.uri());
+    config.from = "+447700900000".into();
+    let vonage = Vonage::new(&config, client()).unwrap();
+    vonage
+        .send(&phone_job("+447700900123"), &sms("Ваш код 482913"))
+        .await
+        .unwrap();
+    let f = form(&only_request(&server).await.body);
+    assert_eq!(f["type"], "unicode");
+    assert_eq!(f["text"], "Ваш код 482913");
+    assert_eq!((f["from"].as_str(), f["to"].as_str()), ("447700900000", "447700900123"));
+}
+
+#[tokio::test]
+async fn vonage_answers_are_classified_as_documented() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        // HTTP 200 with a failed status: Vonage's own verdict.
+        (vonage_failure("1"), "transient 1 -"),
+        (vonage_failure("5"), "transient 5 -"),
+        (vonage_failure("9"), "transient 9 -"),
+        (vonage_failure("10"), "transient 10 -"),
+        (vonage_failure("2"), "permanent 2"),
+        (vonage_failure("3"), "permanent 3"),
+        (vonage_failure("4"), "permanent 4"),
+        (vonage_failure("6"), "permanent 6"),
+        (vonage_failure("7"), "permanent 7"),
+        (vonage_failure("8"), "permanent 8"),
+        (vonage_failure("12"), "permanent 12"),
+        (vonage_failure("15"), "permanent 15"),
+        (vonage_failure("29"), "permanent 29"),
+        (vonage_failure("99"), "permanent 99"),
+        // A long text: one part throttled, so not sent.
+        (
+            vonage_answer(
+                json!([{"message-id": "m1", "status": "0"}, {"status": "1", "error-text": "Throughput exceeded"}]),
+            ),
+            "transient 1 -",
+        ),
+        // HTTP-level failures, Retry-After honoured.
+        (
+            ResponseTemplate::new(429).insert_header("Retry-After", "7"),
+            "transient - 7",
+        ),
+        (ResponseTemplate::new(500), "transient - -"),
+        (
+            ResponseTemplate::new(401).set_body_string("Unauthorized"),
+            "permanent -",
+        ),
+        // HTTP 200 that says nothing readable: may not have been taken.
+        (
+            ResponseTemplate::new(200).set_body_string("<html>gateway</html>"),
+            "transient - -",
+        ),
+        (vonage_answer(json!([])), "transient - -"),
+        (
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
+            "transient - -",
+        ),
+    ];
+    for (i, (response, expected)) in cases.into_iter().enumerate() {
+        let server = server(response).await;
+        let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
+        let got = verdict(vonage.send(&phone_job(NUMBER), &sms("482913")).await);
+        assert_eq!(got, expected, "case {i}");
+    }
+}
+
+#[tokio::test]
+async fn vonage_timeout_and_refused_connection_are_transient_and_say_so() {
+    let server = server(ResponseTemplate::new(200).set_delay(Duration::from_secs(5))).await;
+    let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
+    let e = vonage.send(&phone_job(NUMBER), &sms("482913")).await.unwrap_err();
+    assert!(e.is_transient() && e.message() == "vonage timed out", "{e}");
+    let closed = Vonage::new(&vonage_config("http://127.0.0.1:9"), client()).unwrap();
+    let e = closed.send(&phone_job(NUMBER), &sms("482913")).await.unwrap_err();
+    assert!(e.is_transient() && e.message() == "vonage connection failed", "{e}");
+}
+
+// --- Plivo ----------------------------------------------------------------------------------------------
+
+fn plivo_config(base_url: &str) -> PlivoConfig {
+    PlivoConfig {
+        auth_id: "MAXXXXXXXXXXXXXXXXXX".into(),
+        auth_token: Secret::new("plivo-token"),
+        from: "+14155550100".into(),
+        base_url: base_url.parse::<HttpUrl>().unwrap(),
+    }
+}
+
+fn plivo_error(status: u16, error: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"api_id": "97ceeb52-58b6-11e1-86da-77300b68f8bb", "error": error}))
+}
+
+#[tokio::test]
+async fn plivo_sends_the_json_plivo_documents() {
+    let server = server(ResponseTemplate::new(202).set_body_json(json!({
+        "api_id": "db342550-7f1d-11e1-8ea7-1231380bc196",
+        "message": "message(s) queued",
+        "message_uuid": ["db3ce55a-7f1d-11e1-8ea7-1231380bc196"]
+    })))
+    .await;
+    let plivo = Plivo::new(&plivo_config(&server.uri()), client()).unwrap();
+    assert_eq!(plivo.name(), ProviderKind::Plivo);
+    let receipt = plivo
+        .send(&phone_job(NUMBER), &sms("482913 is your code for Acme."))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.message_id.as_deref(),
+        Some("db3ce55a-7f1d-11e1-8ea7-1231380bc196")
+    );
+    let r = only_request(&server).await;
+    assert_eq!(
+        (r.method.as_str(), r.url.path()),
+        ("POST", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Message/")
+    );
+    assert_eq!(header(&r, "content-type"), "application/json");
+    let basic = base64::engine::general_purpose::STANDARD.encode("MAXXXXXXXXXXXXXXXXXX:plivo-token");
+    assert_eq!(header(&r, "authorization"), format!("Basic {basic}"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap(),
+        json!({"src": "14155550100", "dst": "14155550123", "text": "482913 is your code for Acme."})
+    );
+}
+
+#[tokio::test]
+async fn plivo_answers_are_classified_as_documented() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        (plivo_error(400, "invalid dst number"), "permanent 400"),
+        (plivo_error(401, "authentication failed"), "permanent 401"),
+        (plivo_error(404, "not found"), "permanent 404"),
+        (plivo_error(405, "method not allowed"), "permanent 405"),
+        (
+            plivo_error(429, "too many requests").insert_header("Retry-After", "3"),
+            "transient 429 3",
+        ),
+        (plivo_error(500, "server error"), "transient 500 -"),
+        (ResponseTemplate::new(503).set_body_string("<html>"), "transient 503 -"),
+        (
+            ResponseTemplate::new(202).set_delay(Duration::from_secs(5)),
+            "transient - -",
+        ),
+    ];
+    for (i, (response, expected)) in cases.into_iter().enumerate() {
+        let server = server(response).await;
+        let plivo = Plivo::new(&plivo_config(&server.uri()), client()).unwrap();
+        let got = verdict(plivo.send(&phone_job(NUMBER), &sms("482913")).await);
+        assert_eq!(got, expected, "case {i}");
+    }
+    // A 202 with garbage is still queued at Plivo: sent, without an id (sending again would repeat it).
+    let garbage = server(ResponseTemplate::new(202).set_body_string("garbage")).await;
+    let plivo = Plivo::new(&plivo_config(&garbage.uri()), client()).unwrap();
+    assert_eq!(
+        plivo.send(&phone_job(NUMBER), &sms("482913")).await.unwrap(),
+        Receipt { message_id: None }
+    );
+    // The error text is Plivo's, scrubbed of the number it may quote.
+    let quoting = server(plivo_error(400, &format!("{NUMBER} is not a valid dst"))).await;
+    let plivo = Plivo::new(&plivo_config(&quoting.uri()), client()).unwrap();
+    let e = plivo.send(&phone_job(NUMBER), &sms("482913")).await.unwrap_err();
+    assert_eq!(e.message(), "plivo answered 400: +[number] is not a valid dst");
+}
+
+// --- Infobip --------------------------------------------------------------------------------------------
+
+fn infobip_config(base_url: &str) -> InfobipConfig {
+    InfobipConfig {
+        api_key: Secret::new("infobip-key"),
+        from: "+447491163443".into(),
+        base_url: Some(base_url.parse::<HttpUrl>().unwrap()),
+    }
+}
+
+fn infobip_status(group_id: u8, group: &str, id: u16, name: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(json!({
+        "bulkId": "2034072219640523072",
+        "messages": [{
+            "to": "14155550123",
+            "messageId": "2250be2d4219-3af1-78856-aabe-1362af1edfd2",
+            "status": {"groupId": group_id, "groupName": group, "id": id, "name": name,
+                       "description": format!("status for {NUMBER}")}
+        }]
+    }))
+}
+
+fn infobip_error(status: u16, id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(json!({"requestError": {"serviceException": {"messageId": id, "text": "Request failed"}}}))
+}
+
+fn voice(text: &str, locale: &str) -> Rendered {
+    Rendered::Voice {
+        text: text.into(),
+        language: Locale::parse(locale).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn infobip_sends_sms_and_voice_as_infobip_documents() {
+    let server = server(infobip_status(1, "PENDING", 26, "PENDING_ACCEPTED")).await;
+    let infobip = Infobip::new(&infobip_config(&format!("{}/", server.uri())), client()).unwrap();
+    assert_eq!(infobip.name(), ProviderKind::Infobip);
+    let receipt = infobip
+        .send(&phone_job(NUMBER), &sms("482913 is your code for Acme."))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.message_id.as_deref(),
+        Some("2250be2d4219-3af1-78856-aabe-1362af1edfd2")
+    );
+    infobip
+        .send(
+            &phone_job(NUMBER),
+            &voice(&format!("Su código es{PAUSE}4. 8. 2. 9. 1. 3"), "es-AR"),
+        )
+        .await
+        .unwrap();
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    for r in &requests {
+        assert_eq!(r.method.as_str(), "POST");
+        assert_eq!(header(r, "authorization"), "App infobip-key");
+        assert_eq!(header(r, "content-type"), "application/json");
+    }
+    assert_eq!(requests[0].url.path(), "/sms/2/text/advanced");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&requests[0].body).unwrap(),
+        json!({"messages": [{"destinations": [{"to": "14155550123"}], "from": "447491163443",
+                             "text": "482913 is your code for Acme."}]})
+    );
+    assert_eq!(requests[1].url.path(), "/tts/3/advanced");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&requests[1].body).unwrap(),
+        json!({"messages": [{"destinations": [{"to": "14155550123"}], "from": "447491163443",
+                             "text": "Su código es <break time=\"1s\"/> 4. 8. 2. 9. 1. 3", "language": "es"}]})
+    );
+}
+
+#[tokio::test]
+async fn infobip_answers_are_classified_as_documented() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        (infobip_status(0, "ACCEPTED", 7, "ACCEPTED"), "sent"),
+        (infobip_status(3, "DELIVERED", 5, "DELIVERED_TO_HANDSET"), "sent"),
+        (
+            infobip_status(5, "REJECTED", 14, "REJECTED_DESTINATION"),
+            "permanent REJECTED_DESTINATION",
+        ),
+        (
+            infobip_status(5, "REJECTED", 52, "REJECTED_INVALID_DESTINATION"),
+            "permanent REJECTED_INVALID_DESTINATION",
+        ),
+        (
+            infobip_status(5, "REJECTED", 10, "REJECTED_DND"),
+            "permanent REJECTED_DND",
+        ),
+        (
+            infobip_status(2, "UNDELIVERABLE", 9, "UNDELIVERABLE_NOT_DELIVERED"),
+            "permanent UNDELIVERABLE_NOT_DELIVERED",
+        ),
+        (
+            infobip_status(5, "REJECTED", 21, "REJECTED_SYSTEM_ERROR"),
+            "transient REJECTED_SYSTEM_ERROR -",
+        ),
+        (
+            infobip_status(5, "REJECTED", 12, "REJECTED_NOT_ENOUGH_CREDITS"),
+            "transient REJECTED_NOT_ENOUGH_CREDITS -",
+        ),
+        (infobip_error(400, "BAD_REQUEST"), "permanent BAD_REQUEST"),
+        (infobip_error(401, "UNAUTHORIZED"), "permanent UNAUTHORIZED"),
+        (
+            infobip_error(429, "TOO_MANY_REQUESTS").insert_header("Retry-After", "2"),
+            "transient TOO_MANY_REQUESTS 2",
+        ),
+        (infobip_error(500, "GENERAL_ERROR"), "transient GENERAL_ERROR -"),
+        (ResponseTemplate::new(200).set_body_string("garbage"), "transient - -"),
+        (
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
+            "transient - -",
+        ),
+    ];
+    for (i, (response, expected)) in cases.into_iter().enumerate() {
+        let server = server(response).await;
+        let infobip = Infobip::new(&infobip_config(&server.uri()), client()).unwrap();
+        let result = infobip.send(&phone_job(NUMBER), &sms("482913")).await;
+        let got = if result.is_ok() { "sent".into() } else { verdict(result) };
+        assert_eq!(got, expected, "case {i}");
+    }
+}
+
+// --- Amazon SNS -----------------------------------------------------------------------------------------
+
+/// AWS Signature Version 4 written from AWS's description of it, independent of `aws-sigv4`: the test server
+/// checks herald's signature with it. Held to AWS's published test suite vectors below.
+mod sigv4 {
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::{Digest, Sha256};
+
+    pub fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn hmac(key: &[u8], data: &str) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        mac.update(data.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    pub fn sha256_hex(data: &[u8]) -> String {
+        hex(&Sha256::digest(data))
+    }
+
+    /// `headers`: (lowercase name, value) of exactly the signed headers.
+    pub fn canonical_request(
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &[(String, String)],
+        payload: &[u8],
+    ) -> String {
+        let mut headers = headers.to_vec();
+        headers.sort();
+        let canonical: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
+        let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        format!(
+            "{method}\n{path}\n{query}\n{canonical}\n{}\n{}",
+            signed.join(";"),
+            sha256_hex(payload)
+        )
+    }
+
+    pub fn string_to_sign(amz_date: &str, region: &str, service: &str, canonical_request: &str) -> String {
+        format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{}/{region}/{service}/aws4_request\n{}",
+            &amz_date[..8],
+            sha256_hex(canonical_request.as_bytes())
+        )
+    }
+
+    pub fn signature(secret: &str, amz_date: &str, region: &str, service: &str, string_to_sign: &str) -> String {
+        let k_date = hmac(format!("AWS4{secret}").as_bytes(), &amz_date[..8]);
+        let k_region = hmac(&k_date, region);
+        let k_service = hmac(&k_region, service);
+        let k_signing = hmac(&k_service, "aws4_request");
+        hex(&hmac(&k_signing, string_to_sign))
+    }
+}
+
+const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+
+#[test]
+fn the_test_verifier_reproduces_aws_published_sigv4_vectors() {
+    // aws-sig-v4-test-suite: get-vanilla and post-vanilla (AKIDEXAMPLE, us-east-1, service "service").
+    let headers = [
+        ("host".to_owned(), "example.amazonaws.com".to_owned()),
+        ("x-amz-date".to_owned(), "20150830T123600Z".to_owned()),
+    ];
+    for (method, expected_sts, expected) in [
+        (
+            "GET",
+            Some("bb579772317eb040ac9ed261061d46c1f17a8133879d6129b6e1c25292927e63"),
+            "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
+        ),
+        (
+            "POST",
+            None,
+            "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
+        ),
+    ] {
+        let creq = sigv4::canonical_request(method, "/", "", &headers, b"");
+        let sts = sigv4::string_to_sign("20150830T123600Z", "us-east-1", "service", &creq);
+        if let Some(hash) = expected_sts {
+            assert!(sts.ends_with(hash), "{sts}");
+        }
+        assert_eq!(
+            sigv4::signature(AWS_SECRET, "20150830T123600Z", "us-east-1", "service", &sts),
+            expected,
+            "{method}"
+        );
+    }
+}
+
+/// Checks a request's SigV4 `Authorization` as AWS does; returns the signed header names.
+fn verify_sigv4(r: &wiremock::Request, access_key: &str, secret: &str, region: &str) -> Vec<String> {
+    let authorization = header(r, "authorization");
+    let rest = authorization
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .unwrap_or_else(|| panic!("not SigV4: {authorization}"));
+    let part = |name: &str| {
+        rest.split(", ")
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {authorization}"))
+            .to_owned()
+    };
+    let amz_date = header(r, "x-amz-date").to_owned();
+    assert_eq!(
+        part("Credential"),
+        format!("{access_key}/{}/{region}/sns/aws4_request", &amz_date[..8])
+    );
+    let signed: Vec<String> = part("SignedHeaders").split(';').map(str::to_owned).collect();
+    let headers: Vec<(String, String)> = signed
+        .iter()
+        .map(|name| (name.clone(), header(r, name).to_owned()))
+        .collect();
+    let creq = sigv4::canonical_request(
+        r.method.as_str(),
+        r.url.path(),
+        r.url.query().unwrap_or(""),
+        &headers,
+        &r.body,
+    );
+    let sts = sigv4::string_to_sign(&amz_date, region, "sns", &creq);
+    assert_eq!(
+        part("Signature"),
+        sigv4::signature(secret, &amz_date, region, "sns", &sts),
+        "the signature does not verify"
+    );
+    signed
+}
+
+fn sns_config(base_url: &str) -> SnsConfig {
+    SnsConfig {
+        region: "eu-west-1".into(),
+        access_key_id: "AKIDEXAMPLE".into(),
+        secret_access_key: Secret::new(AWS_SECRET),
+        session_token: Secret::default(),
+        sender_id: String::new(),
+        base_url: Some(base_url.parse::<HttpUrl>().unwrap()),
+    }
+}
+
+fn sns_published(id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(
+        format!(
+            "<PublishResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult>\
+             <MessageId>{id}</MessageId></PublishResult><ResponseMetadata><RequestId>r-1</RequestId>\
+             </ResponseMetadata></PublishResponse>"
+        ),
+        "text/xml",
+    )
+}
+
+fn sns_error(status: u16, kind: &str, code: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(
+        format!(
+            "<ErrorResponse xmlns=\"https://sns.amazonaws.com/doc/2010-03-31/\"><Error><Type>{kind}</Type>\
+             <Code>{code}</Code><Message>Invalid parameter: PhoneNumber Reason: {NUMBER} is not valid</Message>\
+             </Error><RequestId>r-2</RequestId></ErrorResponse>"
+        ),
+        "text/xml",
+    )
+}
+
+#[tokio::test]
+async fn sns_publishes_the_signed_query_request_aws_documents() {
+    let server = server(sns_published("567910cd-659e-55d4-8ccb-5aaf14679dc0")).await;
+    let mut config = sns_config(&server.uri());
+    config.sender_id = "Acme".into();
+    config.session_token = Secret::new("session-token-example");
+    let sns = Sns::new(&config, client()).unwrap();
+    assert_eq!(sns.name(), ProviderKind::Sns);
+    let receipt = sns
+        .send(&phone_job(NUMBER), &sms("482913 is your code for Acme."))
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt.message_id.as_deref(),
+        Some("567910cd-659e-55d4-8ccb-5aaf14679dc0")
+    );
+    let r = only_request(&server).await;
+    assert_eq!((r.method.as_str(), r.url.path()), ("POST", "/"));
+    assert_eq!(header(&r, "content-type"), "application/x-www-form-urlencoded");
+    let signed = verify_sigv4(&r, "AKIDEXAMPLE", AWS_SECRET, "eu-west-1");
+    for name in ["content-type", "host", "x-amz-date", "x-amz-security-token"] {
+        assert!(signed.iter().any(|s| s == name), "{name} is not signed: {signed:?}");
+    }
+    assert_eq!(header(&r, "x-amz-security-token"), "session-token-example");
+    assert_eq!(
+        form(&r.body),
+        [
+            ("Action", "Publish"),
+            ("Version", "2010-03-31"),
+            ("PhoneNumber", NUMBER),
+            ("Message", "482913 is your code for Acme."),
+            ("MessageAttributes.entry.1.Name", "AWS.SNS.SMS.SMSType"),
+            ("MessageAttributes.entry.1.Value.DataType", "String"),
+            ("MessageAttributes.entry.1.Value.StringValue", "Transactional"),
+            ("MessageAttributes.entry.2.Name", "AWS.SNS.SMS.SenderID"),
+            ("MessageAttributes.entry.2.Value.DataType", "String"),
+            ("MessageAttributes.entry.2.Value.StringValue", "Acme"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    );
+
+    // Without a sender id or a session token, neither is sent.
+    let server = self::server(sns_published("m-2")).await;
+    let sns = Sns::new(&sns_config(&server.uri()), client()).unwrap();
+    sns.send(&phone_job(NUMBER), &sms("482913")).await.unwrap();
+    let r = only_request(&server).await;
+    verify_sigv4(&r, "AKIDEXAMPLE", AWS_SECRET, "eu-west-1");
+    assert!(r.headers.get("x-amz-security-token").is_none());
+    let f = form(&r.body);
+    assert!(!f.contains_key("MessageAttributes.entry.2.Name"), "{f:?}");
+    assert_eq!(f.len(), 7);
+}
+
+#[tokio::test]
+async fn sns_answers_are_classified_as_documented() {
+    let cases: Vec<(ResponseTemplate, &str)> = vec![
+        (sns_error(400, "Sender", "Throttling"), "transient Throttling -"),
+        (sns_error(429, "Sender", "Throttled"), "transient Throttled -"),
+        (sns_error(500, "Receiver", "InternalError"), "transient InternalError -"),
+        (
+            sns_error(503, "Receiver", "ServiceUnavailable").insert_header("Retry-After", "4"),
+            "transient ServiceUnavailable 4",
+        ),
+        (
+            sns_error(400, "Sender", "InvalidParameter"),
+            "permanent InvalidParameter",
+        ),
+        (
+            sns_error(400, "Sender", "InvalidParameterValue"),
+            "permanent InvalidParameterValue",
+        ),
+        (
+            sns_error(403, "Sender", "AuthorizationError"),
+            "permanent AuthorizationError",
+        ),
+        (
+            sns_error(403, "Sender", "SignatureDoesNotMatch"),
+            "permanent SignatureDoesNotMatch",
+        ),
+        (sns_error(400, "Sender", "SomethingNew"), "permanent SomethingNew"),
+        (sns_error(502, "Receiver", "SomethingNew"), "transient SomethingNew -"),
+        (
+            ResponseTemplate::new(502).set_body_string("<html>bad gateway"),
+            "transient - -",
+        ),
+        (
+            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
+            "transient - -",
+        ),
+    ];
+    for (i, (response, expected)) in cases.into_iter().enumerate() {
+        let server = server(response).await;
+        let sns = Sns::new(&sns_config(&server.uri()), client()).unwrap();
+        let got = verdict(sns.send(&phone_job(NUMBER), &sms("482913")).await);
+        assert_eq!(got, expected, "case {i}");
+    }
+    // A 200 is a publish, even with a body that cannot be read: sending again would repeat it.
+    let garbage = server(ResponseTemplate::new(200).set_body_string("garbage")).await;
+    let sns = Sns::new(&sns_config(&garbage.uri()), client()).unwrap();
+    assert_eq!(
+        sns.send(&phone_job(NUMBER), &sms("482913")).await.unwrap(),
+        Receipt { message_id: None }
+    );
+}
+
+// --- Through the broker ---------------------------------------------------------------------------------
+
+fn with_vonage(c: &mut herald::config::Config, url: &str) {
+    c.vonage = vonage_config(url);
+}
+
+fn with_plivo(c: &mut herald::config::Config, url: &str) {
+    c.plivo = plivo_config(url);
+}
+
+#[tokio::test]
+async fn vonage_throttled_fails_over_to_plivo() {
+    let vonage = server(vonage_failure("1")).await;
+    let plivo = server(
+        ResponseTemplate::new(202).set_body_json(json!({"message": "message(s) queued", "message_uuid": ["p-1"]})),
+    )
+    .await;
+    let mut app = TestApp::spawn(|c| {
+        with_vonage(c, &vonage.uri());
+        with_plivo(c, &plivo.uri());
+        c.channels.sms = Some(vec![ProviderKind::Vonage, ProviderKind::Plivo]);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = app.next_outcome(20).await;
+    helpers::assert_event_shape(&e);
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["provider"].as_str(),
+            e["provider_message_id"].as_str()
+        ),
+        (Some("gd_send_sms"), Some("plivo"), Some("p-1")),
+        "{e}"
+    );
+    assert_eq!(vonage.received_requests().await.unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_vonage_status_ends_the_job_with_its_code() {
+    let vonage = server(vonage_failure("7")).await;
+    let plivo = server(ResponseTemplate::new(202)).await;
+    let mut app = TestApp::spawn(|c| {
+        with_vonage(c, &vonage.uri());
+        with_plivo(c, &plivo.uri());
+        c.channels.sms = Some(vec![ProviderKind::Vonage, ProviderKind::Plivo]);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = app.next_outcome(20).await;
+    helpers::assert_event_shape(&e);
+    assert_eq!(e["error"]["code"], "provider_rejected", "{e}");
+    assert_eq!(e["error"]["provider_code"], "7", "{e}");
+    assert_eq!(e["provider"], "vonage", "{e}");
+    assert!(
+        plivo.received_requests().await.unwrap().is_empty(),
+        "no failover on a permanent failure"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_goes_to_its_countrys_chain_else_to_the_channel_chain() {
+    let vonage = server(vonage_answer(json!([{"message-id": "v-1", "status": "0"}]))).await;
+    let plivo = server(
+        ResponseTemplate::new(202).set_body_json(json!({"message": "message(s) queued", "message_uuid": ["p-1"]})),
+    )
+    .await;
+    let mut app = TestApp::spawn(|c| {
+        with_vonage(c, &vonage.uri());
+        with_plivo(c, &plivo.uri());
+        c.channels.sms = Some(vec![ProviderKind::Vonage]);
+        c.routing.sms = [(CallingCode::parse("44").unwrap(), vec![ProviderKind::Plivo])].into();
+    })
+    .await;
+    let mut uk = job("sms");
+    uk["to"] = "+447700900123".into();
+    let us = job("sms");
+    app.publish(&uk).await;
+    app.publish(&us).await;
+    let events = app.events(2).await;
+    let provider_of = |j: &Value| {
+        events
+            .iter()
+            .find(|e| e["job_id"] == j["id"])
+            .map(|e| (e["country"].clone(), e["provider"].clone()))
+            .unwrap()
+    };
+    assert_eq!(provider_of(&uk), (json!("44"), json!("plivo")));
+    assert_eq!(provider_of(&us), (json!("1"), json!("vonage")));
+    let to_plivo: Value = serde_json::from_slice(&only_request(&plivo).await.body).unwrap();
+    assert_eq!(to_plivo["dst"], "447700900123");
+    assert_eq!(form(&only_request(&vonage).await.body)["to"], "14155550123");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_voice_call_fails_over_from_infobip_to_twilio_and_routes_by_country() {
+    let infobip = server(infobip_error(503, "GENERAL_ERROR")).await;
+    let twilio = server(ResponseTemplate::new(201).set_body_json(json!({"sid": "CA1"}))).await;
+    let mut app = TestApp::spawn(|c| {
+        c.infobip = infobip_config(&infobip.uri());
+        helpers::twilio(c, &twilio.uri());
+        c.channels.voice = Some(vec![ProviderKind::Twilio]);
+        c.routing.voice = [(
+            CallingCode::parse("44").unwrap(),
+            vec![ProviderKind::Infobip, ProviderKind::Twilio],
+        )]
+        .into();
+    })
+    .await;
+    let mut call = job("voice");
+    call["to"] = "+447700900123".into();
+    app.publish(&call).await;
+    let e = app.next_outcome(20).await;
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["provider"].as_str(),
+            e["provider_message_id"].as_str()
+        ),
+        (Some("gd_send_voice"), Some("twilio"), Some("CA1")),
+        "{e}"
+    );
+    let tried: Value = serde_json::from_slice(&only_request(&infobip).await.body).unwrap();
+    assert_eq!(tried["messages"][0]["destinations"][0]["to"], "447700900123");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sns_throttled_fails_over_to_infobip_and_plivo_down_fails_over_to_sns() {
+    let sns = server(sns_error(400, "Sender", "Throttling")).await;
+    let infobip = server(infobip_status(1, "PENDING", 26, "PENDING_ACCEPTED")).await;
+    let plivo = server(plivo_error(503, "server error")).await;
+    let sns_ok = server(sns_published("sns-1")).await;
+    let mut app = TestApp::spawn(|c| {
+        c.sns = sns_config(&sns.uri());
+        c.infobip = infobip_config(&infobip.uri());
+        c.channels.sms = Some(vec![ProviderKind::Sns, ProviderKind::Infobip]);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = app.next_outcome(20).await;
+    assert_eq!(
+        (e["provider"].as_str(), e["provider_message_id"].as_str()),
+        (Some("infobip"), Some("2250be2d4219-3af1-78856-aabe-1362af1edfd2")),
+        "{e}"
+    );
+    verify_sigv4(&only_request(&sns).await, "AKIDEXAMPLE", AWS_SECRET, "eu-west-1");
+    app.stop().await;
+
+    let mut app = TestApp::spawn(|c| {
+        c.sns = sns_config(&sns_ok.uri());
+        with_plivo(c, &plivo.uri());
+        c.channels.sms = Some(vec![ProviderKind::Plivo, ProviderKind::Sns]);
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    let e = app.next_outcome(20).await;
+    assert_eq!(
+        (e["provider"].as_str(), e["provider_message_id"].as_str()),
+        (Some("sns"), Some("sns-1")),
+        "{e}"
+    );
+    verify_sigv4(&only_request(&sns_ok).await, "AKIDEXAMPLE", AWS_SECRET, "eu-west-1");
+    app.stop().await;
+}
