@@ -18,6 +18,7 @@ use crate::providers::outbox::Outbox;
 use crate::providers::smtp::Smtp;
 use crate::providers::twilio::Twilio;
 use crate::providers::webhook::Webhook;
+use crate::receipts::{self, Receipts};
 use crate::retry::RetryPolicy;
 use crate::store::{Store, redis_connection};
 use crate::templates::Templates;
@@ -66,6 +67,14 @@ impl Application {
                 metrics.store_errors.clone(),
             ),
         });
+        let receipts = Arc::new(Receipts::new(
+            &config,
+            match &redis {
+                None => receipts::State::local(receipts::LOCAL_CAPACITY),
+                Some(conn) => receipts::State::redis(conn.clone(), namespace),
+            },
+            metrics.registry(),
+        ));
         let throttle = Arc::new(Throttle::new(
             &config.throttle,
             redis.map(|conn| Shared::new(conn, namespace)),
@@ -81,6 +90,7 @@ impl Application {
             crate::http::HttpState {
                 metrics: metrics.clone(),
                 ready: ready.clone(),
+                receipts: Some(receipts.clone()),
             },
             crate::http::admin::AdminState {
                 templates: templates.clone(),
@@ -130,15 +140,18 @@ impl Application {
             }
         });
         let retry_waits: Vec<_> = config.retry.schedule.iter().map(|d| d.0).collect();
-        let consumer = Arc::new(Consumer::new(
-            config.amqp.clone(),
-            dispatcher,
-            config.templates.default_locale.clone(),
-            store,
-            metrics,
-            ready,
-            &retry_waits,
-        ));
+        let consumer = Arc::new(
+            Consumer::new(
+                config.amqp.clone(),
+                dispatcher,
+                config.templates.default_locale.clone(),
+                store,
+                metrics,
+                ready,
+                &retry_waits,
+            )
+            .with_receipts(receipts),
+        );
         Ok(Application {
             http_addr,
             server,

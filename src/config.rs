@@ -150,6 +150,11 @@ pub struct TwilioConfig {
     pub messaging_service_sid: String,
     #[serde(with = "text")]
     pub base_url: reqwest::Url,
+    /// herald's public URL of `POST /providers/twilio/status` (contract §13): sent as `StatusCallback`
+    /// with every message and call, and the URL Twilio's signatures are checked against. `""` = unset:
+    /// no receipts.
+    #[serde(with = "blank_is_none", default)]
+    pub status_callback_url: Option<HttpUrl>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -21,6 +21,7 @@ pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod providers;
+pub mod receipts;
 pub mod retry;
 pub mod sms;
 pub mod store;
