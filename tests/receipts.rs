@@ -552,3 +552,43 @@ async fn callbacks_leave_no_number_code_or_body_in_the_log() {
     assert_eq!(printed["status"], "undelivered");
     assert_eq!(printed["job_id"], event["job_id"]);
 }
+
+/// The broker is away when the final status comes: 503, so that Twilio retries, and the status is not
+/// spent: its retry, once the broker is back, is evented.
+#[tokio::test]
+async fn a_final_status_that_cannot_be_published_gets_503_and_is_evented_on_its_retry() {
+    let message = sid("SM");
+    let server = twilio_server(&message).await;
+    let proxy = helpers::BrokerProxy::start().await;
+    let mut app = TestApp::spawn(|c| {
+        with_receipts(c, &server);
+        c.amqp.url = herald::config::Secret::new(proxy.url());
+    })
+    .await;
+    let sent = send(&mut app, "sms").await;
+    assert_eq!(
+        callback(&host(&app), &message_status(&message, "sent", None)).await,
+        200
+    );
+    proxy.cut();
+    let params = message_status(&message, "delivered", None);
+    assert_eq!(callback(&host(&app), &params).await, 503);
+    assert_eq!(app.try_next_event(1).await, None);
+    proxy.restore();
+    app.wait_ready(true).await;
+    assert_eq!(callback(&host(&app), &params).await, 200);
+    let event = app.next_event(10).await;
+    assert_eq!(event["type"], "gd_send_sms_status");
+    assert_eq!(event["job_id"], sent["job_id"]);
+    assert_eq!(callback(&host(&app), &params).await, 200);
+    assert_eq!(app.try_next_event(1).await, None);
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"gd_send_delivery_total{channel="sms",country="1",provider="twilio",status="delivered"}"#
+        ),
+        1.0
+    );
+    app.stop().await;
+}

@@ -8,6 +8,10 @@ use tokio::sync::Mutex;
 use crate::broker::{self, BrokerError, Publisher as ConfirmChannel};
 use crate::config::AmqpConfig;
 
+/// How long one publish waits for its connection and confirm: the provider waits for herald's answer
+/// (Twilio gives up after 15 s), and a 503 in time lets it retry.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Publisher {
     amqp: AmqpConfig,
     link: Mutex<Option<(lapin::Connection, ConfirmChannel)>>,
@@ -30,7 +34,11 @@ impl Publisher {
     pub async fn publish(&self, exchange: &str, kind: &str, job_id: &str, json: &[u8]) -> Result<(), BrokerError> {
         let mut last = None;
         for _ in 0..2 {
-            match self.try_publish(exchange, kind, job_id, json).await {
+            let attempt = tokio::time::timeout(CONFIRM_WAIT, self.try_publish(exchange, kind, job_id, json));
+            let result = attempt
+                .await
+                .unwrap_or_else(|_| Err(BrokerError::Closed("no confirm from the broker in time".into())));
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     *self.link.lock().await = None;
