@@ -109,7 +109,21 @@ async fn send(app: &mut TestApp, channel: &str) -> Value {
     event
 }
 
+/// A receipt event matches its schema in docs/asyncapi.yaml.
+fn assert_documented(event: &Value) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/asyncapi.yaml")).unwrap();
+    let doc: Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&doc).unwrap()).unwrap();
+    let schema = json!({"$ref": "#/components/schemas/StatusEvent", "components": doc["components"]});
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let errors: Vec<String> = validator.iter_errors(event).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{event}");
+}
+
 fn assert_no_personal_data(event: &Value) {
+    assert_documented(event);
     let text = event.to_string();
     for secret in ["4155550123", "482913", "test-auth-token"] {
         assert!(!text.contains(secret), "{secret} in {text}");
@@ -476,6 +490,7 @@ async fn webhook_receipts_need_a_valid_standard_webhooks_signature() {
     assert_eq!(event["provider_message_id"], "gw-1");
     assert_eq!(event["status"], "failed");
     assert_eq!(event["error_code"], "carrier_blocked");
+    assert_no_personal_data(&event);
     assert_eq!(post_signed(body, "rcpt-2", now, None).await, 200);
     assert_eq!(app.try_next_event(1).await, None);
     let m = app.metrics().await;
