@@ -146,6 +146,13 @@ async fn status_callback_is_requested_and_final_statuses_event_once() {
         200
     );
     assert_eq!(app.try_next_event(1).await, None);
+    // A call's status for a message, and a word outside the vocabulary: ignored, nothing moves.
+    for status in ["completed", "partially_delivered"] {
+        assert_eq!(
+            callback(&host(&app), &message_status(&message, status, None)).await,
+            200
+        );
+    }
     // The final one: one event.
     assert_eq!(
         callback(&host(&app), &message_status(&message, "delivered", None)).await,
@@ -191,6 +198,7 @@ async fn status_callback_is_requested_and_final_statuses_event_once() {
         ("intermediate", 1.0),
         ("stale", 1.0),
         ("duplicate", 2.0),
+        ("ignored", 2.0),
     ] {
         let name = format!(r#"herald_receipts_total{{provider="twilio",result="{result}"}}"#);
         assert_eq!(metric(&m, &name), n, "{name}");
@@ -606,4 +614,44 @@ async fn a_final_status_that_cannot_be_published_gets_503_and_is_evented_on_its_
         1.0
     );
     app.stop().await;
+}
+
+/// The Redis receipt state (the Lua scripts) moves as the local one does: forward only, a final status
+/// claimed once, given back when its event could not be published. (Taken again after a dead holder's
+/// lease is left to the local state's unit test: it takes 30 s.)
+#[tokio::test]
+async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once() {
+    use herald::receipts::{Advance, SentMessage, State, Status};
+    let conn = herald::store::redis_connection(REDIS).unwrap();
+    let state = State::redis(conn, &format!("test.{}", uuid::Uuid::new_v4().simple()));
+    let sent = SentMessage {
+        job_id: "j1".into(),
+        channel: herald::job::Channel::Sms,
+        country: "1".into(),
+        recipient: "+1415*****23".into(),
+        provider: "twilio".into(),
+        provider_message_id: Some("SM1".into()),
+        accepted_at_ms: 1,
+    };
+    let advance = |status| state.advance("twilio:SM1", status);
+    assert_eq!(
+        advance(Status::Sent).await.expect("Redis must run on 127.0.0.1:6379"),
+        Advance::Unknown
+    );
+    state.record("twilio:SM1", &sent).await.unwrap();
+    assert_eq!(advance(Status::Queued).await.unwrap(), Advance::Moved);
+    assert_eq!(advance(Status::Sent).await.unwrap(), Advance::Moved);
+    assert_eq!(advance(Status::Queued).await.unwrap(), Advance::Stale);
+    assert_eq!(
+        advance(Status::Undelivered).await.unwrap(),
+        Advance::Final(sent.clone())
+    );
+    assert_eq!(advance(Status::Delivered).await.unwrap(), Advance::Busy);
+    state.settle("twilio:SM1", false).await.unwrap();
+    assert_eq!(advance(Status::Delivered).await.unwrap(), Advance::Final(sent.clone()));
+    state.settle("twilio:SM1", true).await.unwrap();
+    assert_eq!(advance(Status::Delivered).await.unwrap(), Advance::Duplicate);
+    assert_eq!(advance(Status::Failed).await.unwrap(), Advance::Duplicate);
+    assert_eq!(advance(Status::Sent).await.unwrap(), Advance::Stale);
+    assert_eq!(advance(Status::Read).await.unwrap(), Advance::Moved);
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::HttpState;
+use crate::job::Channel;
 use crate::providers::{twilio, webhook};
 use crate::receipts::{ReceiptProvider, Receipts, Status, Unavailable};
 
@@ -126,15 +127,16 @@ async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<
         return refused(&receipts, provider, "signature", StatusCode::FORBIDDEN);
     }
     let field = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let (sid, status) = match (field("MessageSid"), field("CallSid")) {
-        (Some(sid), _) => (sid, field("MessageStatus").or(field("SmsStatus"))),
-        (None, Some(sid)) => (sid, field("CallStatus")),
+    let (sid, status, channel) = match (field("MessageSid"), field("CallSid")) {
+        (Some(sid), _) => (sid, field("MessageStatus").or(field("SmsStatus")), Channel::Sms),
+        (None, Some(sid)) => (sid, field("CallStatus"), Channel::Voice),
         (None, None) => return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST),
     };
     if !is_provider_id(sid) {
         return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
     }
-    let status = status.and_then(Status::parse);
+    // A message's status on a call or the reverse is ignored, before it can move anything.
+    let status = status.and_then(Status::parse).filter(|s| s.fits(channel));
     let error_code = field("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned);
     let sid = sid.to_owned();
     answer(provider, receipts.apply(provider, &sid, status, error_code).await)

@@ -203,11 +203,12 @@ impl Local {
                 Finality::Publishing(since) if now.duration_since(since) < PUBLISH_LEASE => return Advance::Busy,
                 _ => {}
             }
+            // The rank moves once the final status is evented (settle): a claim given back moves nothing.
             entry.finality = Finality::Publishing(now);
-            entry.rank = entry.rank.max(rank);
             return Advance::Final(entry.sent.clone());
         }
-        if rank > entry.rank {
+        let closed = entry.finality != Finality::Open && rank < Status::Delivered.rank();
+        if rank > entry.rank && !closed {
             entry.rank = rank;
             Advance::Moved
         } else {
@@ -219,7 +220,12 @@ impl Local {
         if let Some(entry) = self.entries.get_mut(key)
             && matches!(entry.finality, Finality::Publishing(_))
         {
-            entry.finality = if published { Finality::Evented } else { Finality::Open };
+            if published {
+                entry.finality = Finality::Evented;
+                entry.rank = entry.rank.max(Status::Delivered.rank());
+            } else {
+                entry.finality = Finality::Open;
+            }
         }
     }
 }
@@ -231,35 +237,39 @@ pub struct Redis {
     prefix: String,
 }
 
-/// Moves a message forward, atomically across replicas. ARGV: rank, is-final (0/1), now (ms), lease (ms).
-/// Returns {0} unknown, {1} moved, {2, sent} final (claimed), {3} duplicate, {4} busy, {5} stale.
+/// Moves a message forward, atomically across replicas: [`Local::advance`] in Lua. ARGV: rank, is-final
+/// (0/1), now (ms), lease (ms), the final statuses' rank. Returns {0} unknown, {1} moved, {2, sent} final
+/// (claimed), {3} duplicate, {4} busy, {5} stale.
 const ADVANCE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local rank = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
+local state = redis.call('HGET', KEYS[1], 'final') or ''
 if ARGV[2] == '1' then
-  local state = redis.call('HGET', KEYS[1], 'final') or ''
   if state == 'evented' then return {3} end
   if state == 'publishing' then
     local since = tonumber(redis.call('HGET', KEYS[1], 'since') or '0')
     if tonumber(ARGV[3]) - since < tonumber(ARGV[4]) then return {4} end
   end
   redis.call('HSET', KEYS[1], 'final', 'publishing', 'since', ARGV[3])
-  if rank > current then redis.call('HSET', KEYS[1], 'rank', rank) end
   return {2, redis.call('HGET', KEYS[1], 'sent')}
 end
-if rank > current then
+if rank > current and not (state ~= '' and rank < tonumber(ARGV[5])) then
   redis.call('HSET', KEYS[1], 'rank', rank)
   return {1}
 end
 return {5}
 "#;
 
-/// Marks a claimed final status evented (ARGV[1] = 1) or gives the claim back (0).
+/// Marks a claimed final status evented (ARGV[1] = 1; the rank becomes at least ARGV[2], the final
+/// statuses' rank) or gives the claim back (0).
 const SETTLE: &str = r#"
 if redis.call('HGET', KEYS[1], 'final') ~= 'publishing' then return 0 end
 if ARGV[1] == '1' then
   redis.call('HSET', KEYS[1], 'final', 'evented')
+  if tonumber(redis.call('HGET', KEYS[1], 'rank') or '0') < tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'rank', ARGV[2])
+  end
 else
   redis.call('HSET', KEYS[1], 'final', '')
 end
@@ -303,6 +313,7 @@ impl Redis {
                 .arg(if status.is_final() { "1" } else { "0" })
                 .arg(now_ms())
                 .arg(PUBLISH_LEASE.as_millis() as u64)
+                .arg(Status::Delivered.rank())
                 .query_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| StateError(e.to_string()))?;
@@ -332,6 +343,7 @@ impl Redis {
             .arg(1)
             .arg(self.key(key))
             .arg(if published { "1" } else { "0" })
+            .arg(Status::Delivered.rank())
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| StateError(e.to_string()))?;
@@ -381,7 +393,11 @@ mod tests {
         let t = Instant::now();
         local.insert("a", sent("a"), t);
         assert!(matches!(local.advance("a", Status::Undelivered, t), Advance::Final(_)));
+        // While it is claimed, a late intermediate status moves nothing.
+        assert_eq!(local.advance("a", Status::Sent, t), Advance::Stale);
         local.settle("a", false);
+        // Given back: nothing moved, not even the rank.
+        assert_eq!(local.advance("a", Status::Sent, t), Advance::Moved);
         assert!(matches!(local.advance("a", Status::Undelivered, t), Advance::Final(_)));
         // A holder that died: its claim runs out with the lease.
         assert!(matches!(
