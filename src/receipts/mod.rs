@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Serialize;
 
-use crate::config::{AmqpConfig, Config, Secret, WebhookKey};
+use crate::config::{Config, Secret, WebhookKey};
 use crate::job::{Channel, Job};
 use crate::providers::Receipt;
 use publish::Publisher;
@@ -253,10 +253,6 @@ impl Receipts {
         self
     }
 
-    pub fn amqp(&self) -> &AmqpConfig {
-        self.publisher.amqp()
-    }
-
     /// Which receipt route a message sent by `provider` will hear from, if any.
     fn route_of(&self, provider: &str) -> Option<ReceiptProvider> {
         match provider {
@@ -266,8 +262,8 @@ impl Receipts {
         }
     }
 
-    /// A job was accepted by `provider`: remember it for its receipts. Returns at once; the state is
-    /// written in a task of its own, so the job path never waits for it.
+    /// A job was accepted by `provider`: remember it for its receipts. Returns at once: the local state
+    /// is a map insert, Redis is written in a task of its own, so the job path never waits for it.
     pub fn sent(&self, job: &Job, provider: &'static str, receipt: &Receipt) {
         if job.channel == Channel::Email {
             return;
@@ -292,6 +288,11 @@ impl Receipts {
             accepted_at_ms: state::now_ms(),
         };
         let key = route.key(&id);
+        if let State::Local(local) = &*self.state {
+            // In memory: a map insert, no need for a task.
+            state::record_local(local, &key, sent);
+            return;
+        }
         let state = self.state.clone();
         let errors = self.metrics.record_errors.clone();
         self.runtime.spawn(async move {

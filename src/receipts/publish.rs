@@ -25,10 +25,6 @@ impl Publisher {
         }
     }
 
-    pub fn amqp(&self) -> &AmqpConfig {
-        &self.amqp
-    }
-
     /// Publishes `json` to `exchange` with routing key `kind` and waits for the broker's confirm; one
     /// reconnect on a failure.
     pub async fn publish(&self, exchange: &str, kind: &str, job_id: &str, json: &[u8]) -> Result<(), BrokerError> {

@@ -103,6 +103,11 @@ impl State {
     }
 }
 
+/// [`State::record`] for the local state, without a future.
+pub fn record_local(local: &Mutex<Local>, key: &str, sent: SentMessage) {
+    lock(local).insert(key, sent, Instant::now());
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
