@@ -331,6 +331,13 @@ impl Config {
         if !(1..=128).contains(&self.throttle.ipv6_prefix) {
             return Err(ConfigError::key("throttle.ipv6_prefix", "must be between 1 and 128"));
         }
+        // Callbacks are signed with the auth token: with none, anyone could sign them.
+        if self.twilio.status_callback_url.is_some() && self.twilio.auth_token.is_empty() {
+            return Err(ConfigError::key(
+                "twilio.auth_token",
+                "required because twilio.status_callback_url is set (Twilio signs status callbacks with it)",
+            ));
+        }
         for channel in Channel::ALL {
             let key = chain_key(channel);
             let kinds = self.chain(channel);

@@ -261,6 +261,13 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
             "webhook.secret",
         ),
         (&[("HERALD_CHANNELS__VOICE", r#"["smtp"]"#)], "channels.voice"),
+        (
+            &[(
+                "HERALD_TWILIO__STATUS_CALLBACK_URL",
+                "https://herald.test/providers/twilio/status",
+            )],
+            "twilio.auth_token",
+        ),
     ];
     for (vars, key) in cases {
         let err = load(vars).expect_err(key);

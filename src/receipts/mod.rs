@@ -236,10 +236,16 @@ impl Receipts {
             publisher: Publisher::new(config.amqp.clone()),
             exchange: config.amqp.events_exchange.clone(),
             metrics: ReceiptMetrics::new(registry),
-            twilio: config.twilio.status_callback_url.as_ref().map(|url| TwilioReceipts {
-                callback_url: url.as_url().as_str().to_owned(),
-                auth_token: config.twilio.auth_token.clone(),
-            }),
+            // Never with an empty token, which would let anyone sign (config validation refuses it too).
+            twilio: config
+                .twilio
+                .status_callback_url
+                .as_ref()
+                .filter(|_| !config.twilio.auth_token.is_empty())
+                .map(|url| TwilioReceipts {
+                    callback_url: url.as_url().as_str().to_owned(),
+                    auth_token: config.twilio.auth_token.clone(),
+                }),
             webhook_key: config.webhook.secret.clone(),
             sink: None,
             runtime: tokio::runtime::Handle::current(),
