@@ -25,6 +25,7 @@ use crate::providers::sns::Sns;
 use crate::providers::twilio::Twilio;
 use crate::providers::vonage::Vonage;
 use crate::providers::webhook::Webhook;
+use crate::receipts::{self, Receipts};
 use crate::retry::RetryPolicy;
 use crate::routing::{Chain, Routes};
 use crate::store::{Store, redis_connection};
@@ -87,6 +88,18 @@ impl Application {
                 Some(metrics.guard.clone()),
             ),
         });
+        let receipts = Arc::new(
+            Receipts::new(
+                &config,
+                match &redis {
+                    None => receipts::State::local(receipts::LOCAL_CAPACITY),
+                    Some(conn) => receipts::State::redis(conn.clone(), namespace),
+                },
+                metrics.registry(),
+            )
+            // Undelivered and failed receipts settle their codes as unverified for the guard (§12, §13).
+            .with_sink(Arc::new(fraud::ReceiptsToGuard(guard.clone()))),
+        );
         let throttle = Arc::new(Throttle::new(
             &config.throttle,
             redis.map(|conn| Shared::new(conn, namespace)),
@@ -103,6 +116,7 @@ impl Application {
             crate::http::HttpState {
                 metrics: metrics.clone(),
                 ready: ready.clone(),
+                receipts: Some(receipts.clone()),
             },
             crate::http::admin::AdminState {
                 templates: templates.clone(),
@@ -161,15 +175,18 @@ impl Application {
             }
         });
         let retry_waits: Vec<_> = config.retry.schedule.iter().map(|d| d.0).collect();
-        let consumer = Arc::new(Consumer::new(
-            config.amqp.clone(),
-            dispatcher,
-            config.templates.default_locale.clone(),
-            store,
-            metrics,
-            ready,
-            &retry_waits,
-        ));
+        let consumer = Arc::new(
+            Consumer::new(
+                config.amqp.clone(),
+                dispatcher,
+                config.templates.default_locale.clone(),
+                store,
+                metrics,
+                ready,
+                &retry_waits,
+            )
+            .with_receipts(receipts),
+        );
         Ok(Application {
             http_addr,
             server,

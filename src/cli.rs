@@ -42,6 +42,9 @@ pub enum Command {
         /// Rounds of ceiling + herald runs; the ratios are the median over the rounds.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
         rounds: u16,
+        /// Only the delivery-receipts step (its send rate and receipts/s), without the ratios.
+        #[arg(long)]
+        receipts_only: bool,
     },
     /// Template tools.
     Templates {
@@ -109,11 +112,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await.map(|()| 0),
         Command::Send(args) => send(&config, *args).await,
-        Command::Bench { jobs, rounds } => crate::bench::run(
+        Command::Bench {
+            jobs,
+            rounds,
+            receipts_only,
+        } => crate::bench::run(
             &config,
             crate::bench::BenchArgs {
                 jobs,
                 rounds: usize::from(rounds),
+                receipts_only,
             },
         )
         .await

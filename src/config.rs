@@ -142,6 +142,11 @@ pub struct TwilioConfig {
     pub messaging_service_sid: String,
     #[serde(with = "text")]
     pub base_url: reqwest::Url,
+    /// herald's public URL of `POST /providers/twilio/status` (contract §13): sent as `StatusCallback`
+    /// with every message and call, and the URL Twilio's signatures are checked against. `""` = unset:
+    /// no receipts.
+    #[serde(with = "blank_is_none", default)]
+    pub status_callback_url: Option<HttpUrl>,
 }
 
 /// `[routing.sms]` / `[routing.voice]`: an E.164 calling code → the provider chain for destinations in it
@@ -477,6 +482,13 @@ impl Config {
         }
         if !(1..=128).contains(&self.throttle.ipv6_prefix) {
             return Err(ConfigError::key("throttle.ipv6_prefix", "must be between 1 and 128"));
+        }
+        // Callbacks are signed with the auth token: with none, anyone could sign them.
+        if self.twilio.status_callback_url.is_some() && self.twilio.auth_token.is_empty() {
+            return Err(ConfigError::key(
+                "twilio.auth_token",
+                "required because twilio.status_callback_url is set (Twilio signs status callbacks with it)",
+            ));
         }
         if !(self.fraud.ratio.is_finite() && self.fraud.ratio > 0.0) {
             return Err(ConfigError::key("fraud.ratio", "must be a number greater than 0"));

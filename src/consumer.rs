@@ -24,11 +24,12 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{self, BrokerError};
 use crate::config::{AmqpConfig, QueueType};
 use crate::decision::{self, Disposition, Step};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, Outcome};
 use crate::events::{self, ErrorCode};
 use crate::job::Job;
 use crate::job::Locale;
 use crate::metrics::{Metrics, Sample};
+use crate::receipts::Receipts;
 use crate::store::{Entry, PendingPut, Record, Store};
 
 /// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
@@ -54,6 +55,8 @@ pub struct Consumer {
     commits: AtomicU64,
     /// The batch whose commit is under way, or was when its connection went.
     in_doubt: Mutex<Option<InDoubt>>,
+    /// Told of every message a provider accepted, for its delivery receipts (§13).
+    receipts: Option<Arc<Receipts>>,
 }
 
 /// A batch whose `tx.commit` was sent but not confirmed: the connection can drop between the broker's
@@ -150,7 +153,14 @@ impl Consumer {
             metrics,
             ready,
             in_flight: InFlightIds::default(),
+            receipts: None,
         }
+    }
+
+    /// Records each sent message for its delivery receipts.
+    pub fn with_receipts(mut self, receipts: Arc<Receipts>) -> Self {
+        self.receipts = Some(receipts);
+        self
     }
 
     /// Consumes until `shutdown` fires, reconnecting with backoff whenever the broker goes away.
@@ -472,6 +482,9 @@ impl Consumer {
             Step::Settled(disposition) => *disposition,
             Step::Deliver { attempt } => {
                 let delivered = self.dispatcher.deliver(&job, attempt).await;
+                if let (Some(receipts), Outcome::Sent { provider, receipt }) = (&self.receipts, &delivered.outcome) {
+                    receipts.sent(&job, provider, receipt);
+                }
                 decision::after_delivery(&job, attempt, &delivered, &self.default_locale)
             }
         };

@@ -24,6 +24,7 @@ pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod providers;
+pub mod receipts;
 pub mod retry;
 pub mod routing;
 pub mod sms;

@@ -237,6 +237,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for metrics kept by their own module (receipts).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -388,8 +388,11 @@ fn bench_runs_and_prints_the_table() {
         "| broker alone: publish → consumer p50 / p99 at",
         "| added by herald p50 / p99 |",
         "| peak RSS of the herald process |",
+        "| herald e2e, Twilio-shaped server (0 ms), receipts on | 500 |",
+        "| receipts: signed Twilio status callbacks (delivered) → events | 500 |",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
     assert!(!stdout.contains("failed"), "{stdout}");
+    assert!(!stdout.contains("not 200"), "{stdout}");
 }

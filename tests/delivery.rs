@@ -66,6 +66,8 @@ async fn sms_reaches_twilio_with_form_fields_and_basic_auth_and_one_event_per_jo
     assert_eq!(fields["From"], "+15005550006");
     assert_eq!(fields["Body"], "482913 is your verification code for Acme.");
     assert!(!fields.contains_key("MessagingServiceSid"));
+    // No `twilio.status_callback_url`: no receipts asked for (tests/receipts.rs has them).
+    assert!(!fields.contains_key("StatusCallback"));
     assert_eq!(
         requests[0].headers.get("content-type").unwrap(),
         "application/x-www-form-urlencoded"

@@ -112,6 +112,7 @@ fn kubernetes_manifests_parse_and_hold_what_operators_need() {
         "ServiceMonitor",
         "PrometheusRule",
         "ScaledObject",
+        "Ingress",
     ] {
         assert!(k.contains_key(kind), "deploy/kubernetes has no {kind}");
     }
@@ -158,6 +159,19 @@ fn kubernetes_manifests_parse_and_hold_what_operators_need() {
             !toml.lines().any(|l| l.trim_start().starts_with(secret_key)),
             "the ConfigMap sets `{secret_key}`"
         );
+    }
+
+    // The public Ingress carries the providers' status callbacks and nothing else.
+    let ingress = &k["Ingress"][0]["spec"];
+    for rule in ingress["rules"].as_array().unwrap() {
+        for path in rule["http"]["paths"].as_array().unwrap() {
+            assert!(
+                path["path"].as_str().unwrap().starts_with("/providers/"),
+                "the Ingress exposes {}",
+                path["path"]
+            );
+            assert_eq!(path["backend"]["service"]["name"], "herald");
+        }
     }
 
     // The same alert rules as deploy/prometheus/alerts.yml (promtool tests those).

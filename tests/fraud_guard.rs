@@ -430,4 +430,18 @@ async fn redis_and_local_guards_decide_alike() {
         "both kinds of decision were compared: {over} of {decisions}"
     );
     assert_eq!(local.since(), shared.since());
+
+    // An undelivered receipt settles a job as never verified: its feedback then counts nothing.
+    let j = job(99_999, "+447700900123", "u", "198.51.100.1");
+    let dest = herald::fraud::Destinations::of(&j, &s).unwrap();
+    now += 3600;
+    assert!(local.check(&j.id, &dest, &s, now, false).counted);
+    assert!(shared.check(&j.id, &dest, &s, now, false).await.unwrap().counted);
+    local.close(&j.id);
+    shared.close(&j.id).await.unwrap();
+    assert_eq!(local.verified(&j.id, now), herald::fraud::Feedback::Duplicate);
+    assert_eq!(
+        shared.verified(&j.id, now).await.unwrap(),
+        herald::fraud::Feedback::Duplicate
+    );
 }

@@ -24,6 +24,16 @@ pub(super) struct Provider {
 
 impl Provider {
     pub fn start(delay: Duration) -> anyhow::Result<Provider> {
+        Provider::serve(delay, false)
+    }
+
+    /// Like [`Provider::start`], but each message gets a sid of its own, `SMbench<code>` (see
+    /// [`sid_of`]), so that delivery receipts can name it.
+    pub fn start_with_sids(delay: Duration) -> anyhow::Result<Provider> {
+        Provider::serve(delay, true)
+    }
+
+    fn serve(delay: Duration, sids: bool) -> anyhow::Result<Provider> {
         use actix_web::{App, HttpResponse, HttpServer, web};
         let arrivals = Arc::new(Mutex::new(HashMap::new()));
         let seen = arrivals.clone();
@@ -37,15 +47,19 @@ impl Provider {
                 let now = Instant::now();
                 let seen = seen.clone();
                 async move {
-                    if let Some(code) = form_code(&body) {
+                    let code = form_code(&body);
+                    if let Some(code) = code {
                         seen.lock().unwrap_or_else(|e| e.into_inner()).insert(code, now);
                     }
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
-                    HttpResponse::Created()
-                        .content_type("application/json")
-                        .body(r#"{"sid":"SMbench","status":"queued"}"#)
+                    let mut answer = HttpResponse::Created();
+                    answer.content_type("application/json");
+                    match code.filter(|_| sids) {
+                        Some(code) => answer.body(format!(r#"{{"sid":"{}","status":"queued"}}"#, sid_of(code))),
+                        None => answer.body(r#"{"sid":"SMbench","status":"queued"}"#),
+                    }
                 }
             }))
         })
@@ -77,6 +91,11 @@ impl Drop for Provider {
     }
 }
 
+/// The sid [`Provider::start_with_sids`] gives the message carrying `code`.
+pub(super) fn sid_of(code: u32) -> String {
+    format!("SMbench{code:06}")
+}
+
 /// The code at the start of the form's `Body` field ("123456 is your code…", URL-encoded).
 fn form_code(form: &[u8]) -> Option<u32> {
     let at = form.windows(5).position(|w| w == b"Body=")? + 5;
@@ -88,6 +107,8 @@ fn form_code(form: &[u8]) -> Option<u32> {
 pub(super) struct Herald {
     process: std::process::Child,
     pub events: EventLines,
+    /// Its HTTP port (metrics, probes, status callbacks).
+    pub port: u16,
 }
 
 impl Herald {
@@ -98,12 +119,23 @@ impl Herald {
         dir: &Path,
         provider: Option<&Provider>,
     ) -> anyhow::Result<(Herald, Instant)> {
+        Herald::start_with(amqp, dir, provider, &[]).await
+    }
+
+    /// [`Herald::start`] with more `HERALD_*` variables.
+    pub async fn start_with(
+        amqp: &AmqpConfig,
+        dir: &Path,
+        provider: Option<&Provider>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<(Herald, Instant)> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = serve_command(amqp, dir, port, provider)?;
+        cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut process = cmd.spawn().context("starting herald serve")?;
         let events = EventLines::read(process.stdout.take().context("herald's stdout")?);
-        let herald = Herald { process, events };
+        let herald = Herald { process, events, port };
         let ready = format!("http://127.0.0.1:{port}/readyz");
         // Polled tightly: with jobs already queued, the clock starts here.
         let client = reqwest::Client::new();

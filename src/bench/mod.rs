@@ -13,7 +13,9 @@
 //! 4. latency from publish to provider request at half the measured throughput, next to the broker's
 //!    own publish → consumer latency at that rate (herald's share is the difference), after a first
 //!    second at that pace that is not measured (a fresh process opening its connections);
-//! 5. the peak RSS of the herald process.
+//! 5. the peak RSS of the herald process;
+//! 6. delivery receipts: the send rate with `twilio.status_callback_url` set, then signed status callbacks
+//!    taken per second (each a final status, so a confirmed event), beside it.
 //!
 //! Each row notes the CPU per job that herald, the broker (when local) and the bench itself spent.
 //! Everything runs on queues of its own (`herald.bench.<id>.*`), deleted afterwards.
@@ -43,6 +45,8 @@ pub struct BenchArgs {
     pub jobs: usize,
     /// Rounds of ceiling and herald runs; the ratios are their median.
     pub rounds: usize,
+    /// Only step 6 (delivery receipts).
+    pub receipts_only: bool,
 }
 
 /// How long the slow provider of step 3 takes to answer.
@@ -57,6 +61,15 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         broker::redacted_url(&bench.amqp)
     );
     // Ctrl-C ends the run but not the clean-up below: dropping the run kills the herald children.
+    if args.receipts_only {
+        let result = tokio::select! {
+            result = receipts(&bench, n) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        bench.clean_up().await;
+        println!("{}", report::steps_table(&result?));
+        return Ok(());
+    }
     let result = tokio::select! {
         result = measure(&bench, n, args.rounds) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -113,7 +126,14 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
         peak_rss_mib: rss.into_iter().fold(0.0, f64::max),
     };
     rows.extend([slow_row, latency_row]);
+    rows.extend(receipts(bench, n).await?);
     Ok((rows, summary))
+}
+
+/// Step 6: the send rate with receipts on, and receipts/s beside it.
+async fn receipts(bench: &Bench, n: usize) -> anyhow::Result<Vec<Row>> {
+    let (send, receipts) = steps::receipts(bench, n, &Provider::start_with_sids(Duration::ZERO)?).await?;
+    Ok(vec![send, receipts])
 }
 
 /// What every step runs against.

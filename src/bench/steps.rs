@@ -133,6 +133,88 @@ pub(super) async fn herald_run(
     Ok((row, rss))
 }
 
+/// The callback URL and auth token of the receipts step (Twilio signs with both; nothing is fetched).
+const RECEIPTS_URL: &str = "https://herald.bench.invalid/providers/twilio/status";
+const RECEIPTS_TOKEN: &str = "bench";
+/// Callbacks the receipts step has under way at once (Twilio spreads them over many connections).
+const RECEIPTS_CONCURRENCY: usize = 64;
+
+/// Step 6: delivery receipts. n jobs through herald with `twilio.status_callback_url` set (the send
+/// rate with receipts recorded), then one signed `delivered` callback per message, RECEIPTS_CONCURRENCY
+/// at a time: the clock runs from the first callback to the n-th receipt event. Returns both rows.
+pub(super) async fn receipts(bench: &Bench, n: usize, provider: &Provider) -> anyhow::Result<(Row, Row)> {
+    let sink = events_sink(bench).await?;
+    publish_all(&bench.channel, &bench.amqp.jobs_queue, n).await?;
+    let env = [("HERALD_TWILIO__STATUS_CALLBACK_URL", RECEIPTS_URL)];
+    let (mut herald, started) = Herald::start_with(&bench.amqp, &bench.dir, Some(provider), &env).await?;
+    let cpu = StepCpu::start(Some(herald.pid()));
+    herald.events.wait(n).await?;
+    let send = Row {
+        what: "herald e2e, Twilio-shaped server (0 ms), receipts on".into(),
+        jobs: n,
+        seconds: started.elapsed().as_secs_f64(),
+        note: format!("CPU {:.0} µs/job", cpu.herald_per_job(n)),
+    };
+
+    // Signed before the clock starts: signing is Twilio's work, not herald's.
+    let bodies: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let sid = super::harness::sid_of(code(i));
+            let params: Vec<(String, String)> = [
+                ("AccountSid", "ACbench"),
+                ("MessageSid", sid.as_str()),
+                ("MessageStatus", "delivered"),
+                ("To", "+14155550000"),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+            let signature = crate::providers::twilio::signature(RECEIPTS_TOKEN.as_bytes(), RECEIPTS_URL, &params);
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(&params)
+                .finish();
+            (body, signature)
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/providers/twilio/status", herald.port);
+    let cpu = StepCpu::start(Some(herald.pid()));
+    let started = Instant::now();
+    let answers: Vec<u16> = futures_util::stream::iter(bodies)
+        .map(|(body, signature)| {
+            let request = client
+                .post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", signature)
+                .body(body);
+            async move { request.send().await.map_or(0, |r| r.status().as_u16()) }
+        })
+        .buffer_unordered(RECEIPTS_CONCURRENCY)
+        .collect()
+        .await;
+    herald.events.wait(2 * n).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let refused = answers.iter().filter(|s| **s != 200).count();
+    // Read while herald still runs: a process gone has no CPU time to read.
+    let mut note = format!(
+        "{RECEIPTS_CONCURRENCY} at once, CPU {:.0} µs/receipt{}",
+        cpu.herald_per_job(n),
+        cpu.others_per_job(n)
+    );
+    drop(herald);
+    delete_queue(&bench.channel, &sink).await;
+    if refused > 0 {
+        note.push_str(&format!(", {refused} not 200"));
+    }
+    let receipts = Row {
+        what: "receipts: signed Twilio status callbacks (delivered) → events".into(),
+        jobs: n,
+        seconds,
+        note,
+    };
+    Ok((send, receipts))
+}
+
 /// Step 4: jobs published at a steady `rate`; the latency to the provider request through herald, and
 /// the broker's own publish → consumer latency at the same rate on the same kind of queue (what herald
 /// adds is the difference). Returns the row, the latencies and herald's peak RSS in MiB.

@@ -38,6 +38,7 @@ fn the_defaults_load_and_are_valid() {
     assert_eq!(loaded.templates.default_locale.as_str(), "en");
     assert_eq!(loaded.twilio.from, None);
     assert_eq!(loaded.webhook.url, None);
+    assert_eq!(loaded.twilio.status_callback_url, None);
     assert_eq!(loaded.smtp.url, None);
     assert_eq!(loaded.smtp.target(), Target::local());
     assert_eq!(loaded.throttle.global_phone, None);
@@ -195,6 +196,7 @@ fn to_env_gives_the_configuration_back() {
     config.twilio.auth_token = Secret::new("0042");
     config.twilio.from = Some(PhoneNumber::parse("+15005550006").unwrap());
     config.twilio.base_url = "http://127.0.0.1:9/twilio".parse().unwrap();
+    config.twilio.status_callback_url = Some("https://herald.acme.test/providers/twilio/status#rc=3".parse().unwrap());
     config.smtp.url = Some("smtp://u%40x:p%3Aw@mail.test?tls=required".parse().unwrap());
     config.smtp.from = "Ops <ops@acme.test>".parse().unwrap();
     config.webhook.url = Some("https://hooks.test/send?x=1".parse().unwrap());
@@ -238,6 +240,14 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
         ),
         (&[("HERALD_TWILIO__FROM", "s3cr3t")], "twilio.from"),
         (&[("HERALD_TWILIO__BASE_URL", "s3cr3t")], "twilio.base_url"),
+        (
+            &[("HERALD_TWILIO__STATUS_CALLBACK_URL", "s3cr3t")],
+            "twilio.status_callback_url",
+        ),
+        (
+            &[("HERALD_TWILIO__STATUS_CALLBACK_URL", "ftp://s3cr3t")],
+            "twilio.status_callback_url",
+        ),
         (&[("HERALD_WEBHOOK__URL", "ftp://s3cr3t")], "webhook.url"),
         (&[("HERALD_WEBHOOK__SECRET", "whsec_s3cr3t!")], "webhook.secret"),
         (&[("HERALD_SMTP__URL", "smtp://u:s3cr3t@")], "smtp.url"),
@@ -252,6 +262,13 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
             "webhook.secret",
         ),
         (&[("HERALD_CHANNELS__VOICE", r#"["smtp"]"#)], "channels.voice"),
+        (
+            &[(
+                "HERALD_TWILIO__STATUS_CALLBACK_URL",
+                "https://herald.test/providers/twilio/status",
+            )],
+            "twilio.auth_token",
+        ),
     ];
     for (vars, key) in cases {
         let err = load(vars).expect_err(key);

@@ -130,6 +130,13 @@ impl Local {
         }
     }
 
+    /// Settles a job as never verified: later feedback for it is a duplicate.
+    pub fn close(&self, job_id: &str) {
+        if let Some(job) = self.state().jobs.get_mut(&job_key(job_id)) {
+            job.verified = true;
+        }
+    }
+
     pub fn since(&self) -> Option<u64> {
         match self.since.load(Ordering::Relaxed) {
             0 => None,

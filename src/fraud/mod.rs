@@ -161,6 +161,27 @@ fn hashed(s: &str) -> String {
 }
 
 /// The guard's answer for one job.
+/// Hands undelivered and failed receipts (contract §13) to the guard.
+pub struct ReceiptsToGuard(pub Arc<Guard>);
+
+impl crate::receipts::ReceiptSink for ReceiptsToGuard {
+    fn final_receipt(&self, receipt: &crate::receipts::FinalReceipt) {
+        if !receipt.unverified() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let guard = self.0.clone();
+        let job_id = receipt.job_id.clone();
+        runtime.spawn(async move {
+            if let Err(e) = guard.undelivered(&job_id).await {
+                tracing::warn!(error = %e, "fraud guard: undelivered receipt not recorded (redis unreachable)");
+            }
+        });
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
@@ -364,6 +385,18 @@ impl Guard {
             m.feedback.with_label_values(&[label]).inc();
         }
         Ok(result)
+    }
+
+    /// A delivery receipt said the job's code never arrived (§13): it stays counted as unverified, as it
+    /// already is, and feedback naming it later (a code verified that was never delivered) counts nothing.
+    pub async fn undelivered(&self, job_id: &str) -> Result<(), redis::RedisError> {
+        match &self.backend {
+            Backend::Local(local) => {
+                local.close(job_id);
+                Ok(())
+            }
+            Backend::Shared(shared) => shared.close(job_id).await,
+        }
     }
 
     /// What the guard knows of a destination, for operators (`GET /admin/api/guard`): for the number (or

@@ -92,7 +92,7 @@ local prefix = KEYS[1]
 local job = prefix .. ':j:' .. ARGV[1]
 local entry = redis.call('GET', job)
 if not entry then return {0} end
-if string.sub(entry, 1, 1) == 'V' then return {1} end
+if string.sub(entry, 1, 1) ~= 'U' then return {1} end
 local ttl = redis.call('TTL', job)
 if ttl < 1 then ttl = 1 end
 redis.call('SET', job, 'V' .. string.sub(entry, 2), 'EX', ttl)
@@ -108,6 +108,16 @@ for _, key in ipairs(keys) do
 end
 redis.call('SET', prefix .. ':since', ARGV[2], 'NX')
 return {2, entry}
+"#;
+
+/// KEYS = the job key. Marks a job never verified (`X…`) unless its feedback came first.
+const CLOSE: &str = r#"
+local entry = redis.call('GET', KEYS[1])
+if not entry or string.sub(entry, 1, 1) ~= 'U' then return 0 end
+local ttl = redis.call('TTL', KEYS[1])
+if ttl < 1 then ttl = 1 end
+redis.call('SET', KEYS[1], 'X' .. string.sub(entry, 2), 'EX', ttl)
+return 1
 "#;
 
 pub struct Shared {
@@ -217,6 +227,15 @@ impl Shared {
             }
             _ => Feedback::Unknown,
         })
+    }
+
+    pub async fn close(&self, job_id: &str) -> Result<(), redis::RedisError> {
+        let key = format!("{}:j:{}", self.prefix, job_id_key(job_id));
+        let _: i64 = redis::Script::new(CLOSE)
+            .key(key)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     pub fn since(&self) -> Option<u64> {

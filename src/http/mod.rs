@@ -1,6 +1,8 @@
-//! HTTP surface (contract §8): metrics, health probes and the template administration.
+//! HTTP surface (contract §8): metrics, health probes, the template administration and the providers'
+//! status callbacks (§13).
 
 pub mod admin;
+pub mod receipts;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use crate::metrics::Metrics;
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// The status callback routes' state; `None`: they answer 404.
+    pub receipts: Option<Arc<crate::receipts::Receipts>>,
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
@@ -57,6 +61,7 @@ pub fn serve(listener: TcpListener, state: HttpState, admin: admin::AdminState) 
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .configure(admin::routes)
+            .configure(receipts::routes)
     })
     .workers(1)
     .disable_signals()

@@ -19,6 +19,8 @@ pub struct Twilio {
     authorization: HeaderValue,
     from: String,
     messaging_service_sid: String,
+    /// `twilio.status_callback_url`: sent with every message and call when set (contract §13).
+    status_callback: Option<String>,
 }
 
 /// Twilio's error body: `{"code": 21211, "message": "...", "more_info": "...", "status": 400}`.
@@ -66,7 +68,20 @@ impl Twilio {
             authorization,
             from: config.from.as_ref().map_or_else(String::new, |n| n.expose().to_owned()),
             messaging_service_sid: config.messaging_service_sid.clone(),
+            status_callback: config
+                .status_callback_url
+                .as_ref()
+                .map(|u| u.as_url().as_str().to_owned()),
         })
+    }
+
+    /// `form` plus `StatusCallback` when receipts are on.
+    fn with_status_callback<'a>(&'a self, form: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut fields = form.to_vec();
+        if let Some(url) = &self.status_callback {
+            fields.push(("StatusCallback", url.as_str()));
+        }
+        fields
     }
 
     async fn post(&self, url: &Url, form: &[(&str, &str)]) -> Result<Receipt, ProviderError> {
@@ -117,7 +132,7 @@ impl Provider for Twilio {
                     ("MessagingServiceSid", self.messaging_service_sid.as_str())
                 };
                 let form = [("To", job.to.expose()), sender, ("Body", body.as_str())];
-                self.post(&self.messages_url, &form).await
+                self.post(&self.messages_url, &self.with_status_callback(&form)).await
             }
             Rendered::Voice { text, language } => {
                 let twiml = twiml(text, language);
@@ -126,7 +141,7 @@ impl Provider for Twilio {
                     ("From", self.from.as_str()),
                     ("Twiml", twiml.as_str()),
                 ];
-                self.post(&self.calls_url, &form).await
+                self.post(&self.calls_url, &self.with_status_callback(&form)).await
             }
             Rendered::Email { .. } => Err(ProviderError::Permanent {
                 message: "twilio cannot deliver email".into(),
@@ -134,6 +149,37 @@ impl Provider for Twilio {
             }),
         }
     }
+}
+
+/// `X-Twilio-Signature` as Twilio computes it: base64 of HMAC-SHA1, keyed with the auth token, over the
+/// URL Twilio was given followed by each form parameter's name and value, sorted by name.
+pub fn signature(auth_token: &[u8], url: &str, params: &[(String, String)]) -> String {
+    use hmac::Mac;
+    base64::engine::general_purpose::STANDARD.encode(signature_mac(auth_token, url, params).finalize().into_bytes())
+}
+
+/// Whether `claimed` (the header's base64) is the signature of `url` and `params`, compared in constant
+/// time.
+pub fn signature_matches(auth_token: &[u8], url: &str, params: &[(String, String)], claimed: &str) -> bool {
+    use hmac::Mac;
+    let Ok(claimed) = base64::engine::general_purpose::STANDARD.decode(claimed.trim()) else {
+        return false;
+    };
+    signature_mac(auth_token, url, params).verify_slice(&claimed).is_ok()
+}
+
+fn signature_mac(auth_token: &[u8], url: &str, params: &[(String, String)]) -> hmac::Hmac<sha1::Sha1> {
+    use hmac::{KeyInit, Mac};
+    let mut sorted: Vec<&(String, String)> = params.iter().collect();
+    // Stable: repeated names keep their order, as Twilio's own validators do.
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(auth_token).expect("HMAC takes keys of any length");
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    mac
 }
 
 /// `<Response><Say language="es-MX">…</Say><Pause length="1"/>…</Response>`, said twice so that a
@@ -195,6 +241,40 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Twilio's published example of request validation.
+    #[test]
+    fn signature_matches_twilios_published_example() {
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let params: Vec<(String, String)> = [
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+12349013030"),
+            ("Digits", "1234"),
+            ("From", "+12349013030"),
+            ("To", "+18005551212"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let expected = "0/KCTR6DLpKmkAf8muzZqo1nDgQ=";
+        assert_eq!(signature(b"12345", url, &params), expected);
+        // Order of the form does not matter: Twilio sorts the names.
+        let mut reversed = params.clone();
+        reversed.reverse();
+        assert!(signature_matches(b"12345", url, &reversed, expected));
+        assert!(!signature_matches(b"12346", url, &params, expected));
+        assert!(!signature_matches(
+            b"12345",
+            "https://mycompany.com/myapp.php?foo=1&bar=3",
+            &params,
+            expected
+        ));
+        let mut tampered = params.clone();
+        tampered[2].1 = "1235".into();
+        assert!(!signature_matches(b"12345", url, &tampered, expected));
+        assert!(!signature_matches(b"12345", url, &params, "not base64!"));
+        assert!(!signature_matches(b"12345", url, &params, ""));
+    }
 
     #[test]
     fn twiml_says_in_the_job_language_with_pauses() {

@@ -845,6 +845,8 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// A second herald on the same config (queues, Redis), with a local state directory of its own: what
 /// another replica of the deployment is. Stop it with [`Replica::stop`].
 pub struct Replica {
+    /// Its HTTP address (`http.addr` port 0 becomes a port of its own).
+    pub http: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _state: tempfile::TempDir,
@@ -858,6 +860,7 @@ impl Replica {
         let app = Application::build(config).await.expect("the replica builds");
         let shutdown = app.shutdown_token();
         Replica {
+            http: app.http_addr(),
             shutdown,
             task: tokio::spawn(app.run()),
             _state: state,

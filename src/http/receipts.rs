@@ -1,0 +1,291 @@
+//! Status callback routes (contract §13): `POST /providers/twilio/status` (Twilio's form, checked against
+//! `X-Twilio-Signature`) and `POST /providers/webhook/status` (JSON, Standard Webhooks signature). No
+//! admin token: a request is taken only with a valid signature. Bodies are capped, never echoed nor
+//! logged; refusals are counted, and refused signatures logged at most once per 10 seconds.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::HttpState;
+use crate::job::Channel;
+use crate::providers::{twilio, webhook};
+use crate::receipts::{ReceiptProvider, Receipts, Status, Unavailable};
+
+/// Largest callback body taken: Twilio's status callbacks are well under 2 KiB.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Standard Webhooks' recommended tolerance for `webhook-timestamp`.
+pub const TIMESTAMP_TOLERANCE_S: u64 = 5 * 60;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/providers/twilio/status", web::post().to(twilio_status))
+        .route("/providers/webhook/status", web::post().to(webhook_status));
+}
+
+/// The body, at most [`MAX_BODY`] bytes: a longer one (by its `Content-Length` or as it streams in) is
+/// refused with 413 without being read further.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    receipts: &Receipts,
+    provider: ReceiptProvider,
+) -> Result<web::BytesMut, HttpResponse> {
+    use futures_util::StreamExt;
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(refused(receipts, provider, "too_large", StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(refused(receipts, provider, "malformed", StatusCode::BAD_REQUEST));
+        };
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(refused(receipts, provider, "too_large", StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn plain(status: StatusCode, text: &'static str) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/plain").body(text)
+}
+
+fn refused(receipts: &Receipts, provider: ReceiptProvider, reason: &str, status: StatusCode) -> HttpResponse {
+    receipts
+        .metrics
+        .rejected
+        .with_label_values(&[provider.name(), reason])
+        .inc();
+    if reason == "signature"
+        && let Some(count) = receipts.bad_signatures.hit()
+    {
+        tracing::warn!(
+            provider = provider.name(),
+            refused = count,
+            "status callbacks with a missing or wrong signature refused (one warning per 10 s)"
+        );
+    }
+    plain(status, "refused\n")
+}
+
+/// The answer to a callback once its signature holds: 200 whatever it said, 503 when it must come again.
+fn answer(provider: ReceiptProvider, applied: Result<crate::receipts::Applied, Unavailable>) -> HttpResponse {
+    match applied {
+        // Twilio reads no TwiML from a status callback: an empty answer.
+        Ok(_) => HttpResponse::Ok().finish(),
+        Err(e) => {
+            tracing::warn!(provider = provider.name(), error = %e, "status callback not taken; the provider will retry");
+            plain(StatusCode::SERVICE_UNAVAILABLE, "try again later\n")
+        }
+    }
+}
+
+fn receipts_of(state: &web::Data<HttpState>) -> Option<Arc<Receipts>> {
+    state.receipts.clone()
+}
+
+async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<HttpState>) -> HttpResponse {
+    let provider = ReceiptProvider::Twilio;
+    let Some(receipts) = receipts_of(&data) else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    // Off unless `twilio.status_callback_url` is set: there is no URL to check signatures against.
+    let Some(twilio) = &receipts.twilio else {
+        receipts
+            .metrics
+            .rejected
+            .with_label_values(&[provider.name(), "disabled"])
+            .inc();
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let body = match read_body(&req, payload, &receipts, provider).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let claimed = req
+        .headers()
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = twilio.auth_token.expose().as_bytes();
+    let valid = !claimed.is_empty()
+        && signed_urls(&twilio.callback_url)
+            .iter()
+            .any(|url| twilio::signature_matches(token, url, &params, claimed));
+    if !valid {
+        return refused(&receipts, provider, "signature", StatusCode::FORBIDDEN);
+    }
+    let field = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let (sid, status, channel) = match (field("MessageSid"), field("CallSid")) {
+        (Some(sid), _) => (sid, field("MessageStatus").or(field("SmsStatus")), Channel::Sms),
+        (None, Some(sid)) => (sid, field("CallStatus"), Channel::Voice),
+        (None, None) => return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST),
+    };
+    if !is_provider_id(sid) {
+        return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
+    }
+    // A message's status on a call or the reverse is ignored, before it can move anything.
+    let status = status.and_then(Status::parse).filter(|s| s.fits(channel));
+    let error_code = field("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned);
+    let sid = sid.to_owned();
+    answer(provider, receipts.apply(provider, &sid, status, error_code).await)
+}
+
+/// The URLs a Twilio signature may be over: the configured one, and the same without its fragment
+/// (connection overrides such as `#rc=3` are Twilio's instructions, not part of the request) and with
+/// or without the scheme's default port, which Twilio's own validators accept either way.
+fn signed_urls(configured: &str) -> Vec<String> {
+    let mut urls = vec![configured.to_owned()];
+    if let Some((bare, _)) = configured.split_once('#') {
+        urls.push(bare.to_owned());
+    }
+    let mut with_ports = Vec::new();
+    for url in &urls {
+        if let Ok(mut parsed) = url::Url::parse(url)
+            && parsed.port().is_none()
+            && let Some(port) = parsed.port_or_known_default()
+            && parsed.set_port(Some(port)).is_ok()
+        {
+            // `Url` drops a default port, so the text is built by hand.
+            let host = parsed.host_str().unwrap_or_default();
+            with_ports.push(url.replacen(host, &format!("{host}:{port}"), 1));
+        }
+    }
+    urls.extend(with_ports);
+    urls
+}
+
+/// A provider's message id as herald keeps it: 1-64 letters, digits, `-` or `_`.
+fn is_provider_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+#[derive(Deserialize)]
+struct WebhookStatus {
+    job_id: String,
+    status: String,
+    #[serde(default)]
+    error_code: Option<String>,
+}
+
+async fn webhook_status(req: HttpRequest, payload: web::Payload, data: web::Data<HttpState>) -> HttpResponse {
+    let provider = ReceiptProvider::Webhook;
+    let Some(receipts) = receipts_of(&data) else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let Some(key) = &receipts.webhook_key else {
+        receipts
+            .metrics
+            .rejected
+            .with_label_values(&[provider.name(), "disabled"])
+            .inc();
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let body = match read_body(&req, payload, &receipts, provider).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if !webhook_signature_holds(
+        key.as_bytes(),
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        &body,
+        now,
+    ) {
+        return refused(&receipts, provider, "signature", StatusCode::UNAUTHORIZED);
+    }
+    let Ok(status) = serde_json::from_slice::<WebhookStatus>(&body) else {
+        return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
+    };
+    if !(1..=128).contains(&status.job_id.len()) {
+        return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
+    }
+    let parsed = Status::parse(&status.status);
+    answer(
+        provider,
+        receipts
+            .apply(provider, &status.job_id, parsed, status.error_code)
+            .await,
+    )
+}
+
+/// Standard Webhooks verification: the timestamp within [`TIMESTAMP_TOLERANCE_S`] of `now`, and one of
+/// the space-separated `v1,<base64>` signatures equal (in constant time) to ours over `id.timestamp.body`.
+pub fn webhook_signature_holds(key: &[u8], id: &str, timestamp: &str, signatures: &str, body: &[u8], now: u64) -> bool {
+    let Ok(ts) = timestamp.trim().parse::<u64>() else {
+        return false;
+    };
+    if id.is_empty() || ts.abs_diff(now) > TIMESTAMP_TOLERANCE_S {
+        return false;
+    }
+    let expected = webhook::sign(key, id, ts, body);
+    signatures
+        .split_whitespace()
+        .any(|s| s.len() == expected.len() && bool::from(s.as_bytes().ct_eq(expected.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_urls_cover_fragment_and_default_port() {
+        assert_eq!(
+            signed_urls("https://h.test/p?a=1#rc=3"),
+            [
+                "https://h.test/p?a=1#rc=3",
+                "https://h.test/p?a=1",
+                "https://h.test:443/p?a=1#rc=3",
+                "https://h.test:443/p?a=1"
+            ]
+        );
+        assert_eq!(signed_urls("http://h.test:8080/p"), ["http://h.test:8080/p"]);
+    }
+
+    #[test]
+    fn standard_webhooks_signatures_are_checked_with_their_timestamp() {
+        let key = webhook::decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+        let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+        let at = 1614265330;
+        assert!(webhook_signature_holds(&key, id, "1614265330", good, body, at));
+        assert!(webhook_signature_holds(
+            &key,
+            id,
+            "1614265330",
+            &format!("v1,bm90 {good}"),
+            body,
+            at + 299
+        ));
+        assert!(!webhook_signature_holds(&key, id, "1614265330", good, body, at + 301));
+        assert!(!webhook_signature_holds(&key, id, "1614265331", good, body, at));
+        assert!(!webhook_signature_holds(
+            &key,
+            "msg_other",
+            "1614265330",
+            good,
+            body,
+            at
+        ));
+        assert!(!webhook_signature_holds(&key, id, "1614265330", good, b"{}", at));
+        assert!(!webhook_signature_holds(&key, id, "1614265330", "", body, at));
+    }
+}

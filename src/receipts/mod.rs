@@ -1,0 +1,510 @@
+//! Delivery receipts (contract §13): a provider's "accepted" is not "delivered". herald remembers each
+//! message it sent through a provider that reports receipts ([`Receipts::sent`]), takes the provider's
+//! status callbacks ([`Receipts::apply`], behind the routes in `http::receipts`), and turns each job's
+//! first final status into one `gd_send_{sms,voice}_status` event, counted in
+//! `gd_send_delivery_total` and `gd_send_delivery_seconds`.
+//!
+//! Nothing here is on the job path: a sent message is recorded in a task of its own.
+
+mod publish;
+pub mod state;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use serde::Serialize;
+
+use crate::config::{Config, Secret, WebhookKey};
+use crate::job::{Channel, Job};
+use crate::providers::Receipt;
+use publish::Publisher;
+pub use state::{Advance, SentMessage, State, StateError};
+pub use status::Status;
+
+/// Messages the local state keeps at most (about 400 bytes each); with Redis there is no such bound.
+pub const LOCAL_CAPACITY: usize = 250_000;
+
+/// Event types of final receipts, also their routing keys on `herald.events`.
+pub const SMS_STATUS: &str = "gd_send_sms_status";
+pub const VOICE_STATUS: &str = "gd_send_voice_status";
+
+/// The providers with a receipt route, and how each names a message in its callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptProvider {
+    /// By its `SM…`/`CA…` sid.
+    Twilio,
+    /// By the job id (`webhook-id` of the send).
+    Webhook,
+}
+
+impl ReceiptProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReceiptProvider::Twilio => "twilio",
+            ReceiptProvider::Webhook => "webhook",
+        }
+    }
+
+    fn key(self, id: &str) -> String {
+        format!("{}:{id}", self.name())
+    }
+}
+
+/// A job's final receipt, for whoever learns from delivery (the §12 fraud guard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalReceipt {
+    pub job_id: String,
+    pub channel: Channel,
+    pub country: String,
+    pub status: Status,
+}
+
+impl FinalReceipt {
+    /// Undelivered, failed, busy, unanswered or canceled: for §12, a send that was not verified.
+    pub fn unverified(&self) -> bool {
+        !self.status.is_delivered()
+    }
+}
+
+/// Told of every final receipt once, after its event is published.
+// §12: the adaptive toll-fraud guard implements this and counts `unverified()` receipts against the
+// destination's budget, like a code that was never verified.
+pub trait ReceiptSink: Send + Sync {
+    fn final_receipt(&self, receipt: &FinalReceipt);
+}
+
+/// A final receipt's event (contract §13).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusEvent {
+    pub date: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub description: &'static str,
+    pub job_id: String,
+    pub channel: Channel,
+    pub status: &'static str,
+    pub provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub country: String,
+    pub recipient: String,
+    /// From the provider accepting the message to this final status.
+    pub delivery_ms: u64,
+}
+
+/// What a callback did, for its answer and its count (`herald_receipts_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The final status was evented now.
+    Evented,
+    Intermediate,
+    /// Repeated or out of order: nothing moved.
+    Stale,
+    /// A final status after the evented one.
+    Duplicate,
+    /// No message herald sent has this id.
+    Unknown,
+    /// A status outside the vocabulary, or one the message's channel cannot have.
+    Ignored,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Evented => "final",
+            Applied::Intermediate => "intermediate",
+            Applied::Stale => "stale",
+            Applied::Duplicate => "duplicate",
+            Applied::Unknown => "unknown",
+            Applied::Ignored => "ignored",
+        }
+    }
+}
+
+/// Why a callback must be tried again later (the route answers 503; providers retry).
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("receipt event not published: {0}")]
+    Broker(#[source] crate::broker::BrokerError),
+    #[error("another callback is publishing this message's final status")]
+    Busy,
+}
+
+pub struct ReceiptMetrics {
+    delivery: IntCounterVec,
+    delivery_seconds: HistogramVec,
+    /// Callbacks taken, by provider and [`Applied`].
+    pub callbacks: IntCounterVec,
+    /// Callbacks refused, by provider and reason (`signature`, `too_large`, `malformed`, `disabled`).
+    pub rejected: IntCounterVec,
+    /// Sent messages whose receipt state could not be written.
+    pub record_errors: prometheus::IntCounter,
+}
+
+impl ReceiptMetrics {
+    pub fn new(registry: &Registry) -> ReceiptMetrics {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric name");
+            c
+        };
+        let delivery = counter(
+            "gd_send_delivery_total",
+            "Final delivery receipts, once per job, by channel, provider, country and status",
+            &["channel", "provider", "country", "status"],
+        );
+        let delivery_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gd_send_delivery_seconds",
+                "Time from the provider accepting a message to its final receipt",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0]),
+            &["channel", "provider"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_seconds.clone()))
+            .expect("unique metric name");
+        let callbacks = counter(
+            "herald_receipts_total",
+            "Status callbacks taken, by provider and result (final, intermediate, stale, duplicate, unknown, ignored)",
+            &["provider", "result"],
+        );
+        let rejected = counter(
+            "herald_receipts_rejected_total",
+            "Status callbacks refused, by provider and reason (signature, too_large, malformed, disabled)",
+            &["provider", "reason"],
+        );
+        let record_errors = prometheus::IntCounter::new(
+            "herald_receipts_record_errors_total",
+            "Sent messages whose receipt state could not be written (their receipts will count as unknown)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(record_errors.clone()))
+            .expect("unique metric name");
+        // Present at 0 from the start, so that rate() and absent-based alerts see the first one.
+        for provider in ["twilio", "webhook"] {
+            for result in ["final", "intermediate", "unknown"] {
+                callbacks.with_label_values(&[provider, result]);
+            }
+            rejected.with_label_values(&[provider, "signature"]);
+        }
+        ReceiptMetrics {
+            delivery,
+            delivery_seconds,
+            callbacks,
+            rejected,
+            record_errors,
+        }
+    }
+}
+
+/// Twilio's side of the receipts: where it calls back, and the token its signatures are keyed with.
+pub struct TwilioReceipts {
+    pub callback_url: String,
+    pub auth_token: Secret,
+}
+
+pub struct Receipts {
+    state: Arc<State>,
+    publisher: Publisher,
+    exchange: String,
+    pub metrics: ReceiptMetrics,
+    /// Set when `twilio.status_callback_url` is: the Twilio route answers 404 otherwise.
+    pub twilio: Option<TwilioReceipts>,
+    /// `webhook.secret`: the custom provider's receipts are signed with it.
+    pub webhook_key: Option<WebhookKey>,
+    sink: Option<Arc<dyn ReceiptSink>>,
+    /// The runtime that state operations run on (HTTP handlers run on actix's own).
+    runtime: tokio::runtime::Handle,
+    /// Refused signatures not logged yet: one warning per [`LOG_EVERY`] says how many.
+    pub bad_signatures: RateLimitedWarning,
+}
+
+impl Receipts {
+    /// Must be called inside the runtime that state operations should run on.
+    pub fn new(config: &Config, state: State, registry: &Registry) -> Receipts {
+        Receipts {
+            state: Arc::new(state),
+            publisher: Publisher::new(config.amqp.clone()),
+            exchange: config.amqp.events_exchange.clone(),
+            metrics: ReceiptMetrics::new(registry),
+            // Never with an empty token, which would let anyone sign (config validation refuses it too).
+            twilio: config
+                .twilio
+                .status_callback_url
+                .as_ref()
+                .filter(|_| !config.twilio.auth_token.is_empty())
+                .map(|url| TwilioReceipts {
+                    callback_url: url.as_url().as_str().to_owned(),
+                    auth_token: config.twilio.auth_token.clone(),
+                }),
+            webhook_key: config.webhook.secret.clone(),
+            sink: None,
+            runtime: tokio::runtime::Handle::current(),
+            bad_signatures: RateLimitedWarning::default(),
+        }
+    }
+
+    /// `sink` hears of every final receipt (the §12 guard).
+    pub fn with_sink(mut self, sink: Arc<dyn ReceiptSink>) -> Receipts {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Which receipt route a message sent by `provider` will hear from, if any.
+    fn route_of(&self, provider: &str) -> Option<ReceiptProvider> {
+        match provider {
+            "twilio" if self.twilio.is_some() => Some(ReceiptProvider::Twilio),
+            "webhook" if self.webhook_key.is_some() => Some(ReceiptProvider::Webhook),
+            _ => None,
+        }
+    }
+
+    /// A job was accepted by `provider`: remember it for its receipts. Returns at once: the local state
+    /// is a map insert, Redis is written in a task of its own, so the job path never waits for it.
+    pub fn sent(&self, job: &Job, provider: &'static str, receipt: &Receipt) {
+        if job.channel == Channel::Email {
+            return;
+        }
+        let Some(route) = self.route_of(provider) else {
+            return;
+        };
+        let id = match route {
+            ReceiptProvider::Twilio => match &receipt.message_id {
+                Some(sid) => sid.clone(),
+                None => return,
+            },
+            ReceiptProvider::Webhook => job.id.clone(),
+        };
+        let sent = SentMessage {
+            job_id: job.id.clone(),
+            channel: job.channel,
+            country: job.to.country_label(),
+            recipient: job.to.masked(),
+            provider: provider.to_owned(),
+            provider_message_id: receipt.message_id.clone(),
+            accepted_at_ms: state::now_ms(),
+        };
+        let key = route.key(&id);
+        if let State::Local(local) = &*self.state {
+            // In memory: a map insert, no need for a task.
+            state::record_local(local, &key, sent);
+            return;
+        }
+        let state = self.state.clone();
+        let errors = self.metrics.record_errors.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = state.record(&key, &sent).await {
+                errors.inc();
+                tracing::warn!(job_id = %sent.job_id, error = %e, "receipt state not recorded");
+            }
+        });
+    }
+
+    /// A provider's status for one of its messages. `Ok` when the callback is done with (whatever it
+    /// said); `Err` when it must come again (state or broker unavailable).
+    pub async fn apply(
+        self: &Arc<Self>,
+        provider: ReceiptProvider,
+        id: &str,
+        status: Option<Status>,
+        error_code: Option<String>,
+    ) -> Result<Applied, Unavailable> {
+        let this = self.clone();
+        let id = id.to_owned();
+        let applied = self
+            .runtime
+            .spawn(async move { this.apply_here(provider, &id, status, error_code).await })
+            .await
+            .unwrap_or_else(|e| Err(Unavailable::Broker(crate::broker::BrokerError::Closed(e.to_string()))));
+        if let Ok(applied) = &applied {
+            self.metrics
+                .callbacks
+                .with_label_values(&[provider.name(), applied.as_str()])
+                .inc();
+        }
+        applied
+    }
+
+    async fn apply_here(
+        &self,
+        provider: ReceiptProvider,
+        id: &str,
+        status: Option<Status>,
+        error_code: Option<String>,
+    ) -> Result<Applied, Unavailable> {
+        let Some(status) = status else {
+            return Ok(Applied::Ignored);
+        };
+        let key = provider.key(id);
+        let sent = match self.state.advance(&key, status).await? {
+            Advance::Unknown => return Ok(Applied::Unknown),
+            Advance::Moved => return Ok(Applied::Intermediate),
+            Advance::Stale => return Ok(Applied::Stale),
+            Advance::Duplicate => return Ok(Applied::Duplicate),
+            Advance::Busy => return Err(Unavailable::Busy),
+            Advance::Final(sent) => sent,
+        };
+        if !status.fits(sent.channel) {
+            self.state.settle(&key, false).await?;
+            return Ok(Applied::Ignored);
+        }
+        let event = status_event(&sent, status, error_code);
+        let json = serde_json::to_vec(&event).unwrap_or_default();
+        if let Err(e) = self
+            .publisher
+            .publish(&self.exchange, event.kind, &event.job_id, &json)
+            .await
+        {
+            // Given back, so the provider's retry of this callback can event it.
+            if let Err(e) = self.state.settle(&key, false).await {
+                tracing::warn!(job_id = %sent.job_id, error = %e, "receipt claim not given back; it expires");
+            }
+            return Err(Unavailable::Broker(e));
+        }
+        crate::events::print(&json);
+        if let Err(e) = self.state.settle(&key, true).await {
+            // The event is out; a repeat of this status after the lease could event it again.
+            tracing::warn!(job_id = %sent.job_id, error = %e, "receipt not marked evented");
+        }
+        let channel = sent.channel.as_str();
+        self.metrics
+            .delivery
+            .with_label_values(&[channel, &sent.provider, &sent.country, status.as_str()])
+            .inc();
+        self.metrics
+            .delivery_seconds
+            .with_label_values(&[channel, &sent.provider])
+            .observe(event.delivery_ms as f64 / 1000.0);
+        if let Some(sink) = &self.sink {
+            sink.final_receipt(&FinalReceipt {
+                job_id: sent.job_id,
+                channel: sent.channel,
+                country: sent.country,
+                status,
+            });
+        }
+        Ok(Applied::Evented)
+    }
+}
+
+fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) -> StatusEvent {
+    let (kind, description) = match (sent.channel, status.is_delivered()) {
+        (Channel::Voice, true) => (VOICE_STATUS, "Voice call answered"),
+        (Channel::Voice, false) => (VOICE_STATUS, "Voice call not answered"),
+        (_, true) => (SMS_STATUS, "SMS delivered"),
+        (_, false) => (SMS_STATUS, "SMS not delivered"),
+    };
+    StatusEvent {
+        date: crate::events::now_rfc3339(),
+        kind,
+        description,
+        job_id: sent.job_id.clone(),
+        channel: sent.channel,
+        status: status.as_str(),
+        provider: sent.provider.clone(),
+        provider_message_id: sent.provider_message_id.clone(),
+        error_code: error_code.filter(|c| is_error_code(c)),
+        country: sent.country.clone(),
+        recipient: sent.recipient.clone(),
+        delivery_ms: state::now_ms().saturating_sub(sent.accepted_at_ms),
+    }
+}
+
+/// A provider's error code as events may carry it: a short token of letters, digits, `_`, `-`, `.`
+/// (Twilio's are numbers like `30008`). Anything else is dropped, never echoed.
+pub fn is_error_code(code: &str) -> bool {
+    (1..=32).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// How often a refused-signature warning is logged at most.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// One warning per [`LOG_EVERY`] with the count since the last one: a scanner or a misconfigured token
+/// cannot flood the log.
+#[derive(Default)]
+pub struct RateLimitedWarning(std::sync::Mutex<(Option<Instant>, u64)>);
+
+impl RateLimitedWarning {
+    /// Counts one occurrence; `Some(n)` when this one should be logged, covering `n` occurrences.
+    pub fn hit(&self) -> Option<u64> {
+        self.hit_at(Instant::now())
+    }
+
+    fn hit_at(&self, now: Instant) -> Option<u64> {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, unlogged) = &mut *guard;
+        *unlogged += 1;
+        if last.is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_signatures_are_logged_once_per_period_with_a_count() {
+        let warning = RateLimitedWarning::default();
+        let t = Instant::now();
+        assert_eq!(warning.hit_at(t), Some(1));
+        assert_eq!(warning.hit_at(t), None);
+        assert_eq!(warning.hit_at(t + Duration::from_secs(1)), None);
+        // Ten seconds later the next one covers the two unlogged ones and itself.
+        assert_eq!(warning.hit_at(t + LOG_EVERY), Some(3));
+    }
+
+    #[test]
+    fn error_codes_are_tokens_or_dropped() {
+        assert!(is_error_code("30008"));
+        assert!(is_error_code("carrier_rejected"));
+        assert!(!is_error_code(""));
+        assert!(!is_error_code("+14155550123 is blocked"));
+        assert!(!is_error_code(&"9".repeat(33)));
+    }
+
+    #[test]
+    fn a_final_receipt_event_carries_the_contract_fields_and_nothing_personal() {
+        let sent = SentMessage {
+            job_id: "j1".into(),
+            channel: Channel::Sms,
+            country: "1".into(),
+            recipient: "+1415*****23".into(),
+            provider: "twilio".into(),
+            provider_message_id: Some("SM1".into()),
+            accepted_at_ms: state::now_ms() - 1500,
+        };
+        let event = status_event(&sent, Status::Undelivered, Some("30008".into()));
+        let json: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], "gd_send_sms_status");
+        assert_eq!(json["status"], "undelivered");
+        assert_eq!(json["error_code"], "30008");
+        assert_eq!(json["recipient"], "+1415*****23");
+        assert!(json["delivery_ms"].as_u64().unwrap() >= 1500);
+        for field in ["date", "job_id", "provider", "provider_message_id", "country"] {
+            assert!(json.get(field).is_some(), "{field}");
+        }
+        let voice = SentMessage {
+            channel: Channel::Voice,
+            ..sent
+        };
+        let event = status_event(&voice, Status::NoAnswer, Some("+14155550123".into()));
+        assert_eq!(event.kind, "gd_send_voice_status");
+        assert_eq!(event.error_code, None);
+    }
+}

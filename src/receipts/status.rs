@@ -1,0 +1,171 @@
+//! The status vocabulary of delivery receipts: Twilio's message and call statuses, which the custom
+//! provider's receipts use too.
+
+use crate::job::Channel;
+
+/// A message's or call's status as a provider reports it. Closed: a status outside it is counted and
+/// otherwise ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    // Messages (and `queued`, `failed`, `canceled` for calls too).
+    Accepted,
+    Scheduled,
+    Queued,
+    Sending,
+    Sent,
+    Delivered,
+    Undelivered,
+    Failed,
+    Read,
+    Canceled,
+    // Calls.
+    Initiated,
+    Ringing,
+    InProgress,
+    Completed,
+    Busy,
+    NoAnswer,
+}
+
+impl Status {
+    pub const ALL: [Status; 16] = [
+        Status::Accepted,
+        Status::Scheduled,
+        Status::Queued,
+        Status::Sending,
+        Status::Sent,
+        Status::Delivered,
+        Status::Undelivered,
+        Status::Failed,
+        Status::Read,
+        Status::Canceled,
+        Status::Initiated,
+        Status::Ringing,
+        Status::InProgress,
+        Status::Completed,
+        Status::Busy,
+        Status::NoAnswer,
+    ];
+
+    /// Twilio's spelling (`in-progress`, `no-answer`).
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Scheduled => "scheduled",
+            Status::Queued => "queued",
+            Status::Sending => "sending",
+            Status::Sent => "sent",
+            Status::Delivered => "delivered",
+            Status::Undelivered => "undelivered",
+            Status::Failed => "failed",
+            Status::Read => "read",
+            Status::Canceled => "canceled",
+            Status::Initiated => "initiated",
+            Status::Ringing => "ringing",
+            Status::InProgress => "in-progress",
+            Status::Completed => "completed",
+            Status::Busy => "busy",
+            Status::NoAnswer => "no-answer",
+        }
+    }
+
+    /// Where the status stands in its message's or call's life: a receipt never moves a job to a lower
+    /// rank. Every final status has the same rank, so the first final one wins; `read` (a chat
+    /// channel's read receipt) comes after `delivered`.
+    pub fn rank(self) -> u8 {
+        match self {
+            Status::Accepted | Status::Scheduled => 1,
+            Status::Queued => 2,
+            Status::Sending | Status::Initiated => 3,
+            Status::Sent | Status::Ringing => 4,
+            Status::InProgress => 5,
+            Status::Delivered
+            | Status::Undelivered
+            | Status::Failed
+            | Status::Canceled
+            | Status::Completed
+            | Status::Busy
+            | Status::NoAnswer => 6,
+            Status::Read => 7,
+        }
+    }
+
+    /// A final status ends the job's receipts: it is evented and counted, once.
+    pub fn is_final(self) -> bool {
+        self.rank() == 6
+    }
+
+    /// Whether the recipient got it: a delivered message or an answered call. Every other final status
+    /// counts as unverified for the §12 guard.
+    pub fn is_delivered(self) -> bool {
+        matches!(self, Status::Delivered | Status::Completed)
+    }
+
+    /// Whether a message (sms) or a call (voice) can have this status.
+    pub fn fits(self, channel: Channel) -> bool {
+        let shared = matches!(self, Status::Queued | Status::Failed | Status::Canceled);
+        let sms = matches!(
+            self,
+            Status::Accepted
+                | Status::Scheduled
+                | Status::Sending
+                | Status::Sent
+                | Status::Delivered
+                | Status::Undelivered
+                | Status::Read
+        );
+        match channel {
+            Channel::Sms => shared || sms,
+            Channel::Voice => shared || !sms,
+            Channel::Email => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocabulary_round_trips_and_finals_are_the_contracts() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+            assert!(s.fits(Channel::Sms) || s.fits(Channel::Voice), "{s}");
+        }
+        assert_eq!(Status::parse("Delivered"), None);
+        assert_eq!(Status::parse("partially_delivered"), None);
+        let finals: Vec<&str> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_final())
+            .map(Status::as_str)
+            .collect();
+        assert_eq!(
+            finals,
+            [
+                "delivered",
+                "undelivered",
+                "failed",
+                "canceled",
+                "completed",
+                "busy",
+                "no-answer"
+            ]
+        );
+        assert!(Status::Sent.rank() < Status::Delivered.rank());
+        assert!(Status::Queued.rank() < Status::Sent.rank());
+        assert!(Status::Ringing.rank() < Status::Completed.rank());
+        assert!(!Status::Completed.fits(Channel::Sms));
+        assert!(!Status::Delivered.fits(Channel::Voice));
+        assert!(Status::Failed.fits(Channel::Voice) && Status::Failed.fits(Channel::Sms));
+    }
+}
