@@ -50,3 +50,37 @@ fn alert_tests_are_generated_by_their_script() {
          (cd deploy/prometheus && python3 gen_alerts_test.py > alerts.test.yml)"
     );
 }
+
+fn yaml(path: &str) -> serde_yaml::Value {
+    let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The shipped Prometheus setups load these rules, and scrape herald as job `herald`, which HeraldDown
+/// watches (`up{job="herald"}`).
+#[test]
+fn shipped_prometheus_setups_load_the_rules_and_name_the_job_herald() {
+    let compose = yaml("deploy/compose/prometheus.yml");
+    assert_eq!(compose["scrape_configs"][0]["job_name"].as_str(), Some("herald"));
+    assert_eq!(compose["rule_files"][0].as_str(), Some("/etc/prometheus/alerts.yml"));
+    let stack = yaml("deploy/docker-compose.yml");
+    let mounts = stack["services"]["prometheus"]["volumes"].as_sequence().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.as_str() == Some("./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro")),
+        "the compose Prometheus does not mount deploy/prometheus/alerts.yml: {mounts:?}"
+    );
+    // The Prometheus Operator names a ServiceMonitor's job after the Service, unless `jobLabel` says.
+    assert_eq!(
+        yaml("deploy/kubernetes/service.yaml")["metadata"]["name"].as_str(),
+        Some("herald")
+    );
+    assert!(yaml("deploy/kubernetes/servicemonitor.yaml")["spec"]["jobLabel"].is_null());
+    assert!(
+        std::fs::read_to_string(format!("{DIR}/alerts.yml"))
+            .unwrap()
+            .contains(r#"up{job="herald"} == 0"#)
+    );
+}

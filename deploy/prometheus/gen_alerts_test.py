@@ -82,19 +82,14 @@ class Replica:
         self.starts = {0}  # steps at which a process starts (counters from zero, lazy series gone)
         self.target = [True] * steps  # Prometheus has the target at all
         self.incs = {}  # (metric, labels) -> events per step
-        self.gauges = {}  # (metric, labels) -> value per step
-        for op in ("get", "put", "mark", "claim"):
-            self.counter("herald_store_errors_total", f'op="{op}"', eager=True)
-        self.counter("herald_throttle_local_fallback_total", "", eager=True)
-        self.gauges[("herald_broker_connected", "")] = [1] * steps
+        # Counters herald exports at 0 from its start; the others appear with their first event.
+        self.eager = {("herald_throttle_local_fallback_total", "")}
+        self.eager |= {("herald_store_errors_total", f'op="{op}"') for op in ("get", "put", "mark", "claim")}
+        for metric, labels in self.eager:
+            self.counter(metric, labels)
 
-    def counter(self, metric, labels, eager=False):
-        key = (metric, labels)
-        if key not in self.incs:
-            self.incs[key] = [0] * self.steps
-            if eager:
-                self.incs[key + ("eager",)] = None
-        return self.incs[key]
+    def counter(self, metric, labels):
+        return self.incs.setdefault((metric, labels), [0] * self.steps)
 
     def poisson(self, lam):
         if lam <= 0:
@@ -151,8 +146,7 @@ class Replica:
             self.target[i] = False
 
     def series(self):
-        """(series, values) for promtool: a counter is exported from its first event of a process's life."""
-        out = []
+        """(series, values) for promtool."""
         job = f'instance="{self.instance}",job="herald"'
         up = []
         for i in range(self.steps):
@@ -160,38 +154,34 @@ class Replica:
                 up.append(1 if self.alive[i] else 0)
             else:
                 up.append("stale" if i > 0 and self.target[i - 1] else "_")
-        out.append((f"up{{{job}}}", up))
-        for (metric, labels), values in self.gauges.items():
-            out.append((name(metric, labels, job), self.exported(lambda i, v=values: v[i], eager=True)))
-        for key, incs in self.incs.items():
-            if len(key) == 3:
-                continue
-            metric, labels = key
-            total = [0]
-
-            def value(i, incs=incs, total=total):
-                if i in self.starts:
-                    total[0] = 0
-                total[0] += incs[i]
-                return total[0]
-
-            out.append((name(metric, labels, job), self.exported(value, eager=key + ("eager",) in self.incs)))
+        out = [(f"up{{{job}}}", up)]
+        out.append((name("herald_broker_connected", "", job), self.exported([1] * self.steps, eager=True)))
+        for (metric, labels), incs in sorted(self.incs.items()):
+            values = self.exported(self.totals(incs), eager=(metric, labels) in self.eager)
+            out.append((name(metric, labels, job), values))
         return [(s, v) for s, v in out if any(x != "_" for x in v)]
 
-    def exported(self, value, eager):
-        """Values scrape by scrape: missing before a series exists in the process, stale when it dies."""
-        values, exists = [], False
-        for i in range(self.steps):
+    def totals(self, incs):
+        """A counter's values: its events since the process started."""
+        values, total = [], 0
+        for i, n in enumerate(incs):
+            total = (0 if i in self.starts else total) + n
+            values.append(total)
+        return values
+
+    def exported(self, values, eager):
+        """Scrape by scrape: missing until a series exists in the process, stale when the process dies."""
+        out, exists = [], False
+        for i, v in enumerate(values):
             if i in self.starts:
                 exists = False
-            v = value(i) if self.alive[i] else None
             if not self.alive[i]:
-                values.append("stale" if exists else "_")
+                out.append("stale" if exists else "_")
                 exists = False
                 continue
             exists = exists or eager or v > 0
-            values.append(v if exists else "_")
-        return values
+            out.append(v if exists else "_")
+        return out
 
 
 def sms_labels(country):
@@ -436,9 +426,10 @@ def outage_during_attack():
     # Meanwhile every SMS fails once its attempts are used up (30 s on), or expires.
     jobs = {**SMS, **{c: 20 / 3 for c in PREMIUM}}
     for country, rate in jobs.items():
-        stop = over if country in PREMIUM else back
-        r.traffic("gd_send_sms_failure_total", failure_labels(country, "attempts_exhausted"), rate * 0.7, outage + 1, stop + 1)
-        r.traffic("gd_send_sms_failure_total", failure_labels(country, "expired", "none"), rate * 0.3, outage + 1, stop + 1)
+        stop = (over if country in PREMIUM else back) + 1
+        exhausted, expired = failure_labels(country, "attempts_exhausted"), failure_labels(country, "expired", "none")
+        r.traffic("gd_send_sms_failure_total", exhausted, rate * 0.7, outage + 1, stop)
+        r.traffic("gd_send_sms_failure_total", expired, rate * 0.3, outage + 1, stop)
     for country, rate in SMS.items():
         r.traffic("gd_send_sms_total", sms_labels(country), rate, back)
     t = Test(
@@ -556,7 +547,15 @@ OPERATIONS = """
 
 
 def main():
-    tests = [steady_fresh(), pumping_established(), pumping_young(), one_message(), outage_during_attack(), voice_pumping(), killed()]
+    tests = [
+        steady_fresh(),
+        pumping_established(),
+        pumping_young(),
+        one_message(),
+        outage_during_attack(),
+        voice_pumping(),
+        killed(),
+    ]
     out = [
         "# promtool test rules alerts.test.yml",
         "# Generated by gen_alerts_test.py (python3 gen_alerts_test.py > alerts.test.yml); do not edit by hand.",
