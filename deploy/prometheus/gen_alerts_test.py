@@ -315,6 +315,23 @@ a growing one; nothing may fire at any time.
     return t
 
 
+def cutover():
+    r = Replica(8, minutes(180) + 1)
+    r.steady(start=minutes(60))
+    t = Test(
+        "traffic cut over to a herald that was idle for an hour",
+        """
+herald is scraped for an hour before any traffic reaches it, then takes ~2 SMS/s at once: its history
+starts with its traffic, so nothing is a spike and no country of the first minute is new.
+""",
+        r,
+    )
+    for m in (61, 75, 91, 180):
+        t.quiet(minutes(m), *TOLL_FRAUD)
+    t.fired()
+    return t
+
+
 def pumping(at, seed):
     """Steady traffic, and from minute `at` 5 minutes of pumping: 20 SMS/s into three new premium
     countries, most of the attack throttled (prefix limits), some of it to a denied country."""
@@ -549,6 +566,7 @@ OPERATIONS = """
 def main():
     tests = [
         steady_fresh(),
+        cutover(),
         pumping_established(),
         pumping_young(),
         one_message(),
