@@ -44,7 +44,13 @@ impl State {
             let mut order: Vec<(bool, u32, u64)> = self
                 .tallies
                 .iter()
-                .map(|(k, t)| (!t.days.is_empty(), t.hours.iter().map(|h| h.hour).max().unwrap_or(0), *k))
+                .map(|(k, t)| {
+                    (
+                        !t.days.is_empty(),
+                        t.hours.iter().map(|h| h.hour).max().unwrap_or(0),
+                        *k,
+                    )
+                })
                 .collect();
             order.sort_unstable();
             let excess = self.tallies.len() - MAX_DESTINATIONS * 9 / 10;
@@ -219,7 +225,10 @@ mod tests {
     fn feedback_for_unknown_jobs_holds_nothing() {
         let local = Local::default();
         for i in 0..100_000 {
-            assert_eq!(local.verified(&format!("never-sent-{i}"), 1_800_000_000), Feedback::Unknown);
+            assert_eq!(
+                local.verified(&format!("never-sent-{i}"), 1_800_000_000),
+                Feedback::Unknown
+            );
         }
         assert_eq!(local.held(), (0, 0), "a burst of unknown ids grows no state");
         assert_eq!(local.since(), None, "and starts no learning period");
