@@ -151,12 +151,19 @@ impl FeedbackConsumer {
                     None => return Err(BrokerError::Closed("feedback consumer cancelled by the broker".into())),
                 },
             };
-            self.handle(&dead, delivery).await?;
+            self.handle(&dead, delivery, shutdown).await?;
         }
     }
 
-    /// One message: counted (or dead-lettered) and then acked. A store error puts it back for later.
-    async fn handle(&self, dead: &Publisher, delivery: Delivery) -> Result<(), BrokerError> {
+    /// One message: counted (or dead-lettered) and then acked. While Redis is unreachable the message
+    /// is tried again here, with backoff, and feedback waits in the queue: a nack would count a delivery
+    /// each time, and the quorum queue's delivery limit would dead-letter it uncounted.
+    async fn handle(
+        &self,
+        dead: &Publisher,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BrokerError> {
         let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
         let verification = match Verification::from_message(&delivery.data, content_type) {
             Ok(v) => v,
@@ -177,25 +184,35 @@ impl FeedbackConsumer {
             delivery.ack(BasicAckOptions::default()).await?;
             return Ok(());
         }
-        match self.guard.verified(&verification.job_id).await {
-            Ok(result) => {
-                if let Feedback::Counted { .. } = result {
-                    tracing::debug!(job_id = %verification.job_id, "code verified");
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.guard.verified(&verification.job_id).await {
+                Ok(result) => {
+                    if let Feedback::Counted { .. } = result {
+                        tracing::debug!(job_id = %verification.job_id, "code verified");
+                    }
+                    delivery.ack(BasicAckOptions::default()).await?;
+                    return Ok(());
                 }
-                delivery.ack(BasicAckOptions::default()).await?;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "feedback not counted (redis unreachable); it comes back later");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await?;
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "feedback not counted yet (redis unreachable)");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            // Back to the queue for the next herald; one delivery counted, not one per try.
+                            delivery
+                                .nack(BasicNackOptions {
+                                    requeue: true,
+                                    ..BasicNackOptions::default()
+                                })
+                                .await?;
+                            return Ok(());
+                        }
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
-        Ok(())
     }
 }
 

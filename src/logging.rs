@@ -37,6 +37,10 @@ pub const CAPS: &[(&str, LevelFilter)] = &[
     ("actix_http", LevelFilter::INFO),
     // debug: commands on reconnection and authentication.
     ("redis", LevelFilter::INFO),
+    // debug/trace: the canonical request and string to sign of every SNS call (the SHA-256 of a body that
+    // holds the number and the code: a code is six digits, its hash is not a secret).
+    ("aws_sigv4", LevelFilter::INFO),
+    ("aws_smithy_runtime_api", LevelFilter::INFO),
 ];
 
 /// HTTP/1 connections actix-http closed on an error, counted instead of logged.

@@ -25,6 +25,7 @@ struct SentJob {
     hour: u32,
     channel: Channel,
     country: u16,
+    region: u64,
     range: u64,
     ip: Option<u64>,
     verified: bool,
@@ -106,18 +107,25 @@ impl Local {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, enforcing: bool) -> Decision {
+    pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, enforce: bool) -> Decision {
+        let enforcing = enforce
+            && self
+                .since()
+                .is_some_and(|since| now.saturating_sub(since) >= s.learning_period.as_secs());
         let hour = (now / 3600) as u32;
         let keys: Vec<(Level, u64)> = dest.keys().into_iter().map(|(l, id)| (l, key(l, &id))).collect();
         let mut state = self.state();
         let mut over = None;
-        let mut country_known = false;
+        let mut range_known = false;
         for (level, k) in &keys {
             let window = state.tallies.get(k).map(|t| t.window(now)).unwrap_or_default();
-            if *level == Level::Country {
-                country_known = window.has_history();
+            if *level == Level::Range {
+                range_known = window.has_history();
             }
-            if over.is_none() && !window.allows(level.floors(s), s.ratio) {
+            // A range whose users verify is judged on its own history: a pump spread over many other
+            // ranges of its country must not lock its real users out.
+            let judged = !(*level == Level::Country && range_known);
+            if judged && over.is_none() && !window.allows(level.floors(s), s.ratio) {
                 over = Some(*level);
             }
         }
@@ -125,7 +133,9 @@ impl Local {
             return Decision {
                 over,
                 counted: false,
-                country_known,
+                range_known,
+                enforcing,
+                feedback_state: None,
             };
         }
         for (_, k) in &keys {
@@ -141,6 +151,7 @@ impl Local {
                 hour,
                 channel: dest.channel,
                 country: dest.country,
+                region: keys[1].1,
                 range: keys[0].1,
                 ip,
                 verified: false,
@@ -149,7 +160,9 @@ impl Local {
         Decision {
             over,
             counted: true,
-            country_known,
+            range_known,
+            enforcing,
+            feedback_state: None,
         }
     }
 
@@ -163,8 +176,7 @@ impl Local {
         }
         job.verified = true;
         let job = *job;
-        let country = key(Level::Country, &job.country.to_string());
-        for k in [Some(job.range), Some(country), job.ip].into_iter().flatten() {
+        for k in [Some(job.range), Some(job.region), job.ip].into_iter().flatten() {
             state.tallies.entry(k).or_default().verified(job.hour);
         }
         drop(state);

@@ -121,7 +121,12 @@ impl Level {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destinations {
     pub channel: Channel,
+    /// The calling code, for labels.
     pub country: u16,
+    /// The country level's key: the calling code, except that the North American Numbering Plan is one
+    /// calling code for 25 countries (`+1 876` is Jamaica, a classic pumping target): there each area
+    /// code is a country of its own, so a pump into the Caribbean cannot spend the budget US users earned.
+    pub region: String,
     pub range: String,
     pub ip: Option<String>,
 }
@@ -131,24 +136,36 @@ impl Destinations {
         let Recipient::Phone(phone) = &job.to else { return None };
         let digits = phone.digits();
         let n = usize::from(s.prefix_digits).min(digits.len());
+        let country = phone.country_code().unwrap_or(0);
         Some(Destinations {
             channel: job.channel,
-            country: phone.country_code().unwrap_or(0),
+            country,
+            region: region(country, digits),
             range: hashed(&digits[..n]),
             ip: job.ip.map(|ip: IpAddr| hashed(&ip_key(ip, s.ipv6_prefix))),
         })
     }
 
-    /// The tally id of each level this job counts in, most specific first.
+    /// The tally id of each level this job counts in, most specific first: the range, the country, then
+    /// the IP if any (the shared guard's script relies on this order).
     pub fn keys(&self) -> Vec<(Level, String)> {
         let mut out = vec![
             (Level::Range, self.range.clone()),
-            (Level::Country, self.country.to_string()),
+            (Level::Country, self.region.clone()),
         ];
         if let Some(ip) = &self.ip {
             out.push((Level::Ip, ip.clone()));
         }
         out
+    }
+}
+
+/// The country level's key of a number's `digits` with calling code `country` (see
+/// [`Destinations::region`]).
+fn region(country: u16, digits: &str) -> String {
+    match digits.get(..4) {
+        Some(npa) if country == 1 => npa.to_owned(),
+        _ => country.to_string(),
     }
 }
 
@@ -196,8 +213,14 @@ pub struct Decision {
     pub over: Option<Level>,
     /// Whether the job was counted as sent (always, unless it was refused).
     pub counted: bool,
-    /// Whether the country has verified history (feeds the outage detector).
-    pub country_known: bool,
+    /// Whether the job's number range has verified history (feeds the outage detector: real users'
+    /// codes go there, a pump's do not).
+    pub range_known: bool,
+    /// Whether refusals were on for this job: `enforce` asked, and the learning period over.
+    pub enforcing: bool,
+    /// The deployment-wide outage inputs, when the backend shares them (Redis): when feedback last
+    /// arrived (0 = never) and the counted sends to known ranges since.
+    pub feedback_state: Option<(u64, u64)>,
 }
 
 /// A feedback message's effect.
@@ -285,10 +308,11 @@ impl Guard {
             return Verdict::Allow;
         };
         let now = (self.clock)();
-        let enforcing = self.enforcing(now);
+        // Whether refusals may be on; the backend adds the learning period, whose clock it holds.
+        let enforce = self.settings.mode == Mode::Enforce && !self.outage(now);
         let decision = match &self.backend {
-            Backend::Local(local) => Ok(local.check(&job.id, &dest, &self.settings, now, enforcing)),
-            Backend::Shared(shared) => shared.check(&job.id, &dest, &self.settings, now, enforcing).await,
+            Backend::Local(local) => Ok(local.check(&job.id, &dest, &self.settings, now, enforce)),
+            Backend::Shared(shared) => shared.check(&job.id, &dest, &self.settings, now, enforce).await,
         };
         let decision = match decision {
             Ok(d) => d,
@@ -302,8 +326,22 @@ impl Guard {
                 return Verdict::Allow;
             }
         };
-        if decision.country_known {
-            self.known_sends.fetch_add(1, Ordering::Relaxed);
+        match decision.feedback_state {
+            Some((last_feedback, known_sends)) => {
+                if last_feedback > 0 {
+                    self.last_feedback.store(last_feedback, Ordering::Relaxed);
+                }
+                self.known_sends.store(known_sends, Ordering::Relaxed);
+            }
+            None if decision.counted && decision.range_known => {
+                self.known_sends.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {}
+        }
+        if let Some(m) = &self.metrics
+            && self.settings.mode == Mode::Enforce
+        {
+            m.enforcing.set(i64::from(decision.enforcing));
         }
         let Some(level) = decision.over else {
             return Verdict::Allow;
@@ -321,7 +359,8 @@ impl Guard {
         }
     }
 
-    /// Whether refusals are on: enforce mode, the learning period over, and feedback flowing.
+    /// Whether refusals are on: enforce mode, the learning period over (as this process last heard of it),
+    /// and feedback flowing.
     fn enforcing(&self, now: u64) -> bool {
         if self.settings.mode != Mode::Enforce {
             return false;
@@ -330,16 +369,12 @@ impl Guard {
             Backend::Local(local) => local.since(),
             Backend::Shared(shared) => shared.since(),
         };
-        let learned = since.is_some_and(|s| now.saturating_sub(s) >= self.settings.learning_period.as_secs());
-        let on = learned && !self.outage(now);
-        if let Some(m) = &self.metrics {
-            m.enforcing.set(i64::from(on));
-        }
-        on
+        since.is_some_and(|s| now.saturating_sub(s) >= self.settings.learning_period.as_secs()) && !self.outage(now)
     }
 
-    /// Feedback stopped everywhere at once: nothing for `outage_after`, while codes kept going to
-    /// destinations that used to verify.
+    /// Feedback stopped everywhere at once: nothing for `outage_after`, while codes kept going to number
+    /// ranges whose users verify. Only sends that went out count, and only to ranges with verified history:
+    /// a pump's codes, refused or not, go to ranges that never verified and cannot make an outage.
     fn outage(&self, now: u64) -> bool {
         let quiet = now.saturating_sub(self.last_feedback.load(Ordering::Relaxed));
         let outage = quiet >= self.settings.outage_after.as_secs()
@@ -412,9 +447,10 @@ impl Guard {
             return Ok(None);
         };
         let n = usize::from(self.settings.prefix_digits).min(digits.len());
+        let region = region(country, digits);
         let mut levels = vec![
             (Level::Range, format!("+{}", &digits[..n]), hashed(&digits[..n])),
-            (Level::Country, country.to_string(), country.to_string()),
+            (Level::Country, region.clone(), region),
         ];
         if let Some(ip) = ip {
             let key = ip_key(ip, self.settings.ipv6_prefix);

@@ -2,7 +2,8 @@
 //! refused) and one per feedback (verify once). The arithmetic is `budget.rs`'s, in Lua; a test runs both
 //! on the same history. Each destination is a hash of `s<hour>` (sent), `v<hour>` (verified, by the hour
 //! the code was sent) and `d<day>` (verified per day, for the 14-day peak), stale fields dropped as they
-//! are read; each job a string `U|hour|channel|country|range|ip` (`V…` once verified) that expires with
+//! are read; each job a string `U|hour|channel|country|range|ip|region` (`V…` once verified, `X…` once
+//! a receipt said it was not delivered) that expires with
 //! the day window.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,15 +19,16 @@ const JOB_TTL_SECS: u64 = (HOURS_KEPT as u64) * 3600;
 /// Destinations live as long as their oldest field can matter.
 const TALLY_TTL_SECS: u64 = (DAYS_KEPT as u64) * 86_400;
 
-/// KEYS = the job's tally keys, most specific first, then the job key. ARGV = now, enforce (1/0), ratio,
-/// the job's entry, the index of the country key, then floor_hour and floor_day for each tally key.
-/// Returns {over (0 = none, else the index of the first key over budget), counted (1/0), country known
-/// (1/0), since (0 = never)}.
+/// KEYS = the job's tally keys, the range first, then the guard's prefix. ARGV = now, enforce (1/0), ratio,
+/// the job's entry, the learning period in seconds, then floor_hour and floor_day for each tally key, then
+/// the tally TTL, the job key's id and the job TTL. Refuses only when enforce is asked and the shared
+/// learning clock (`:since`) has run the learning period. Returns {over (0 = none, else the index of the
+/// first key over budget), counted, range known, enforcing (1/0 each), since, last feedback (0 = never),
+/// counted sends to known ranges since that feedback}.
 const CHECK: &str = r#"
 local now = tonumber(ARGV[1])
-local enforce = ARGV[2] == '1'
 local ratio = tonumber(ARGV[3])
-local country_index = tonumber(ARGV[5])
+local learning = tonumber(ARGV[5])
 local n = #KEYS - 1
 local hour = math.floor(now / 3600)
 local today = math.floor(hour / 24)
@@ -72,23 +74,42 @@ for i = 1, n do
   local floor_day = tonumber(ARGV[5 + 2 * i])
   local day = floor_day + ratio * math.max(peak, vd)
   local per_hour = math.max(floor_hour + ratio * vh, day / 3)
-  if over == 0 and not (uh + 1 <= per_hour and ud + 1 <= day) then over = i end
-  if i == country_index and (vd > 0 or peak > 0) then known = 1 end
+  -- The country (key 2) does not judge a range whose users verify (key 1 with history).
+  local judged = not (i == 2 and known == 1)
+  if judged and over == 0 and not (uh + 1 <= per_hour and ud + 1 <= day) then over = i end
+  if i == 1 and (vd > 0 or peak > 0) then known = 1 end
 end
-local since = tonumber(redis.call('GET', KEYS[n + 1] .. ':since') or '0')
-if over > 0 and enforce then return {over, 0, known, since} end
+local prefix = KEYS[n + 1]
+local since = tonumber(redis.call('GET', prefix .. ':since') or '0')
+local enforcing = 0
+if ARGV[2] == '1' and since > 0 and now - since >= learning then enforcing = 1 end
+local feedback_at = tonumber(redis.call('GET', prefix .. ':feedback_at') or '0')
+if over > 0 and enforcing == 1 then
+  local sends = tonumber(redis.call('GET', prefix .. ':known_sends') or '0')
+  return {over, 0, known, enforcing, since, feedback_at, sends}
+end
 for i = 1, n do
   redis.call('HINCRBY', KEYS[i], 's' .. hour, 1)
   redis.call('EXPIRE', KEYS[i], ARGV[6 + 2 * n])
 end
-redis.call('SET', KEYS[n + 1] .. ':j:' .. ARGV[7 + 2 * n], ARGV[4], 'EX', ARGV[8 + 2 * n])
-return {over, 1, known, since}
+redis.call('SET', prefix .. ':j:' .. ARGV[7 + 2 * n], ARGV[4], 'EX', ARGV[8 + 2 * n])
+local sends = 0
+if known == 1 then
+  sends = redis.call('INCR', prefix .. ':known_sends')
+  redis.call('EXPIRE', prefix .. ':known_sends', ARGV[6 + 2 * n])
+else
+  sends = tonumber(redis.call('GET', prefix .. ':known_sends') or '0')
+end
+return {over, 1, known, enforcing, since, feedback_at, sends}
 "#;
 
 /// KEYS = the guard's prefix; ARGV = the job key's id, now, the tally TTL. Returns {0} unknown,
 /// {1} duplicate, {2, entry} counted now.
 const VERIFIED: &str = r#"
 local prefix = KEYS[1]
+-- Any feedback proves the MFA server's publisher works (the outage detector, shared by replicas).
+redis.call('SET', prefix .. ':feedback_at', ARGV[2], 'EX', ARGV[3])
+redis.call('SET', prefix .. ':known_sends', 0, 'EX', ARGV[3])
 local job = prefix .. ':j:' .. ARGV[1]
 local entry = redis.call('GET', job)
 if not entry then return {0} end
@@ -99,7 +120,9 @@ redis.call('SET', job, 'V' .. string.sub(entry, 2), 'EX', ttl)
 local parts = {}
 for part in string.gmatch(entry .. '|', '([^|]*)|') do parts[#parts + 1] = part end
 local hour = tonumber(parts[2])
-local keys = {prefix .. ':r:' .. parts[5], prefix .. ':c:' .. parts[4]}
+local region = parts[7]
+if region == nil or region == '' then region = parts[4] end
+local keys = {prefix .. ':r:' .. parts[5], prefix .. ':c:' .. region}
 if parts[6] ~= nil and parts[6] ~= '' and parts[6] ~= '-' then keys[#keys + 1] = prefix .. ':i:' .. parts[6] end
 for _, key in ipairs(keys) do
   if redis.call('HEXISTS', key, 's' .. hour) == 1 then redis.call('HINCRBY', key, 'v' .. hour, 1) end
@@ -157,7 +180,7 @@ impl Shared {
         dest: &Destinations,
         s: &Settings,
         now: u64,
-        enforcing: bool,
+        enforce: bool,
     ) -> Result<Decision, redis::RedisError> {
         let keys = dest.keys();
         let mut invocation = self.check.prepare_invoke();
@@ -166,32 +189,34 @@ impl Shared {
         }
         invocation.key(&self.prefix);
         let entry = format!(
-            "U|{}|{}|{}|{}|{}",
+            "U|{}|{}|{}|{}|{}|{}",
             now / 3600,
             dest.channel.as_str(),
             dest.country,
             dest.range,
-            dest.ip.as_deref().unwrap_or("-")
+            dest.ip.as_deref().unwrap_or("-"),
+            dest.region
         );
-        let country_index = keys.iter().position(|(l, _)| *l == Level::Country).map_or(0, |i| i + 1);
         invocation
             .arg(now)
-            .arg(u8::from(enforcing))
+            .arg(u8::from(enforce))
             .arg(s.ratio)
             .arg(entry)
-            .arg(country_index);
+            .arg(s.learning_period.as_secs());
         for (level, _) in &keys {
             let floors = level.floors(s);
             invocation.arg(floors.hour).arg(floors.day);
         }
         invocation.arg(TALLY_TTL_SECS).arg(job_id_key(job_id)).arg(JOB_TTL_SECS);
-        let (over, counted, known, since): (usize, u8, u8, u64) =
+        let (over, counted, known, enforcing, since, feedback_at, known_sends): (usize, u8, u8, u8, u64, u64, u64) =
             invocation.invoke_async(&mut self.conn.clone()).await?;
         self.since.store(since, Ordering::Relaxed);
         Ok(Decision {
             over: over.checked_sub(1).and_then(|i| keys.get(i)).map(|(l, _)| *l),
             counted: counted == 1,
-            country_known: known == 1,
+            range_known: known == 1,
+            enforcing: enforcing == 1,
+            feedback_state: Some((feedback_at, known_sends)),
         })
     }
 

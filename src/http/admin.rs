@@ -284,9 +284,11 @@ struct GuardQuery {
 /// `GET /admin/api/guard?to=+8821654[&ip=203.0.113.7]`: the fraud guard's counts and budgets for the
 /// destination's range and country (and the IP), and whether one more unverified code fits.
 async fn explain_guard(state: web::Data<AdminState>, query: web::Query<GuardQuery>) -> Result<HttpResponse, ApiError> {
+    // `?to=+8821654` as typed: an unencoded `+` in a query string arrives as a space.
     let digits = query
         .to
         .strip_prefix('+')
+        .or_else(|| query.to.strip_prefix(' '))
         .filter(|d| (1..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| ApiError::BadRequest("`to` must be `+` and 1 to 15 digits: a number or its prefix".into()))?;
     let ip = match &query.ip {

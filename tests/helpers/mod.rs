@@ -813,9 +813,14 @@ impl Drop for Broker {
                 };
                 let Ok(ch) = conn.create_channel().await else { return };
                 let delays = delay_queues.iter().map(|(_, q)| q);
-                for q in [&amqp.jobs_queue, &amqp.retry_queue, &amqp.dead_queue]
-                    .into_iter()
-                    .chain(delays)
+                for q in [
+                    &amqp.jobs_queue,
+                    &amqp.retry_queue,
+                    &amqp.dead_queue,
+                    &amqp.feedback_queue,
+                ]
+                .into_iter()
+                .chain(delays)
                 {
                     let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
                 }
