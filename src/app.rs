@@ -64,7 +64,7 @@ impl Application {
         let redis = if config.redis.url.is_empty() {
             None
         } else {
-            Some(redis_connection(config.redis.url.expose()).map_err(anyhow::Error::msg)?)
+            Some(redis_connection(config.redis.url.expose())?)
         };
         let namespace = &config.amqp.jobs_queue;
         let store = Arc::new(match &redis {

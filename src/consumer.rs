@@ -467,7 +467,7 @@ impl Consumer {
         let job = match Job::from_message(&body, content_type) {
             Ok(job) => job,
             Err(invalid) => {
-                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason),
+                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason.to_string()),
                     "invalid job dead-lettered");
                 self.transaction(&mut finished, None, decision::rejected(&invalid), props, &body);
                 return Some(finished);

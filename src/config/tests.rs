@@ -427,3 +427,13 @@ fn sns_credentials_fall_back_to_the_aws_variables() {
     );
     assert!(c.sns.session_token.is_empty(), "the env token belongs to the env key");
 }
+
+/// `amqp.url` is parsed at load, so that connecting cannot fail on it; the error names the key only.
+#[test]
+fn a_bad_amqp_url_is_refused_at_load_naming_the_key() {
+    let mut config = Config::default();
+    config.amqp.url = Secret::new("amqp://u:s3cr3t@broker:notaport/vhost");
+    let message = config.validate().unwrap_err().to_string();
+    assert!(message.contains("amqp.url"), "{message}");
+    assert!(!message.contains("s3cr3t"), "{message}");
+}
