@@ -110,6 +110,13 @@ pub enum StoreError {
         #[source]
         source: OpenError,
     },
+    /// Another read connection, opened when every open one is busy.
+    #[error("outcome store: {}: {source}", path.display())]
+    Reader {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("outcome store: store thread stopped")]
     Stopped,
     #[error("outcome store: record write: {0}")]
@@ -436,7 +443,10 @@ impl LocalStore {
         let idle = lock(&self.readers).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => open_reader(&self.path)?,
+            None => open_reader(&self.path).map_err(|source| StoreError::Reader {
+                path: self.path.clone(),
+                source,
+            })?,
         };
         // The pending mark is checked before the row is read: once the writer drops it from the set, the
         // row it committed is visible to this read.
