@@ -64,7 +64,7 @@ impl Application {
         let redis = if config.redis.url.is_empty() {
             None
         } else {
-            Some(redis_connection(config.redis.url.expose()).map_err(anyhow::Error::msg)?)
+            Some(redis_connection(config.redis.url.expose())?)
         };
         let namespace = &config.amqp.jobs_queue;
         let store = Arc::new(match &redis {
@@ -174,19 +174,7 @@ impl Application {
                 }
             }
         });
-        let retry_waits: Vec<_> = config.retry.schedule.iter().map(|d| d.0).collect();
-        let consumer = Arc::new(
-            Consumer::new(
-                config.amqp.clone(),
-                dispatcher,
-                config.templates.default_locale.clone(),
-                store,
-                metrics,
-                ready,
-                &retry_waits,
-            )
-            .with_receipts(receipts),
-        );
+        let consumer = Arc::new(Consumer::new(&config, dispatcher, store, metrics, ready).with_receipts(receipts));
         Ok(Application {
             http_addr,
             server,

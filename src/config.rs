@@ -463,6 +463,10 @@ impl Config {
         if !self.amqp.url.expose().starts_with("amqp://") && !self.amqp.url.expose().starts_with("amqps://") {
             return Err(ConfigError::key("amqp.url", "must start with amqp:// or amqps://"));
         }
+        // Parsed here so that connecting (at start and on every reconnect) cannot fail on the URL.
+        if self.amqp.url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(ConfigError::key("amqp.url", "is not an AMQP URI"));
+        }
         for (key, name) in [
             ("amqp.jobs_queue", &self.amqp.jobs_queue),
             ("amqp.retry_queue", &self.amqp.retry_queue),

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{self, BrokerError};
-use crate::config::{AmqpConfig, QueueType};
+use crate::config::{AmqpConfig, Config, QueueType};
 use crate::decision::{self, Disposition, Step};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::events::{self, ErrorCode};
@@ -39,12 +39,15 @@ pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
 pub const ERROR_HEADER: &str = "x-herald-error";
 
 pub struct Consumer {
+    /// Queue and exchange names, prefetch and the connection to open.
     config: AmqpConfig,
     dispatcher: Arc<Dispatcher>,
     /// The locale events name for a job without one (`templates.default_locale`).
     default_locale: Locale,
+    /// Outcome records and claims: what makes a redelivered job a duplicate.
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    /// `/readyz`: true while consuming.
     ready: Arc<AtomicBool>,
     in_flight: InFlightIds,
     /// `(wait, queue)` of each retry delay queue, shortest first.
@@ -128,27 +131,28 @@ impl Drop for Finished {
 }
 
 impl Consumer {
+    /// Takes from `config` its `amqp` names, `templates.default_locale` and the `retry.schedule` that
+    /// names the delay queues.
     pub fn new(
-        config: AmqpConfig,
+        config: &Config,
         dispatcher: Arc<Dispatcher>,
-        default_locale: Locale,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
-        retry_waits: &[Duration],
     ) -> Self {
+        let retry_waits: Vec<Duration> = config.retry.schedule.iter().map(|d| d.0).collect();
         Consumer {
-            delay_queues: broker::delay_queues(&config, retry_waits),
+            delay_queues: broker::delay_queues(&config.amqp, &retry_waits),
             marker_queue: format!(
                 "{}.commits.{}",
-                config.jobs_queue,
+                config.amqp.jobs_queue,
                 ulid::Ulid::generate().to_string().to_ascii_lowercase()
             ),
             commits: AtomicU64::new(1),
             in_doubt: Mutex::default(),
-            config,
+            default_locale: config.templates.default_locale.clone(),
+            config: config.amqp.clone(),
             dispatcher,
-            default_locale,
             store,
             metrics,
             ready,
@@ -463,7 +467,7 @@ impl Consumer {
         let job = match Job::from_message(&body, content_type) {
             Ok(job) => job,
             Err(invalid) => {
-                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason),
+                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason.to_string()),
                     "invalid job dead-lettered");
                 self.transaction(&mut finished, None, decision::rejected(&invalid), props, &body);
                 return Some(finished);

@@ -231,7 +231,7 @@ impl Event {
             duration_ms: 0,
             error: Some(EventError {
                 code: ErrorCode::InvalidJob,
-                message: scrub(&invalid.reason),
+                message: scrub(&invalid.reason.to_string()),
                 provider_code: None,
             }),
             scope: None,

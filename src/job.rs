@@ -112,17 +112,26 @@ mod calling_codes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallingCode(u16);
 
+/// What is wrong with a calling code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallingCodeError {
+    #[error("not a country calling code: 1 to 3 digits without `+`, like \"44\"")]
+    Form,
+    #[error("not an assigned country calling code")]
+    Unassigned,
+}
+
 impl CallingCode {
     /// 1–3 digits that libphonenumber knows as a country calling code (no `+`).
-    pub fn parse(s: &str) -> Result<CallingCode, String> {
+    pub fn parse(s: &str) -> Result<CallingCode, CallingCodeError> {
         if !(1..=3).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
-            return Err("not a country calling code: 1 to 3 digits without `+`, like \"44\"".into());
+            return Err(CallingCodeError::Form);
         }
-        let code: u16 = s.parse().map_err(|_| "not a country calling code")?;
+        let code: u16 = s.parse().map_err(|_| CallingCodeError::Form)?;
         calling_codes::CALLING_CODES
             .binary_search(&code)
             .map(|_| CallingCode(code))
-            .map_err(|_| "not an assigned country calling code".into())
+            .map_err(|_| CallingCodeError::Unassigned)
     }
 
     pub fn get(self) -> u16 {
@@ -154,14 +163,25 @@ impl<'de> Deserialize<'de> for CallingCode {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PhoneNumber(String);
 
+/// What is wrong with an E.164 number, never quoting it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneNumberError {
+    #[error("must start with `+` (E.164)")]
+    NoPlus,
+    #[error("must be `+` followed by 8 to 15 digits (E.164)")]
+    Digits,
+    #[error("country calling code cannot start with 0")]
+    LeadingZero,
+}
+
 impl PhoneNumber {
-    pub fn parse(s: &str) -> Result<PhoneNumber, String> {
-        let digits = s.strip_prefix('+').ok_or("must start with `+` (E.164)")?;
+    pub fn parse(s: &str) -> Result<PhoneNumber, PhoneNumberError> {
+        let digits = s.strip_prefix('+').ok_or(PhoneNumberError::NoPlus)?;
         if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err("must be `+` followed by 8 to 15 digits (E.164)".into());
+            return Err(PhoneNumberError::Digits);
         }
         if digits.starts_with('0') {
-            return Err("country calling code cannot start with 0".into());
+            return Err(PhoneNumberError::LeadingZero);
         }
         Ok(PhoneNumber(s.to_owned()))
     }
@@ -209,9 +229,14 @@ impl fmt::Debug for PhoneNumber {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EmailAddress(String);
 
+/// The text is not an email address (which part is wrong is not said: it would quote it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("is not an email address")]
+pub struct NotAnEmailAddress;
+
 impl EmailAddress {
-    pub fn parse(s: &str) -> Result<EmailAddress, String> {
-        let bad = || "is not an email address".to_string();
+    pub fn parse(s: &str) -> Result<EmailAddress, NotAnEmailAddress> {
+        let bad = || NotAnEmailAddress;
         if s.len() > 254
             || s.chars()
                 .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
@@ -286,12 +311,16 @@ impl Recipient {
 #[derive(Clone, PartialEq, Eq)]
 pub struct OtpCode(String);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be 4 to 10 digits")]
+pub struct NotAnOtpCode;
+
 impl OtpCode {
-    pub fn parse(s: &str) -> Result<OtpCode, String> {
+    pub fn parse(s: &str) -> Result<OtpCode, NotAnOtpCode> {
         if (4..=10).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
             Ok(OtpCode(s.to_owned()))
         } else {
-            Err("must be 4 to 10 digits".into())
+            Err(NotAnOtpCode)
         }
     }
 
@@ -322,10 +351,15 @@ impl fmt::Debug for OtpCode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Locale(String);
 
+/// Never echoes the text: a job can carry a number or a code in any field (contract §4). No source:
+/// the tag parser's message quotes the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("is not a BCP 47 language tag")]
+pub struct NotALocale;
+
 impl Locale {
-    pub fn parse(s: &str) -> Result<Locale, String> {
-        // Never echo the text: a job can carry a number or a code in any field (contract §4).
-        let bad = || "is not a BCP 47 language tag".to_string();
+    pub fn parse(s: &str) -> Result<Locale, NotALocale> {
+        let bad = || NotALocale;
         if s.is_empty() || s.len() > 35 {
             return Err(bad());
         }
@@ -414,20 +448,84 @@ pub struct Job {
 /// Why a message is not a valid job, plus whatever could still be read from it for the failure event.
 /// `reason` names the field and the rule it breaks, never the value: a publisher that puts a phone number
 /// or a code in the wrong field must not see it echoed in the event, the log or `x-herald-error`.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
 pub struct InvalidJob {
-    pub reason: String,
+    #[source]
+    pub reason: JobError,
     pub id: Option<String>,
     pub user_id: Option<String>,
     pub channel: Option<Channel>,
     pub ip: Option<String>,
 }
 
+/// Why a message is not a job: the closed list of rules a message can break. The text is the
+/// dead-letter reason and the event's message, so it names fields and rules, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("body is {0} bytes, more than the {MAX_BODY} allowed")]
+    TooLarge(usize),
+    #[error("content type is not application/json")]
+    ContentType,
+    #[error("body is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("body is not a JSON object")]
+    NotAnObject,
+    /// JSON, but not of the job's shape (serde's message names the field, not its value).
+    #[error("body: {0}")]
+    Shape(#[source] serde_json::Error),
+    #[error(transparent)]
+    Field(#[from] FieldError),
+}
+
+/// A field of the job that breaks its rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("field `{0}` must be a string")]
+    NotAString(&'static str),
+    #[error("field `{0}` is required")]
+    Missing(&'static str),
+    #[error("field `id` must be 1 to 128 printable characters")]
+    Id,
+    #[error("field `channel`: unknown channel (sms, voice or email)")]
+    Channel,
+    #[error("field `to` {0}")]
+    Phone(#[source] PhoneNumberError),
+    #[error("field `to` {0}")]
+    Email(#[source] NotAnEmailAddress),
+    #[error("field `code` {0}")]
+    Code(#[source] NotAnOtpCode),
+    #[error("field `action`: unknown action (enrollment or second-factor-authentication)")]
+    Action,
+    #[error("field `locale`: {0}")]
+    Locale(#[source] NotALocale),
+    #[error("field `user_id` must be 1 to {MAX_USER_ID} printable characters")]
+    UserId,
+    #[error("field `ip` is not an IPv4 or IPv6 address")]
+    Ip,
+    #[error("field `friendly_name` must be at most {MAX_FRIENDLY_NAME} characters, no control characters")]
+    FriendlyName,
+    #[error("field `expires_at` is not an RFC 3339 time")]
+    ExpiresAt,
+    #[error("field `vars` has {0} keys, at most {MAX_VARS} allowed")]
+    TooManyVars(usize),
+    #[error("field `vars`: keys must be 1 to 64 letters, digits or `_`")]
+    VarKey,
+    #[error("field `vars`: every value must be a string")]
+    VarNotAString,
+    #[error("field `vars`: a value is longer than {MAX_VAR_VALUE} bytes")]
+    VarTooLong,
+    /// Names the key (the publisher's template variable), never the value.
+    #[error("field `vars`: value of `{0}` contains control characters")]
+    VarControl(String),
+    #[error("field `vars` must be an object of strings")]
+    Vars,
+}
+
 impl InvalidJob {
-    fn bare(reason: impl Into<String>) -> Self {
+    fn bare(reason: JobError) -> Self {
         InvalidJob {
-            reason: reason.into(),
+            reason,
             id: None,
             user_id: None,
             channel: None,
@@ -453,31 +551,28 @@ struct RawJob {
     vars: Option<serde_json::Value>,
 }
 
-fn opt_str<'a>(field: &str, v: &'a Option<serde_json::Value>) -> Result<Option<&'a str>, String> {
+fn opt_str<'a>(field: &'static str, v: &'a Option<serde_json::Value>) -> Result<Option<&'a str>, FieldError> {
     match v {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(format!("field `{field}` must be a string")),
+        Some(_) => Err(FieldError::NotAString(field)),
     }
 }
 
-fn req_str<'a>(field: &str, v: &'a Option<serde_json::Value>) -> Result<&'a str, String> {
-    opt_str(field, v)?.ok_or_else(|| format!("field `{field}` is required"))
+fn req_str<'a>(field: &'static str, v: &'a Option<serde_json::Value>) -> Result<&'a str, FieldError> {
+    opt_str(field, v)?.ok_or(FieldError::Missing(field))
 }
 
 impl Job {
     /// The single entry point from AMQP: checks content type and size, then the body.
     pub fn from_message(body: &[u8], content_type: Option<&str>) -> Result<Job, InvalidJob> {
         if body.len() > MAX_BODY {
-            return Err(InvalidJob::bare(format!(
-                "body is {} bytes, more than the {MAX_BODY} allowed",
-                body.len()
-            )));
+            return Err(InvalidJob::bare(JobError::TooLarge(body.len())));
         }
         if let Some(ct) = content_type {
             let mime = ct.split(';').next().unwrap_or("").trim();
             if !mime.eq_ignore_ascii_case("application/json") {
-                return Err(InvalidJob::bare("content type is not application/json"));
+                return Err(InvalidJob::bare(JobError::ContentType));
             }
         }
         Job::from_json(body)
@@ -491,24 +586,24 @@ impl Job {
         let mut raw: RawJob = if first == Some(&b'{') {
             serde_json::from_slice(body).map_err(|e| {
                 InvalidJob::bare(if e.is_data() {
-                    format!("body: {e}")
+                    JobError::Shape(e)
                 } else {
-                    format!("body is not JSON: {e}")
+                    JobError::NotJson(e)
                 })
             })?
         } else {
             let value: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| InvalidJob::bare(format!("body is not JSON: {e}")))?;
+                serde_json::from_slice(body).map_err(|e| InvalidJob::bare(JobError::NotJson(e)))?;
             if !value.is_object() {
-                return Err(InvalidJob::bare("body is not a JSON object"));
+                return Err(InvalidJob::bare(JobError::NotAnObject));
             }
-            serde_json::from_value(value).map_err(|e| InvalidJob::bare(format!("body: {e}")))?
+            serde_json::from_value(value).map_err(|e| InvalidJob::bare(JobError::Shape(e)))?
         };
         let vars = raw.vars.take();
         Job::check(&raw, vars).map_err(|reason| {
             // Keep what is readable for the failure event, but only values that pass their own checks.
             InvalidJob {
-                reason,
+                reason: reason.into(),
                 id: opt_str("id", &raw.id)
                     .ok()
                     .flatten()
@@ -531,89 +626,73 @@ impl Job {
 
     /// `raw` is only borrowed, so that a rejection can still read it; `vars`, taken out of it, moves into the
     /// job instead of being copied.
-    fn check(raw: &RawJob, vars: Option<serde_json::Value>) -> Result<Job, String> {
+    fn check(raw: &RawJob, vars: Option<serde_json::Value>) -> Result<Job, FieldError> {
         let id = req_str("id", &raw.id)?;
         if !valid_id(id) {
-            return Err("field `id` must be 1 to 128 printable characters".into());
+            return Err(FieldError::Id);
         }
-        let channel_s = req_str("channel", &raw.channel)?;
-        let channel = Channel::parse(channel_s)
-            .ok_or_else(|| "field `channel`: unknown channel (sms, voice or email)".to_string())?;
+        let channel = Channel::parse(req_str("channel", &raw.channel)?).ok_or(FieldError::Channel)?;
         let to_s = req_str("to", &raw.to)?;
         let to = match channel {
-            Channel::Sms | Channel::Voice => {
-                Recipient::Phone(PhoneNumber::parse(to_s).map_err(|e| format!("field `to` {e}"))?)
-            }
-            Channel::Email => Recipient::Email(EmailAddress::parse(to_s).map_err(|e| format!("field `to` {e}"))?),
+            Channel::Sms | Channel::Voice => Recipient::Phone(PhoneNumber::parse(to_s).map_err(FieldError::Phone)?),
+            Channel::Email => Recipient::Email(EmailAddress::parse(to_s).map_err(FieldError::Email)?),
         };
-        let code = OtpCode::parse(req_str("code", &raw.code)?).map_err(|e| format!("field `code` {e}"))?;
+        let code = OtpCode::parse(req_str("code", &raw.code)?).map_err(FieldError::Code)?;
         let action = match opt_str("action", &raw.action)? {
             None => Action::SecondFactorAuthentication,
-            Some(a) => Action::parse(a).ok_or_else(|| {
-                "field `action`: unknown action (enrollment or second-factor-authentication)".to_string()
-            })?,
+            Some(a) => Action::parse(a).ok_or(FieldError::Action)?,
         };
         let locale = opt_str("locale", &raw.locale)?
             .map(Locale::parse)
             .transpose()
-            .map_err(|e| format!("field `locale`: {e}"))?;
+            .map_err(FieldError::Locale)?;
         let user_id = req_str("user_id", &raw.user_id)?;
         if !valid_user_id(user_id) {
-            return Err(format!(
-                "field `user_id` must be 1 to {MAX_USER_ID} printable characters"
-            ));
+            return Err(FieldError::UserId);
         }
         let ip = opt_str("ip", &raw.ip)?
-            .map(|s| {
-                s.parse::<IpAddr>()
-                    .map_err(|_| "field `ip` is not an IPv4 or IPv6 address".to_string())
-            })
+            .map(|s| s.parse::<IpAddr>().map_err(|_| FieldError::Ip))
             .transpose()?;
         let friendly_name = opt_str("friendly_name", &raw.friendly_name)?;
         if let Some(f) = friendly_name
             && (f.chars().count() > MAX_FRIENDLY_NAME || f.chars().any(char::is_control))
         {
-            return Err(format!(
-                "field `friendly_name` must be at most {MAX_FRIENDLY_NAME} characters, no control characters"
-            ));
+            return Err(FieldError::FriendlyName);
         }
         let expires_at = opt_str("expires_at", &raw.expires_at)?
             .map(|s| {
                 DateTime::parse_from_rfc3339(s)
                     .map(|d| d.with_timezone(&Utc))
-                    .map_err(|_| "field `expires_at` is not an RFC 3339 time".to_string())
+                    .map_err(|_| FieldError::ExpiresAt)
             })
             .transpose()?;
         let vars = match vars {
             None | Some(serde_json::Value::Null) => BTreeMap::new(),
             Some(serde_json::Value::Object(map)) => {
                 if map.len() > MAX_VARS {
-                    return Err(format!(
-                        "field `vars` has {} keys, at most {MAX_VARS} allowed",
-                        map.len()
-                    ));
+                    return Err(FieldError::TooManyVars(map.len()));
                 }
                 let mut vars = BTreeMap::new();
                 for (k, v) in map {
                     if k.is_empty() || k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                        return Err("field `vars`: keys must be 1 to 64 letters, digits or `_`".into());
+                        return Err(FieldError::VarKey);
                     }
                     let serde_json::Value::String(v) = v else {
-                        return Err("field `vars`: every value must be a string".into());
+                        return Err(FieldError::VarNotAString);
                     };
                     if v.len() > MAX_VAR_VALUE {
-                        return Err(format!("field `vars`: a value is longer than {MAX_VAR_VALUE} bytes"));
+                        return Err(FieldError::VarTooLong);
                     }
                     // Control characters would reach providers raw (a newline in a TwiML `<Say>`, an SMS
                     // header…), and the voice pause marker is made of them: a var must not forge a pause.
                     if v.chars().any(char::is_control) {
-                        return Err(format!("field `vars`: value of `{k}` contains control characters"));
+                        return Err(FieldError::VarControl(k));
                     }
                     vars.insert(k, v);
                 }
                 vars
             }
-            Some(_) => return Err("field `vars` must be an object of strings".into()),
+            Some(_) => return Err(FieldError::Vars),
         };
         Ok(Job {
             id: id.to_owned(),
@@ -702,14 +781,14 @@ mod tests {
             let mut j = valid();
             j[*field] = value.clone();
             let err = job(j).expect_err(field);
-            assert!(err.reason.contains(needle), "{field}: {}", err.reason);
+            assert!(err.reason.to_string().contains(needle), "{field}: {}", err.reason);
         }
         for missing in ["id", "channel", "to", "code", "user_id"] {
             let mut j = valid();
             j.as_object_mut().unwrap().remove(missing);
             let err = job(j).unwrap_err();
             assert!(
-                err.reason.contains(&format!("`{missing}` is required")),
+                err.reason.to_string().contains(&format!("`{missing}` is required")),
                 "{}",
                 err.reason
             );
@@ -720,7 +799,7 @@ mod tests {
         }
         let mut j = valid();
         j["vars"] = serde_json::Value::Object(many);
-        assert!(job(j).unwrap_err().reason.contains("at most 32"));
+        assert!(job(j).unwrap_err().reason.to_string().contains("at most 32"));
     }
 
     /// Every string a template can print comes from a job: none may carry the voice pause marker.
@@ -735,8 +814,11 @@ mod tests {
         let mut j = valid();
         j["vars"] = serde_json::json!({ "brand": forged });
         let err = job(j).unwrap_err();
-        assert!(err.reason.contains("control characters"), "{}", err.reason);
-        assert!(!err.reason.contains('\u{1}'), "the reason does not echo the value");
+        assert!(err.reason.to_string().contains("control characters"), "{}", err.reason);
+        assert!(
+            !err.reason.to_string().contains('\u{1}'),
+            "the reason does not echo the value"
+        );
     }
 
     #[test]
@@ -757,7 +839,7 @@ mod tests {
         for (field, value) in cases {
             let mut j = valid();
             j[*field] = (*value).into();
-            let reason = job(j).expect_err(field).reason;
+            let reason = job(j).expect_err(field).reason.to_string();
             assert!(reason.contains(&format!("`{field}`")), "{field}: {reason}");
             assert!(!reason.contains(value), "{field}: the value was echoed: {reason}");
             assert!(reason.len() < 200, "{field}: {} bytes", reason.len());
@@ -771,12 +853,13 @@ mod tests {
         }
         let mut j = valid();
         j["vars"] = serde_json::json!({"482913": 482913});
-        let reason = job(j).unwrap_err().reason;
+        let reason = job(j).unwrap_err().reason.to_string();
         assert!(!reason.contains("482913"), "{reason}");
         let body = valid().to_string();
         let reason = Job::from_message(body.as_bytes(), Some("text/+14155550123"))
             .unwrap_err()
-            .reason;
+            .reason
+            .to_string();
         assert!(!reason.contains("14155550123"), "{reason}");
     }
 
@@ -797,13 +880,21 @@ mod tests {
             Job::from_message(b"not json", None)
                 .unwrap_err()
                 .reason
+                .to_string()
                 .contains("not JSON")
         );
-        assert!(Job::from_message(b"[1]", None).unwrap_err().reason.contains("object"));
+        assert!(
+            Job::from_message(b"[1]", None)
+                .unwrap_err()
+                .reason
+                .to_string()
+                .contains("object")
+        );
         assert!(
             Job::from_message(b"  {\"id\": ", None)
                 .unwrap_err()
                 .reason
+                .to_string()
                 .contains("not JSON")
         );
         // A field given twice is ambiguous: which `to` did the sender mean?
@@ -812,13 +903,20 @@ mod tests {
             Job::from_message(twice, None)
                 .unwrap_err()
                 .reason
+                .to_string()
                 .contains("duplicate field `to`")
         );
         let body = valid().to_string();
         assert!(Job::from_message(body.as_bytes(), Some("text/plain")).is_err());
         assert!(Job::from_message(body.as_bytes(), Some("application/json; charset=utf-8")).is_ok());
         let big = vec![b' '; MAX_BODY + 1];
-        assert!(Job::from_message(&big, None).unwrap_err().reason.contains("bytes"));
+        assert!(
+            Job::from_message(&big, None)
+                .unwrap_err()
+                .reason
+                .to_string()
+                .contains("bytes")
+        );
     }
 
     #[test]
@@ -862,5 +960,40 @@ mod tests {
     #[test]
     fn spoken_code() {
         assert_eq!(OtpCode::parse("482913").unwrap().spoken(), "4. 8. 2. 9. 1. 3");
+    }
+
+    /// The reasons are dead-letter reasons and event messages: their words are part of the interface.
+    #[test]
+    fn reasons_read_as_they_always_have() {
+        let reason = |field: &str, value: serde_json::Value| {
+            let mut j = valid();
+            j[field] = value;
+            job(j).unwrap_err().reason.to_string()
+        };
+        assert_eq!(
+            reason("to", "14155550123".into()),
+            "field `to` must start with `+` (E.164)"
+        );
+        assert_eq!(reason("code", "12".into()), "field `code` must be 4 to 10 digits");
+        assert_eq!(
+            reason("locale", "".into()),
+            "field `locale`: is not a BCP 47 language tag"
+        );
+        assert_eq!(reason("id", 7.into()), "field `id` must be a string");
+        assert_eq!(
+            reason("vars", serde_json::json!({"k": "a\nb"})),
+            "field `vars`: value of `k` contains control characters"
+        );
+        let mut j = valid();
+        j.as_object_mut().unwrap().remove("user_id");
+        assert_eq!(job(j).unwrap_err().reason.to_string(), "field `user_id` is required");
+        assert_eq!(
+            Job::from_message(b"[1]", None).unwrap_err().reason.to_string(),
+            "body is not a JSON object"
+        );
+        assert_eq!(
+            CallingCode::parse("999").unwrap_err().to_string(),
+            "not an assigned country calling code"
+        );
     }
 }

@@ -103,8 +103,58 @@ impl From<Stored> for Entry {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("outcome store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    #[error("outcome store: state.path {}: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: OpenError,
+    },
+    /// Another read connection, opened when every open one is busy.
+    #[error("outcome store: {}: {source}", path.display())]
+    Reader {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("outcome store: store thread stopped")]
+    Stopped,
+    #[error("outcome store: record write: {0}")]
+    Write(#[source] tokio::task::JoinError),
+    /// Shared: a failed batch of local writes tells every write of the batch.
+    #[error("outcome store: {0}")]
+    Sqlite(#[source] Arc<rusqlite::Error>),
+    #[error("outcome store: {0}")]
+    Redis(#[source] redis::RedisError),
+    #[error("outcome store: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("outcome store: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why `state.path` does not hold a usable outcome store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Dir(#[source] std::io::Error),
+    #[error("{0}")]
+    Sqlite(#[source] rusqlite::Error),
+    /// A read-only file or directory opens fine and fails at the first write.
+    #[error("not writable: {0}")]
+    NotWritable(#[source] rusqlite::Error),
+    #[error("{}: {source}", path.display())]
+    Reader {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
 
 /// A record write under way; see [`Store::put`].
 /// Once it has resolved, polling it again resolves at once: a job dropped with its connection waits on its
@@ -213,9 +263,7 @@ impl Store {
                     count(
                         &errors,
                         StoreOp::Put,
-                        written
-                            .await
-                            .unwrap_or_else(|_| Err(StoreError("store thread stopped".into()))),
+                        written.await.unwrap_or_else(|_| Err(StoreError::Stopped)),
                     )
                 })
             }
@@ -228,9 +276,7 @@ impl Store {
                     count(
                         &errors,
                         StoreOp::Put,
-                        write
-                            .await
-                            .unwrap_or_else(|e| Err(StoreError(format!("record write: {e}")))),
+                        write.await.unwrap_or_else(|e| Err(StoreError::Write(e))),
                     )
                 })
             }
@@ -323,10 +369,13 @@ pub struct LocalStore {
 
 impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
-        let named = |e: &dyn std::fmt::Display| StoreError(format!("state.path {}: {e}", dir.display()));
-        std::fs::create_dir_all(dir).map_err(|e| named(&e))?;
+        let named = |source: OpenError| StoreError::Open {
+            dir: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| named(OpenError::Dir(e)))?;
         let path = dir.join("outcomes.sqlite");
-        let conn = rusqlite::Connection::open(&path).map_err(|e| named(&e))?;
+        let conn = rusqlite::Connection::open(&path).map_err(|e| named(OpenError::Sqlite(e)))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -342,7 +391,7 @@ impl LocalStore {
              );
              CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);",
         )
-        .map_err(|e| named(&e))?;
+        .map_err(|e| named(OpenError::Sqlite(e)))?;
         // Added after the first release: a store written by an older herald gains the column in place.
         let has_attempts: bool = conn
             .query_row(
@@ -350,11 +399,11 @@ impl LocalStore {
                 [],
                 |r| r.get::<_, i64>(0),
             )
-            .map_err(|e| named(&e))?
+            .map_err(|e| named(OpenError::Sqlite(e)))?
             > 0;
         if !has_attempts {
             conn.execute_batch("ALTER TABLE outcomes ADD COLUMN next_attempt INTEGER")
-                .map_err(|e| named(&e))?;
+                .map_err(|e| named(OpenError::Sqlite(e)))?;
         }
         // A read-only file or directory opens fine and fails at the first write: find out now, not with
         // every job's record failing while /readyz says ready.
@@ -366,17 +415,22 @@ impl LocalStore {
         )
         .map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
-            named(&format!("not writable: {e}"))
+            named(OpenError::NotWritable(e))
         })?;
         // Opened once here so that a bad path fails at start-up, then kept for the first lookup.
-        let reader = open_reader(&path).map_err(|e| named(&e))?;
+        let reader = open_reader(&path).map_err(|source| {
+            named(OpenError::Reader {
+                path: path.clone(),
+                source,
+            })
+        })?;
         let marking: Arc<Mutex<HashSet<String>>> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let marks = marking.clone();
         std::thread::Builder::new()
             .name("herald-store".into())
             .spawn(move || serve(conn, rx, marks))
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(StoreError::Thread)?;
         Ok(LocalStore {
             tx,
             path,
@@ -389,7 +443,10 @@ impl LocalStore {
         let idle = lock(&self.readers).pop();
         let conn = match idle {
             Some(conn) => conn,
-            None => open_reader(&self.path)?,
+            None => open_reader(&self.path).map_err(|source| StoreError::Reader {
+                path: self.path.clone(),
+                source,
+            })?,
         };
         // The pending mark is checked before the row is read: once the writer drops it from the set, the
         // row it committed is visible to this read.
@@ -402,7 +459,7 @@ impl LocalStore {
     fn put(&self, id: &str, entry: Entry) -> oneshot::Receiver<Result<(), StoreError>> {
         let (reply, rx) = oneshot::channel();
         if let Err(Op::Put(_, _, reply)) = self.tx.send(Op::Put(id.to_owned(), entry, reply)).map_err(|e| e.0) {
-            let _ = reply.send(Err(StoreError("store thread stopped".into())));
+            let _ = reply.send(Err(StoreError::Stopped));
         }
         rx
     }
@@ -414,7 +471,7 @@ impl LocalStore {
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
-        self.tx.send(op).map_err(|_| StoreError("store thread stopped".into()))
+        self.tx.send(op).map_err(|_| StoreError::Stopped)
     }
 }
 
@@ -422,7 +479,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn open_reader(path: &Path) -> Result<rusqlite::Connection, StoreError> {
+fn open_reader(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
     rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -432,7 +489,6 @@ fn open_reader(path: &Path) -> Result<rusqlite::Connection, StoreError> {
         conn.execute_batch("PRAGMA cache_size = -256")?;
         Ok(conn)
     })
-    .map_err(|e| StoreError(format!("{}: {e}", path.display())))
 }
 
 fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<Entry>, StoreError> {
@@ -451,7 +507,7 @@ fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<
     match row {
         Ok(record) => Ok(Some(record)),
         Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(StoreError(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -488,7 +544,7 @@ fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mu
         if sweep {
             last_sweep = Instant::now();
         }
-        let result = run_batch(&mut conn, &mut puts, &marks, sweep);
+        let result = run_batch(&mut conn, &mut puts, &marks, sweep).map_err(Arc::new);
         last_commit = Instant::now();
         if result.is_err() || sweep {
             // Keeps the WAL bounded: after a failed write (a full disk) its pages would otherwise stay, and
@@ -500,7 +556,7 @@ fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mu
         // Replies go out only after COMMIT: a `put` that returned is on disk (in the OS) for good.
         for op in puts {
             if let Op::Put(_, _, reply) = op {
-                let _ = reply.send(result.clone().map_err(StoreError));
+                let _ = reply.send(result.clone().map_err(StoreError::Sqlite));
             }
         }
         // Written (or lost with a failed batch: then a replay republishes the event instead of reporting a
@@ -514,20 +570,23 @@ fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mu
 
 /// Runs a batch of writes in one transaction; puts are answered and marks cleared by the caller after
 /// COMMIT.
-fn run_batch(conn: &mut rusqlite::Connection, puts: &mut Vec<Op>, marks: &[String], sweep: bool) -> Result<(), String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
+fn run_batch(
+    conn: &mut rusqlite::Connection,
+    puts: &mut Vec<Op>,
+    marks: &[String],
+    sweep: bool,
+) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
     let now = now_secs();
     let mut pending = Vec::with_capacity(puts.len());
     {
-        let mut put = tx
-            .prepare_cached(
-                "INSERT INTO outcomes (id, at, event, dead_reason, committed, next_attempt)
+        let mut put = tx.prepare_cached(
+            "INSERT INTO outcomes (id, at, event, dead_reason, committed, next_attempt)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(id) DO UPDATE SET at = excluded.at, event = excluded.event,
                  dead_reason = excluded.dead_reason, committed = excluded.committed,
                  next_attempt = excluded.next_attempt",
-            )
-            .map_err(|e| e.to_string())?;
+        )?;
         for op in puts.drain(..) {
             if let Op::Put(id, entry, reply) = op {
                 let row = Stored::from(&entry);
@@ -540,15 +599,13 @@ fn run_batch(conn: &mut rusqlite::Connection, puts: &mut Vec<Op>, marks: &[Strin
                     row.next_attempt
                 ]);
                 if let Err(e) = r {
-                    let _ = reply.send(Err(StoreError(e.to_string())));
+                    let _ = reply.send(Err(e.into()));
                 } else {
                     pending.push(Op::Put(id, entry, reply));
                 }
             }
         }
-        let mut mark = tx
-            .prepare_cached("UPDATE outcomes SET committed = 1 WHERE id = ?1")
-            .map_err(|e| e.to_string())?;
+        let mut mark = tx.prepare_cached("UPDATE outcomes SET committed = 1 WHERE id = ?1")?;
         for id in marks {
             let _ = mark.execute([id]);
         }
@@ -558,7 +615,7 @@ fn run_batch(conn: &mut rusqlite::Connection, puts: &mut Vec<Op>, marks: &[Strin
         let _ = tx.execute("DELETE FROM outcomes WHERE at < ?1", [cutoff]);
     }
     *puts = pending;
-    tx.commit().map_err(|e| e.to_string())
+    tx.commit()
 }
 
 /// Outcome records and claims in Redis, shared by every replica. Records expire after [`RETENTION`].
@@ -647,11 +704,11 @@ impl RedisStore {
             .get(format!("{key}:committed"))
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(StoreError::Redis)?;
         Ok(match record {
             None => None,
             Some(json) => {
-                let mut stored: Stored = serde_json::from_str(&json).map_err(|e| StoreError(e.to_string()))?;
+                let mut stored: Stored = serde_json::from_str(&json).map_err(StoreError::Json)?;
                 stored.committed |= committed.is_some();
                 Some(Entry::from(stored))
             }
@@ -659,7 +716,7 @@ impl RedisStore {
     }
 
     async fn put(mut conn: redis::aio::ConnectionManager, key: String, entry: &Entry) -> Result<(), StoreError> {
-        let json = serde_json::to_string(&Stored::from(entry)).map_err(|e| StoreError(e.to_string()))?;
+        let json = serde_json::to_string(&Stored::from(entry)).map_err(StoreError::Json)?;
         let _: () = redis::cmd("SET")
             .arg(key)
             .arg(json)
@@ -667,7 +724,7 @@ impl RedisStore {
             .arg(RETENTION.as_secs())
             .query_async(&mut conn)
             .await
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(StoreError::Redis)?;
         Ok(())
     }
 
@@ -680,7 +737,7 @@ impl RedisStore {
             .arg(self.lease.as_millis() as u64)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(StoreError::Redis)?;
         if set.is_some() {
             lock(&self.held).insert(id.to_owned());
         }
@@ -708,22 +765,27 @@ impl RedisStore {
         let _: () = pipe
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(StoreError::Redis)?;
         Ok(())
     }
 }
 
 /// One Redis connection (multiplexed, reconnecting) for everything herald keeps in Redis. Lazy: herald
 /// starts while Redis is down, and each use fails fast until it is back.
-pub fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("redis.url: {e}"))?;
+pub fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, RedisUrlError> {
+    let client = redis::Client::open(url).map_err(RedisUrlError)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))
         .set_response_timeout(Some(Duration::from_millis(500)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(1));
-    redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(|e| format!("redis.url: {e}"))
+    redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(RedisUrlError)
 }
+
+/// `redis.url` does not open a Redis client.
+#[derive(Debug, thiserror::Error)]
+#[error("redis.url")]
+pub struct RedisUrlError(#[source] redis::RedisError);
 
 #[cfg(test)]
 mod tests {

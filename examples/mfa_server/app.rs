@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use herald::job::{EmailAddress, PhoneNumber};
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -618,28 +617,8 @@ impl Herald {
         let connection = Connection::connect(url, props).await?;
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let mut replies = channel
-            .basic_consume(
-                queue.name().clone(),
-                "mfa-replies".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        // Herald's replies come to a private queue of this process, as they do for `herald send --wait`.
+        let (reply_queue, mut replies) = herald::broker::private_queue(&channel, "mfa-replies", None).await?;
         let waiting: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>> = Arc::default();
         let routes = waiting.clone();
         tokio::spawn(async move {
@@ -656,7 +635,7 @@ impl Herald {
         Ok(Herald {
             channel,
             jobs_queue: jobs_queue.to_owned(),
-            reply_queue: queue.name().to_string(),
+            reply_queue: reply_queue.to_string(),
             waiting,
             _connection: connection,
         })

@@ -4,16 +4,16 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::config::AmqpConfig;
+use crate::config::{Config, ThrottleConfig};
+use crate::job::PhoneNumber;
 
-use super::procfs;
+use super::{Bench, procfs};
 
 /// A Twilio-shaped server answering `201 {"sid": …}` after `delay`, recording when each code arrived.
 pub(super) struct Provider {
@@ -114,24 +114,20 @@ pub(super) struct Herald {
 impl Herald {
     /// Starts `herald serve` on the bench's queues, with Twilio at `provider` or the outbox; returns once
     /// it reports ready, and the instant it did (it consumes from then on).
-    pub async fn start(
-        amqp: &AmqpConfig,
-        dir: &Path,
-        provider: Option<&Provider>,
-    ) -> anyhow::Result<(Herald, Instant)> {
-        Herald::start_with(amqp, dir, provider, &[]).await
+    pub async fn start(bench: &Bench, provider: Option<&Provider>) -> anyhow::Result<(Herald, Instant)> {
+        Herald::start_with(bench, provider, |_| {}).await
     }
 
-    /// [`Herald::start`] with more `HERALD_*` variables.
+    /// [`Herald::start`] with the child's configuration changed by `customize`.
     pub async fn start_with(
-        amqp: &AmqpConfig,
-        dir: &Path,
+        bench: &Bench,
         provider: Option<&Provider>,
-        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Config),
     ) -> anyhow::Result<(Herald, Instant)> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut cmd = serve_command(amqp, dir, port, provider)?;
-        cmd.envs(env.iter().copied());
+        let mut config = child_config(bench, port, provider)?;
+        customize(&mut config);
+        let mut cmd = serve_command(&config)?;
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut process = cmd.spawn().context("starting herald serve")?;
         let events = EventLines::read(process.stdout.take().context("herald's stdout")?);
@@ -164,48 +160,42 @@ impl Drop for Herald {
     }
 }
 
-/// This executable as `herald serve`, configured by environment for the bench: its queues, its own
-/// HTTP port, state and outbox under `dir`, no retries, no throttles, and Twilio at `provider` if any.
-/// The inherited `HERALD_*` variables are removed, but for the broker URL and the templates.
-fn serve_command(amqp: &AmqpConfig, dir: &Path, port: u16, provider: Option<&Provider>) -> anyhow::Result<Command> {
+/// The configuration of a child `herald serve`: the defaults, but for the bench's broker and queues, the
+/// templates the bench was configured with, its own HTTP port, state and outbox under the bench's
+/// directory, no retries, no throttles, and Twilio at `provider` if any.
+fn child_config(bench: &Bench, port: u16, provider: Option<&Provider>) -> anyhow::Result<Config> {
+    let mut config = Config {
+        amqp: bench.amqp.clone(),
+        throttle: ThrottleConfig::unlimited(),
+        ..Config::default()
+    };
+    config.templates.dir = bench.templates_dir.clone();
+    config.http.addr = ([127, 0, 0, 1], port).into();
+    config.state.path = bench.dir.join(format!("state-{}", ulid::Ulid::generate()));
+    config.outbox.path = bench.dir.join("outbox.jsonl");
+    config.retry.schedule = Vec::new();
+    if let Some(p) = provider {
+        config.twilio.account_sid = "ACbench".into();
+        config.twilio.auth_token = crate::config::Secret::new("bench");
+        config.twilio.from = Some(PhoneNumber::parse("+15005550006")?);
+        config.twilio.base_url = p.url.parse().context("the bench provider's URL")?;
+        config.retry.provider_timeout = crate::config::HumanDuration(Duration::from_secs(30));
+    }
+    Ok(config)
+}
+
+/// This executable as `herald serve` on exactly `config`, given as `HERALD_*` variables: the inherited
+/// ones are removed, so that none mixes in.
+fn serve_command(config: &Config) -> anyhow::Result<Command> {
     let mut cmd = Command::new(std::env::current_exe()?);
     for (key, _) in std::env::vars() {
-        if key.starts_with("HERALD_") && !key.starts_with("HERALD_AMQP__URL") && key != "HERALD_TEMPLATES__DIR" {
+        if key.starts_with("HERALD_") {
             cmd.env_remove(key);
         }
     }
-    let state = dir.join(format!("state-{}", ulid::Ulid::generate()));
     cmd.arg("serve")
         .env("RUST_LOG", "warn")
-        .env("HERALD_AMQP__URL", amqp.url.expose())
-        .env("HERALD_AMQP__PREFETCH", amqp.prefetch.to_string())
-        .env(
-            "HERALD_AMQP__QUEUE_TYPE",
-            if amqp.queue_type == crate::config::QueueType::Quorum {
-                "quorum"
-            } else {
-                "classic"
-            },
-        )
-        .env("HERALD_AMQP__JOBS_QUEUE", &amqp.jobs_queue)
-        .env("HERALD_AMQP__RETRY_QUEUE", &amqp.retry_queue)
-        .env("HERALD_AMQP__DEAD_QUEUE", &amqp.dead_queue)
-        .env("HERALD_AMQP__EVENTS_EXCHANGE", &amqp.events_exchange)
-        .env("HERALD_AMQP__FEEDBACK_QUEUE", &amqp.feedback_queue)
-        .env("HERALD_HTTP__ADDR", format!("127.0.0.1:{port}"))
-        .env("HERALD_STATE__PATH", &state)
-        .env("HERALD_OUTBOX__PATH", dir.join("outbox.jsonl"))
-        .env("HERALD_RETRY__SCHEDULE", "[]");
-    for limit in ["USER_PHONE", "USER_VOICE", "USER_EMAIL", "IP", "RECIPIENT", "PREFIX"] {
-        cmd.env(format!("HERALD_THROTTLE__{limit}"), "");
-    }
-    if let Some(p) = provider {
-        cmd.env("HERALD_TWILIO__ACCOUNT_SID", "ACbench")
-            .env("HERALD_TWILIO__AUTH_TOKEN", "bench")
-            .env("HERALD_TWILIO__FROM", "+15005550006")
-            .env("HERALD_TWILIO__BASE_URL", &p.url)
-            .env("HERALD_RETRY__PROVIDER_TIMEOUT", "30s");
-    }
+        .envs(config.to_env().context("the child's configuration as variables")?);
     Ok(cmd)
 }
 

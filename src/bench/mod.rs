@@ -145,6 +145,8 @@ struct Bench {
     amqp: AmqpConfig,
     /// Herald's state and outbox files.
     dir: PathBuf,
+    /// `templates.dir` as the bench was configured: its herald children load them.
+    templates_dir: PathBuf,
 }
 
 impl Bench {
@@ -167,6 +169,7 @@ impl Bench {
             channel,
             amqp,
             dir,
+            templates_dir: config.templates.dir.clone(),
         })
     }
 

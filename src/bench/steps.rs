@@ -112,7 +112,7 @@ pub(super) async fn herald_run(
 ) -> anyhow::Result<(Row, f64)> {
     let sink = events_sink(bench).await?;
     publish_all(&bench.channel, &bench.amqp.jobs_queue, n).await?;
-    let (mut herald, started) = Herald::start(&bench.amqp, &bench.dir, provider).await?;
+    let (mut herald, started) = Herald::start(bench, provider).await?;
     let cpu = StepCpu::start(Some(herald.pid()));
     let failures = herald.events.wait(n).await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -145,8 +145,9 @@ const RECEIPTS_CONCURRENCY: usize = 64;
 pub(super) async fn receipts(bench: &Bench, n: usize, provider: &Provider) -> anyhow::Result<(Row, Row)> {
     let sink = events_sink(bench).await?;
     publish_all(&bench.channel, &bench.amqp.jobs_queue, n).await?;
-    let env = [("HERALD_TWILIO__STATUS_CALLBACK_URL", RECEIPTS_URL)];
-    let (mut herald, started) = Herald::start_with(&bench.amqp, &bench.dir, Some(provider), &env).await?;
+    let callback = RECEIPTS_URL.parse().context("the bench's status callback URL")?;
+    let (mut herald, started) =
+        Herald::start_with(bench, Some(provider), |c| c.twilio.status_callback_url = Some(callback)).await?;
     let cpu = StepCpu::start(Some(herald.pid()));
     herald.events.wait(n).await?;
     let send = Row {
@@ -262,7 +263,7 @@ pub(super) async fn latency(
 
     // Through herald, to the Twilio-shaped server.
     let sink = events_sink(bench).await?;
-    let (mut herald, _) = Herald::start(&bench.amqp, &bench.dir, Some(provider)).await?;
+    let (mut herald, _) = Herald::start(bench, Some(provider)).await?;
     provider.clear_arrivals();
     let started = Instant::now();
     let published = report::measured(

@@ -394,15 +394,15 @@ fn sns_credentials_fall_back_to_the_aws_variables() {
         v.sort();
         v
     };
-    let c = Config::load_from(None, vars(&[])).unwrap();
-    assert_eq!(
+    fn keys(c: &Config) -> (&str, &str, &str) {
         (
             c.sns.region.as_str(),
             c.sns.access_key_id.as_str(),
-            c.sns.secret_access_key.expose()
-        ),
-        ("us-east-2", "AKIDENV", "env-secret")
-    );
+            c.sns.secret_access_key.expose(),
+        )
+    }
+    let c = Config::load_from(None, vars(&[])).unwrap();
+    assert_eq!(keys(&c), ("us-east-2", "AKIDENV", "env-secret"));
     assert_eq!(c.sns.session_token.expose(), "env-token");
     assert_eq!(
         c.sns.endpoint().unwrap().as_str(),
@@ -417,13 +417,16 @@ fn sns_credentials_fall_back_to_the_aws_variables() {
         ]),
     )
     .unwrap();
-    assert_eq!(
-        (
-            c.sns.region.as_str(),
-            c.sns.access_key_id.as_str(),
-            c.sns.secret_access_key.expose()
-        ),
-        ("eu-west-1", "AKIDOWN", "own-secret")
-    );
+    assert_eq!(keys(&c), ("eu-west-1", "AKIDOWN", "own-secret"));
     assert!(c.sns.session_token.is_empty(), "the env token belongs to the env key");
+}
+
+/// `amqp.url` is parsed at load, so that connecting cannot fail on it; the error names the key only.
+#[test]
+fn a_bad_amqp_url_is_refused_at_load_naming_the_key() {
+    let mut config = Config::default();
+    config.amqp.url = Secret::new("amqp://u:s3cr3t@broker:notaport/vhost");
+    let message = config.validate().unwrap_err().to_string();
+    assert!(message.contains("amqp.url"), "{message}");
+    assert!(!message.contains("s3cr3t"), "{message}");
 }

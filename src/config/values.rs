@@ -317,8 +317,8 @@ impl Text for Mailbox {
 }
 
 impl Text for Locale {
-    type Err = String;
-    fn parse_text(text: &str) -> Result<Self, String> {
+    type Err = crate::job::NotALocale;
+    fn parse_text(text: &str) -> Result<Self, Self::Err> {
         Locale::parse(text)
     }
     fn to_text(&self) -> String {
@@ -390,7 +390,7 @@ mod tests {
                 Mailbox::parse_text(secret).unwrap_err(),
             )),
             PhoneNumber::parse_text(secret).unwrap_err(),
-            Locale::parse_text(secret).unwrap_err(),
+            Locale::parse_text(secret).unwrap_err().to_string(),
         ];
         for message in messages {
             assert!(!message.contains("s3cr3t"), "{message}");

@@ -220,7 +220,7 @@ fn template_id(channel: &str, action: &str, locale: &str) -> Result<TemplateId, 
             action.escape_debug()
         ))
     })?;
-    let locale = Locale::parse(locale).map_err(ApiError::BadRequest)?;
+    let locale = Locale::parse(locale).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(TemplateId {
         channel,
         action,

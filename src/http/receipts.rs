@@ -90,26 +90,36 @@ fn answer(provider: ReceiptProvider, applied: Result<crate::receipts::Applied, U
     }
 }
 
-fn receipts_of(state: &web::Data<HttpState>) -> Option<Arc<Receipts>> {
-    state.receipts.clone()
-}
-
-async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<HttpState>) -> HttpResponse {
-    let provider = ReceiptProvider::Twilio;
-    let Some(receipts) = receipts_of(&data) else {
-        return plain(StatusCode::NOT_FOUND, "not found\n");
+/// What a callback route needs before its signature check: the receipts, what `provider`'s signatures
+/// are checked with (`keys`; 404 when receipts or this provider's callbacks are off) and the body
+/// (see [`read_body`]). `Err` is the answer to give instead.
+async fn callback<K>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    data: &HttpState,
+    provider: ReceiptProvider,
+    keys: impl FnOnce(&Receipts) -> Option<K>,
+) -> Result<(Arc<Receipts>, K, web::BytesMut), HttpResponse> {
+    let Some(receipts) = data.receipts.clone() else {
+        return Err(plain(StatusCode::NOT_FOUND, "not found\n"));
     };
-    // Off unless `twilio.status_callback_url` is set: there is no URL to check signatures against.
-    let Some(twilio) = &receipts.twilio else {
+    let Some(keys) = keys(&receipts) else {
         receipts
             .metrics
             .rejected
             .with_label_values(&[provider.name(), "disabled"])
             .inc();
-        return plain(StatusCode::NOT_FOUND, "not found\n");
+        return Err(plain(StatusCode::NOT_FOUND, "not found\n"));
     };
-    let body = match read_body(&req, payload, &receipts, provider).await {
-        Ok(body) => body,
+    let body = read_body(req, payload, &receipts, provider).await?;
+    Ok((receipts, keys, body))
+}
+
+async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<HttpState>) -> HttpResponse {
+    let provider = ReceiptProvider::Twilio;
+    // Off unless `twilio.status_callback_url` is set: there is no URL to check signatures against.
+    let (receipts, twilio, body) = match callback(&req, payload, &data, provider, |r| r.twilio.clone()).await {
+        Ok(taken) => taken,
         Err(refusal) => return refusal,
     };
     let params: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
@@ -184,19 +194,8 @@ struct WebhookStatus {
 
 async fn webhook_status(req: HttpRequest, payload: web::Payload, data: web::Data<HttpState>) -> HttpResponse {
     let provider = ReceiptProvider::Webhook;
-    let Some(receipts) = receipts_of(&data) else {
-        return plain(StatusCode::NOT_FOUND, "not found\n");
-    };
-    let Some(key) = &receipts.webhook_key else {
-        receipts
-            .metrics
-            .rejected
-            .with_label_values(&[provider.name(), "disabled"])
-            .inc();
-        return plain(StatusCode::NOT_FOUND, "not found\n");
-    };
-    let body = match read_body(&req, payload, &receipts, provider).await {
-        Ok(body) => body,
+    let (receipts, key, body) = match callback(&req, payload, &data, provider, |r| r.webhook_key.clone()).await {
+        Ok(taken) => taken,
         Err(refusal) => return refusal,
     };
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");

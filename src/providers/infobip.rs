@@ -13,9 +13,8 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{
-    Provider, ProviderError, ProviderKind, Receipt, http_failure, phone_of, read_capped, retry_after, transport_error,
-};
+use super::http::{authorization, exchange};
+use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::InfobipConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -81,55 +80,45 @@ const TRANSIENT_REJECTIONS: &[&str] = &[
     "REJECTED_ROUTE_NOT_AVAILABLE",
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("infobip.base_url is required when a chain uses infobip")]
-    NoBaseUrl,
-    #[error("infobip.base_url does not form a URL")]
-    Url(#[source] url::ParseError),
-    #[error("infobip.api_key cannot form an Authorization header")]
-    Authorization(#[source] reqwest::header::InvalidHeaderValue),
-}
-
 impl Infobip {
     pub fn new(config: &InfobipConfig, client: reqwest::Client) -> Result<Infobip, SetupError> {
-        let base = config.base_url.as_ref().ok_or(SetupError::NoBaseUrl)?;
+        let base = config.base_url.as_ref().ok_or(SetupError::Missing {
+            keys: "infobip.base_url",
+            provider: ProviderKind::Infobip,
+        })?;
         let base = base.as_url().as_str().trim_end_matches('/');
-        let url = |path: &str| Url::parse(&format!("{base}{path}")).map_err(SetupError::Url);
-        let mut authorization =
-            HeaderValue::from_str(&format!("App {}", config.api_key.expose())).map_err(SetupError::Authorization)?;
-        authorization.set_sensitive(true);
+        let url = |path: &str| {
+            Url::parse(&format!("{base}{path}")).map_err(|source| SetupError::Url {
+                keys: "infobip.base_url",
+                what: "a URL",
+                source,
+            })
+        };
+        let authorization =
+            authorization("App", config.api_key.expose()).map_err(|source| SetupError::Authorization {
+                keys: "infobip.api_key",
+                source,
+            })?;
         Ok(Infobip {
             client,
             sms_url: url("/sms/2/text/advanced")?,
             tts_url: url("/tts/3/advanced")?,
             authorization,
-            // Infobip writes numbers in international form without `+`; a sender id stays as it is.
-            from: config
-                .from
-                .strip_prefix('+')
-                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
-                .unwrap_or(&config.from)
-                .to_owned(),
+            // Infobip writes numbers in international form without `+`.
+            from: sender_without_plus(&config.from),
         })
     }
 
     async fn post(&self, url: &Url, body: serde_json::Value) -> Result<Receipt, ProviderError> {
-        let response = self
+        let request = self
             .client
             .post(url.clone())
             .header(AUTHORIZATION, self.authorization.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        let body = read_capped(response)
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
+            .json(&body);
+        let exchanged = exchange(self.name(), request).await?;
+        let status = exchanged.status;
         if !status.is_success() {
-            let error = serde_json::from_slice::<ErrorBody>(&body)
+            let error = serde_json::from_slice::<ErrorBody>(&exchanged.body)
                 .ok()
                 .map(|e| e.request_error.service_exception);
             let code = error.as_ref().and_then(|e| e.message_id.clone());
@@ -138,9 +127,9 @@ impl Infobip {
                 .map(|t| scrub(&t))
                 .unwrap_or_else(|| "no Infobip error body".into());
             let message = format!("infobip answered {}: {detail}", status.as_u16());
-            return Err(http_failure(status, message, code, retry_after));
+            return Err(exchanged.failure(message, code));
         }
-        let Some(message) = serde_json::from_slice::<Answer>(&body)
+        let Some(message) = serde_json::from_slice::<Answer>(&exchanged.body)
             .ok()
             .and_then(|a| a.messages.into_iter().next())
         else {
@@ -167,18 +156,7 @@ impl Infobip {
         }
         let text = format!("infobip status {group_name}/{name}: {}", scrub(&description));
         let provider_code = Some(if name.is_empty() { group_name } else { name.clone() });
-        Err(if TRANSIENT_REJECTIONS.contains(&name.as_str()) {
-            ProviderError::Transient {
-                message: text,
-                provider_code,
-                retry_after,
-            }
-        } else {
-            ProviderError::Permanent {
-                message: text,
-                provider_code,
-            }
-        })
+        Err(exchanged.rejection(TRANSIENT_REJECTIONS.contains(&name.as_str()), text, provider_code))
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::job::{Channel, Job, PhoneNumber, Recipient};
 use crate::templates::Rendered;
 
+pub mod http;
 pub mod infobip;
 pub mod outbox;
 pub mod plivo;
@@ -99,6 +100,24 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// `transient` says whether sending again can succeed; only then does `retry_after` matter.
+    pub fn classified(
+        transient: bool,
+        message: String,
+        provider_code: Option<String>,
+        retry_after: Option<Duration>,
+    ) -> ProviderError {
+        if transient {
+            ProviderError::Transient {
+                message,
+                provider_code,
+                retry_after,
+            }
+        } else {
+            ProviderError::Permanent { message, provider_code }
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Transient { .. })
     }
@@ -139,77 +158,40 @@ pub fn phone_of(job: &Job, provider: ProviderKind) -> Result<&PhoneNumber, Provi
     }
 }
 
-/// Reads at most 64 KiB of a response body: a provider answering garbage cannot exhaust memory.
-pub async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    const CAP: usize = 64 * 1024;
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = CAP - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= CAP {
-            break;
-        }
-    }
-    Ok(body)
+/// A provider's settings that do not form its requests, found at start-up: names the keys, never
+/// quotes a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{keys} is required when a chain uses {provider}")]
+    Missing { keys: &'static str, provider: ProviderKind },
+    #[error("{keys} {} form {what}", if keys.contains(" / ") { "do not" } else { "does not" })]
+    Url {
+        keys: &'static str,
+        /// `a URL`, or what the URL is for.
+        what: &'static str,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("{keys} cannot form an Authorization header")]
+    Authorization {
+        keys: &'static str,
+        #[source]
+        source: reqwest::header::InvalidHeaderValue,
+    },
 }
 
-/// The `Retry-After` header in seconds, if any.
-pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after)
-}
-
-/// Seconds form of Retry-After, as sent by rate limiters (the HTTP-date form is rare for APIs).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// An HTTP provider's failed answer, classified the way Twilio, Standard Webhooks receivers and most
-/// APIs mean it: 408, 429 and 5xx are worth retrying (with the answer's Retry-After), other statuses
-/// fail the same way again.
-pub fn http_failure(
-    status: reqwest::StatusCode,
-    message: String,
-    provider_code: Option<String>,
-    retry_after: Option<Duration>,
-) -> ProviderError {
-    use reqwest::StatusCode;
-    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        ProviderError::Transient {
-            message,
-            provider_code,
-            retry_after,
-        }
-    } else {
-        ProviderError::Permanent { message, provider_code }
-    }
-}
-
-/// A failed HTTP exchange: always transient (timeouts, refused connections, resets).
-pub fn transport_error(provider: ProviderKind, e: &reqwest::Error) -> ProviderError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "answer could not be read"
-    } else {
-        "request failed"
-    };
-    ProviderError::Transient {
-        message: format!("{provider} {what}"),
-        provider_code: None,
-        retry_after: None,
-    }
+/// A sender number as the providers that write numbers without `+` take it; an alphanumeric sender id
+/// stays as it is.
+pub fn sender_without_plus(from: &str) -> String {
+    from.strip_prefix('+')
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or(from)
+        .to_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::StatusCode;
 
     #[test]
     fn a_provider_has_one_name_in_config_events_and_metrics() {
@@ -228,23 +210,22 @@ mod tests {
     }
 
     #[test]
-    fn http_statuses_are_classified_once_for_every_provider() {
-        let cases = [
-            (StatusCode::REQUEST_TIMEOUT, true),
-            (StatusCode::TOO_MANY_REQUESTS, true),
-            (StatusCode::INTERNAL_SERVER_ERROR, true),
-            (StatusCode::SERVICE_UNAVAILABLE, true),
-            (StatusCode::BAD_REQUEST, false),
-            (StatusCode::UNAUTHORIZED, false),
-            (StatusCode::NOT_FOUND, false),
-            (StatusCode::UNPROCESSABLE_ENTITY, false),
-        ];
-        for (status, transient) in cases {
-            let e = http_failure(status, "m".into(), Some("1".into()), Some(Duration::from_secs(3)));
-            assert_eq!(e.is_transient(), transient, "{status}");
-            assert_eq!(e.provider_code(), Some("1"));
-        }
-        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    fn setup_errors_name_the_keys() {
+        let source = url::Url::parse("::").unwrap_err();
+        let one = SetupError::Url {
+            keys: "vonage.base_url",
+            what: "a URL",
+            source,
+        };
+        assert_eq!(one.to_string(), "vonage.base_url does not form a URL");
+        let two = SetupError::Url {
+            keys: "sns.base_url / sns.region",
+            what: "an endpoint URL",
+            source,
+        };
+        assert_eq!(two.to_string(), "sns.base_url / sns.region do not form an endpoint URL");
+        assert_eq!(sender_without_plus("+4915112345678"), "4915112345678");
+        assert_eq!(sender_without_plus("+Herald"), "+Herald");
+        assert_eq!(sender_without_plus("Herald"), "Herald");
     }
 }

@@ -2,15 +2,13 @@
 //! 202 is success; the other statuses are Plivo's documented HTTP statuses (400 invalid parameter, 401
 //! authentication failed, 404, 405 permanent; 429 rate limited, 5xx server error worth retrying).
 
-use base64::Engine;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{
-    Provider, ProviderError, ProviderKind, Receipt, http_failure, phone_of, read_capped, retry_after, transport_error,
-};
+use super::http::{basic_authorization, exchange};
+use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::PlivoConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -31,35 +29,26 @@ struct Answer {
     error: Option<serde_json::Value>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("plivo.base_url / plivo.auth_id do not form a URL")]
-    Url(#[source] url::ParseError),
-    #[error("plivo.auth_id / plivo.auth_token cannot form an Authorization header")]
-    Authorization(#[source] reqwest::header::InvalidHeaderValue),
-}
-
 impl Plivo {
     pub fn new(config: &PlivoConfig, client: reqwest::Client) -> Result<Plivo, SetupError> {
         let base = config.base_url.as_url().as_str().trim_end_matches('/');
         let auth_id = &config.auth_id;
-        let url = Url::parse(&format!("{base}/v1/Account/{auth_id}/Message/")).map_err(SetupError::Url)?;
-        let credentials =
-            base64::engine::general_purpose::STANDARD.encode(format!("{auth_id}:{}", config.auth_token.expose()));
-        let mut authorization =
-            HeaderValue::from_str(&format!("Basic {credentials}")).map_err(SetupError::Authorization)?;
-        authorization.set_sensitive(true);
+        let url = Url::parse(&format!("{base}/v1/Account/{auth_id}/Message/")).map_err(|source| SetupError::Url {
+            keys: "plivo.base_url / plivo.auth_id",
+            what: "a URL",
+            source,
+        })?;
+        let authorization =
+            basic_authorization(auth_id, config.auth_token.expose()).map_err(|source| SetupError::Authorization {
+                keys: "plivo.auth_id / plivo.auth_token",
+                source,
+            })?;
         Ok(Plivo {
             client,
             url,
             authorization,
             // Plivo writes numbers with the country code and without `+`.
-            from: config
-                .from
-                .strip_prefix('+')
-                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
-                .unwrap_or(&config.from)
-                .to_owned(),
+            from: sender_without_plus(&config.from),
         })
     }
 }
@@ -78,20 +67,14 @@ impl Provider for Plivo {
             });
         };
         let dst = phone_of(job, self.name())?.digits();
-        let response = self
+        let request = self
             .client
             .post(self.url.clone())
             .header(AUTHORIZATION, self.authorization.clone())
-            .json(&json!({"src": self.from, "dst": dst, "text": body}))
-            .send()
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        let answer = read_capped(response)
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let answer = serde_json::from_slice::<Answer>(&answer).ok();
+            .json(&json!({"src": self.from, "dst": dst, "text": body}));
+        let exchanged = exchange(self.name(), request).await?;
+        let status = exchanged.status;
+        let answer = serde_json::from_slice::<Answer>(&exchanged.body).ok();
         if status.is_success() {
             // Plivo has queued the message: an unreadable body must not make us send it twice.
             return Ok(Receipt {
@@ -106,11 +89,6 @@ impl Provider for Plivo {
             })
             .unwrap_or_else(|| "no Plivo error body".into());
         let message = format!("plivo answered {}: {detail}", status.as_u16());
-        Err(http_failure(
-            status,
-            message,
-            Some(status.as_u16().to_string()),
-            retry_after,
-        ))
+        Err(exchanged.failure(message, Some(status.as_u16().to_string())))
     }
 }

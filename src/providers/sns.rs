@@ -15,9 +15,8 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use reqwest::Url;
 
-use super::{
-    Provider, ProviderError, ProviderKind, Receipt, http_failure, phone_of, read_capped, retry_after, transport_error,
-};
+use super::http::exchange;
+use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of};
 use crate::config::SnsConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -64,16 +63,16 @@ const PERMANENT_CODES: &[&str] = &[
     "NotFound",
 ];
 
-#[derive(Debug, thiserror::Error)]
-#[error("sns.base_url / sns.region do not form an endpoint URL")]
-pub struct SetupError(#[source] url::ParseError);
-
 impl Sns {
     pub fn new(config: &SnsConfig, client: reqwest::Client) -> Result<Sns, SetupError> {
         let session_token = (!config.session_token.is_empty()).then(|| config.session_token.expose().to_owned());
         Ok(Sns {
             client,
-            url: config.endpoint().map_err(SetupError)?,
+            url: config.endpoint().map_err(|source| SetupError::Url {
+                keys: "sns.base_url / sns.region",
+                what: "an endpoint URL",
+                source,
+            })?,
             region: config.region.clone(),
             credentials: Credentials::new(
                 config.access_key_id.clone(),
@@ -158,17 +157,9 @@ impl Provider for Sns {
         for (name, value) in self.signature(form.as_bytes())? {
             request = request.header(name, value);
         }
-        let response = request
-            .body(form)
-            .send()
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        let answer = read_capped(response)
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let answer = String::from_utf8_lossy(&answer);
+        let exchanged = exchange(self.name(), request.body(form)).await?;
+        let status = exchanged.status;
+        let answer = String::from_utf8_lossy(&exchanged.body);
         if status.is_success() {
             // SNS accepted the publish: an unreadable body must not make us send it twice.
             return Ok(Receipt {
@@ -185,16 +176,9 @@ impl Provider for Sns {
             code.as_deref().unwrap_or("-")
         );
         Err(match code.as_deref() {
-            Some(c) if TRANSIENT_CODES.contains(&c) => ProviderError::Transient {
-                message,
-                provider_code: code,
-                retry_after,
-            },
-            Some(c) if PERMANENT_CODES.contains(&c) => ProviderError::Permanent {
-                message,
-                provider_code: code,
-            },
-            _ => http_failure(status, message, code, retry_after),
+            Some(c) if TRANSIENT_CODES.contains(&c) => exchanged.rejection(true, message, code),
+            Some(c) if PERMANENT_CODES.contains(&c) => exchanged.rejection(false, message, code),
+            _ => exchanged.failure(message, code),
         })
     }
 }

@@ -5,7 +5,8 @@ use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
-use super::{Provider, ProviderError, Receipt, http_failure, read_capped, retry_after, transport_error};
+use super::http::{basic_authorization, exchange};
+use super::{Provider, ProviderError, Receipt, SetupError};
 use crate::config::TwilioConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -35,16 +36,6 @@ struct Created {
     sid: Option<String>,
 }
 
-/// `twilio.base_url`, `twilio.account_sid` and `twilio.auth_token` do not form a request: named, never
-/// quoted.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error("twilio.base_url / twilio.account_sid do not form a URL")]
-    Url(#[source] url::ParseError),
-    #[error("twilio.account_sid / twilio.auth_token cannot form an Authorization header")]
-    Authorization(#[source] reqwest::header::InvalidHeaderValue),
-}
-
 impl Twilio {
     /// `client` is shared by every provider call: one connection pool for the process.
     ///
@@ -54,13 +45,19 @@ impl Twilio {
         let base = config.base_url.as_str().trim_end_matches('/');
         let account = &config.account_sid;
         let url = |resource: &str| {
-            Url::parse(&format!("{base}/2010-04-01/Accounts/{account}/{resource}.json")).map_err(SetupError::Url)
+            Url::parse(&format!("{base}/2010-04-01/Accounts/{account}/{resource}.json")).map_err(|source| {
+                SetupError::Url {
+                    keys: "twilio.base_url / twilio.account_sid",
+                    what: "a URL",
+                    source,
+                }
+            })
         };
-        let credentials =
-            base64::engine::general_purpose::STANDARD.encode(format!("{account}:{}", config.auth_token.expose()));
-        let mut authorization =
-            HeaderValue::from_str(&format!("Basic {credentials}")).map_err(SetupError::Authorization)?;
-        authorization.set_sensitive(true);
+        let authorization =
+            basic_authorization(account, config.auth_token.expose()).map_err(|source| SetupError::Authorization {
+                keys: "twilio.account_sid / twilio.auth_token",
+                source,
+            })?;
         Ok(Twilio {
             client,
             messages_url: url("Messages")?,
@@ -85,25 +82,19 @@ impl Twilio {
     }
 
     async fn post(&self, url: &Url, form: &[(&str, &str)]) -> Result<Receipt, ProviderError> {
-        let response = self
+        let request = self
             .client
             .post(url.clone())
             .header(AUTHORIZATION, self.authorization.clone())
-            .form(form)
-            .send()
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        let body = read_capped(response)
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
+            .form(form);
+        let exchanged = exchange(self.name(), request).await?;
+        let (status, body) = (exchanged.status, &exchanged.body);
         if status.is_success() {
             // Twilio has accepted the message: even an unreadable body must not make us send it twice.
-            let sid = serde_json::from_slice::<Created>(&body).ok().and_then(|c| c.sid);
+            let sid = serde_json::from_slice::<Created>(body).ok().and_then(|c| c.sid);
             return Ok(Receipt { message_id: sid });
         }
-        let error = serde_json::from_slice::<TwilioError>(&body).ok();
+        let error = serde_json::from_slice::<TwilioError>(body).ok();
         let provider_code = error.as_ref().and_then(|e| e.code.as_ref()).map(|c| match c {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
@@ -113,7 +104,7 @@ impl Twilio {
             .map(|m| scrub(&m))
             .unwrap_or_else(|| "no Twilio error body".into());
         let message = format!("twilio answered {}: {detail}", status.as_u16());
-        Err(http_failure(status, message, provider_code, retry_after))
+        Err(exchanged.failure(message, provider_code))
     }
 }
 

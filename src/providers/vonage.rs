@@ -4,9 +4,8 @@
 use reqwest::Url;
 use serde::Deserialize;
 
-use super::{
-    Provider, ProviderError, ProviderKind, Receipt, http_failure, phone_of, read_capped, retry_after, transport_error,
-};
+use super::http::exchange;
+use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::VonageConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -66,26 +65,21 @@ pub fn classify(status: &str) -> (&'static str, bool) {
     }
 }
 
-/// `vonage.base_url` does not take `/sms/json`.
-#[derive(Debug, thiserror::Error)]
-#[error("vonage.base_url does not form a URL")]
-pub struct SetupError(#[source] url::ParseError);
-
 impl Vonage {
     pub fn new(config: &VonageConfig, client: reqwest::Client) -> Result<Vonage, SetupError> {
         let base = config.base_url.as_url().as_str().trim_end_matches('/');
         Ok(Vonage {
             client,
-            url: Url::parse(&format!("{base}/sms/json")).map_err(SetupError)?,
+            // `vonage.base_url` may not take `/sms/json`.
+            url: Url::parse(&format!("{base}/sms/json")).map_err(|source| SetupError::Url {
+                keys: "vonage.base_url",
+                what: "a URL",
+                source,
+            })?,
             api_key: config.api_key.clone(),
             api_secret: config.api_secret.expose().to_owned(),
             // Vonage writes numbers without `+`; an alphanumeric sender id stays as it is.
-            from: config
-                .from
-                .strip_prefix('+')
-                .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
-                .unwrap_or(&config.from)
-                .to_owned(),
+            from: sender_without_plus(&config.from),
         })
     }
 }
@@ -114,23 +108,12 @@ impl Provider for Vonage {
         if segments(body).encoding == Encoding::Ucs2 {
             form.push(("type", "unicode"));
         }
-        let response = self
-            .client
-            .post(self.url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        let body = read_capped(response)
-            .await
-            .map_err(|e| transport_error(self.name(), &e))?;
-        let answer = serde_json::from_slice::<Answer>(&body).ok();
-        if !status.is_success() {
+        let exchanged = exchange(self.name(), self.client.post(self.url.clone()).form(&form)).await?;
+        let answer = serde_json::from_slice::<Answer>(&exchanged.body).ok();
+        if !exchanged.status.is_success() {
             let code = answer.and_then(|a| a.messages.into_iter().next()).map(|m| m.status);
-            let message = format!("vonage answered HTTP {}", status.as_u16());
-            return Err(http_failure(status, message, code, retry_after));
+            let message = format!("vonage answered HTTP {}", exchanged.status.as_u16());
+            return Err(exchanged.failure(message, code));
         }
         let Some(answer) = answer.filter(|a| !a.messages.is_empty()) else {
             // HTTP 200 without a readable verdict: whether Vonage took the message is unknown. Sending
@@ -150,16 +133,7 @@ impl Provider for Vonage {
                 let (meaning, transient) = classify(&failed.status);
                 let detail = failed.error_text.as_deref().map(scrub).unwrap_or_default();
                 let message = format!("vonage status {} ({meaning}): {detail}", failed.status);
-                let provider_code = Some(failed.status.clone());
-                Err(if transient {
-                    ProviderError::Transient {
-                        message,
-                        provider_code,
-                        retry_after,
-                    }
-                } else {
-                    ProviderError::Permanent { message, provider_code }
-                })
+                Err(exchanged.rejection(transient, message, Some(failed.status.clone())))
             }
         }
     }

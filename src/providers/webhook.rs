@@ -9,7 +9,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::{Provider, ProviderError, Receipt, read_capped};
+use super::http::exchange;
+use super::{Provider, ProviderError, Receipt};
 use crate::job::Job;
 use crate::templates::{PAUSE, Rendered};
 
@@ -109,30 +110,19 @@ impl Provider for Webhook {
             provider_code: None,
         })?;
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let response = self
+        let request = self
             .client
             .post(self.url.clone())
             .header("content-type", "application/json")
             .header("webhook-id", &job.id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", sign(&self.key, &job.id, timestamp, &body))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| super::transport_error(self.name(), &e))?;
-        let status = response.status();
-        let retry_after = super::retry_after(&response);
-        let html = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
-        let answer = read_capped(response)
-            .await
-            .map_err(|e| super::transport_error(self.name(), &e))?;
+            .body(body);
+        let exchanged = exchange(self.name(), request).await?;
+        let status = exchanged.status;
         let code = Some(status.as_u16().to_string());
         if status.is_success() {
-            if html {
+            if exchanged.html {
                 // A proxy's or portal's error page, not the endpoint's answer: the message was not taken.
                 return Err(ProviderError::Transient {
                     message: format!(
@@ -143,11 +133,13 @@ impl Provider for Webhook {
                     retry_after: None,
                 });
             }
-            let message_id = serde_json::from_slice::<serde_json::Value>(&answer).ok().and_then(|v| {
-                ["message_id", "id", "sid"]
-                    .iter()
-                    .find_map(|k| v.get(*k)?.as_str().map(str::to_owned))
-            });
+            let message_id = serde_json::from_slice::<serde_json::Value>(&exchanged.body)
+                .ok()
+                .and_then(|v| {
+                    ["message_id", "id", "sid"]
+                        .iter()
+                        .find_map(|k| v.get(*k)?.as_str().map(str::to_owned))
+                });
             return Ok(Receipt { message_id });
         }
         if status.is_redirection() {
@@ -160,7 +152,7 @@ impl Provider for Webhook {
             });
         }
         let message = format!("webhook answered {}", status.as_u16());
-        Err(super::http_failure(status, message, code, retry_after))
+        Err(exchanged.failure(message, code))
     }
 }
 

@@ -207,6 +207,7 @@ impl ReceiptMetrics {
 }
 
 /// Twilio's side of the receipts: where it calls back, and the token its signatures are keyed with.
+#[derive(Clone)]
 pub struct TwilioReceipts {
     pub callback_url: String,
     pub auth_token: Secret,

@@ -343,9 +343,8 @@ enum FileError {
     UnknownAction(String),
     #[error("missing locale (action.locale.hbs)")]
     NoLocale,
-    /// What `Locale::parse` says.
-    #[error("{0}")]
-    Locale(String),
+    #[error(transparent)]
+    Locale(crate::job::NotALocale),
     #[error("email templates end in .subject.hbs, .html.hbs or .txt.hbs")]
     EmailPart,
     #[error("sms and voice templates are named action.locale.hbs")]
