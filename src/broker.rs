@@ -143,6 +143,17 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
     declare_topic_exchange(channel, &config.events_exchange).await
 }
 
+/// The queues [`declare_topology`] declares, for whoever must delete a deployment's topology (the bench,
+/// tests): jobs, retry, dead and feedback.
+pub fn topology_queues(config: &AmqpConfig) -> [&str; 4] {
+    [
+        &config.jobs_queue,
+        &config.retry_queue,
+        &config.dead_queue,
+        &config.feedback_queue,
+    ]
+}
+
 /// A durable topic exchange, the kind `herald.events` is (contract §2).
 pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
     channel

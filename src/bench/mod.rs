@@ -182,14 +182,9 @@ impl Bench {
     async fn clean_up(self) {
         let amqp = &self.amqp;
         let own = steps::OWN_QUEUES.map(|q| self.own(q));
-        for q in [
-            &amqp.jobs_queue,
-            &amqp.retry_queue,
-            &amqp.dead_queue,
-            &amqp.feedback_queue,
-        ]
-        .into_iter()
-        .chain(&own)
+        for q in broker::topology_queues(amqp)
+            .into_iter()
+            .chain(own.iter().map(String::as_str))
         {
             steps::delete_queue(&self.channel, q).await;
         }

@@ -812,17 +812,9 @@ impl Drop for Broker {
                     return;
                 };
                 let Ok(ch) = conn.create_channel().await else { return };
-                let delays = delay_queues.iter().map(|(_, q)| q);
-                for q in [
-                    &amqp.jobs_queue,
-                    &amqp.retry_queue,
-                    &amqp.dead_queue,
-                    &amqp.feedback_queue,
-                ]
-                .into_iter()
-                .chain(delays)
-                {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                let delays = delay_queues.iter().map(|(_, q)| q.as_str());
+                for q in herald::broker::topology_queues(&amqp).into_iter().chain(delays) {
+                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
                 }
                 let _ = ch
                     .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
