@@ -35,6 +35,7 @@ const env = {
   HERALD_AMQP__RETRY_QUEUE: ns + ".retry",
   HERALD_AMQP__DEAD_QUEUE: ns + ".dead",
   HERALD_AMQP__EVENTS_EXCHANGE: ns + ".events",
+  HERALD_AMQP__FEEDBACK_QUEUE: ns + ".feedback",
 };
 const server = spawn(herald, ["serve"], { env, stdio: ["ignore", "ignore", "pipe"] });
 let logs = "";
