@@ -4,6 +4,9 @@
 //! rotates everything, the guard's worst case), then lets the simulated clock pass every window and
 //! sweeps. Prints RSS at each step, like `throttle_memory`.
 
+mod common;
+
+use common::rss_mib;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -11,17 +14,6 @@ use std::time::Instant;
 use herald::config::Config;
 use herald::fraud::{Guard, Mode};
 use herald::job::Job;
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
 
 fn main() {
     const JOBS: u32 = 1_000_000;

@@ -3,23 +3,15 @@
 //! Checks 1,000,000 SMS jobs, each from a distinct user id, IP and number, then lets the simulated
 //! clock pass the longest window and sweeps. Prints RSS at each step.
 
+mod common;
+
+use common::rss_mib;
 use std::time::{Duration, Instant};
 
 use governor::clock::FakeRelativeClock;
 use herald::config::ThrottleConfig;
 use herald::job::Job;
 use herald::throttle::Throttle;
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
 
 fn main() {
     const USERS: u32 = 1_000_000;

@@ -2,7 +2,7 @@
 
 mod helpers;
 
-use helpers::{BrokerProxy, GatedTwilio, TestApp, job, metric, twilio};
+use helpers::{GatedTwilio, TcpProxy, TestApp, job, metric, twilio};
 
 #[tokio::test]
 async fn deliveries_run_concurrently_up_to_the_prefetch_window() {
@@ -121,7 +121,7 @@ async fn metrics_move_by_exactly_the_number_of_deliveries() {
 
 #[tokio::test]
 async fn herald_reconnects_when_the_broker_goes_away_and_readyz_follows() {
-    let proxy = BrokerProxy::start().await;
+    let proxy = TcpProxy::start().await;
     let mut app = TestApp::spawn(|c| c.amqp.url = herald::config::Secret::new(proxy.url())).await;
     app.publish(&job("sms")).await;
     app.events(1).await;

@@ -5,41 +5,7 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::TestApp;
-use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
-
-async fn publish_feedback(app: &TestApp, body: &[u8], content_type: Option<&str>) {
-    let mut props = BasicProperties::default();
-    if let Some(ct) = content_type {
-        props = props.with_content_type(ct.into());
-    }
-    let confirm = app
-        .channel
-        .basic_publish(
-            "".into(),
-            app.config.amqp.feedback_queue.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
-}
-
-async fn wait_metric(app: &TestApp, series: &str, want: f64) -> String {
-    for _ in 0..200 {
-        let m = app.metrics().await;
-        if helpers::metric(&m, series) >= want {
-            return m;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{series} never reached {want}:\n{}", app.metrics().await);
-}
 
 fn sms(id: &str, to: &str, user: &str, ip: &str) -> Value {
     json!({"id": id, "channel": "sms", "to": to, "code": "123456", "user_id": user, "ip": ip})
@@ -83,11 +49,12 @@ async fn hostile_feedback_is_dead_lettered_or_counted_once() {
     ];
     let n = malformed.len();
     for (body, ct) in &malformed {
-        publish_feedback(&app, body, *ct).await;
+        app.publish_feedback(body, *ct).await;
     }
     // Replays, unknown ids, the email job, `verified: false`.
     for _ in 0..50 {
-        publish_feedback(&app, br#"{"job_id":"fb-sms","verified":true}"#, None).await;
+        app.publish_feedback(br#"{"job_id":"fb-sms","verified":true}"#, None)
+            .await;
     }
     for body in [
         br#"{"job_id":"fb-email","verified":true}"#.as_slice(),
@@ -95,9 +62,12 @@ async fn hostile_feedback_is_dead_lettered_or_counted_once() {
         br#"{"job_id":"fb-sms","verified":false}"#,
         br#"{"job_id":"fb-sms","job_id":"fb-email","verified":true}"#,
     ] {
-        publish_feedback(&app, body, Some("application/json; charset=utf-8")).await;
+        app.publish_feedback(body, Some("application/json; charset=utf-8"))
+            .await;
     }
-    let m = wait_metric(&app, r#"herald_feedback_total{result="malformed"}"#, n as f64).await;
+    let m = app
+        .wait_metric(r#"herald_feedback_total{result="malformed"}"#, n as f64)
+        .await;
     let dead = app.dead_letters(n).await;
     assert_eq!(dead.len(), n, "every malformed message dead-lettered");
     for (_, reason) in &dead {
@@ -106,7 +76,7 @@ async fn hostile_feedback_is_dead_lettered_or_counted_once() {
             "{reason}"
         );
     }
-    let m2 = wait_metric(&app, r#"herald_feedback_total{result="unknown"}"#, 2.0).await;
+    let m2 = app.wait_metric(r#"herald_feedback_total{result="unknown"}"#, 2.0).await;
     assert_eq!(
         helpers::metric(&m2, r#"gd_send_verified_total{channel="sms",country="44"}"#),
         1.0,
@@ -120,7 +90,9 @@ async fn hostile_feedback_is_dead_lettered_or_counted_once() {
     // The consumer still runs: a new job's feedback is counted.
     app.publish(&sms("fb-sms-2", "+447700900124", "u2", "10.0.0.2")).await;
     assert_eq!(app.next_outcome(20).await["type"], "gd_send_sms");
-    publish_feedback(&app, br#"{"job_id":"fb-sms-2","verified":true}"#, None).await;
-    wait_metric(&app, r#"gd_send_verified_total{channel="sms",country="44"}"#, 2.0).await;
+    app.publish_feedback(br#"{"job_id":"fb-sms-2","verified":true}"#, None)
+        .await;
+    app.wait_metric(r#"gd_send_verified_total{channel="sms",country="44"}"#, 2.0)
+        .await;
     app.stop().await;
 }

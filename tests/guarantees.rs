@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use helpers::{Broker, BrokerProxy, GatedTwilio, HeraldProcess, TestApp, job, process_env, twilio};
+use helpers::{Broker, GatedTwilio, HeraldProcess, TcpProxy, TestApp, job, process_env, twilio};
 use herald::config::{HumanDuration, Secret};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -72,8 +72,8 @@ fn distinct_job_ids(events: &[serde_json::Value]) -> usize {
 }
 
 /// herald reaching the broker through a proxy the test can cut, and Twilio through a gate it opens.
-async fn behind_proxy() -> (BrokerProxy, GatedTwilio, TestApp) {
-    let proxy = BrokerProxy::start().await;
+async fn behind_proxy() -> (TcpProxy, GatedTwilio, TestApp) {
+    let proxy = TcpProxy::start().await;
     let twilio_server = GatedTwilio::start().await;
     let app = TestApp::spawn(|c| {
         twilio(c, &twilio_server.url);
@@ -111,7 +111,7 @@ async fn a_reconnect_does_not_send_the_jobs_in_flight_again() {
 /// After many short outages in one process life, a reconnect is as quick as the first one.
 #[tokio::test]
 async fn reconnect_backoff_starts_over_once_consuming_again() {
-    let proxy = BrokerProxy::start().await;
+    let proxy = TcpProxy::start().await;
     let mut app = TestApp::spawn(|c| c.amqp.url = Secret::new(proxy.url())).await;
     let mut last = Duration::ZERO;
     for _ in 0..7 {

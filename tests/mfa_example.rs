@@ -301,18 +301,6 @@ async fn wrong_codes_lock_the_challenge_and_throttled_delivery_is_an_error() {
     assert_eq!(status, 404, "{body}");
 }
 
-/// Polls herald's metrics until `series` reaches `want` (feedback is counted asynchronously).
-async fn wait_metric(app: &TestApp, series: &str, want: f64) -> String {
-    for _ in 0..200 {
-        let m = app.metrics().await;
-        if helpers::metric(&m, series) >= want {
-            return m;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{series} never reached {want}:\n{}", app.metrics().await);
-}
-
 /// Contract §12 end to end: the example server reports the codes its users verify on herald.feedback,
 /// herald counts them for the number's country, and in enforce mode a pumping run into a country with no
 /// verified history is refused after its floor. Bad feedback is dead-lettered, duplicates count once.
@@ -340,7 +328,8 @@ async fn verified_codes_reach_the_fraud_guard_and_pumping_is_refused() {
     assert_eq!(status, 200, "{body}");
     let first = app.next_event(20).await;
     assert_eq!(first["type"], "gd_send_sms");
-    wait_metric(&app, r#"gd_send_verified_total{channel="sms",country="44"}"#, 1.0).await;
+    app.wait_metric(r#"gd_send_verified_total{channel="sms",country="44"}"#, 1.0)
+        .await;
 
     // Pumping: five codes to a premium range in a country nobody verified in, from five users and IPs.
     let jobs: Vec<Value> = (0..5)
@@ -440,34 +429,21 @@ async fn verified_codes_reach_the_fraud_guard_and_pumping_is_refused() {
 
     // Feedback: the same job again counts once; an unknown id is counted and dropped; garbage goes to
     // herald.dead with its reason and the consumer goes on.
-    let feedback = |body: &[u8]| {
-        let channel = app.channel.clone();
-        let queue = app.config.amqp.feedback_queue.clone();
-        let body = body.to_vec();
-        async move {
-            let props = lapin::BasicProperties::default().with_content_type("application/json".into());
-            let confirm = channel
-                .basic_publish("".into(), queue.as_str().into(), Default::default(), &body, props)
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            assert!(confirm.is_ack());
-        }
-    };
-    feedback(
-        format!(
-            r#"{{"job_id":"{}","verified":true}}"#,
-            first["job_id"].as_str().unwrap()
-        )
-        .as_bytes(),
-    )
-    .await;
-    feedback(br#"{"job_id":"never-sent","verified":true}"#).await;
-    feedback(b"not json").await;
-    feedback(br#"{"job_id":"pump-1","verified":"yes"}"#).await;
-    let m = wait_metric(&app, r#"herald_feedback_total{result="malformed"}"#, 2.0).await;
-    let m = wait_metric(&app, r#"herald_feedback_total{result="unknown"}"#, 1.0).await + &m;
+    let json = Some("application/json");
+    let verified = format!(
+        r#"{{"job_id":"{}","verified":true}}"#,
+        first["job_id"].as_str().unwrap()
+    );
+    app.publish_feedback(verified.as_bytes(), json).await;
+    app.publish_feedback(br#"{"job_id":"never-sent","verified":true}"#, json)
+        .await;
+    app.publish_feedback(b"not json", json).await;
+    app.publish_feedback(br#"{"job_id":"pump-1","verified":"yes"}"#, json)
+        .await;
+    let m = app
+        .wait_metric(r#"herald_feedback_total{result="malformed"}"#, 2.0)
+        .await;
+    let m = app.wait_metric(r#"herald_feedback_total{result="unknown"}"#, 1.0).await + &m;
     assert_eq!(
         helpers::metric(&m, r#"herald_feedback_total{result="duplicate"}"#),
         1.0,

@@ -582,7 +582,7 @@ async fn callbacks_leave_no_number_code_or_body_in_the_log() {
 async fn a_final_status_that_cannot_be_published_gets_503_and_is_evented_on_its_retry() {
     let message = sid("SM");
     let server = twilio_server(&message).await;
-    let proxy = helpers::BrokerProxy::start().await;
+    let proxy = helpers::TcpProxy::start().await;
     let mut app = TestApp::spawn(|c| {
         with_receipts(c, &server);
         c.amqp.url = herald::config::Secret::new(proxy.url());

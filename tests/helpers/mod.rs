@@ -121,6 +121,18 @@ impl TestApp {
 
     /// Metrics once no job is in flight. An event reaches a test as soon as the broker commits it, a
     /// moment before herald hears the commit-ok and counts it; counts are read after that.
+    /// Polls the metrics until `series` reaches `want` (what is counted asynchronously, like feedback).
+    pub async fn wait_metric(&self, series: &str, want: f64) -> String {
+        for _ in 0..200 {
+            let m = self.metrics().await;
+            if metric(&m, series) >= want {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{series} never reached {want}:\n{}", self.metrics().await);
+    }
+
     pub async fn settled_metrics(&self) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -287,19 +299,26 @@ impl Drop for GatedTwilio {
     }
 }
 
-/// A TCP proxy in front of RabbitMQ that the test can cut and restore, to take the broker away from
-/// one herald without disturbing the tests running beside it. It can also swallow what the broker says
+/// A TCP proxy in front of RabbitMQ (or, with [`TcpProxy::to`], another local service such as Redis)
+/// that the test can cut and restore, to take the service away from one herald without disturbing the
+/// tests running beside it. It can also swallow what the broker says
 /// while still passing on what herald says: a commit then reaches the broker, its `commit-ok` never
 /// reaches herald.
-pub struct BrokerProxy {
+pub struct TcpProxy {
     pub port: u16,
     enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     deaf: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl BrokerProxy {
-    pub async fn start() -> BrokerProxy {
+impl TcpProxy {
+    /// In front of the test broker.
+    pub async fn start() -> TcpProxy {
+        TcpProxy::to(5672).await
+    }
+
+    /// In front of `127.0.0.1:upstream`.
+    pub async fn to(upstream: u16) -> TcpProxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -320,7 +339,7 @@ impl BrokerProxy {
                 }
                 let (cut, deaf) = (cu.clone(), de.clone());
                 tokio::spawn(async move {
-                    let Ok(upstream) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
                         return;
                     };
                     let (mut client_rx, mut client_tx) = client.into_split();
@@ -346,7 +365,7 @@ impl BrokerProxy {
                 });
             }
         });
-        BrokerProxy {
+        TcpProxy {
             port,
             enabled,
             deaf,
@@ -612,15 +631,23 @@ impl Broker {
     }
 
     pub async fn publish_raw(&self, body: &[u8], props: BasicProperties) {
+        self.publish_to(&self.config.amqp.jobs_queue, body, props).await;
+    }
+
+    /// Publishes `body` to `herald.feedback` (contract §12), with `content_type` if given.
+    pub async fn publish_feedback(&self, body: &[u8], content_type: Option<&str>) {
+        let mut props = BasicProperties::default();
+        if let Some(ct) = content_type {
+            props = props.with_content_type(ct.into());
+        }
+        self.publish_to(&self.config.amqp.feedback_queue, body, props).await;
+    }
+
+    /// Publishes `body` to `queue` through the default exchange and waits for the broker's ack.
+    async fn publish_to(&self, queue: &str, body: &[u8], props: BasicProperties) {
         let confirm = self
             .channel
-            .basic_publish(
-                "".into(),
-                self.config.amqp.jobs_queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
+            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, props)
             .await
             .unwrap()
             .await
