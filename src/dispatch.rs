@@ -122,7 +122,8 @@ impl Dispatcher {
         }
         // Limits count jobs, not attempts: a retry already passed them.
         if attempt == 1 {
-            match self.throttle.check(job).await {
+            let (verdict, taken) = self.throttle.check(job).await;
+            match verdict {
                 Verdict::Allow => {}
                 Verdict::Throttled(scope) => {
                     return Outcome::Failed {
@@ -143,6 +144,9 @@ impl Dispatcher {
             if let Some(guard) = &self.guard
                 && let fraud::Verdict::Refuse(scope) = guard.check(job).await
             {
+                // Not sent, so it counts against no limit (contract §12): a pump the guard stops must
+                // not spend its user's or IP's limits, nor the range's, for the real users after it.
+                self.throttle.refund(taken).await;
                 return Outcome::Failed {
                     code: ErrorCode::SuspectedFraud,
                     message: format!("over the {scope} budget of unverified codes"),

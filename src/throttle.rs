@@ -2,20 +2,22 @@
 //! number range (prefix) and overall, plus country allow/deny lists. Checked once per job, before
 //! anything is rendered or sent.
 //!
-//! Limits are local (governor, one keyed limiter per limit) or, with `[redis] url`, shared by every
-//! replica through one atomic Lua script per job. When Redis fails, the local limiters take over for a
-//! few seconds at a time: limits stay on, deliveries go on.
+//! Limits are local (GCRA in one map of 64-bit key hashes) or, with `[redis] url`, shared by every
+//! replica through one atomic Lua script per job; both take all of a job's limits or none. When Redis
+//! fails, the local limiters take over for a few seconds at a time: limits stay on, deliveries go on.
+//!
+//! What a passed check took can be given back ([`Throttle::refund`]): a job the fraud guard then refuses
+//! counts against no limit (contract §12). governor provides the clocks (its fake clock drives the
+//! simulations); its limiters cannot give a token back, hence the GCRA here, the same as the Lua script.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
-use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
+use governor::clock::{Clock, DefaultClock, Reference};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Rate, ThrottleConfig};
@@ -82,6 +84,14 @@ impl Limit {
     fn index(self) -> usize {
         Limit::ALL.iter().position(|l| *l == self).unwrap_or(0)
     }
+
+    /// GCRA parameters: the emission interval and the burst tolerance (`burst - 1` intervals).
+    fn gcra(self, config: &ThrottleConfig) -> Option<(Duration, Duration)> {
+        self.rate(config).map(|rate| {
+            let interval = (rate.period / rate.count).max(Duration::from_nanos(1));
+            (interval, interval * rate.burst.saturating_sub(1))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,14 +147,6 @@ pub fn ip_key(ip: IpAddr, prefix: u8) -> String {
     format!("{}/{prefix}", Ipv6Addr::from(network))
 }
 
-fn quota(rate: Rate) -> Quota {
-    let interval = rate.period / rate.count;
-    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(interval.max(Duration::from_nanos(1)))
-        .expect("non-zero period")
-        .allow_burst(burst)
-}
-
 /// Keys are kept as 64-bit hashes: a few bytes per key whatever the user id, and no phone number or
 /// address sits in memory (or in Redis) in the clear.
 fn key_hash(limit: Limit, key: &str) -> u64 {
@@ -154,48 +156,99 @@ fn key_hash(limit: Limit, key: &str) -> u64 {
     h.finish()
 }
 
-type Keyed<C> = RateLimiter<u64, DashMapStateStore<u64>, C, NoOpMiddleware<<C as Clock>::Instant>>;
-
-/// In-process limiters, one per configured limit.
+/// In-process limiters: each key's theoretical arrival time (GCRA), in nanoseconds from the limiter's start.
+/// One lock for all of a job's limits, so that a job takes all of them or none, as in Redis.
 pub struct Local<C: Clock = DefaultClock> {
-    limiters: Vec<Option<Keyed<C>>>,
+    clock: C,
+    start: C::Instant,
+    tats: Mutex<HashMap<u64, u64>>,
+}
+
+/// What one passed check took from each limit: to give back if the job is not sent after all.
+#[derive(Debug, Default)]
+pub struct Taken {
+    local: Vec<(u64, u64)>,
+    shared: Vec<(String, u64)>,
+}
+
+impl Taken {
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.shared.is_empty()
+    }
 }
 
 impl<C: Clock + Clone> Local<C> {
-    pub fn new(config: &ThrottleConfig, clock: C) -> Local<C> {
+    pub fn new(clock: C) -> Local<C> {
+        let start = clock.now();
         Local {
-            limiters: Limit::ALL
-                .iter()
-                .map(|l| {
-                    l.rate(config)
-                        .map(|r| RateLimiter::dashmap_with_clock(quota(r), clock.clone()))
-                })
-                .collect(),
+            clock,
+            start,
+            tats: Mutex::new(HashMap::new()),
         }
     }
 
-    fn check(&self, checks: &[(Limit, String)]) -> Verdict {
+    fn now(&self) -> u64 {
+        u64::from(self.clock.now().duration_since(self.start))
+    }
+
+    fn tats(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        // A panic elsewhere while holding the lock leaves the map consistent (each update is one insert).
+        self.tats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, config: &ThrottleConfig, checks: &[(Limit, String)]) -> (Verdict, Taken) {
+        let now = self.now();
+        let mut tats = self.tats();
+        let mut next = Vec::with_capacity(checks.len());
         for (limit, key) in checks {
-            if let Some(limiter) = &self.limiters[limit.index()]
-                && limiter.check_key(&key_hash(*limit, key)).is_err()
-            {
-                return Verdict::Throttled(limit.scope());
+            let Some((interval, tolerance)) = limit.gcra(config) else {
+                continue;
+            };
+            let (interval, tolerance) = (interval.as_nanos() as u64, tolerance.as_nanos() as u64);
+            let k = key_hash(*limit, key);
+            let tat = tats.get(&k).copied().unwrap_or(now).max(now);
+            if tat - now > tolerance {
+                return (Verdict::Throttled(limit.scope()), Taken::default());
+            }
+            next.push((k, tat + interval, interval));
+        }
+        for (k, tat, _) in &next {
+            tats.insert(*k, *tat);
+        }
+        let local = next.into_iter().map(|(k, _, interval)| (k, interval)).collect();
+        (
+            Verdict::Allow,
+            Taken {
+                local,
+                shared: Vec::new(),
+            },
+        )
+    }
+
+    fn refund(&self, taken: &[(u64, u64)]) {
+        let now = self.now();
+        let mut tats = self.tats();
+        for (k, interval) in taken {
+            if let Some(tat) = tats.get_mut(k) {
+                *tat = tat.saturating_sub(*interval);
+                if *tat <= now {
+                    tats.remove(k);
+                }
             }
         }
-        Verdict::Allow
     }
 
     /// Drops keys whose state is back to "never seen" (the memory bound under many distinct keys).
     pub fn sweep(&self) {
-        for limiter in self.limiters.iter().flatten() {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
+        let now = self.now();
+        let mut tats = self.tats();
+        tats.retain(|_, tat| *tat > now);
+        tats.shrink_to_fit();
     }
 
     /// Keys held, all limits together.
     pub fn keys(&self) -> usize {
-        self.limiters.iter().flatten().map(|l| l.len()).sum()
+        self.tats().len()
     }
 }
 
@@ -221,9 +274,28 @@ end
 return 0
 "#;
 
+/// Gives back what [`GCRA`] took. KEYS = limiter keys; ARGV = each key's emission interval in microseconds.
+const REFUND: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat then
+    tat = tat - tonumber(ARGV[i])
+    if tat <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], tat, 'PX', math.ceil((tat - now) / 1000) + 1000)
+    end
+  end
+end
+return 0
+"#;
+
 pub struct Shared {
     conn: redis::aio::ConnectionManager,
     script: redis::Script,
+    refund: redis::Script,
     prefix: String,
 }
 
@@ -232,29 +304,55 @@ impl Shared {
         Shared {
             conn,
             script: redis::Script::new(GCRA),
+            refund: redis::Script::new(REFUND),
             prefix: format!("herald:{namespace}:throttle:"),
         }
     }
 
-    async fn check(&self, config: &ThrottleConfig, checks: &[(Limit, String)]) -> Result<Verdict, redis::RedisError> {
-        if checks.is_empty() {
-            return Ok(Verdict::Allow);
-        }
+    async fn check(
+        &self,
+        config: &ThrottleConfig,
+        checks: &[(Limit, String)],
+    ) -> Result<(Verdict, Taken), redis::RedisError> {
+        let mut keys = Vec::with_capacity(checks.len());
         let mut invocation = self.script.prepare_invoke();
         for (limit, key) in checks {
-            let rate = limit.rate(config).expect("checks hold configured limits only");
-            let interval = (rate.period / rate.count).as_micros() as u64;
-            let tolerance = interval * u64::from(rate.burst.saturating_sub(1));
+            let Some((interval, tolerance)) = limit.gcra(config) else {
+                continue;
+            };
+            let (interval, tolerance) = (interval.as_micros() as u64, tolerance.as_micros() as u64);
             let digest = Sha256::digest(key.as_bytes());
             let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-            invocation.key(format!("{}{}:{hex}", self.prefix, limit.name()));
+            let name = format!("{}{}:{hex}", self.prefix, limit.name());
+            invocation.key(&name);
             invocation.arg(interval).arg(tolerance);
+            keys.push((name, interval));
+        }
+        if keys.is_empty() {
+            return Ok((Verdict::Allow, Taken::default()));
         }
         let refused: usize = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(match refused {
-            0 => Verdict::Allow,
-            i => Verdict::Throttled(checks.get(i - 1).map_or(Scope::Global, |(l, _)| l.scope())),
+            0 => (
+                Verdict::Allow,
+                Taken {
+                    local: Vec::new(),
+                    shared: keys,
+                },
+            ),
+            i => (
+                Verdict::Throttled(checks.get(i - 1).map_or(Scope::Global, |(l, _)| l.scope())),
+                Taken::default(),
+            ),
         })
+    }
+
+    async fn refund(&self, taken: &[(String, u64)]) -> Result<(), redis::RedisError> {
+        let mut invocation = self.refund.prepare_invoke();
+        for (key, interval) in taken {
+            invocation.key(key).arg(*interval);
+        }
+        invocation.invoke_async::<()>(&mut self.conn.clone()).await
     }
 }
 
@@ -291,7 +389,7 @@ impl<C: Clock + Clone> Throttle<C> {
     ) -> Self {
         Throttle {
             config: config.clone(),
-            local: Local::new(config, clock),
+            local: Local::new(clock),
             shared,
             shared_down_until: AtomicU64::new(0),
             fallbacks,
@@ -312,23 +410,19 @@ impl<C: Clock + Clone> Throttle<C> {
         (!allowed || denied).then(|| Verdict::Blocked(code.map_or_else(|| "unknown".into(), |c| c.to_string())))
     }
 
-    pub async fn check(&self, job: &Job) -> Verdict {
+    /// One job's limits, taken if all have room. `Taken` is what to give back should the job not be sent
+    /// after all (empty unless allowed).
+    pub async fn check(&self, job: &Job) -> (Verdict, Taken) {
         if let Some(blocked) = self.destination(job) {
-            return blocked;
+            return (blocked, Taken::default());
         }
         let checks = checks(&self.config, job);
         if let Some(shared) = &self.shared
             && now_ms() >= self.shared_down_until.load(Ordering::Relaxed)
         {
             match shared.check(&self.config, &checks).await {
-                Ok(verdict) => return verdict,
-                Err(e) => {
-                    let until = now_ms() + FALLBACK_FOR.as_millis() as u64;
-                    let previous = self.shared_down_until.swap(until, Ordering::Relaxed);
-                    if previous < now_ms().saturating_sub(60_000) {
-                        tracing::warn!(error = %e, "redis unreachable: throttling with local limiters (per replica) until it is back");
-                    }
-                }
+                Ok(checked) => return checked,
+                Err(e) => self.redis_failed(&e),
             }
         }
         if self.shared.is_some()
@@ -336,13 +430,33 @@ impl<C: Clock + Clone> Throttle<C> {
         {
             counter.inc();
         }
-        self.local.check(&checks)
+        self.local.check(&self.config, &checks)
+    }
+
+    /// Gives back what a check took: the job was refused by a later check (the fraud guard) and was not
+    /// sent, so it counts against no limit. Best effort: with Redis unreachable, the tokens stay spent.
+    pub async fn refund(&self, taken: Taken) {
+        self.local.refund(&taken.local);
+        if let Some(shared) = &self.shared
+            && !taken.shared.is_empty()
+            && let Err(e) = shared.refund(&taken.shared).await
+        {
+            self.redis_failed(&e);
+        }
+    }
+
+    fn redis_failed(&self, e: &redis::RedisError) {
+        let until = now_ms() + FALLBACK_FOR.as_millis() as u64;
+        let previous = self.shared_down_until.swap(until, Ordering::Relaxed);
+        if previous < now_ms().saturating_sub(60_000) {
+            tracing::warn!(error = %e, "redis unreachable: throttling with local limiters (per replica) until it is back");
+        }
     }
 
     /// A synchronous check against the local limiters only (simulations and benchmarks).
     pub fn check_local(&self, job: &Job) -> Verdict {
         self.destination(job)
-            .unwrap_or_else(|| self.local.check(&checks(&self.config, job)))
+            .unwrap_or_else(|| self.local.check(&self.config, &checks(&self.config, job)).0)
     }
 }
 
@@ -503,6 +617,51 @@ mod tests {
         );
         let email = job("email", "a@b.co", "u", "192.0.2.1");
         assert_eq!(t.check_local(&email), Verdict::Allow, "lists apply to phones only");
+    }
+
+    #[test]
+    fn a_job_refused_by_one_limit_takes_nothing_from_the_others() {
+        let config = ThrottleConfig {
+            user_phone: Some("5/h".parse().unwrap()),
+            recipient: Some("1/h".parse().unwrap()),
+            ..no_limits()
+        };
+        let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
+        let to = |n: u32| job("sms", &format!("+1415555{n:04}"), "u1", "192.0.2.1");
+        assert_eq!(t.check_local(&to(1)), Verdict::Allow);
+        for _ in 0..10 {
+            assert_eq!(t.check_local(&to(1)), Verdict::Throttled(Scope::Recipient));
+        }
+        for n in 2..6 {
+            assert_eq!(t.check_local(&to(n)), Verdict::Allow, "the user's {n}th SMS");
+        }
+        assert_eq!(t.check_local(&to(6)), Verdict::Throttled(Scope::User));
+    }
+
+    #[tokio::test]
+    async fn a_refund_gives_back_what_a_check_took() {
+        let config = ThrottleConfig {
+            user_phone: Some("2/h".parse().unwrap()),
+            ..no_limits()
+        };
+        let clock = FakeRelativeClock::default();
+        let t = Throttle::with_clock(&config, None, None, clock.clone());
+        let j = job("sms", "+14155550123", "u1", "192.0.2.1");
+        let (first, taken) = t.check(&j).await;
+        assert_eq!(first, Verdict::Allow);
+        assert!(!taken.is_empty());
+        t.refund(taken).await;
+        assert_eq!(t.local().keys(), 0, "back to never seen");
+        assert_eq!(t.check(&j).await.0, Verdict::Allow);
+        let (_, second) = t.check(&j).await;
+        assert_eq!(t.check(&j).await.0, Verdict::Throttled(Scope::User));
+        t.refund(second).await;
+        assert_eq!(t.check(&j).await.0, Verdict::Allow, "one token back");
+        let (refused, nothing) = t.check(&j).await;
+        assert_eq!(refused, Verdict::Throttled(Scope::User));
+        assert!(nothing.is_empty(), "a refused check takes nothing");
+        t.refund(nothing).await;
+        assert_eq!(t.check(&j).await.0, Verdict::Throttled(Scope::User));
     }
 
     #[test]

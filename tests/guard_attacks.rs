@@ -206,3 +206,92 @@ fn a_pump_into_caribbean_nanp_ranges_does_not_spend_the_us_budget() {
         "{pump_sent} of {pumped} pumped SMS to +1 876 (Jamaica, never verified) went out in a day"
     );
 }
+
+/// Contract §12: a job the guard refuses "counts against nothing else". The fixed limits run first and
+/// take their tokens; a refusal must give them back. Otherwise a pump from one IP (or one user id) that
+/// the guard stops still spends that IP's limit, and the real user behind the same address (a carrier's
+/// NAT, an office) is throttled by a pump that sent nothing. Run with local limits and with Redis.
+#[test]
+fn a_job_refused_as_suspected_fraud_counts_against_no_limit() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = rt.block_on(refused_jobs_then_a_real_one(None));
+    let mut expected = vec!["sent"; 3];
+    expected.extend(["suspected_fraud"; 7]);
+    expected.push("sent");
+    assert_eq!(local, expected, "local limits");
+    let conn = rt
+        .block_on(async { herald::store::redis_connection("redis://127.0.0.1:6379") })
+        .expect("Redis must be running on 127.0.0.1:6379 for the integration tests");
+    let namespace = format!("test-refund-{}", uuid::Uuid::new_v4().simple());
+    let shared = herald::throttle::Shared::new(conn, &namespace);
+    let redis = rt.block_on(refused_jobs_then_a_real_one(Some(shared)));
+    assert_eq!(redis, local, "Redis limits");
+}
+
+/// One IP with a limit of 4 an hour: a real user's verified code (the learning period then passes), two
+/// pumped SMS into a never-verified +44 range (within the country's hourly floor), 7 more the guard
+/// refuses, then the real user again from the same IP: the fourth job the limit has to count. Outcomes in order, as error codes or "sent".
+async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Shared>) -> Vec<String> {
+    use herald::config::ThrottleConfig;
+    use herald::dispatch::{Dispatcher, Outcome};
+    use herald::job::Locale;
+    use herald::job::PerChannel;
+    use herald::providers::ProviderKind;
+    use herald::providers::stub::StubProvider;
+    use herald::retry::RetryPolicy;
+    use herald::templates::Templates;
+    use herald::throttle::Throttle;
+
+    let now = Arc::new(AtomicU64::new(START));
+    let mut config = Config::default();
+    config.fraud.mode = Mode::Enforce;
+    let clock = now.clone();
+    let guard = Arc::new(Guard::local(
+        config.fraud_settings(),
+        Arc::new(move || clock.load(Ordering::Relaxed)),
+        None,
+    ));
+    let limits = ThrottleConfig {
+        ip: Some("4/h".parse().unwrap()),
+        ..ThrottleConfig::unlimited()
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let templates = Templates::load(&dir, &Locale::parse("en").unwrap()).unwrap();
+    let sms: Arc<dyn herald::providers::Provider> = Arc::new(StubProvider::new(ProviderKind::Outbox, vec![]));
+    let dispatcher = Dispatcher::new(
+        Arc::new(templates),
+        PerChannel {
+            sms: vec![sms],
+            ..PerChannel::default()
+        },
+        RetryPolicy::new(vec![std::time::Duration::from_secs(1)]),
+        Arc::new(Throttle::new(&limits, shared, None)),
+    )
+    .with_guard(guard.clone());
+    let word = |outcome: Outcome| match outcome {
+        Outcome::Sent { .. } => "sent".to_string(),
+        Outcome::Failed { code, .. } => code.as_str().to_string(),
+        Outcome::Retry { .. } => "retry".to_string(),
+    };
+    let ip = "203.0.113.50";
+    let mut out = Vec::new();
+    // The learning period: a verified code, then a day.
+    out.push(word(
+        dispatcher.deliver(&job("real-1", "+447700900123", ip), 1).await.outcome,
+    ));
+    guard.verified("real-1").await.unwrap();
+    now.store(START + DAY + 3600, Ordering::Relaxed);
+    for i in 0..9 {
+        let to = format!("+447911{:06}", 100 + i);
+        out.push(word(
+            dispatcher.deliver(&job(&format!("pump-{i}"), &to, ip), 1).await.outcome,
+        ));
+    }
+    out.push(word(
+        dispatcher.deliver(&job("real-2", "+447700900123", ip), 1).await.outcome,
+    ));
+    out
+}
