@@ -126,7 +126,8 @@ pub struct Destinations {
     /// The country level's key: the calling code, except that the North American Numbering Plan is one
     /// calling code for 25 countries (`+1 876` is Jamaica, a classic pumping target): there each area
     /// code is a country of its own, so a pump into the Caribbean cannot spend the budget US users earned.
-    pub region: String,
+    /// A calling code (1-3 digits) or `1` and an area code (4 digits): see [`country_of_region`].
+    pub region: u16,
     pub range: String,
     pub ip: Option<String>,
 }
@@ -151,7 +152,7 @@ impl Destinations {
     pub fn keys(&self) -> Vec<(Level, String)> {
         let mut out = vec![
             (Level::Range, self.range.clone()),
-            (Level::Country, self.region.clone()),
+            (Level::Country, self.region.to_string()),
         ];
         if let Some(ip) = &self.ip {
             out.push((Level::Ip, ip.clone()));
@@ -162,11 +163,17 @@ impl Destinations {
 
 /// The country level's key of a number's `digits` with calling code `country` (see
 /// [`Destinations::region`]).
-fn region(country: u16, digits: &str) -> String {
-    match digits.get(..4) {
-        Some(npa) if country == 1 => npa.to_owned(),
-        _ => country.to_string(),
+fn region(country: u16, digits: &str) -> u16 {
+    match digits.get(..4).and_then(|npa| npa.parse().ok()) {
+        Some(npa) if country == 1 => npa,
+        _ => country,
     }
+}
+
+/// The calling code of a [`region`]: calling codes have at most 3 digits, so a 4-digit region is `1` and
+/// an area code (1000-1999).
+pub fn country_of_region(region: u16) -> u16 {
+    if region >= 1000 { 1 } else { region }
 }
 
 /// 96 bits of SHA-256, hex: a number range or an IP never sits in memory or Redis in the clear.
@@ -450,7 +457,7 @@ impl Guard {
         let region = region(country, digits);
         let mut levels = vec![
             (Level::Range, format!("+{}", &digits[..n]), hashed(&digits[..n])),
-            (Level::Country, region.clone(), region),
+            (Level::Country, region.to_string(), region.to_string()),
         ];
         if let Some(ip) = ip {
             let key = ip_key(ip, self.settings.ipv6_prefix);
