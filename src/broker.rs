@@ -26,30 +26,19 @@ pub enum BrokerError {
 }
 
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
-    connect_framed(config, name, FRAME_MAX).await
-}
-
-/// [`connect`] for a connection that only carries small messages (feedback is at most 4 KiB): lapin's
-/// buffers follow `frame_max`, so a 32 KiB one cost the feedback consumer 2 MiB of herald's memory.
-pub async fn connect_small(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
-    connect_framed(config, name, SMALL_FRAME_MAX).await
-}
-
-async fn connect_framed(config: &AmqpConfig, name: &str, frame_max: u32) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let mut uri: lapin::uri::AMQPUri = config.url.expose().parse().map_err(|_: String| BrokerError::Url)?;
     // A `frame_max` in the URL wins.
-    uri.query.frame_max.get_or_insert(frame_max);
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
     Ok(Connection::connect_uri(uri, props).await?)
 }
 
-/// AMQP's smallest `frame_max` is 4096; a feedback message and its headers fit in two of these.
-const SMALL_FRAME_MAX: u32 = 8 * 1024;
-
 /// The largest AMQP frame herald asks for. lapin keeps 32 frames of buffer each way per connection, so
-/// RabbitMQ's default of 128 KiB held 8 MiB of herald's memory; jobs are at most 16 KiB, and a larger
-/// body would only be split into more frames.
-const FRAME_MAX: u32 = 32 * 1024;
+/// RabbitMQ's default of 128 KiB held 8 MiB of herald's memory per connection, and 32 KiB 2 MiB. A job
+/// (at most 16 KiB) or an event larger than a frame is split into more body frames, which costs nothing
+/// measurable: `herald bench` gave the same ratios at 8 and 32 KiB, and 1.1-1.5 MiB less peak RSS
+/// (BENCHMARKS.md). AMQP's smallest is 4 KiB.
+const FRAME_MAX: u32 = 8 * 1024;
 
 /// The broker address without credentials, for logs.
 pub fn redacted_url(config: &AmqpConfig) -> String {

@@ -124,8 +124,7 @@ impl FeedbackConsumer {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
-        let connection =
-            broker::connect_small(&self.config, &format!("herald:{}:feedback", self.config.jobs_queue)).await?;
+        let connection = broker::connect(&self.config, &format!("herald:{}:feedback", self.config.jobs_queue)).await?;
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.config).await?;
         let dead = Publisher::new(&connection).await?;
