@@ -36,15 +36,19 @@ pub enum Command {
     Send(Box<SendArgs>),
     /// Measure herald against the raw broker in the same run (see BENCHMARKS.md).
     Bench {
-        /// Jobs per run.
-        #[arg(long, default_value_t = 20_000)]
-        jobs: usize,
+        /// Jobs per run [default: 20000; 2000 with --callgrind].
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Rounds of ceiling + herald runs; the ratios are the median over the rounds.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
         rounds: u16,
         /// Only the delivery-receipts step (its send rate and receipts/s), without the ratios.
         #[arg(long)]
         receipts_only: bool,
+        /// Only herald's instructions per job (outbox and Twilio-shaped), counted by valgrind's callgrind:
+        /// a figure that does not wander with the machine's load.
+        #[arg(long, conflicts_with = "receipts_only")]
+        callgrind: bool,
     },
     /// Template tools.
     Templates {
@@ -116,12 +120,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             jobs,
             rounds,
             receipts_only,
+            callgrind,
         } => crate::bench::run(
             &config,
             crate::bench::BenchArgs {
                 jobs,
                 rounds: usize::from(rounds),
                 receipts_only,
+                callgrind,
             },
         )
         .await

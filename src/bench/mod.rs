@@ -1,24 +1,28 @@
 //! `herald bench`: herald against the raw broker, measured in the same run on the same machine, so
 //! that the result is a ratio rather than an absolute number that wanders with the machine.
 //!
-//! 1. the broker's ceiling: publish N with confirms, then consume them with manual acks at the same
-//!    prefetch, publishing one small confirmed message per message through a topic exchange to a queue
-//!    (what herald minimally does);
+//! 1. the broker's ceilings: publish N with confirms, then consume them with manual acks at the same
+//!    prefetch, publishing one small message per message through a topic exchange to a queue (what
+//!    herald minimally does), by two bare clients: per-message publisher confirms, and herald's shape of
+//!    one transaction per batch of ready deliveries (see [`steps::Ceiling`]). The higher of the two is
+//!    what the bars hold herald to;
 //! 2. herald end to end (a child `herald serve`): N jobs queued, time from herald consuming until N
 //!    outcome events, with a zero-latency Twilio-shaped HTTP server, then with the outbox provider. The
-//!    events go to a queue like the ceiling's output, and are counted on herald's stdout. Steps 1 and 2
-//!    run in rounds (`--rounds`, default 3): each herald run is divided by its round's ceiling, and the
+//!    events go to a queue like the ceilings' output, and are counted on herald's stdout. Steps 1 and 2
+//!    run in rounds (`--rounds`, default 3): each herald run is divided by its round's ceilings, and the
 //!    median over the rounds is the ratio printed;
 //! 3. herald with a provider answering after 200 ms (concurrency is the limit, not CPU);
-//! 4. latency from publish to provider request at half the measured throughput, next to the broker's
-//!    own publish → consumer latency at that rate (herald's share is the difference), after a first
-//!    second at that pace that is not measured (a fresh process opening its connections);
+//! 4. latency from publish to provider request at 1,000 jobs/s and at half the best ceiling, each next
+//!    to the broker's own publish → consumer latency at that rate (herald's share is the difference), after
+//!    a first second at that pace that is not measured (a fresh process opening its connections);
 //! 5. the peak RSS of the herald process;
 //! 6. delivery receipts: the send rate with `twilio.status_callback_url` set, then signed status callbacks
 //!    taken per second (each a final status, so a confirmed event), beside it.
 //!
 //! Each row notes the CPU per job that herald, the broker (when local) and the bench itself spent.
 //! Everything runs on queues of its own (`herald.bench.<id>.*`), deleted afterwards.
+//!
+//! `--callgrind` instead counts the instructions herald executes per job (see [`instructions`]).
 //!
 //! This module runs the steps and cleans up; [`steps`] measures, [`harness`] runs herald and the fake
 //! provider, [`procfs`] reads CPU and memory, [`report`] computes and prints.
@@ -39,21 +43,32 @@ use crate::config::{AmqpConfig, Config};
 
 use self::harness::Provider;
 use self::report::{Round, Row, Summary};
+use self::steps::Ceiling;
 
 pub struct BenchArgs {
-    /// Jobs per run (at least 10).
-    pub jobs: usize,
+    /// Jobs per run (at least 10); by default [`JOBS`], or [`CALLGRIND_JOBS`] with `callgrind`.
+    pub jobs: Option<usize>,
     /// Rounds of ceiling and herald runs; the ratios are their median.
     pub rounds: usize,
     /// Only step 6 (delivery receipts).
     pub receipts_only: bool,
+    /// Only herald's instructions per job, counted by callgrind (see [`instructions`]).
+    pub callgrind: bool,
 }
+
+/// Jobs per run by default.
+pub const JOBS: usize = 20_000;
+/// Jobs per run by default with `--callgrind`: a herald under callgrind runs some 50 times slower.
+pub const CALLGRIND_JOBS: usize = 2_000;
 
 /// How long the slow provider of step 3 takes to answer.
 const SLOW_ANSWER: Duration = Duration::from_millis(200);
 
 pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    let n = args.jobs.max(10);
+    let n = args
+        .jobs
+        .unwrap_or(if args.callgrind { CALLGRIND_JOBS } else { JOBS })
+        .max(10);
     let bench = Bench::connect(config).await?;
     eprintln!(
         "herald bench: {n} jobs, prefetch {}, broker {}",
@@ -61,24 +76,29 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         broker::redacted_url(&bench.amqp)
     );
     // Ctrl-C ends the run but not the clean-up below: dropping the run kills the herald children.
-    if args.receipts_only {
-        let result = tokio::select! {
-            result = receipts(&bench, n) => result,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-        };
-        bench.clean_up().await;
-        println!("{}", report::steps_table(&result?));
-        return Ok(());
-    }
     let result = tokio::select! {
-        result = measure(&bench, n, args.rounds) => result,
+        result = run_steps(&bench, n, &args) => result,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     bench.clean_up().await;
-    let (rows, summary) = result?;
-    println!("{}", report::steps_table(&rows));
-    print!("{}", report::measures_table(&summary));
+    print!("{}", result?);
     Ok(())
+}
+
+/// Runs what `args` asks for; returns the tables to print.
+async fn run_steps(bench: &Bench, n: usize, args: &BenchArgs) -> anyhow::Result<String> {
+    if args.callgrind {
+        return Ok(report::instructions_table(&instructions(bench, n).await?));
+    }
+    if args.receipts_only {
+        return Ok(format!("{}\n", report::steps_table(&receipts(bench, n).await?)));
+    }
+    let (rows, summary) = measure(bench, n, args.rounds).await?;
+    Ok(format!(
+        "{}\n{}",
+        report::steps_table(&rows),
+        report::measures_table(&summary)
+    ))
 }
 
 /// Runs the steps in order; returns their rows and what the measures are computed from.
@@ -90,12 +110,14 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
     // just before it (see `Summary`), and the median over the rounds drops a round that caught a stall
     // on one side only.
     for round in 1..=rounds {
-        let (publish, mut ceiling) = steps::ceiling(bench, n).await?;
+        let (publish, mut ceiling) = steps::ceiling(bench, n, Ceiling::Confirms).await?;
+        let (_, mut tx_ceiling) = steps::ceiling(bench, n, Ceiling::Transaction).await?;
         let (mut twilio, rss1) =
             steps::herald_run(bench, n, Some(&fast), "herald e2e, Twilio-shaped server (0 ms)").await?;
         let (mut outbox, rss2) = steps::herald_run(bench, n, None, "herald e2e, outbox provider").await?;
         measured.push(Round {
             ceiling: ceiling.rate(),
+            tx_ceiling: tx_ceiling.rate(),
             twilio: twilio.rate(),
             outbox: outbox.rate(),
         });
@@ -103,10 +125,10 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
         if round == 1 {
             rows.push(publish);
         }
-        for row in [&mut ceiling, &mut twilio, &mut outbox] {
+        for row in [&mut ceiling, &mut tx_ceiling, &mut twilio, &mut outbox] {
             row.what = format!("{}, round {round}", row.what);
         }
-        rows.extend([ceiling, twilio, outbox]);
+        rows.extend([ceiling, tx_ceiling, twilio, outbox]);
     }
 
     let prefetch = bench.amqp.prefetch;
@@ -115,17 +137,18 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
     let slow = Provider::start(SLOW_ANSWER)?;
     let what = format!("herald e2e, provider answering in {} ms", SLOW_ANSWER.as_millis());
     let (slow_row, rss3) = steps::herald_run(bench, slow_jobs, Some(&slow), &what).await?;
-    let (latency_row, latency, rss4) = steps::latency(bench, &fast, report::half_load(&measured), n).await?;
-    rss.extend([rss3, rss4]);
+    let (bar_row, at_bar, rss4) = steps::latency(bench, &fast, report::LATENCY_BAR_RATE, n).await?;
+    let (half_row, at_half, rss5) = steps::latency(bench, &fast, report::half_load(&measured), n).await?;
+    rss.extend([rss3, rss4, rss5]);
     let summary = Summary {
         rounds: measured,
         prefetch,
         slow_delay: SLOW_ANSWER,
         slow_rate: slow_row.rate(),
-        latency,
+        latency: [at_bar, at_half],
         peak_rss_mib: rss.into_iter().fold(0.0, f64::max),
     };
-    rows.extend([slow_row, latency_row]);
+    rows.extend([slow_row, bar_row, half_row]);
     rows.extend(receipts(bench, n).await?);
     Ok((rows, summary))
 }
@@ -134,6 +157,20 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
 async fn receipts(bench: &Bench, n: usize) -> anyhow::Result<Vec<Row>> {
     let (send, receipts) = steps::receipts(bench, n, &Provider::start_with_sids(Duration::ZERO)?).await?;
     Ok(vec![send, receipts])
+}
+
+/// `--callgrind`: herald's instructions per job, Twilio-shaped (0 ms) and with the outbox, counted by
+/// valgrind's callgrind on the herald child (see [`steps::instructions`]). This machine has no hardware
+/// counters (`perf stat -e instructions`: not supported), and times wander with its load; an instruction
+/// count is a figure that does not, so a change to herald's pipeline can be judged by it in one run each.
+/// It lives in the bench, not in a script, because it needs everything the bench has: the queues of its
+/// own, the child's configuration, the Twilio-shaped server and the count of herald's events.
+async fn instructions(bench: &Bench, n: usize) -> anyhow::Result<Vec<report::Instructions>> {
+    let fast = Provider::start(Duration::ZERO)?;
+    Ok(vec![
+        steps::instructions(bench, n, Some(&fast), "herald e2e, Twilio-shaped server (0 ms)").await?,
+        steps::instructions(bench, n, None, "herald e2e, outbox provider").await?,
+    ])
 }
 
 /// What every step runs against.

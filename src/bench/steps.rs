@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
@@ -17,9 +17,9 @@ use lapin::{BasicProperties, Channel, Consumer};
 use crate::broker;
 
 use super::Bench;
-use super::harness::{Herald, Provider};
+use super::harness::{self, Herald, Provider};
 use super::procfs::StepCpu;
-use super::report::{self, Latency, Row};
+use super::report::{self, Instructions, Latency, Row};
 
 /// Queues and the exchange the steps declare for themselves, each `<jobs queue>.<name>`.
 const CEILING_IN: &str = "ceiling-in";
@@ -29,14 +29,28 @@ const LATENCY: &str = "latency";
 pub(super) const OWN_QUEUES: [&str; 4] = [CEILING_IN, CEILING_OUT, EVENTS_SINK, LATENCY];
 pub(super) const OWN_EXCHANGE: &str = "ceiling";
 
-/// Step 1: what the broker itself does at this prefetch. Returns the rows of publishing the n jobs and of
-/// consuming them.
+/// How the bare client of a ceiling step answers and acks its deliveries. Both publish one small message
+/// per delivery the way herald's events go, and both hold at most prefetch deliveries unacked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Ceiling {
+    /// Each delivery on its own task, as herald handles up to prefetch jobs at once: its publish on a
+    /// second channel in confirm mode, its ack once the publish is confirmed.
+    Confirms,
+    /// Herald's shape (contract §11.1), without herald: on the consuming channel, each batch of the
+    /// deliveries ready at the time (up to prefetch) answered with pipelined publishes, acked with one
+    /// `multiple` ack and committed as one transaction. Batched commits cost the broker less than a
+    /// confirm per message (#23), so this ceiling is usually the higher.
+    Transaction,
+}
+
+/// Step 1: what the broker itself does at this prefetch, with a bare client of `shape`. Returns the rows
+/// of publishing the n jobs and of consuming them.
 ///
 /// The small publish takes the path herald's event must (contract: `herald.events` is a topic exchange):
 /// through a topic exchange to one bound queue of the configured kind. Topic routing costs the broker
 /// about 10 µs of CPU per message more than the default exchange, which a ceiling publishing straight to
 /// its queue would leave out.
-pub(super) async fn ceiling(bench: &Bench, n: usize) -> anyhow::Result<(Row, Row)> {
+pub(super) async fn ceiling(bench: &Bench, n: usize, shape: Ceiling) -> anyhow::Result<(Row, Row)> {
     let channel = &bench.channel;
     let (q_in, q_out, exchange) = (bench.own(CEILING_IN), bench.own(CEILING_OUT), bench.own(OWN_EXCHANGE));
     broker::declare_queue(channel, &bench.amqp, &q_in).await?;
@@ -52,19 +66,68 @@ pub(super) async fn ceiling(bench: &Bench, n: usize) -> anyhow::Result<(Row, Row
         note: String::new(),
     };
 
-    let (consume, mut consumer) = consume(bench, &q_in, "bench").await?;
-    let out = broker::Publisher::new(&bench.connection).await?;
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (consume, consumer) = consume(bench, &q_in, "bench").await?;
+    let to: Arc<str> = exchange.as_str().into();
+    let (what, (seconds, others_cpu, batches)) = match shape {
+        Ceiling::Confirms => {
+            let out = broker::Publisher::new(&bench.connection).await?;
+            let what = "broker ceiling: consume + ack + one small publish (topic exchange)";
+            (what, timed(n, confirmed_each(consumer, out, to, n)).await?)
+        }
+        Ceiling::Transaction => {
+            consume.tx_select().await?;
+            let what = "broker ceiling, transactional: ready batch + one small publish each (topic exchange) \
+                        + multiple ack + commit";
+            let prefetch = bench.amqp.prefetch;
+            (
+                what,
+                timed(n, committed_batches(&consume, consumer, prefetch, &to, n)).await?,
+            )
+        }
+    };
+    let _ = consume.close(200, "done".into()).await;
+    for q in [&q_in, &q_out] {
+        delete_queue(channel, q).await;
+    }
+    let _ = channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
+    let ceiling = Row {
+        what: what.into(),
+        jobs: n,
+        seconds,
+        note: format!("prefetch {}{batches}{others_cpu}", bench.amqp.prefetch),
+    };
+    Ok((publish, ceiling))
+}
+
+/// Runs a ceiling's consuming loop for n jobs; returns its seconds, the CPU note of the broker and the
+/// bench (see [`StepCpu::others_per_job`]) and the loop's own note.
+async fn timed(
+    n: usize,
+    run: impl std::future::Future<Output = anyhow::Result<String>>,
+) -> anyhow::Result<(f64, String, String)> {
     let cpu = StepCpu::start(None);
     let started = Instant::now();
-    let to: Arc<str> = exchange.as_str().into();
+    let note = run.await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((seconds, cpu.others_per_job(n), note))
+}
+
+/// The [`Ceiling::Confirms`] loop: n deliveries, each answered on `out` and acked on its own task.
+async fn confirmed_each(
+    mut consumer: Consumer,
+    out: broker::Publisher,
+    to: Arc<str>,
+    n: usize,
+) -> anyhow::Result<String> {
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         for _ in 0..n {
             let Some(Ok(delivery)) = consumer.next().await else {
                 break;
             };
             let (out, done, to) = (out.clone(), done_tx.clone(), to.clone());
-            // Each delivery on its own task, as herald handles up to prefetch jobs at once.
             tokio::spawn(async move {
                 let small = BasicProperties::default().with_delivery_mode(2);
                 let published = out.publish(&to, "gd_send_sms", b"{}", small).await;
@@ -80,23 +143,69 @@ pub(super) async fn ceiling(bench: &Bench, n: usize) -> anyhow::Result<(Row, Row
             .context("the broker ceiling's consumer stopped")?
             .context("the broker ceiling run failed")?;
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let others_cpu = cpu.others_per_job(n);
     reader.abort();
-    let _ = consume.close(200, "done".into()).await;
-    for q in [&q_in, &q_out] {
-        delete_queue(channel, q).await;
+    Ok(String::new())
+}
+
+/// How long the transactional ceiling waits for the next delivery of a window it has begun: after a
+/// commit the broker sends the window's deliveries over a few hundred µs, and taking only those already
+/// there made batches of ~150 instead of the ~250 that #23 measured this shape with.
+const WINDOW_GRACE: Duration = Duration::from_millis(1);
+
+/// The [`Ceiling::Transaction`] loop on `channel` (already in transaction mode, `prefetch` deliveries
+/// unacked at most): waits for a delivery, takes every other one ready by then or within
+/// [`WINDOW_GRACE`] of the last, publishes one small message each and acks them all with one `multiple`
+/// ack, all pipelined, then commits; until n are committed. Notes the mean batch size.
+async fn committed_batches(
+    channel: &Channel,
+    mut consumer: Consumer,
+    prefetch: u16,
+    to: &str,
+    n: usize,
+) -> anyhow::Result<String> {
+    let small = BasicProperties::default().with_delivery_mode(2);
+    let (mut committed, mut commits) = (0_usize, 0_u32);
+    while committed < n {
+        let first = consumer
+            .next()
+            .await
+            .context("the transactional ceiling's consumer stopped")??;
+        let (mut batch, mut last_tag) = (1, first.delivery_tag);
+        // What can be ready at most: the rest of the window, or of the jobs.
+        let window = usize::from(prefetch).min(n - committed);
+        loop {
+            while let Some(Some(delivery)) = consumer.next().now_or_never() {
+                (batch, last_tag) = (batch + 1, delivery?.delivery_tag);
+            }
+            if batch >= window {
+                break;
+            }
+            match tokio::time::timeout(WINDOW_GRACE, consumer.next()).await {
+                Ok(Some(delivery)) => (batch, last_tag) = (batch + 1, delivery?.delivery_tag),
+                _ => break,
+            }
+        }
+        let publishes = (0..batch).map(|_| {
+            channel.basic_publish(
+                to.into(),
+                "gd_send_sms".into(),
+                BasicPublishOptions::default(),
+                b"{}",
+                small.clone(),
+            )
+        });
+        futures_util::future::try_join(
+            futures_util::future::try_join_all(publishes),
+            channel.basic_ack(last_tag, BasicAckOptions { multiple: true }),
+        )
+        .await?;
+        channel.tx_commit().await?;
+        (committed, commits) = (committed + batch, commits + 1);
     }
-    let _ = channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await;
-    let ceiling = Row {
-        what: "broker ceiling: consume + ack + one small publish (topic exchange)".into(),
-        jobs: n,
-        seconds,
-        note: format!("prefetch {}{others_cpu}", bench.amqp.prefetch),
-    };
-    Ok((publish, ceiling))
+    Ok(format!(
+        ", {commits} commits of {:.0} on average",
+        committed as f64 / f64::from(commits)
+    ))
 }
 
 /// Steps 2 and 3: n jobs through a fresh herald, with Twilio at `provider` or the outbox; returns the row
@@ -217,8 +326,8 @@ pub(super) async fn receipts(bench: &Bench, n: usize, provider: &Provider) -> an
 }
 
 /// Step 4: jobs published at a steady `rate`; the latency to the provider request through herald, and
-/// the broker's own publish → consumer latency at the same rate on the same kind of queue (what herald
-/// adds is the difference). Returns the row, the latencies and herald's peak RSS in MiB.
+/// the broker's own publish → consumer latency at the same rate on the same kind of queue, just before
+/// (what herald adds is the difference). Returns the row, the latencies and herald's peak RSS in MiB.
 pub(super) async fn latency(
     bench: &Bench,
     provider: &Provider,
@@ -226,10 +335,11 @@ pub(super) async fn latency(
     n: usize,
 ) -> anyhow::Result<(Row, Latency, f64)> {
     let channel = &bench.channel;
-    let count = ((rate * 3.0) as usize).clamp(50, n);
+    // Three seconds, and at least 5,000 jobs so that p99.9 rests on five of them (at n jobs at most).
+    let count = ((rate * 3.0) as usize).max(5_000).min(n);
     // The first second at this pace is not measured: it covers a freshly started process opening its
     // connections to the provider and warming its caches, which is start-up, not steady-state latency.
-    let warm = ((rate * 1.0) as usize).clamp(50, n);
+    let warm = (rate as usize).max(50).min(n);
     let offset = 500_000; // codes distinct from the throughput runs
 
     // The broker alone: a plain consumer acking each message.
@@ -250,6 +360,7 @@ pub(super) async fn latency(
         }
         arrived
     });
+    let started = Instant::now();
     let published = report::measured(
         paced_publish(channel, &q, offset, warm + count, rate).await?,
         offset + warm,
@@ -257,6 +368,7 @@ pub(super) async fn latency(
     let arrived = tokio::time::timeout(Duration::from_secs(60), reader)
         .await
         .context("the broker latency run stalled")??;
+    let broker_pace = (warm + count) as f64 / started.elapsed().as_secs_f64();
     let broker = report::percentiles(&published, &arrived);
     let _ = consume.close(200, "done".into()).await;
     delete_queue(channel, &q).await;
@@ -279,14 +391,53 @@ pub(super) async fn latency(
         what: format!("latency run at {rate:.0} jobs/s"),
         jobs: warm + count,
         seconds,
-        note: format!("latency of the last {count}: the first {warm} warm up"),
+        note: format!("latency of the last {count}: the first {warm} warm up, herald peak RSS {rss:.1} MiB"),
     };
     let latency = Latency {
         rate,
+        broker_pace,
+        herald_pace: row.rate(),
         broker,
         herald: report::percentiles(&published, &provider.arrivals()),
     };
     Ok((row, latency, rss))
+}
+
+/// `--callgrind`: the instructions herald executes per job with Twilio at `provider` or the outbox. A
+/// herald under callgrind, counting from once it is ready: n jobs published, until its n-th event and its
+/// exit; then one that gets no job, stopped after as long. The difference is the jobs' own (idle timers
+/// and shutdown cancel out), divided by n. Start-up is left out of both: its count depends on time (a
+/// clock calibration loops for a while), so that it would not cancel out. Instruction counts do not
+/// depend on the machine's load as times do; what still varies is how the jobs fall into batches.
+pub(super) async fn instructions(
+    bench: &Bench,
+    n: usize,
+    provider: Option<&Provider>,
+    what: &str,
+) -> anyhow::Result<Instructions> {
+    let sink = events_sink(bench).await?;
+    let counted = |name: &str| bench.dir.join(format!("callgrind.{}.{name}", ulid::Ulid::generate()));
+    let (jobs_out, idle_out) = (counted("jobs"), counted("idle"));
+    let (mut herald, _) = Herald::start_counted(bench, provider, &jobs_out).await?;
+    herald.zero_instructions().await?;
+    let started = Instant::now();
+    publish_all(&bench.channel, &bench.amqp.jobs_queue, n).await?;
+    let failures = herald.events.wait(n).await?;
+    let seconds = started.elapsed();
+    herald.stop().await?;
+    anyhow::ensure!(failures == 0, "{failures} of {n} jobs failed under callgrind ({what})");
+    let (idle, _) = Herald::start_counted(bench, provider, &idle_out).await?;
+    idle.zero_instructions().await?;
+    tokio::time::sleep(seconds).await;
+    idle.stop().await?;
+    delete_queue(&bench.channel, &sink).await;
+    Ok(Instructions {
+        what: what.into(),
+        jobs: n,
+        seconds: seconds.as_secs_f64(),
+        total: harness::instructions(&jobs_out)?,
+        baseline: harness::instructions(&idle_out)?,
+    })
 }
 
 /// A consumer of `queue` with manual acks at herald's prefetch, on a channel of its own.
