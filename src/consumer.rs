@@ -569,7 +569,9 @@ impl Consumer {
                 let json = Arc::new(event.to_json());
                 if let Some(id) = job_id {
                     let record = Record {
-                        event: String::from_utf8_lossy(&json).into_owned(),
+                        // serde_json writes UTF-8: checked, not scanned for replacements chunk by chunk.
+                        event: String::from_utf8(json.to_vec())
+                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
                         dead_reason: dead_reason.clone(),
                         committed: false,
                     };
