@@ -423,6 +423,7 @@ impl Consumer {
     /// After a batch committed: print and count its events, mark its records committed. Clearing the
     /// batch releases the claims and the in-flight gauge.
     fn committed(&self, batch: &mut Vec<Finished>, lines: &mut Vec<u8>) {
+        self.metrics.commit_batch.observe(batch.len() as f64);
         let mut committed = Vec::with_capacity(batch.len());
         // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
         lines.clear();

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// The toll-fraud guard's decisions, feedback and state (contract §12).
     pub guard: crate::fraud::GuardMetrics,
+    /// Messages settled per broker transaction: the batch a commit carries (its count is the commits).
+    pub commit_batch: prometheus::Histogram,
 }
 
 /// What the metrics need of an outcome event: its labels and duration.
@@ -118,6 +120,15 @@ impl Metrics {
             "Messages moved to the dead-letter queue, by reason".into(),
             &["reason"],
         );
+        let commit_batch = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_commit_batch_messages",
+                "Jobs settled (event, retry or dead letter, and ack) per broker transaction",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+        )
+        .expect("valid metric");
+        register(Box::new(commit_batch.clone()));
         let broker_connected = IntGauge::new(
             "herald_broker_connected",
             "1 while connected to the broker and consuming",
@@ -198,6 +209,7 @@ impl Metrics {
             duration,
             in_flight,
             retries,
+            commit_batch,
             dead_lettered,
             broker_connected,
             throttle_fallbacks,

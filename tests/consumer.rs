@@ -58,6 +58,10 @@ async fn metrics_move_by_exactly_the_number_of_deliveries() {
     app.events(8).await;
 
     let m = app.settled_metrics().await;
+    // Every delivery is settled in some broker transaction, the malformed one (dead-lettered) included.
+    assert_eq!(metric(&m, "herald_commit_batch_messages_sum"), 8.0);
+    let commits = metric(&m, "herald_commit_batch_messages_count");
+    assert!((1.0..=8.0).contains(&commits), "{commits} commits");
     let sms = |country: &str| {
         metric(
             &m,

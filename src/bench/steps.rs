@@ -227,9 +227,10 @@ pub(super) async fn herald_run(
     let seconds = started.elapsed().as_secs_f64();
     let (cpu_per_job, others_cpu) = (cpu.herald_per_job(n), cpu.others_per_job(n));
     let rss = herald.peak_rss_mib();
+    let batches = herald_batches(herald.port).await;
     drop(herald);
     delete_queue(&bench.channel, &sink).await;
-    let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{others_cpu}");
+    let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{others_cpu}{batches}");
     if failures > 0 {
         note.push_str(&format!(", {failures} failed"));
     }
@@ -240,6 +241,36 @@ pub(super) async fn herald_run(
         note,
     };
     Ok((row, rss))
+}
+
+/// Herald's commits and their mean batch, from its `/metrics` (`herald_commit_batch_messages`), as the
+/// ceiling rows print theirs; empty when they cannot be read.
+async fn herald_batches(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let Ok(response) = reqwest::get(&url).await else {
+        return String::new();
+    };
+    let Ok(text) = response.text().await else {
+        return String::new();
+    };
+    batches_note(&text)
+}
+
+fn batches_note(metrics: &str) -> String {
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    match (
+        value("herald_commit_batch_messages_count"),
+        value("herald_commit_batch_messages_sum"),
+    ) {
+        (Some(commits), Some(jobs)) if commits > 0.0 => {
+            format!(", {commits:.0} commits of {:.0} on average", jobs / commits)
+        }
+        _ => String::new(),
+    }
 }
 
 /// The callback URL and auth token of the receipts step (Twilio signs with both; nothing is fetched).
@@ -540,6 +571,17 @@ fn body_code(body: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn herald_batches_come_from_its_commit_histogram() {
+        let metrics = "# TYPE herald_commit_batch_messages histogram\n\
+            herald_commit_batch_messages_bucket{le=\"+Inf\"} 80\n\
+            herald_commit_batch_messages_sum 20000\n\
+            herald_commit_batch_messages_count 80\n";
+        assert_eq!(batches_note(metrics), ", 80 commits of 250 on average");
+        assert_eq!(batches_note("herald_commit_batch_messages_count 0\n"), "");
+        assert_eq!(batches_note(""), "");
+    }
 
     #[test]
     fn a_job_body_is_a_valid_job_that_carries_its_index_as_code() {
