@@ -102,8 +102,17 @@ try {
   console.log("browser test passed; screenshot in artifacts/admin-page.png");
 } finally {
   if (browser) await browser.close();
+  // Stopped before its queues go, so that it does not declare them again; then every queue of this run
+  // (jobs, retry, each retry delay, dead, feedback): a fixed list leaked the delay and feedback queues.
+  const exited = new Promise((r) => server.once("exit", r));
   server.kill("SIGTERM");
-  for (const q of [".jobs", ".retry", ".dead"]) {
-    try { execFileSync("rabbitmqctl", ["delete_queue", ns + q], { stdio: "ignore" }); } catch (_) {}
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
+  let names = [];
+  try {
+    names = execFileSync("rabbitmqctl", ["list_queues", "name", "--no-table-headers", "--quiet"], { encoding: "utf8" })
+      .split("\n").map((l) => l.trim()).filter((n) => n.startsWith(ns + "."));
+  } catch (_) {}
+  for (const q of names) {
+    try { execFileSync("rabbitmqctl", ["delete_queue", q], { stdio: "ignore" }); } catch (_) {}
   }
 }
