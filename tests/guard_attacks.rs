@@ -31,6 +31,18 @@ fn enforcing_guard(now: &Arc<AtomicU64>, outage_after: Option<std::time::Duratio
     )
 }
 
+/// Real users type in their codes: each pending `(due, job id)` whose time has come is verified.
+fn verify_due(rt: &tokio::runtime::Runtime, guard: &Guard, pending: &mut Vec<(u64, String)>, now: u64) {
+    pending.retain(|(at, id)| {
+        if *at <= now {
+            rt.block_on(guard.verified(id)).unwrap();
+            false
+        } else {
+            true
+        }
+    });
+}
+
 /// A small deployment: one real +44 user every 15 minutes, who types the code in a minute later (96
 /// verified codes a day, for two days of history, then a third day). On the third day a pumper sends an
 /// SMS every 20 s into one never-verified +44 range, from a fresh IP each time.
@@ -119,14 +131,7 @@ fn a_pump_spread_over_many_ranges_does_not_lock_real_users_of_the_country_out() 
     let mut t = START;
     while t < end {
         now.store(t, Ordering::Relaxed);
-        pending.retain(|(at, id)| {
-            if *at <= t {
-                rt.block_on(guard.verified(id)).unwrap();
-                false
-            } else {
-                true
-            }
-        });
+        verify_due(&rt, &guard, &mut pending, t);
         if (t - START).is_multiple_of(300) {
             real += 1;
             let id = format!("real-{real}");
@@ -174,14 +179,7 @@ fn a_pump_into_caribbean_nanp_ranges_does_not_spend_the_us_budget() {
     let mut t = START;
     while t < end {
         now.store(t, Ordering::Relaxed);
-        pending.retain(|(at, id)| {
-            if *at <= t {
-                rt.block_on(guard.verified(id)).unwrap();
-                false
-            } else {
-                true
-            }
-        });
+        verify_due(&rt, &guard, &mut pending, t);
         if (t - START).is_multiple_of(60) {
             real += 1;
             let id = format!("real-{real}");
@@ -246,14 +244,7 @@ async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Shared>) 
     use herald::throttle::Throttle;
 
     let now = Arc::new(AtomicU64::new(START));
-    let mut config = Config::default();
-    config.fraud.mode = Mode::Enforce;
-    let clock = now.clone();
-    let guard = Arc::new(Guard::local(
-        config.fraud_settings(),
-        Arc::new(move || clock.load(Ordering::Relaxed)),
-        None,
-    ));
+    let guard = Arc::new(enforcing_guard(&now, None));
     let limits = ThrottleConfig {
         ip: Some("4/h".parse().unwrap()),
         ..ThrottleConfig::unlimited()
