@@ -202,10 +202,12 @@ async fn committed_batches(
         channel.tx_commit().await?;
         (committed, commits) = (committed + batch, commits + 1);
     }
-    Ok(format!(
-        ", {commits} commits of {:.0} on average",
-        committed as f64 / f64::from(commits)
-    ))
+    Ok(batches(f64::from(commits), committed as f64))
+}
+
+/// A run's commits and their mean batch, as the ceiling's and herald's rows both print them.
+fn batches(commits: f64, messages: f64) -> String {
+    format!(", {commits:.0} commits of {:.0} on average", messages / commits)
 }
 
 /// Steps 2 and 3: n jobs through a fresh herald, with Twilio at `provider` or the outbox; returns the row
@@ -266,9 +268,7 @@ fn batches_note(metrics: &str) -> String {
         value("herald_commit_batch_messages_count"),
         value("herald_commit_batch_messages_sum"),
     ) {
-        (Some(commits), Some(jobs)) if commits > 0.0 => {
-            format!(", {commits:.0} commits of {:.0} on average", jobs / commits)
-        }
+        (Some(commits), Some(jobs)) if commits > 0.0 => batches(commits, jobs),
         _ => String::new(),
     }
 }
