@@ -164,11 +164,26 @@ pub struct Local<C: Clock = DefaultClock> {
     tats: Mutex<HashMap<u64, u64>>,
 }
 
-/// What one passed check took from each limit: to give back if the job is not sent after all.
+/// What one passed check took from each limit, to give back if the job is not sent after all: per key,
+/// the emission interval and the theoretical arrival time the check set. A refund gives back only what is
+/// left of that reservation (at most an interval, nothing once its time has passed), so that it can never
+/// hand out a token another job took after the key went idle.
 #[derive(Debug, Default)]
 pub struct Taken {
-    local: Vec<(u64, u64)>,
-    shared: Vec<(String, u64)>,
+    local: Vec<Reservation<u64>>,
+    shared: Vec<Reservation<String>>,
+}
+
+#[derive(Debug)]
+struct Reservation<K> {
+    key: K,
+    interval: u64,
+    tat: u64,
+}
+
+/// What is left of a reservation at `now`: what a refund may give back.
+fn unused(interval: u64, tat: u64, now: u64) -> u64 {
+    interval.min(tat.saturating_sub(now))
 }
 
 impl Taken {
@@ -215,7 +230,10 @@ impl<C: Clock + Clone> Local<C> {
         for (k, tat, _) in &next {
             tats.insert(*k, *tat);
         }
-        let local = next.into_iter().map(|(k, _, interval)| (k, interval)).collect();
+        let local = next
+            .into_iter()
+            .map(|(key, tat, interval)| Reservation { key, interval, tat })
+            .collect();
         (
             Verdict::Allow,
             Taken {
@@ -225,14 +243,14 @@ impl<C: Clock + Clone> Local<C> {
         )
     }
 
-    fn refund(&self, taken: &[(u64, u64)]) {
+    fn refund(&self, taken: &[Reservation<u64>]) {
         let now = self.now();
         let mut tats = self.tats();
-        for (k, interval) in taken {
-            if let Some(tat) = tats.get_mut(k) {
-                *tat = tat.saturating_sub(*interval);
+        for r in taken {
+            if let Some(tat) = tats.get_mut(&r.key) {
+                *tat = tat.saturating_sub(unused(r.interval, r.tat, now));
                 if *tat <= now {
-                    tats.remove(k);
+                    tats.remove(&r.key);
                 }
             }
         }
@@ -254,7 +272,8 @@ impl<C: Clock + Clone> Local<C> {
 
 /// GCRA over all of a job's limits at once: either every limit has room and all are updated, or none
 /// is. KEYS = limiter keys; ARGV = for each key, emission interval and burst tolerance in microseconds.
-/// Returns 0 (allowed) or the 1-based index of the refusing key. Time comes from Redis, so replicas
+/// Returns `{i}`, the 1-based index of the refusing key, or (allowed) `{0, tat…}`: each key's new arrival
+/// time, for a refund. Time comes from Redis, so replicas
 /// with skewed clocks still agree.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
@@ -265,23 +284,27 @@ for i = 1, #KEYS do
   local tolerance = tonumber(ARGV[2 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  if tat - now > tolerance then return i end
+  if tat - now > tolerance then return {i} end
   tats[i] = tat + interval
 end
 for i = 1, #KEYS do
   redis.call('SET', KEYS[i], tats[i], 'PX', math.ceil((tats[i] - now) / 1000) + 1000)
 end
-return 0
+table.insert(tats, 1, 0)
+return tats
 "#;
 
-/// Gives back what [`GCRA`] took. KEYS = limiter keys; ARGV = each key's emission interval in microseconds.
+/// Gives back what [`GCRA`] took, as [`unused`] does locally. KEYS = limiter keys; ARGV = for each key, its
+/// emission interval and the arrival time the check set, in microseconds.
 const REFUND: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i]))
   if tat then
-    tat = tat - tonumber(ARGV[i])
+    local left = tonumber(ARGV[2 * i]) - now
+    if left < 0 then left = 0 end
+    tat = tat - math.min(tonumber(ARGV[2 * i - 1]), left)
     if tat <= now then
       redis.call('DEL', KEYS[i])
     else
@@ -331,26 +354,34 @@ impl Shared {
         if keys.is_empty() {
             return Ok((Verdict::Allow, Taken::default()));
         }
-        let refused: usize = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(match refused {
-            0 => (
-                Verdict::Allow,
-                Taken {
-                    local: Vec::new(),
-                    shared: keys,
-                },
-            ),
-            i => (
-                Verdict::Throttled(checks.get(i - 1).map_or(Scope::Global, |(l, _)| l.scope())),
+        let answer: Vec<u64> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(match answer.split_first() {
+            Some((0, tats)) => {
+                let shared = keys
+                    .into_iter()
+                    .zip(tats)
+                    .map(|((key, interval), &tat)| Reservation { key, interval, tat })
+                    .collect();
+                (
+                    Verdict::Allow,
+                    Taken {
+                        local: Vec::new(),
+                        shared,
+                    },
+                )
+            }
+            Some((&i, _)) => (
+                Verdict::Throttled(checks.get(i as usize - 1).map_or(Scope::Global, |(l, _)| l.scope())),
                 Taken::default(),
             ),
+            None => (Verdict::Allow, Taken::default()),
         })
     }
 
-    async fn refund(&self, taken: &[(String, u64)]) -> Result<(), redis::RedisError> {
+    async fn refund(&self, taken: &[Reservation<String>]) -> Result<(), redis::RedisError> {
         let mut invocation = self.refund.prepare_invoke();
-        for (key, interval) in taken {
-            invocation.key(key).arg(*interval);
+        for r in taken {
+            invocation.key(&r.key).arg(r.interval).arg(r.tat);
         }
         invocation.invoke_async::<()>(&mut self.conn.clone()).await
     }
@@ -662,6 +693,29 @@ mod tests {
         assert!(nothing.is_empty(), "a refused check takes nothing");
         t.refund(nothing).await;
         assert_eq!(t.check(&j).await.0, Verdict::Throttled(Scope::User));
+    }
+
+    #[tokio::test]
+    async fn a_late_refund_never_gives_back_a_token_another_job_took() {
+        let config = ThrottleConfig {
+            global_phone: Some("10/s burst 1".parse().unwrap()),
+            ..no_limits()
+        };
+        let clock = FakeRelativeClock::default();
+        let t = Throttle::with_clock(&config, None, None, clock.clone());
+        let sms = |n: u32| job("sms", &format!("+1415555{n:04}"), &format!("u{n}"), "192.0.2.1");
+        let (a, taken) = t.check(&sms(1)).await;
+        assert_eq!(a, Verdict::Allow);
+        // A's token runs out while the guard looks at it; B takes the key afresh.
+        clock.advance(Duration::from_millis(150));
+        assert_eq!(t.check(&sms(2)).await.0, Verdict::Allow);
+        assert_eq!(t.check(&sms(3)).await.0, Verdict::Throttled(Scope::Global));
+        t.refund(taken).await;
+        assert_eq!(
+            t.check(&sms(3)).await.0,
+            Verdict::Throttled(Scope::Global),
+            "A's refund gave back B's token"
+        );
     }
 
     #[test]
