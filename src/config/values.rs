@@ -186,11 +186,13 @@ impl Text for Rate {
         if count == 0 || n == 0 || burst == 0 {
             return Err(RateError);
         }
-        Ok(Rate {
-            count,
-            period: Duration::from_secs(n * secs),
-            burst,
-        })
+        let period = n.checked_mul(secs).map(Duration::from_secs).ok_or(RateError)?;
+        // The limiters keep time in u64 nanoseconds: a burst's worth of intervals must fit (584 years).
+        let window = (period / count).checked_mul(burst).ok_or(RateError)?;
+        if window.as_nanos() > u128::from(u64::MAX) {
+            return Err(RateError);
+        }
+        Ok(Rate { count, period, burst })
     }
 
     fn to_text(&self) -> String {
@@ -364,7 +366,17 @@ mod tests {
             let rate: Rate = text.parse().unwrap();
             assert_eq!(rate.to_text(), text);
         }
-        for text in ["fifty a minute", "0/h", "1/h burst 0", "1/d", "1/h burst", ""] {
+        for text in [
+            "fifty a minute",
+            "0/h",
+            "1/h burst 0",
+            "1/d",
+            "1/h burst",
+            "",
+            // Beyond what the limiters can count: refused here rather than a panic at every check.
+            "1/10000000000h burst 4000000000",
+            "1/18446744073709551615h",
+        ] {
             assert!(text.parse::<Rate>().is_err(), "{text}");
         }
         for text in ["1s", "2m", "10m", "50ms", "1h 30m"] {
