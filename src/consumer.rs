@@ -297,6 +297,8 @@ impl Consumer {
     /// step's time). So while one batch commits, every job that finishes meanwhile is taken in, and the
     /// next commit carries all of them whose outcome records are written: a job that finished just after
     /// a gather would otherwise wait out a whole extra commit, holding its place in the prefetch window.
+    /// What follows a commit (event lines, metrics, store marks, claims) is handed to a task of its own,
+    /// so the next batch's frames go out at once.
     async fn commit_loop(
         self: Arc<Self>,
         channel: Channel,
@@ -304,21 +306,24 @@ impl Consumer {
         mut done: mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), BrokerError> {
         let max = usize::from(self.config.prefetch).max(1);
-        // Finished jobs not yet committed; the batch being sent; the batch committing; one buffer of event
-        // lines. All reused: per-batch buffers of this size (tens of KiB) cost a realloc chain on every
-        // batch and made glibc consolidate its free lists.
+        // Finished jobs not yet committed; the batch being sent; the batch committing. All reused:
+        // per-batch buffers of this size (tens of KiB) cost a realloc chain on every batch and made glibc
+        // consolidate its free lists. A committed batch comes back empty from the bookkeeper.
         let mut waiting = Vec::with_capacity(max);
         let mut ready = Vec::with_capacity(max);
         let mut batch = Vec::with_capacity(max);
-        let mut lines = Vec::new();
+        let (settled, emptied) = self.clone().bookkeeper();
+        let mut emptied = emptied;
         let mut open = true;
-        loop {
+        let result = loop {
             if waiting.is_empty() && (!open || done.recv_many(&mut waiting, max).await == 0) {
-                return Ok(());
+                break Ok(());
             }
             take_recorded(&mut waiting, &mut ready).await;
             let seq = self.commits.fetch_add(1, Ordering::Relaxed);
-            self.send_frames(&channel, &unacked, &mut ready, seq).await?;
+            if let Err(e) = self.send_frames(&channel, &unacked, &mut ready, seq).await {
+                break Err(e);
+            }
             std::mem::swap(&mut batch, &mut ready);
             // Parked while its commit is unresolved: if the connection (or this task) goes now, the next
             // session finds it there and asks the marker queue.
@@ -327,25 +332,53 @@ impl Consumer {
                 batch: std::mem::take(&mut batch),
             });
             let commit = async {
+                let started = std::time::Instant::now();
                 channel.tx_commit().await?;
+                self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 if let Some(parked) = lock(&self.in_doubt).take() {
-                    batch = parked.batch;
+                    // A closed bookkeeper cannot happen while this loop holds its sender.
+                    let _ = settled.send(parked.batch);
                 }
-                self.committed(&mut batch, &mut lines);
                 Ok::<_, BrokerError>(())
             };
             tokio::pin!(commit);
-            loop {
+            let committed = loop {
                 tokio::select! {
                     biased;
-                    committed = &mut commit => {
-                        committed?;
-                        break;
-                    }
+                    committed = &mut commit => break committed,
                     received = done.recv_many(&mut waiting, max), if open => open = received > 0,
                 }
+            };
+            if let Err(e) = committed {
+                break Err(e);
             }
-        }
+            batch = emptied.try_recv().unwrap_or_else(|_| Vec::with_capacity(max));
+        };
+        // Every committed batch is printed and marked before the session reports itself drained.
+        drop(settled);
+        while emptied.recv().await.is_some() {}
+        result
+    }
+
+    /// Runs [`Consumer::committed`] for each committed batch, in commit order, and hands the emptied
+    /// buffer back. Ends when the sender is dropped and every batch sent is done; it is not aborted with
+    /// the commit loop, so a batch that committed is printed and marked even when the connection went.
+    fn bookkeeper(
+        self: Arc<Self>,
+    ) -> (
+        mpsc::UnboundedSender<Vec<Finished>>,
+        mpsc::UnboundedReceiver<Vec<Finished>>,
+    ) {
+        let (settled, mut committed) = mpsc::unbounded_channel::<Vec<Finished>>();
+        let (emptied, returned) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = Vec::new();
+            while let Some(mut batch) = committed.recv().await {
+                self.committed(&mut batch, &mut lines);
+                let _ = emptied.send(batch);
+            }
+        });
+        (settled, returned)
     }
 
     /// Queues every publish and ack of a batch at once and awaits them together: awaiting each in turn
@@ -366,21 +399,23 @@ impl Consumer {
             marker.as_bytes(),
             BasicProperties::default().with_delivery_mode(2),
         ));
-        for finished in batch.iter() {
-            for p in &finished.publishes {
-                let routing_key = ShortString::try_new(p.routing_key.as_str())
-                    .map_err(|_| BrokerError::Closed("routing key longer than 255 bytes".into()))?;
+        let mut tags: Vec<u64> = batch.iter().map(|f| f.delivery_tag).collect();
+        tags.sort_unstable();
+        // Names and properties are moved into the frames, not copied: this runs while the broker waits.
+        for finished in batch.iter_mut() {
+            for p in &mut finished.publishes {
+                let too_long = |_| BrokerError::Closed("exchange or routing key longer than 255 bytes".into());
+                let exchange = ShortString::try_new(std::mem::take(&mut p.exchange)).map_err(too_long)?;
+                let routing_key = ShortString::try_new(std::mem::take(&mut p.routing_key)).map_err(too_long)?;
                 publishes.push(channel.basic_publish(
-                    p.exchange.as_str().into(),
+                    exchange,
                     routing_key,
                     BasicPublishOptions::default(),
                     &p.body,
-                    p.properties.clone(),
+                    std::mem::take(&mut p.properties),
                 ));
             }
         }
-        let mut tags: Vec<u64> = batch.iter().map(|f| f.delivery_tag).collect();
-        tags.sort_unstable();
         let (up_to, singles) = unacked.settle(&tags);
         let mut acks = Vec::with_capacity(singles.len() + 1);
         if let Some(tag) = up_to {

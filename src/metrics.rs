@@ -29,6 +29,8 @@ pub struct Metrics {
     pub guard: crate::fraud::GuardMetrics,
     /// Messages settled per broker transaction: the batch a commit carries (its count is the commits).
     pub commit_batch: prometheus::Histogram,
+    /// Seconds from a broker transaction's `tx.commit` to its `commit-ok`: the pipeline's serial step.
+    pub commit_seconds: prometheus::Histogram,
 }
 
 /// What the metrics need of an outcome event: its labels and duration.
@@ -129,6 +131,17 @@ impl Metrics {
         )
         .expect("valid metric");
         register(Box::new(commit_batch.clone()));
+        let commit_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "herald_commit_seconds",
+                "Seconds from a broker transaction's commit to the broker's commit-ok",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        register(Box::new(commit_seconds.clone()));
         let broker_connected = IntGauge::new(
             "herald_broker_connected",
             "1 while connected to the broker and consuming",
@@ -210,6 +223,7 @@ impl Metrics {
             in_flight,
             retries,
             commit_batch,
+            commit_seconds,
             dead_lettered,
             broker_connected,
             throttle_fallbacks,

@@ -62,6 +62,9 @@ async fn metrics_move_by_exactly_the_number_of_deliveries() {
     assert_eq!(metric(&m, "herald_commit_batch_messages_sum"), 8.0);
     let commits = metric(&m, "herald_commit_batch_messages_count");
     assert!((1.0..=8.0).contains(&commits), "{commits} commits");
+    // Each of those commits is timed once, and takes some time.
+    assert_eq!(metric(&m, "herald_commit_seconds_count"), commits);
+    assert!(metric(&m, "herald_commit_seconds_sum") > 0.0);
     let sms = |country: &str| {
         metric(
             &m,

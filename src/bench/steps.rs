@@ -229,7 +229,7 @@ pub(super) async fn herald_run(
     let seconds = started.elapsed().as_secs_f64();
     let (cpu_per_job, others_cpu) = (cpu.herald_per_job(n), cpu.others_per_job(n));
     let rss = herald.peak_rss_mib();
-    let batches = herald_batches(herald.port).await;
+    let batches = herald_batches(herald.port, seconds).await;
     drop(herald);
     delete_queue(&bench.channel, &sink).await;
     let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{others_cpu}{batches}");
@@ -245,9 +245,10 @@ pub(super) async fn herald_run(
     Ok((row, rss))
 }
 
-/// Herald's commits and their mean batch, from its `/metrics` (`herald_commit_batch_messages`), as the
-/// ceiling rows print theirs; empty when they cannot be read.
-async fn herald_batches(port: u16) -> String {
+/// Herald's commits, their mean batch and how long the broker took to commit each (`herald_commit_seconds`,
+/// with its share of the run's `seconds`), from its `/metrics`, as the ceiling rows print theirs; empty when
+/// they cannot be read.
+async fn herald_batches(port: u16, seconds: f64) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
     let Ok(response) = reqwest::get(&url).await else {
         return String::new();
@@ -255,22 +256,33 @@ async fn herald_batches(port: u16) -> String {
     let Ok(text) = response.text().await else {
         return String::new();
     };
-    batches_note(&text)
+    batches_note(&text, seconds)
 }
 
-fn batches_note(metrics: &str) -> String {
+fn batches_note(metrics: &str, seconds: f64) -> String {
     let value = |name: &str| {
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
     };
-    match (
+    let (Some(commits), Some(jobs)) = (
         value("herald_commit_batch_messages_count"),
         value("herald_commit_batch_messages_sum"),
-    ) {
-        (Some(commits), Some(jobs)) if commits > 0.0 => batches(commits, jobs),
-        _ => String::new(),
+    ) else {
+        return String::new();
+    };
+    if commits <= 0.0 {
+        return String::new();
     }
+    let mut note = batches(commits, jobs);
+    if let Some(committing) = value("herald_commit_seconds_sum").filter(|_| seconds > 0.0) {
+        note.push_str(&format!(
+            ", each committing {:.1} ms ({:.0}% of the run)",
+            committing * 1000.0 / commits,
+            committing * 100.0 / seconds
+        ));
+    }
+    note
 }
 
 /// The callback URL and auth token of the receipts step (Twilio signs with both; nothing is fetched).
@@ -578,9 +590,14 @@ mod tests {
             herald_commit_batch_messages_bucket{le=\"+Inf\"} 80\n\
             herald_commit_batch_messages_sum 20000\n\
             herald_commit_batch_messages_count 80\n";
-        assert_eq!(batches_note(metrics), ", 80 commits of 250 on average");
-        assert_eq!(batches_note("herald_commit_batch_messages_count 0\n"), "");
-        assert_eq!(batches_note(""), "");
+        assert_eq!(batches_note(metrics, 2.0), ", 80 commits of 250 on average");
+        let timed = format!("{metrics}herald_commit_seconds_sum 0.8\nherald_commit_seconds_count 80\n");
+        assert_eq!(
+            batches_note(&timed, 2.0),
+            ", 80 commits of 250 on average, each committing 10.0 ms (40% of the run)"
+        );
+        assert_eq!(batches_note("herald_commit_batch_messages_count 0\n", 2.0), "");
+        assert_eq!(batches_note("", 2.0), "");
     }
 
     #[test]
