@@ -37,6 +37,10 @@ use crate::store::{Entry, PendingPut, Record, Store};
 pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
 /// Header with the reason a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-herald-error";
+/// Committed batches that may wait for their bookkeeping (event lines, metrics, marks, claims) while the
+/// next one is sent and committed: enough to keep the commit loop from waiting on it, few enough that
+/// what is acked but not yet printed and marked stays within a few prefetch windows.
+const BOOKKEEPING_DEPTH: usize = 2;
 
 pub struct Consumer {
     /// Queue and exchange names, prefetch and the connection to open.
@@ -320,6 +324,13 @@ impl Consumer {
                 break Ok(());
             }
             take_recorded(&mut waiting, &mut ready).await;
+            // A place in the bookkeeper's queue before the batch's acks go out: herald never acks more
+            // than a few batches ahead of their event lines, marks and claims. A stdout that stalls then
+            // holds consumption back, as it did when this loop printed, instead of piling acked batches
+            // up in memory (and ever more sends whose lines and marks a kill would lose).
+            let Ok(place) = settled.reserve().await else {
+                break Err(BrokerError::Closed("bookkeeping stopped".into()));
+            };
             let seq = self.commits.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.send_frames(&channel, &unacked, &mut ready, seq).await {
                 break Err(e);
@@ -336,8 +347,7 @@ impl Consumer {
                 channel.tx_commit().await?;
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 if let Some(parked) = lock(&self.in_doubt).take() {
-                    // A closed bookkeeper cannot happen while this loop holds its sender.
-                    let _ = settled.send(parked.batch);
+                    place.send(parked.batch);
                 }
                 Ok::<_, BrokerError>(())
             };
@@ -363,13 +373,9 @@ impl Consumer {
     /// Runs [`Consumer::committed`] for each committed batch, in commit order, and hands the emptied
     /// buffer back. Ends when the sender is dropped and every batch sent is done; it is not aborted with
     /// the commit loop, so a batch that committed is printed and marked even when the connection went.
-    fn bookkeeper(
-        self: Arc<Self>,
-    ) -> (
-        mpsc::UnboundedSender<Vec<Finished>>,
-        mpsc::UnboundedReceiver<Vec<Finished>>,
-    ) {
-        let (settled, mut committed) = mpsc::unbounded_channel::<Vec<Finished>>();
+    /// Its queue holds [`BOOKKEEPING_DEPTH`] batches: the commit loop waits for a place before acking.
+    fn bookkeeper(self: Arc<Self>) -> (mpsc::Sender<Vec<Finished>>, mpsc::UnboundedReceiver<Vec<Finished>>) {
+        let (settled, mut committed) = mpsc::channel::<Vec<Finished>>(BOOKKEEPING_DEPTH);
         let (emptied, returned) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut lines = Vec::new();
