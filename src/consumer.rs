@@ -37,10 +37,6 @@ use crate::store::{Entry, PendingPut, Record, Store};
 pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
 /// Header with the reason a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-herald-error";
-/// Committed batches that may wait for their bookkeeping (event lines, metrics, marks, claims) while the
-/// next one is sent and committed: enough to keep the commit loop from waiting on it, few enough that
-/// what is acked but not yet printed and marked stays within a few prefetch windows.
-const BOOKKEEPING_DEPTH: usize = 2;
 
 pub struct Consumer {
     /// Queue and exchange names, prefetch and the connection to open.
@@ -301,8 +297,6 @@ impl Consumer {
     /// step's time). So while one batch commits, every job that finishes meanwhile is taken in, and the
     /// next commit carries all of them whose outcome records are written: a job that finished just after
     /// a gather would otherwise wait out a whole extra commit, holding its place in the prefetch window.
-    /// What follows a commit (event lines, metrics, store marks, claims) is handed to a task of its own,
-    /// so the next batch's frames go out at once.
     async fn commit_loop(
         self: Arc<Self>,
         channel: Channel,
@@ -310,31 +304,21 @@ impl Consumer {
         mut done: mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), BrokerError> {
         let max = usize::from(self.config.prefetch).max(1);
-        // Finished jobs not yet committed; the batch being sent; the batch committing. All reused:
-        // per-batch buffers of this size (tens of KiB) cost a realloc chain on every batch and made glibc
-        // consolidate its free lists. A committed batch comes back empty from the bookkeeper.
+        // Finished jobs not yet committed; the batch being sent; the batch committing; one buffer of event
+        // lines. All reused: per-batch buffers of this size (tens of KiB) cost a realloc chain on every
+        // batch and made glibc consolidate its free lists.
         let mut waiting = Vec::with_capacity(max);
         let mut ready = Vec::with_capacity(max);
         let mut batch = Vec::with_capacity(max);
-        let (settled, emptied) = self.clone().bookkeeper();
-        let mut emptied = emptied;
+        let mut lines = Vec::new();
         let mut open = true;
-        let result = loop {
+        loop {
             if waiting.is_empty() && (!open || done.recv_many(&mut waiting, max).await == 0) {
-                break Ok(());
+                return Ok(());
             }
             take_recorded(&mut waiting, &mut ready).await;
-            // A place in the bookkeeper's queue before the batch's acks go out: herald never acks more
-            // than a few batches ahead of their event lines, marks and claims. A stdout that stalls then
-            // holds consumption back, as it did when this loop printed, instead of piling acked batches
-            // up in memory (and ever more sends whose lines and marks a kill would lose).
-            let Ok(place) = settled.reserve().await else {
-                break Err(BrokerError::Closed("bookkeeping stopped".into()));
-            };
             let seq = self.commits.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.send_frames(&channel, &unacked, &mut ready, seq).await {
-                break Err(e);
-            }
+            self.send_frames(&channel, &unacked, &mut ready, seq).await?;
             std::mem::swap(&mut batch, &mut ready);
             // Parked while its commit is unresolved: if the connection (or this task) goes now, the next
             // session finds it there and asks the marker queue.
@@ -347,44 +331,23 @@ impl Consumer {
                 channel.tx_commit().await?;
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                 if let Some(parked) = lock(&self.in_doubt).take() {
-                    place.send(parked.batch);
+                    batch = parked.batch;
                 }
+                self.committed(&mut batch, &mut lines);
                 Ok::<_, BrokerError>(())
             };
             tokio::pin!(commit);
-            let committed = loop {
+            loop {
                 tokio::select! {
                     biased;
-                    committed = &mut commit => break committed,
+                    committed = &mut commit => {
+                        committed?;
+                        break;
+                    }
                     received = done.recv_many(&mut waiting, max), if open => open = received > 0,
                 }
-            };
-            if let Err(e) = committed {
-                break Err(e);
             }
-            batch = emptied.try_recv().unwrap_or_else(|_| Vec::with_capacity(max));
-        };
-        // Every committed batch is printed and marked before the session reports itself drained.
-        drop(settled);
-        while emptied.recv().await.is_some() {}
-        result
-    }
-
-    /// Runs [`Consumer::committed`] for each committed batch, in commit order, and hands the emptied
-    /// buffer back. Ends when the sender is dropped and every batch sent is done; it is not aborted with
-    /// the commit loop, so a batch that committed is printed and marked even when the connection went.
-    /// Its queue holds [`BOOKKEEPING_DEPTH`] batches: the commit loop waits for a place before acking.
-    fn bookkeeper(self: Arc<Self>) -> (mpsc::Sender<Vec<Finished>>, mpsc::UnboundedReceiver<Vec<Finished>>) {
-        let (settled, mut committed) = mpsc::channel::<Vec<Finished>>(BOOKKEEPING_DEPTH);
-        let (emptied, returned) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = Vec::new();
-            while let Some(mut batch) = committed.recv().await {
-                self.committed(&mut batch, &mut lines);
-                let _ = emptied.send(batch);
-            }
-        });
-        (settled, returned)
+        }
     }
 
     /// Queues every publish and ack of a batch at once and awaits them together: awaiting each in turn
