@@ -9,23 +9,23 @@ use std::io::{BufRead, Read};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use helpers::{Broker, job, process_env};
+use helpers::{Broker, job, process_env, spawn_herald};
 
 #[tokio::test]
 async fn a_stalled_stdout_holds_consumption_back_instead_of_queueing_bookkeeping_without_bound() {
     const JOBS: usize = 1500;
-    const PREFETCH: u16 = 16;
-    let broker = Broker::new(|c| c.amqp.prefetch = PREFETCH).await;
-    let jobs: Vec<_> = (0..JOBS).map(|_| job("sms")).collect();
-    broker.publish_many(&jobs).await;
-    let outbox = broker.config.outbox.path.clone();
-
     // herald with a stdout pipe that nobody reads for now: it fills up after some 64 KiB of event lines.
-    let (mut child, stdout) = herald_with_unread_stdout(&broker);
-    let sent = until_stalled(&outbox).await;
+    // `_broker` is held to the end: dropping it deletes the test's queues.
+    let Stalled {
+        broker: _broker,
+        mut child,
+        stdout,
+        sent,
+        ..
+    } = stalled(JOBS).await;
     // Every event line is longer than 200 bytes: at most 64 KiB / 200 lines fit in the pipe; beyond that
     // only a few batches (each at most the prefetch window) may be acked ahead of their printing.
-    let bound = 65536 / 200 + 8 * usize::from(PREFETCH);
+    let bound = 65536 / 200 + 8 * usize::from(STALLED_PREFETCH);
 
     // Now read stdout: every job's line comes, exactly once.
     let printed = start_reading(stdout);
@@ -45,14 +45,16 @@ async fn a_stalled_stdout_holds_consumption_back_instead_of_queueing_bookkeeping
 #[tokio::test]
 async fn copies_of_jobs_committed_but_not_yet_booked_are_duplicates() {
     const JOBS: usize = 600;
-    let mut broker = Broker::new(|c| c.amqp.prefetch = 16).await;
-    let jobs: Vec<_> = (0..JOBS).map(|_| job("sms")).collect();
-    broker.publish_many(&jobs).await;
-    let outbox = broker.config.outbox.path.clone();
-    let (mut child, stdout) = herald_with_unread_stdout(&broker);
+    let Stalled {
+        mut broker,
+        jobs,
+        outbox,
+        mut child,
+        stdout,
+        ..
+    } = stalled(JOBS).await;
     // Held up by its stdout: some jobs are committed (acked, events out) and wait for their lines, marks
     // and claims' release. A second copy of every job now (a replay of the same id).
-    until_stalled(&outbox).await;
     broker.publish_many(&jobs).await;
     let printed = start_reading(stdout);
     wait_for_lines(&printed, JOBS).await;
@@ -74,21 +76,40 @@ async fn copies_of_jobs_committed_but_not_yet_booked_are_duplicates() {
     assert_eq!(lines.len(), JOBS);
 }
 
+/// The prefetch of [`stalled`]'s herald: a window far smaller than what 64 KiB of event lines hold.
+const STALLED_PREFETCH: u16 = 16;
+
+/// `n` SMS jobs queued, and a herald consuming them with an unread stdout, once its outbox stopped growing.
+struct Stalled {
+    broker: Broker,
+    jobs: Vec<serde_json::Value>,
+    outbox: std::path::PathBuf,
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    /// Jobs sent before herald stalled.
+    sent: usize,
+}
+
+async fn stalled(n: usize) -> Stalled {
+    let broker = Broker::new(|c| c.amqp.prefetch = STALLED_PREFETCH).await;
+    let jobs: Vec<_> = (0..n).map(|_| job("sms")).collect();
+    broker.publish_many(&jobs).await;
+    let outbox = broker.config.outbox.path.clone();
+    let (child, stdout) = herald_with_unread_stdout(&broker);
+    let sent = until_stalled(&outbox).await;
+    Stalled {
+        broker,
+        jobs,
+        outbox,
+        child,
+        stdout,
+        sent,
+    }
+}
+
 /// `herald serve` on `broker`'s queues, with its stdout handed back unread (stderr is drained).
 fn herald_with_unread_stdout(broker: &Broker) -> (std::process::Child, std::process::ChildStdout) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("HERALD_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .env("RUST_LOG", "info")
-        .envs(process_env(&broker.config))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_herald(&process_env(&broker.config));
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -170,12 +191,13 @@ async fn until_stalled(path: &std::path::Path) -> usize {
 #[tokio::test]
 async fn sigterm_with_a_stalled_stdout_prints_every_committed_event_before_exit() {
     const JOBS: usize = 600;
-    let mut broker = Broker::new(|c| c.amqp.prefetch = 16).await;
-    let jobs: Vec<_> = (0..JOBS).map(|_| job("sms")).collect();
-    broker.publish_many(&jobs).await;
-    let outbox = broker.config.outbox.path.clone();
-    let (mut child, stdout) = herald_with_unread_stdout(&broker);
-    until_stalled(&outbox).await;
+    let Stalled {
+        mut broker,
+        outbox,
+        mut child,
+        stdout,
+        ..
+    } = stalled(JOBS).await;
     std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

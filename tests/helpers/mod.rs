@@ -510,23 +510,27 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
     config.to_env().expect("the test config as HERALD_* variables")
 }
 
+/// `herald serve` with exactly `envs` of the `HERALD_*` variables, info logs, stdout and stderr piped.
+pub fn spawn_herald(envs: &[(String, String)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 impl HeraldProcess {
     /// Starts `herald serve` and waits until it consumes.
     pub fn start(envs: &[(String, String)]) -> HeraldProcess {
         use std::io::{BufRead, Read};
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("HERALD_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().map(|(k, v)| (k, v)))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_herald(envs);
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
