@@ -201,6 +201,14 @@ pub fn delay_queues(config: &AmqpConfig, waits: &[Duration]) -> Vec<(Duration, S
         .collect()
 }
 
+/// A new commit-marker queue's name for a process consuming `jobs_queue`: unique per process (a ULID).
+pub fn marker_queue(jobs_queue: &str) -> String {
+    format!(
+        "{jobs_queue}.commits.{}",
+        ulid::Ulid::generate().to_string().to_ascii_lowercase()
+    )
+}
+
 /// `1s`, `2m`, `1h`, `1500ms`: the largest unit that says the wait exactly.
 fn wait_name(wait: Duration) -> String {
     let ms = wait.as_millis();

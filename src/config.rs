@@ -478,6 +478,24 @@ impl Config {
                 return Err(ConfigError::key(key, "must be 1-255 characters"));
             }
         }
+        // The names herald derives from these must fit too: declaring a longer one fails after start-up.
+        if crate::broker::marker_queue(&self.amqp.jobs_queue).len() > 255 {
+            return Err(ConfigError::key(
+                "amqp.jobs_queue",
+                "must leave room for its commit-marker queues (`.commits.` and 26 characters): at most 220 characters",
+            ));
+        }
+        let waits: Vec<std::time::Duration> = self.retry.schedule.iter().map(|d| d.0).collect();
+        if crate::broker::delay_queues(&self.amqp, &waits)
+            .iter()
+            .any(|(_, name)| name.len() > 255)
+        {
+            return Err(ConfigError::key(
+                "amqp.retry_queue",
+                "with the suffix of each retry.schedule wait (`.30s`, `.1500ms`), its delay queues' names must fit \
+                 255 characters",
+            ));
+        }
         if self.retry.provider_timeout.0.is_zero() {
             return Err(ConfigError::key("retry.provider_timeout", "must be greater than zero"));
         }

@@ -143,11 +143,7 @@ impl Consumer {
         let retry_waits: Vec<Duration> = config.retry.schedule.iter().map(|d| d.0).collect();
         Consumer {
             delay_queues: broker::delay_queues(&config.amqp, &retry_waits),
-            marker_queue: format!(
-                "{}.commits.{}",
-                config.amqp.jobs_queue,
-                ulid::Ulid::generate().to_string().to_ascii_lowercase()
-            ),
+            marker_queue: broker::marker_queue(&config.amqp.jobs_queue),
             commits: AtomicU64::new(1),
             in_doubt: Mutex::default(),
             default_locale: config.templates.default_locale.clone(),

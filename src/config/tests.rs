@@ -430,3 +430,24 @@ fn a_bad_amqp_url_is_refused_at_load_naming_the_key() {
     assert!(message.contains("amqp.url"), "{message}");
     assert!(!message.contains("s3cr3t"), "{message}");
 }
+
+/// Queue names herald derives from configured ones must fit AMQP's 255 bytes too: a commit-marker queue
+/// per process (`<amqp.jobs_queue>.commits.<ulid>`) and a delay queue per retry wait
+/// (`<amqp.retry_queue>.<wait>`). Before, such a name loaded fine and declaring it panicked after start-up.
+#[test]
+fn derived_queue_names_that_do_not_fit_are_refused_naming_the_key() {
+    let mut config = Config::default();
+    config.amqp.jobs_queue = "j".repeat(221);
+    let message = config.validate().unwrap_err().to_string();
+    assert!(message.contains("amqp.jobs_queue"), "{message}");
+    config.amqp.jobs_queue = "j".repeat(220);
+    config.validate().unwrap();
+
+    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(1500))];
+    config.amqp.retry_queue = "r".repeat(249);
+    let message = config.validate().unwrap_err().to_string();
+    assert!(message.contains("amqp.retry_queue"), "{message}");
+    assert!(message.contains("retry.schedule"), "{message}");
+    config.amqp.retry_queue = "r".repeat(248);
+    config.validate().unwrap();
+}
