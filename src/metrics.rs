@@ -122,26 +122,24 @@ impl Metrics {
             "Messages moved to the dead-letter queue, by reason".into(),
             &["reason"],
         );
-        let commit_batch = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "herald_commit_batch_messages",
-                "Jobs settled (event, retry or dead letter, and ack) per broker transaction",
-            )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
-        )
-        .expect("valid metric");
-        register(Box::new(commit_batch.clone()));
-        let commit_seconds = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "herald_commit_seconds",
-                "Seconds from a broker transaction's commit to the broker's commit-ok",
-            )
-            .buckets(vec![
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            register(Box::new(h.clone()));
+            h
+        };
+        let commit_batch = histogram(
+            "herald_commit_batch_messages",
+            "Jobs settled (event, retry or dead letter, and ack) per broker transaction",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        );
+        let commit_seconds = histogram(
+            "herald_commit_seconds",
+            "Seconds from a broker transaction's commit to the broker's commit-ok",
+            vec![
                 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0,
-            ]),
-        )
-        .expect("valid metric");
-        register(Box::new(commit_seconds.clone()));
+            ],
+        );
         let broker_connected = IntGauge::new(
             "herald_broker_connected",
             "1 while connected to the broker and consuming",

@@ -5,11 +5,11 @@
 mod helpers;
 
 use std::collections::HashMap;
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use helpers::{Broker, job, process_env, spawn_herald};
+use helpers::{Broker, collect_output, job, process_env, spawn_herald};
 
 #[tokio::test]
 async fn a_stalled_stdout_holds_consumption_back_instead_of_queueing_bookkeeping_without_bound() {
@@ -28,7 +28,7 @@ async fn a_stalled_stdout_holds_consumption_back_instead_of_queueing_bookkeeping
     let bound = 65536 / 200 + 8 * usize::from(STALLED_PREFETCH);
 
     // Now read stdout: every job's line comes, exactly once.
-    let printed = start_reading(stdout);
+    let printed = collect_output(stdout);
     let lines = wait_for_lines(&printed, JOBS).await;
     let _ = child.kill();
     let _ = child.wait();
@@ -56,7 +56,7 @@ async fn copies_of_jobs_committed_but_not_yet_booked_are_duplicates() {
     // Held up by its stdout: some jobs are committed (acked, events out) and wait for their lines, marks
     // and claims' release. A second copy of every job now (a replay of the same id).
     broker.publish_many(&jobs).await;
-    let printed = start_reading(stdout);
+    let printed = collect_output(stdout);
     wait_for_lines(&printed, JOBS).await;
     let mut events = HashMap::<String, usize>::new();
     while let Some(e) = broker.try_next_event(3).await {
@@ -119,22 +119,6 @@ fn herald_with_unread_stdout(broker: &Broker) -> (std::process::Child, std::proc
     });
     let stdout = child.stdout.take().unwrap();
     (child, stdout)
-}
-
-/// Reads `stdout` from now on, on a thread of its own.
-fn start_reading(mut stdout: std::process::ChildStdout) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let t = text.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 /// Event lines per job id.
@@ -204,7 +188,7 @@ async fn sigterm_with_a_stalled_stdout_prints_every_committed_event_before_exit(
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // It cannot exit before its lines are out; reading them lets it finish.
-    let printed = start_reading(stdout);
+    let printed = collect_output(stdout);
     let mut status = None;
     for _ in 0..300 {
         status = child.try_wait().unwrap();

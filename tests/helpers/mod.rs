@@ -510,6 +510,22 @@ pub fn process_env(config: &Config) -> Vec<(String, String)> {
     config.to_env().expect("the test config as HERALD_* variables")
 }
 
+/// Everything `output` gives from now on, read on a thread of its own.
+pub fn collect_output(mut output: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let t = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = output.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            t.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
 /// `herald serve` with exactly `envs` of the `HERALD_*` variables, info logs, stdout and stderr piped.
 pub fn spawn_herald(envs: &[(String, String)]) -> std::process::Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
@@ -529,10 +545,9 @@ pub fn spawn_herald(envs: &[(String, String)]) -> std::process::Child {
 impl HeraldProcess {
     /// Starts `herald serve` and waits until it consumes.
     pub fn start(envs: &[(String, String)]) -> HeraldProcess {
-        use std::io::{BufRead, Read};
+        use std::io::BufRead;
         let mut child = spawn_herald(envs);
         let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stdout = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
         let l = logs.clone();
@@ -546,17 +561,7 @@ impl HeraldProcess {
                 line.clear();
             }
         });
-        let mut out = child.stdout.take().unwrap();
-        let o = stdout.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stdout = collect_output(child.stdout.take().unwrap());
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = child.kill();
             panic!("herald did not start consuming:\n{}", logs.lock().unwrap());
