@@ -31,6 +31,9 @@ use values::{blank_is_none, text};
 /// Every key with its default value: the base layer of [`Config::load`] and the whole of
 /// [`Config::default`].
 pub const DEFAULTS: &str = include_str!("config/defaults.toml");
+/// The most consuming channels `amqp.channels` may ask for: beyond a few, more commits in flight only
+/// queue up on the broker.
+pub const MAX_CHANNELS: u16 = 16;
 
 /// herald's configuration. Its `Serialize` writes every value back as the text an operator writes, secrets
 /// included: it exists for [`Config::to_env`].
@@ -80,6 +83,8 @@ pub struct AmqpConfig {
     /// May carry a password, hence a `Secret`.
     pub url: Secret,
     pub prefetch: u16,
+    /// Transactional channels consuming `jobs_queue`, each with its share of `prefetch`.
+    pub channels: u16,
     pub queue_type: QueueType,
     pub delivery_limit: u32,
     pub jobs_queue: String,
@@ -456,6 +461,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.amqp.prefetch == 0 {
             return Err(ConfigError::key("amqp.prefetch", "must be at least 1"));
+        }
+        if !(1..=MAX_CHANNELS).contains(&self.amqp.channels) {
+            return Err(ConfigError::key(
+                "amqp.channels",
+                format!("must be between 1 and {MAX_CHANNELS}"),
+            ));
         }
         if self.amqp.delivery_limit == 0 {
             return Err(ConfigError::key("amqp.delivery_limit", "must be at least 1"));

@@ -1,9 +1,11 @@
 //! The consumer loop: moves messages from `herald.jobs` to [`Dispatcher::deliver`] and outcomes back to
 //! the broker. It owns connection, reconnection, acknowledgement and shutdown; nothing about delivery.
 //!
-//! Each finished job becomes one broker transaction on the consuming channel: its publishes (event,
+//! Each finished job becomes one broker transaction on the channel it came from: its publishes (event,
 //! reply, dead letter or retry) and its ack commit together or not at all (contract §11.1). Transactions
-//! of many jobs are batched into one commit.
+//! of many jobs are batched into one commit. herald consumes on `amqp.channels` transactional channels
+//! ("lanes"), each with its share of the prefetch window and its own commit loop, so that one lane's
+//! jobs are handled and framed while another's commit is under way on the broker.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,19 +54,36 @@ pub struct Consumer {
     in_flight: InFlightIds,
     /// `(wait, queue)` of each retry delay queue, shortest first.
     delay_queues: Vec<(Duration, String)>,
-    /// This process's commit-marker queue (see [`InDoubt`]).
-    marker_queue: String,
-    /// Sequence number of the next commit.
+    /// One per consuming channel, kept across reconnects.
+    lanes: Vec<Lane>,
+    /// Sequence number of the next commit, of any lane.
     commits: AtomicU64,
-    /// The batch whose commit is under way, or was when its connection went.
-    in_doubt: Mutex<Option<InDoubt>>,
     /// Told of every message a provider accepted, for its delivery receipts (§13).
     receipts: Option<Arc<Receipts>>,
 }
 
+/// A consuming channel's commit state, which outlives the channel: its share of the prefetch window, its
+/// commit-marker queue, and the batch its last connection left in doubt.
+struct Lane {
+    prefetch: u16,
+    /// This lane's commit-marker queue (see [`InDoubt`]), unique to the process and lane.
+    marker_queue: String,
+    /// The batch whose commit is under way, or was when its connection went.
+    in_doubt: Mutex<Option<InDoubt>>,
+}
+
+/// `prefetch` split over `channels` lanes (at most one lane per job in the window): the lanes' windows
+/// add up to `prefetch`, so at most `amqp.prefetch` jobs are in flight in all (§11.3).
+fn lane_windows(prefetch: u16, channels: u16) -> Vec<u16> {
+    let lanes = channels.clamp(1, prefetch.max(1));
+    (0..lanes)
+        .map(|i| prefetch / lanes + u16::from(i < prefetch % lanes))
+        .collect()
+}
+
 /// A batch whose `tx.commit` was sent but not confirmed: the connection can drop between the broker's
-/// commit and its `commit-ok`. Each commit also publishes its sequence number to a marker queue of this
-/// process that keeps only the newest message; on the next connection that queue says whether the batch
+/// commit and its `commit-ok`. Each commit also publishes its sequence number to a marker queue of its
+/// lane that keeps only the newest message; on the next connection that queue says whether the batch
 /// committed (print, count and mark its events, which are out) or not (drop it: the broker redelivers its
 /// jobs, and their copies wait on its claims until then).
 struct InDoubt {
@@ -143,9 +162,15 @@ impl Consumer {
         let retry_waits: Vec<Duration> = config.retry.schedule.iter().map(|d| d.0).collect();
         Consumer {
             delay_queues: broker::delay_queues(&config.amqp, &retry_waits),
-            marker_queue: broker::marker_queue(&config.amqp.jobs_queue),
+            lanes: lane_windows(config.amqp.prefetch, config.amqp.channels)
+                .into_iter()
+                .map(|prefetch| Lane {
+                    prefetch,
+                    marker_queue: broker::marker_queue(&config.amqp.jobs_queue),
+                    in_doubt: Mutex::default(),
+                })
+                .collect(),
             commits: AtomicU64::new(1),
-            in_doubt: Mutex::default(),
             default_locale: config.templates.default_locale.clone(),
             config: config.amqp.clone(),
             dispatcher,
@@ -198,55 +223,97 @@ impl Consumer {
     async fn session(self: Arc<Self>, shutdown: &CancellationToken, consumed: &mut bool) -> Result<(), BrokerError> {
         // Named after the queue so operators (and tests) can tell deployments apart.
         let connection = broker::connect(&self.config, &format!("herald:{}", self.config.jobs_queue)).await?;
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel, &self.config).await?;
-        broker::declare_delay_queues(&channel, &self.config, &self.delay_queues).await?;
-        broker::declare_marker_queue(&channel, &self.marker_queue, broker::MARKER_EXPIRES).await?;
-        // The marker queue is declared again on a channel of its own: the consuming channel is
-        // transactional and takes nothing else while a commit is under way.
+        let result = self.clone().consume(&connection, shutdown, consumed).await;
+        if result.is_err() {
+            // Closed and awaited, not dropped: every transaction of this connection is over (committed
+            // or rolled back) before the next session asks the marker queues about the ones in doubt.
+            let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "reconnecting".into())).await;
+        }
+        result
+    }
+
+    /// Opens the lanes on `connection` and moves deliveries to their handlers and finished jobs to their
+    /// lane's commit loop, until shutdown (then drains) or the first broker error.
+    async fn consume(
+        self: Arc<Self>,
+        connection: &lapin::Connection,
+        shutdown: &CancellationToken,
+        consumed: &mut bool,
+    ) -> Result<(), BrokerError> {
+        // Declarations, markers and in-doubt settling go on a channel of their own: a consuming channel
+        // is transactional and takes nothing else while a commit is under way.
         let side = connection.create_channel().await?;
+        broker::declare_topology(&side, &self.config).await?;
+        broker::declare_delay_queues(&side, &self.config, &self.delay_queues).await?;
+        self.declare_markers(&side).await?;
+        for lane in &self.lanes {
+            self.settle_in_doubt(&side, lane).await?;
+        }
         let mut refresh = tokio::time::interval(broker::MARKER_REFRESH);
         refresh.reset();
-        self.settle_in_doubt(&channel).await?;
-        channel
-            .basic_qos(self.config.prefetch, BasicQosOptions::default())
-            .await?;
-        channel.tx_select().await?;
-        let mut consumer = channel
-            .basic_consume(
-                self.config.jobs_queue.as_str().into(),
-                "herald".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+
+        let mut channels = Vec::with_capacity(self.lanes.len());
+        let mut deliveries = Vec::with_capacity(self.lanes.len());
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(lane.prefetch, BasicQosOptions::default()).await?;
+            channel.tx_select().await?;
+            let consumer = channel
+                .basic_consume(
+                    self.config.jobs_queue.as_str().into(),
+                    format!("herald.{i}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channels.push((channel, consumer.tag()));
+            // A lane's stream ends with `None`: the broker cancelled its consumer.
+            deliveries.push(
+                consumer
+                    .map(move |d| (i, Some(d)))
+                    .chain(futures_util::stream::once(async move { (i, None) }))
+                    .boxed(),
+            );
+        }
+        let mut deliveries = futures_util::stream::select_all(deliveries);
         tracing::info!(broker = %broker::redacted_url(&self.config), queue = %self.config.jobs_queue,
-            prefetch = self.config.prefetch, "consuming");
+            prefetch = self.config.prefetch, channels = self.lanes.len(), "consuming");
         self.set_ready(true);
         *consumed = true;
 
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
-        let unacked = Unacked::default();
-        let mut committer = tokio::spawn(self.clone().commit_loop(channel.clone(), unacked.clone(), done_rx));
-        // Deliveries run concurrently, bounded by the prefetch window: the broker never hands out more.
+        let mut done = Vec::with_capacity(self.lanes.len());
+        let mut unacked = Vec::with_capacity(self.lanes.len());
+        let mut committers = tokio::task::JoinSet::new();
+        for (i, (channel, _)) in channels.iter().enumerate() {
+            let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+            let lane_unacked = Unacked::default();
+            committers.spawn(
+                self.clone()
+                    .commit_loop(i, channel.clone(), lane_unacked.clone(), done_rx),
+            );
+            done.push(done_tx);
+            unacked.push(lane_unacked);
+        }
+        // Deliveries run concurrently, bounded by the prefetch windows: the broker never hands out more.
         let tracker = TaskTracker::new();
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = refresh.tick() => {
-                    if let Err(e) = broker::declare_marker_queue(&side, &self.marker_queue, broker::MARKER_EXPIRES).await {
+                    if let Err(e) = self.declare_markers(&side).await {
                         break Err(e);
                     }
                 }
-                committed = &mut committer => break match committed {
+                // Commit loops end only when their lane fails (their senders live until the drain).
+                Some(committed) = committers.join_next() => break match committed {
                     Ok(Err(e)) => Err(e),
                     _ => Err(BrokerError::Closed("commit loop stopped".into())),
                 },
-                next = consumer.next() => match next {
+                Some((lane, next)) = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        unacked.insert(delivery.delivery_tag);
+                        unacked[lane].insert(delivery.delivery_tag);
                         let this = self.clone();
-                        let done = done_tx.clone();
+                        let done = done[lane].clone();
                         let stopping = shutdown.clone();
                         tracker.spawn(async move {
                             // `None`: abandoned at shutdown before anything happened; the broker redelivers.
@@ -264,42 +331,50 @@ impl Consumer {
         };
         self.set_ready(false);
         if result.is_err() {
-            committer.abort();
+            committers.abort_all();
             return result;
         }
         // Drain: stop receiving, let every delivery under way finish and commit, then close. Messages
-        // prefetched but not started return to the queue when the channel closes.
-        let _ = channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await;
+        // prefetched but not started return to the queue when the channels close.
+        for (channel, tag) in &channels {
+            let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
+        }
         tracker.close();
         tracker.wait().await;
-        drop(done_tx);
-        match committer.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "final commit failed; the broker will redeliver"),
-            Err(e) => tracing::warn!(error = %e, "commit loop failed"),
+        drop(done);
+        while let Some(committed) = committers.join_next().await {
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "final commit failed; the broker will redeliver"),
+                Err(e) => tracing::warn!(error = %e, "commit loop failed"),
+            }
         }
-        let _ = channel.close(200, "shutdown".into()).await;
+        for (channel, _) in &channels {
+            let _ = channel.close(200, "shutdown".into()).await;
+        }
         let _ = connection.close(200, "shutdown".into()).await;
         tracing::info!("consumer drained and closed");
         Ok(())
     }
 
-    /// Commits finished jobs in batches: publishes and acks of a batch go in one broker transaction.
+    /// Commits the finished jobs of `lane` in batches: publishes and acks of a batch go in one broker
+    /// transaction on the lane's channel.
     ///
-    /// The commit is the pipeline's serial step: a transactional channel holds its publishes until
-    /// `tx.commit`, and the broker then routes and stores them all (in `herald bench` ~75% of the outbox
-    /// step's time). So while one batch commits, every job that finishes meanwhile is taken in, and the
-    /// next commit carries all of them whose outcome records are written: a job that finished just after
-    /// a gather would otherwise wait out a whole extra commit, holding its place in the prefetch window.
+    /// The commit is a lane's serial step: a transactional channel holds its publishes until `tx.commit`,
+    /// and the broker then routes and stores them all (with one lane ~80% of the outbox step's time in
+    /// `herald bench`; hence several lanes). So while one batch commits, every job of the lane that
+    /// finishes meanwhile is taken in, and the next commit carries all of them whose outcome records are
+    /// written: a job that finished just after a gather would otherwise wait out a whole extra commit,
+    /// holding its place in the prefetch window.
     async fn commit_loop(
         self: Arc<Self>,
+        lane: usize,
         channel: Channel,
         unacked: Unacked,
         mut done: mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), BrokerError> {
-        let max = usize::from(self.config.prefetch).max(1);
+        let max = usize::from(self.lanes[lane].prefetch).max(1);
+        let in_doubt = &self.lanes[lane].in_doubt;
         // Finished jobs not yet committed; the batch being sent; the batch committing; one buffer of event
         // lines. All reused: per-batch buffers of this size (tens of KiB) cost a realloc chain on every
         // batch and made glibc consolidate its free lists.
@@ -314,11 +389,12 @@ impl Consumer {
             }
             take_recorded(&mut waiting, &mut ready).await;
             let seq = self.commits.fetch_add(1, Ordering::Relaxed);
-            self.send_frames(&channel, &unacked, &mut ready, seq).await?;
+            self.send_frames(&channel, &self.lanes[lane].marker_queue, &unacked, &mut ready, seq)
+                .await?;
             std::mem::swap(&mut batch, &mut ready);
             // Parked while its commit is unresolved: if the connection (or this task) goes now, the next
             // session finds it there and asks the marker queue.
-            *lock(&self.in_doubt) = Some(InDoubt {
+            *lock(in_doubt) = Some(InDoubt {
                 seq,
                 batch: std::mem::take(&mut batch),
             });
@@ -326,7 +402,7 @@ impl Consumer {
                 let started = std::time::Instant::now();
                 channel.tx_commit().await?;
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-                if let Some(parked) = lock(&self.in_doubt).take() {
+                if let Some(parked) = lock(in_doubt).take() {
                     batch = parked.batch;
                 }
                 self.committed(&mut batch, &mut lines);
@@ -351,6 +427,7 @@ impl Consumer {
     async fn send_frames(
         &self,
         channel: &Channel,
+        marker_queue: &str,
         unacked: &Unacked,
         batch: &mut [Finished],
         seq: u64,
@@ -359,7 +436,7 @@ impl Consumer {
         let mut publishes = Vec::with_capacity(batch.iter().map(|f| f.publishes.len()).sum::<usize>() + 1);
         publishes.push(channel.basic_publish(
             "".into(),
-            self.marker_queue.as_str().into(),
+            marker_queue.into(),
             BasicPublishOptions::default(),
             marker.as_bytes(),
             BasicProperties::default().with_delivery_mode(2),
@@ -397,16 +474,24 @@ impl Consumer {
         Ok(())
     }
 
-    /// Decides a batch left in doubt by the last connection (see [`InDoubt`]), before consuming again.
-    async fn settle_in_doubt(&self, channel: &Channel) -> Result<(), BrokerError> {
-        let Some(seq) = lock(&self.in_doubt).as_ref().map(|d| d.seq) else {
+    /// Declares (again) each lane's marker queue, which keeps it from expiring.
+    async fn declare_markers(&self, channel: &Channel) -> Result<(), BrokerError> {
+        for lane in &self.lanes {
+            broker::declare_marker_queue(channel, &lane.marker_queue, broker::MARKER_EXPIRES).await?;
+        }
+        Ok(())
+    }
+
+    /// Decides a batch `lane` left in doubt on the last connection (see [`InDoubt`]), before consuming again.
+    async fn settle_in_doubt(&self, channel: &Channel, lane: &Lane) -> Result<(), BrokerError> {
+        let Some(seq) = lock(&lane.in_doubt).as_ref().map(|d| d.seq) else {
             return Ok(());
         };
         let newest = channel
-            .basic_get(self.marker_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(lane.marker_queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await?;
         let committed = newest.is_some_and(|m| m.data == seq.to_string().as_bytes());
-        let Some(mut parked) = lock(&self.in_doubt).take() else {
+        let Some(mut parked) = lock(&lane.in_doubt).take() else {
             return Ok(());
         };
         tracing::info!(
@@ -925,7 +1010,28 @@ impl Drop for Claim {
 
 #[cfg(test)]
 mod tests {
-    use super::Unacked;
+    use super::{Unacked, lane_windows};
+
+    #[test]
+    fn lanes_share_the_prefetch_window_without_exceeding_it() {
+        let cases: [(u16, u16, &[u16]); 5] = [
+            (256, 2, &[128, 128]),
+            (256, 1, &[256]),
+            (10, 3, &[4, 3, 3]),
+            // Never a lane with a window of 0 (AMQP's "no limit"): fewer lanes instead.
+            (2, 4, &[1, 1]),
+            (1, 16, &[1]),
+        ];
+        for (prefetch, channels, expected) in cases {
+            assert_eq!(lane_windows(prefetch, channels), expected, "{prefetch} over {channels}");
+        }
+        for (prefetch, channels) in [(u16::MAX, 16), (1000, 7), (3, 3), (17, 16)] {
+            let windows = lane_windows(prefetch, channels);
+            assert_eq!(windows.len(), usize::from(channels.min(prefetch)));
+            assert_eq!(windows.iter().map(|&w| u32::from(w)).sum::<u32>(), u32::from(prefetch));
+            assert!(windows.iter().all(|&w| w > 0));
+        }
+    }
 
     #[test]
     fn a_multiple_ack_never_covers_a_job_still_under_way() {

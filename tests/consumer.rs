@@ -32,6 +32,34 @@ async fn deliveries_run_concurrently_up_to_the_prefetch_window() {
     app.stop().await;
 }
 
+/// `amqp.channels` consumers on the jobs queue, whose windows add up to `amqp.prefetch`: no more jobs in
+/// flight than with one channel.
+#[tokio::test]
+async fn jobs_are_consumed_on_amqp_channels_channels_that_share_the_prefetch_window() {
+    let provider = GatedTwilio::start().await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &provider.url);
+        c.amqp.prefetch = 7;
+        c.amqp.channels = 3;
+    })
+    .await;
+    assert_eq!(app.consumer_count(&app.config.amqp.jobs_queue).await, 3);
+    for _ in 0..12 {
+        app.publish(&job("sms")).await;
+    }
+    provider.wait_in_flight(7).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        provider.received.load(std::sync::atomic::Ordering::SeqCst),
+        7,
+        "never more than prefetch in all"
+    );
+    provider.open();
+    let events = app.events(12).await;
+    assert!(events.iter().all(|e| e["type"] == "gd_send_sms"));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_move_by_exactly_the_number_of_deliveries() {
     let mut app = TestApp::spawn(|_| {}).await;

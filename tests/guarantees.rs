@@ -209,6 +209,44 @@ async fn an_event_committed_without_confirmation_is_still_counted_once() {
     app.stop().await;
 }
 
+/// Like the test above with commits in doubt on several channels at once: each channel's batch is settled
+/// by its own marker queue, every committed event is counted once and nothing is sent again.
+#[tokio::test]
+async fn commits_in_doubt_on_several_channels_are_each_settled() {
+    let (proxy, twilio_server, mut app) = behind_proxy().await;
+    assert_eq!(app.config.amqp.channels, 2, "the default");
+    let jobs: Vec<_> = (0..8).map(|_| job("sms")).collect();
+    app.publish_many(&jobs).await;
+    twilio_server.wait_in_flight(jobs.len()).await;
+    proxy.swallow_replies();
+    twilio_server.open();
+    // Each channel's first batch commits unconfirmed; what finished after it waits for that commit-ok,
+    // and goes out after the reconnect.
+    let mut events = vec![app.next_outcome(20).await];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    app.wait_ready(false).await;
+    proxy.restore();
+    app.wait_ready(true).await;
+    let sent = "gd_send_sms_total{action=\"second-factor-authentication\",country=\"1\",provider=\"twilio\"}";
+    app.wait_metric(sent, jobs.len() as f64).await;
+    while let Some(event) = app.try_next_event(2).await {
+        events.push(event);
+    }
+    assert_eq!(events.len(), jobs.len(), "one event per job");
+    assert_eq!(distinct_job_ids(&events), jobs.len());
+    assert_eq!(
+        helpers::metric(&app.metrics().await, sent),
+        jobs.len() as f64,
+        "each committed event counted once"
+    );
+    assert_eq!(
+        twilio_server.received.load(std::sync::atomic::Ordering::SeqCst),
+        jobs.len()
+    );
+    app.stop().await;
+}
+
 /// Upgrading from a herald that used the single `herald.retry` queue: what it left there still comes back
 /// when its TTL runs out, and is delivered.
 #[tokio::test]

@@ -184,6 +184,7 @@ fn to_env_gives_the_configuration_back() {
     let mut config = Config::default();
     config.amqp.url = Secret::new("amqp://u:p@broker:5672/vhost");
     config.amqp.prefetch = 512;
+    config.amqp.channels = 5;
     config.amqp.queue_type = QueueType::Classic;
     config.amqp.jobs_queue = "ns.jobs".into();
     config.admin.token = Secret::new("123456");
@@ -449,5 +450,23 @@ fn derived_queue_names_that_do_not_fit_are_refused_naming_the_key() {
     assert!(message.contains("amqp.retry_queue"), "{message}");
     assert!(message.contains("retry.schedule"), "{message}");
     config.amqp.retry_queue = "r".repeat(248);
+    config.validate().unwrap();
+}
+
+/// `amqp.channels` 0 would consume nothing; a large count only queues commits on the broker.
+#[test]
+fn consuming_channels_out_of_range_are_refused_naming_the_key() {
+    let mut config = Config::default();
+    for channels in [0, crate::config::MAX_CHANNELS + 1, u16::MAX] {
+        config.amqp.channels = channels;
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("amqp.channels"), "{channels}: {message}");
+    }
+    for channels in [1, crate::config::MAX_CHANNELS] {
+        config.amqp.channels = channels;
+        config.validate().unwrap();
+    }
+    // More channels than the prefetch window loads: herald opens one channel per job of the window.
+    config.amqp.prefetch = 1;
     config.validate().unwrap();
 }

@@ -119,8 +119,6 @@ impl TestApp {
         reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
     }
 
-    /// Metrics once no job is in flight. An event reaches a test as soon as the broker commits it, a
-    /// moment before herald hears the commit-ok and counts it; counts are read after that.
     /// Polls the metrics until `series` reaches `want` (what is counted asynchronously, like feedback).
     pub async fn wait_metric(&self, series: &str, want: f64) -> String {
         for _ in 0..200 {
@@ -133,6 +131,8 @@ impl TestApp {
         panic!("{series} never reached {want}:\n{}", self.metrics().await);
     }
 
+    /// Metrics once no job is in flight. An event reaches a test as soon as the broker commits it, a
+    /// moment before herald hears the commit-ok and counts it; counts are read after that.
     pub async fn settled_metrics(&self) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -810,6 +810,15 @@ impl Broker {
 
     /// Messages ready in a queue (passive declare).
     pub async fn queue_len(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.message_count()
+    }
+
+    /// Consumers of a queue (passive declare).
+    pub async fn consumer_count(&self, queue: &str) -> u32 {
+        self.inspect(queue).await.consumer_count()
+    }
+
+    async fn inspect(&self, queue: &str) -> lapin::Queue {
         self.channel
             .queue_declare(
                 queue.into(),
@@ -821,7 +830,6 @@ impl Broker {
             )
             .await
             .unwrap()
-            .message_count()
     }
 
     /// The next event, or `None` after `secs`.
