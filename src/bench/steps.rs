@@ -229,7 +229,8 @@ pub(super) async fn herald_run(
     let seconds = started.elapsed().as_secs_f64();
     let (cpu_per_job, others_cpu) = (cpu.herald_per_job(n), cpu.others_per_job(n));
     let rss = herald.peak_rss_mib();
-    let batches = herald_batches(herald.port, seconds).await;
+    let channels = bench.amqp.channels.clamp(1, bench.amqp.prefetch.max(1));
+    let batches = herald_batches(herald.port, seconds, channels).await;
     drop(herald);
     delete_queue(&bench.channel, &sink).await;
     let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{others_cpu}{batches}");
@@ -246,9 +247,9 @@ pub(super) async fn herald_run(
 }
 
 /// Herald's commits, their mean batch and how long the broker took to commit each (`herald_commit_seconds`,
-/// with its share of the run's `seconds`), from its `/metrics`, as the ceiling rows print theirs; empty when
-/// they cannot be read.
-async fn herald_batches(port: u16, seconds: f64) -> String {
+/// with its share of the run's `seconds`: over 100% when its `channels` commit at once), from its
+/// `/metrics`, as the ceiling rows print theirs; empty when they cannot be read.
+async fn herald_batches(port: u16, seconds: f64, channels: u16) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
     let Ok(response) = reqwest::get(&url).await else {
         return String::new();
@@ -256,10 +257,10 @@ async fn herald_batches(port: u16, seconds: f64) -> String {
     let Ok(text) = response.text().await else {
         return String::new();
     };
-    batches_note(&text, seconds)
+    batches_note(&text, seconds, channels)
 }
 
-fn batches_note(metrics: &str, seconds: f64) -> String {
+fn batches_note(metrics: &str, seconds: f64, channels: u16) -> String {
     let value = |name: &str| {
         metrics
             .lines()
@@ -277,9 +278,14 @@ fn batches_note(metrics: &str, seconds: f64) -> String {
     let mut note = batches(commits, jobs);
     if let Some(committing) = value("herald_commit_seconds_sum").filter(|_| seconds > 0.0) {
         note.push_str(&format!(
-            ", each committing {:.1} ms ({:.0}% of the run)",
+            ", each committing {:.1} ms ({:.0}% of the run{})",
             committing * 1000.0 / commits,
-            committing * 100.0 / seconds
+            committing * 100.0 / seconds,
+            if channels > 1 {
+                format!(", summed over {channels} channels")
+            } else {
+                String::new()
+            }
         ));
     }
     note
@@ -590,14 +596,18 @@ mod tests {
             herald_commit_batch_messages_bucket{le=\"+Inf\"} 80\n\
             herald_commit_batch_messages_sum 20000\n\
             herald_commit_batch_messages_count 80\n";
-        assert_eq!(batches_note(metrics, 2.0), ", 80 commits of 250 on average");
+        assert_eq!(batches_note(metrics, 2.0, 1), ", 80 commits of 250 on average");
         let timed = format!("{metrics}herald_commit_seconds_sum 0.8\nherald_commit_seconds_count 80\n");
         assert_eq!(
-            batches_note(&timed, 2.0),
+            batches_note(&timed, 2.0, 1),
             ", 80 commits of 250 on average, each committing 10.0 ms (40% of the run)"
         );
-        assert_eq!(batches_note("herald_commit_batch_messages_count 0\n", 2.0), "");
-        assert_eq!(batches_note("", 2.0), "");
+        assert_eq!(
+            batches_note(&timed, 0.5, 2),
+            ", 80 commits of 250 on average, each committing 10.0 ms (160% of the run, summed over 2 channels)"
+        );
+        assert_eq!(batches_note("herald_commit_batch_messages_count 0\n", 2.0, 2), "");
+        assert_eq!(batches_note("", 2.0, 2), "");
     }
 
     #[test]
