@@ -31,9 +31,13 @@ use values::{blank_is_none, text};
 /// Every key with its default value: the base layer of [`Config::load`] and the whole of
 /// [`Config::default`].
 pub const DEFAULTS: &str = include_str!("config/defaults.toml");
-/// The most consuming channels `amqp.channels` may ask for: beyond a few, more commits in flight only
-/// queue up on the broker.
-pub const MAX_CHANNELS: u16 = 16;
+/// The most consuming channels `amqp.channels` may ask for. When herald dies, the quorum queue can hand
+/// a job in flight on one of its channels to another of them before it sees that one die too, and each
+/// return counts in `x-delivery-count`: a crash counts up to once per channel. herald makes a provider
+/// call only below `delivery_limit - 1` counted deliveries (§11.4), so with two channels a crash still
+/// leaves a poison job at or under the broker's limit, for herald to dead-letter with its event; with
+/// three, the broker could dead-letter it first, without one.
+pub const MAX_CHANNELS: u16 = 2;
 
 /// herald's configuration. Its `Serialize` writes every value back as the text an operator writes, secrets
 /// included: it exists for [`Config::to_env`].

@@ -4,8 +4,8 @@
 //! Each finished job becomes one broker transaction on the channel it came from: its publishes (event,
 //! reply, dead letter or retry) and its ack commit together or not at all (contract §11.1). Transactions
 //! of many jobs are batched into one commit. herald consumes on `amqp.channels` transactional channels
-//! ("lanes"), each with its share of the prefetch window and its own commit loop, so that one lane's
-//! jobs are handled and framed while another's commit is under way on the broker.
+//! ("lanes"), each with its share of the prefetch window and its own commit loop, so that with two one
+//! lane's jobs are handled and framed while the other's commit is under way on the broker.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -362,7 +362,7 @@ impl Consumer {
     ///
     /// The commit is a lane's serial step: a transactional channel holds its publishes until `tx.commit`,
     /// and the broker then routes and stores them all (with one lane ~80% of the outbox step's time in
-    /// `herald bench`; hence several lanes). So while one batch commits, every job of the lane that
+    /// `herald bench`; hence a second lane). So while one batch commits, every job of the lane that
     /// finishes meanwhile is taken in, and the next commit carries all of them whose outcome records are
     /// written: a job that finished just after a gather would otherwise wait out a whole extra commit,
     /// holding its place in the prefetch window.

@@ -32,18 +32,18 @@ async fn deliveries_run_concurrently_up_to_the_prefetch_window() {
     app.stop().await;
 }
 
-/// `amqp.channels` consumers on the jobs queue, whose windows add up to `amqp.prefetch`: no more jobs in
-/// flight than with one channel.
+/// `amqp.channels = 2`: two consumers on the jobs queue, whose windows add up to `amqp.prefetch`: no more
+/// jobs in flight than with one channel.
 #[tokio::test]
-async fn jobs_are_consumed_on_amqp_channels_channels_that_share_the_prefetch_window() {
+async fn jobs_are_consumed_on_two_channels_that_share_the_prefetch_window() {
     let provider = GatedTwilio::start().await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &provider.url);
         c.amqp.prefetch = 7;
-        c.amqp.channels = 3;
+        c.amqp.channels = 2;
     })
     .await;
-    assert_eq!(app.consumer_count(&app.config.amqp.jobs_queue).await, 3);
+    assert_eq!(app.consumer_count(&app.config.amqp.jobs_queue).await, 2);
     for _ in 0..12 {
         app.publish(&job("sms")).await;
     }

@@ -101,6 +101,54 @@ async fn a_job_that_keeps_killing_herald_is_dead_lettered_at_the_delivery_limit(
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
+/// With `amqp.channels = 2` a crash can count a job in flight twice (the quorum queue hands it to the dead
+/// process's other channel before it sees that one die too), so the number of crashes before the limit
+/// varies: herald is killed whenever the job's provider call is under way, until the job has an event. It
+/// must be herald's own `attempts_exhausted` event, not the queue dead-lettering the job past its limit
+/// without one (what three channels would allow; see `config::MAX_CHANNELS`).
+#[tokio::test]
+async fn with_two_channels_a_job_that_keeps_killing_herald_still_ends_in_its_own_event() {
+    const LIMIT: u32 = 5;
+    let provider = GatedTwilio::start().await;
+    let mut broker = Broker::new(|c| {
+        twilio(c, &provider.url);
+        c.amqp.delivery_limit = LIMIT;
+        c.amqp.channels = 2;
+    })
+    .await;
+    let env = process_env(&broker.config);
+    let poison = job("sms");
+    broker.publish(&poison).await;
+    let mut kills = 0;
+    let event = 'crashes: loop {
+        assert!(
+            kills < usize::try_from(LIMIT).unwrap(),
+            "still no event after {kills} crashes"
+        );
+        let sent = provider.received.load(std::sync::atomic::Ordering::SeqCst);
+        let mut herald = HeraldProcess::start(&env);
+        for second in 0.. {
+            assert!(second < 20, "neither a provider call nor an event: {}", herald.logs());
+            if let Some(e) = broker.try_next_event(1).await {
+                break 'crashes e;
+            }
+            if provider.received.load(std::sync::atomic::Ordering::SeqCst) > sent {
+                herald.kill();
+                kills += 1;
+                break;
+            }
+        }
+    };
+    assert_eq!(event["job_id"], poison["id"]);
+    assert_eq!(event["error"]["code"], "attempts_exhausted", "{event}");
+    let dead = broker.dead_letters(1).await;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].1.starts_with("attempts_exhausted: "), "{}", dead[0].1);
+    let sent = provider.received.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..LIMIT as usize).contains(&sent), "sent {sent} times");
+    println!("{kills} crashes, {sent} provider calls before the job was dead-lettered");
+}
+
 /// herald is killed six times mid-stream, restarted, and finishes every job (one event each). Then the
 /// MFA server replays every job id: each replay is a duplicate, not sent and without an event, even for
 /// the batches whose commit marks died with a process (they are written after the broker's commit, on

@@ -7,7 +7,8 @@
 //!    one transaction per batch of ready deliveries (see [`steps::Ceiling`]). The higher of the two is
 //!    what the bars hold herald to;
 //! 2. herald end to end (a child `herald serve`): N jobs queued, time from herald consuming until N
-//!    outcome events, with a zero-latency Twilio-shaped HTTP server, then with the outbox provider. The
+//!    outcome events, with a zero-latency Twilio-shaped HTTP server, then with the outbox provider, and
+//!    the outbox again with `amqp.channels = 2`. The
 //!    events go to a queue like the ceilings' output, and are counted on herald's stdout. Steps 1 and 2
 //!    run in rounds (`--rounds`, default 3): each herald run is divided by its round's ceilings, and the
 //!    median over the rounds is the ratio printed;
@@ -102,6 +103,10 @@ async fn run_steps(bench: &Bench, n: usize, args: &BenchArgs) -> anyhow::Result<
     ))
 }
 
+/// The outbox step again with `amqp.channels = 2`, whatever the bench's configuration says: what the
+/// second channel buys is in every run (README: `amqp.channels`).
+const TWO_CHANNELS: &str = "herald e2e, outbox provider, amqp.channels = 2";
+
 /// Runs the steps in order; returns their rows and what the measures are computed from.
 async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<Row>, Summary)> {
     let mut rows = Vec::new();
@@ -110,26 +115,35 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
     // Rounds of ceiling, Twilio-shaped and outbox runs: each herald run is held to the ceiling measured
     // just before it (see `Summary`), and the median over the rounds drops a round that caught a stall
     // on one side only.
+    let channels = bench.amqp.channels;
     for round in 1..=rounds {
         let (publish, mut ceiling) = steps::ceiling(bench, n, Ceiling::Confirms).await?;
         let (_, mut tx_ceiling) = steps::ceiling(bench, n, Ceiling::Transaction).await?;
-        let (mut twilio, rss1) =
-            steps::herald_run(bench, n, Some(&fast), "herald e2e, Twilio-shaped server (0 ms)").await?;
-        let (mut outbox, rss2) = steps::herald_run(bench, n, None, "herald e2e, outbox provider").await?;
+        let (mut twilio, rss1) = steps::herald_run(
+            bench,
+            n,
+            Some(&fast),
+            "herald e2e, Twilio-shaped server (0 ms)",
+            channels,
+        )
+        .await?;
+        let (mut outbox, rss2) = steps::herald_run(bench, n, None, "herald e2e, outbox provider", channels).await?;
+        let (mut outbox_two, rss3) = steps::herald_run(bench, n, None, TWO_CHANNELS, 2).await?;
         measured.push(Round {
             ceiling: ceiling.rate(),
             tx_ceiling: tx_ceiling.rate(),
             twilio: twilio.rate(),
             outbox: outbox.rate(),
+            outbox_two_channels: outbox_two.rate(),
         });
-        rss.extend([rss1, rss2]);
+        rss.extend([rss1, rss2, rss3]);
         if round == 1 {
             rows.push(publish);
         }
-        for row in [&mut ceiling, &mut tx_ceiling, &mut twilio, &mut outbox] {
+        for row in [&mut ceiling, &mut tx_ceiling, &mut twilio, &mut outbox, &mut outbox_two] {
             row.what = format!("{}, round {round}", row.what);
         }
-        rows.extend([ceiling, tx_ceiling, twilio, outbox]);
+        rows.extend([ceiling, tx_ceiling, twilio, outbox, outbox_two]);
     }
 
     let prefetch = bench.amqp.prefetch;
@@ -137,12 +151,12 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
     let slow_jobs = n.min(usize::from(prefetch) * 20).max(10);
     let slow = Provider::start(SLOW_ANSWER)?;
     let what = format!("herald e2e, provider answering in {} ms", SLOW_ANSWER.as_millis());
-    let (slow_row, rss3) = steps::herald_run(bench, slow_jobs, Some(&slow), &what).await?;
-    let (bar_row, at_bar, rss4) = steps::latency(bench, &fast, report::LATENCY_BAR_RATE, n).await?;
+    let (slow_row, rss4) = steps::herald_run(bench, slow_jobs, Some(&slow), &what, channels).await?;
+    let (bar_row, at_bar, rss5) = steps::latency(bench, &fast, report::LATENCY_BAR_RATE, n).await?;
     // Its own RSS stays in its row, out of the bar: when herald falls behind half the ceiling, the run holds
     // a backlog of deliveries, and the bar is herald's memory at 20,000 jobs, not the size of a backlog.
     let (half_row, at_half, _) = steps::latency(bench, &fast, report::half_load(&measured), n).await?;
-    rss.extend([rss3, rss4]);
+    rss.extend([rss4, rss5]);
     let summary = Summary {
         rounds: measured,
         prefetch,

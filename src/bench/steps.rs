@@ -210,8 +210,8 @@ fn batches(commits: f64, messages: f64) -> String {
     format!(", {commits:.0} commits of {:.0} on average", messages / commits)
 }
 
-/// Steps 2 and 3: n jobs through a fresh herald, with Twilio at `provider` or the outbox; returns the row
-/// and herald's peak RSS in MiB.
+/// Steps 2 and 3: n jobs through a fresh herald consuming on `channels` channels (`amqp.channels`), with
+/// Twilio at `provider` or the outbox; returns the row and herald's peak RSS in MiB.
 ///
 /// Like the ceiling run, the jobs are queued first and the clock runs from the moment herald consumes
 /// until the n-th outcome event, so both rows measure consuming, not the bench's own publishing.
@@ -220,16 +220,17 @@ pub(super) async fn herald_run(
     n: usize,
     provider: Option<&Provider>,
     what: &str,
+    channels: u16,
 ) -> anyhow::Result<(Row, f64)> {
     let sink = events_sink(bench).await?;
     publish_all(&bench.channel, &bench.amqp.jobs_queue, n).await?;
-    let (mut herald, started) = Herald::start(bench, provider).await?;
+    let (mut herald, started) = Herald::start_with(bench, provider, |c| c.amqp.channels = channels).await?;
     let cpu = StepCpu::start(Some(herald.pid()));
     let failures = herald.events.wait(n).await?;
     let seconds = started.elapsed().as_secs_f64();
     let (cpu_per_job, others_cpu) = (cpu.herald_per_job(n), cpu.others_per_job(n));
     let rss = herald.peak_rss_mib();
-    let channels = bench.amqp.channels.clamp(1, bench.amqp.prefetch.max(1));
+    let channels = channels.clamp(1, bench.amqp.prefetch.max(1));
     let batches = herald_batches(herald.port, seconds, channels).await;
     drop(herald);
     delete_queue(&bench.channel, &sink).await;

@@ -184,7 +184,7 @@ fn to_env_gives_the_configuration_back() {
     let mut config = Config::default();
     config.amqp.url = Secret::new("amqp://u:p@broker:5672/vhost");
     config.amqp.prefetch = 512;
-    config.amqp.channels = 5;
+    config.amqp.channels = 2;
     config.amqp.queue_type = QueueType::Classic;
     config.amqp.jobs_queue = "ns.jobs".into();
     config.admin.token = Secret::new("123456");
@@ -453,7 +453,8 @@ fn derived_queue_names_that_do_not_fit_are_refused_naming_the_key() {
     config.validate().unwrap();
 }
 
-/// `amqp.channels` 0 would consume nothing; a large count only queues commits on the broker.
+/// `amqp.channels` 0 would consume nothing; with 3 a crash could count a job in flight past the quorum
+/// queue's delivery limit (see `MAX_CHANNELS`).
 #[test]
 fn consuming_channels_out_of_range_are_refused_naming_the_key() {
     let mut config = Config::default();
