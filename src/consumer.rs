@@ -332,6 +332,12 @@ impl Consumer {
         self.set_ready(false);
         if result.is_err() {
             committers.abort_all();
+            // Cancelled before the connection closes: a job returned by one channel's close must not be
+            // handed to another channel about to close too, which counts it twice in `x-delivery-count`.
+            for (channel, tag) in &channels {
+                let cancel = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
+                let _ = tokio::time::timeout(Duration::from_secs(1), cancel).await;
+            }
             return result;
         }
         // Drain: stop receiving, let every delivery under way finish and commit, then close. Messages

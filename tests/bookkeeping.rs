@@ -9,7 +9,7 @@ use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use helpers::{Broker, collect_output, job, process_env, spawn_herald};
+use helpers::{Broker, collect_output, job, outbox_counts, process_env, spawn_herald};
 
 #[tokio::test]
 async fn a_stalled_stdout_holds_consumption_back_instead_of_queueing_bookkeeping_without_bound() {
@@ -145,17 +145,6 @@ async fn wait_for_lines(text: &Arc<Mutex<String>>, n: usize) -> HashMap<String, 
 
 fn outbox_len(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).unwrap_or_default().lines().count()
-}
-
-/// Sends (outbox lines) per job id.
-fn outbox_counts(path: &std::path::Path) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-            *counts.entry(v["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
-        }
-    }
-    counts
 }
 
 /// Waits until the outbox stops growing (herald is held up by its stdout) and returns its length.

@@ -6,18 +6,7 @@ mod helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use helpers::{Broker, GatedTwilio, HeraldProcess, job, process_env, twilio};
-
-fn outbox_counts(path: &std::path::Path) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        // The last line may be cut by the kill: only whole lines count.
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-            *counts.entry(v["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
-        }
-    }
-    counts
-}
+use helpers::{Broker, GatedTwilio, HeraldProcess, job, outbox_counts, process_env, twilio};
 
 #[tokio::test]
 async fn sigkill_mid_stream_loses_nothing_and_repeats_at_most_the_jobs_in_flight() {

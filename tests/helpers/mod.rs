@@ -504,6 +504,40 @@ pub struct HeraldProcess {
     pub stdout: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
+/// Sends (outbox lines) per job id. A line cut by a kill does not count.
+pub fn outbox_counts(path: &std::path::Path) -> std::collections::HashMap<String, usize> {
+    per_job_id(&std::fs::read_to_string(path).unwrap_or_default(), |_| true)
+}
+
+/// Outcome events (`gd_send_*` lines) a herald process printed on stdout, per job id.
+pub fn printed_counts(stdout: &str) -> std::collections::HashMap<String, usize> {
+    per_job_id(stdout, |v| {
+        v["type"].as_str().is_some_and(|t| t.starts_with("gd_send_"))
+    })
+}
+
+fn per_job_id(lines: &str, keep: impl Fn(&Value) -> bool) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for line in lines.lines() {
+        if let Ok(v) = serde_json::from_str::<Value>(line)
+            && keep(&v)
+            && let Some(id) = v["job_id"].as_str()
+        {
+            *counts.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// A port free at the moment, for a herald process whose `/metrics` a test reads.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `HERALD_*` variables giving a herald process `config` (its queues, templates, files, providers and
 /// limits). `test_config` has `http.addr` on port 0, so processes of one test never collide.
 pub fn process_env(config: &Config) -> Vec<(String, String)> {
@@ -577,10 +611,20 @@ impl HeraldProcess {
 
     /// SIGTERM, then the exit code (None if it did not exit within 30 s).
     pub fn terminate(&mut self) -> Option<i32> {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn signal_term(&self) {
         std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
+    }
+
+    /// The exit code once the process has exited (None if it did not within 30 s).
+    pub fn wait_exit(&mut self) -> Option<i32> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -830,6 +874,27 @@ impl Broker {
             )
             .await
             .unwrap()
+    }
+
+    /// The name of the test's own queue bound to the events exchange (to bind it again after the
+    /// exchange was deleted).
+    pub fn events_queue(&self) -> lapin::types::ShortString {
+        self.events.queue()
+    }
+
+    /// Events per job id until every one of `n` jobs has one, then any more within 2 s.
+    pub async fn event_counts(&mut self, n: usize) -> std::collections::HashMap<String, usize> {
+        let mut events = std::collections::HashMap::new();
+        while events.len() < n {
+            let Some(e) = self.try_next_event(30).await else {
+                panic!("only {} of {n} jobs got an event: {events:?}", events.len());
+            };
+            *events.entry(e["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+        while let Some(e) = self.try_next_event(2).await {
+            *events.entry(e["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+        events
     }
 
     /// The next event, or `None` after `secs`.
