@@ -34,9 +34,10 @@ pub const DEFAULTS: &str = include_str!("config/defaults.toml");
 /// The most consuming channels `amqp.channels` may ask for. When herald dies, the quorum queue can hand
 /// a job in flight on one of its channels to another of them before it sees that one die too, and each
 /// return counts in `x-delivery-count`: a crash counts up to once per channel. herald makes a provider
-/// call only below `delivery_limit - 1` counted deliveries (§11.4), so with two channels a crash still
-/// leaves a poison job at or under the broker's limit, for herald to dead-letter with its event; with
-/// three, the broker could dead-letter it first, without one.
+/// call only while at most `delivery_limit - 2` earlier deliveries are counted (its own rule,
+/// `decision::before_delivery`), and the queue dead-letters a job only once its count is above
+/// `delivery_limit`. So with two channels a crash leaves a poison job within the limit, for herald to
+/// dead-letter with its event (§11.4); with three, the queue could dead-letter it first, without one.
 pub const MAX_CHANNELS: u16 = 2;
 
 /// herald's configuration. Its `Serialize` writes every value back as the text an operator writes, secrets

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
@@ -227,7 +228,12 @@ impl Consumer {
         if result.is_err() {
             // Closed and awaited, not dropped: every transaction of this connection is over (committed
             // or rolled back) before the next session asks the marker queues about the ones in doubt.
-            let _ = tokio::time::timeout(Duration::from_secs(5), connection.close(200, "reconnecting".into())).await;
+            let closing = connection.close(200, "reconnecting".into());
+            if tokio::time::timeout(Duration::from_secs(5), closing).await.is_err() {
+                tracing::warn!(
+                    "the failed broker connection did not close within 5 s; a commit in doubt may be settled as not committed"
+                );
+            }
         }
         result
     }
@@ -252,12 +258,18 @@ impl Consumer {
         let mut refresh = tokio::time::interval(broker::MARKER_REFRESH);
         refresh.reset();
 
-        let mut channels = Vec::with_capacity(self.lanes.len());
-        let mut deliveries = Vec::with_capacity(self.lanes.len());
-        for (i, lane) in self.lanes.iter().enumerate() {
+        // Every lane is set up before any consumes: a lane failing to open must not leave another's
+        // prefetched jobs to go back with a delivery counted that nothing handled.
+        let mut lanes = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
             let channel = connection.create_channel().await?;
             channel.basic_qos(lane.prefetch, BasicQosOptions::default()).await?;
             channel.tx_select().await?;
+            lanes.push(channel);
+        }
+        let mut channels = Vec::with_capacity(self.lanes.len());
+        let mut deliveries = Vec::with_capacity(self.lanes.len());
+        for (i, channel) in lanes.into_iter().enumerate() {
             let consumer = channel
                 .basic_consume(
                     self.config.jobs_queue.as_str().into(),
@@ -276,8 +288,9 @@ impl Consumer {
             );
         }
         let mut deliveries = futures_util::stream::select_all(deliveries);
+        let markers: Vec<&str> = self.lanes.iter().map(|l| l.marker_queue.as_str()).collect();
         tracing::info!(broker = %broker::redacted_url(&self.config), queue = %self.config.jobs_queue,
-            prefetch = self.config.prefetch, channels = self.lanes.len(), "consuming");
+            prefetch = self.config.prefetch, channels = self.lanes.len(), marker_queues = ?markers, "consuming");
         self.set_ready(true);
         *consumed = true;
 
@@ -332,19 +345,16 @@ impl Consumer {
         self.set_ready(false);
         if result.is_err() {
             committers.abort_all();
-            // Cancelled before the connection closes: a job returned by one channel's close must not be
-            // handed to another channel about to close too, which counts it twice in `x-delivery-count`.
-            for (channel, tag) in &channels {
-                let cancel = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
-                let _ = tokio::time::timeout(Duration::from_secs(1), cancel).await;
-            }
+            // Cancelled before the connection closes, where the connection still works: a job returned by
+            // one channel's close is then not handed to another channel about to close too, which would
+            // count it twice in `x-delivery-count`. (A channel the broker closed has returned its jobs
+            // already, and a lost connection cancels nothing: there a job can still count twice.)
+            cancel_all(&channels).await;
             return result;
         }
         // Drain: stop receiving, let every delivery under way finish and commit, then close. Messages
         // prefetched but not started return to the queue when the channels close.
-        for (channel, tag) in &channels {
-            let _ = channel.basic_cancel(tag.clone(), BasicCancelOptions::default()).await;
-        }
+        cancel_all(&channels).await;
         tracker.close();
         tracker.wait().await;
         drop(done);
@@ -357,6 +367,12 @@ impl Consumer {
         }
         for (channel, _) in &channels {
             let _ = channel.close(200, "shutdown".into()).await;
+        }
+        // Of use only to this process's next session: gone with it rather than left to expire.
+        for lane in &self.lanes {
+            let _ = side
+                .queue_delete(lane.marker_queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         let _ = connection.close(200, "shutdown".into()).await;
         tracing::info!("consumer drained and closed");
@@ -801,6 +817,15 @@ impl Consumer {
                 .with_expiration(after.as_millis().to_string().into()),
         }
     }
+}
+
+/// Cancels the lanes' consumers, all at once, giving up after a second: a cancel waits behind a commit
+/// under way on its channel.
+async fn cancel_all(channels: &[(Channel, ShortString)]) {
+    let cancels = channels
+        .iter()
+        .map(|(channel, tag)| channel.basic_cancel(tag.clone(), BasicCancelOptions::default()));
+    let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(cancels)).await;
 }
 
 /// The delay queue for a wait: the one whose own wait is nearest to it (by ratio), so that a jittered or

@@ -71,15 +71,15 @@ fn distinct_job_ids(events: &[serde_json::Value]) -> usize {
     ids.len()
 }
 
-/// herald, consuming on `channels` channels, reaching the broker through a proxy the test can cut, and
-/// Twilio through a gate it opens.
-async fn behind_proxy(channels: u16) -> (TcpProxy, GatedTwilio, TestApp) {
+/// herald (configured by `customize`) reaching the broker through a proxy the test can cut, and Twilio
+/// through a gate it opens.
+async fn behind_proxy(customize: impl FnOnce(&mut herald::config::Config)) -> (TcpProxy, GatedTwilio, TestApp) {
     let proxy = TcpProxy::start().await;
     let twilio_server = GatedTwilio::start().await;
     let app = TestApp::spawn(|c| {
         twilio(c, &twilio_server.url);
         c.amqp.url = Secret::new(proxy.url());
-        c.amqp.channels = channels;
+        customize(c);
     })
     .await;
     (proxy, twilio_server, app)
@@ -89,7 +89,7 @@ async fn behind_proxy(channels: u16) -> (TcpProxy, GatedTwilio, TestApp) {
 /// new connection while the first copies are still running: each job still reaches Twilio once.
 #[tokio::test]
 async fn a_reconnect_does_not_send_the_jobs_in_flight_again() {
-    let (proxy, twilio_server, mut app) = behind_proxy(1).await;
+    let (proxy, twilio_server, mut app) = behind_proxy(|_| {}).await;
     let jobs: Vec<_> = (0..20).map(|_| job("sms")).collect();
     app.publish_many(&jobs).await;
     twilio_server.wait_in_flight(jobs.len()).await;
@@ -183,7 +183,7 @@ async fn headers_a_publisher_writes_decide_nothing() {
 /// its job acked), so herald still prints and counts it once it knows, and sends nothing again.
 #[tokio::test]
 async fn an_event_committed_without_confirmation_is_still_counted_once() {
-    let (proxy, twilio_server, mut app) = behind_proxy(1).await;
+    let (proxy, twilio_server, mut app) = behind_proxy(|_| {}).await;
     let j = job("sms");
     app.publish(&j).await;
     twilio_server.wait_in_flight(1).await;
@@ -215,7 +215,12 @@ async fn an_event_committed_without_confirmation_is_still_counted_once() {
 /// by its own marker queue, every committed event is counted once and nothing is sent again.
 #[tokio::test]
 async fn commits_in_doubt_on_two_channels_are_each_settled() {
-    let (proxy, twilio_server, mut app) = behind_proxy(2).await;
+    // A window of 8, 4 per channel: the 8 jobs held at once are 4 on each.
+    let (proxy, twilio_server, mut app) = behind_proxy(|c| {
+        c.amqp.channels = 2;
+        c.amqp.prefetch = 8;
+    })
+    .await;
     let jobs: Vec<_> = (0..8).map(|_| job("sms")).collect();
     app.publish_many(&jobs).await;
     twilio_server.wait_in_flight(jobs.len()).await;

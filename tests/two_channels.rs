@@ -22,9 +22,9 @@ async fn metrics(port: u16) -> String {
         .unwrap()
 }
 
-/// The events exchange is deleted while jobs are held at the provider on both channels: their commits
-/// fail with a channel error (404). herald reconnects, declares the exchange again, and every job still
-/// ends with exactly one event (broker and stdout), counted once, sent to the provider once.
+/// The events exchange is deleted while jobs are held at the provider on both channels: their event
+/// publishes fail with a channel error (404). herald reconnects, declares the exchange again, and every
+/// job still ends with exactly one event (broker and stdout), counted once, sent to the provider once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_channel_error_at_commit_still_gives_every_job_one_event() {
     const JOBS: usize = 8;
@@ -50,15 +50,15 @@ async fn a_channel_error_at_commit_still_gives_every_job_one_event() {
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await
         .unwrap();
-    provider.open();
     // The session fails; herald is kept away while the test binds its queue to the new exchange again.
-    for _ in 0..5000 {
+    proxy.refuse_new();
+    provider.open();
+    for _ in 0..500 {
         if herald.logs().contains("reconnecting") {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    proxy.cut();
     assert!(herald.logs().contains("reconnecting"), "{}", herald.logs());
     herald::broker::declare_topology(&broker.channel, &broker.config.amqp)
         .await
@@ -81,10 +81,10 @@ async fn a_channel_error_at_commit_still_gives_every_job_one_event() {
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), JOBS);
 }
 
-/// Two sessions fail (a channel error on one channel: an invalid job's event to a deleted events
-/// exchange) while a job is held at the provider on the other: the job comes back within
-/// `amqp.delivery_limit`, never dead-lettered by the broker, and when the provider answers its outcome is
-/// published, printed and counted once.
+/// Two sessions fail (a channel error: an invalid job's event to a deleted events exchange) while a job is
+/// held at the provider: each failure returns the job (counted once or twice), and when the provider
+/// answers, its outcome is published, printed and counted once, by herald on the newest session, not
+/// dead-lettered by the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_session_returns_its_jobs_within_the_delivery_limit() {
     let provider = GatedTwilio::start().await;
@@ -135,9 +135,15 @@ async fn a_failed_session_returns_its_jobs_within_the_delivery_limit() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let printed = printed_counts(&herald.stdout());
-    let dead = broker.dead_letters(4).await;
+    // The two invalid jobs, dead-lettered by herald; nothing by the queue.
+    let dead = broker.dead_letters(2).await;
     let by_broker = dead.iter().filter(|(_, reason)| reason.is_empty()).count();
     assert_eq!(by_broker, 0, "dead-lettered by the broker, not by herald: {dead:?}");
+    assert_eq!(
+        broker.queue_len(&broker.config.amqp.dead_queue).await,
+        0,
+        "more dead letters"
+    );
     assert_eq!(counted, 1.0, "the job's outcome counted once");
     assert_eq!(printed.get(j["id"].as_str().unwrap()), Some(&1), "{printed:?}");
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -168,6 +174,8 @@ async fn sigkill_mid_stream_loses_and_doubles_nothing() {
         }
         herald.kill();
     }
+    let sent_before = outbox_counts(&outbox).len();
+    assert!(sent_before < JOBS, "the kills must land mid-stream ({sent_before})");
     let _herald = HeraldProcess::start(&env);
     let events = broker.event_counts(JOBS).await;
     let other: Vec<_> = events.iter().filter(|(_, n)| **n != 1).collect();
@@ -184,6 +192,14 @@ async fn sigkill_mid_stream_loses_and_doubles_nothing() {
     while broker.try_next_event(3).await.is_some() {
         again += 1;
     }
+    for _ in 0..100 {
+        if broker.queue_len(&broker.config.amqp.jobs_queue).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The last replays taken were being handled: a moment for their (non-)sends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(again, 0, "replays of finished jobs got events");
     assert_eq!(sent, outbox_counts(&outbox), "a replay was sent");
 }
@@ -215,4 +231,51 @@ async fn sigterm_commits_the_jobs_in_flight_on_both_channels() {
     assert_eq!(printed_counts(&herald.stdout()).len(), 8);
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 8);
     assert_eq!(broker.queue_len(&broker.config.amqp.jobs_queue).await, 12);
+}
+
+/// Each channel's commit-marker queue exists while herald consumes, and a clean shutdown deletes it
+/// instead of leaving it to expire 15 minutes later.
+#[tokio::test]
+async fn a_clean_shutdown_deletes_the_commit_marker_queues() {
+    let broker = Broker::new(|c| c.amqp.channels = 2).await;
+    let mut herald = HeraldProcess::start(&process_env(&broker.config));
+    let prefix = format!("{}.commits.", broker.config.amqp.jobs_queue);
+    // `start` returns on the first "consuming" line, which can be the feedback consumer's.
+    for _ in 0..100 {
+        if herald.logs().contains(&prefix) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = herald.logs();
+    let markers: std::collections::BTreeSet<String> = logs
+        .split(|c: char| c == '"' || c.is_whitespace() || c == '[' || c == ']' || c == ',')
+        .filter(|w| w.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(markers.len(), 2, "{logs}");
+    for marker in &markers {
+        assert!(queue_exists(marker).await, "{marker} while consuming");
+    }
+    assert_eq!(herald.terminate(), Some(0), "{}", herald.logs());
+    for marker in &markers {
+        assert!(!queue_exists(marker).await, "{marker} after shutdown");
+    }
+}
+
+/// A passive declare, on a channel of its own: a missing queue closes the channel that asked.
+async fn queue_exists(name: &str) -> bool {
+    let connection = helpers::broker().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            name.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .is_ok()
 }

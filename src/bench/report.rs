@@ -278,10 +278,11 @@ pub(super) fn measures_table(s: &Summary) -> String {
         ratios(s.ratios(|r| r.tx_ceiling, |r| r.ceiling)),
         None,
     );
-    let shapes: [(&str, RoundRate, f64); 3] = [
-        ("outbox", |r| r.outbox, 0.80),
-        ("outbox with amqp.channels = 2", |r| r.outbox_two_channels, 0.80),
-        ("Twilio-shaped", |r| r.twilio, 0.60),
+    // The two-channel outbox run is an opt-in setting beside the bar, not held to it.
+    let shapes: [(&str, RoundRate, Option<f64>); 3] = [
+        ("outbox", |r| r.outbox, Some(0.80)),
+        ("outbox with amqp.channels = 2", |r| r.outbox_two_channels, None),
+        ("Twilio-shaped", |r| r.twilio, Some(0.60)),
     ];
     for (shape, herald, bar) in shapes {
         line(
@@ -295,11 +296,11 @@ pub(super) fn measures_table(s: &Summary) -> String {
             None,
         );
         let best = s.ratios(herald, Round::best_ceiling);
-        let met = median(best.clone()) >= bar;
+        let verdict = bar.map(|bar| (format!("≥ {bar:.2}"), median(best.clone()) >= bar));
         line(
             format!("e2e {shape} / best ceiling, median of {rounds}"),
             ratios(best),
-            Some((format!("≥ {bar:.2}"), met)),
+            verdict,
         );
     }
     line(

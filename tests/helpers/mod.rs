@@ -377,6 +377,11 @@ impl TcpProxy {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// Refuses new connections, leaving the proxied ones as they are.
+    pub fn refuse_new(&self) {
+        self.enabled.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Drops every proxied connection and refuses new ones.
     pub fn cut(&self) {
         self.enabled.store(false, std::sync::atomic::Ordering::SeqCst);
