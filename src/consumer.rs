@@ -61,6 +61,22 @@ pub struct Consumer {
     commits: AtomicU64,
     /// Told of every message a provider accepted, for its delivery receipts (§13).
     receipts: Option<Arc<Receipts>>,
+    /// Where outcomes whose session died go to be committed (see [`Orphans`]).
+    orphans: Mutex<Orphans>,
+}
+
+/// Outcomes reached after their session died, waiting for the current one. Without this, a job whose
+/// provider call outlasted its connection lost its event whenever its copies kept coming back unacked:
+/// each failed session counts a delivery, and past `delivery_limit` the queue dead-letters the job with no
+/// event (seen with six failed sessions during one held provider call). An orphan is committed on the
+/// current session's first lane without an ack (its delivery tag died with its channel), holding its
+/// claim until then, so a copy of the job waits and then finds the outcome committed.
+#[derive(Default)]
+struct Orphans {
+    /// The current session's first lane, while a session consumes.
+    lane: Option<mpsc::UnboundedSender<Finished>>,
+    /// Orphans that came while no session consumed.
+    waiting: Vec<Finished>,
 }
 
 /// A consuming channel's commit state, which outlives the channel: its share of the prefetch window, its
@@ -102,7 +118,8 @@ struct Publish {
 
 /// A handled message, waiting for its transaction.
 struct Finished {
-    delivery_tag: u64,
+    /// `None` for an orphan: its channel is gone, and with it the delivery to ack.
+    delivery_tag: Option<u64>,
     publishes: Vec<Publish>,
     /// The event to print and count once committed.
     event: Option<(Sample, Arc<Vec<u8>>)>,
@@ -121,7 +138,7 @@ struct Finished {
 impl Finished {
     fn new(delivery_tag: u64, gauge: GaugeGuard) -> Finished {
         Finished {
-            delivery_tag,
+            delivery_tag: Some(delivery_tag),
             publishes: Vec::new(),
             event: None,
             dead: None,
@@ -180,6 +197,7 @@ impl Consumer {
             ready,
             in_flight: InFlightIds::default(),
             receipts: None,
+            orphans: Mutex::default(),
         }
     }
 
@@ -307,6 +325,13 @@ impl Consumer {
             done.push(done_tx);
             unacked.push(lane_unacked);
         }
+        {
+            let mut orphans = lock(&self.orphans);
+            for orphan in orphans.waiting.drain(..) {
+                let _ = done[0].send(orphan);
+            }
+            orphans.lane = Some(done[0].clone());
+        }
         // Deliveries run concurrently, bounded by the prefetch windows: the broker never hands out more.
         let tracker = TaskTracker::new();
         let result = loop {
@@ -330,10 +355,11 @@ impl Consumer {
                         let stopping = shutdown.clone();
                         tracker.spawn(async move {
                             // `None`: abandoned at shutdown before anything happened; the broker redelivers.
-                            if let Some(finished) = this.handle(delivery, &stopping).await {
-                                // A closed committer means the session is gone: the broker redelivers, and
-                                // dropping `finished` holds its claim until its record is written.
-                                let _ = done.send(finished);
+                            if let Some(finished) = this.handle(delivery, &stopping).await
+                                && let Err(mpsc::error::SendError(finished)) = done.send(finished)
+                            {
+                                // Its session is gone: the broker redelivers the job.
+                                this.adopt(finished);
                             }
                         });
                     }
@@ -343,6 +369,8 @@ impl Consumer {
             }
         };
         self.set_ready(false);
+        // Orphans wait for the next session from now on; and the drain below ends when its senders go.
+        lock(&self.orphans).lane = None;
         if result.is_err() {
             committers.abort_all();
             // Cancelled before the connection closes, where the connection still works: a job returned by
@@ -463,7 +491,7 @@ impl Consumer {
             marker.as_bytes(),
             BasicProperties::default().with_delivery_mode(2),
         ));
-        let mut tags: Vec<u64> = batch.iter().map(|f| f.delivery_tag).collect();
+        let mut tags: Vec<u64> = batch.iter().filter_map(|f| f.delivery_tag).collect();
         tags.sort_unstable();
         // Names and properties are moved into the frames, not copied: this runs while the broker waits.
         for finished in batch.iter_mut() {
@@ -494,6 +522,28 @@ impl Consumer {
         )
         .await?;
         Ok(())
+    }
+
+    /// Takes the outcome of a job whose session died before it could commit it (see [`Orphans`]). Only an
+    /// outcome herald recorded: the job's copies find the record, so its event cannot be doubled. Anything
+    /// else (a retry, a duplicate's reply, an invalid job's dead letter) is done again by the copy the broker
+    /// redelivers, and is dropped here.
+    fn adopt(&self, mut finished: Finished) {
+        if finished.record.is_none() {
+            return;
+        }
+        // Its delivery went with its channel: there is nothing to ack, and its tag means nothing now.
+        finished.delivery_tag = None;
+        let mut orphans = lock(&self.orphans);
+        let finished = match &orphans.lane {
+            Some(lane) => match lane.send(finished) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(finished)) => finished,
+            },
+            None => finished,
+        };
+        orphans.lane = None;
+        orphans.waiting.push(finished);
     }
 
     /// Declares (again) each lane's marker queue, which keeps it from expiring.

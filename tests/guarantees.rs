@@ -489,3 +489,61 @@ async fn a_claim_outlives_its_lease_while_its_holder_lives() {
     assert!(smtp.received_nothing(), "more messages than jobs");
     assert_eq!(x_sent, 1, "X reached the relay {x_sent} times");
 }
+
+/// A job's provider call outlasts more failed sessions than `amqp.delivery_limit`. Each failure returns the
+/// job unacked and counts a delivery, so the queue dead-letters it in the end, without an event. The
+/// outcome herald reached after its session died is still committed, on the newest session: one event,
+/// counted and printed once, one provider call. (Before, it was dropped with its session: no event at all.)
+#[tokio::test]
+async fn an_outcome_reached_after_its_session_died_is_still_published_once() {
+    let provider = GatedTwilio::start().await;
+    let port = helpers::free_port();
+    let mut broker = Broker::new(|c| {
+        twilio(c, &provider.url);
+        c.amqp.prefetch = 4;
+        c.http.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    })
+    .await;
+    let herald = HeraldProcess::start(&process_env(&broker.config));
+    let j = job("sms");
+    broker.publish(&j).await;
+    provider.wait_in_flight(1).await;
+    let failures = broker.config.amqp.delivery_limit as usize + 1;
+    broker.fail_sessions(&herald, failures).await;
+    // The test's queue lost its binding with the exchange.
+    herald::broker::bind_all(
+        &broker.channel,
+        broker.events_queue().as_str(),
+        &broker.config.amqp.events_exchange,
+    )
+    .await
+    .unwrap();
+    provider.open();
+    let sent = "gd_send_sms_total{action=\"second-factor-authentication\",country=\"1\",provider=\"twilio\"}";
+    let mut counted = 0.0;
+    for _ in 0..100 {
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        counted = helpers::metric(&metrics, sent);
+        if counted > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 1.0, "the job's outcome counted once\n{}", herald.logs());
+    let mut events = vec![];
+    while let Some(e) = broker.try_next_event(2).await {
+        if e["job_id"] == j["id"] {
+            events.push(e);
+        }
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "gd_send_sms");
+    let printed = helpers::printed_counts(&herald.stdout());
+    assert_eq!(printed.get(j["id"].as_str().unwrap()), Some(&1), "{printed:?}");
+    assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -100,29 +100,7 @@ async fn a_failed_session_returns_its_jobs_within_the_delivery_limit() {
     let j = job("sms");
     broker.publish(&j).await;
     provider.wait_in_flight(1).await;
-    let exchange = broker.config.amqp.events_exchange.clone();
-    for failure in 1..=2 {
-        broker
-            .channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await
-            .unwrap();
-        broker
-            .publish_raw(b"not a job", lapin::BasicProperties::default())
-            .await;
-        for _ in 0..500 {
-            if herald.logs().matches("consuming broker").count() > failure {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(
-            herald.logs().matches("consuming broker").count(),
-            failure + 1,
-            "{}",
-            herald.logs()
-        );
-    }
+    broker.fail_sessions(&herald, 2).await;
     // The job's redelivered copy waits on its first copy, which the provider now answers.
     tokio::time::sleep(Duration::from_millis(500)).await;
     provider.open();

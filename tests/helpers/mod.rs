@@ -862,6 +862,29 @@ impl Broker {
         self.inspect(queue).await.message_count()
     }
 
+    /// Makes the consuming session of `herald` (a process on this namespace) fail `n` times, one after the
+    /// other: the events exchange is deleted and an invalid job published, whose event then closes its
+    /// channel (404); herald reconnects and declares the exchange again. Returns once it consumes again.
+    pub async fn fail_sessions(&self, herald: &HeraldProcess, n: usize) {
+        let exchange = self.config.amqp.events_exchange.as_str();
+        let sessions = || herald.logs().matches("consuming broker").count();
+        let first = sessions();
+        for failure in 1..=n {
+            self.channel
+                .exchange_delete(exchange.into(), Default::default())
+                .await
+                .unwrap();
+            self.publish_raw(b"not a job", BasicProperties::default()).await;
+            for _ in 0..500 {
+                if sessions() >= first + failure {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(sessions(), first + failure, "{}", herald.logs());
+        }
+    }
+
     /// Consumers of a queue (passive declare).
     pub async fn consumer_count(&self, queue: &str) -> u32 {
         self.inspect(queue).await.consumer_count()
