@@ -75,9 +75,19 @@ pub struct Consumer {
 struct Orphans {
     /// The current session's first lane, while a session consumes.
     lane: Option<mpsc::UnboundedSender<Finished>>,
-    /// Orphans that came while no session consumed.
-    waiting: Vec<Finished>,
+    /// Orphans that came while no session consumed, and when. Dropped after [`ORPHAN_PARKING`]: until then
+    /// they hold their claims, which copies on other replicas wait for.
+    waiting: Vec<(std::time::Instant, Finished)>,
+    /// Job ids committed as orphans whose redelivered copy has not come yet. That copy is acked without
+    /// a reply: the outcome and its reply are out. Checked in this process, not only in the store, because
+    /// an orphan's copy always comes back (no ack was committed) and a lost mark must not make it a repeat.
+    committed: std::collections::HashSet<String>,
 }
+
+/// How long an orphan waits for a session before it is dropped (its copy then republishes the outcome).
+const ORPHAN_PARKING: Duration = Duration::from_secs(10);
+/// More committed orphans than this, whose copies never came (the queue dead-lettered them), are forgotten.
+const ORPHANS_REMEMBERED: usize = 10_000;
 
 /// A consuming channel's commit state, which outlives the channel: its share of the prefetch window, its
 /// commit-marker queue, and the batch its last connection left in doubt.
@@ -327,7 +337,7 @@ impl Consumer {
         }
         {
             let mut orphans = lock(&self.orphans);
-            for orphan in orphans.waiting.drain(..) {
+            for (_, orphan) in orphans.waiting.drain(..) {
                 let _ = done[0].send(orphan);
             }
             orphans.lane = Some(done[0].clone());
@@ -438,6 +448,9 @@ impl Consumer {
                 return Ok(());
             }
             take_recorded(&mut waiting, &mut ready).await;
+            // An orphan whose record could not be written is dropped: without the record its copy could
+            // not tell that its event is out, and sends the job again anyway.
+            ready.retain(|f| f.delivery_tag.is_some() || f.record.is_some());
             let seq = self.commits.fetch_add(1, Ordering::Relaxed);
             self.send_frames(&channel, &self.lanes[lane].marker_queue, &unacked, &mut ready, seq)
                 .await?;
@@ -528,7 +541,7 @@ impl Consumer {
     /// outcome herald recorded: the job's copies find the record, so its event cannot be doubled. Anything
     /// else (a retry, a duplicate's reply, an invalid job's dead letter) is done again by the copy the broker
     /// redelivers, and is dropped here.
-    fn adopt(&self, mut finished: Finished) {
+    fn adopt(self: &Arc<Self>, mut finished: Finished) {
         if finished.record.is_none() {
             return;
         }
@@ -543,7 +556,14 @@ impl Consumer {
             None => finished,
         };
         orphans.lane = None;
-        orphans.waiting.push(finished);
+        orphans.waiting.push((std::time::Instant::now(), finished));
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ORPHAN_PARKING).await;
+            lock(&this.orphans)
+                .waiting
+                .retain(|(since, _)| since.elapsed() < ORPHAN_PARKING);
+        });
     }
 
     /// Declares (again) each lane's marker queue, which keeps it from expiring.
@@ -600,6 +620,18 @@ impl Consumer {
                 committed.push(id.clone());
             }
         }
+        let orphans: Vec<&String> = batch
+            .iter()
+            .filter(|f| f.delivery_tag.is_none())
+            .filter_map(|f| f.record.as_ref())
+            .collect();
+        if !orphans.is_empty() {
+            let mut remembered = lock(&self.orphans);
+            if remembered.committed.len() + orphans.len() > ORPHANS_REMEMBERED {
+                remembered.committed.clear();
+            }
+            remembered.committed.extend(orphans.into_iter().cloned());
+        }
         events::print_lines(lines);
         // Cross-replica claims are released after their marks, in one request that the commit loop
         // does not wait for: Redis latency stays out of the broker's commit path.
@@ -635,6 +667,10 @@ impl Consumer {
             claim = self.claim(&job.id) => claim,
             _ = shutdown.cancelled() => return None,
         });
+        if copy.redelivered && lock(&self.orphans).committed.remove(&job.id) {
+            tracing::info!(job_id = %job.id, "copy of a job committed after its session died acknowledged");
+            return Some(finished);
+        }
         let prior = self.store.get(&job.id).await.unwrap_or_else(|e| {
             tracing::warn!(job_id = %job.id, error = %e, "outcome store unavailable; delivering without it");
             None

@@ -493,9 +493,31 @@ async fn a_claim_outlives_its_lease_while_its_holder_lives() {
 /// A job's provider call outlasts more failed sessions than `amqp.delivery_limit`. Each failure returns the
 /// job unacked and counts a delivery, so the queue dead-letters it in the end, without an event. The
 /// outcome herald reached after its session died is still committed, on the newest session: one event,
-/// counted and printed once, one provider call. (Before, it was dropped with its session: no event at all.)
+/// counted and printed once, one reply, one provider call. (Before, it was dropped with its session: no
+/// event at all.)
 #[tokio::test]
 async fn an_outcome_reached_after_its_session_died_is_still_published_once() {
+    let limit = herald::config::Config::default().amqp.delivery_limit as usize;
+    let broker = held_across_failed_sessions(limit + 1).await;
+    assert_eq!(broker.queue_len(&broker.config.amqp.jobs_queue).await, 0);
+}
+
+/// Two failed sessions: the job's copy comes back and waits for its first copy, whose outcome is then
+/// committed on the newest session; the copy is acked without a second ("duplicate") reply.
+#[tokio::test]
+async fn the_copy_of_an_outcome_committed_after_its_session_died_is_acked_without_a_reply() {
+    let broker = held_across_failed_sessions(2).await;
+    assert_eq!(broker.queue_len(&broker.config.amqp.jobs_queue).await, 0);
+    assert_eq!(
+        broker.queue_len(&broker.config.amqp.dead_queue).await,
+        2,
+        "the two invalid jobs only"
+    );
+}
+
+/// One job held at the provider through `failures` failed sessions, then answered: one event, counted and
+/// printed once, one reply, one provider call.
+async fn held_across_failed_sessions(failures: usize) -> Broker {
     let provider = GatedTwilio::start().await;
     let port = helpers::free_port();
     let mut broker = Broker::new(|c| {
@@ -506,9 +528,24 @@ async fn an_outcome_reached_after_its_session_died_is_still_published_once() {
     .await;
     let herald = HeraldProcess::start(&process_env(&broker.config));
     let j = job("sms");
-    broker.publish(&j).await;
+    let replies = broker
+        .channel
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_reply_to(replies.name().clone())
+        .with_correlation_id("held".into());
+    broker.publish_raw(j.to_string().as_bytes(), props).await;
     provider.wait_in_flight(1).await;
-    let failures = broker.config.amqp.delivery_limit as usize + 1;
     broker.fail_sessions(&herald, failures).await;
     // The test's queue lost its binding with the exchange.
     herald::broker::bind_all(
@@ -546,4 +583,8 @@ async fn an_outcome_reached_after_its_session_died_is_still_published_once() {
     let printed = helpers::printed_counts(&herald.stdout());
     assert_eq!(printed.get(j["id"].as_str().unwrap()), Some(&1), "{printed:?}");
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A redelivered copy, acked after the outcome: no second ("duplicate") reply.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(broker.queue_len(replies.name().as_str()).await, 1, "replies");
+    broker
 }
