@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
 
@@ -85,7 +87,7 @@ pub(super) async fn ceiling(bench: &Bench, n: usize, shape: Ceiling) -> anyhow::
             )
         }
     };
-    let _ = consume.close(200, "done".into()).await;
+    close_consuming(&consume, "bench").await;
     for q in [&q_in, &q_out] {
         delete_queue(channel, q).await;
     }
@@ -420,7 +422,7 @@ pub(super) async fn latency(
         .context("the broker latency run stalled")??;
     let broker_pace = (warm + count) as f64 / started.elapsed().as_secs_f64();
     let broker = report::percentiles(&published, &arrived);
-    let _ = consume.close(200, "done".into()).await;
+    close_consuming(&consume, "bench-latency").await;
     delete_queue(channel, &q).await;
 
     // Through herald, to the Twilio-shaped server.
@@ -488,6 +490,16 @@ pub(super) async fn instructions(
         total: harness::instructions(&jobs_out)?,
         baseline: harness::instructions(&idle_out)?,
     })
+}
+
+/// Closes the channel of [`consume`] once its consumer (`tag`) is dropped. lapin cancels a dropped consumer
+/// from a task of its own, whose `basic.cancel` could reach the broker after the channel's close: the broker
+/// then closes the whole connection (504 "expected 'channel.open'", on class 60 method 30; seen in CI as a
+/// failed `herald bench`). Cancelled here first and awaited, the consumer is no longer active when that task
+/// looks.
+async fn close_consuming(channel: &Channel, tag: &str) {
+    let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+    let _ = channel.close(200, "done".into()).await;
 }
 
 /// A consumer of `queue` with manual acks at herald's prefetch, on a channel of its own.
