@@ -78,8 +78,8 @@ struct Orphans {
     /// Orphans that came while no session consumed, and when. Dropped after [`ORPHAN_PARKING`]: until then
     /// they hold their claims, which copies on other replicas wait for.
     waiting: Vec<(std::time::Instant, Finished)>,
-    /// Job ids committed as orphans whose redelivered copy has not come yet. That copy is acked without
-    /// a reply: the outcome and its reply are out. Checked in this process, not only in the store, because
+    /// Job ids committed as orphans. Their redelivered copies are acked without a reply: the outcome and
+    /// its reply are out. Checked in this process, not only in the store, because
     /// an orphan's copy always comes back (no ack was committed) and a lost mark must not make it a repeat.
     committed: std::collections::HashSet<String>,
 }
@@ -667,7 +667,9 @@ impl Consumer {
             claim = self.claim(&job.id) => claim,
             _ = shutdown.cancelled() => return None,
         });
-        if copy.redelivered && lock(&self.orphans).committed.remove(&job.id) {
+        // Kept, not taken: copies from dead sessions wait on the same claim, and the first one to get it
+        // must not leave the copy that counts (the current session's) without the answer.
+        if copy.redelivered && lock(&self.orphans).committed.contains(&job.id) {
             tracing::info!(job_id = %job.id, "copy of a job committed after its session died acknowledged");
             return Some(finished);
         }
