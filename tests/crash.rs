@@ -6,7 +6,7 @@ mod helpers;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use helpers::{Broker, GatedTwilio, HeraldProcess, job, outbox_counts, process_env, twilio};
+use helpers::{Broker, GatedTwilio, HeraldProcess, job, kill_as_the_outbox_grows, outbox_counts, process_env, twilio};
 
 #[tokio::test]
 async fn sigkill_mid_stream_loses_nothing_and_repeats_at_most_the_jobs_in_flight() {
@@ -152,16 +152,7 @@ async fn after_sigkills_replays_of_finished_jobs_get_no_second_event() {
     let outbox = broker.config.outbox.path.clone();
 
     // Killed six times mid-stream (one kill hits a committed-but-unmarked batch about one time in four).
-    for round in 1..=6 {
-        let mut herald = HeraldProcess::start(&env);
-        for _ in 0..600 {
-            if outbox_counts(&outbox).len() >= round * JOBS / 8 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        herald.kill();
-    }
+    kill_as_the_outbox_grows(&env, &outbox, 6, JOBS / 8, 600).await;
     let _herald = HeraldProcess::start(&env);
     let mut events: HashMap<String, usize> = HashMap::new();
     while events.len() < JOBS {

@@ -559,13 +559,7 @@ async fn held_across_failed_sessions(failures: usize) -> Broker {
     let sent = "gd_send_sms_total{action=\"second-factor-authentication\",country=\"1\",provider=\"twilio\"}";
     let mut counted = 0.0;
     for _ in 0..100 {
-        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        counted = helpers::metric(&metrics, sent);
+        counted = helpers::metric(&helpers::metrics_at(port).await, sent);
         if counted > 0.0 {
             break;
         }

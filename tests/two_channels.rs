@@ -7,20 +7,11 @@ mod helpers;
 use std::time::Duration;
 
 use helpers::{
-    Broker, GatedTwilio, HeraldProcess, TcpProxy, free_port, job, metric, outbox_counts, printed_counts, process_env,
-    twilio,
+    Broker, GatedTwilio, HeraldProcess, TcpProxy, free_port, job, kill_as_the_outbox_grows, metric, metrics_at,
+    outbox_counts, printed_counts, process_env, twilio,
 };
 
 const SENT: &str = "gd_send_sms_total{action=\"second-factor-authentication\",country=\"1\",provider=\"twilio\"}";
-
-async fn metrics(port: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 /// The events exchange is deleted while jobs are held at the provider on both channels: their event
 /// publishes fail with a channel error (404). herald reconnects, declares the exchange again, and every
@@ -77,7 +68,7 @@ async fn a_channel_error_at_commit_still_gives_every_job_one_event() {
     let printed = printed_counts(&herald.stdout());
     assert_eq!(printed.len(), JOBS, "stdout lines: {printed:?}\n{}", herald.logs());
     assert!(printed.values().all(|n| *n == 1), "stdout per job: {printed:?}");
-    assert_eq!(metric(&metrics(port).await, SENT), JOBS as f64);
+    assert_eq!(metric(&metrics_at(port).await, SENT), JOBS as f64);
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), JOBS);
 }
 
@@ -106,7 +97,7 @@ async fn a_failed_session_returns_its_jobs_within_the_delivery_limit() {
     provider.open();
     let mut counted = 0.0;
     for _ in 0..100 {
-        counted = metric(&metrics(port).await, SENT);
+        counted = metric(&metrics_at(port).await, SENT);
         if counted > 0.0 {
             break;
         }
@@ -142,16 +133,7 @@ async fn sigkill_mid_stream_loses_and_doubles_nothing() {
     broker.publish_many(&jobs).await;
     let env = process_env(&broker.config);
     let outbox = broker.config.outbox.path.clone();
-    for round in 1..=3 {
-        let mut herald = HeraldProcess::start(&env);
-        for _ in 0..1000 {
-            if outbox_counts(&outbox).len() >= round * JOBS / 4 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        herald.kill();
-    }
+    kill_as_the_outbox_grows(&env, &outbox, 3, JOBS / 4, 1000).await;
     let sent_before = outbox_counts(&outbox).len();
     assert!(sent_before < JOBS, "the kills must land mid-stream ({sent_before})");
     let _herald = HeraldProcess::start(&env);

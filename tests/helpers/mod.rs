@@ -534,6 +534,37 @@ fn per_job_id(lines: &str, keep: impl Fn(&Value) -> bool) -> std::collections::H
     counts
 }
 
+/// Starts herald `kills` times and SIGKILLs it each time the outbox holds `every` more jobs (or after
+/// `polls` × 5 ms): kills in the middle of a stream of jobs.
+pub async fn kill_as_the_outbox_grows(
+    env: &[(String, String)],
+    outbox: &std::path::Path,
+    kills: usize,
+    every: usize,
+    polls: usize,
+) {
+    for round in 1..=kills {
+        let mut herald = HeraldProcess::start(env);
+        for _ in 0..polls {
+            if outbox_counts(outbox).len() >= round * every {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        herald.kill();
+    }
+}
+
+/// The text of `/metrics` of a herald process serving HTTP on `port`.
+pub async fn metrics_at(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A port free at the moment, for a herald process whose `/metrics` a test reads.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
