@@ -17,6 +17,7 @@ use crate::fraud::{self, Guard};
 use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
+use crate::providers::http::HttpClient;
 use crate::providers::infobip::Infobip;
 use crate::providers::outbox::Outbox;
 use crate::providers::plivo::Plivo;
@@ -225,16 +226,10 @@ fn claim_lease(config: &Config) -> std::time::Duration {
 
 fn build_routes(config: &Config) -> anyhow::Result<Routes> {
     // One HTTP client for every provider call: one connection pool, TLS set up once.
-    let client = reqwest::Client::builder()
-        .timeout(config.retry.provider_timeout.0)
-        .connect_timeout(config.retry.provider_timeout.0)
-        .redirect(reqwest::redirect::Policy::none())
-        // Retries are herald's own schedule (`herald.retry`). reqwest's default policy only ever retries
-        // HTTP/2 refusals, which this HTTP/1.1 client never sees, yet it copied every request in case.
-        .retry(reqwest::retry::never().max_retries_per_request(0))
-        .pool_max_idle_per_host(usize::from(config.amqp.prefetch))
-        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-        .build()
+    // One HTTP client for every provider call: one connection pool, TLS set up once. It follows no
+    // redirect and retries nothing itself (retries are herald's own schedule, `herald.retry`); it only
+    // takes another pooled connection when a kept-alive one turns out closed before anything was written.
+    let client = HttpClient::new(config.retry.provider_timeout.0, usize::from(config.amqp.prefetch))
         .context("building the HTTP client")?;
     // A provider named in several chains is one instance (one connection pool, one open outbox file).
     let mut built: HashMap<ProviderKind, Arc<dyn Provider>> = HashMap::new();

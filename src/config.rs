@@ -151,7 +151,7 @@ pub struct TwilioConfig {
     pub from: Option<PhoneNumber>,
     pub messaging_service_sid: String,
     #[serde(with = "text")]
-    pub base_url: reqwest::Url,
+    pub base_url: url::Url,
     /// herald's public URL of `POST /providers/twilio/status` (contract §13): sent as `StatusCallback`
     /// with every message and call, and the URL Twilio's signatures are checked against. `""` = unset:
     /// no receipts.
@@ -259,10 +259,10 @@ impl SnsConfig {
     }
 
     /// `base_url`, else the regional endpoint.
-    pub fn endpoint(&self) -> Result<reqwest::Url, url::ParseError> {
+    pub fn endpoint(&self) -> Result<url::Url, url::ParseError> {
         match &self.base_url {
             Some(url) => Ok(url.as_url().clone()),
-            None => reqwest::Url::parse(&format!("https://sns.{}.amazonaws.com/", self.region)),
+            None => url::Url::parse(&format!("https://sns.{}.amazonaws.com/", self.region)),
         }
     }
 }

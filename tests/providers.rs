@@ -11,6 +11,7 @@ use base64::Engine;
 use helpers::{TestApp, form, job};
 use herald::config::{HttpUrl, InfobipConfig, PlivoConfig, ProviderKind, Secret, SnsConfig, VonageConfig};
 use herald::job::{CallingCode, Job, Locale};
+use herald::providers::http::HttpClient;
 use herald::providers::infobip::Infobip;
 use herald::providers::plivo::Plivo;
 use herald::providers::sns::Sns;
@@ -23,12 +24,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const NUMBER: &str = "+14155550123";
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+fn client() -> HttpClient {
+    HttpClient::new(Duration::from_millis(500), 8).unwrap()
 }
 
 fn phone_job(to: &str) -> Job {

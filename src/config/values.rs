@@ -214,7 +214,7 @@ impl Text for Rate {
 
 /// An `http://` or `https://` URL (`webhook.url`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl(reqwest::Url);
+pub struct HttpUrl(url::Url);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpUrlError {
@@ -225,7 +225,7 @@ pub enum HttpUrlError {
 }
 
 impl HttpUrl {
-    pub fn as_url(&self) -> &reqwest::Url {
+    pub fn as_url(&self) -> &url::Url {
         &self.0
     }
 }
@@ -233,7 +233,7 @@ impl HttpUrl {
 impl Text for HttpUrl {
     type Err = HttpUrlError;
     fn parse_text(text: &str) -> Result<Self, HttpUrlError> {
-        let url = reqwest::Url::parse(text).map_err(HttpUrlError::NotAUrl)?;
+        let url = url::Url::parse(text).map_err(HttpUrlError::NotAUrl)?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(HttpUrlError::Scheme);
         }
@@ -338,10 +338,10 @@ impl Text for PhoneNumber {
     }
 }
 
-impl Text for reqwest::Url {
+impl Text for url::Url {
     type Err = url::ParseError;
     fn parse_text(text: &str) -> Result<Self, url::ParseError> {
-        reqwest::Url::parse(text)
+        url::Url::parse(text)
     }
     fn to_text(&self) -> String {
         self.as_str().to_owned()

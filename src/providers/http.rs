@@ -1,14 +1,148 @@
 //! The HTTP exchange every HTTP provider makes: send with the shared client, read a capped answer, and
 //! classify by status what the provider's own answer does not decide. Each provider keeps reading its
 //! own answer body and its own documented classification in its own file.
+//!
+//! The client is hyper-util's pooled client with rustls, not reqwest: reqwest parsed every request's URL
+//! twice more (its redirect layer and the response's URL, whatever the policy) and ran its tower layers,
+//! which were a fifth of a Twilio-shaped job's instructions (BENCHMARKS.md, "#23 profile").
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use reqwest::header::{CONTENT_TYPE, HeaderValue, InvalidHeaderValue, RETRY_AFTER};
-use reqwest::{RequestBuilder, StatusCode};
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, InvalidHeaderValue, RETRY_AFTER, USER_AGENT};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use url::Url;
 
 use super::{ProviderError, ProviderKind};
+
+/// The one HTTP client of the process: one connection pool, TLS set up once. Cloning shares both.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// For the whole exchange, answer body included; also the connect timeout.
+    timeout: Duration,
+}
+
+/// The HTTP client could not be set up (the platform's certificate verifier).
+#[derive(Debug, thiserror::Error)]
+#[error("setting up TLS for the HTTP providers")]
+pub struct ClientError(#[source] rustls::Error);
+
+impl HttpClient {
+    /// `timeout` bounds each exchange and each connect; at most `idle_per_host` kept-alive connections
+    /// per provider host. Certificates are checked by the platform's verifier (system roots; on Linux
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+    pub fn new(timeout: Duration, idle_per_host: usize) -> Result<HttpClient, ClientError> {
+        let crypto = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        let verifier = rustls_platform_verifier::Verifier::new(crypto.clone()).map_err(ClientError)?;
+        let tls = rustls::ClientConfig::builder_with_provider(crypto)
+            .with_safe_default_protocol_versions()
+            .map_err(ClientError)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(idle_per_host)
+            .build(https);
+        Ok(HttpClient { inner, timeout })
+    }
+
+    /// A `POST` to `url`, with herald's `User-Agent`.
+    pub fn post(&self, url: &Url) -> Request<'_> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("herald/", env!("CARGO_PKG_VERSION"))),
+        );
+        headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        Request {
+            client: self,
+            uri: url.as_str().parse::<Uri>().map_err(|_| ()),
+            headers,
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// A request being put together, sent by [`exchange`]. A header that is not a valid header fails the
+/// exchange (`request failed`), as it would fail the same way again.
+pub struct Request<'a> {
+    client: &'a HttpClient,
+    /// `Err` once any part was invalid.
+    uri: Result<Uri, ()>,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Request<'_> {
+    pub fn header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        K: TryInto<HeaderName>,
+        V: TryInto<HeaderValue>,
+    {
+        match (name.try_into(), value.try_into()) {
+            (Ok(name), Ok(value)) => {
+                self.headers.append(name, value);
+            }
+            _ => self.uri = Err(()),
+        }
+        self
+    }
+
+    /// `body` as `application/x-www-form-urlencoded`.
+    pub fn form<T: serde::Serialize + ?Sized>(self, body: &T) -> Self {
+        match serde_urlencoded::to_string(body) {
+            Ok(text) => self.typed("application/x-www-form-urlencoded", text.into_bytes()),
+            Err(_) => self.invalid(),
+        }
+    }
+
+    /// `body` as `application/json`.
+    pub fn json<T: serde::Serialize + ?Sized>(self, body: &T) -> Self {
+        match serde_json::to_vec(body) {
+            Ok(bytes) => self.typed("application/json", bytes),
+            Err(_) => self.invalid(),
+        }
+    }
+
+    /// `body` as it is, with whatever `Content-Type` was set.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    fn typed(mut self, content_type: &'static str, body: Vec<u8>) -> Self {
+        if !self.headers.contains_key(CONTENT_TYPE) {
+            self.headers
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        }
+        self.body(body)
+    }
+
+    fn invalid(mut self) -> Self {
+        self.uri = Err(());
+        self
+    }
+}
 
 /// A provider's answer, read whole.
 pub struct Answer {
@@ -21,18 +155,61 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
+/// Why an exchange failed before there was a whole answer.
+enum Failed {
+    Unsendable,
+    Connect,
+    Answer,
+    Other,
+}
+
 /// Sends `request` for `provider` and reads its answer. A failed exchange (timeout, refused connection,
 /// reset, unreadable body) is a transient failure.
-pub async fn exchange(provider: ProviderKind, request: RequestBuilder) -> Result<Answer, ProviderError> {
-    let response = request.send().await.map_err(|e| transport_error(provider, &e))?;
+pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<Answer, ProviderError> {
+    let client = request.client;
+    let exchanged = tokio::time::timeout(client.timeout, round_trip(request)).await;
+    let what = match exchanged {
+        Ok(Ok(answer)) => return Ok(answer),
+        Err(_) => "timed out",
+        Ok(Err(Failed::Connect)) => "connection failed",
+        Ok(Err(Failed::Answer)) => "answer could not be read",
+        Ok(Err(Failed::Unsendable | Failed::Other)) => "request failed",
+    };
+    Err(ProviderError::Transient {
+        message: format!("{provider} {what}"),
+        provider_code: None,
+        retry_after: None,
+    })
+}
+
+async fn round_trip(request: Request<'_>) -> Result<Answer, Failed> {
+    let Request {
+        client,
+        uri,
+        headers,
+        body,
+    } = request;
+    let mut outgoing = http::Request::new(Full::new(body));
+    *outgoing.method_mut() = Method::POST;
+    *outgoing.uri_mut() = uri.map_err(|()| Failed::Unsendable)?;
+    *outgoing.headers_mut() = headers;
+    let response = client
+        .inner
+        .request(outgoing)
+        .await
+        .map_err(|e| if e.is_connect() { Failed::Connect } else { Failed::Other })?;
     let status = response.status();
-    let retry_after = retry_after(&response);
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
     let html = response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
-    let body = read_capped(response).await.map_err(|e| transport_error(provider, &e))?;
+    let body = read_capped(response.into_body()).await.map_err(|_| Failed::Answer)?;
     Ok(Answer {
         status,
         retry_after,
@@ -53,27 +230,23 @@ impl Answer {
     }
 }
 
-/// Reads at most 64 KiB of a response body: a provider answering garbage cannot exhaust memory.
-pub async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+/// Reads at most 64 KiB of an answer: a provider answering garbage cannot exhaust memory.
+async fn read_capped<B>(mut body: B) -> Result<Vec<u8>, B::Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
     const CAP: usize = 64 * 1024;
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = CAP - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= CAP {
-            break;
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(chunk) = frame?.into_data() {
+            let room = CAP - read.len();
+            read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if read.len() >= CAP {
+                break;
+            }
         }
     }
-    Ok(body)
-}
-
-/// The `Retry-After` header in seconds, if any.
-pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after)
+    Ok(read)
 }
 
 /// Seconds form of Retry-After, as sent by rate limiters (the HTTP-date form is rare for APIs).
@@ -93,24 +266,6 @@ pub fn http_failure(
     let transient =
         status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
     ProviderError::classified(transient, message, provider_code, retry_after)
-}
-
-/// A failed HTTP exchange: always transient (timeouts, refused connections, resets).
-pub fn transport_error(provider: ProviderKind, e: &reqwest::Error) -> ProviderError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "answer could not be read"
-    } else {
-        "request failed"
-    };
-    ProviderError::Transient {
-        message: format!("{provider} {what}"),
-        provider_code: None,
-        retry_after: None,
-    }
 }
 
 /// `Authorization: <scheme> <credentials>`, marked sensitive so that no log or Debug prints it.

@@ -8,12 +8,12 @@
 //! permanently except the statuses that another attempt or provider can get past (system error, no
 //! credit, no route), which are transient.
 
-use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
+use url::Url;
 
-use super::http::{authorization, exchange};
+use super::http::{HttpClient, authorization, exchange};
 use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::InfobipConfig;
 use crate::events::scrub;
@@ -21,7 +21,7 @@ use crate::job::{Job, Locale};
 use crate::templates::{PAUSE, Rendered};
 
 pub struct Infobip {
-    client: reqwest::Client,
+    client: HttpClient,
     sms_url: Url,
     tts_url: Url,
     authorization: HeaderValue,
@@ -81,7 +81,7 @@ const TRANSIENT_REJECTIONS: &[&str] = &[
 ];
 
 impl Infobip {
-    pub fn new(config: &InfobipConfig, client: reqwest::Client) -> Result<Infobip, SetupError> {
+    pub fn new(config: &InfobipConfig, client: HttpClient) -> Result<Infobip, SetupError> {
         let base = config.base_url.as_ref().ok_or(SetupError::Missing {
             keys: "infobip.base_url",
             provider: ProviderKind::Infobip,
@@ -112,7 +112,7 @@ impl Infobip {
     async fn post(&self, url: &Url, body: serde_json::Value) -> Result<Receipt, ProviderError> {
         let request = self
             .client
-            .post(url.clone())
+            .post(url)
             .header(AUTHORIZATION, self.authorization.clone())
             .json(&body);
         let exchanged = exchange(self.name(), request).await?;

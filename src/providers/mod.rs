@@ -176,7 +176,7 @@ pub enum SetupError {
     Authorization {
         keys: &'static str,
         #[source]
-        source: reqwest::header::InvalidHeaderValue,
+        source: ::http::header::InvalidHeaderValue,
     },
 }
 

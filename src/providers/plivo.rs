@@ -2,12 +2,12 @@
 //! 202 is success; the other statuses are Plivo's documented HTTP statuses (400 invalid parameter, 401
 //! authentication failed, 404, 405 permanent; 429 rate limited, 5xx server error worth retrying).
 
-use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
+use url::Url;
 
-use super::http::{basic_authorization, exchange};
+use super::http::{HttpClient, basic_authorization, exchange};
 use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::PlivoConfig;
 use crate::events::scrub;
@@ -15,7 +15,7 @@ use crate::job::Job;
 use crate::templates::Rendered;
 
 pub struct Plivo {
-    client: reqwest::Client,
+    client: HttpClient,
     url: Url,
     authorization: HeaderValue,
     from: String,
@@ -30,7 +30,7 @@ struct Answer {
 }
 
 impl Plivo {
-    pub fn new(config: &PlivoConfig, client: reqwest::Client) -> Result<Plivo, SetupError> {
+    pub fn new(config: &PlivoConfig, client: HttpClient) -> Result<Plivo, SetupError> {
         let base = config.base_url.as_url().as_str().trim_end_matches('/');
         let auth_id = &config.auth_id;
         let url = Url::parse(&format!("{base}/v1/Account/{auth_id}/Message/")).map_err(|source| SetupError::Url {
@@ -69,7 +69,7 @@ impl Provider for Plivo {
         let dst = phone_of(job, self.name())?.digits();
         let request = self
             .client
-            .post(self.url.clone())
+            .post(&self.url)
             .header(AUTHORIZATION, self.authorization.clone())
             .json(&json!({"src": self.from, "dst": dst, "text": body}));
         let exchanged = exchange(self.name(), request).await?;

@@ -79,7 +79,7 @@ pub enum UrlError {
 
 /// Parses `smtp.url`.
 pub fn parse_url(url: &str) -> Result<Target, UrlError> {
-    let parsed = reqwest::Url::parse(url).map_err(UrlError::NotAUrl)?;
+    let parsed = url::Url::parse(url).map_err(UrlError::NotAUrl)?;
     let tls = parsed
         .query_pairs()
         .find(|(k, _)| k == "tls")

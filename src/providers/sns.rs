@@ -13,9 +13,9 @@ use std::time::SystemTime;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
-use reqwest::Url;
+use url::Url;
 
-use super::http::exchange;
+use super::http::{HttpClient, exchange};
 use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of};
 use crate::config::SnsConfig;
 use crate::events::scrub;
@@ -25,7 +25,7 @@ use crate::templates::Rendered;
 const CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
 
 pub struct Sns {
-    client: reqwest::Client,
+    client: HttpClient,
     url: Url,
     region: String,
     /// Its `Debug` redacts the secret.
@@ -64,7 +64,7 @@ const PERMANENT_CODES: &[&str] = &[
 ];
 
 impl Sns {
-    pub fn new(config: &SnsConfig, client: reqwest::Client) -> Result<Sns, SetupError> {
+    pub fn new(config: &SnsConfig, client: HttpClient) -> Result<Sns, SetupError> {
         let session_token = (!config.session_token.is_empty()).then(|| config.session_token.expose().to_owned());
         Ok(Sns {
             client,
@@ -152,8 +152,8 @@ impl Provider for Sns {
         let form = self.body(phone_of(job, self.name())?.expose(), body);
         let mut request = self
             .client
-            .post(self.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE);
+            .post(&self.url)
+            .header(http::header::CONTENT_TYPE, CONTENT_TYPE);
         for (name, value) in self.signature(form.as_bytes())? {
             request = request.header(name, value);
         }

@@ -1,11 +1,11 @@
 //! Twilio Programmable Messaging (SMS) and Voice, over the REST API (contract §6).
 
 use base64::Engine;
-use reqwest::Url;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
+use url::Url;
 
-use super::http::{basic_authorization, exchange};
+use super::http::{HttpClient, basic_authorization, exchange};
 use super::{Provider, ProviderError, Receipt, SetupError};
 use crate::config::TwilioConfig;
 use crate::events::scrub;
@@ -13,7 +13,7 @@ use crate::job::{Job, Locale};
 use crate::templates::{PAUSE, Rendered};
 
 pub struct Twilio {
-    client: reqwest::Client,
+    client: HttpClient,
     // Parsed and encoded once: per request they were a measurable share of herald's allocations.
     messages_url: Url,
     calls_url: Url,
@@ -41,7 +41,7 @@ impl Twilio {
     ///
     /// Fails at start-up, naming the keys, when `twilio.base_url` and `twilio.account_sid` do not form a URL
     /// (before, every request failed instead).
-    pub fn new(config: &TwilioConfig, client: reqwest::Client) -> Result<Twilio, SetupError> {
+    pub fn new(config: &TwilioConfig, client: HttpClient) -> Result<Twilio, SetupError> {
         let base = config.base_url.as_str().trim_end_matches('/');
         let account = &config.account_sid;
         let url = |resource: &str| {
@@ -84,7 +84,7 @@ impl Twilio {
     async fn post(&self, url: &Url, form: &[(&str, &str)]) -> Result<Receipt, ProviderError> {
         let request = self
             .client
-            .post(url.clone())
+            .post(url)
             .header(AUTHORIZATION, self.authorization.clone())
             .form(form);
         let exchanged = exchange(self.name(), request).await?;

@@ -1,10 +1,10 @@
 //! Vonage (Nexmo) SMS API: `POST {base_url}/sms/json`, form-encoded, credentials in the form (contract §6).
 //! Vonage answers HTTP 200 whether or not it took the message: the verdict is `messages[].status`.
 
-use reqwest::Url;
 use serde::Deserialize;
+use url::Url;
 
-use super::http::exchange;
+use super::http::{HttpClient, exchange};
 use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::VonageConfig;
 use crate::events::scrub;
@@ -13,7 +13,7 @@ use crate::sms::{Encoding, segments};
 use crate::templates::Rendered;
 
 pub struct Vonage {
-    client: reqwest::Client,
+    client: HttpClient,
     url: Url,
     api_key: String,
     api_secret: String,
@@ -66,7 +66,7 @@ pub fn classify(status: &str) -> (&'static str, bool) {
 }
 
 impl Vonage {
-    pub fn new(config: &VonageConfig, client: reqwest::Client) -> Result<Vonage, SetupError> {
+    pub fn new(config: &VonageConfig, client: HttpClient) -> Result<Vonage, SetupError> {
         let base = config.base_url.as_url().as_str().trim_end_matches('/');
         Ok(Vonage {
             client,
@@ -108,7 +108,7 @@ impl Provider for Vonage {
         if segments(body).encoding == Encoding::Ucs2 {
             form.push(("type", "unicode"));
         }
-        let exchanged = exchange(self.name(), self.client.post(self.url.clone()).form(&form)).await?;
+        let exchanged = exchange(self.name(), self.client.post(&self.url).form(&form)).await?;
         let answer = serde_json::from_slice::<Answer>(&exchanged.body).ok();
         if !exchanged.status.is_success() {
             let code = answer.and_then(|a| a.messages.into_iter().next()).map(|m| m.status);

@@ -8,15 +8,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
+use url::Url;
 
-use super::http::exchange;
+use super::http::{HttpClient, exchange};
 use super::{Provider, ProviderError, Receipt};
 use crate::job::Job;
 use crate::templates::{PAUSE, Rendered};
 
 pub struct Webhook {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    client: HttpClient,
+    url: Url,
     key: Vec<u8>,
     default_locale: String,
 }
@@ -60,7 +61,7 @@ pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
 }
 
 impl Webhook {
-    pub fn new(url: reqwest::Url, key: Vec<u8>, default_locale: &str, client: reqwest::Client) -> Webhook {
+    pub fn new(url: Url, key: Vec<u8>, default_locale: &str, client: HttpClient) -> Webhook {
         Webhook {
             client,
             url,
@@ -112,7 +113,7 @@ impl Provider for Webhook {
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let request = self
             .client
-            .post(self.url.clone())
+            .post(&self.url)
             .header("content-type", "application/json")
             .header("webhook-id", &job.id)
             .header("webhook-timestamp", timestamp.to_string())
