@@ -864,3 +864,358 @@ async fn sns_throttled_fails_over_to_infobip_and_plivo_down_fails_over_to_sns() 
     verify_sigv4(&only_request(&sns_ok).await, "AKIDEXAMPLE", AWS_SECRET, "eu-west-1");
     app.stop().await;
 }
+
+// --- The HTTP exchange against hostile answers ------------------------------------------------------------
+// A raw TCP server writes each answer byte for byte, so that answers no well-behaved server library would
+// send (trickled, endless, cut, malformed) reach `providers::http::exchange`. The custom webhook stands in
+// for every HTTP provider: they all exchange through it.
+
+/// What a raw server writes for each request it reads.
+#[derive(Clone)]
+enum Raw {
+    /// These bytes; the connection stays open for the next request.
+    Answer(Vec<u8>),
+    /// These bytes, then the server closes the connection.
+    AnswerAndClose(Vec<u8>),
+    /// These bytes, then the second ones again and again, every so often, until the client goes.
+    AnswerThenForever(Vec<u8>, Vec<u8>, Duration),
+}
+
+struct RawServer {
+    url: url::Url,
+    /// The head (request line and headers) of each request read, in order.
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawServer {
+    async fn start(raw: Raw) -> RawServer {
+        RawServer::with_userinfo("", raw).await
+    }
+
+    /// `userinfo` (`user:password@`, percent-encoded) goes in the server's URL.
+    async fn with_userinfo(userinfo: &str, raw: Raw) -> RawServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let raw = raw.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: its head, then Content-Length bytes of body.
+                        let end = loop {
+                            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break at + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse().ok())?
+                            })
+                            .unwrap_or(0usize);
+                        while buf.len() < end + length {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..end + length);
+                        seen.lock().unwrap().push(head);
+                        match &raw {
+                            Raw::Answer(bytes) => {
+                                if stream.write_all(bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Raw::AnswerAndClose(bytes) => {
+                                let _ = stream.write_all(bytes).await;
+                                return;
+                            }
+                            Raw::AnswerThenForever(bytes, again, every) => {
+                                if stream.write_all(bytes).await.is_err() {
+                                    return;
+                                }
+                                loop {
+                                    if stream.write_all(again).await.is_err() {
+                                        return;
+                                    }
+                                    tokio::time::sleep(*every).await;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let url = format!("http://{userinfo}127.0.0.1:{port}/hook").parse().unwrap();
+        RawServer { url, heads }
+    }
+
+    fn requests(&self) -> usize {
+        self.heads.lock().unwrap().len()
+    }
+}
+
+fn webhook_to(url: &url::Url) -> herald::providers::webhook::Webhook {
+    herald::providers::webhook::Webhook::new(url.clone(), b"raw-server-key".to_vec(), "en", client())
+}
+
+/// One webhook send to `server`: its result, and how long it took.
+async fn send_to(server: &RawServer) -> (Result<Receipt, ProviderError>, Duration) {
+    let started = std::time::Instant::now();
+    let result = webhook_to(&server.url)
+        .send(&phone_job(NUMBER), &sms("482913 is your code"))
+        .await;
+    (result, started.elapsed())
+}
+
+fn failure_message(result: &Result<Receipt, ProviderError>) -> String {
+    match result {
+        Ok(_) => "no failure".into(),
+        Err(e) => format!(
+            "{} {}",
+            if e.is_transient() { "transient" } else { "permanent" },
+            e.message()
+        ),
+    }
+}
+
+/// client()'s timeout is 500 ms: every exchange that does not end by itself ends there.
+const ENDED_IN_TIME: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn an_answer_whose_body_trickles_forever_ends_at_the_timeout() {
+    let server = RawServer::start(Raw::AnswerThenForever(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            .to_vec(),
+        b" ".to_vec(),
+        Duration::from_millis(20),
+    ))
+    .await;
+    let (result, took) = send_to(&server).await;
+    assert_eq!(failure_message(&result), "transient webhook timed out");
+    assert!(took < ENDED_IN_TIME, "{took:?}");
+    assert_eq!(server.requests(), 1);
+}
+
+#[tokio::test]
+async fn endless_informational_answers_end_at_the_timeout() {
+    let server = RawServer::start(Raw::AnswerThenForever(
+        Vec::new(),
+        b"HTTP/1.1 102 Processing\r\n\r\n".to_vec(),
+        Duration::from_millis(20),
+    ))
+    .await;
+    let (result, took) = send_to(&server).await;
+    assert_eq!(failure_message(&result), "transient webhook timed out");
+    assert!(took < ENDED_IN_TIME, "{took:?}");
+}
+
+#[tokio::test]
+async fn an_endless_header_ends_without_exhausting_memory() {
+    let server = RawServer::start(Raw::AnswerThenForever(
+        b"HTTP/1.1 200 OK\r\nX-Padding: ".to_vec(),
+        vec![b'a'; 64 * 1024],
+        Duration::ZERO,
+    ))
+    .await;
+    let (result, took) = send_to(&server).await;
+    let failure = failure_message(&result);
+    assert!(failure.starts_with("transient webhook "), "{failure}");
+    assert!(took < ENDED_IN_TIME, "{took:?}");
+}
+
+#[tokio::test]
+async fn endless_and_oversized_bodies_are_read_only_to_the_cap() {
+    // 16 KiB chunks, as fast as the client takes them: the read stops at 64 KiB, well before the timeout.
+    let mut chunk = b"4000\r\n".to_vec();
+    chunk.extend(std::iter::repeat_n(b' ', 0x4000));
+    chunk.extend_from_slice(b"\r\n");
+    let endless = RawServer::start(Raw::AnswerThenForever(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+        chunk,
+        Duration::ZERO,
+    ))
+    .await;
+    let (result, took) = send_to(&endless).await;
+    assert!(result.is_ok(), "{}", failure_message(&result));
+    assert!(took < Duration::from_millis(400), "{took:?}");
+
+    // 16 MiB announced and sent.
+    let mut big = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16777216\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b' ', 16 << 20));
+    let oversized = RawServer::start(Raw::Answer(big)).await;
+    let (result, took) = send_to(&oversized).await;
+    assert!(result.is_ok(), "{}", failure_message(&result));
+    assert!(took < Duration::from_millis(400), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_broken_or_cut_answer_body_is_transient() {
+    let invalid_chunks = RawServer::start(Raw::AnswerAndClose(
+        b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n".to_vec(),
+    ))
+    .await;
+    let cut = RawServer::start(Raw::AnswerAndClose(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 100\r\n\r\n{\"id\":".to_vec(),
+    ))
+    .await;
+    let garbage = RawServer::start(Raw::AnswerAndClose(b"\x16\x03\x01 not http at all\r\n\r\n".to_vec())).await;
+    for (server, expected) in [
+        (&invalid_chunks, "transient webhook answer could not be read"),
+        (&cut, "transient webhook answer could not be read"),
+        (&garbage, "transient webhook request failed"),
+    ] {
+        let (result, took) = send_to(server).await;
+        assert_eq!(failure_message(&result), expected);
+        assert!(took < ENDED_IN_TIME, "{took:?}");
+        assert_eq!(server.requests(), 1, "{expected}: sent once");
+    }
+}
+
+/// A 2xx head says the provider took the message: a body that is cut, malformed or still trickling at the
+/// timeout is read as no body, and each provider's own reading of a 2xx decides. Twilio's (and the
+/// webhook's) is "sent, do not send again"; Vonage's is "unknown, send again".
+#[tokio::test]
+async fn a_2xx_answer_whose_body_cannot_be_read_is_left_to_the_provider() {
+    let answers: [(&str, Raw); 3] = [
+        (
+            "cut",
+            Raw::AnswerAndClose(b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{\"sid\":".to_vec()),
+        ),
+        (
+            "malformed",
+            Raw::AnswerAndClose(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec()),
+        ),
+        (
+            "trickling",
+            Raw::AnswerThenForever(
+                b"HTTP/1.1 201 Created\r\nContent-Length: 100000\r\n\r\n".to_vec(),
+                b" ".to_vec(),
+                Duration::from_millis(20),
+            ),
+        ),
+    ];
+    for (what, raw) in answers {
+        let server = RawServer::start(raw).await;
+        let mut config = herald::config::Config::default();
+        helpers::twilio(&mut config, server.url.as_str().trim_end_matches("/hook"));
+        let twilio = herald::providers::twilio::Twilio::new(&config.twilio, client()).unwrap();
+        let started = std::time::Instant::now();
+        let result = twilio.send(&phone_job(NUMBER), &sms("482913 is your code")).await;
+        assert!(started.elapsed() < ENDED_IN_TIME, "{what}");
+        assert_eq!(result.map(|r| r.message_id), Ok(None), "twilio, {what}");
+        let (result, _) = send_to(&server).await;
+        assert_eq!(result.map(|r| r.message_id), Ok(None), "webhook, {what}");
+        let vonage = Vonage::new(&vonage_config(&format!("http://{}", server.url.authority())), client()).unwrap();
+        let got = verdict(vonage.send(&phone_job(NUMBER), &sms("482913")).await);
+        assert_eq!(got, "transient - -", "vonage, {what}");
+    }
+}
+
+#[tokio::test]
+async fn an_http_1_0_answer_without_length_is_read_to_the_close() {
+    let server = RawServer::start(Raw::AnswerAndClose(
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"id\":\"m-10\"}".to_vec(),
+    ))
+    .await;
+    let (result, _) = send_to(&server).await;
+    assert_eq!(result.unwrap().message_id.as_deref(), Some("m-10"));
+}
+
+#[tokio::test]
+async fn a_100_continue_before_the_answer_is_skipped() {
+    let server = RawServer::start(Raw::Answer(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{\"id\":\"m-1\"}"
+            .to_vec(),
+    ))
+    .await;
+    let (result, _) = send_to(&server).await;
+    assert_eq!(result.unwrap().message_id.as_deref(), Some("m-1"));
+}
+
+#[tokio::test]
+async fn closed_connections_are_not_reused_and_nothing_is_sent_twice() {
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{\"id\":\"m-1\"}";
+    // Says it closes; closes without saying (straight after the answer, and after the client's next
+    // request has had every chance to pick the pooled connection).
+    let said = RawServer::start(Raw::AnswerAndClose(
+        [&b"HTTP/1.1 200 OK\r\nConnection: close\r\n"[..], &ok[17..]].concat(),
+    ))
+    .await;
+    let unsaid = RawServer::start(Raw::AnswerAndClose(ok.to_vec())).await;
+    for server in [&said, &unsaid] {
+        let webhook = webhook_to(&server.url);
+        let mut failures = Vec::new();
+        for i in 0..20 {
+            let result = webhook.send(&phone_job(NUMBER), &sms("482913 is your code")).await;
+            if result.is_err() {
+                failures.push(failure_message(&result));
+            }
+            if i % 2 == 1 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(server.requests(), 20, "one request per send, none repeated");
+        assert_eq!(failures, Vec::<String>::new());
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_the_webhook_url_are_sent_as_basic_authorization() {
+    // reqwest sent `https://user:pass@host/…` as Authorization: Basic, and not in the request line.
+    let server = RawServer::with_userinfo(
+        "hook%20user:p%40ss@",
+        Raw::Answer(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()),
+    )
+    .await;
+    let (result, _) = send_to(&server).await;
+    assert!(result.is_ok(), "{}", failure_message(&result));
+    let head = server.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        head.starts_with("post /hook http/1.1\r\n"),
+        "{}",
+        head.lines().next().unwrap()
+    );
+    let expected = base64::engine::general_purpose::STANDARD.encode("hook user:p@ss");
+    assert!(
+        head.contains(&format!(
+            "\r\nauthorization: basic {}\r\n",
+            expected.to_ascii_lowercase()
+        )),
+        "no Basic authorization from the URL's credentials"
+    );
+    assert!(
+        !head.contains("p%40ss") && !head.contains("p@ss"),
+        "the password is not in the head"
+    );
+}
+
+#[tokio::test]
+async fn a_server_with_an_untrusted_certificate_gets_no_request() {
+    let server = helpers::SupportServer::https_twilio();
+    let url: url::Url = format!("https://localhost:{}/hook", server.port).parse().unwrap();
+    let result = webhook_to(&url)
+        .send(&phone_job(NUMBER), &sms("482913 is your code"))
+        .await;
+    assert_eq!(failure_message(&result), "transient webhook connection failed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.received_nothing(), "nothing reached the server");
+}

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue, InvalidHeaderValue, RETRY_AFTER, USER_AGENT};
+use http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, InvalidHeaderValue, RETRY_AFTER, USER_AGENT,
+};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
@@ -66,7 +68,9 @@ impl HttpClient {
         Ok(HttpClient { inner, timeout })
     }
 
-    /// A `POST` to `url`, with herald's `User-Agent`.
+    /// A `POST` to `url`, with herald's `User-Agent`. Credentials in the URL (`https://user:pass@host/…`,
+    /// percent-encoded) are sent as Basic `Authorization`, as reqwest sent them, never in the request
+    /// line; an `Authorization` the provider sets replaces them.
     pub fn post(&self, url: &Url) -> Request<'_> {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -74,9 +78,29 @@ impl HttpClient {
             HeaderValue::from_static(concat!("herald/", env!("CARGO_PKG_VERSION"))),
         );
         headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
+        let uri = if url.username().is_empty() && url.password().is_none() {
+            url.as_str().parse::<Uri>().map_err(|_| ())
+        } else {
+            let decode = |part: &str| {
+                percent_encoding::percent_decode_str(part)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let password = url.password().map(decode).unwrap_or_default();
+            let mut bare = url.clone();
+            // Both succeed on an http(s) URL, the only kind that has credentials here.
+            let stripped = bare.set_username("").and_then(|()| bare.set_password(None));
+            match (stripped, basic_authorization(&decode(url.username()), &password)) {
+                (Ok(()), Ok(value)) => {
+                    headers.insert(AUTHORIZATION, value);
+                    bare.as_str().parse::<Uri>().map_err(|_| ())
+                }
+                _ => Err(()),
+            }
+        };
         Request {
             client: self,
-            uri: url.as_str().parse::<Uri>().map_err(|_| ()),
+            uri,
             headers,
             body: Bytes::new(),
         }
@@ -100,6 +124,9 @@ impl Request<'_> {
         V: TryInto<HeaderValue>,
     {
         match (name.try_into(), value.try_into()) {
+            (Ok(name), Ok(value)) if name == AUTHORIZATION => {
+                self.headers.insert(name, value);
+            }
             (Ok(name), Ok(value)) => {
                 self.headers.append(name, value);
             }
@@ -155,49 +182,31 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// Why an exchange failed before there was a whole answer.
+/// Why an exchange failed before there was an answer's head.
 enum Failed {
     Unsendable,
     Connect,
-    Answer,
     Other,
 }
 
 /// Sends `request` for `provider` and reads its answer. A failed exchange (timeout, refused connection,
-/// reset, unreadable body) is a transient failure.
+/// reset, unreadable body) is a transient failure, except a 2xx answer's body that cannot be read whole
+/// (cut, malformed, or still arriving at the timeout): the provider has taken the request, so the answer
+/// is given with no body, and each provider's own reading of a 2xx decides (Twilio, Plivo, SNS and the
+/// webhook do not send a message twice; Vonage and Infobip would rather).
 pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<Answer, ProviderError> {
-    let client = request.client;
-    let exchanged = tokio::time::timeout(client.timeout, round_trip(request)).await;
-    let what = match exchanged {
-        Ok(Ok(answer)) => return Ok(answer),
-        Err(_) => "timed out",
-        Ok(Err(Failed::Connect)) => "connection failed",
-        Ok(Err(Failed::Answer)) => "answer could not be read",
-        Ok(Err(Failed::Unsendable | Failed::Other)) => "request failed",
-    };
-    Err(ProviderError::Transient {
+    let deadline = tokio::time::Instant::now() + request.client.timeout;
+    let failed = |what: &str| ProviderError::Transient {
         message: format!("{provider} {what}"),
         provider_code: None,
         retry_after: None,
-    })
-}
-
-async fn round_trip(request: Request<'_>) -> Result<Answer, Failed> {
-    let Request {
-        client,
-        uri,
-        headers,
-        body,
-    } = request;
-    let mut outgoing = http::Request::new(Full::new(body));
-    *outgoing.method_mut() = Method::POST;
-    *outgoing.uri_mut() = uri.map_err(|()| Failed::Unsendable)?;
-    *outgoing.headers_mut() = headers;
-    let response = client
-        .inner
-        .request(outgoing)
-        .await
-        .map_err(|e| if e.is_connect() { Failed::Connect } else { Failed::Other })?;
+    };
+    let response = match tokio::time::timeout_at(deadline, send(request)).await {
+        Ok(Ok(response)) => response,
+        Err(_) => return Err(failed("timed out")),
+        Ok(Err(Failed::Connect)) => return Err(failed("connection failed")),
+        Ok(Err(Failed::Unsendable | Failed::Other)) => return Err(failed("request failed")),
+    };
     let status = response.status();
     let retry_after = response
         .headers()
@@ -209,13 +218,45 @@ async fn round_trip(request: Request<'_>) -> Result<Answer, Failed> {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
-    let body = read_capped(response.into_body()).await.map_err(|_| Failed::Answer)?;
+    let mut body = Vec::new();
+    match tokio::time::timeout_at(deadline, read_capped(response.into_body(), &mut body)).await {
+        Ok(Ok(())) => {}
+        _ if status.is_success() => {
+            tracing::warn!(
+                provider = %provider,
+                status = status.as_u16(),
+                "the answer's body could not be read whole; read as an answer without a body"
+            );
+            body.clear();
+        }
+        Ok(Err(_)) => return Err(failed("answer could not be read")),
+        Err(_) => return Err(failed("timed out")),
+    }
     Ok(Answer {
         status,
         retry_after,
         html,
         body,
     })
+}
+
+/// Sends `request`, up to the answer's head.
+async fn send(request: Request<'_>) -> Result<hyper::Response<hyper::body::Incoming>, Failed> {
+    let Request {
+        client,
+        uri,
+        headers,
+        body,
+    } = request;
+    let mut outgoing = http::Request::new(Full::new(body));
+    *outgoing.method_mut() = Method::POST;
+    *outgoing.uri_mut() = uri.map_err(|()| Failed::Unsendable)?;
+    *outgoing.headers_mut() = headers;
+    client
+        .inner
+        .request(outgoing)
+        .await
+        .map_err(|e| if e.is_connect() { Failed::Connect } else { Failed::Other })
 }
 
 impl Answer {
@@ -230,13 +271,13 @@ impl Answer {
     }
 }
 
-/// Reads at most 64 KiB of an answer: a provider answering garbage cannot exhaust memory.
-async fn read_capped<B>(mut body: B) -> Result<Vec<u8>, B::Error>
+/// Reads at most 64 KiB of an answer into `read`: a provider answering garbage cannot exhaust memory.
+/// What was read stays in `read` when the body fails.
+async fn read_capped<B>(mut body: B, read: &mut Vec<u8>) -> Result<(), B::Error>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
     const CAP: usize = 64 * 1024;
-    let mut read = Vec::new();
     while let Some(frame) = body.frame().await {
         if let Ok(chunk) = frame?.into_data() {
             let room = CAP - read.len();
@@ -246,7 +287,7 @@ where
             }
         }
     }
-    Ok(read)
+    Ok(())
 }
 
 /// Seconds form of Retry-After, as sent by rate limiters (the HTTP-date form is rare for APIs).
@@ -306,6 +347,30 @@ mod tests {
         }
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_authorization_unless_the_provider_sets_its_own() {
+        let client = HttpClient::new(Duration::from_secs(1), 1).unwrap();
+        let url = Url::parse("https://us%20er:p%40ss@hooks.example:8443/in?x=1").unwrap();
+        let request = client.post(&url);
+        assert_eq!(request.uri.as_ref().unwrap(), "https://hooks.example:8443/in?x=1");
+        let sent = request.headers.get(AUTHORIZATION).unwrap();
+        assert!(sent.is_sensitive());
+        assert_eq!(sent, basic_authorization("us er", "p@ss").unwrap());
+        let own = authorization("Bearer", "t").unwrap();
+        let request = client.post(&url).header(AUTHORIZATION, own.clone());
+        assert_eq!(
+            request.headers.get_all(AUTHORIZATION).iter().collect::<Vec<_>>(),
+            [&own]
+        );
+        let user_only = client.post(&Url::parse("http://user@h/").unwrap());
+        assert_eq!(
+            user_only.headers.get(AUTHORIZATION).unwrap(),
+            basic_authorization("user", "").unwrap()
+        );
+        let plain = client.post(&Url::parse("http://h/").unwrap());
+        assert!(plain.headers.get(AUTHORIZATION).is_none());
     }
 
     #[test]
