@@ -349,3 +349,39 @@ async fn sms_reaches_twilio_over_https() {
     assert_eq!(fields["To"], job("sms")["to"].as_str().unwrap());
     assert_eq!(fields["From"], "+15005550006");
 }
+
+/// An operator behind an egress proxy sets HTTPS_PROXY (reqwest, the client before hyper-util, honoured
+/// HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY): Twilio's request must go through it, as a CONNECT
+/// to Twilio's host. The proxy here only records what it is asked and closes.
+#[tokio::test]
+#[ignore = "finding: providers::http::HttpClient ignores HTTP(S)_PROXY since 78b1ec6; fix needs a proxy connector"]
+async fn an_https_provider_goes_through_https_proxy() {
+    use tokio::io::AsyncReadExt;
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = proxy.accept().await {
+            let mut head = vec![0u8; 1024];
+            let n = conn.read(&mut head).await.unwrap_or(0);
+            let first = String::from_utf8_lossy(&head[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let _ = asked_tx.send(first);
+        }
+    });
+    let broker = helpers::Broker::new(|c| {
+        twilio(c, "https://api.twilio.invalid");
+    })
+    .await;
+    let mut env = helpers::process_env(&broker.config);
+    env.push(("HTTPS_PROXY".into(), proxy_url));
+    let herald = helpers::HeraldProcess::start(&env);
+    broker.publish(&job("sms")).await;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), asked.recv())
+        .await
+        .unwrap_or_else(|_| panic!("nothing reached the proxy\n{}", herald.logs()));
+    assert_eq!(first.as_deref(), Some("CONNECT api.twilio.invalid:443 HTTP/1.1"));
+}

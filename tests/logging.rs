@@ -111,3 +111,60 @@ async fn malformed_http_requests_are_counted_not_logged_as_errors() {
         "{metrics}"
     );
 }
+
+/// The HTTP providers' client (hyper-util, hyper-rustls, rustls, the platform verifier) at trace level:
+/// Twilio over HTTPS, two jobs (the second on the pooled connection), and none of the Authorization
+/// header, the auth token, the number or the code is in the log.
+#[tokio::test]
+async fn rust_log_trace_never_logs_what_an_https_provider_is_sent() {
+    let server = helpers::SupportServer::https_twilio();
+    let mut broker = Broker::new(|c| {
+        helpers::twilio(c, &format!("https://localhost:{}", server.port));
+    })
+    .await;
+    let mut env = process_env(&broker.config);
+    env.push((
+        "SSL_CERT_FILE".into(),
+        server.ca.as_ref().unwrap().display().to_string(),
+    ));
+    env.push(("RUST_LOG".into(), "trace".into()));
+    let mut herald = HeraldProcess::start(&env);
+    let mut second = job("sms");
+    second["code"] = "739146".into();
+    second["to"] = "+14155550177".into();
+    let jobs = [job("sms"), second];
+    for j in &jobs {
+        broker.publish(j).await;
+        let e = broker
+            .try_next_event(20)
+            .await
+            .unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+        assert_eq!(e["provider"], "twilio", "{e}\n{}", herald.logs());
+        let request = server.next_message();
+        assert!(
+            request["authorization"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("Basic "))
+        );
+    }
+    assert_eq!(herald.terminate(), Some(0));
+    let logs = herald.logs();
+    assert!(logs.contains(" TRACE "), "RUST_LOG=trace was in effect");
+    let mut secrets = vec![
+        // Basic base64("AC…:test-auth-token"), the token, and the form's fields.
+        "QUMwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjp0ZXN0LWF1dGgtdG9rZW4".to_owned(),
+        "test-auth-token".to_owned(),
+        "4155550123".to_owned(),
+        "4155550177".to_owned(),
+        "Body=".to_owned(),
+    ];
+    for j in &jobs {
+        secrets.push(j["code"].as_str().unwrap().to_owned());
+    }
+    for secret in &secrets {
+        if let Some(at) = logs.find(secret.as_str()) {
+            let line = logs[..at].rsplit('\n').next().unwrap_or_default();
+            panic!("a secret is in the log: {line}…");
+        }
+    }
+}
