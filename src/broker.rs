@@ -312,6 +312,16 @@ pub fn short(s: &str) -> Option<ShortString> {
     ShortString::try_new(s).ok()
 }
 
+/// An event's properties as herald publishes it on `herald.events` (contract §4): JSON, persistent, `type` the event type,
+/// `message_id` the job id when it has one that fits.
+pub fn event_properties(kind: &str, job_id: Option<&str>) -> BasicProperties {
+    let properties = json_properties().with_type(short(kind).unwrap_or_default());
+    match job_id.and_then(short) {
+        Some(id) => properties.with_message_id(id),
+        None => properties,
+    }
+}
+
 /// Adds `x-herald-error` to a message's headers, keeping the others.
 pub fn with_error_header(properties: &BasicProperties, reason: &str) -> BasicProperties {
     let mut headers = properties.headers().clone().unwrap_or_default();

@@ -856,15 +856,11 @@ impl Consumer {
     }
 
     fn event_publish(&self, kind: &str, job_id: Option<&str>, json: &Arc<Vec<u8>>) -> Publish {
-        let mut properties = broker::json_properties().with_type(broker::short(kind).unwrap_or_default());
-        if let Some(id) = job_id.and_then(broker::short) {
-            properties = properties.with_message_id(id);
-        }
         Publish {
             exchange: self.config.events_exchange.clone(),
             routing_key: kind.to_owned(),
             body: json.clone(),
-            properties,
+            properties: broker::event_properties(kind, job_id),
         }
     }
 

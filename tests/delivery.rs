@@ -351,37 +351,68 @@ async fn sms_reaches_twilio_over_https() {
 }
 
 /// An operator behind an egress proxy sets HTTPS_PROXY (reqwest, the client before hyper-util, honoured
-/// HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY): Twilio's request must go through it, as a CONNECT
-/// to Twilio's host. The proxy here only records what it is asked and closes.
+/// HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, and so does providers::connector): Twilio's request goes
+/// through it as a CONNECT to Twilio's host, with TLS to Twilio inside the tunnel. The proxy here records
+/// what it is asked, then tunnels to the local HTTPS Twilio.
 #[tokio::test]
-#[ignore = "finding: providers::http::HttpClient ignores HTTP(S)_PROXY since 78b1ec6; fix needs a proxy connector"]
 async fn an_https_provider_goes_through_https_proxy() {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = helpers::SupportServer::https_twilio();
+    let target = server.port;
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
     let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = proxy.accept().await {
-            let mut head = vec![0u8; 1024];
-            let n = conn.read(&mut head).await.unwrap_or(0);
-            let first = String::from_utf8_lossy(&head[..n])
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let _ = asked_tx.send(first);
+            let asked_tx = asked_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if conn.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let first = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = asked_tx.send(first);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                if conn
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_ok()
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut conn, &mut upstream).await;
+                }
+            });
         }
     });
-    let broker = helpers::Broker::new(|c| {
-        twilio(c, "https://api.twilio.invalid");
-    })
-    .await;
+    let mut sid = "";
+    let mut broker = helpers::Broker::new(|c| sid = twilio(c, &format!("https://localhost:{target}"))).await;
     let mut env = helpers::process_env(&broker.config);
     env.push(("HTTPS_PROXY".into(), proxy_url));
+    env.push((
+        "SSL_CERT_FILE".into(),
+        server.ca.as_ref().unwrap().display().to_string(),
+    ));
     let herald = helpers::HeraldProcess::start(&env);
     broker.publish(&job("sms")).await;
     let first = tokio::time::timeout(std::time::Duration::from_secs(5), asked.recv())
         .await
         .unwrap_or_else(|_| panic!("nothing reached the proxy\n{}", herald.logs()));
-    assert_eq!(first.as_deref(), Some("CONNECT api.twilio.invalid:443 HTTP/1.1"));
+    assert_eq!(first, Some(format!("CONNECT localhost:{target} HTTP/1.1")));
+    let event = broker
+        .try_next_event(20)
+        .await
+        .unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+    assert_eq!(event["type"], "gd_send_sms", "{event}\n{}", herald.logs());
+    assert_eq!(event["provider_message_id"], "SMtls0123456789abcdef0123456789ab");
+    let request = server.next_message();
+    assert_eq!(request["path"], format!("/2010-04-01/Accounts/{sid}/Messages.json"));
 }

@@ -18,6 +18,7 @@ use herald::providers::sns::Sns;
 use herald::providers::vonage::Vonage;
 use herald::providers::{Provider, ProviderError, Receipt};
 use herald::templates::{PAUSE, Rendered};
+use hyper_util::client::proxy::matcher::Matcher;
 use serde_json::{Value, json};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -974,7 +975,53 @@ impl RawServer {
 }
 
 fn webhook_to(url: &url::Url) -> herald::providers::webhook::Webhook {
-    herald::providers::webhook::Webhook::new(url.clone(), b"raw-server-key".to_vec(), "en", client())
+    webhook_with(url, client())
+}
+
+fn webhook_with(url: &url::Url, client: HttpClient) -> herald::providers::webhook::Webhook {
+    herald::providers::webhook::Webhook::new(url.clone(), b"raw-server-key".to_vec(), "en", client)
+}
+
+/// An `http` provider behind the proxy that HTTP_PROXY would name: the request goes to the proxy in
+/// absolute form, with the proxy's credentials in Proxy-Authorization (never the provider's Authorization);
+/// a host NO_PROXY names is reached directly.
+#[tokio::test]
+async fn an_http_provider_is_reached_through_the_proxy_with_its_credentials() {
+    let proxy = RawServer::start(Raw::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec())).await;
+    let port = proxy.url.port().unwrap();
+    let proxies = |no: &str| {
+        Matcher::builder()
+            .http(format!("http://proxy-user:proxy%20pass@127.0.0.1:{port}"))
+            .no(no)
+            .build()
+    };
+    let through = HttpClient::with_proxies(Duration::from_millis(500), 8, proxies("")).unwrap();
+    let provider: url::Url = "http://provider.invalid/hook".parse().unwrap();
+    let result = webhook_with(&provider, through)
+        .send(&phone_job(NUMBER), &sms("482913 is your code"))
+        .await;
+    assert!(result.is_ok(), "{}", failure_message(&result));
+    let head = proxy.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        head.starts_with("post http://provider.invalid/hook http/1.1\r\n"),
+        "{head}"
+    );
+    // base64("proxy-user:proxy pass")
+    assert!(
+        head.contains("proxy-authorization: basic chjvehktdxnlcjpwcm94esbwyxnz\r\n"),
+        "{head}"
+    );
+
+    let direct = RawServer::start(Raw::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec())).await;
+    let bypassing = HttpClient::with_proxies(Duration::from_millis(500), 8, proxies("127.0.0.1")).unwrap();
+    let result = webhook_with(&direct.url, bypassing)
+        .send(&phone_job(NUMBER), &sms("482913 is your code"))
+        .await;
+    assert!(result.is_ok(), "{}", failure_message(&result));
+    let head = direct.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(head.starts_with("post /hook http/1.1\r\n"), "{head}");
+    assert!(!head.contains("proxy-authorization"), "{head}");
+    assert_eq!(proxy.requests(), 1);
 }
 
 /// One webhook send to `server`: its result, and how long it took.

@@ -119,9 +119,10 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
     // on one side only.
     let channels = bench.amqp.channels;
     for round in 1..=rounds {
-        let (publish, mut ceiling) = steps::ceiling(bench, n, Ceiling::Confirms).await?;
-        let (_, mut tx_ceiling) = steps::ceiling(bench, n, Ceiling::Transaction).await?;
-        let (mut twilio, rss1) = steps::herald_run(
+        let (publish, ceiling) = steps::ceiling(bench, n, Ceiling::Confirms).await?;
+        let (_, tx_ceiling) = steps::ceiling(bench, n, Ceiling::Transaction).await?;
+        let (_, tx_events_ceiling) = steps::ceiling(bench, n, Ceiling::TransactionEvents).await?;
+        let (twilio, rss1) = steps::herald_run(
             bench,
             n,
             Some(&fast),
@@ -129,12 +130,13 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
             channels,
         )
         .await?;
-        let (mut outbox, rss2) = steps::herald_run(bench, n, None, "herald e2e, outbox provider", channels).await?;
+        let (outbox, rss2) = steps::herald_run(bench, n, None, "herald e2e, outbox provider", channels).await?;
         // Its peak RSS stays in its row: the bar is herald's memory as configured.
-        let (mut outbox_two, _) = steps::herald_run(bench, n, None, TWO_CHANNELS, 2).await?;
+        let (outbox_two, _) = steps::herald_run(bench, n, None, TWO_CHANNELS, 2).await?;
         measured.push(Round {
             ceiling: ceiling.rate(),
             tx_ceiling: tx_ceiling.rate(),
+            tx_events_ceiling: tx_events_ceiling.rate(),
             twilio: twilio.rate(),
             outbox: outbox.rate(),
             outbox_two_channels: outbox_two.rate(),
@@ -143,10 +145,11 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
         if round == 1 {
             rows.push(publish);
         }
-        for row in [&mut ceiling, &mut tx_ceiling, &mut twilio, &mut outbox, &mut outbox_two] {
+        let mut round_rows = [ceiling, tx_ceiling, tx_events_ceiling, twilio, outbox, outbox_two];
+        for row in &mut round_rows {
             row.what = format!("{}, round {round}", row.what);
         }
-        rows.extend([ceiling, tx_ceiling, twilio, outbox, outbox_two]);
+        rows.extend(round_rows);
     }
 
     let prefetch = bench.amqp.prefetch;

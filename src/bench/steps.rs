@@ -17,6 +17,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
 
 use crate::broker;
+use crate::config::ProviderKind;
+use crate::events::Event;
+use crate::job::{Job, Locale};
 
 use super::Bench;
 use super::harness::{self, Herald, Provider};
@@ -43,6 +46,11 @@ pub(super) enum Ceiling {
     /// `multiple` ack and committed as one transaction. Batched commits cost the broker less than a
     /// confirm per message (#23), so this ceiling is usually the higher.
     Transaction,
+    /// [`Ceiling::Transaction`] with each publish the size of herald's own event for a bench job, and with
+    /// an event's properties: the broker's part of an outbox job without herald. Printed beside the bars,
+    /// which keep the small publish: how much of herald's distance to the ceiling is its event's size,
+    /// which the contract sets, and how much is herald.
+    TransactionEvents,
 }
 
 /// Step 1: what the broker itself does at this prefetch, with a bare client of `shape`. Returns the rows
@@ -73,18 +81,29 @@ pub(super) async fn ceiling(bench: &Bench, n: usize, shape: Ceiling) -> anyhow::
     let (what, (seconds, others_cpu, batches)) = match shape {
         Ceiling::Confirms => {
             let out = broker::Publisher::new(&bench.connection).await?;
-            let what = "broker ceiling: consume + ack + one small publish (topic exchange)";
+            let what = "broker ceiling: consume + ack + one small publish (topic exchange)".to_owned();
             (what, timed(n, confirmed_each(consumer, out, to, n)).await?)
         }
-        Ceiling::Transaction => {
+        Ceiling::Transaction | Ceiling::TransactionEvents => {
             consume.tx_select().await?;
-            let what = "broker ceiling, transactional: ready batch + one small publish each (topic exchange) \
-                        + multiple ack + commit";
             let prefetch = bench.amqp.prefetch;
-            (
-                what,
-                timed(n, committed_batches(&consume, consumer, prefetch, &to, n)).await?,
-            )
+            let (what, reply) = if shape == Ceiling::Transaction {
+                (
+                    "broker ceiling, transactional: ready batch + one small publish each (topic exchange) \
+                     + multiple ack + commit"
+                        .to_owned(),
+                    (b"{}".to_vec(), BasicProperties::default().with_delivery_mode(2)),
+                )
+            } else {
+                let (body, properties) = herald_event()?;
+                let what = format!(
+                    "broker ceiling, transactional, herald's event ({} bytes, its properties) for each",
+                    body.len()
+                );
+                (what, (body, properties))
+            };
+            let run = committed_batches(&consume, consumer, prefetch, &to, &reply, n);
+            (what, timed(n, run).await?)
         }
     };
     close_consuming(&consume, "bench").await;
@@ -95,7 +114,7 @@ pub(super) async fn ceiling(bench: &Bench, n: usize, shape: Ceiling) -> anyhow::
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await;
     let ceiling = Row {
-        what: what.into(),
+        what,
         jobs: n,
         seconds,
         note: format!("prefetch {}{batches}{others_cpu}", bench.amqp.prefetch),
@@ -163,9 +182,9 @@ async fn committed_batches(
     mut consumer: Consumer,
     prefetch: u16,
     to: &str,
+    (body, properties): &(Vec<u8>, BasicProperties),
     n: usize,
 ) -> anyhow::Result<String> {
-    let small = BasicProperties::default().with_delivery_mode(2);
     let (mut committed, mut commits) = (0_usize, 0_u32);
     while committed < n {
         let first = consumer
@@ -192,8 +211,8 @@ async fn committed_batches(
                 to.into(),
                 "gd_send_sms".into(),
                 BasicPublishOptions::default(),
-                b"{}",
-                small.clone(),
+                body,
+                properties.clone(),
             )
         });
         futures_util::future::try_join(
@@ -593,6 +612,18 @@ fn job_body(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The event herald publishes for bench job 0 sent by the outbox, and its properties, made by herald's own
+/// code: what [`Ceiling::TransactionEvents`] publishes.
+fn herald_event() -> anyhow::Result<(Vec<u8>, BasicProperties)> {
+    let job = Job::from_json(&job_body(0)).map_err(|e| anyhow::anyhow!("the bench's job is invalid: {e}"))?;
+    let locale = Locale::parse("en").map_err(|_| anyhow::anyhow!("`en` is not a locale"))?;
+    let mut event = Event::for_job(&job, &locale, true);
+    event.provider = Some(ProviderKind::Outbox.name());
+    event.duration_ms = 1;
+    let properties = broker::event_properties(event.kind.as_str(), Some(&job.id));
+    Ok((event.to_json(), properties))
+}
+
 /// The code of a job body, as the broker-alone latency consumer reads it.
 fn body_code(body: &[u8]) -> Option<u32> {
     let job: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -632,5 +663,18 @@ mod tests {
             assert_eq!(body_code(&body), Some(code(i)));
         }
         assert_eq!(body_code(b"{}"), None);
+    }
+
+    #[test]
+    fn the_event_sized_ceiling_publishes_an_event_as_herald_does() {
+        let (body, properties) = herald_event().unwrap();
+        let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(event["type"], "gd_send_sms");
+        assert_eq!(event["provider"], "outbox");
+        assert_eq!(event["job_id"], "bench-0");
+        assert!(body.len() > 250, "{} bytes", body.len());
+        assert_eq!(properties.kind().as_ref().map(|k| k.as_str()), Some("gd_send_sms"));
+        assert_eq!(properties.message_id().as_ref().map(|m| m.as_str()), Some("bench-0"));
+        assert_eq!(properties.delivery_mode(), &Some(2));
     }
 }

@@ -12,22 +12,26 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, InvalidHeaderValue, RETRY_AFTER, USER_AGENT,
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue, InvalidHeaderValue, PROXY_AUTHORIZATION, RETRY_AFTER,
+    USER_AGENT,
 };
 use http::{HeaderMap, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
+use super::connector::Connector;
 use super::{ProviderError, ProviderKind};
 
 /// The one HTTP client of the process: one connection pool, TLS set up once. Cloning shares both.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<Connector, Full<Bytes>>,
+    /// The client's own, for what a request to a proxy carries.
+    connector: Connector,
     /// For the whole exchange, answer body included; also the connect timeout.
     timeout: Duration,
 }
@@ -40,8 +44,14 @@ pub struct ClientError(#[source] rustls::Error);
 impl HttpClient {
     /// `timeout` bounds each exchange and each connect; at most `idle_per_host` kept-alive connections
     /// per provider host. Certificates are checked by the platform's verifier (system roots; on Linux
-    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured). Providers are reached through the proxy the
+    /// environment names, if any (see [`super::connector`]).
     pub fn new(timeout: Duration, idle_per_host: usize) -> Result<HttpClient, ClientError> {
+        HttpClient::with_proxies(timeout, idle_per_host, Matcher::from_env())
+    }
+
+    /// [`HttpClient::new`] with the proxies `proxies` names instead of the environment's.
+    pub fn with_proxies(timeout: Duration, idle_per_host: usize, proxies: Matcher) -> Result<HttpClient, ClientError> {
         let crypto = rustls::crypto::CryptoProvider::get_default()
             .cloned()
             .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
@@ -56,16 +66,16 @@ impl HttpClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let connector = Connector::new(http, tls, proxies);
         let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(idle_per_host)
-            .build(https);
-        Ok(HttpClient { inner, timeout })
+            .build(connector.clone());
+        Ok(HttpClient {
+            inner,
+            connector,
+            timeout,
+        })
     }
 
     /// A `POST` to `url`, with herald's `User-Agent`. Credentials in the URL (`https://user:pass@host/…`,
@@ -250,7 +260,12 @@ async fn send(request: Request<'_>) -> Result<hyper::Response<hyper::body::Incom
     } = request;
     let mut outgoing = http::Request::new(Full::new(body));
     *outgoing.method_mut() = Method::POST;
-    *outgoing.uri_mut() = uri.map_err(|()| Failed::Unsendable)?;
+    let uri = uri.map_err(|()| Failed::Unsendable)?;
+    let mut headers = headers;
+    if let Some(auth) = client.connector.proxy_authorization(&uri) {
+        headers.insert(PROXY_AUTHORIZATION, auth);
+    }
+    *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
     client
         .inner

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::job::{Channel, Job, PhoneNumber, Recipient};
 use crate::templates::Rendered;
 
+pub mod connector;
 pub mod http;
 pub mod infobip;
 pub mod outbox;
