@@ -74,9 +74,10 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         .max(10);
     let bench = Bench::connect(config).await?;
     eprintln!(
-        "herald bench: {n} jobs, prefetch {}, broker {}",
+        "herald bench: {n} jobs, prefetch {}, broker {}, queues {}*",
         bench.amqp.prefetch,
-        broker::redacted_url(&bench.amqp)
+        broker::redacted_url(&bench.amqp),
+        bench.amqp.jobs_queue.trim_end_matches("jobs")
     );
     // Ctrl-C ends the run but not the clean-up below: dropping the run kills the herald children.
     let result = tokio::select! {

@@ -253,7 +253,7 @@ pub(super) async fn herald_run(
     let rss = herald.peak_rss_mib();
     let channels = channels.clamp(1, bench.amqp.prefetch.max(1));
     let batches = herald_batches(herald.port, seconds, channels).await;
-    drop(herald);
+    herald.stop().await?;
     delete_queue(&bench.channel, &sink).await;
     let mut note = format!("herald peak RSS {rss:.1} MiB, CPU {cpu_per_job:.0} µs/job{others_cpu}{batches}");
     if failures > 0 {
@@ -382,7 +382,7 @@ pub(super) async fn receipts(bench: &Bench, n: usize, provider: &Provider) -> an
         cpu.herald_per_job(n),
         cpu.others_per_job(n)
     );
-    drop(herald);
+    herald.stop().await?;
     delete_queue(&bench.channel, &sink).await;
     if refused > 0 {
         note.push_str(&format!(", {refused} not 200"));
@@ -456,7 +456,7 @@ pub(super) async fn latency(
     herald.events.wait(warm + count).await?;
     let seconds = started.elapsed().as_secs_f64();
     let rss = herald.peak_rss_mib();
-    drop(herald);
+    herald.stop().await?;
     delete_queue(channel, &sink).await;
     let row = Row {
         what: format!("latency run at {rate:.0} jobs/s"),
