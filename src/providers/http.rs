@@ -311,16 +311,20 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// An HTTP provider's failed answer, classified the way Twilio, Standard Webhooks receivers and most
-/// APIs mean it: 408, 429 and 5xx are worth retrying (with the answer's Retry-After), other statuses
-/// fail the same way again.
+/// APIs mean it: 408, 429 and 5xx (and 407, from an egress proxy) are worth retrying (with the answer's
+/// Retry-After), other statuses fail the same way again.
 pub fn http_failure(
     status: StatusCode,
     message: String,
     provider_code: Option<String>,
     retry_after: Option<Duration>,
 ) -> ProviderError {
-    let transient =
-        status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+    // 407 is herald's egress proxy refusing herald's credentials (providers::connector), not the provider
+    // refusing the message: retried, as a refused CONNECT tunnel is, while the operator fixes it.
+    let transient = matches!(
+        status,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS | StatusCode::PROXY_AUTHENTICATION_REQUIRED
+    ) || status.is_server_error();
     ProviderError::classified(transient, message, provider_code, retry_after)
 }
 
@@ -347,6 +351,7 @@ mod tests {
     fn http_statuses_are_classified_once_for_every_provider() {
         let cases = [
             (StatusCode::REQUEST_TIMEOUT, true),
+            (StatusCode::PROXY_AUTHENTICATION_REQUIRED, true),
             (StatusCode::TOO_MANY_REQUESTS, true),
             (StatusCode::INTERNAL_SERVER_ERROR, true),
             (StatusCode::SERVICE_UNAVAILABLE, true),
