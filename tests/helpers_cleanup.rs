@@ -44,3 +44,55 @@ async fn a_dropped_test_broker_leaves_no_feedback_queue_behind() {
     }
     assert!(!leaked, "{feedback} was left on the broker");
 }
+
+/// A herald process a test drops is killed, and its commit-marker queues are deleted after it (a killed
+/// process cannot delete them; left to expire in 15 minutes they piled up, about 200 after one run of the
+/// suite).
+#[tokio::test]
+async fn a_dropped_herald_process_leaves_no_commit_marker_queue_behind() {
+    let broker = helpers::Broker::new(|c| c.amqp.channels = 2).await;
+    let herald = helpers::HeraldProcess::start(&helpers::process_env(&broker.config));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut markers = Vec::new();
+    while markers.len() < 2 && std::time::Instant::now() < deadline {
+        markers = helpers::marker_queues(&herald.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(markers.len(), 2, "{}", herald.logs());
+    let connection = helpers::broker().await;
+    let exists = |name: String| {
+        let connection = &connection;
+        async move {
+            let channel = connection.create_channel().await.unwrap();
+            channel
+                .queue_declare(
+                    name.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok()
+        }
+    };
+    for q in &markers {
+        assert!(exists(q.clone()).await, "{q} is declared while herald runs");
+    }
+    drop(herald);
+    for q in &markers {
+        assert!(!exists(q.clone()).await, "{q} was left on the broker");
+    }
+}
+
+#[test]
+fn marker_queues_are_read_from_herald_s_lines() {
+    let logs = r#"{"message":"consuming","marker_queues":"[\"test.ab.jobs.commits.01x\", \"test.ab.jobs.commits.01y\"]"}
+{"message":"consuming","marker_queues":"[\"test.ab.jobs.commits.01x\"]"}"#;
+    assert_eq!(
+        helpers::marker_queues(logs),
+        ["test.ab.jobs.commits.01x", "test.ab.jobs.commits.01y"]
+    );
+    assert!(helpers::marker_queues("no queue here").is_empty());
+}

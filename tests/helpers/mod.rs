@@ -683,9 +683,54 @@ impl HeraldProcess {
 }
 
 impl Drop for HeraldProcess {
+    /// Killed (a test may have meant a crash), then its commit-marker queues, named in its "consuming"
+    /// lines, are deleted: a killed herald cannot, and left to expire they piled up by the hundred over a
+    /// run of the suite.
     fn drop(&mut self) {
         self.kill();
+        delete_queues(marker_queues(&self.logs()));
     }
+}
+
+/// The commit-marker queues (`<jobs queue>.commits.<id>`) that `logs` name, once each.
+pub fn marker_queues(logs: &str) -> Vec<String> {
+    let named = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let mut queues: Vec<String> = Vec::new();
+    let mut rest = logs;
+    while let Some(at) = rest.find(".commits.") {
+        let start = rest[..at].rfind(|c: char| !named(c)).map_or(0, |i| i + 1);
+        let end = at + rest[at..].find(|c: char| !named(c)).unwrap_or(rest.len() - at);
+        let queue = &rest[start..end];
+        if !queue.starts_with('.') && !queues.iter().any(|q| q == queue) {
+            queues.push(queue.to_owned());
+        }
+        rest = &rest[end..];
+    }
+    queues
+}
+
+/// Deletes `queues` on a connection of its own, from a thread of its own: callable from `Drop`, inside or
+/// outside a runtime.
+fn delete_queues(queues: Vec<String>) {
+    if queues.is_empty() {
+        return;
+    }
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
+                return;
+            };
+            let Ok(ch) = conn.create_channel().await else { return };
+            for q in &queues {
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// Test-owned view of a namespace's broker side: publishes jobs and collects events and dead letters,
