@@ -350,18 +350,13 @@ async fn sms_reaches_twilio_over_https() {
     assert_eq!(fields["From"], "+15005550006");
 }
 
-/// An operator behind an egress proxy sets HTTPS_PROXY (reqwest, the client before hyper-util, honoured
-/// HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, and so does providers::connector): Twilio's request goes
-/// through it as a CONNECT to Twilio's host, with TLS to Twilio inside the tunnel. The proxy here records
-/// what it is asked, then tunnels to the local HTTPS Twilio.
-#[tokio::test]
-async fn an_https_provider_goes_through_https_proxy() {
+/// A CONNECT proxy in front of the local HTTPS Twilio on `target`: it sends the head of each CONNECT it is
+/// asked (request line and headers) on the channel, answers 200 and tunnels to `target`.
+async fn tunnelling_proxy(target: u16) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = helpers::SupportServer::https_twilio();
-    let target = server.port;
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
-    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let port = proxy.local_addr().unwrap().port();
+    let (asked_tx, asked) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = proxy.accept().await {
             let asked_tx = asked_tx.clone();
@@ -374,12 +369,7 @@ async fn an_https_provider_goes_through_https_proxy() {
                     }
                     head.push(byte[0]);
                 }
-                let first = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = asked_tx.send(first);
+                let _ = asked_tx.send(String::from_utf8_lossy(&head).into_owned());
                 let Ok(mut upstream) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
                     return;
                 };
@@ -393,20 +383,36 @@ async fn an_https_provider_goes_through_https_proxy() {
             });
         }
     });
+    (port, asked)
+}
+
+/// An operator behind an egress proxy sets HTTPS_PROXY (reqwest, the client before hyper-util, honoured
+/// HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, and so does providers::connector): Twilio's request goes
+/// through it as a CONNECT to Twilio's host, with TLS to Twilio inside the tunnel. The proxy here records
+/// what it is asked, then tunnels to the local HTTPS Twilio.
+#[tokio::test]
+async fn an_https_provider_goes_through_https_proxy() {
+    let server = helpers::SupportServer::https_twilio();
+    let target = server.port;
+    let (port, mut asked) = tunnelling_proxy(target).await;
     let mut sid = "";
     let mut broker = helpers::Broker::new(|c| sid = twilio(c, &format!("https://localhost:{target}"))).await;
     let mut env = helpers::process_env(&broker.config);
-    env.push(("HTTPS_PROXY".into(), proxy_url));
+    env.push(("HTTPS_PROXY".into(), format!("http://127.0.0.1:{port}")));
     env.push((
         "SSL_CERT_FILE".into(),
         server.ca.as_ref().unwrap().display().to_string(),
     ));
     let herald = helpers::HeraldProcess::start(&env);
     broker.publish(&job("sms")).await;
-    let first = tokio::time::timeout(std::time::Duration::from_secs(5), asked.recv())
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), asked.recv())
         .await
-        .unwrap_or_else(|_| panic!("nothing reached the proxy\n{}", herald.logs()));
-    assert_eq!(first, Some(format!("CONNECT localhost:{target} HTTP/1.1")));
+        .unwrap_or_else(|_| panic!("nothing reached the proxy\n{}", herald.logs()))
+        .unwrap();
+    assert_eq!(
+        head.lines().next(),
+        Some(format!("CONNECT localhost:{target} HTTP/1.1").as_str())
+    );
     let event = broker
         .try_next_event(20)
         .await
@@ -415,4 +421,70 @@ async fn an_https_provider_goes_through_https_proxy() {
     assert_eq!(event["provider_message_id"], "SMtls0123456789abcdef0123456789ab");
     let request = server.next_message();
     assert_eq!(request["path"], format!("/2010-04-01/Accounts/{sid}/Messages.json"));
+}
+
+/// The egress proxy's credentials (HTTPS_PROXY=http://user:pass@proxy) go in the CONNECT's
+/// Proxy-Authorization and nowhere else: not to Twilio inside the tunnel, and not in the log at
+/// RUST_LOG=trace, in any form (the password, the encoded user, the Basic value).
+#[tokio::test]
+async fn the_proxys_credentials_reach_the_proxy_only_and_are_never_logged() {
+    let server = helpers::SupportServer::https_twilio();
+    let target = server.port;
+    let (port, mut asked) = tunnelling_proxy(target).await;
+    let mut broker = helpers::Broker::new(|c| {
+        twilio(c, &format!("https://localhost:{target}"));
+    })
+    .await;
+    let mut env = helpers::process_env(&broker.config);
+    env.push((
+        "HTTPS_PROXY".into(),
+        format!("http://egress%20user:pr0xy%40s3cret@127.0.0.1:{port}"),
+    ));
+    env.push((
+        "SSL_CERT_FILE".into(),
+        server.ca.as_ref().unwrap().display().to_string(),
+    ));
+    env.push(("RUST_LOG".into(), "trace".into()));
+    let mut herald = helpers::HeraldProcess::start(&env);
+    broker.publish(&job("sms")).await;
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), asked.recv())
+        .await
+        .unwrap_or_else(|_| panic!("nothing reached the proxy\n{}", herald.logs()))
+        .unwrap();
+    let basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "egress user:pr0xy@s3cret");
+    assert!(
+        head.contains(&format!("\r\nProxy-Authorization: Basic {basic}\r\n")),
+        "the CONNECT carries the proxy's credentials"
+    );
+    let event = broker
+        .try_next_event(20)
+        .await
+        .unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+    assert_eq!(event["type"], "gd_send_sms", "{event}\n{}", herald.logs());
+    let request = server.next_message();
+    assert!(
+        request["proxy_authorization"].is_null(),
+        "Twilio got the proxy's credentials"
+    );
+    assert!(
+        request["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Basic ")),
+        "{request}"
+    );
+    assert_eq!(herald.terminate(), Some(0));
+    let logs = herald.logs();
+    assert!(logs.contains(" TRACE "), "RUST_LOG=trace was in effect");
+    for secret in [
+        "s3cret",
+        "egress%20user",
+        "egress user",
+        basic.as_str(),
+        &basic[..basic.len() - 4],
+    ] {
+        if let Some(at) = logs.find(secret) {
+            let line = logs[..at].rsplit('\n').next().unwrap_or_default();
+            panic!("the proxy's credentials are in the log: {line}…");
+        }
+    }
 }

@@ -1266,3 +1266,85 @@ async fn a_server_with_an_untrusted_certificate_gets_no_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(server.received_nothing(), "nothing reached the server");
 }
+
+/// A client whose `https` (or `http`) destinations go through `proxy`.
+fn through(proxy: &str, https: bool) -> HttpClient {
+    let proxies = if https {
+        Matcher::builder().https(proxy).build()
+    } else {
+        Matcher::builder().http(proxy).build()
+    };
+    HttpClient::with_proxies(Duration::from_millis(500), 8, proxies).unwrap()
+}
+
+/// Whatever an egress proxy answers a CONNECT with (refusals, garbage, silence, a 200 and then no TLS, an
+/// endless head), the send is one CONNECT, ends by the timeout, and is transient, with the proxy's
+/// credentials (percent-decoded) in the CONNECT.
+#[tokio::test]
+async fn every_failed_connect_tunnel_is_one_transient_attempt_ended_in_time() {
+    let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
+    let cases = [
+        Raw::Answer(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n".to_vec()),
+        Raw::Answer(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        Raw::AnswerAndClose(b"HTTP/1.1 502 Bad Gateway\r\n\r\n".to_vec()),
+        Raw::AnswerAndClose(b"SSH-2.0-OpenSSH_9.6\r\n\r\n".to_vec()),
+        Raw::Answer([&established[..], b"not tls at all\r\n"].concat()),
+        Raw::Answer(established.to_vec()),
+        Raw::AnswerAndClose(established.to_vec()),
+        Raw::Answer(Vec::new()),
+        Raw::AnswerAndClose(Vec::new()),
+        Raw::AnswerThenForever(b"HTTP/1.1 200 OK\r\nX: ".to_vec(), vec![b'a'; 4096], Duration::ZERO),
+    ];
+    let basic = base64::engine::general_purpose::STANDARD.encode("proxy user:p@ss:word");
+    for (i, raw) in cases.into_iter().enumerate() {
+        let proxy = RawServer::start(raw).await;
+        let port = proxy.url.port().unwrap();
+        let client = through(&format!("http://proxy%20user:p%40ss:word@127.0.0.1:{port}"), true);
+        let url: url::Url = "https://provider.invalid/hook".parse().unwrap();
+        let started = std::time::Instant::now();
+        let result = webhook_with(&url, client)
+            .send(&phone_job(NUMBER), &sms("482913 is your code"))
+            .await;
+        let took = started.elapsed();
+        let failure = failure_message(&result);
+        assert!(failure.starts_with("transient webhook "), "case {i}: {failure}");
+        assert!(took < ENDED_IN_TIME, "case {i}: {took:?}");
+        let heads = proxy.heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1, "case {i}: one CONNECT");
+        assert!(
+            heads[0].starts_with("CONNECT provider.invalid:443 HTTP/1.1\r\n")
+                && heads[0].contains(&format!("\r\nProxy-Authorization: Basic {basic}\r\n")),
+            "case {i}: {}",
+            heads[0].lines().next().unwrap_or_default()
+        );
+    }
+}
+
+/// A proxy named `https://` is spoken TLS to, and a SOCKS proxy (which herald does not speak) gets nothing:
+/// neither sees the request, nor the provider's credentials, in clear. Both fail transiently.
+#[tokio::test]
+async fn a_proxy_herald_cannot_speak_to_in_clear_gets_nothing_in_clear() {
+    for scheme in ["https", "socks5", "socks5h", "socks4"] {
+        let proxy = RawServer::start(Raw::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec())).await;
+        let port = proxy.url.port().unwrap();
+        for provider in ["http://u:secret@provider.invalid/hook", "https://provider.invalid/hook"] {
+            let proxies = Matcher::builder()
+                .all(format!("{scheme}://pu:pp@127.0.0.1:{port}"))
+                .build();
+            let client = HttpClient::with_proxies(Duration::from_millis(500), 8, proxies).unwrap();
+            let result = webhook_with(&provider.parse().unwrap(), client)
+                .send(&phone_job(NUMBER), &sms("482913 is your code"))
+                .await;
+            let failure = failure_message(&result);
+            assert!(
+                failure.starts_with("transient webhook "),
+                "{scheme} {provider}: {failure}"
+            );
+            assert_eq!(
+                proxy.requests(),
+                0,
+                "{scheme} {provider}: the proxy read a request in clear"
+            );
+        }
+    }
+}

@@ -275,6 +275,94 @@ mod tests {
         }
     }
 
+    /// End to end on one thread: each job renders what it renders on a fresh thread, whatever the thread
+    /// rendered before (other vars, vars named like built-ins, a render error, a reload with other declared
+    /// names, voice then sms), with templates that print every variable there is (`{{#each this}}`,
+    /// `{{#each vars}}`, `lookup`); and once rendered, the thread's context holds no code.
+    #[test]
+    fn a_jobs_message_does_not_depend_on_what_its_thread_rendered_before() {
+        let everything = "{{#each this}}{{@key}}={{this}};{{/each}}|{{#each vars}}{{@key}}={{this}};{{/each}}|\
+                          {{#if vars.code}}{{vars.code}}{{/if}}|{{lookup this \"team\"}}|{{#each tenant}}{{@key}}={{this}}{{/each}}|";
+        // A runtime error that the check's sample job does not reach: strict mode, key missing.
+        let boom = "{{#if (eq team \"boom\")}}{{lookup tenant \"nothere\"}}{{/if}}";
+        let dir = shipped();
+        for action in ["second-factor-authentication", "enrollment"] {
+            write(
+                dir.path(),
+                &format!("sms/{action}.en.hbs"),
+                &format!("{everything}{boom}{{{{code}}}}"),
+            );
+            write(
+                dir.path(),
+                &format!("voice/{action}.en.hbs"),
+                &format!("{everything}{{{{pause}}}}{{{{code}}}}"),
+            );
+            write(
+                dir.path(),
+                &format!("email/{action}.en.txt.hbs"),
+                &format!("{everything}{{{{code}}}}"),
+            );
+            write(
+                dir.path(),
+                &format!("email/{action}.en.html.hbs"),
+                &format!("{everything}{{{{code}}}}"),
+            );
+        }
+        let en = Locale::parse("en").unwrap();
+        let before = Templates::load_with_vars(dir.path(), &en, &["team".to_owned()]).unwrap();
+        let names = ["team", "zone", "code"].map(str::to_owned);
+        let after = Templates::load_with_vars(dir.path(), &en, &names).unwrap();
+        let with = |channel: &str, code: &str, extra: serde_json::Value| {
+            let mut body = json!({"id": "j", "channel": channel, "to": if channel == "email" { "a@b.example" }
+                else { "+14155550123" }, "code": code, "user_id": "u1", "locale": "en"});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            Job::from_json(body.to_string().as_bytes()).unwrap()
+        };
+        let jobs = [
+            with(
+                "sms",
+                "482913",
+                json!({"friendly_name": "Acme", "vars": {"team": "red", "brand": "x", "code": "f"}}),
+            ),
+            with(
+                "voice",
+                "739146",
+                json!({"vars": {"tenant": "t", "vars": "v", "pause": "p", "zone": "z"}}),
+            ),
+            with(
+                "sms",
+                "555111",
+                json!({"friendly_name": "Boom", "vars": {"team": "boom"}}),
+            ),
+            with(
+                "email",
+                "902211",
+                json!({"friendly_name": "Other", "action": "enrollment"}),
+            ),
+            with("sms", "118822", json!({})),
+        ];
+        let fresh = |t: &Templates, job: &Job| {
+            std::thread::scope(|s| s.spawn(|| t.render(job).map_err(|e| e.to_string())).join()).unwrap()
+        };
+        let mut errors = 0;
+        for round in 0..3 {
+            for (i, job) in jobs.iter().enumerate() {
+                for (name, t) in [("before", &before), ("after", &after)] {
+                    let here = t.render(job).map_err(|e| e.to_string());
+                    errors += usize::from(here.is_err());
+                    // Not assert_eq: a rendered message holds the code.
+                    assert!(here == fresh(t, job), "round {round}, job {i}, templates {name}");
+                    CONTEXT.with_borrow(|ctx| {
+                        assert_eq!(ctx.data()["code"], "", "job {i}: the code stays in the context");
+                    });
+                }
+            }
+        }
+        assert_eq!(errors, 6, "the boom job fails to render, each round, with each set");
+    }
+
     #[test]
     fn locale_falls_back_to_language_then_default() {
         let (_dir, t) = load_with(&[

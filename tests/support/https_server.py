@@ -2,7 +2,7 @@
 """A Twilio-shaped HTTPS server for herald's TLS test, with a certificate from a throwaway CA (trustme).
 
 Prints JSON lines on stdout: {"ready": <port>} once listening, then one object per request:
-{"path", "authorization", "body"}. Answers every POST like Twilio's Messages resource: 201 with a sid.
+{"path", "authorization", "proxy_authorization", "body"}. Answers every POST like Twilio's Messages resource: 201 with a sid.
 
 --ca-out PATH   where to write the test CA (PEM) that signs the server certificate
 """
@@ -23,6 +23,7 @@ class Handler(BaseHTTPRequestHandler):
         print(json.dumps({
             "path": self.path,
             "authorization": self.headers.get("Authorization"),
+            "proxy_authorization": self.headers.get("Proxy-Authorization"),
             "body": body.decode("utf-8", "replace"),
         }), flush=True)
         answer = b'{"sid": "SMtls0123456789abcdef0123456789ab", "status": "queued"}'
