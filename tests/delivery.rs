@@ -475,6 +475,13 @@ async fn the_proxys_credentials_reach_the_proxy_only_and_are_never_logged() {
     assert_eq!(herald.terminate(), Some(0));
     let logs = herald.logs();
     assert!(logs.contains(" TRACE "), "RUST_LOG=trace was in effect");
+    // The start-up line names the proxy in use, without its credentials.
+    let told = logs
+        .lines()
+        .find(|l| l.contains("HTTP providers go through a proxy"))
+        .unwrap_or_else(|| panic!("no proxy line in:\n{logs}"));
+    assert!(told.contains(&format!("http://127.0.0.1:{port}")), "{told}");
+    assert!(told.contains("HTTPS_PROXY"), "{told}");
     for secret in [
         "s3cret",
         "egress%20user",

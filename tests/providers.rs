@@ -1044,8 +1044,9 @@ fn failure_message(result: &Result<Receipt, ProviderError>) -> String {
     }
 }
 
-/// client()'s timeout is 500 ms: every exchange that does not end by itself ends there.
-const ENDED_IN_TIME: Duration = Duration::from_millis(1500);
+/// client()'s timeout is 500 ms: every exchange that does not end by itself ends there. The bound leaves
+/// room for a loaded CI machine; a hang would never end.
+const ENDED_IN_TIME: Duration = Duration::from_secs(3);
 
 #[tokio::test]
 async fn an_answer_whose_body_trickles_forever_ends_at_the_timeout() {
@@ -1091,6 +1092,16 @@ async fn an_endless_header_ends_without_exhausting_memory() {
 
 #[tokio::test]
 async fn endless_and_oversized_bodies_are_read_only_to_the_cap() {
+    // A client with a long timeout: ending well before it can only be the cap's doing.
+    let patient = HttpClient::new(Duration::from_secs(10), 8).unwrap();
+    let send_to = |server: &RawServer| {
+        let webhook = webhook_with(&server.url, patient.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let result = webhook.send(&phone_job(NUMBER), &sms("482913 is your code")).await;
+            (result, started.elapsed())
+        }
+    };
     // 16 KiB chunks, as fast as the client takes them: the read stops at 64 KiB, well before the timeout.
     let mut chunk = b"4000\r\n".to_vec();
     chunk.extend(std::iter::repeat_n(b' ', 0x4000));
@@ -1103,7 +1114,7 @@ async fn endless_and_oversized_bodies_are_read_only_to_the_cap() {
     .await;
     let (result, took) = send_to(&endless).await;
     assert!(result.is_ok(), "{}", failure_message(&result));
-    assert!(took < Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 
     // 16 MiB announced and sent.
     let mut big = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16777216\r\n\r\n".to_vec();
@@ -1111,7 +1122,7 @@ async fn endless_and_oversized_bodies_are_read_only_to_the_cap() {
     let oversized = RawServer::start(Raw::Answer(big)).await;
     let (result, took) = send_to(&oversized).await;
     assert!(result.is_ok(), "{}", failure_message(&result));
-    assert!(took < Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[tokio::test]

@@ -24,6 +24,67 @@ use tower_service::Service;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// The proxy variables set in the environment, as the start-up log tells them: each as
+/// `scheme://host:port`, never with its credentials, or why it is not of use.
+pub fn proxy_settings() -> Vec<ProxySetting> {
+    settings_of(|variable| std::env::var(variable).ok())
+}
+
+fn settings_of(env: impl Fn(&str) -> Option<String>) -> Vec<ProxySetting> {
+    let mut settings = Vec::new();
+    for variable in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        let Some(value) = env(variable).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        // curl's reading: a proxy without a scheme is http.
+        let text = if value.contains("://") {
+            value
+        } else {
+            format!("http://{value}")
+        };
+        let setting = match url::Url::parse(&text) {
+            Ok(url) if url.host_str().is_some() => {
+                let proxy = format!(
+                    "{}://{}:{}",
+                    url.scheme(),
+                    url.host_str().unwrap_or_default(),
+                    url.port_or_known_default().unwrap_or(80)
+                );
+                match url.scheme() {
+                    "http" | "https" => ProxySetting::Used { variable, proxy },
+                    _ => ProxySetting::Unusable {
+                        variable,
+                        why: format!(
+                            "{} proxies are not supported: providers behind it cannot be reached",
+                            url.scheme()
+                        ),
+                    },
+                }
+            }
+            _ => ProxySetting::Unusable {
+                variable,
+                why: "not a proxy URL: ignored, providers are reached directly".into(),
+            },
+        };
+        settings.push(setting);
+    }
+    settings
+}
+
+/// One proxy variable of the environment (see [`proxy_settings`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProxySetting {
+    Used { variable: &'static str, proxy: String },
+    Unusable { variable: &'static str, why: String },
+}
+
 /// Connects to a provider, or to the proxy in front of it.
 #[derive(Clone)]
 pub struct Connector {
@@ -142,5 +203,47 @@ impl Write for Conn {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut *self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_settings_name_the_proxy_without_its_credentials_or_say_why_not() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        let used = |variable, proxy: &str| ProxySetting::Used {
+            variable,
+            proxy: proxy.into(),
+        };
+        assert_eq!(settings_of(env(&[])), []);
+        assert_eq!(
+            settings_of(env(&[
+                ("HTTPS_PROXY", "http://user:s3cret@egress.example:3128"),
+                ("http_proxy", "egress.example:8080"),
+                ("ALL_PROXY", "https://egress.example"),
+                ("HTTP_PROXY", " "),
+            ])),
+            [
+                used("HTTPS_PROXY", "http://egress.example:3128"),
+                used("http_proxy", "http://egress.example:8080"),
+                used("ALL_PROXY", "https://egress.example:443"),
+            ]
+        );
+        let unusable = settings_of(env(&[
+            ("HTTPS_PROXY", "socks5://u:s3cret@127.0.0.1:1080"),
+            ("all_proxy", "::"),
+        ]));
+        assert!(
+            matches!(&unusable[..], [
+                ProxySetting::Unusable { variable: "HTTPS_PROXY", why: socks },
+                ProxySetting::Unusable { variable: "all_proxy", why: bad },
+            ] if socks.starts_with("socks5 proxies are not supported") && bad.starts_with("not a proxy URL")),
+            "{unusable:?}"
+        );
+        assert!(!format!("{unusable:?}").contains("s3cret"));
     }
 }
