@@ -17,23 +17,7 @@ async fn a_dropped_test_broker_leaves_no_feedback_queue_behind() {
     let jobs = broker.config.amqp.jobs_queue.clone();
     drop(broker);
     let connection = helpers::broker().await;
-    let exists = |name: String| {
-        let connection = &connection;
-        async move {
-            let channel = connection.create_channel().await.unwrap();
-            channel
-                .queue_declare(
-                    name.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok()
-        }
-    };
+    let exists = |name: String| exists(&connection, name);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!exists(jobs).await, "the jobs queue is cleaned up");
     let leaked = exists(feedback.clone()).await;
@@ -60,23 +44,7 @@ async fn a_dropped_herald_process_leaves_no_commit_marker_queue_behind() {
     }
     assert_eq!(markers.len(), 2, "{}", herald.logs());
     let connection = helpers::broker().await;
-    let exists = |name: String| {
-        let connection = &connection;
-        async move {
-            let channel = connection.create_channel().await.unwrap();
-            channel
-                .queue_declare(
-                    name.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok()
-        }
-    };
+    let exists = |name: String| exists(&connection, name);
     for q in &markers {
         assert!(exists(q.clone()).await, "{q} is declared while herald runs");
     }
@@ -95,4 +63,20 @@ fn marker_queues_are_read_from_herald_s_lines() {
         ["test.ab.jobs.commits.01x", "test.ab.jobs.commits.01y"]
     );
     assert!(helpers::marker_queues("no queue here").is_empty());
+}
+
+/// Whether queue `name` is declared (a passive declare, on a channel of its own: a failed one closes it).
+async fn exists(connection: &lapin::Connection, name: String) -> bool {
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
 }

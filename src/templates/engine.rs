@@ -239,19 +239,27 @@ mod tests {
     use super::*;
     use crate::job::Action;
 
+    /// A job on `channel` with `code` and `locale`, and `extra`'s fields set over the rest.
+    fn job_with(channel: &str, code: &str, locale: &str, extra: serde_json::Value) -> Job {
+        let to = if channel == "email" {
+            "a@b.example"
+        } else {
+            "+14155550123"
+        };
+        let mut body =
+            json!({"id": "j", "channel": channel, "to": to, "code": code, "user_id": "u1", "locale": locale});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        Job::from_json(body.to_string().as_bytes()).unwrap()
+    }
+
     /// The context refilled in place is, job after job, the context built afresh: whatever the last job
     /// left (its vars, a var named like a built-in, a voice code, no friendly name, declared names).
     #[test]
     fn a_refilled_context_is_the_context_of_its_job() {
         let en = Locale::parse("en").unwrap();
-        let with = |channel: &str, extra: serde_json::Value| {
-            let mut body = serde_json::json!({"id": "j", "channel": channel, "to": if channel == "email" {
-                "a@b.example" } else { "+14155550123" }, "code": "482913", "user_id": "u1", "locale": "de"});
-            for (k, v) in extra.as_object().unwrap() {
-                body[k] = v.clone();
-            }
-            Job::from_json(body.to_string().as_bytes()).unwrap()
-        };
+        let with = |channel: &str, extra: serde_json::Value| job_with(channel, "482913", "de", extra);
         let jobs = [
             with(
                 "sms",
@@ -312,14 +320,7 @@ mod tests {
         let before = Templates::load_with_vars(dir.path(), &en, &["team".to_owned()]).unwrap();
         let names = ["team", "zone", "code"].map(str::to_owned);
         let after = Templates::load_with_vars(dir.path(), &en, &names).unwrap();
-        let with = |channel: &str, code: &str, extra: serde_json::Value| {
-            let mut body = json!({"id": "j", "channel": channel, "to": if channel == "email" { "a@b.example" }
-                else { "+14155550123" }, "code": code, "user_id": "u1", "locale": "en"});
-            for (k, v) in extra.as_object().unwrap() {
-                body[k] = v.clone();
-            }
-            Job::from_json(body.to_string().as_bytes()).unwrap()
-        };
+        let with = |channel: &str, code: &str, extra: serde_json::Value| job_with(channel, code, "en", extra);
         let jobs = [
             with(
                 "sms",

@@ -712,9 +712,13 @@ pub fn marker_queues(logs: &str) -> Vec<String> {
 /// Deletes `queues` on a connection of its own, from a thread of its own: callable from `Drop`, inside or
 /// outside a runtime.
 fn delete_queues(queues: Vec<String>) {
-    if queues.is_empty() {
-        return;
+    if !queues.is_empty() {
+        delete(queues, None);
     }
+}
+
+/// Deletes `queues` and `exchange` as [`delete_queues`] does.
+fn delete(queues: Vec<String>, exchange: Option<String>) {
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -727,6 +731,9 @@ fn delete_queues(queues: Vec<String>) {
             let Ok(ch) = conn.create_channel().await else { return };
             for q in &queues {
                 let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+            if let Some(exchange) = exchange {
+                let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
             }
         });
     })
@@ -1013,29 +1020,15 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let amqp = self.config.amqp.clone();
+        let amqp = &self.config.amqp;
         let waits: Vec<Duration> = self.config.retry.schedule.iter().map(|d| d.0).collect();
-        let delay_queues = herald::broker::delay_queues(&amqp, &waits);
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok(conn) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await else {
-                    return;
-                };
-                let Ok(ch) = conn.create_channel().await else { return };
-                let delays = delay_queues.iter().map(|(_, q)| q.as_str());
-                for q in herald::broker::topology_queues(&amqp).into_iter().chain(delays) {
-                    let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-                }
-                let _ = ch
-                    .exchange_delete(amqp.events_exchange.as_str().into(), Default::default())
-                    .await;
-            });
-        })
-        .join();
+        let delays = herald::broker::delay_queues(amqp, &waits).into_iter().map(|(_, q)| q);
+        let queues = herald::broker::topology_queues(amqp)
+            .into_iter()
+            .map(str::to_owned)
+            .chain(delays)
+            .collect();
+        delete(queues, Some(amqp.events_exchange.clone()));
     }
 }
 
