@@ -17,7 +17,6 @@ use crate::fraud::{self, Guard};
 use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
 use crate::providers::Provider;
-use crate::providers::connector::ProxySetting;
 use crate::providers::http::HttpClient;
 use crate::providers::infobip::Infobip;
 use crate::providers::outbox::Outbox;
@@ -226,18 +225,10 @@ fn claim_lease(config: &Config) -> std::time::Duration {
 }
 
 fn build_routes(config: &Config) -> anyhow::Result<Routes> {
-    // One HTTP client for every provider call: one connection pool, TLS set up once.
     // One HTTP client for every provider call: one connection pool, TLS set up once. It follows no
     // redirect and retries nothing itself (retries are herald's own schedule, `herald.retry`); it only
     // takes another pooled connection when a kept-alive one turns out closed before anything was written.
-    for setting in crate::providers::connector::proxy_settings() {
-        match setting {
-            ProxySetting::Used { variable, proxy } => {
-                tracing::info!(variable, proxy, no_proxy = ?std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).ok(), "HTTP providers go through a proxy");
-            }
-            ProxySetting::Unusable { variable, why } => tracing::warn!(variable, "proxy setting: {why}"),
-        }
-    }
+    crate::providers::connector::log_proxy_settings();
     let client = HttpClient::new(config.retry.provider_timeout.0, usize::from(config.amqp.prefetch))
         .context("building the HTTP client")?;
     // A provider named in several chains is one instance (one connection pool, one open outbox file).

@@ -78,6 +78,20 @@ fn settings_of(env: impl Fn(&str) -> Option<String>) -> Vec<ProxySetting> {
     settings
 }
 
+/// Tells the operator at start-up which proxy the HTTP providers go through, and which proxy variable is of
+/// no use (see [`proxy_settings`]).
+pub fn log_proxy_settings() {
+    for setting in proxy_settings() {
+        match setting {
+            ProxySetting::Used { variable, proxy } => {
+                let no_proxy = std::env::var("NO_PROXY").or_else(|_| std::env::var("no_proxy")).ok();
+                tracing::info!(variable, proxy, no_proxy, "HTTP providers go through a proxy");
+            }
+            ProxySetting::Unusable { variable, why } => tracing::warn!(variable, "proxy setting: {why}"),
+        }
+    }
+}
+
 /// One proxy variable of the environment (see [`proxy_settings`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum ProxySetting {

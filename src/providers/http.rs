@@ -192,9 +192,9 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-/// Why an exchange failed before there was an answer's head.
+/// Why an exchange failed before there was an answer's head: the connection, or anything else (an
+/// invalid request included).
 enum Failed {
-    Unsendable,
     Connect,
     Other,
 }
@@ -215,7 +215,7 @@ pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<An
         Ok(Ok(response)) => response,
         Err(_) => return Err(failed("timed out")),
         Ok(Err(Failed::Connect)) => return Err(failed("connection failed")),
-        Ok(Err(Failed::Unsendable | Failed::Other)) => return Err(failed("request failed")),
+        Ok(Err(Failed::Other)) => return Err(failed("request failed")),
     };
     let status = response.status();
     let retry_after = response
@@ -255,13 +255,12 @@ async fn send(request: Request<'_>) -> Result<hyper::Response<hyper::body::Incom
     let Request {
         client,
         uri,
-        headers,
+        mut headers,
         body,
     } = request;
     let mut outgoing = http::Request::new(Full::new(body));
     *outgoing.method_mut() = Method::POST;
-    let uri = uri.map_err(|()| Failed::Unsendable)?;
-    let mut headers = headers;
+    let uri = uri.map_err(|()| Failed::Other)?;
     if let Some(auth) = client.connector.proxy_authorization(&uri) {
         headers.insert(PROXY_AUTHORIZATION, auth);
     }

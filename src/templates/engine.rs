@@ -135,8 +135,9 @@ thread_local! {
     static CONTEXT: std::cell::RefCell<handlebars::Context> = std::cell::RefCell::new(handlebars::Context::null());
 }
 
-/// Makes `data` what [`context`] would make for this job, reusing the keys and the strings' room it holds
-/// from the job before.
+/// Makes `data` the variables a template sees for this job (contract §7): each job var, under `vars` and at
+/// the top level (where a built-in name wins), and the built-ins. Reuses the keys and the strings' room
+/// `data` holds from the job before.
 fn fill(data: &mut Value, job: &Job, default_locale: &Locale, var_names: &BTreeSet<String>) {
     if !data.is_object() {
         *data = Value::Object(Map::new());
@@ -194,42 +195,11 @@ fn fill(data: &mut Value, job: &Job, default_locale: &Locale, var_names: &BTreeS
     set(map, "pause", if job.channel == Channel::Voice { PAUSE } else { " " });
 }
 
-/// The variables a template sees (contract §7), Auth0 names included.
+/// The variables a template sees (contract §7), Auth0 names included: [`fill`] on an empty context.
 pub(super) fn context(job: &Job, default_locale: &Locale, var_names: &BTreeSet<String>) -> Value {
-    let mut map = Map::new();
-    let mut vars = Map::new();
-    // Job vars first, so that the built-in names below win on a collision.
-    for name in var_names {
-        vars.insert(name.clone(), Value::String(String::new()));
-    }
-    for (k, v) in &job.vars {
-        vars.insert(k.clone(), Value::String(v.clone()));
-    }
-    for (k, v) in &vars {
-        map.insert(k.clone(), v.clone());
-    }
-    let friendly_name = job.friendly_name.clone().unwrap_or_default();
-    let code = match job.channel {
-        Channel::Voice => job.code.spoken(),
-        _ => job.code.expose().to_owned(),
-    };
-    map.insert("code".into(), code.into());
-    map.insert("friendly_name".into(), friendly_name.clone().into());
-    map.insert(
-        "locale".into(),
-        job.locale.as_ref().unwrap_or(default_locale).as_str().into(),
-    );
-    map.insert("action".into(), job.action.as_str().into());
-    map.insert("channel".into(), job.channel.as_str().into());
-    map.insert("message_type".into(), job.channel.as_str().into());
-    map.insert("user_id".into(), job.user_id.clone().into());
-    map.insert("tenant".into(), json!({ "friendly_name": friendly_name }));
-    map.insert("vars".into(), Value::Object(vars));
-    map.insert(
-        "pause".into(),
-        if job.channel == Channel::Voice { PAUSE } else { " " }.into(),
-    );
-    Value::Object(map)
+    let mut data = Value::Null;
+    fill(&mut data, job, default_locale, var_names);
+    data
 }
 
 #[cfg(test)]
@@ -238,6 +208,44 @@ mod tests {
     use super::super::tests::{job, load_with, shipped, write};
     use super::*;
     use crate::job::Action;
+
+    /// The variables as built afresh, key by key, before [`fill`] reused them: the oracle `fill` is held to.
+    fn fresh_context(job: &Job, default_locale: &Locale, var_names: &BTreeSet<String>) -> Value {
+        let mut map = Map::new();
+        let mut vars = Map::new();
+        // Job vars first, so that the built-in names below win on a collision.
+        for name in var_names {
+            vars.insert(name.clone(), Value::String(String::new()));
+        }
+        for (k, v) in &job.vars {
+            vars.insert(k.clone(), Value::String(v.clone()));
+        }
+        for (k, v) in &vars {
+            map.insert(k.clone(), v.clone());
+        }
+        let friendly_name = job.friendly_name.clone().unwrap_or_default();
+        let code = match job.channel {
+            Channel::Voice => job.code.spoken(),
+            _ => job.code.expose().to_owned(),
+        };
+        map.insert("code".into(), code.into());
+        map.insert("friendly_name".into(), friendly_name.clone().into());
+        map.insert(
+            "locale".into(),
+            job.locale.as_ref().unwrap_or(default_locale).as_str().into(),
+        );
+        map.insert("action".into(), job.action.as_str().into());
+        map.insert("channel".into(), job.channel.as_str().into());
+        map.insert("message_type".into(), job.channel.as_str().into());
+        map.insert("user_id".into(), job.user_id.clone().into());
+        map.insert("tenant".into(), json!({ "friendly_name": friendly_name }));
+        map.insert("vars".into(), Value::Object(vars));
+        map.insert(
+            "pause".into(),
+            if job.channel == Channel::Voice { PAUSE } else { " " }.into(),
+        );
+        Value::Object(map)
+    }
 
     /// A job on `channel` with `code` and `locale`, and `extra`'s fields set over the rest.
     fn job_with(channel: &str, code: &str, locale: &str, extra: serde_json::Value) -> Job {
@@ -278,7 +286,8 @@ mod tests {
         for names in &declared {
             for (i, job) in jobs.iter().chain(jobs.iter().rev()).enumerate() {
                 fill(&mut data, job, &en, names);
-                assert_eq!(data, context(job, &en, names), "job {i}, declared {names:?}");
+                assert_eq!(data, fresh_context(job, &en, names), "job {i}, declared {names:?}");
+                assert_eq!(context(job, &en, names), data, "job {i}, declared {names:?}");
             }
         }
     }
