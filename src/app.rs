@@ -68,15 +68,18 @@ impl Application {
             Some(redis_connection(config.redis.url.expose())?)
         };
         let namespace = &config.amqp.jobs_queue;
-        let store = Arc::new(match &redis {
-            None => Store::local(&config.state.path, metrics.store_errors.clone())?,
-            Some(conn) => Store::redis(
-                conn.clone(),
-                namespace,
-                claim_lease(&config),
-                metrics.store_errors.clone(),
-            ),
-        });
+        let store = Arc::new(
+            match &redis {
+                None => Store::local(&config.state.path, metrics.store_errors.clone())?,
+                Some(conn) => Store::redis(
+                    conn.clone(),
+                    namespace,
+                    claim_lease(&config),
+                    metrics.store_errors.clone(),
+                ),
+            }
+            .stopping_with(shutdown.clone()),
+        );
         let guard = Arc::new(match &redis {
             None => Guard::local(
                 config.fraud_settings(),

@@ -28,9 +28,20 @@ pub enum BrokerError {
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let mut uri: lapin::uri::AMQPUri = config.url.expose().parse().map_err(|_: String| BrokerError::Url)?;
-    // A `frame_max` in the URL wins.
+    // A `frame_max` or `heartbeat` in the URL wins.
     uri.query.frame_max.get_or_insert(FRAME_MAX);
+    uri.query.heartbeat.get_or_insert(HEARTBEAT);
     Ok(Connection::connect_uri(uri, props).await?)
+}
+
+/// The AMQP heartbeat herald asks for, in seconds (the broker may lower it). A broker that sends nothing
+/// for two intervals is given up and reconnected to (`herald_broker_stalls_total`): with RabbitMQ's 60 s
+/// default a stalled broker paused herald for two minutes before anything noticed.
+const HEARTBEAT: u16 = 10;
+
+/// Whether a broker error means the broker stopped answering (no heartbeat), not that it closed.
+pub fn is_stall(error: &BrokerError) -> bool {
+    matches!(error, BrokerError::Amqp(e) if matches!(e.kind(), lapin::ErrorKind::MissingHeartbeatError))
 }
 
 /// The largest AMQP frame herald asks for. lapin keeps 32 frames of buffer each way per connection, so

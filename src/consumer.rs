@@ -29,10 +29,10 @@ use crate::config::{AmqpConfig, Config, QueueType};
 use crate::decision::{self, Disposition, Step};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::events::{self, ErrorCode};
-use crate::job::Job;
-use crate::job::Locale;
+use crate::job::{InvalidJob, Job, JobError, Locale};
 use crate::metrics::{Metrics, Sample};
 use crate::receipts::Receipts;
+use crate::reply::{OwnQueues, Replies, Reply, ReplyTo};
 use crate::store::{Entry, PendingPut, Record, Store};
 
 /// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
@@ -63,6 +63,14 @@ pub struct Consumer {
     receipts: Option<Arc<Receipts>>,
     /// Where outcomes whose session died go to be committed (see [`Orphans`]).
     orphans: Mutex<Orphans>,
+    /// Queues a reply must not go to.
+    own_queues: OwnQueues,
+    /// Publishes committed jobs' replies on a connection of their own; set while [`Consumer::run`] runs.
+    replies: std::sync::OnceLock<Replies>,
+    /// Jobs held because the outcome store does not answer (see [`Consumer::held_for_store`]).
+    store_outage: StoreOutage,
+    /// The session consumes (`/readyz` also needs the store to answer).
+    consuming: AtomicBool,
 }
 
 /// Outcomes reached after their session died, waiting for the current one. Without this, a job whose
@@ -82,6 +90,53 @@ struct Orphans {
     /// its reply are out. Checked in this process, not only in the store, because
     /// an orphan's copy always comes back (no ack was committed) and a lost mark must not make it a repeat.
     committed: std::collections::HashSet<String>,
+}
+
+/// How long a job held by a store outage waits, once the store answers, before it reads its record: the
+/// replica that held its id may have lost its claim's lease during the outage, and needs a moment to write
+/// the outcome it was holding (its writes retry every second at most).
+const OUTAGE_SETTLE: Duration = Duration::from_secs(2);
+
+/// Jobs held because the outcome store does not answer. An outage is logged when the first job is held and
+/// when the last one goes on, not per job or per retry.
+#[derive(Default)]
+struct StoreOutage {
+    held: std::sync::atomic::AtomicUsize,
+    since: Mutex<Option<std::time::Instant>>,
+}
+
+/// One job held; dropped when the store answered it (or the job was abandoned at shutdown).
+struct Held<'a> {
+    consumer: &'a Consumer,
+}
+
+impl StoreOutage {
+    fn hold<'a>(&self, consumer: &'a Consumer, id: &str, error: &crate::store::StoreError) -> Held<'a> {
+        if self.held.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut since = lock(&self.since);
+            if since.is_none() {
+                *since = Some(std::time::Instant::now());
+                tracing::error!(job_id = %id, error = %error,
+                    "outcome store does not answer; holding jobs until it does (nothing is sent meanwhile)");
+            }
+        }
+        consumer.metrics.store_held.inc();
+        consumer.update_ready();
+        Held { consumer }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let outage = &self.consumer.store_outage;
+        self.consumer.metrics.store_held.dec();
+        if outage.held.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Some(since) = lock(&outage.since).take()
+        {
+            tracing::info!(held_for = ?since.elapsed(), "outcome store answers again; held jobs go on");
+        }
+        self.consumer.update_ready();
+    }
 }
 
 /// How long an orphan waits for a session before it is dropped (its copy then republishes the outcome).
@@ -135,6 +190,8 @@ struct Finished {
     event: Option<(Sample, Arc<Vec<u8>>)>,
     dead: Option<ErrorCode>,
     retried: bool,
+    /// Published once the transaction committed, on the replies connection.
+    reply: Option<Reply>,
     /// Job id to mark committed in the store.
     record: Option<String>,
     /// The outcome record's write, awaited before the commit (a record precedes its event, §11.2).
@@ -153,6 +210,7 @@ impl Finished {
             event: None,
             dead: None,
             retried: false,
+            reply: None,
             record: None,
             put: None,
             claim: None,
@@ -208,6 +266,10 @@ impl Consumer {
             in_flight: InFlightIds::default(),
             receipts: None,
             orphans: Mutex::default(),
+            own_queues: OwnQueues::new(&config.amqp),
+            replies: std::sync::OnceLock::new(),
+            store_outage: StoreOutage::default(),
+            consuming: AtomicBool::new(false),
         }
     }
 
@@ -219,14 +281,27 @@ impl Consumer {
 
     /// Consumes until `shutdown` fires, reconnecting with backoff whenever the broker goes away.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        // Ends after the drain below: the last commits' replies still go out.
+        let finish = CancellationToken::new();
+        let (replies, replier) = Replies::start(self.config.clone(), self.metrics.replies.clone(), finish.clone());
+        let _ = self.replies.set(replies);
+        self.consume_until(&shutdown).await;
+        finish.cancel();
+        let _ = replier.await;
+    }
+
+    async fn consume_until(self: &Arc<Self>, shutdown: &CancellationToken) {
         const FIRST: Duration = Duration::from_millis(100);
         let mut backoff = FIRST;
         while !shutdown.is_cancelled() {
             let mut consumed = false;
-            match self.clone().session(&shutdown, &mut consumed).await {
+            match self.clone().session(shutdown, &mut consumed).await {
                 Ok(()) => break,
                 Err(e) => {
                     self.set_ready(false);
+                    if broker::is_stall(&e) {
+                        self.metrics.broker_stalls.inc();
+                    }
                     // Backoff is for a broker that keeps refusing; one that served us starts it over.
                     if consumed {
                         backoff = FIRST;
@@ -243,9 +318,17 @@ impl Consumer {
         self.set_ready(false);
     }
 
-    fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
-        self.metrics.broker_connected.set(i64::from(ready));
+    fn set_ready(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::SeqCst);
+        self.metrics.broker_connected.set(i64::from(consuming));
+        self.update_ready();
+    }
+
+    /// `/readyz`: consuming, and no job held for the outcome store.
+    fn update_ready(&self) {
+        let held = self.store_outage.held.load(Ordering::SeqCst) > 0;
+        self.ready
+            .store(self.consuming.load(Ordering::SeqCst) && !held, Ordering::SeqCst);
     }
 
     /// One connection's lifetime. `Ok` only after a clean shutdown.
@@ -604,7 +687,11 @@ impl Consumer {
         let mut committed = Vec::with_capacity(batch.len());
         // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
         lines.clear();
-        for finished in batch.iter() {
+        let replies = self.replies.get();
+        for finished in batch.iter_mut() {
+            if let (Some(reply), Some(replies)) = (finished.reply.take(), replies) {
+                replies.send(reply);
+            }
             if let Some((sample, json)) = &finished.event {
                 lines.extend_from_slice(json);
                 lines.push(b'\n');
@@ -654,29 +741,62 @@ impl Consumer {
         let copy = decision::Copy::new(delivery.redelivered, header_u64(props, "x-delivery-count"));
         let body = Arc::new(delivery.data);
         let mut finished = Finished::new(delivery.delivery_tag, gauge);
-        let job = match Job::from_message(&body, content_type) {
+        let reply_to = props
+            .reply_to()
+            .as_ref()
+            .map(|to| ReplyTo::parse(to.as_str(), &self.own_queues));
+        let job = Job::from_message(&body, content_type).and_then(|job| match &reply_to {
+            Some(Err(e)) => Err(InvalidJob {
+                reason: JobError::ReplyTo(e.clone()),
+                id: Some(job.id),
+                user_id: Some(job.user_id),
+                channel: Some(job.channel),
+                ip: job.ip.map(|ip| ip.to_string()),
+            }),
+            _ => Ok(job),
+        });
+        // Never a reply to an address refused: it could close the replies connection.
+        let reply_to = reply_to.and_then(Result::ok);
+        let job = match job {
             Ok(job) => job,
             Err(invalid) => {
                 tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason.to_string()),
                     "invalid job dead-lettered");
-                self.transaction(&mut finished, None, decision::rejected(&invalid), props, &body);
+                self.transaction(
+                    &mut finished,
+                    None,
+                    decision::rejected(&invalid),
+                    props,
+                    reply_to.as_ref(),
+                    &body,
+                );
                 return Some(finished);
             }
         };
-        finished.claim = Some(tokio::select! {
+        let (claim, held) = tokio::select! {
             claim = self.claim(&job.id) => claim,
             _ = shutdown.cancelled() => return None,
-        });
+        };
+        finished.claim = Some(claim);
         // Kept, not taken: copies from dead sessions wait on the same claim, and the first one to get it
         // must not leave the copy that counts (the current session's) without the answer.
         if copy.redelivered && lock(&self.orphans).committed.contains(&job.id) {
             tracing::info!(job_id = %job.id, "copy of a job committed after its session died acknowledged");
             return Some(finished);
         }
-        let prior = self.store.get(&job.id).await.unwrap_or_else(|e| {
-            tracing::warn!(job_id = %job.id, error = %e, "outcome store unavailable; delivering without it");
-            None
-        });
+        if held {
+            // Held by a store outage: give the replica that held this id before it (its lease may have run
+            // out meanwhile) the time to write the outcome it was waiting to record.
+            tokio::select! {
+                _ = tokio::time::sleep(OUTAGE_SETTLE) => {}
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+        // A record that cannot be read is not taken as none: the job waits until the store answers.
+        let prior = tokio::select! {
+            prior = self.held_for_store(&job.id, || self.store.get(&job.id)) => prior,
+            _ = shutdown.cancelled() => return None,
+        };
         let disposition = match decision::before_delivery(&job, prior, copy, self.poison_limit(), &self.default_locale)
         {
             Step::Settled(disposition) => *disposition,
@@ -688,8 +808,38 @@ impl Consumer {
                 decision::after_delivery(&job, attempt, &delivered, &self.default_locale)
             }
         };
-        self.transaction(&mut finished, Some(&job.id), disposition, props, &body);
+        self.transaction(
+            &mut finished,
+            Some(&job.id),
+            disposition,
+            props,
+            reply_to.as_ref(),
+            &body,
+        );
         Some(finished)
+    }
+
+    /// Runs a store operation until it answers: while the store fails, the job is held (never delivered
+    /// on a guess), counted in `herald_store_held_jobs`, and `/readyz` says not ready. Its broker delivery
+    /// stays unacked meanwhile, so no delivery is counted against the queue's limit.
+    async fn held_for_store<T, F, Fut>(&self, id: &str, op: F) -> T
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    {
+        let first = match op().await {
+            Ok(value) => return value,
+            Err(e) => e,
+        };
+        let _held = self.store_outage.hold(self, id, &first);
+        let mut wait = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+            if let Ok(value) = op().await {
+                return value;
+            }
+        }
     }
 
     /// Where herald's queue dead-letters poison (contract §11.4): only a quorum queue counts deliveries.
@@ -706,6 +856,7 @@ impl Consumer {
         job_id: Option<&str>,
         disposition: Disposition,
         props: &BasicProperties,
+        reply_to: Option<&ReplyTo>,
         body: &Arc<Vec<u8>>,
     ) {
         match disposition {
@@ -715,10 +866,8 @@ impl Consumer {
                     "duplicate job id acknowledged without sending"
                 );
                 // Serialized only for a caller waiting on reply_to: most duplicates have none.
-                if props.reply_to().is_some()
-                    && let Some(reply) = reply_publish(props, reply.kind.as_str(), &Arc::new(reply.to_json()))
-                {
-                    finished.publishes.push(reply);
+                if let Some(to) = reply_to {
+                    finished.reply = Some(reply_of(to, props, reply.kind.as_str(), &Arc::new(reply.to_json())));
                 }
             }
             Disposition::Republish { record, recorded } => {
@@ -730,6 +879,7 @@ impl Consumer {
                 self.outcome_publishes(
                     finished,
                     props,
+                    reply_to,
                     body,
                     recorded.kind.as_str(),
                     job_id,
@@ -777,6 +927,7 @@ impl Consumer {
                 self.outcome_publishes(
                     finished,
                     props,
+                    reply_to,
                     body,
                     event.kind.as_str(),
                     job_id,
@@ -791,6 +942,7 @@ impl Consumer {
                 self.outcome_publishes(
                     finished,
                     props,
+                    reply_to,
                     body,
                     event.kind.as_str(),
                     event.job_id.as_deref(),
@@ -810,6 +962,7 @@ impl Consumer {
         &self,
         finished: &mut Finished,
         props: &BasicProperties,
+        reply_to: Option<&ReplyTo>,
         body: &Arc<Vec<u8>>,
         kind: &str,
         job_id: Option<&str>,
@@ -820,38 +973,39 @@ impl Consumer {
             finished.publishes.push(self.dead_publish(props, body, reason));
         }
         finished.publishes.push(self.event_publish(kind, job_id, json));
-        if let Some(reply) = reply_publish(props, kind, json) {
-            finished.publishes.push(reply);
+        if let Some(to) = reply_to {
+            finished.reply = Some(reply_of(to, props, kind, json));
         }
     }
 
     /// Claims a job id: in this process, then across replicas (Redis). A copy that finds it claimed waits
-    /// until the holder commits (or its record is durable), or the holder's lease runs out (it died).
-    async fn claim(&self, id: &str) -> Claim {
+    /// until the holder commits (or its record is durable), or the holder's lease runs out (it died). While
+    /// Redis does not answer, the job is held (see [`Consumer::held_for_store`]); `true` when it was.
+    async fn claim(&self, id: &str) -> (Claim, bool) {
         let mut claim = self.in_flight.claim(id).await;
         if !self.store.shares_claims() {
-            return claim;
+            return (claim, false);
         }
         let mut wait = Duration::from_millis(10);
+        let mut held = false;
         loop {
-            match self.store.try_claim(id).await {
-                Ok(true) => {
-                    claim.shared = Some(SharedClaim {
-                        store: self.store.clone(),
-                        id: id.to_owned(),
-                    });
-                    return claim;
+            let claimed = match self.store.try_claim(id).await {
+                Ok(claimed) => claimed,
+                Err(_) => {
+                    held = true;
+                    self.held_for_store(id, || self.store.try_claim(id)).await
                 }
-                Ok(false) => {
-                    tracing::debug!(job_id = %id, "job id under way on another replica; waiting");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(250));
-                }
-                Err(e) => {
-                    tracing::warn!(job_id = %id, error = %e, "cannot claim the job id across replicas; delivering without it");
-                    return claim;
-                }
+            };
+            if claimed {
+                claim.shared = Some(SharedClaim {
+                    store: self.store.clone(),
+                    id: id.to_owned(),
+                });
+                return (claim, held);
             }
+            tracing::debug!(job_id = %id, "job id under way on another replica; waiting");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(250));
         }
     }
 
@@ -1001,18 +1155,14 @@ impl Unacked {
     }
 }
 
-fn reply_publish(props: &BasicProperties, kind: &str, json: &Arc<Vec<u8>>) -> Option<Publish> {
-    let reply_to = props.reply_to().as_ref()?;
-    let mut properties = broker::json_properties().with_type(broker::short(kind).unwrap_or_default());
-    if let Some(correlation_id) = props.correlation_id() {
-        properties = properties.with_correlation_id(correlation_id.clone());
-    }
-    Some(Publish {
-        exchange: String::new(),
-        routing_key: reply_to.to_string(),
+/// The reply to publish once the job's transaction committed.
+fn reply_of(to: &ReplyTo, props: &BasicProperties, kind: &str, json: &Arc<Vec<u8>>) -> Reply {
+    Reply {
+        to: to.clone(),
+        correlation_id: props.correlation_id().clone(),
+        kind: broker::short(kind).unwrap_or_default(),
         body: json.clone(),
-        properties,
-    })
+    }
 }
 
 fn header_u64(props: &BasicProperties, name: &str) -> Option<u64> {

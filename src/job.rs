@@ -476,6 +476,9 @@ pub enum JobError {
     Shape(#[source] serde_json::Error),
     #[error(transparent)]
     Field(#[from] FieldError),
+    /// The message's AMQP `reply_to` (checked with the body: a job is the message, not only its JSON).
+    #[error(transparent)]
+    ReplyTo(#[from] crate::reply::ReplyToError),
 }
 
 /// A field of the job that breaks its rule.

@@ -5,7 +5,8 @@
 //! recorded of its id → [`decision`] settles it or asks for a delivery, which [`dispatch`] makes (past
 //! [`throttle`] and the [`fraud`] guard, rendered with [`templates`], sent by a [`providers`] chain) →
 //! [`decision`] turns the result into a disposition → the consumer commits its transaction → [`events`]
-//! reports the outcome, counted in [`metrics`]. Beside it, [`feedback`] feeds verified codes to the guard.
+//! reports the outcome, counted in [`metrics`], and [`reply`] answers its `reply_to`. Beside it, [`feedback`]
+//! feeds verified codes to the guard.
 
 pub mod app;
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod receipts;
+pub mod reply;
 pub mod retry;
 pub mod routing;
 pub mod sms;

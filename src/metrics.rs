@@ -25,6 +25,12 @@ pub struct Metrics {
     pub throttle_fallbacks: IntCounter,
     /// Failed operations of the outcome store, by `op`.
     pub store_errors: IntCounterVec,
+    /// Jobs waiting for the outcome store to answer (none is sent meanwhile).
+    pub store_held: IntGauge,
+    /// Replies to jobs' `reply_to`, by result.
+    pub replies: IntCounterVec,
+    /// Broker connections dropped because the broker stopped answering (no heartbeat).
+    pub broker_stalls: IntCounter,
     /// The toll-fraud guard's decisions, feedback and state (contract §12).
     pub guard: crate::fraud::GuardMetrics,
     /// Messages settled per broker transaction: the batch a commit carries (its count is the commits).
@@ -161,6 +167,28 @@ impl Metrics {
         for op in ["get", "put", "mark", "claim"] {
             store_errors.with_label_values(&[op]);
         }
+        let store_held = IntGauge::new(
+            "herald_store_held_jobs",
+            "Jobs held because the outcome store does not answer: none of them is sent until it does",
+        )
+        .expect("valid");
+        register(Box::new(store_held.clone()));
+        let replies = counter_vec(
+            "herald_replies_total".into(),
+            "Replies to jobs' reply_to, by result: sent (confirmed by the broker), refused (the broker \
+             refused that address), dropped (not published: backlog full or shutdown)"
+                .into(),
+            &["result"],
+        );
+        for result in ["sent", "refused", "dropped"] {
+            replies.with_label_values(&[result]);
+        }
+        let broker_stalls = IntCounter::new(
+            "herald_broker_stalls_total",
+            "Broker connections given up because the broker sent nothing (not even a heartbeat) for two heartbeat intervals",
+        )
+        .expect("valid");
+        register(Box::new(broker_stalls.clone()));
         let suspected = counter_vec(
             "gd_send_fraud_suspected_total".into(),
             "Phone jobs over their destination's verified budget, by scope; mode=enforce were refused, \
@@ -226,6 +254,9 @@ impl Metrics {
             broker_connected,
             throttle_fallbacks,
             store_errors,
+            store_held,
+            replies,
+            broker_stalls,
         }
     }
 

@@ -29,9 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// Records are kept at least this long (contract: ≥ 24 h), then dropped.
 pub const RETENTION: Duration = Duration::from_secs(25 * 3600);
@@ -185,12 +188,21 @@ pub struct Store {
     backend: Backend,
     /// `herald_store_errors_total{op}`.
     errors: IntCounterVec,
+    /// Once cancelled (shutdown), a record write that keeps failing is given up after [`PUT_GRACE`].
+    stopping: CancellationToken,
+    /// Some record write is being retried (logged once per outage, not per write).
+    put_failing: Arc<AtomicBool>,
 }
 
+#[derive(Clone)]
 enum Backend {
-    Local(LocalStore),
+    Local(Arc<LocalStore>),
     Redis(Arc<RedisStore>),
 }
+
+/// How long a failing record write is still retried once herald shuts down; then its job commits without
+/// a record (logged), which only a later replay of the same id could repeat (docs/operations.md).
+const PUT_GRACE: Duration = Duration::from_secs(5);
 
 /// An operation of the store, the `op` label of `herald_store_errors_total`.
 #[derive(Debug, Clone, Copy)]
@@ -216,8 +228,10 @@ impl Store {
     /// The embedded store in `dir` (`state.path`), checked writable now rather than at the first job.
     pub fn local(dir: &Path, errors: IntCounterVec) -> Result<Store, StoreError> {
         Ok(Store {
-            backend: Backend::Local(LocalStore::open(dir)?),
+            backend: Backend::Local(Arc::new(LocalStore::open(dir)?)),
             errors,
+            stopping: CancellationToken::new(),
+            put_failing: Arc::default(),
         })
     }
 
@@ -236,7 +250,15 @@ impl Store {
         Store {
             backend: Backend::Redis(store),
             errors,
+            stopping: CancellationToken::new(),
+            put_failing: Arc::default(),
         }
+    }
+
+    /// Record writes that keep failing are retried until `shutdown`, then for [`PUT_GRACE`].
+    pub fn stopping_with(mut self, shutdown: CancellationToken) -> Store {
+        self.stopping = shutdown;
+        self
     }
 
     fn counted<T>(&self, op: StoreOp, result: Result<T, StoreError>) -> Result<T, StoreError> {
@@ -254,31 +276,40 @@ impl Store {
     /// Starts writing an entry; the returned future resolves once it is written (to the OS for SQLite,
     /// acknowledged by Redis). The consumer awaits it just before the job's broker commit, so the write
     /// overlaps the wait for that commit instead of adding to it.
+    ///
+    /// A write that fails is retried until it succeeds: the job's event must not leave without its record,
+    /// or a copy of the job would be sent again (docs/operations.md, "Outcome store outages"). Only at
+    /// shutdown is it given up, [`PUT_GRACE`] after.
     pub fn put(&self, id: &str, entry: Entry) -> PendingPut {
-        let errors = self.errors.clone();
+        let retry = Retry {
+            backend: self.backend.clone(),
+            id: id.to_owned(),
+            errors: self.errors.clone(),
+            stopping: self.stopping.clone(),
+            failing: self.put_failing.clone(),
+        };
         match &self.backend {
             Backend::Local(s) => {
-                let written = s.put(id, entry);
+                let written = s.put(id, entry.clone());
                 PendingPut::new(async move {
-                    count(
-                        &errors,
-                        StoreOp::Put,
-                        written.await.unwrap_or_else(|_| Err(StoreError::Stopped)),
-                    )
+                    match written.await.unwrap_or_else(|_| Err(StoreError::Stopped)) {
+                        Ok(()) => Ok(()),
+                        Err(e) => retry.until_written(e, entry).await,
+                    }
                 })
             }
             Backend::Redis(s) => {
                 let (conn, key) = (s.conn.clone(), s.key(id));
                 // A task of its own, so that the write is under way at once, like the SQLite one: the commit
                 // loop only checks on it (and waits only when nothing else is ready to commit).
-                let write = tokio::spawn(async move { RedisStore::put(conn, key, &entry).await });
-                PendingPut::new(async move {
-                    count(
-                        &errors,
-                        StoreOp::Put,
-                        write.await.unwrap_or_else(|e| Err(StoreError::Write(e))),
-                    )
-                })
+                let write = tokio::spawn(async move {
+                    match RedisStore::put(conn, key, &entry).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => retry.until_written(e, entry).await,
+                    }
+                });
+                // Failures are counted by the retry, one per failed try.
+                PendingPut::new(async move { write.await.unwrap_or_else(|e| Err(StoreError::Write(e))) })
             }
         }
     }
@@ -333,6 +364,60 @@ impl Store {
     pub fn release(&self, ids: Vec<String>) {
         self.mark_committed(Vec::new(), ids);
     }
+}
+
+/// A record write that failed, written again until it succeeds (or herald has been stopping for
+/// [`PUT_GRACE`]).
+struct Retry {
+    backend: Backend,
+    id: String,
+    errors: IntCounterVec,
+    stopping: CancellationToken,
+    failing: Arc<AtomicBool>,
+}
+
+impl Retry {
+    async fn until_written(self, first: StoreError, entry: Entry) -> Result<(), StoreError> {
+        errors_inc(&self.errors, StoreOp::Put);
+        if !self.failing.swap(true, Ordering::SeqCst) {
+            tracing::error!(job_id = %self.id, error = %first,
+                "outcome record not written; retrying until the store takes it (its job waits)");
+        }
+        let mut wait = Duration::from_millis(100);
+        let mut last = first;
+        let mut give_up: Option<tokio::time::Instant> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            if self.stopping.is_cancelled() && *give_up.get_or_insert(now + PUT_GRACE) <= now {
+                return Err(last);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopping.cancelled(), if give_up.is_none() => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(1));
+            let written = match &self.backend {
+                Backend::Local(s) => s.put(&self.id, entry.clone()).await.unwrap_or(Err(StoreError::Stopped)),
+                Backend::Redis(s) => RedisStore::put(s.conn.clone(), s.key(&self.id), &entry).await,
+            };
+            match written {
+                Ok(()) => {
+                    if self.failing.swap(false, Ordering::SeqCst) {
+                        tracing::info!("outcome records are written again");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    errors_inc(&self.errors, StoreOp::Put);
+                    last = e;
+                }
+            }
+        }
+    }
+}
+
+fn errors_inc(errors: &IntCounterVec, op: StoreOp) {
+    errors.with_label_values(&[op.as_str()]).inc();
 }
 
 /// Counts a failed operation in `herald_store_errors_total{op}`, passing the result on.

@@ -204,3 +204,43 @@ async fn shutdown_finishes_in_flight_deliveries_and_loses_nothing() {
         "undelivered jobs are back in the queue, none lost"
     );
 }
+
+/// A broker that stops answering without closing the connection (a frozen node, a half-dead link): with
+/// the broker's 60 s heartbeat, herald noticed after two minutes at the earliest, its work paused
+/// meanwhile. herald asks for a heartbeat of its own (here 1 s, from the URL) and gives up on a silent
+/// connection after two intervals, counted in `herald_broker_stalls_total`, then reconnects.
+#[tokio::test]
+async fn a_silent_broker_is_noticed_by_its_missing_heartbeats_and_counted() {
+    let proxy = TcpProxy::start().await;
+    let url = format!("{}?heartbeat=1", proxy.url());
+    let mut app = TestApp::spawn(|c| c.amqp.url = herald::config::Secret::new(url)).await;
+    app.publish(&job("sms")).await;
+    app.events(1).await;
+
+    // Everything herald writes still reaches the broker; nothing comes back.
+    proxy.swallow_replies();
+    let stalled = std::time::Instant::now();
+    app.wait_metric("herald_broker_stalls_total", 1.0).await;
+    assert!(
+        stalled.elapsed() < std::time::Duration::from_secs(8),
+        "noticed after {:?}",
+        stalled.elapsed()
+    );
+    proxy.restore();
+    app.wait_ready(true).await;
+    let after = job("sms");
+    app.publish(&after).await;
+    let event = app.next_outcome(20).await;
+    assert_eq!(event["job_id"], after["id"]);
+    app.stop().await;
+}
+
+/// Without a heartbeat of its own, herald took RabbitMQ's (60 s): a stall went unnoticed for two minutes.
+#[tokio::test]
+async fn herald_asks_the_broker_for_a_ten_second_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = helpers::test_config(dir.path());
+    let connection = herald::broker::connect(&config.amqp, "heartbeat-test").await.unwrap();
+    assert_eq!(connection.configuration().heartbeat(), 10);
+    connection.close(200, "done".into()).await.unwrap();
+}

@@ -7,7 +7,7 @@ mod helpers;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use helpers::{TestApp, job, metric};
+use helpers::{TestApp, job};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 struct TmpFs {
@@ -135,23 +135,29 @@ async fn a_full_state_volume_is_counted_and_recovers_when_space_comes_back() {
     app.publish(&first).await;
     assert_eq!(app.next_outcome(20).await["type"], "gd_send_sms");
 
-    // Fill the volume: the next job is still delivered, its record fails and is counted.
+    // Fill the volume: the next job is delivered, but its record cannot be written, and its event waits
+    // for it: an event out without its record would let a replay of the job be sent again.
     let filler = fs.path().join("filler");
     let free = fs2_free(fs.path());
     std::fs::write(&filler, vec![0u8; free as usize]).ok();
     let during = job("sms");
     app.publish(&during).await;
-    assert_eq!(app.next_outcome(20).await["type"], "gd_send_sms");
-    let failed = metric(&app.metrics().await, "herald_store_errors_total{op=\"put\"}");
-    assert!(failed >= 1.0, "a failed record write is counted: {failed}");
+    app.wait_metric("herald_store_errors_total{op=\"put\"}", 1.0).await;
+    assert!(
+        app.try_next_event(1).await.is_none(),
+        "an event left without its record"
+    );
 
-    // Space is back: records are written again, so a replay of a new job is a duplicate, not a send.
+    // Space is back: the record is written, the event follows, and a replay is a duplicate, not a send.
     std::fs::remove_file(&filler).unwrap();
+    assert_eq!(app.next_outcome(20).await["job_id"], during["id"]);
+    let reply = app.publish_and_wait(&during).await;
+    assert_eq!(reply["error"]["code"], "duplicate", "{reply}");
     let after = job("sms");
     app.publish(&after).await;
     assert_eq!(app.next_outcome(20).await["job_id"], after["id"]);
-    let reply = app.publish_and_wait(&after).await;
-    assert_eq!(reply["error"]["code"], "duplicate", "{reply}");
+    let sent = helpers::outbox_counts(&app.outbox);
+    assert_eq!(sent.get(during["id"].as_str().unwrap()), Some(&1), "{sent:?}");
     // The WAL stays bounded: the volume is not left full.
     assert!(fs2_free(fs.path()) > 512 * 1024, "state volume still full");
     app.stop().await;

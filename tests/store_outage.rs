@@ -1,0 +1,104 @@
+//! An outage of the outcome store (Redis) costs delay, never a repeated send (docs/operations.md,
+//! "Outcome store outages").
+//!
+//! A record that could not be read used to be taken as no record, and a cross-replica claim that could
+//! not be made let the job through: with Redis down, every replayed job id was sent again, and with two
+//! replicas most jobs of a run were sent twice.
+
+mod helpers;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use helpers::{TcpProxy, TestApp};
+use serde_json::Value;
+
+fn sent_counts(app: &TestApp) -> HashMap<String, usize> {
+    helpers::outbox_counts(&app.outbox)
+}
+
+#[tokio::test]
+async fn jobs_replayed_while_redis_is_down_wait_for_it_and_are_not_sent_again() {
+    let proxy = TcpProxy::to(6379).await;
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let mut app = TestApp::spawn(|c| c.redis.url = herald::config::Secret::new(redis_url)).await;
+    let jobs: Vec<Value> = (0..50).map(|_| helpers::job("sms")).collect();
+    app.publish_many(&jobs).await;
+    assert_eq!(app.event_counts(50).await.len(), 50);
+
+    proxy.cut();
+    // The same 50 again, and 10 new ones.
+    let new: Vec<Value> = (0..10).map(|_| helpers::job("sms")).collect();
+    app.publish_many(&jobs).await;
+    app.publish_many(&new).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        sent_counts(&app).values().sum::<usize>(),
+        50,
+        "nothing is sent while the store does not answer"
+    );
+    assert!(
+        app.try_next_event(0).await.is_none(),
+        "no event while the store does not answer"
+    );
+    assert!(!app.ready().await, "/readyz says not ready while jobs are held");
+    let metrics = app.metrics().await;
+    assert!(helpers::metric(&metrics, "herald_store_held_jobs") > 0.0, "{metrics}");
+
+    proxy.restore();
+    // Only the new jobs get events: the replays are duplicates (acknowledged, nothing published).
+    let events = app.event_counts(10).await;
+    assert_eq!(events.len(), 10, "{events:?}");
+    for job in &new {
+        assert_eq!(events.get(job["id"].as_str().unwrap()), Some(&1));
+    }
+    let sent = sent_counts(&app);
+    assert_eq!(sent.len(), 60);
+    assert!(sent.values().all(|&n| n == 1), "a job sent twice: {sent:?}");
+    app.wait_ready(true).await;
+    let metrics = app.settled_metrics().await;
+    assert_eq!(helpers::metric(&metrics, "herald_store_held_jobs"), 0.0);
+    assert!(helpers::metric(&metrics, r#"herald_store_errors_total{op="claim"}"#) > 0.0);
+    assert!(app.dead_letters(1).await.is_empty());
+    app.stop().await;
+}
+
+/// Two replicas, every job published twice, and Redis cut in the middle of the run: each job is sent
+/// once and gets one event.
+#[tokio::test]
+async fn two_replicas_send_each_job_once_across_a_redis_outage() {
+    let proxy = TcpProxy::to(6379).await;
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let mut app = TestApp::spawn(|c| c.redis.url = herald::config::Secret::new(redis_url)).await;
+    let replica = helpers::Replica::spawn(&app.config).await;
+    let jobs: Vec<Value> = (0..300).map(|_| helpers::job("sms")).collect();
+    app.publish_many(&jobs[..150]).await;
+    app.publish_many(&jobs[..150]).await;
+    let mut events: HashMap<String, usize> = HashMap::new();
+    while events.len() < 50 {
+        let event = app.next_event(20).await;
+        *events.entry(event["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    proxy.cut();
+    app.publish_many(&jobs[150..]).await;
+    app.publish_many(&jobs[150..]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+    while events.len() < 300 {
+        let Some(event) = app.try_next_event(30).await else {
+            panic!("only {} of 300 jobs got an event", events.len());
+        };
+        *events.entry(event["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    while let Some(event) = app.try_next_event(3).await {
+        *events.entry(event["job_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let twice: Vec<_> = events.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{} jobs with two events: {twice:?}", twice.len());
+    let sent = sent_counts(&app);
+    assert_eq!(sent.len(), 300);
+    let repeated = sent.values().filter(|&&n| n > 1).count();
+    assert_eq!(repeated, 0, "{repeated} jobs sent twice");
+    replica.stop().await;
+    app.stop().await;
+}
