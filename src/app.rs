@@ -92,6 +92,7 @@ impl Application {
                 Some(metrics.guard.clone()),
             ),
         });
+        guard.log_start_up();
         let receipts = Arc::new(
             Receipts::new(
                 &config,

@@ -395,7 +395,8 @@ impl Config {
             },
             ip_day: f.ip_daily_floor,
             learning_period: f.learning_period.0,
-            outage_after: f.outage_after.0,
+            // Under a second turns the fallback off (README "Adaptive guard").
+            outage_after: Some(f.outage_after.0).filter(|d| d.as_secs() > 0),
             prefix_digits: self.throttle.prefix_digits,
             ipv6_prefix: self.throttle.ipv6_prefix,
         }

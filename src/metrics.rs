@@ -222,11 +222,12 @@ impl Metrics {
             feedback,
             outage: gauge(
                 "herald_fraud_feedback_outage",
-                "1 while no verification feedback arrives although codes go to destinations that verify",
+                "1 while busy verification feedback has stopped although codes go to ranges that verify \
+                 (those ranges are then not refused)",
             ),
             enforcing: gauge(
                 "herald_fraud_enforcing",
-                "1 while the fraud guard refuses jobs (enforce mode, learning over, feedback flowing)",
+                "1 while the fraud guard refuses jobs (enforce mode, learning over; also in a feedback outage)",
             ),
             errors: {
                 let c = IntCounter::new(

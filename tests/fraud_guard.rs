@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
 use herald::config::{Config, ThrottleConfig};
-use herald::fraud::{Guard, Mode, Settings, Verdict};
+use herald::fraud::{Guard, Mode, Refusals, Settings, Verdict};
 use herald::job::Job;
 use herald::throttle::{self, Throttle};
 
@@ -385,7 +385,9 @@ fn monitor_mode_refuses_nothing() {
 }
 
 /// The shared guard (Lua in Redis) and the local one (Rust) decide alike on the same history: random
-/// sends and verifications to a few destinations over three simulated weeks, enforcing.
+/// sends and verifications to a few destinations over three simulated weeks, enforcing (and, at random,
+/// as during a feedback outage: sparing ranges with verified history only); and they keep the outage
+/// detector's inputs alike.
 #[tokio::test]
 async fn redis_and_local_guards_decide_alike() {
     let conn = herald::store::redis_connection("redis://127.0.0.1:6379")
@@ -394,11 +396,12 @@ async fn redis_and_local_guards_decide_alike() {
     let shared = herald::fraud::Shared::new(conn, &namespace);
     let local = herald::fraud::Local::default();
     let s = settings(Mode::Enforce);
+    let window = s.outage_window();
     let mut rng = fastrand::Rng::with_seed(7);
     let destinations = ["+88216540001", "+447700900123", "+447700900999", "+14155550123"];
     let mut sent: Vec<String> = Vec::new();
     let mut now = START;
-    let (mut over, mut decisions) = (0, 0);
+    let (mut over, mut decisions, mut spared, mut early_sends) = (0, 0, 0, 0);
     for i in 0..3000 {
         // Bursts and gaps: up to two hours between steps, so hours and days roll over.
         now += if rng.u8(0..10) == 0 {
@@ -408,19 +411,30 @@ async fn redis_and_local_guards_decide_alike() {
         };
         if rng.u8(0..3) == 0 && !sent.is_empty() {
             let id = sent[rng.usize(..sent.len())].clone();
-            let a = local.verified(&id, now);
-            let b = shared.verified(&id, now).await.expect("redis");
+            let a = local.verified(&id, now, window);
+            let b = shared.verified(&id, now, window).await.expect("redis");
             assert_eq!(a, b, "feedback for {id} at step {i}");
             continue;
         }
         let to = destinations[rng.usize(..destinations.len())];
         let j = job(i, to, "u", &format!("198.51.100.{}", rng.u8(0..3)));
         let dest = herald::fraud::Destinations::of(&j, &s).unwrap();
-        let a = local.check(&j.id, &dest, &s, now, true);
-        let mut b = shared.check(&j.id, &dest, &s, now, true).await.expect("redis");
-        assert!(b.feedback_state.is_some(), "Redis shares the outage detector's inputs");
-        b.feedback_state = None;
+        let refusals = if rng.bool() {
+            Refusals::All
+        } else {
+            Refusals::UnlessRangeVerified
+        };
+        let a = local.check(&j.id, &dest, &s, now, refusals);
+        let mut b = shared.check(&j.id, &dest, &s, now, refusals).await.expect("redis");
+        let (fa, fb) = (a.feedback_state, b.feedback_state);
+        assert!(
+            (fa.verified - fb.verified).abs() <= 1e-9 * fa.verified.max(1.0),
+            "decayed verified count at step {i}: {fa:?} / {fb:?}"
+        );
+        b.feedback_state.verified = fa.verified;
         assert_eq!(a, b, "check of {to} at step {i}");
+        spared += usize::from(refusals == Refusals::UnlessRangeVerified && a.over.is_some() && a.counted);
+        early_sends = early_sends.max(fa.early_sends);
         decisions += 1;
         over += usize::from(a.over.is_some());
         if a.counted {
@@ -431,19 +445,30 @@ async fn redis_and_local_guards_decide_alike() {
         over > 100 && over < decisions - 100,
         "both kinds of decision were compared: {over} of {decisions}"
     );
+    assert!(
+        spared > 10,
+        "jobs over budget spared as in an outage were compared: {spared}"
+    );
+    assert!(early_sends > 2, "early sends were counted: {early_sends}");
     assert_eq!(local.since(), shared.since());
 
     // An undelivered receipt settles a job as never verified: its feedback then counts nothing.
     let j = job(99_999, "+447700900123", "u", "198.51.100.1");
     let dest = herald::fraud::Destinations::of(&j, &s).unwrap();
     now += 3600;
-    assert!(local.check(&j.id, &dest, &s, now, false).counted);
-    assert!(shared.check(&j.id, &dest, &s, now, false).await.unwrap().counted);
+    assert!(local.check(&j.id, &dest, &s, now, Refusals::None).counted);
+    assert!(
+        shared
+            .check(&j.id, &dest, &s, now, Refusals::None)
+            .await
+            .unwrap()
+            .counted
+    );
     local.close(&j.id);
     shared.close(&j.id).await.unwrap();
-    assert_eq!(local.verified(&j.id, now), herald::fraud::Feedback::Duplicate);
+    assert_eq!(local.verified(&j.id, now, window), herald::fraud::Feedback::Duplicate);
     assert_eq!(
-        shared.verified(&j.id, now).await.unwrap(),
+        shared.verified(&j.id, now, window).await.unwrap(),
         herald::fraud::Feedback::Duplicate
     );
 }

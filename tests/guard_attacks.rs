@@ -1,7 +1,11 @@
-//! The adaptive toll-fraud guard (contract §12) under attack, on a simulated clock.
+//! The adaptive toll-fraud guard (contract §12) under attack: on a simulated clock, and through herald and
+//! the broker for the feedback-outage fallback.
+
+mod helpers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use herald::config::Config;
 use herald::fraud::{Guard, Mode, Verdict};
@@ -284,5 +288,169 @@ async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Shared>) 
     out.push(word(
         dispatcher.deliver(&job("real-2", "+447700900123", ip), 1).await.outcome,
     ));
+    out
+}
+
+/// Issue 31, item 3, through herald and the broker: the outage fallback must be told from an attack by
+/// what a job publisher cannot write. Verified history in three +44 ranges (30 real users, all type their
+/// codes in), then `outage_after` of quiet, then 24 unverified codes into those very ranges: before the fix
+/// that made an "outage" (`herald_fraud_feedback_outage 1`, refusals off) and a pump into +882 got 10 of 10
+/// sent. Now the pump is held at the floor a country without history gets, as without the detector.
+#[tokio::test]
+async fn unverified_sends_after_a_quiet_spell_do_not_switch_the_guard_off() {
+    let mut app = outage_app().await;
+    history(&mut app).await;
+    // The quiet spell: nothing at all for longer than outage_after (whole seconds, hence the margin).
+    tokio::time::sleep(OUTAGE_AFTER + Duration::from_millis(1500)).await;
+    // Whoever publishes jobs sends 24 codes into the ranges that verify, and nobody verifies them.
+    let sent = outcomes(&mut app, &known_range_jobs("quiet", 24, None)).await;
+    assert_eq!(sent.sent, 24, "the ranges' budgets hold 24 codes: {sent:?}");
+    let pump = outcomes(&mut app, &pump_jobs("quiet")).await;
+    assert_eq!(
+        (pump.sent, pump.refused_country),
+        (1, 9),
+        "a pump into +882 (no history) after unverified sends that looked like an outage: {pump:?}"
+    );
+    let m = app.settled_metrics().await;
+    assert_eq!(helpers::metric(&m, "herald_fraud_feedback_outage"), 0.0, "{m}");
+    assert_eq!(helpers::metric(&m, "herald_fraud_enforcing"), 1.0, "{m}");
+    assert_eq!(
+        app.outbox_lines().len(),
+        30 + 24 + 1,
+        "the provider got the history, the 24 and +882's floor, nothing else"
+    );
+}
+
+/// A genuine outage is still detected and relaxes only ranges with verified history: the same history,
+/// then the same users' traffic goes on (12 codes into their ranges) while the feedback publisher is
+/// broken (no feedback at all for `outage_after`). Their range's jobs beyond its budget are then sent, and
+/// +882 (no history) stays guarded: its floor, then `suspected_fraud`.
+#[tokio::test]
+async fn a_genuine_feedback_outage_spares_ranges_with_history_only() {
+    let mut app = outage_app().await;
+    history(&mut app).await;
+    // The traffic that verified goes on at once; its feedback never comes.
+    let early = outcomes(&mut app, &known_range_jobs("early", 12, None)).await;
+    assert_eq!(early.sent, 12, "{early:?}");
+    tokio::time::sleep(OUTAGE_AFTER + Duration::from_millis(1500)).await;
+    // 14 more codes into one of the ranges: 4 of the 12 went there, and its hourly budget is 14 (4 + 10
+    // verified), so 4 of these would be refused as `prefix` without the fallback.
+    let spared = outcomes(&mut app, &known_range_jobs("outage", 14, Some(0))).await;
+    assert_eq!(
+        spared.sent, 14,
+        "a range with verified history is spared in an outage: {spared:?}"
+    );
+    let pump = outcomes(&mut app, &pump_jobs("outage")).await;
+    assert_eq!(
+        (pump.sent, pump.refused_country),
+        (1, 9),
+        "+882 has no verified history: an outage must not lift the guard there: {pump:?}"
+    );
+    let m = app.settled_metrics().await;
+    assert_eq!(helpers::metric(&m, "herald_fraud_feedback_outage"), 1.0, "{m}");
+    assert_eq!(helpers::metric(&m, "herald_fraud_enforcing"), 1.0, "{m}");
+    assert_eq!(app.outbox_lines().len(), 30 + 12 + 14 + 1);
+    // Feedback returns (even for a job herald does not know): the outage is over at the next job.
+    app.publish_feedback(br#"{"job_id":"not-a-job-of-herald","verified":true}"#, None)
+        .await;
+    app.wait_metric(r#"herald_feedback_total{result="unknown"}"#, 1.0).await;
+    let after = outcomes(&mut app, &known_range_jobs("after", 1, Some(0))).await;
+    assert_eq!(
+        after.refused_prefix, 1,
+        "the range is judged on its budget again: {after:?}"
+    );
+    let m = app.settled_metrics().await;
+    assert_eq!(helpers::metric(&m, "herald_fraud_feedback_outage"), 0.0, "{m}");
+}
+
+const OUTAGE_AFTER: Duration = Duration::from_secs(4);
+
+async fn outage_app() -> helpers::TestApp {
+    helpers::TestApp::spawn(|c| {
+        c.fraud.mode = Mode::Enforce;
+        c.fraud.learning_period = herald::config::HumanDuration(Duration::ZERO);
+        c.fraud.outage_after = herald::config::HumanDuration(OUTAGE_AFTER);
+    })
+    .await
+}
+
+/// A +44 number in range `44770<r>9` (`throttle.prefix_digits` = 7), one of three.
+fn known_number(range: usize, n: usize) -> String {
+    format!("+44770{range}9{n:05}")
+}
+
+fn sms(id: String, to: String, ip: String) -> serde_json::Value {
+    serde_json::json!({"id": id, "channel": "sms", "to": to, "code": "123456", "user_id": id, "ip": ip})
+}
+
+/// 30 real users over the three ranges get their codes and type them in, the feedback in one burst
+/// (busy feedback: 20 or more verified codes in outage_after).
+async fn history(app: &mut helpers::TestApp) {
+    let jobs: Vec<_> = (0..30)
+        .map(|i| sms(format!("real-{i}"), known_number(i % 3, i), format!("10.0.0.{}", i + 1)))
+        .collect();
+    let sent = outcomes(app, &jobs).await;
+    assert_eq!(sent.sent, 30, "{sent:?}");
+    for job in &jobs {
+        let feedback = serde_json::json!({"job_id": job["id"], "verified": true});
+        app.publish_feedback(feedback.to_string().as_bytes(), None).await;
+    }
+    app.wait_metric(r#"gd_send_verified_total{channel="sms",country="44"}"#, 30.0)
+        .await;
+}
+
+/// `n` codes into the ranges with history (all three, or only `range`), each from its own user and IP.
+fn known_range_jobs(tag: &str, n: usize, range: Option<usize>) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            sms(
+                format!("{tag}-{i}"),
+                known_number(range.unwrap_or(i % 3), 1000 + i),
+                format!("10.1.{}.{}", tag.len(), i + 1),
+            )
+        })
+        .collect()
+}
+
+/// Ten codes into +882 (international networks: no verified history), each from its own user and IP.
+fn pump_jobs(tag: &str) -> Vec<serde_json::Value> {
+    (0..10)
+        .map(|i| {
+            sms(
+                format!("pump-{tag}-{i}"),
+                format!("+8821654{:04}", 100 + i),
+                format!("198.18.{}.{}", tag.len(), i + 1),
+            )
+        })
+        .collect()
+}
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    sent: usize,
+    refused_country: usize,
+    refused_prefix: usize,
+    other: Vec<serde_json::Value>,
+}
+
+/// Publishes `jobs` one at a time (so which are sent does not depend on delivery order) and sorts their
+/// outcome events.
+async fn outcomes(app: &mut helpers::TestApp, jobs: &[serde_json::Value]) -> Outcomes {
+    let mut out = Outcomes::default();
+    for job in jobs {
+        app.publish(job).await;
+        let event = app.next_outcome(20).await;
+        assert_eq!(event["job_id"], job["id"], "{event}");
+        match (
+            event["type"].as_str(),
+            event["error"]["code"].as_str(),
+            event["scope"].as_str(),
+        ) {
+            (Some("gd_send_sms"), _, _) => out.sent += 1,
+            (_, Some("suspected_fraud"), Some("country")) => out.refused_country += 1,
+            (_, Some("suspected_fraud"), Some("prefix")) => out.refused_prefix += 1,
+            _ => out.other.push(event),
+        }
+    }
     out
 }

@@ -113,3 +113,100 @@ async fn pump_through_a_replica_without_feedback(outage_after: Duration) -> usiz
     assert!(a.is_enforcing(), "feedback flowed the whole time");
     pumped_out
 }
+
+/// The outage detector's inputs (src/fraud/outage.rs) are shared in Redis: busy feedback through replica
+/// A, then the same traffic through replica B while no feedback comes: both detect the outage, which
+/// spares the range with verified history and not +882 (no history); feedback through A ends it for B.
+#[tokio::test]
+async fn replicas_share_the_outage_detector_and_an_outage_spares_only_ranges_with_history() {
+    let outage_after = Duration::from_secs(2);
+    let namespace = format!("outage.{}", uuid::Uuid::new_v4().simple());
+    let a = replica(&namespace, outage_after);
+    let b = replica(&namespace, outage_after);
+    history(&a, "a").await;
+    for k in 0..12 {
+        let j = job(
+            &format!("b-early-{k}"),
+            &format!("+4477009{:05}", 100 + k),
+            &format!("10.3.0.{k}"),
+        );
+        assert_eq!(b.check(&j).await, Verdict::Allow);
+    }
+    tokio::time::sleep(outage_after + Duration::from_millis(1200)).await;
+    assert_eq!(
+        b.check(&job("pump-1", "+88216540001", "198.18.0.1")).await,
+        Verdict::Allow,
+        "+882's floor"
+    );
+    assert!(
+        b.feedback_outage(),
+        "replica B saw the feedback stop through the shared state"
+    );
+    assert_ne!(
+        b.check(&job("pump-2", "+88216540002", "198.18.0.2")).await,
+        Verdict::Allow,
+        "an outage lifted the guard from +882, which never verified"
+    );
+    assert_eq!(
+        a.check(&job("a-late", "+447700900200", "10.3.1.1")).await,
+        Verdict::Allow
+    );
+    assert!(a.feedback_outage(), "replica A too, at its next job");
+    // The range's hourly budget is 34 (4 + 30 verified) and 14 of its codes are unverified: 30 more
+    // are over it, and spared.
+    for k in 0..30 {
+        let j = job(
+            &format!("b-late-{k}"),
+            &format!("+4477009{:05}", 300 + k),
+            &format!("10.3.2.{k}"),
+        );
+        assert_eq!(b.check(&j).await, Verdict::Allow, "code {k} to the range with history");
+    }
+    assert!(a.is_enforcing() && b.is_enforcing(), "refusals stay on in an outage");
+    // Feedback returns through A (a duplicate proves the publisher works too).
+    a.verified("a-real-0").await.unwrap();
+    b.check(&job("b-back", "+447700900400", "10.3.3.1")).await;
+    assert!(!b.feedback_outage(), "feedback through A ended the outage for B");
+    assert_ne!(
+        b.check(&job("b-back-2", "+447700900401", "10.3.3.2")).await,
+        Verdict::Allow,
+        "the range is judged on its budget again"
+    );
+}
+
+/// Issue 31's attack on the shared detector: busy feedback, `outage_after` of quiet, then unverified
+/// codes into the range with history through another replica: no outage, and +882 stays at its floor.
+#[tokio::test]
+async fn sends_after_a_quiet_spell_make_no_outage_on_any_replica() {
+    let outage_after = Duration::from_secs(2);
+    let namespace = format!("outage.{}", uuid::Uuid::new_v4().simple());
+    let a = replica(&namespace, outage_after);
+    let b = replica(&namespace, outage_after);
+    history(&a, "a").await;
+    tokio::time::sleep(outage_after + Duration::from_millis(1200)).await;
+    for k in 0..24 {
+        let j = job(
+            &format!("b-quiet-{k}"),
+            &format!("+4477009{:05}", 100 + k),
+            &format!("10.4.0.{k}"),
+        );
+        assert_eq!(b.check(&j).await, Verdict::Allow);
+    }
+    assert!(!b.feedback_outage() && !a.feedback_outage());
+    assert_eq!(
+        b.check(&job("pump-1", "+88216540001", "198.18.0.1")).await,
+        Verdict::Allow
+    );
+    for k in 2..12 {
+        assert_ne!(
+            b.check(&job(
+                &format!("pump-{k}"),
+                &format!("+882165400{k:02}"),
+                &format!("198.18.0.{k}")
+            ))
+            .await,
+            Verdict::Allow,
+            "pump {k} into +882 after sends that looked like an outage"
+        );
+    }
+}

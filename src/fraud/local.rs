@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::budget::{HOURS_KEPT, Tally};
-use super::{Decision, Destinations, Feedback, Level, Settings};
+use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
 
 /// Destinations held, all levels together: a flood of fresh IPs or ranges cannot grow memory past this
@@ -40,6 +40,7 @@ const NO_IP: u64 = 0;
 struct State {
     tallies: HashMap<u64, Tally>,
     jobs: HashMap<u64, SentJob>,
+    feedback: FeedbackState,
 }
 
 impl State {
@@ -112,8 +113,8 @@ impl Local {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, enforce: bool) -> Decision {
-        let enforcing = enforce
+    pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, refusals: Refusals) -> Decision {
+        let enforcing = refusals != Refusals::None
             && self
                 .since()
                 .is_some_and(|since| now.saturating_sub(since) >= s.learning_period.as_secs());
@@ -134,13 +135,13 @@ impl Local {
                 over = Some(*level);
             }
         }
-        if over.is_some() && enforcing {
+        if over.is_some() && enforcing && refusals.refuse(range_known) {
             return Decision {
                 over,
                 counted: false,
                 range_known,
                 enforcing,
-                feedback_state: None,
+                feedback_state: state.feedback,
             };
         }
         for (_, k) in &keys {
@@ -161,21 +162,28 @@ impl Local {
                 verified: false,
             },
         );
+        if range_known {
+            state.feedback.known_send(now, s.outage_window());
+        }
         Decision {
             over,
             counted: true,
             range_known,
             enforcing,
-            feedback_state: None,
+            feedback_state: state.feedback,
         }
     }
 
-    pub fn verified(&self, job_id: &str, now: u64) -> Feedback {
+    /// A code was verified; `window` is `outage_after` in seconds (the outage detector's).
+    pub fn verified(&self, job_id: &str, now: u64, window: u64) -> Feedback {
         let mut state = self.state();
         let Some(job) = state.jobs.get_mut(&job_key(job_id)) else {
+            // Any feedback proves the MFA server's publisher works.
+            state.feedback.feedback(now, false, window);
             return Feedback::Unknown;
         };
         if job.verified {
+            state.feedback.feedback(now, false, window);
             return Feedback::Duplicate;
         }
         job.verified = true;
@@ -184,6 +192,7 @@ impl Local {
         for k in [job.range, region, job.ip].into_iter().filter(|k| *k != NO_IP) {
             state.tallies.entry(k).or_default().verified(job.hour);
         }
+        state.feedback.feedback(now, true, window);
         drop(state);
         let _ = self
             .since
@@ -199,6 +208,11 @@ impl Local {
         if let Some(job) = self.state().jobs.get_mut(&job_key(job_id)) {
             job.verified = true;
         }
+    }
+
+    /// The outage detector's inputs.
+    pub fn feedback_state(&self) -> FeedbackState {
+        self.state().feedback
     }
 
     pub fn since(&self) -> Option<u64> {
@@ -248,7 +262,7 @@ mod tests {
         let local = Local::default();
         for i in 0..100_000 {
             assert_eq!(
-                local.verified(&format!("never-sent-{i}"), 1_800_000_000),
+                local.verified(&format!("never-sent-{i}"), 1_800_000_000, 600),
                 Feedback::Unknown
             );
         }

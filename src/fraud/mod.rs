@@ -6,16 +6,19 @@
 //! Checked once per job after the fixed limits and before rendering; fed by `herald.feedback`
 //! ([`crate::feedback`]). Counts are local, or shared by every replica in Redis (one script per job, like
 //! the limits). Modes: `off`, `monitor` (decide and count, never block: the default), `enforce`.
-//! Enforcing waits for a `learning_period` of feedback and falls back to monitoring while feedback has
-//! stopped everywhere at once (the MFA server's publisher broke: that is not fraud).
+//! Enforcing waits for a `learning_period` of feedback (started by feedback only). While busy feedback has
+//! stopped everywhere at once (the MFA server's publisher broke: that is not fraud; [`outage`] says how it
+//! is told from a quiet spell or a pump), jobs to number ranges with verified history are not refused;
+//! every other destination stays guarded.
 
 pub mod budget;
 mod local;
+pub mod outage;
 mod shared;
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +29,7 @@ use crate::job::{Channel, Job, Recipient};
 use crate::throttle::ip_key;
 pub use budget::{Floors, Tally, Window};
 pub use local::Local;
+pub use outage::FeedbackState;
 pub use shared::Shared;
 
 /// `fraud.mode`.
@@ -63,13 +67,19 @@ pub struct Settings {
     pub ip_day: u32,
     /// Enforcing starts this long after the first verified code was counted.
     pub learning_period: Duration,
-    /// No feedback for this long, while codes went to destinations that used to verify: an outage.
-    pub outage_after: Duration,
+    /// The feedback-outage fallback ([`outage`]): busy feedback silent this long is an outage. `None`
+    /// (`outage_after` under a second): off.
+    pub outage_after: Option<Duration>,
     pub prefix_digits: u8,
     pub ipv6_prefix: u8,
 }
 
 impl Settings {
+    /// `outage_after` in whole seconds; 0 = the fallback is off.
+    pub fn outage_window(&self) -> u64 {
+        self.outage_after.map_or(0, |d| d.as_secs())
+    }
+
     fn allowed(&self, job: &Job) -> bool {
         let Recipient::Phone(phone) = &job.to else { return true };
         self.allow_prefixes
@@ -219,20 +229,43 @@ pub enum Verdict {
 }
 
 /// What the backend decided, before the mode is applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decision {
     /// The first level over budget, if any.
     pub over: Option<Level>,
     /// Whether the job was counted as sent (always, unless it was refused).
     pub counted: bool,
-    /// Whether the job's number range has verified history (feeds the outage detector: real users'
-    /// codes go there, a pump's do not).
+    /// Whether the job's number range has verified history: what a feedback outage may relax.
     pub range_known: bool,
     /// Whether refusals were on for this job: `enforce` asked, and the learning period over.
     pub enforcing: bool,
-    /// The deployment-wide outage inputs, when the backend shares them (Redis): when feedback last
-    /// arrived (0 = never) and the counted sends to known ranges since.
-    pub feedback_state: Option<(u64, u64)>,
+    /// The outage detector's inputs after this job (deployment-wide with Redis).
+    pub feedback_state: FeedbackState,
+}
+
+/// Which jobs over budget a check may refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusals {
+    /// `off`/`monitor`: none (decide and count only).
+    None,
+    /// `enforce`, once the learning period is over: every one.
+    All,
+    /// `enforce` during a feedback outage: all but those to a number range with verified history, whose
+    /// real users' codes are no longer seen verified. A range (or country) that never verified is judged
+    /// exactly as without the outage: an outage can never lift the guard from a pump's destinations.
+    UnlessRangeVerified,
+}
+
+impl Refusals {
+    /// Whether a job over budget is refused, given whether its range has verified history (refusals
+    /// being on at all: learning over).
+    pub fn refuse(self, range_known: bool) -> bool {
+        match self {
+            Refusals::None => false,
+            Refusals::All => true,
+            Refusals::UnlessRangeVerified => !range_known,
+        }
+    }
 }
 
 /// A feedback message's effect.
@@ -274,15 +307,11 @@ pub struct Guard {
     backend: Backend,
     clock: Clock,
     metrics: Option<GuardMetrics>,
-    /// When feedback last arrived, and how many codes went to destinations with a verified history since.
-    last_feedback: AtomicU64,
-    known_sends: AtomicU64,
+    /// The outage detector's inputs as the shared backend last returned them (the local backend holds
+    /// its own).
+    feedback: Mutex<FeedbackState>,
     in_outage: AtomicBool,
 }
-
-/// Codes sent to destinations that used to verify, with no feedback at all, before it is an outage (and
-/// not just a quiet few minutes).
-const OUTAGE_MIN_SENDS: u64 = 20;
 
 impl Guard {
     pub fn local(settings: Settings, clock: Clock, metrics: Option<GuardMetrics>) -> Guard {
@@ -294,15 +323,37 @@ impl Guard {
     }
 
     fn new(settings: Settings, backend: Backend, clock: Clock, metrics: Option<GuardMetrics>) -> Guard {
-        let now = clock();
         Guard {
             settings,
             backend,
             clock,
             metrics,
-            last_feedback: AtomicU64::new(now),
-            known_sends: AtomicU64::new(0),
+            feedback: Mutex::new(FeedbackState::default()),
             in_outage: AtomicBool::new(false),
+        }
+    }
+
+    /// The start-up log line: what the guard does and every default that delays or weakens it, with
+    /// what triggers it (docs/operations.md "The adaptive guard at start-up, and feedback outages").
+    pub fn log_start_up(&self) {
+        let s = &self.settings;
+        let learning = humantime::format_duration(s.learning_period).to_string();
+        let outage_after = s
+            .outage_after
+            .map_or_else(|| "off".to_string(), |d| humantime::format_duration(d).to_string());
+        tracing::info!(
+            mode = s.mode.as_str(),
+            learning_period = %learning,
+            outage_after = %outage_after,
+            "{}",
+            start_up_line(s)
+        );
+    }
+
+    fn feedback_state(&self) -> FeedbackState {
+        match &self.backend {
+            Backend::Local(local) => local.feedback_state(),
+            Backend::Shared(_) => *self.feedback.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
 
@@ -320,11 +371,15 @@ impl Guard {
             return Verdict::Allow;
         };
         let now = (self.clock)();
-        // Whether refusals may be on; the backend adds the learning period, whose clock it holds.
-        let enforce = self.settings.mode == Mode::Enforce && !self.outage(now);
+        // Which refusals may be on; the backend adds the learning period, whose clock it holds.
+        let refusals = match (self.settings.mode, self.outage(now)) {
+            (Mode::Enforce, false) => Refusals::All,
+            (Mode::Enforce, true) => Refusals::UnlessRangeVerified,
+            _ => Refusals::None,
+        };
         let decision = match &self.backend {
-            Backend::Local(local) => Ok(local.check(&job.id, &dest, &self.settings, now, enforce)),
-            Backend::Shared(shared) => shared.check(&job.id, &dest, &self.settings, now, enforce).await,
+            Backend::Local(local) => Ok(local.check(&job.id, &dest, &self.settings, now, refusals)),
+            Backend::Shared(shared) => shared.check(&job.id, &dest, &self.settings, now, refusals).await,
         };
         let decision = match decision {
             Ok(d) => d,
@@ -338,17 +393,8 @@ impl Guard {
                 return Verdict::Allow;
             }
         };
-        match decision.feedback_state {
-            Some((last_feedback, known_sends)) => {
-                if last_feedback > 0 {
-                    self.last_feedback.store(last_feedback, Ordering::Relaxed);
-                }
-                self.known_sends.store(known_sends, Ordering::Relaxed);
-            }
-            None if decision.counted && decision.range_known => {
-                self.known_sends.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {}
+        if let Backend::Shared(_) = &self.backend {
+            *self.feedback.lock().unwrap_or_else(|p| p.into_inner()) = decision.feedback_state;
         }
         if let Some(m) = &self.metrics
             && self.settings.mode == Mode::Enforce
@@ -371,8 +417,8 @@ impl Guard {
         }
     }
 
-    /// Whether refusals are on: enforce mode, the learning period over (as this process last heard of it),
-    /// and feedback flowing.
+    /// Whether refusals are on: enforce mode and the learning period over (as this process last heard of
+    /// it). A feedback outage does not turn them off: it only spares ranges with verified history.
     fn enforcing(&self, now: u64) -> bool {
         if self.settings.mode != Mode::Enforce {
             return false;
@@ -381,25 +427,24 @@ impl Guard {
             Backend::Local(local) => local.since(),
             Backend::Shared(shared) => shared.since(),
         };
-        since.is_some_and(|s| now.saturating_sub(s) >= self.settings.learning_period.as_secs()) && !self.outage(now)
+        since.is_some_and(|s| now.saturating_sub(s) >= self.settings.learning_period.as_secs())
     }
 
-    /// Feedback stopped everywhere at once: nothing for `outage_after`, while codes kept going to number
-    /// ranges whose users verify. Only sends that went out count, and only to ranges with verified history:
-    /// a pump's codes, refused or not, go to ranges that never verified and cannot make an outage.
+    /// Busy feedback stopped everywhere at once while the traffic that verified went on ([`outage`]):
+    /// decided on the feedback stream, which job publishers cannot write, never on sends alone.
     fn outage(&self, now: u64) -> bool {
-        let quiet = now.saturating_sub(self.last_feedback.load(Ordering::Relaxed));
-        let outage = quiet >= self.settings.outage_after.as_secs()
-            && self.known_sends.load(Ordering::Relaxed) >= OUTAGE_MIN_SENDS;
+        let state = self.feedback_state();
+        let outage = state.outage(now, self.settings.outage_window());
         if outage != self.in_outage.swap(outage, Ordering::Relaxed) {
             if outage {
                 tracing::error!(
-                    quiet_seconds = quiet,
-                    "fraud guard: no verification feedback while codes keep going out; the MFA server's \
-                     feedback publisher may be down. Monitoring only (nothing refused) until feedback returns"
+                    quiet_seconds = now.saturating_sub(state.last_feedback),
+                    "fraud guard: verification feedback stopped while codes keep going to ranges that verify; \
+                     the MFA server's feedback publisher may be down. Until feedback returns, jobs to number \
+                     ranges with verified history are not refused; every other destination stays guarded"
                 );
             } else {
-                tracing::warn!("fraud guard: feedback is back");
+                tracing::warn!("fraud guard: feedback is back; every destination is judged on its budget again");
             }
             if let Some(m) = &self.metrics {
                 m.outage.set(i64::from(outage));
@@ -411,13 +456,21 @@ impl Guard {
     /// A code was verified (`herald.feedback`). Idempotent per job id.
     pub async fn verified(&self, job_id: &str) -> Result<Feedback, redis::RedisError> {
         let now = (self.clock)();
-        self.last_feedback.store(now, Ordering::Relaxed);
-        self.known_sends.store(0, Ordering::Relaxed);
-        self.outage(now);
+        let window = self.settings.outage_window();
         let result = match &self.backend {
-            Backend::Local(local) => local.verified(job_id, now),
-            Backend::Shared(shared) => shared.verified(job_id, now).await?,
+            Backend::Local(local) => local.verified(job_id, now, window),
+            Backend::Shared(shared) => {
+                let result = shared.verified(job_id, now, window).await?;
+                // The script kept the shared state; this replica's copy follows until its next check.
+                let counted = matches!(result, Feedback::Counted { .. });
+                self.feedback
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .feedback(now, counted, window);
+                result
+            }
         };
+        self.outage(now);
         if let Some(m) = &self.metrics {
             let label = match &result {
                 Feedback::Counted { channel, country } => {
@@ -488,9 +541,16 @@ impl Guard {
         Ok(Some(out))
     }
 
-    /// Whether the guard refuses jobs right now (enforce mode, learning over, feedback flowing).
+    /// Whether the guard refuses jobs right now (enforce mode, learning over). During a feedback outage
+    /// it still does, except to ranges with verified history ([`Guard::feedback_outage`]).
     pub fn is_enforcing(&self) -> bool {
         self.enforcing((self.clock)())
+    }
+
+    /// Whether a feedback outage spares ranges with verified history right now (as this process last
+    /// heard of the shared state).
+    pub fn feedback_outage(&self) -> bool {
+        self.outage((self.clock)())
     }
 
     /// Drops what no window looks at any more (local counts only; Redis keys expire).
@@ -505,6 +565,40 @@ impl Guard {
         match &self.backend {
             Backend::Local(local) => local.held(),
             Backend::Shared(_) => (0, 0),
+        }
+    }
+}
+
+/// What [`Guard::log_start_up`] says: the mode, and every default that delays or weakens enforcing, with
+/// what triggers it.
+fn start_up_line(s: &Settings) -> String {
+    let learning = humantime::format_duration(s.learning_period);
+    match s.mode {
+        Mode::Off => "fraud guard off (fraud.mode = \"off\"): phone jobs are not budgeted".to_string(),
+        Mode::Monitor => "fraud guard in monitor mode: it decides and counts (gd_send_fraud_suspected_total, \
+                          mode=\"monitor\") and refuses nothing"
+            .to_string(),
+        Mode::Enforce => {
+            let outage = match s.outage_after {
+                None => "outage fallback off (fraud.outage_after under 1s)".to_string(),
+                Some(d) => {
+                    let d = humantime::format_duration(d);
+                    format!(
+                        "outage fallback on: when at least {} verified codes arrived in the {d} before \
+                         feedback stops, then none for {d}, while {} or more codes went to number ranges \
+                         with verified history in that {d}, jobs to ranges with verified history are not \
+                         refused until feedback returns; ranges and countries without verified history stay \
+                         guarded, the fixed limits still apply, and sends alone (any number, destinations, \
+                         user ids or IPs) never trigger it",
+                        outage::MIN_VERIFIED,
+                        outage::MIN_EARLY_SENDS
+                    )
+                }
+            };
+            format!(
+                "fraud guard enforcing. Learning period {learning}: nothing is refused before the first \
+                 verified code is counted and for {learning} after it (started by feedback only); {outage}"
+            )
         }
     }
 }
@@ -524,9 +618,53 @@ pub struct Explained {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn settings(mode: Mode, outage_after: Option<Duration>) -> Settings {
+        let mut s = crate::config::Config::default().fraud_settings();
+        s.mode = mode;
+        s.outage_after = outage_after;
+        s
+    }
+
+    #[test]
+    fn the_start_up_line_names_every_default_that_weakens_enforcing_and_its_trigger() {
+        let on = start_up_line(&settings(Mode::Enforce, Some(Duration::from_secs(600))));
+        for part in [
+            "enforcing",
+            "Learning period 1day",
+            "outage fallback on",
+            "20 verified codes arrived in the 10m",
+            "jobs to ranges with verified history are not refused",
+            "without verified history stay guarded",
+            "sends alone",
+        ] {
+            assert!(on.contains(part), "{part:?} missing from {on:?}");
+        }
+        let off = start_up_line(&settings(Mode::Enforce, None));
+        assert!(off.contains("outage fallback off"), "{off}");
+        assert!(!off.contains("fallback on"), "{off}");
+        assert!(start_up_line(&settings(Mode::Monitor, None)).contains("refuses nothing"));
+        assert!(start_up_line(&settings(Mode::Off, None)).contains("off"));
+    }
+
+    #[test]
+    fn an_outage_spares_only_ranges_with_verified_history() {
+        for (refusals, known, refused) in [
+            (Refusals::None, false, false),
+            (Refusals::None, true, false),
+            (Refusals::All, false, true),
+            (Refusals::All, true, true),
+            (Refusals::UnlessRangeVerified, false, true),
+            (Refusals::UnlessRangeVerified, true, false),
+        ] {
+            assert_eq!(refusals.refuse(known), refused, "{refusals:?}, range known: {known}");
+        }
+    }
+
     #[test]
     fn a_destination_hash_is_the_first_96_bits_of_its_sha256_in_lowercase_hex() {
-        assert_eq!(super::hashed(""), "e3b0c44298fc1c149afbf4c8");
-        assert_eq!(super::hashed("abc"), "ba7816bf8f01cfea414140de");
+        assert_eq!(hashed(""), "e3b0c44298fc1c149afbf4c8");
+        assert_eq!(hashed("abc"), "ba7816bf8f01cfea414140de");
     }
 }

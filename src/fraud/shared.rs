@@ -4,14 +4,15 @@
 //! the code was sent) and `d<day>` (verified per day, for the 14-day peak), stale fields dropped as they
 //! are read; each job a string `U|hour|channel|country|range|ip|region` (`V…` once verified, `X…` once
 //! a receipt said it was not delivered) that expires with
-//! the day window.
+//! the day window. The outage detector's inputs ([`super::outage`]) are one hash, `…:guard:feedback`:
+//! `at` (last feedback), `v` and `v_at` (decayed verified count), `sends` (early sends to known ranges).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
 use super::budget::{DAYS_KEPT, DayCount, HOURS_KEPT, HourCount, Tally};
-use super::{Decision, Destinations, Feedback, Level, Settings};
+use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
 
 /// Job entries live through the day window and a little more (feedback comes within minutes).
@@ -19,12 +20,14 @@ const JOB_TTL_SECS: u64 = (HOURS_KEPT as u64) * 3600;
 /// Destinations live as long as their oldest field can matter.
 const TALLY_TTL_SECS: u64 = (DAYS_KEPT as u64) * 86_400;
 
-/// KEYS = the job's tally keys, the range first, then the guard's prefix. ARGV = now, enforce (1/0), ratio,
-/// the job's entry, the learning period in seconds, then floor_hour and floor_day for each tally key, then
-/// the tally TTL, the job key's id and the job TTL. Refuses only when enforce is asked and the shared
-/// learning clock (`:since`) has run the learning period. Returns {over (0 = none, else the index of the
-/// first key over budget), counted, range known, enforcing (1/0 each), since, last feedback (0 = never),
-/// counted sends to known ranges since that feedback}.
+/// KEYS = the job's tally keys, the range first, then the guard's prefix. ARGV = now, refusals (0 none,
+/// 1 all, 2 all but to a range with verified history), ratio, the job's entry, the learning period in
+/// seconds, then floor_hour and floor_day for each tally key, then the tally TTL, the job key's id, the job
+/// TTL and `outage_after` in seconds. Refuses only when refusals are asked and the shared learning clock
+/// (`:since`) has run the learning period. Returns {over (0 = none, else the index of the first key over
+/// budget), counted, range known, enforcing (1/0 each), since, then the outage detector's inputs: last
+/// feedback (0 = never), decayed verified count (a string: Lua numbers reach Redis as integers), its time,
+/// early sends to known ranges}.
 const CHECK: &str = r#"
 local now = tonumber(ARGV[1])
 local ratio = tonumber(ARGV[3])
@@ -82,38 +85,52 @@ end
 local prefix = KEYS[n + 1]
 local since = tonumber(redis.call('GET', prefix .. ':since') or '0')
 local enforcing = 0
-if ARGV[2] == '1' and since > 0 and now - since >= learning then enforcing = 1 end
-local feedback_at = tonumber(redis.call('GET', prefix .. ':feedback_at') or '0')
-if over > 0 and enforcing == 1 then
-  local sends = tonumber(redis.call('GET', prefix .. ':known_sends') or '0')
-  return {over, 0, known, enforcing, since, feedback_at, sends}
+if ARGV[2] ~= '0' and since > 0 and now - since >= learning then enforcing = 1 end
+local fb = prefix .. ':feedback'
+local state = redis.call('HMGET', fb, 'at', 'v', 'v_at', 'sends')
+local at = tonumber(state[1] or '0')
+local v = state[2] or '0'
+local v_at = tonumber(state[3] or '0')
+local sends = tonumber(state[4] or '0')
+-- During an outage (2) a range with verified history is not refused; every other destination is.
+local refuse = enforcing == 1 and (ARGV[2] == '1' or known == 0)
+if over > 0 and refuse then
+  return {over, 0, known, enforcing, since, at, v, v_at, sends}
 end
 for i = 1, n do
   redis.call('HINCRBY', KEYS[i], 's' .. hour, 1)
   redis.call('EXPIRE', KEYS[i], ARGV[6 + 2 * n])
 end
 redis.call('SET', prefix .. ':j:' .. ARGV[7 + 2 * n], ARGV[4], 'EX', ARGV[8 + 2 * n])
-local sends = 0
-if known == 1 then
-  sends = redis.call('INCR', prefix .. ':known_sends')
-  redis.call('EXPIRE', prefix .. ':known_sends', ARGV[6 + 2 * n])
-else
-  sends = tonumber(redis.call('GET', prefix .. ':known_sends') or '0')
+-- outage.rs, known_send: only codes to ranges that verify, and only early in a silence, count.
+if known == 1 and at > 0 and now - at <= tonumber(ARGV[9 + 2 * n]) then
+  sends = redis.call('HINCRBY', fb, 'sends', 1)
+  redis.call('EXPIRE', fb, ARGV[6 + 2 * n])
 end
-return {over, 1, known, enforcing, since, feedback_at, sends}
+return {over, 1, known, enforcing, since, at, v, v_at, sends}
 "#;
 
-/// KEYS = the guard's prefix; ARGV = the job key's id, now, the tally TTL. Returns {0} unknown,
-/// {1} duplicate, {2, entry} counted now.
+/// KEYS = the guard's prefix; ARGV = the job key's id, now, the tally TTL, `outage_after` in seconds.
+/// Returns {0} unknown, {1} duplicate, {2, entry} counted now.
 const VERIFIED: &str = r#"
 local prefix = KEYS[1]
--- Any feedback proves the MFA server's publisher works (the outage detector, shared by replicas).
-redis.call('SET', prefix .. ':feedback_at', ARGV[2], 'EX', ARGV[3])
-redis.call('SET', prefix .. ':known_sends', 0, 'EX', ARGV[3])
+local now = tonumber(ARGV[2])
+local window = tonumber(ARGV[4])
+-- Any feedback proves the MFA server's publisher works (outage.rs, feedback; shared by replicas).
+local fb = prefix .. ':feedback'
+redis.call('HSET', fb, 'at', now, 'sends', 0)
+redis.call('EXPIRE', fb, ARGV[3])
 local job = prefix .. ':j:' .. ARGV[1]
 local entry = redis.call('GET', job)
 if not entry then return {0} end
 if string.sub(entry, 1, 1) ~= 'U' then return {1} end
+local old = redis.call('HMGET', fb, 'v', 'v_at')
+local v = 0
+if window > 0 then
+  local elapsed = math.max(now - tonumber(old[2] or '0'), 0)
+  v = tonumber(old[1] or '0') * math.exp(-elapsed / window)
+end
+redis.call('HSET', fb, 'v', string.format('%.17g', v + 1), 'v_at', now)
 local ttl = redis.call('TTL', job)
 if ttl < 1 then ttl = 1 end
 redis.call('SET', job, 'V' .. string.sub(entry, 2), 'EX', ttl)
@@ -180,7 +197,7 @@ impl Shared {
         dest: &Destinations,
         s: &Settings,
         now: u64,
-        enforce: bool,
+        refusals: Refusals,
     ) -> Result<Decision, redis::RedisError> {
         let keys = dest.keys();
         let mut invocation = self.check.prepare_invoke();
@@ -199,7 +216,11 @@ impl Shared {
         );
         invocation
             .arg(now)
-            .arg(u8::from(enforce))
+            .arg(match refusals {
+                Refusals::None => 0u8,
+                Refusals::All => 1,
+                Refusals::UnlessRangeVerified => 2,
+            })
             .arg(s.ratio)
             .arg(entry)
             .arg(s.learning_period.as_secs());
@@ -207,8 +228,13 @@ impl Shared {
             let floors = level.floors(s);
             invocation.arg(floors.hour).arg(floors.day);
         }
-        invocation.arg(TALLY_TTL_SECS).arg(job_id_key(job_id)).arg(JOB_TTL_SECS);
-        let (over, counted, known, enforcing, since, feedback_at, known_sends): (usize, u8, u8, u8, u64, u64, u64) =
+        invocation
+            .arg(TALLY_TTL_SECS)
+            .arg(job_id_key(job_id))
+            .arg(JOB_TTL_SECS)
+            .arg(s.outage_window());
+        type Answer = (usize, u8, u8, u8, u64, u64, String, u64, u64);
+        let (over, counted, known, enforcing, since, at, verified, verified_at, sends): Answer =
             invocation.invoke_async(&mut self.conn.clone()).await?;
         self.since.store(since, Ordering::Relaxed);
         Ok(Decision {
@@ -216,17 +242,25 @@ impl Shared {
             counted: counted == 1,
             range_known: known == 1,
             enforcing: enforcing == 1,
-            feedback_state: Some((feedback_at, known_sends)),
+            feedback_state: FeedbackState {
+                last_feedback: at,
+                // Written by VERIFIED as a number; anything else (a hand-edited key) counts nothing.
+                verified: verified.parse().ok().filter(|v: &f64| v.is_finite()).unwrap_or(0.0),
+                verified_at,
+                early_sends: sends,
+            },
         })
     }
 
-    pub async fn verified(&self, job_id: &str, now: u64) -> Result<Feedback, redis::RedisError> {
+    /// A code was verified; `window` is `outage_after` in seconds (the outage detector's).
+    pub async fn verified(&self, job_id: &str, now: u64, window: u64) -> Result<Feedback, redis::RedisError> {
         let answer: Vec<redis::Value> = self
             .verified
             .key(&self.prefix)
             .arg(job_id_key(job_id))
             .arg(now.max(1))
             .arg(TALLY_TTL_SECS)
+            .arg(window)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let code: u8 = answer
