@@ -48,6 +48,10 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         // Cancels the consumer and the background chores below.
         let shutdown = CancellationToken::new();
+        for warning in config.warnings() {
+            tracing::warn!(key = %warning.key, "{}", warning.message);
+        }
+        let http_limits = crate::http::limits::at_start(&config);
         let templates = Arc::new(
             Templates::load_with_vars(
                 &config.templates.dir,
@@ -122,6 +126,7 @@ impl Application {
                 metrics: metrics.clone(),
                 ready: ready.clone(),
                 receipts: Some(receipts.clone()),
+                webhook_ids: crate::http::receipts::SeenIds::default(),
             },
             crate::http::admin::AdminState {
                 templates: templates.clone(),
@@ -129,7 +134,10 @@ impl Application {
                 token_name: config.admin.token_name.clone(),
                 audit: Arc::new(Audit::new(config.amqp.clone())),
                 guard: guard.clone(),
+                auth: crate::http::auth::AuthLimiter::default(),
+                auth_failures: metrics.http.admin_auth_failures.clone(),
             },
+            http_limits,
         )?;
         // Background chores start only now that nothing below can fail: a start that fails (a port in use)
         // must not leave them running.

@@ -6,6 +6,7 @@
 mod env;
 mod error;
 mod values;
+mod warnings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ pub use values::{
     DurationError, HttpUrl, HttpUrlError, HumanDuration, Rate, RateError, Secret, SmtpUrl, Text, WebhookKey,
     WebhookKeyError,
 };
+pub use warnings::{KNOWN_ADMIN_TOKENS, Warning};
 
 use crate::job::{CallingCode, Channel, Locale, PhoneNumber};
 pub use crate::providers::ProviderKind;
@@ -110,6 +112,12 @@ pub struct StateConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
+    /// Open connections at most; lowered at start-up to what the descriptor limit leaves after the broker's
+    /// and the providers' share (docs/operations.md, "HTTP limits").
+    pub max_connections: usize,
+    /// From a connection's accept to the last byte of its request (head and body): a slower one gets 408.
+    #[serde(with = "text")]
+    pub request_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -294,6 +302,14 @@ pub struct WebhookConfig {
     /// `""` = unset.
     #[serde(with = "blank_is_none", default)]
     pub secret: Option<WebhookKey>,
+    /// The key of the status callbacks herald takes (`POST /providers/webhook/status`); `""` = derived from
+    /// `secret` ([`webhook::status_key`](crate::providers::webhook::status_key)), so that herald's own signed
+    /// requests are never taken as status callbacks.
+    #[serde(with = "blank_is_none", default)]
+    pub status_secret: Option<WebhookKey>,
+    /// Also take status callbacks signed with `secret` itself (the older form, for receivers not yet
+    /// updated).
+    pub status_accepts_secret: bool,
 }
 
 impl WebhookConfig {
@@ -313,6 +329,24 @@ impl WebhookConfig {
             )
         })?;
         Ok((url, key))
+    }
+
+    /// The keys status callbacks may be signed with: `status_secret` (else the key derived from `secret`),
+    /// then `secret` itself when `status_accepts_secret` is on. Empty without `secret`: no webhook
+    /// messages, no receipts.
+    pub fn status_keys(&self) -> Vec<WebhookKey> {
+        let Some(secret) = &self.secret else {
+            return Vec::new();
+        };
+        let mut keys = vec![
+            self.status_secret
+                .clone()
+                .unwrap_or_else(|| WebhookKey::from_bytes(crate::providers::webhook::status_key(secret.as_bytes()))),
+        ];
+        if self.status_accepts_secret {
+            keys.push(secret.clone());
+        }
+        keys
     }
 }
 
@@ -513,6 +547,13 @@ impl Config {
                  255 characters",
             ));
         }
+        if self.http.max_connections == 0 {
+            return Err(ConfigError::key("http.max_connections", "must be at least 1"));
+        }
+        if self.http.request_timeout.0.is_zero() {
+            return Err(ConfigError::key("http.request_timeout", "must be greater than zero"));
+        }
+        warnings::check_admin_token(&self.admin.token)?;
         if self.retry.provider_timeout.0.is_zero() {
             return Err(ConfigError::key("retry.provider_timeout", "must be greater than zero"));
         }
@@ -523,7 +564,7 @@ impl Config {
             return Err(ConfigError::key("throttle.ipv6_prefix", "must be between 1 and 128"));
         }
         // Callbacks are signed with the auth token: with none, anyone could sign them.
-        if self.twilio.status_callback_url.is_some() && self.twilio.auth_token.is_empty() {
+        if self.twilio.status_callback_url.is_some() && self.twilio.auth_token.is_blank() {
             return Err(ConfigError::key(
                 "twilio.auth_token",
                 "required because twilio.status_callback_url is set (Twilio signs status callbacks with it)",
@@ -603,7 +644,7 @@ impl Config {
             ProviderKind::Outbox | ProviderKind::Smtp => Ok(()),
             ProviderKind::Twilio => {
                 required(!self.twilio.account_sid.is_empty(), "account_sid")?;
-                required(!self.twilio.auth_token.is_empty(), "auth_token")?;
+                required(!self.twilio.auth_token.is_blank(), "auth_token")?;
                 if channel == Channel::Voice && self.twilio.from.is_none() {
                     return Err(ConfigError::key(
                         "twilio.from",
@@ -622,23 +663,23 @@ impl Config {
             ProviderKind::Webhook => self.webhook.endpoint(key).map(|_| ()),
             ProviderKind::Vonage => {
                 required(!self.vonage.api_key.is_empty(), "api_key")?;
-                required(!self.vonage.api_secret.is_empty(), "api_secret")?;
+                required(!self.vonage.api_secret.is_blank(), "api_secret")?;
                 required(!self.vonage.from.is_empty(), "from")
             }
             ProviderKind::Plivo => {
                 required(!self.plivo.auth_id.is_empty(), "auth_id")?;
-                required(!self.plivo.auth_token.is_empty(), "auth_token")?;
+                required(!self.plivo.auth_token.is_blank(), "auth_token")?;
                 required(!self.plivo.from.is_empty(), "from")
             }
             ProviderKind::Infobip => {
-                required(!self.infobip.api_key.is_empty(), "api_key")?;
+                required(!self.infobip.api_key.is_blank(), "api_key")?;
                 required(!self.infobip.from.is_empty(), "from")?;
                 required(self.infobip.base_url.is_some(), "base_url")
             }
             ProviderKind::Sns => {
                 required(!self.sns.region.is_empty(), "region")?;
                 required(!self.sns.access_key_id.is_empty(), "access_key_id")?;
-                required(!self.sns.secret_access_key.is_empty(), "secret_access_key")?;
+                required(!self.sns.secret_access_key.is_blank(), "secret_access_key")?;
                 // The region becomes part of the endpoint's host name.
                 if !self
                     .sns

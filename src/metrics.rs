@@ -37,6 +37,8 @@ pub struct Metrics {
     pub commit_batch: prometheus::Histogram,
     /// Seconds from a broker transaction's `tx.commit` to its `commit-ok`: the pipeline's serial step.
     pub commit_seconds: prometheus::Histogram,
+    /// The HTTP server's connections, request deadlines and admin token refusals.
+    pub http: crate::http::HttpMetrics,
 }
 
 /// What the metrics need of an outcome event: its labels and duration.
@@ -239,7 +241,9 @@ impl Metrics {
                 c
             },
         };
+        let http = crate::http::HttpMetrics::new(&register);
         Metrics {
+            http,
             names: names.into_inner(),
             guard,
             registry,

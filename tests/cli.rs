@@ -79,6 +79,48 @@ fn config_errors_name_the_key_and_never_print_secrets() {
     }
     let (code, stderr) = run_with_config("[amqp]\nprefetch = 64\n", &[]);
     assert_eq!(code, 0, "a valid config passes: {stderr}");
+}
+
+/// What is never right stops start-up with exit code 2 and the key's name, never the value: a whitespace
+/// or published admin token, a webhook key of zero bytes or spaces, a whitespace credential a chain needs.
+/// Before, each started (the whitespace token could never be presented; the published one let anyone in).
+#[test]
+fn settings_that_are_never_right_are_refused_naming_the_key() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        ("", &[("HERALD_ADMIN__TOKEN", "   ")], "admin.token"),
+        (
+            "",
+            &[("HERALD_ADMIN__TOKEN", " s3cr3t-padded-0123456789 ")],
+            "admin.token",
+        ),
+        ("", &[("HERALD_ADMIN__TOKEN", "change-me-admin-token")], "admin.token"),
+        ("[admin]\ntoken = \"Change-Me\"\n", &[], "admin.token"),
+        // base64 of three zero bytes, and of three spaces.
+        ("[webhook]\nsecret = \"whsec_AAAA\"\n", &[], "webhook.secret"),
+        (
+            "",
+            &[("HERALD_WEBHOOK__STATUS_SECRET", "whsec_ICAg")],
+            "webhook.status_secret",
+        ),
+        (
+            "[twilio]\naccount_sid = \"AC1\"\nfrom = \"+15005550006\"\n",
+            &[("HERALD_TWILIO__AUTH_TOKEN", " \t ")],
+            "twilio.auth_token",
+        ),
+        ("[http]\nmax_connections = 0\n", &[], "http.max_connections"),
+        ("[http]\nrequest_timeout = \"0s\"\n", &[], "http.request_timeout"),
+    ];
+    for (toml, envs, key) in cases {
+        let (code, stderr) = run_with_config(toml, envs);
+        assert_eq!(code, 2, "{toml:?} {envs:?} should be refused: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "error for {toml:?} {envs:?} should name `{key}`: {stderr}"
+        );
+        assert!(!stderr.contains("s3cr3t"), "a secret was printed: {stderr}");
+        assert!(!stderr.contains("change-me"), "the token was printed: {stderr}");
+    }
     // Environment values are text: a number-like phone or token stays a string, arrays are TOML.
     let env = [
         ("HERALD_TWILIO__ACCOUNT_SID", "AC1"),

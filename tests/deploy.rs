@@ -217,19 +217,37 @@ fn compose_stack_validates_and_herald_accepts_its_configuration() {
     // `docker compose` (v2 plugin) when present, else Debian's docker-compose; neither needs an engine
     // for `config`. Missing both is a failure: .ci/run installs docker-compose.
     let v2 = Command::new("docker").args(["compose", "version"]).output();
-    let mut cmd = if v2.is_ok_and(|o| o.status.success()) {
-        let mut c = Command::new("docker");
-        c.arg("compose");
-        c
-    } else {
-        Command::new("docker-compose")
+    let compose_config = |token: Option<&str>| {
+        let mut cmd = if v2.as_ref().is_ok_and(|o| o.status.success()) {
+            let mut c = Command::new("docker");
+            c.arg("compose");
+            c
+        } else {
+            Command::new("docker-compose")
+        };
+        cmd.env_remove("HERALD_ADMIN_TOKEN");
+        if let Some(token) = token {
+            cmd.env("HERALD_ADMIN_TOKEN", token);
+        }
+        cmd.arg("-f")
+            .arg(&file)
+            .arg("config")
+            .output()
+            .expect("`docker compose` or `docker-compose` is needed (.ci/run installs docker-compose)")
     };
-    let out = cmd
-        .arg("-f")
-        .arg(&file)
-        .arg("config")
-        .output()
-        .expect("`docker compose` or `docker-compose` is needed (.ci/run installs docker-compose)");
+    // The stack ships no admin token: without one, compose refuses to start it, naming the variable.
+    let refused = compose_config(None);
+    assert!(
+        !refused.status.success(),
+        "the compose stack starts without HERALD_ADMIN_TOKEN: its admin token would be one anybody can read"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("HERALD_ADMIN_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let out = compose_config(Some(&token));
     assert!(
         out.status.success(),
         "compose file invalid:\n{}",
@@ -267,8 +285,44 @@ fn compose_stack_validates_and_herald_accepts_its_configuration() {
             envs.iter().any(|(k, _)| k == "HERALD_REDIS__URL"),
             "{replica} without Redis"
         );
+        assert!(
+            envs.contains(&("HERALD_ADMIN__TOKEN".to_owned(), token.clone())),
+            "{replica}'s admin token is not the one the operator gave"
+        );
         herald_accepts(&envs, replica);
     }
+    // Nothing is published on every interface (RabbitMQ keeps guest/guest in this stack; /admin and
+    // /metrics are not for other machines), and no admin token is written in the file.
+    let raw: Value = serde_json::to_value(
+        serde_yaml::from_str::<serde_yaml::Value>(&std::fs::read_to_string(&file).unwrap()).unwrap(),
+    )
+    .unwrap();
+    for (name, service) in raw["services"].as_object().unwrap() {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let port = port
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: ports in the short syntax"));
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface"
+            );
+        }
+    }
+    let written = raw["x-herald"]["environment"]["HERALD_ADMIN__TOKEN"].as_str().unwrap();
+    assert!(
+        written.starts_with("${HERALD_ADMIN_TOKEN:?"),
+        "the compose file writes an admin token instead of requiring one"
+    );
+    // And herald itself refuses the placeholder the file used to ship.
+    let mut old = vec![("HERALD_ADMIN__TOKEN".to_owned(), "change-me-admin-token".to_owned())];
+    old.push(("HERALD_TEMPLATES__DIR".into(), repo("templates").display().to_string()));
+    let out = herald()
+        .args(["templates", "check"])
+        .envs(old.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));
     let prometheus = std::fs::read_to_string(repo("deploy/compose/prometheus.yml")).unwrap();
     let prometheus: Value =
         serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&prometheus).unwrap()).unwrap();

@@ -443,54 +443,86 @@ async fn a_second_replica_takes_the_callback_of_a_message_the_first_sent() {
     app.stop().await;
 }
 
-/// The custom provider's receipts: Standard Webhooks-signed JSON keyed by job id.
-#[tokio::test]
-async fn webhook_receipts_need_a_valid_standard_webhooks_signature() {
-    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// The status key README derives from `WEBHOOK_SECRET` (HMAC-SHA256 over "herald webhook status v1").
+const WEBHOOK_STATUS_KEY: &str = "whsec_rLjHTJf4Rdxczsvyjk6H6/fWcJJbpIVr27b6Z36M9gw=";
+
+/// herald sending SMS through a webhook endpoint that takes everything, `customize`d further.
+async fn webhook_app(customize: impl FnOnce(&mut herald::config::Config)) -> (TestApp, MockServer) {
     let endpoint = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"message_id": "gw-1"})))
         .mount(&endpoint)
         .await;
-    let mut app = TestApp::spawn(|c| {
+    let app = TestApp::spawn(|c| {
         c.channels.sms = Some(vec![herald::config::ProviderKind::Webhook]);
         c.webhook.url = Some(endpoint.uri().parse().unwrap());
-        c.webhook.secret = Some(SECRET.parse().unwrap());
+        c.webhook.secret = Some(WEBHOOK_SECRET.parse().unwrap());
+        customize(c);
     })
     .await;
+    (app, endpoint)
+}
+
+/// POSTs `body` to the webhook status route with Standard Webhooks headers, signed with `secret` unless
+/// `signature` is given; the answer's status.
+async fn post_webhook_status(
+    url: &str,
+    secret: &str,
+    body: &[u8],
+    id: &str,
+    timestamp: u64,
+    signature: Option<&str>,
+) -> u16 {
+    let key = herald::providers::webhook::decode_secret(secret).unwrap();
+    let signature = signature.map_or_else(
+        || herald::providers::webhook::sign(&key, id, timestamp, body),
+        str::to_owned,
+    );
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn webhook_rejected(m: &str, reason: &str) -> f64 {
+    metric(
+        m,
+        &format!(r#"herald_receipts_rejected_total{{provider="webhook",reason="{reason}"}}"#),
+    )
+}
+
+/// The custom provider's receipts: Standard Webhooks-signed JSON keyed by job id, signed with the status
+/// key derived from `webhook.secret` (README, "Delivery receipts").
+#[tokio::test]
+async fn webhook_receipts_need_a_valid_standard_webhooks_signature() {
+    let (mut app, _endpoint) = webhook_app(|_| {}).await;
     let sent = send(&mut app, "sms").await;
     let job_id = sent["job_id"].as_str().unwrap().to_owned();
-    let key = herald::providers::webhook::decode_secret(SECRET).unwrap();
-    let url = app.url("/providers/webhook/status");
-    let post_signed = |body: Vec<u8>, id: &str, timestamp: u64, signature: Option<String>| {
-        let signature = signature.unwrap_or_else(|| herald::providers::webhook::sign(&key, id, timestamp, &body));
-        let url = url.clone();
-        let id = id.to_owned();
-        async move {
-            reqwest::Client::new()
-                .post(url)
-                .header("content-type", "application/json")
-                .header("webhook-id", id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature)
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
-    };
     let now = chrono::Utc::now().timestamp() as u64;
     let body =
         serde_json::to_vec(&json!({"job_id": job_id, "status": "failed", "error_code": "carrier_blocked"})).unwrap();
+    let status_url = app.url("/providers/webhook/status");
+    let post = |id: &'static str, timestamp: u64, signature: Option<&'static str>| {
+        post_webhook_status(&status_url, WEBHOOK_STATUS_KEY, &body, id, timestamp, signature)
+    };
+    assert_eq!(post("rcpt-1", now, Some("v1,AAAA")).await, 401);
+    assert_eq!(post("rcpt-1", now - 3600, None).await, 401);
+    // Signed with webhook.secret itself, the key of herald's own requests: refused.
     assert_eq!(
-        post_signed(body.clone(), "rcpt-1", now, Some("v1,AAAA".into())).await,
+        post_webhook_status(&status_url, WEBHOOK_SECRET, &body, "rcpt-1", now, None).await,
         401
     );
-    assert_eq!(post_signed(body.clone(), "rcpt-1", now - 3600, None).await, 401);
     assert_eq!(app.try_next_event(1).await, None);
-    assert_eq!(post_signed(body.clone(), "rcpt-1", now, None).await, 200);
+    assert_eq!(post("rcpt-1", now, None).await, 200);
     let event = app.next_event(10).await;
     assert_eq!(event["type"], "gd_send_sms_status");
     assert_eq!(event["job_id"], job_id.as_str());
@@ -499,7 +531,7 @@ async fn webhook_receipts_need_a_valid_standard_webhooks_signature() {
     assert_eq!(event["status"], "failed");
     assert_eq!(event["error_code"], "carrier_blocked");
     assert_no_personal_data(&event);
-    assert_eq!(post_signed(body, "rcpt-2", now, None).await, 200);
+    assert_eq!(post("rcpt-2", now, None).await, 200);
     assert_eq!(app.try_next_event(1).await, None);
     let m = app.metrics().await;
     assert_eq!(
@@ -509,13 +541,115 @@ async fn webhook_receipts_need_a_valid_standard_webhooks_signature() {
         ),
         1.0
     );
+    assert_eq!(webhook_rejected(&m, "signature"), 3.0);
+    app.stop().await;
+}
+
+/// A signed status callback replayed (same `webhook-id`, within its window) is refused and counted, even
+/// re-sent before its first copy's status was final; another id is taken.
+#[tokio::test]
+async fn a_replayed_webhook_status_is_refused() {
+    let (mut app, _endpoint) = webhook_app(|_| {}).await;
+    let status_url = app.url("/providers/webhook/status");
+    let sent = send(&mut app, "sms").await;
+    let job_id = sent["job_id"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let sent_status = serde_json::to_vec(&json!({"job_id": job_id, "status": "sent"})).unwrap();
+    let delivered = serde_json::to_vec(&json!({"job_id": job_id, "status": "delivered"})).unwrap();
+    let key = WEBHOOK_STATUS_KEY;
     assert_eq!(
-        metric(
-            &m,
-            r#"herald_receipts_rejected_total{provider="webhook",reason="signature"}"#
-        ),
-        2.0
+        post_webhook_status(&status_url, key, &sent_status, "msg_a", now, None).await,
+        200
     );
+    // The same message again, byte for byte: a replay.
+    assert_eq!(
+        post_webhook_status(&status_url, key, &sent_status, "msg_a", now, None).await,
+        409
+    );
+    assert_eq!(
+        post_webhook_status(&status_url, key, &delivered, "msg_b", now, None).await,
+        200
+    );
+    assert_eq!(app.next_event(10).await["status"], "delivered");
+    assert_eq!(
+        post_webhook_status(&status_url, key, &delivered, "msg_b", now, None).await,
+        409
+    );
+    assert_eq!(app.try_next_event(1).await, None);
+    let m = app.metrics().await;
+    assert_eq!(webhook_rejected(&m, "replay"), 2.0);
+    assert_eq!(
+        metric(&m, r#"herald_receipts_total{provider="webhook",result="intermediate"}"#),
+        1.0
+    );
+    app.stop().await;
+}
+
+/// herald's own outbound webhook request (its body and Standard Webhooks headers, as the endpoint got
+/// them) replayed to herald's status route: before, it passed the signature check (one key for both
+/// directions); now it is refused as unsigned.
+#[tokio::test]
+async fn heralds_own_webhook_request_replayed_to_its_status_route_is_refused() {
+    let (mut app, endpoint) = webhook_app(|_| {}).await;
+    send(&mut app, "sms").await;
+    let requests = endpoint.received_requests().await.unwrap();
+    let sent = requests.last().expect("herald called the endpoint");
+    let mut replay = reqwest::Client::new().post(app.url("/providers/webhook/status"));
+    for (name, value) in &sent.headers {
+        if name.as_str().starts_with("webhook-") || name == "content-type" {
+            replay = replay.header(name.as_str(), value.to_str().unwrap());
+        }
+    }
+    let answer = replay.body(sent.body.clone()).send().await.unwrap();
+    assert_eq!(answer.status(), 401);
+    let m = app.metrics().await;
+    assert_eq!(webhook_rejected(&m, "signature"), 1.0);
+    assert_eq!(webhook_rejected(&m, "malformed"), 0.0);
+    app.stop().await;
+}
+
+/// `webhook.status_accepts_secret` (the older form, opt-in): a status signed with `webhook.secret` is taken,
+/// and one signed with the status key still is.
+#[tokio::test]
+async fn the_older_form_signed_with_the_webhook_secret_is_taken_when_opted_in() {
+    let (mut app, _endpoint) = webhook_app(|c| c.webhook.status_accepts_secret = true).await;
+    let status_url = app.url("/providers/webhook/status");
+    let sent = send(&mut app, "sms").await;
+    let job_id = sent["job_id"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let sent_status = serde_json::to_vec(&json!({"job_id": job_id, "status": "sent"})).unwrap();
+    let delivered = serde_json::to_vec(&json!({"job_id": job_id, "status": "delivered"})).unwrap();
+    assert_eq!(
+        post_webhook_status(&status_url, WEBHOOK_SECRET, &sent_status, "old-1", now, None).await,
+        200
+    );
+    assert_eq!(
+        post_webhook_status(&status_url, WEBHOOK_STATUS_KEY, &delivered, "new-1", now, None).await,
+        200
+    );
+    assert_eq!(app.next_event(10).await["status"], "delivered");
+    app.stop().await;
+}
+
+/// `webhook.status_secret` set: it is the status key, and the derived one is not.
+#[tokio::test]
+async fn a_configured_status_secret_replaces_the_derived_key() {
+    const OWN: &str = "whsec_c3RhdHVzLXNlY3JldC1vZi10aGUtcmVjZWl2ZXI=";
+    let (mut app, _endpoint) = webhook_app(|c| c.webhook.status_secret = Some(OWN.parse().unwrap())).await;
+    let status_url = app.url("/providers/webhook/status");
+    let sent = send(&mut app, "sms").await;
+    let job_id = sent["job_id"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let delivered = serde_json::to_vec(&json!({"job_id": job_id, "status": "delivered"})).unwrap();
+    assert_eq!(
+        post_webhook_status(&status_url, WEBHOOK_STATUS_KEY, &delivered, "k-1", now, None).await,
+        401
+    );
+    assert_eq!(
+        post_webhook_status(&status_url, OWN, &delivered, "k-2", now, None).await,
+        200
+    );
+    assert_eq!(app.next_event(10).await["status"], "delivered");
     app.stop().await;
 }
 

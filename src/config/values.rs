@@ -111,6 +111,10 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// Empty or only whitespace: as good as unset, and never a real credential.
+    pub fn is_blank(&self) -> bool {
+        self.0.trim().is_empty()
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -249,6 +253,11 @@ impl Text for HttpUrl {
 pub struct WebhookKey(Vec<u8>);
 
 impl WebhookKey {
+    /// A key herald derived itself (the status key); a configured one is parsed from its `whsec_…` text.
+    pub fn from_bytes(key: Vec<u8>) -> WebhookKey {
+        WebhookKey(key)
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }

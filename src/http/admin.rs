@@ -32,6 +32,10 @@ pub struct AdminState {
     pub audit: Arc<Audit>,
     /// For `GET /admin/api/guard`: why the fraud guard lets a destination through or not.
     pub guard: Arc<Guard>,
+    /// Slows and counts wrong tokens.
+    pub auth: super::auth::AuthLimiter,
+    /// `herald_admin_auth_failures_total{reason}`.
+    pub auth_failures: prometheus::IntCounterVec,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -61,8 +65,8 @@ async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let denied = match req.app_data::<web::Data<AdminState>>() {
-        Some(state) => authorize(req.request(), state).err(),
+    let denied = match req.app_data::<web::Data<AdminState>>().cloned() {
+        Some(state) => admit(req.request(), &state).await.err(),
         None => Some(ApiError::Unauthorized("the admin API is not configured")),
     };
     match denied {
@@ -70,6 +74,50 @@ async fn require_token(
             .into_response(actix_web::ResponseError::error_response(&e))
             .map_into_right_body()),
         None => next.call(req).await.map(ServiceResponse::map_into_left_body),
+    }
+}
+
+/// [`authorize`], within the client's and the server's budget of failed tries: an empty budget is a 429
+/// before the token is looked at; a wrong token costs a try and is answered after [`FAILURE_DELAY`]; every
+/// refusal is counted and warned about once per burst.
+///
+/// [`FAILURE_DELAY`]: super::auth::FAILURE_DELAY
+async fn admit(req: &HttpRequest, state: &AdminState) -> Result<(), ApiError> {
+    if state.token.is_empty() {
+        return Err(ApiError::Unauthorized("the admin API is disabled: set admin.token"));
+    }
+    let peer = req.peer_addr().map(|a| a.ip());
+    let now = std::time::Instant::now();
+    let reason = match state.auth.check(peer, now) {
+        Err(wait) => {
+            state.auth_failures.with_label_values(&["throttled"]).inc();
+            warn_once_per_burst(state, peer);
+            return Err(ApiError::Throttled(wait));
+        }
+        Ok(()) => match authorize(req, state) {
+            Ok(()) => return Ok(()),
+            Err(reason) => reason,
+        },
+    };
+    state.auth_failures.with_label_values(&[reason]).inc();
+    warn_once_per_burst(state, peer);
+    // Only a presented token is a guess: a request without one (a browser before its login, a scanner)
+    // costs no try and no wait.
+    if reason == "wrong" {
+        state.auth.failed(peer, now);
+        tokio::time::sleep(super::auth::FAILURE_DELAY).await;
+    }
+    Err(ApiError::Unauthorized("missing or wrong bearer token"))
+}
+
+fn warn_once_per_burst(state: &AdminState, peer: Option<std::net::IpAddr>) {
+    if let Some(refused) = state.auth.warning.hit() {
+        tracing::warn!(
+            refused,
+            peer = peer.map(|ip| ip.to_string()).unwrap_or_default(),
+            "admin API requests with a missing or wrong bearer token refused (one warning per 10 s; \
+             herald_admin_auth_failures_total counts them)"
+        );
     }
 }
 
@@ -99,6 +147,8 @@ enum ApiError {
     UnsupportedMediaType(String),
     Stale(Option<String>),
     Internal(String),
+    /// Too many failed tokens from this client or from everyone: try again after this long.
+    Throttled(std::time::Duration),
 }
 
 impl std::fmt::Display for ApiError {
@@ -119,6 +169,7 @@ impl std::fmt::Display for ApiError {
                     problems.first().map(ToString::to_string).unwrap_or_default()
                 )
             }
+            ApiError::Throttled(_) => f.write_str("too many requests with a wrong bearer token: try again later"),
             ApiError::Stale(_) => f.write_str(
                 "the template changed since you read it (If-Match does not match its ETag): reload it and edit again",
             ),
@@ -137,6 +188,7 @@ impl actix_web::ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Stale(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -156,6 +208,10 @@ impl actix_web::ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::Unauthorized(_)) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"herald admin\""));
+        }
+        if let ApiError::Throttled(wait) = self {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
         }
         response.json(body)
     }
@@ -184,11 +240,9 @@ fn bad_request(message: &str) -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::BadRequest(message.to_owned()))
 }
 
-/// Bearer token check in constant time; an empty configured token disables the admin API.
-fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), ApiError> {
-    if state.token.is_empty() {
-        return Err(ApiError::Unauthorized("the admin API is disabled: set admin.token"));
-    }
+/// Bearer token check in constant time (its length aside); `Err` names the failure as counted
+/// (`missing`, `wrong`).
+fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), &'static str> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -197,11 +251,14 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), ApiError> {
         // The scheme is case-insensitive (RFC 9110 §11.1).
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map_or("", |(_, token)| token.trim());
+    if presented.is_empty() {
+        return Err("missing");
+    }
     let expected = state.token.expose().as_bytes();
     if bool::from(presented.as_bytes().ct_eq(expected)) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized("missing or wrong bearer token"))
+        Err("wrong")
     }
 }
 

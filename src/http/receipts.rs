@@ -1,7 +1,9 @@
 //! Status callback routes (contract §13): `POST /providers/twilio/status` (Twilio's form, checked against
 //! `X-Twilio-Signature`) and `POST /providers/webhook/status` (JSON, Standard Webhooks signature). No
 //! admin token: a request is taken only with a valid signature. Bodies are capped, never echoed nor
-//! logged; refusals are counted, and refused signatures logged at most once per 10 seconds.
+//! logged; refusals are counted, and refused signatures logged at most once per 10 seconds. A webhook
+//! status callback is taken once per `webhook-id` (a replay within its timestamp window is refused), and
+//! only signed with the status key, never with the key herald signs its own requests with.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,8 +47,13 @@ async fn read_body(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return Err(refused(receipts, provider, "malformed", StatusCode::BAD_REQUEST));
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            // Past the request deadline: the deadline middleware answers 408 and counts it.
+            Err(e) if super::timed_out(&e) => {
+                return Err(plain(StatusCode::REQUEST_TIMEOUT, "request not received in time\n"));
+            }
+            Err(_) => return Err(refused(receipts, provider, "malformed", StatusCode::BAD_REQUEST)),
         };
         if body.len() + chunk.len() > MAX_BODY {
             return Err(refused(receipts, provider, "too_large", StatusCode::PAYLOAD_TOO_LARGE));
@@ -194,21 +201,40 @@ struct WebhookStatus {
 
 async fn webhook_status(req: HttpRequest, payload: web::Payload, data: web::Data<HttpState>) -> HttpResponse {
     let provider = ReceiptProvider::Webhook;
-    let (receipts, key, body) = match callback(&req, payload, &data, provider, |r| r.webhook_key.clone()).await {
+    let keys = |r: &Receipts| (!r.webhook_keys.is_empty()).then(|| r.webhook_keys.clone());
+    let (receipts, keys, body) = match callback(&req, payload, &data, provider, keys).await {
         Ok(taken) => taken,
         Err(refusal) => return refusal,
     };
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if !webhook_signature_holds(
-        key.as_bytes(),
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
-        &body,
-        now,
-    ) {
+    let id = header("webhook-id");
+    let signed = keys.iter().any(|key| {
+        webhook_signature_holds(
+            key.as_bytes(),
+            id,
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+            &body,
+            now,
+        )
+    });
+    if !signed {
         return refused(&receipts, provider, "signature", StatusCode::UNAUTHORIZED);
+    }
+    // The signature held, so the timestamp parses and is within the window.
+    let timestamp = header("webhook-timestamp").trim().parse::<u64>().unwrap_or(now);
+    match data.webhook_ids.take(id, timestamp, now) {
+        Sighting::First => {}
+        Sighting::Replay => return refused(&receipts, provider, "replay", StatusCode::CONFLICT),
+        Sighting::Full => {
+            tracing::warn!(
+                provider = provider.name(),
+                "webhook status callback not taken: too many webhook-ids within the timestamp window; the sender \
+                 will retry"
+            );
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "try again later\n");
+        }
     }
     let Ok(status) = serde_json::from_slice::<WebhookStatus>(&body) else {
         return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
@@ -217,12 +243,84 @@ async fn webhook_status(req: HttpRequest, payload: web::Payload, data: web::Data
         return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
     }
     let parsed = Status::parse(&status.status);
-    answer(
-        provider,
-        receipts
-            .apply(provider, &status.job_id, parsed, status.error_code)
-            .await,
-    )
+    let applied = receipts
+        .apply(provider, &status.job_id, parsed, status.error_code)
+        .await;
+    if applied.is_err() {
+        // Not taken (503): the sender's retry carries the same webhook-id and must not count as a replay.
+        data.webhook_ids.give_back(id);
+    }
+    answer(provider, applied)
+}
+
+/// Webhook ids remembered at most (about 60 bytes each): a day of callbacks at 2,000 a minute fits in one
+/// timestamp window many times over.
+pub const SEEN_CAPACITY: usize = 200_000;
+
+/// What [`SeenIds::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighting {
+    First,
+    /// Taken before, within its timestamp window: a replay, or the sender's retry of a callback already
+    /// answered.
+    Replay,
+    /// [`SEEN_CAPACITY`] ids are within their windows: nothing can be told of this one.
+    Full,
+}
+
+/// The `webhook-id`s of the signed status callbacks taken, each until its timestamp leaves the window in
+/// which its signature holds (Standard Webhooks' replay protection). Bounded: [`SEEN_CAPACITY`] ids, by a
+/// 128-bit digest; per process (a replica does not see another's).
+#[derive(Default)]
+pub struct SeenIds(std::sync::Mutex<Seen>);
+
+#[derive(Default)]
+struct Seen {
+    /// Digest of an id → the second after which its signatures no longer hold.
+    until: std::collections::HashMap<[u8; 16], u64>,
+    /// When expired ids were last swept out.
+    swept: u64,
+}
+
+fn digest(id: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(id.as_bytes());
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&hash[..16]);
+    d
+}
+
+impl SeenIds {
+    /// Takes `id`, signed at `timestamp`, unless it was taken within its window. Any sighting keeps the id
+    /// until its latest timestamp's window closes.
+    pub fn take(&self, id: &str, timestamp: u64, now: u64) -> Sighting {
+        let until = timestamp.saturating_add(TIMESTAMP_TOLERANCE_S);
+        let key = digest(id);
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = seen.until.get_mut(&key) {
+            if *known >= now {
+                *known = (*known).max(until);
+                return Sighting::Replay;
+            }
+            *known = until;
+            return Sighting::First;
+        }
+        if seen.until.len() >= SEEN_CAPACITY && seen.swept != now {
+            seen.swept = now;
+            seen.until.retain(|_, until| *until >= now);
+        }
+        if seen.until.len() >= SEEN_CAPACITY {
+            return Sighting::Full;
+        }
+        seen.until.insert(key, until);
+        Sighting::First
+    }
+
+    /// Forgets `id`: its callback was not taken.
+    pub fn give_back(&self, id: &str) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.until.remove(&digest(id));
+    }
 }
 
 /// Standard Webhooks verification: the timestamp within [`TIMESTAMP_TOLERANCE_S`] of `now`, and one of
@@ -256,6 +354,39 @@ mod tests {
             ]
         );
         assert_eq!(signed_urls("http://h.test:8080/p"), ["http://h.test:8080/p"]);
+    }
+
+    #[test]
+    fn a_webhook_id_is_taken_once_within_its_window() {
+        let seen = SeenIds::default();
+        let now = 1_000_000;
+        assert_eq!(seen.take("msg_1", now, now), Sighting::First);
+        assert_eq!(seen.take("msg_1", now, now + 1), Sighting::Replay);
+        assert_eq!(seen.take("msg_2", now, now + 1), Sighting::First);
+        // A replay with a later (re-signed) timestamp keeps the id until that one's window closes too.
+        assert_eq!(seen.take("msg_1", now + 200, now + 200), Sighting::Replay);
+        assert_eq!(seen.take("msg_1", now + 200, now + 400), Sighting::Replay);
+        assert_eq!(
+            seen.take("msg_1", now + 600, now + 200 + TIMESTAMP_TOLERANCE_S + 1),
+            Sighting::First
+        );
+        // Given back (answered 503), the sender's retry is taken.
+        seen.give_back("msg_2");
+        assert_eq!(seen.take("msg_2", now, now + 2), Sighting::First);
+    }
+
+    #[test]
+    fn the_seen_ids_are_bounded_and_make_room_as_windows_close() {
+        let seen = SeenIds::default();
+        let now = 1_000_000;
+        for i in 0..SEEN_CAPACITY {
+            assert_eq!(seen.take(&format!("msg_{i}"), now, now), Sighting::First);
+        }
+        assert_eq!(seen.take("one-more", now, now), Sighting::Full);
+        assert_eq!(seen.take("msg_7", now, now), Sighting::Replay);
+        let later = now + TIMESTAMP_TOLERANCE_S + 1;
+        assert_eq!(seen.take("one-more", later, later), Sighting::First);
+        assert_eq!(seen.0.lock().unwrap().until.len(), 1);
     }
 
     #[test]

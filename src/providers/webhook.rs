@@ -32,6 +32,9 @@ pub enum SecretError {
     NotBase64,
     #[error("the key is empty")]
     Empty,
+    /// Zero bytes or spaces only: an empty value that went through an encoder, never a real key.
+    #[error("the key is only zero bytes or whitespace")]
+    Blank,
 }
 
 /// `whsec_<base64>` → the HMAC key bytes.
@@ -41,7 +44,22 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
     if key.is_empty() {
         return Err(SecretError::Empty);
     }
+    if key.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) {
+        return Err(SecretError::Blank);
+    }
     Ok(key)
+}
+
+/// What the key of the status callbacks is derived from when `webhook.status_secret` is unset.
+pub const STATUS_KEY_LABEL: &[u8] = b"herald webhook status v1";
+
+/// The status-callback key derived from the outbound key: HMAC-SHA256(key, "herald webhook status v1"),
+/// 32 bytes (README, "Delivery receipts"). A different key for each direction: a request herald signed
+/// can never pass as a status callback.
+pub fn status_key(key: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(STATUS_KEY_LABEL);
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// The key as a `whsec_…` secret again: the inverse of [`decode_secret`].
@@ -173,5 +191,22 @@ mod tests {
         assert!(decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(decode_secret("whsec_!!!").is_err());
         assert_eq!(encode_secret(&key), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        // base64 of "\0\0\0" and of three spaces: empty values an encoder made look set.
+        assert_eq!(decode_secret("whsec_AAAA"), Err(SecretError::Blank));
+        assert_eq!(decode_secret("whsec_ICAg"), Err(SecretError::Blank));
+        assert_eq!(decode_secret("whsec_"), Err(SecretError::Empty));
+    }
+
+    /// The derivation README gives the receivers of herald's webhooks, with a fixed vector they can check
+    /// their own code against (computed independently with `openssl dgst -sha256 -mac HMAC`).
+    const STATUS_KEY_VECTOR: &str = "whsec_rLjHTJf4Rdxczsvyjk6H6/fWcJJbpIVr27b6Z36M9gw=";
+
+    #[test]
+    fn the_status_key_is_the_documented_hmac_of_the_secret() {
+        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let derived = status_key(&key);
+        assert_eq!(derived.len(), 32);
+        assert_ne!(derived, key);
+        assert_eq!(encode_secret(&derived), STATUS_KEY_VECTOR);
     }
 }

@@ -178,7 +178,7 @@ impl ReceiptMetrics {
         );
         let rejected = counter(
             "herald_receipts_rejected_total",
-            "Status callbacks refused, by provider and reason (signature, too_large, malformed, disabled)",
+            "Status callbacks refused, by provider and reason (signature, replay, too_large, malformed, disabled)",
             &["provider", "reason"],
         );
         let record_errors = prometheus::IntCounter::new(
@@ -220,8 +220,11 @@ pub struct Receipts {
     pub metrics: ReceiptMetrics,
     /// Set when `twilio.status_callback_url` is: the Twilio route answers 404 otherwise.
     pub twilio: Option<TwilioReceipts>,
-    /// `webhook.secret`: the custom provider's receipts are signed with it.
-    pub webhook_key: Option<WebhookKey>,
+    /// The keys the custom provider's receipts may be signed with ([`WebhookConfig::status_keys`]); empty
+    /// without `webhook.secret`.
+    ///
+    /// [`WebhookConfig::status_keys`]: crate::config::WebhookConfig::status_keys
+    pub webhook_keys: Vec<WebhookKey>,
     sink: Option<Arc<dyn ReceiptSink>>,
     /// The runtime that state operations run on (HTTP handlers run on actix's own).
     runtime: tokio::runtime::Handle,
@@ -247,7 +250,7 @@ impl Receipts {
                     callback_url: url.as_url().as_str().to_owned(),
                     auth_token: config.twilio.auth_token.clone(),
                 }),
-            webhook_key: config.webhook.secret.clone(),
+            webhook_keys: config.webhook.status_keys(),
             sink: None,
             runtime: tokio::runtime::Handle::current(),
             bad_signatures: RateLimitedWarning::default(),
@@ -264,7 +267,7 @@ impl Receipts {
     fn route_of(&self, provider: &str) -> Option<ReceiptProvider> {
         match provider {
             "twilio" if self.twilio.is_some() => Some(ReceiptProvider::Twilio),
-            "webhook" if self.webhook_key.is_some() => Some(ReceiptProvider::Webhook),
+            "webhook" if !self.webhook_keys.is_empty() => Some(ReceiptProvider::Webhook),
             _ => None,
         }
     }
