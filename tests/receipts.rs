@@ -621,7 +621,7 @@ async fn a_final_status_that_cannot_be_published_gets_503_and_is_evented_on_its_
 /// lease is left to the local state's unit test: it takes 30 s.)
 #[tokio::test]
 async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once() {
-    use herald::receipts::{Advance, SentMessage, State, Status};
+    use herald::receipts::{Advance, Reported, SentMessage, State, Status};
     let conn = herald::store::redis_connection(REDIS).unwrap();
     let state = State::redis(conn, &format!("test.{}", uuid::Uuid::new_v4().simple()));
     let sent = SentMessage {
@@ -633,13 +633,26 @@ async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once()
         provider_message_id: Some("SM1".into()),
         accepted_at_ms: 1,
     };
-    let advance = |status| state.advance("twilio:SM1", status);
+    let advance = |status| state.advance("twilio:SM1", Reported::message(status));
     assert_eq!(
         advance(Status::Sent).await.expect("Redis must run on 127.0.0.1:6379"),
         Advance::Unknown
     );
     state.record("twilio:SM1", &sent).await.unwrap();
     assert_eq!(advance(Status::Queued).await.unwrap(), Advance::Moved);
+    // Another channel's status moves nothing (the script reads the message's channel).
+    for other in [
+        Reported::call(Status::InProgress),
+        Reported::unsaid(Status::InProgress),
+        Reported::call(Status::Queued),
+        Reported::call(Status::Completed),
+    ] {
+        assert_eq!(
+            state.advance("twilio:SM1", other).await.unwrap(),
+            Advance::Ignored,
+            "{other:?}"
+        );
+    }
     assert_eq!(advance(Status::Sent).await.unwrap(), Advance::Moved);
     assert_eq!(advance(Status::Queued).await.unwrap(), Advance::Stale);
     assert_eq!(
@@ -654,4 +667,96 @@ async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once()
     assert_eq!(advance(Status::Failed).await.unwrap(), Advance::Duplicate);
     assert_eq!(advance(Status::Sent).await.unwrap(), Advance::Stale);
     assert_eq!(advance(Status::Read).await.unwrap(), Advance::Moved);
+}
+
+/// The outside attack's seventh finding: a signed `CallStatus=in-progress` for an SMS's sid was counted
+/// and moved the SMS past `sent`, so the SMS's real `sent` that followed counted as stale. A status in a
+/// call's vocabulary moves only a call (README: ignored).
+#[tokio::test]
+async fn a_calls_status_for_an_sms_sid_moves_nothing() {
+    let message = sid("SM");
+    let server = twilio_server(&message).await;
+    let mut app = TestApp::spawn(|c| with_receipts(c, &server)).await;
+    send(&mut app, "sms").await;
+    for status in ["in-progress", "ringing", "queued", "completed", "failed"] {
+        assert_eq!(
+            callback(&host(&app), &call_status(&message, status)).await,
+            200,
+            "{status}"
+        );
+    }
+    assert_eq!(app.try_next_event(1).await, None, "a call's status evented an SMS");
+    // The SMS's own statuses move it as if nothing had come.
+    for status in ["queued", "sent"] {
+        assert_eq!(
+            callback(&host(&app), &message_status(&message, status, None)).await,
+            200
+        );
+    }
+    assert_eq!(
+        callback(&host(&app), &message_status(&message, "delivered", None)).await,
+        200
+    );
+    let event = app.next_event(10).await;
+    assert_eq!(event["type"], "gd_send_sms_status");
+    assert_eq!(event["status"], "delivered");
+    let m = app.metrics().await;
+    for (result, n) in [("ignored", 5.0), ("intermediate", 2.0), ("stale", 0.0), ("final", 1.0)] {
+        let name = format!(r#"herald_receipts_total{{provider="twilio",result="{result}"}}"#);
+        assert_eq!(metric(&m, &name), n, "{name}\n{m}");
+    }
+    app.stop().await;
+}
+
+/// The same through the custom provider's route, whose statuses name no vocabulary: the job's channel
+/// decides, and `in-progress` (a call's) for an SMS job is ignored.
+#[tokio::test]
+async fn a_webhook_status_the_jobs_channel_cannot_have_moves_nothing() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let endpoint = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"message_id": "gw-1"})))
+        .mount(&endpoint)
+        .await;
+    let mut app = TestApp::spawn(|c| {
+        c.channels.sms = Some(vec![herald::config::ProviderKind::Webhook]);
+        c.webhook.url = Some(endpoint.uri().parse().unwrap());
+        c.webhook.secret = Some(SECRET.parse().unwrap());
+    })
+    .await;
+    let sent = send(&mut app, "sms").await;
+    let job_id = sent["job_id"].as_str().unwrap().to_owned();
+    let key = herald::providers::webhook::decode_secret(SECRET).unwrap();
+    let url = app.url("/providers/webhook/status");
+    let post = |status: &str, n: usize| {
+        let body = serde_json::to_vec(&json!({"job_id": job_id, "status": status})).unwrap();
+        let now = chrono::Utc::now().timestamp() as u64;
+        let id = format!("rcpt-{n}");
+        let signature = herald::providers::webhook::sign(&key, &id, now, &body);
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("webhook-id", id)
+                .header("webhook-timestamp", now.to_string())
+                .header("webhook-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for (n, status) in ["in-progress", "ringing", "busy", "sent"].iter().enumerate() {
+        assert_eq!(post(status, n).await, 200, "{status}");
+    }
+    assert_eq!(app.try_next_event(1).await, None, "a call's status evented an SMS job");
+    let m = app.metrics().await;
+    for (result, n) in [("ignored", 3.0), ("intermediate", 1.0), ("stale", 0.0)] {
+        let name = format!(r#"herald_receipts_total{{provider="webhook",result="{result}"}}"#);
+        assert_eq!(metric(&m, &name), n, "{name}\n{m}");
+    }
+    app.stop().await;
 }

@@ -21,7 +21,7 @@ use crate::job::{Channel, Job};
 use crate::providers::Receipt;
 use publish::Publisher;
 pub use state::{Advance, SentMessage, State, StateError};
-pub use status::Status;
+pub use status::{Reported, Status};
 
 /// Messages the local state keeps at most (about 400 bytes each); with Redis there is no such bound.
 pub const LOCAL_CAPACITY: usize = 250_000;
@@ -316,7 +316,7 @@ impl Receipts {
         self: &Arc<Self>,
         provider: ReceiptProvider,
         id: &str,
-        status: Option<Status>,
+        status: Option<Reported>,
         error_code: Option<String>,
     ) -> Result<Applied, Unavailable> {
         let this = self.clone();
@@ -339,25 +339,23 @@ impl Receipts {
         &self,
         provider: ReceiptProvider,
         id: &str,
-        status: Option<Status>,
+        reported: Option<Reported>,
         error_code: Option<String>,
     ) -> Result<Applied, Unavailable> {
-        let Some(status) = status else {
+        let Some(reported) = reported else {
             return Ok(Applied::Ignored);
         };
+        let status = reported.status;
         let key = provider.key(id);
-        let sent = match self.state.advance(&key, status).await? {
+        let sent = match self.state.advance(&key, reported).await? {
             Advance::Unknown => return Ok(Applied::Unknown),
             Advance::Moved => return Ok(Applied::Intermediate),
             Advance::Stale => return Ok(Applied::Stale),
             Advance::Duplicate => return Ok(Applied::Duplicate),
+            Advance::Ignored => return Ok(Applied::Ignored),
             Advance::Busy => return Err(Unavailable::Busy),
             Advance::Final(sent) => sent,
         };
-        if !status.fits(sent.channel) {
-            self.state.settle(&key, false).await?;
-            return Ok(Applied::Ignored);
-        }
         let event = status_event(&sent, status, error_code);
         let json = serde_json::to_vec(&event).unwrap_or_default();
         if let Err(e) = self
