@@ -87,6 +87,21 @@ impl State {
         }
     }
 
+    /// Remembers a sent message whose first [`State::record`] failed, unless `key` was recorded since: a
+    /// newer record may have moved on, and must not be reset.
+    pub async fn record_late(&self, key: &str, sent: &SentMessage) -> Result<(), StateError> {
+        match self {
+            State::Local(local) => {
+                let mut local = lock(local);
+                if !local.entries.contains_key(key) {
+                    local.insert(key, sent.clone(), Instant::now());
+                }
+                Ok(())
+            }
+            State::Redis(redis) => redis.record_late(key, sent).await,
+        }
+    }
+
     /// Moves the message under `key` by `reported`, if it applies to the message's channel.
     pub async fn advance(&self, key: &str, reported: Reported) -> Result<Advance, StateError> {
         match self {
@@ -279,6 +294,15 @@ end
 return {5}
 "#;
 
+/// [`State::record_late`]: a record written only where there is none. ARGV: the sent message, the expiry
+/// (s). Returns 1 when written.
+const RECORD_LATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'sent', ARGV[1], 'rank', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
 /// Marks a claimed final status evented (ARGV[1] = 1; the rank becomes at least ARGV[2], the final
 /// statuses' rank) or gives the claim back (0).
 const SETTLE: &str = r#"
@@ -315,6 +339,20 @@ impl Redis {
             .arg(&key)
             .arg(RETENTION.as_secs())
             .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| StateError(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn record_late(&self, key: &str, sent: &SentMessage) -> Result<(), StateError> {
+        let json = serde_json::to_string(sent).map_err(|e| StateError(e.to_string()))?;
+        let _: i64 = redis::cmd("EVAL")
+            .arg(RECORD_LATE)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(json)
+            .arg(RETENTION.as_secs())
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| StateError(e.to_string()))?;
@@ -443,6 +481,20 @@ mod tests {
         assert_eq!(local.advance("v", msg(Status::Sent), t), Advance::Ignored);
         assert_eq!(local.advance("v", msg(Status::Queued), t), Advance::Ignored);
         assert_eq!(local.advance("v", Reported::call(Status::Ringing), t), Advance::Moved);
+    }
+
+    #[test]
+    fn a_late_record_never_resets_one_written_since() {
+        let local = State::local(10);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            local.record("a", &sent("a")).await.unwrap();
+            assert_eq!(local.advance("a", msg(Status::Sent)).await.unwrap(), Advance::Moved);
+            local.record_late("a", &sent("late")).await.unwrap();
+            assert_eq!(local.advance("a", msg(Status::Sent)).await.unwrap(), Advance::Stale);
+            local.record_late("b", &sent("b")).await.unwrap();
+            assert_eq!(local.advance("b", msg(Status::Sent)).await.unwrap(), Advance::Moved);
+        });
     }
 
     #[test]
