@@ -575,12 +575,14 @@ fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) 
 }
 
 /// A provider's error code as events may carry it: a short token of letters, digits, `_`, `-`, `.`
-/// (Twilio's are numbers like `30008`). Anything else is dropped, never echoed.
+/// (Twilio's are numbers like `30008`), with no run of more than five digits, where a phone number or a
+/// one-time code would hide. Anything else is dropped, never echoed.
 pub fn is_error_code(code: &str) -> bool {
     (1..=32).contains(&code.len())
         && code
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && code.split(|c: char| !c.is_ascii_digit()).all(|run| run.len() <= 5)
 }
 
 /// How often a refused-signature warning is logged at most.
@@ -713,6 +715,9 @@ mod tests {
         assert!(!is_error_code(""));
         assert!(!is_error_code("+14155550123 is blocked"));
         assert!(!is_error_code(&"9".repeat(33)));
+        assert!(!is_error_code("14155550123"));
+        assert!(!is_error_code("blocked_482913"));
+        assert!(is_error_code("err_30008.a1"));
     }
 
     #[test]
