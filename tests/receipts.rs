@@ -801,7 +801,8 @@ async fn receipts_of_messages_sent_while_redis_was_away_are_evented_after_it_ret
     Mock::given(method("POST"))
         .and(path_regex(r"^/2010-04-01/Accounts/AC[0-9a-f]+/Messages\.json$"))
         .respond_with(SlowTwilio {
-            delay: Duration::from_millis(1500),
+            // Ample on a loaded machine: every job must be at Twilio before the first answer comes back.
+            delay: Duration::from_secs(3),
             sids: sids.clone(),
         })
         .mount(&server)
@@ -817,7 +818,7 @@ async fn receipts_of_messages_sent_while_redis_was_away_are_evented_after_it_ret
         app.publish(j).await;
     }
     // Every job is at Twilio (past its Redis reads): Redis goes away before Twilio answers.
-    for _ in 0..200 {
+    for _ in 0..500 {
         if server.received_requests().await.unwrap().len() >= JOBS {
             break;
         }
