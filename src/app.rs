@@ -187,6 +187,8 @@ impl Application {
                 }
             }
         });
+        // Receipt records Redis could not take when their messages were sent, written once it is back.
+        tokio::spawn(receipts.clone().keep_writing(shutdown.clone()));
         let consumer = Arc::new(Consumer::new(&config, dispatcher, store, metrics, ready).with_receipts(receipts));
         Ok(Application {
             http_addr,

@@ -371,7 +371,7 @@ mod tests {
                     code: ErrorCode::ProviderRejected,
                     message: "The 'To' number +14155550123 is not valid".into(),
                     provider: Some("twilio"),
-                    provider_code: Some("21211".into()),
+                    provider_code: crate::providers::ProviderCode::twilio(&serde_json::json!(21211)),
                     scope: None,
                 },
                 "provider_rejected",

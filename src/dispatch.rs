@@ -8,7 +8,7 @@ use chrono::Utc;
 use crate::events::{ErrorCode, Scope};
 use crate::fraud::{self, Guard};
 use crate::job::Job;
-use crate::providers::{ProviderError, Receipt};
+use crate::providers::{ProviderCode, ProviderError, Receipt};
 use crate::retry::RetryPolicy;
 use crate::routing::Routes;
 use crate::templates::{TemplateError, Templates};
@@ -30,7 +30,7 @@ pub enum Outcome {
         code: ErrorCode,
         message: String,
         provider: Option<&'static str>,
-        provider_code: Option<String>,
+        provider_code: Option<ProviderCode>,
         scope: Option<Scope>,
     },
 }
@@ -221,7 +221,7 @@ fn provider_failure(code: ErrorCode, provider: &'static str, e: ProviderError) -
         code,
         message: e.message().to_owned(),
         provider: Some(provider),
-        provider_code: e.provider_code().map(str::to_owned),
+        provider_code: e.provider_code().cloned(),
         scope: None,
     }
 }
@@ -238,7 +238,7 @@ mod tests {
     fn transient(retry_after: Option<Duration>) -> Result<Receipt, ProviderError> {
         Err(ProviderError::Transient {
             message: "answered 503".into(),
-            provider_code: Some("20503".into()),
+            provider_code: ProviderCode::twilio(&serde_json::json!(20503)),
             retry_after,
         })
     }
@@ -246,7 +246,7 @@ mod tests {
     fn permanent() -> Result<Receipt, ProviderError> {
         Err(ProviderError::Permanent {
             message: "The 'To' number +14155550123 is not valid".into(),
-            provider_code: Some("21211".into()),
+            provider_code: ProviderCode::twilio(&serde_json::json!(21211)),
         })
     }
 

@@ -73,8 +73,9 @@ impl std::fmt::Display for Scope {
 pub struct EventError {
     pub code: ErrorCode,
     pub message: String,
+    /// Only ever of its provider's documented shape.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_code: Option<String>,
+    pub provider_code: Option<crate::providers::ProviderCode>,
 }
 
 #[derive(Debug, Clone, Serialize)]

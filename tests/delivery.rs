@@ -303,6 +303,64 @@ async fn an_expired_job_is_not_sent() {
     app.stop().await;
 }
 
+/// The outside attack's second finding: a Twilio 400 whose `code` echoed the number and the code
+/// (`"21211 +14155550400 735162"`) came out verbatim in `error.provider_code`: in the event, on stdout and in
+/// the outcome store. A code not of Twilio's shape (an integer of its error dictionary) is dropped; the
+/// job fails as before.
+#[tokio::test]
+async fn a_twilio_code_that_echoes_the_number_and_code_leaves_neither_anywhere() {
+    const NUMBER: &str = "4155550400";
+    const CODE: &str = "735162";
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": format!("21211 +1{NUMBER} {CODE}"),
+            "message": format!("The 'To' number +1{NUMBER} is not a valid phone number ({CODE})."),
+            "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400})))
+        .mount(&server)
+        .await;
+    let mut broker = helpers::Broker::new(|c| {
+        twilio(c, &server.uri());
+    })
+    .await;
+    let mut herald = helpers::HeraldProcess::start(&helpers::process_env(&broker.config));
+    let mut j = job("sms");
+    j["to"] = format!("+1{NUMBER}").into();
+    j["code"] = CODE.into();
+    broker.publish(&j).await;
+    let e = broker
+        .try_next_event(20)
+        .await
+        .unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+    assert_eq!(e["job_id"], j["id"]);
+    assert_eq!(e["type"], "gd_send_sms_failure", "{e}");
+    assert_eq!(e["error"]["code"], "provider_rejected", "{e}");
+    assert!(e["error"].get("provider_code").is_none(), "{e}");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    assert_eq!(herald.terminate(), Some(0));
+
+    let state = std::fs::read_dir(&broker.config.state.path).unwrap();
+    let mut stored = Vec::new();
+    for file in state {
+        stored.extend(std::fs::read(file.unwrap().path()).unwrap());
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    let job_id = j["id"].as_str().unwrap();
+    assert!(stored.contains(job_id), "the outcome store holds no record of the job");
+    let stdout = herald.stdout();
+    assert!(stdout.contains(job_id), "no event on stdout:\n{stdout}");
+    for (place, text) in [
+        ("the event", e.to_string()),
+        ("stdout", stdout),
+        ("the outcome store", stored.into_owned()),
+        ("the log", herald.logs()),
+    ] {
+        for secret in [NUMBER, CODE] {
+            assert!(!text.contains(secret), "{secret} in {place}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_outcome_goes_to_reply_to_with_the_correlation_id() {
     let mut app = TestApp::spawn(|_| {}).await;

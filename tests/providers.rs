@@ -697,6 +697,109 @@ async fn sns_answers_are_classified_as_documented() {
     );
 }
 
+// --- Provider codes -------------------------------------------------------------------------------------
+
+/// What the outside attack saw a Twilio 400 carry in `code`: the number it was asked to reach and the
+/// code it was asked to send, echoed.
+const ECHOED: &str = "21211 +14155550123 482913";
+
+/// The outside attack's second finding: `error.provider_code` was whatever the provider put in its code
+/// field, and reached events, stdout and the outcome store verbatim. Each provider's code now has its
+/// documented shape or is dropped; the failure is classified as before, and the message says nothing of it.
+#[tokio::test]
+async fn a_provider_code_that_echoes_the_request_is_dropped() {
+    let twilio_error = |code: Value| {
+        ResponseTemplate::new(400).set_body_json(json!({
+            "code": code, "message": format!("The 'To' number {NUMBER} is not valid"),
+            "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}))
+    };
+    let mut config = herald::config::Config::default();
+    let twilio_with = |c: &mut herald::config::Config, url: &str| {
+        helpers::twilio(c, url);
+        herald::providers::twilio::Twilio::new(&c.twilio, client()).unwrap()
+    };
+    let cases: Vec<(&str, Box<dyn Provider>, MockServer, &str)> = vec![
+        {
+            let s = server(twilio_error(json!(ECHOED))).await;
+            (
+                "twilio echo",
+                Box::new(twilio_with(&mut config, &s.uri())),
+                s,
+                "permanent -",
+            )
+        },
+        {
+            let s = server(twilio_error(json!(14155550123u64))).await;
+            (
+                "twilio number",
+                Box::new(twilio_with(&mut config, &s.uri())),
+                s,
+                "permanent -",
+            )
+        },
+        {
+            let s = server(twilio_error(json!(21211))).await;
+            (
+                "twilio code",
+                Box::new(twilio_with(&mut config, &s.uri())),
+                s,
+                "permanent 21211",
+            )
+        },
+        {
+            let s = server(vonage_failure(ECHOED)).await;
+            let p = Vonage::new(&vonage_config(&s.uri()), client()).unwrap();
+            ("vonage status", Box::new(p), s, "permanent -")
+        },
+        {
+            let s = server(
+                ResponseTemplate::new(500)
+                    .set_body_json(json!({"messages": [{"status": "1 14155550123 482913", "error-text": "x"}]})),
+            )
+            .await;
+            let p = Vonage::new(&vonage_config(&s.uri()), client()).unwrap();
+            ("vonage http", Box::new(p), s, "transient - -")
+        },
+        {
+            let s = server(infobip_status(5, "REJECTED", 52, "REJECTED_14155550123_482913")).await;
+            let p = Infobip::new(&infobip_config(&s.uri()), client()).unwrap();
+            ("infobip status", Box::new(p), s, "permanent -")
+        },
+        {
+            let s = server(infobip_status(5, "REJECTED", 52, "")).await;
+            let p = Infobip::new(&infobip_config(&s.uri()), client()).unwrap();
+            ("infobip group", Box::new(p), s, "permanent REJECTED")
+        },
+        {
+            let s = server(infobip_error(400, ECHOED)).await;
+            let p = Infobip::new(&infobip_config(&s.uri()), client()).unwrap();
+            ("infobip error", Box::new(p), s, "permanent -")
+        },
+        {
+            let s = server(sns_error(400, "Sender", "InvalidParameter 14155550123 482913")).await;
+            let p = Sns::new(&sns_config(&s.uri()), client()).unwrap();
+            ("sns", Box::new(p), s, "permanent -")
+        },
+        {
+            let s = server(sns_error(400, "Sender", "Throttling482913")).await;
+            let p = Sns::new(&sns_config(&s.uri()), client()).unwrap();
+            ("sns glued", Box::new(p), s, "permanent -")
+        },
+    ];
+    for (name, provider, _server, expected) in cases {
+        let result = provider.send(&phone_job(NUMBER), &sms("482913 is your code")).await;
+        let e = result.as_ref().expect_err("a failure").clone();
+        assert_eq!(verdict(result), expected, "{name}");
+        for secret in ["4155550123", "482913"] {
+            assert!(!e.message().contains(secret), "{name}: {secret} in {e}");
+            assert!(
+                !e.provider_code().is_some_and(|c| c.contains(secret)),
+                "{name}: {secret} in the code"
+            );
+        }
+    }
+}
+
 // --- Through the broker ---------------------------------------------------------------------------------
 
 fn with_vonage(c: &mut herald::config::Config, url: &str) {

@@ -755,7 +755,7 @@ async fn a_final_status_that_cannot_be_published_gets_503_and_is_evented_on_its_
 /// lease is left to the local state's unit test: it takes 30 s.)
 #[tokio::test]
 async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once() {
-    use herald::receipts::{Advance, SentMessage, State, Status};
+    use herald::receipts::{Advance, Reported, SentMessage, State, Status};
     let conn = herald::store::redis_connection(REDIS).unwrap();
     let state = State::redis(conn, &format!("test.{}", uuid::Uuid::new_v4().simple()));
     let sent = SentMessage {
@@ -767,13 +767,26 @@ async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once()
         provider_message_id: Some("SM1".into()),
         accepted_at_ms: 1,
     };
-    let advance = |status| state.advance("twilio:SM1", status);
+    let advance = |status| state.advance("twilio:SM1", Reported::message(status));
     assert_eq!(
         advance(Status::Sent).await.expect("Redis must run on 127.0.0.1:6379"),
         Advance::Unknown
     );
     state.record("twilio:SM1", &sent).await.unwrap();
     assert_eq!(advance(Status::Queued).await.unwrap(), Advance::Moved);
+    // Another channel's status moves nothing (the script reads the message's channel).
+    for other in [
+        Reported::call(Status::InProgress),
+        Reported::unsaid(Status::InProgress),
+        Reported::call(Status::Queued),
+        Reported::call(Status::Completed),
+    ] {
+        assert_eq!(
+            state.advance("twilio:SM1", other).await.unwrap(),
+            Advance::Ignored,
+            "{other:?}"
+        );
+    }
     assert_eq!(advance(Status::Sent).await.unwrap(), Advance::Moved);
     assert_eq!(advance(Status::Queued).await.unwrap(), Advance::Stale);
     assert_eq!(
@@ -788,4 +801,234 @@ async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once()
     assert_eq!(advance(Status::Failed).await.unwrap(), Advance::Duplicate);
     assert_eq!(advance(Status::Sent).await.unwrap(), Advance::Stale);
     assert_eq!(advance(Status::Read).await.unwrap(), Advance::Moved);
+    // A record written late (Redis was down when the message was sent) never resets one written since.
+    state.record_late("twilio:SM1", &sent).await.unwrap();
+    assert_eq!(advance(Status::Delivered).await.unwrap(), Advance::Duplicate);
+    state.record_late("twilio:SM2", &sent).await.unwrap();
+    assert_eq!(
+        state
+            .advance("twilio:SM2", Reported::message(Status::Sent))
+            .await
+            .unwrap(),
+        Advance::Moved
+    );
+}
+
+/// The outside attack's seventh finding: a signed `CallStatus=in-progress` for an SMS's sid was counted
+/// and moved the SMS past `sent`, so the SMS's real `sent` that followed counted as stale. A status in a
+/// call's vocabulary moves only a call (README: ignored).
+#[tokio::test]
+async fn a_calls_status_for_an_sms_sid_moves_nothing() {
+    let message = sid("SM");
+    let server = twilio_server(&message).await;
+    let mut app = TestApp::spawn(|c| with_receipts(c, &server)).await;
+    send(&mut app, "sms").await;
+    for status in ["in-progress", "ringing", "queued", "completed", "failed"] {
+        assert_eq!(
+            callback(&host(&app), &call_status(&message, status)).await,
+            200,
+            "{status}"
+        );
+    }
+    assert_eq!(app.try_next_event(1).await, None, "a call's status evented an SMS");
+    // The SMS's own statuses move it as if nothing had come.
+    for status in ["queued", "sent"] {
+        assert_eq!(
+            callback(&host(&app), &message_status(&message, status, None)).await,
+            200
+        );
+    }
+    assert_eq!(
+        callback(&host(&app), &message_status(&message, "delivered", None)).await,
+        200
+    );
+    let event = app.next_event(10).await;
+    assert_eq!(event["type"], "gd_send_sms_status");
+    assert_eq!(event["status"], "delivered");
+    let m = app.metrics().await;
+    for (result, n) in [("ignored", 5.0), ("intermediate", 2.0), ("stale", 0.0), ("final", 1.0)] {
+        let name = format!(r#"herald_receipts_total{{provider="twilio",result="{result}"}}"#);
+        assert_eq!(metric(&m, &name), n, "{name}\n{m}");
+    }
+    app.stop().await;
+}
+
+/// The same through the custom provider's route, whose statuses name no vocabulary: the job's channel
+/// decides, and `in-progress` (a call's) for an SMS job is ignored.
+#[tokio::test]
+async fn a_webhook_status_the_jobs_channel_cannot_have_moves_nothing() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let endpoint = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"message_id": "gw-1"})))
+        .mount(&endpoint)
+        .await;
+    let mut app = TestApp::spawn(|c| {
+        c.channels.sms = Some(vec![herald::config::ProviderKind::Webhook]);
+        c.webhook.url = Some(endpoint.uri().parse().unwrap());
+        c.webhook.secret = Some(SECRET.parse().unwrap());
+    })
+    .await;
+    let sent = send(&mut app, "sms").await;
+    let job_id = sent["job_id"].as_str().unwrap().to_owned();
+    let key = herald::providers::webhook::decode_secret(SECRET).unwrap();
+    let url = app.url("/providers/webhook/status");
+    let post = |status: &str, n: usize| {
+        let body = serde_json::to_vec(&json!({"job_id": job_id, "status": status})).unwrap();
+        let now = chrono::Utc::now().timestamp() as u64;
+        let id = format!("rcpt-{n}");
+        let signature = herald::providers::webhook::sign(&key, &id, now, &body);
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("webhook-id", id)
+                .header("webhook-timestamp", now.to_string())
+                .header("webhook-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for (n, status) in ["in-progress", "ringing", "busy", "sent"].iter().enumerate() {
+        assert_eq!(post(status, n).await, 200, "{status}");
+    }
+    assert_eq!(app.try_next_event(1).await, None, "a call's status evented an SMS job");
+    let m = app.metrics().await;
+    for (result, n) in [("ignored", 3.0), ("intermediate", 1.0), ("stale", 0.0)] {
+        let name = format!(r#"herald_receipts_total{{provider="webhook",result="{result}"}}"#);
+        assert_eq!(metric(&m, &name), n, "{name}\n{m}");
+    }
+    app.stop().await;
+}
+
+/// A Twilio-shaped server that answers each Messages.json with a sid of its own, after `delay`: long
+/// enough for a test to take Redis away while herald waits for the answer. The sids, in order given.
+struct SlowTwilio {
+    delay: Duration,
+    sids: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl wiremock::Respond for SlowTwilio {
+    fn respond(&self, _: &wiremock::Request) -> ResponseTemplate {
+        let sid = sid("SM");
+        self.sids.lock().unwrap().push(sid.clone());
+        ResponseTemplate::new(201)
+            .set_body_json(json!({"sid": sid, "status": "queued"}))
+            .set_delay(self.delay)
+    }
+}
+
+/// The outside attack's sixth finding: with `[redis] url`, the receipt records of the messages sent while
+/// Redis was away were never written, so after it came back their callbacks got 200 `unknown`, no status
+/// event, and Twilio did not retry them. Now such a record is kept and written once Redis is back, and a
+/// callback for it meanwhile gets 503 (Twilio retries), never 200 without its event.
+#[tokio::test]
+async fn receipts_of_messages_sent_while_redis_was_away_are_evented_after_it_returns() {
+    const JOBS: usize = 3;
+    let sids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/2010-04-01/Accounts/AC[0-9a-f]+/Messages\.json$"))
+        .respond_with(SlowTwilio {
+            // Ample on a loaded machine: every job must be at Twilio before the first answer comes back.
+            delay: Duration::from_secs(3),
+            sids: sids.clone(),
+        })
+        .mount(&server)
+        .await;
+    let redis = helpers::TcpProxy::to(6379).await;
+    let mut app = TestApp::spawn(|c| {
+        with_receipts(c, &server);
+        c.redis.url = herald::config::Secret::new(format!("redis://127.0.0.1:{}", redis.port));
+    })
+    .await;
+    let jobs: Vec<Value> = (0..JOBS).map(|_| job("sms")).collect();
+    for j in &jobs {
+        app.publish(j).await;
+    }
+    // Every job is at Twilio (past its Redis reads): Redis goes away before Twilio answers.
+    for _ in 0..500 {
+        if server.received_requests().await.unwrap().len() >= JOBS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.received_requests().await.unwrap().len(), JOBS);
+    redis.cut();
+    app.wait_metric("herald_receipts_record_errors_total", JOBS as f64)
+        .await;
+    let sids: Vec<String> = sids.lock().unwrap().clone();
+    assert_eq!(sids.len(), JOBS);
+    assert_eq!(metric(&app.metrics().await, "herald_receipts_pending"), JOBS as f64);
+    // While Redis is away: come again.
+    let delivered = |sid: &str| message_status(sid, "delivered", None);
+    assert_eq!(callback(&host(&app), &delivered(&sids[0])).await, 503);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restore();
+
+    let mut evented = std::collections::HashMap::new();
+    // The first callback right away, as Twilio's retry may come: 503 until the record is written, then
+    // 200 with its event; never 200 alone.
+    let mut answered = 0;
+    for _ in 0..100 {
+        answered = callback(&host(&app), &delivered(&sids[0])).await;
+        if answered == 200 {
+            break;
+        }
+        assert_eq!(answered, 503);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, 200, "the callback was never taken after Redis returned");
+    let event = status_event(&mut app).await;
+    evented.insert(event["provider_message_id"].as_str().unwrap().to_owned(), event);
+    // The others once the background writer has written their records.
+    for _ in 0..200 {
+        if metric(&app.metrics().await, "herald_receipts_pending") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&app.metrics().await, "herald_receipts_pending"), 0.0);
+    for sid in &sids[1..] {
+        assert_eq!(callback(&host(&app), &delivered(sid)).await, 200);
+        let event = status_event(&mut app).await;
+        evented.insert(event["provider_message_id"].as_str().unwrap().to_owned(), event);
+    }
+    let mut got: Vec<&str> = evented.keys().map(String::as_str).collect();
+    let mut want: Vec<&str> = sids.iter().map(String::as_str).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "one status event per message sent during the outage");
+    let mut job_ids: Vec<&str> = evented.values().map(|e| e["job_id"].as_str().unwrap()).collect();
+    let mut sent_ids: Vec<&str> = jobs.iter().map(|j| j["id"].as_str().unwrap()).collect();
+    job_ids.sort();
+    sent_ids.sort();
+    assert_eq!(job_ids, sent_ids);
+    for event in evented.values() {
+        assert_eq!(event["status"], "delivered");
+        assert_no_personal_data(event);
+    }
+    let m = app.metrics().await;
+    assert_eq!(metric(&m, "herald_receipts_lost_total"), 0.0);
+    assert_eq!(
+        metric(&m, r#"herald_receipts_total{provider="twilio",result="unknown"}"#),
+        0.0,
+        "{m}"
+    );
+    app.stop().await;
+}
+
+/// The next `gd_send_sms_status` event, past the jobs' own outcome events.
+async fn status_event(app: &mut TestApp) -> Value {
+    loop {
+        let event = app.next_event(10).await;
+        if event["type"] == "gd_send_sms_status" {
+            return event;
+        }
+    }
 }

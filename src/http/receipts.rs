@@ -14,9 +14,8 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::HttpState;
-use crate::job::Channel;
 use crate::providers::{twilio, webhook};
-use crate::receipts::{ReceiptProvider, Receipts, Status, Unavailable};
+use crate::receipts::{ReceiptProvider, Receipts, Reported, Status, Unavailable};
 
 /// Largest callback body taken: Twilio's status callbacks are well under 2 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -144,16 +143,19 @@ async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<
         return refused(&receipts, provider, "signature", StatusCode::FORBIDDEN);
     }
     let field = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let (sid, status, channel) = match (field("MessageSid"), field("CallSid")) {
-        (Some(sid), _) => (sid, field("MessageStatus").or(field("SmsStatus")), Channel::Sms),
-        (None, Some(sid)) => (sid, field("CallStatus"), Channel::Voice),
+    // The field says whose vocabulary the status is in: a message's (`MessageStatus`) or a call's
+    // (`CallStatus`).
+    let (sid, status, vocabulary): (_, _, fn(Status) -> Reported) = match (field("MessageSid"), field("CallSid")) {
+        (Some(sid), _) => (sid, field("MessageStatus").or(field("SmsStatus")), Reported::message),
+        (None, Some(sid)) => (sid, field("CallStatus"), Reported::call),
         (None, None) => return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST),
     };
     if !is_provider_id(sid) {
         return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
     }
-    // A message's status on a call or the reverse is ignored, before it can move anything.
-    let status = status.and_then(Status::parse).filter(|s| s.fits(channel));
+    // It moves only a message of that channel (the state checks the sid's own channel): a message's
+    // status on a call, the reverse, or a call's status for an SMS sid is ignored.
+    let status = status.and_then(Status::parse).map(vocabulary);
     let error_code = field("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned);
     let sid = sid.to_owned();
     answer(provider, receipts.apply(provider, &sid, status, error_code).await)
@@ -242,7 +244,8 @@ async fn webhook_status(req: HttpRequest, payload: web::Payload, data: web::Data
     if !(1..=128).contains(&status.job_id.len()) {
         return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
     }
-    let parsed = Status::parse(&status.status);
+    // The custom provider does not say whose vocabulary its status is in: the job's channel decides.
+    let parsed = Status::parse(&status.status).map(Reported::unsaid);
     let applied = receipts
         .apply(provider, &status.job_id, parsed, status.error_code)
         .await;

@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use super::connector::Connector;
-use super::{ProviderError, ProviderKind};
+use super::{ProviderCode, ProviderError, ProviderKind};
 
 /// The one HTTP client of the process: one connection pool, TLS set up once. Cloning shares both.
 #[derive(Clone)]
@@ -275,12 +275,12 @@ async fn send(request: Request<'_>) -> Result<hyper::Response<hyper::body::Incom
 
 impl Answer {
     /// This failed answer classified by its HTTP status alone (see [`http_failure`]).
-    pub fn failure(&self, message: String, provider_code: Option<String>) -> ProviderError {
+    pub fn failure(&self, message: String, provider_code: Option<ProviderCode>) -> ProviderError {
         http_failure(self.status, message, provider_code, self.retry_after)
     }
 
     /// A failure the provider's own answer classified: transient ones keep the answer's Retry-After.
-    pub fn rejection(&self, transient: bool, message: String, provider_code: Option<String>) -> ProviderError {
+    pub fn rejection(&self, transient: bool, message: String, provider_code: Option<ProviderCode>) -> ProviderError {
         ProviderError::classified(transient, message, provider_code, self.retry_after)
     }
 }
@@ -315,7 +315,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 pub fn http_failure(
     status: StatusCode,
     message: String,
-    provider_code: Option<String>,
+    provider_code: Option<ProviderCode>,
     retry_after: Option<Duration>,
 ) -> ProviderError {
     // 407 is herald's egress proxy refusing herald's credentials (providers::connector), not the provider
@@ -360,9 +360,10 @@ mod tests {
             (StatusCode::UNPROCESSABLE_ENTITY, false),
         ];
         for (status, transient) in cases {
-            let e = http_failure(status, "m".into(), Some("1".into()), Some(Duration::from_secs(3)));
+            let code = ProviderCode::http_status(status);
+            let e = http_failure(status, "m".into(), Some(code.clone()), Some(Duration::from_secs(3)));
             assert_eq!(e.is_transient(), transient, "{status}");
-            assert_eq!(e.provider_code(), Some("1"));
+            assert_eq!(e.provider_code(), Some(&code));
         }
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);

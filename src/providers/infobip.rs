@@ -14,7 +14,7 @@ use serde_json::json;
 use url::Url;
 
 use super::http::{HttpClient, authorization, exchange};
-use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
+use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::InfobipConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -121,7 +121,10 @@ impl Infobip {
             let error = serde_json::from_slice::<ErrorBody>(&exchanged.body)
                 .ok()
                 .map(|e| e.request_error.service_exception);
-            let code = error.as_ref().and_then(|e| e.message_id.clone());
+            let code = error
+                .as_ref()
+                .and_then(|e| e.message_id.as_deref())
+                .and_then(ProviderCode::infobip);
             let detail = error
                 .and_then(|e| e.text)
                 .map(|t| scrub(&t))
@@ -154,8 +157,15 @@ impl Infobip {
                 message_id: message.message_id,
             });
         }
-        let text = format!("infobip status {group_name}/{name}: {}", scrub(&description));
-        let provider_code = Some(if name.is_empty() { group_name } else { name.clone() });
+        // Names are written only when they have Infobip's shape: what else it put there is not repeated.
+        let shown = |n: &str| ProviderCode::infobip(n).map_or_else(|| "-".to_owned(), |c| c.to_string());
+        let text = format!(
+            "infobip status {}/{}: {}",
+            shown(&group_name),
+            shown(&name),
+            scrub(&description)
+        );
+        let provider_code = ProviderCode::infobip(if name.is_empty() { &group_name } else { &name });
         Err(exchanged.rejection(TRANSIENT_REJECTIONS.contains(&name.as_str()), text, provider_code))
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::job::{Channel, Job, PhoneNumber, Recipient};
 use crate::templates::Rendered;
 
+mod code;
 pub mod connector;
 pub mod http;
 pub mod infobip;
@@ -17,6 +18,8 @@ pub mod stub;
 pub mod twilio;
 pub mod vonage;
 pub mod webhook;
+
+pub use code::ProviderCode;
 
 /// Every provider herald has: one closed vocabulary for config (`channels.sms = ["twilio"]`), dispatch,
 /// events and metric labels. The text form appears only where a name is written out.
@@ -82,21 +85,22 @@ pub struct Receipt {
     pub message_id: Option<String>,
 }
 
-/// A failed provider call, classified. The message never contains the code or the full recipient.
+/// A failed provider call, classified. The message never contains the code or the full recipient, and the
+/// provider's code is only ever one of its documented shape ([`ProviderCode`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
     /// Worth trying again (or trying the next provider): 429, 5xx, timeouts, connection errors.
     #[error("provider unavailable: {message}")]
     Transient {
         message: String,
-        provider_code: Option<String>,
+        provider_code: Option<ProviderCode>,
         retry_after: Option<Duration>,
     },
     /// Will fail the same way again: invalid number, opted out, region not permitted, bad credentials.
     #[error("provider rejected the message: {message}")]
     Permanent {
         message: String,
-        provider_code: Option<String>,
+        provider_code: Option<ProviderCode>,
     },
 }
 
@@ -105,7 +109,7 @@ impl ProviderError {
     pub fn classified(
         transient: bool,
         message: String,
-        provider_code: Option<String>,
+        provider_code: Option<ProviderCode>,
         retry_after: Option<Duration>,
     ) -> ProviderError {
         if transient {
@@ -123,10 +127,10 @@ impl ProviderError {
         matches!(self, ProviderError::Transient { .. })
     }
 
-    pub fn provider_code(&self) -> Option<&str> {
+    pub fn provider_code(&self) -> Option<&ProviderCode> {
         match self {
             ProviderError::Transient { provider_code, .. } | ProviderError::Permanent { provider_code, .. } => {
-                provider_code.as_deref()
+                provider_code.as_ref()
             }
         }
     }

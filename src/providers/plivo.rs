@@ -8,7 +8,7 @@ use serde_json::json;
 use url::Url;
 
 use super::http::{HttpClient, basic_authorization, exchange};
-use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
+use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::PlivoConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -89,6 +89,6 @@ impl Provider for Plivo {
             })
             .unwrap_or_else(|| "no Plivo error body".into());
         let message = format!("plivo answered {}: {detail}", status.as_u16());
-        Err(exchanged.failure(message, Some(status.as_u16().to_string())))
+        Err(exchanged.failure(message, Some(ProviderCode::http_status(status))))
     }
 }

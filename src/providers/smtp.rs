@@ -17,7 +17,7 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use tokio::sync::Semaphore;
 
-use super::{Provider, ProviderError, Receipt};
+use super::{Provider, ProviderCode, ProviderError, Receipt};
 use crate::job::{Job, Recipient};
 use crate::templates::Rendered;
 
@@ -232,9 +232,13 @@ fn classify(failure: &Failure) -> ProviderError {
         }
         Failure::Connecting(e) | Failure::Sending(e) => e,
     };
-    let provider_code = e.status().map(|c| c.to_string());
-    if let Some(code) = &provider_code {
-        let message = format!("smtp server answered {code}");
+    if let Some(status) = e.status() {
+        // lettre's reply code is three digits by construction; checked all the same, as every provider's is.
+        let provider_code = ProviderCode::smtp(&status.to_string());
+        let message = format!(
+            "smtp server answered {}",
+            provider_code.as_deref().unwrap_or("an SMTP error")
+        );
         if e.is_permanent() {
             return ProviderError::Permanent { message, provider_code };
         }

@@ -16,7 +16,7 @@ use aws_sigv4::sign::v4;
 use url::Url;
 
 use super::http::{HttpClient, exchange};
-use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of};
+use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of};
 use crate::config::SnsConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -166,7 +166,8 @@ impl Provider for Sns {
                 message_id: xml_text(&answer, "MessageId"),
             });
         }
-        let code = xml_text(&answer, "Code");
+        // Only an AWS error code's shape: what else the answer put in `<Code>` is dropped.
+        let code = xml_text(&answer, "Code").and_then(|c| ProviderCode::aws(&c));
         let detail = xml_text(&answer, "Message")
             .map(|m| scrub(&m))
             .unwrap_or_else(|| "no SNS error body".into());

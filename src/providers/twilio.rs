@@ -6,7 +6,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::http::{HttpClient, basic_authorization, exchange};
-use super::{Provider, ProviderError, Receipt, SetupError};
+use super::{Provider, ProviderCode, ProviderError, Receipt, SetupError};
 use crate::config::TwilioConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -95,10 +95,11 @@ impl Twilio {
             return Ok(Receipt { message_id: sid });
         }
         let error = serde_json::from_slice::<TwilioError>(body).ok();
-        let provider_code = error.as_ref().and_then(|e| e.code.as_ref()).map(|c| match c {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        });
+        // Only an integer of Twilio's error dictionary: a `code` that echoes the request is dropped.
+        let provider_code = error
+            .as_ref()
+            .and_then(|e| e.code.as_ref())
+            .and_then(ProviderCode::twilio);
         let detail = error
             .and_then(|e| e.message)
             .map(|m| scrub(&m))

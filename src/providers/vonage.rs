@@ -5,7 +5,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::http::{HttpClient, exchange};
-use super::{Provider, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
+use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
 use crate::config::VonageConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -111,7 +111,9 @@ impl Provider for Vonage {
         let exchanged = exchange(self.name(), self.client.post(&self.url).form(&form)).await?;
         let answer = serde_json::from_slice::<Answer>(&exchanged.body).ok();
         if !exchanged.status.is_success() {
-            let code = answer.and_then(|a| a.messages.into_iter().next()).map(|m| m.status);
+            let code = answer
+                .and_then(|a| a.messages.into_iter().next())
+                .and_then(|m| ProviderCode::vonage(&m.status));
             let message = format!("vonage answered HTTP {}", exchanged.status.as_u16());
             return Err(exchanged.failure(message, code));
         }
@@ -132,8 +134,11 @@ impl Provider for Vonage {
             Some(failed) => {
                 let (meaning, transient) = classify(&failed.status);
                 let detail = failed.error_text.as_deref().map(scrub).unwrap_or_default();
-                let message = format!("vonage status {} ({meaning}): {detail}", failed.status);
-                Err(exchanged.rejection(transient, message, Some(failed.status.clone())))
+                let code = ProviderCode::vonage(&failed.status);
+                // The status is written only when it is one: what else Vonage put there is not repeated.
+                let status = code.as_deref().unwrap_or("-");
+                let message = format!("vonage status {status} ({meaning}): {detail}");
+                Err(exchanged.rejection(transient, message, code))
             }
         }
     }

@@ -11,7 +11,7 @@ use sha2::Sha256;
 use url::Url;
 
 use super::http::{HttpClient, exchange};
-use super::{Provider, ProviderError, Receipt};
+use super::{Provider, ProviderCode, ProviderError, Receipt};
 use crate::job::Job;
 use crate::templates::{PAUSE, Rendered};
 
@@ -139,7 +139,7 @@ impl Provider for Webhook {
             .body(body);
         let exchanged = exchange(self.name(), request).await?;
         let status = exchanged.status;
-        let code = Some(status.as_u16().to_string());
+        let code = Some(ProviderCode::http_status(status));
         if status.is_success() {
             if exchanged.html {
                 // A proxy's or portal's error page, not the endpoint's answer: the message was not taken.

@@ -10,21 +10,30 @@ mod publish;
 pub mod state;
 pub mod status;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Secret, WebhookKey};
 use crate::job::{Channel, Job};
 use crate::providers::Receipt;
 use publish::Publisher;
 pub use state::{Advance, SentMessage, State, StateError};
-pub use status::Status;
+pub use status::{Reported, Status};
 
 /// Messages the local state keeps at most (about 400 bytes each); with Redis there is no such bound.
 pub const LOCAL_CAPACITY: usize = 250_000;
+
+/// Records kept in memory while the state cannot be written (Redis down), at most: about 400 bytes each,
+/// the messages of a minute at a few hundred a second. Beyond it a record is lost, counted and logged.
+pub const PENDING_CAPACITY: usize = 50_000;
+
+/// How long the writer of waiting records waits after a failure: doubling from the first to the second.
+pub const PENDING_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
 /// Event types of final receipts, also their routing keys on `herald.events`.
 pub const SMS_STATUS: &str = "gd_send_sms_status";
@@ -143,8 +152,12 @@ pub struct ReceiptMetrics {
     pub callbacks: IntCounterVec,
     /// Callbacks refused, by provider and reason (`signature`, `too_large`, `malformed`, `disabled`).
     pub rejected: IntCounterVec,
-    /// Sent messages whose receipt state could not be written.
+    /// Sent messages whose receipt state could not be written at once (each kept to be written later).
     pub record_errors: prometheus::IntCounter,
+    /// Records waiting to be written.
+    pub pending: prometheus::IntGauge,
+    /// Records never written: over [`PENDING_CAPACITY`], or still waiting at shutdown.
+    pub lost: prometheus::IntCounter,
 }
 
 impl ReceiptMetrics {
@@ -183,12 +196,26 @@ impl ReceiptMetrics {
         );
         let record_errors = prometheus::IntCounter::new(
             "herald_receipts_record_errors_total",
-            "Sent messages whose receipt state could not be written (their receipts will count as unknown)",
+            "Sent messages whose receipt state could not be written at once (kept, and written when the state is back)",
         )
         .expect("valid metric");
         registry
             .register(Box::new(record_errors.clone()))
             .expect("unique metric name");
+        let pending = prometheus::IntGauge::new(
+            "herald_receipts_pending",
+            "Receipt records waiting for the state to be written (their callbacks get 503 meanwhile)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(pending.clone()))
+            .expect("unique metric name");
+        let lost = prometheus::IntCounter::new(
+            "herald_receipts_lost_total",
+            "Receipt records never written: over the bound of waiting records, or waiting at shutdown (their receipts count as unknown)",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(lost.clone())).expect("unique metric name");
         // Present at 0 from the start, so that rate() and absent-based alerts see the first one.
         for provider in ["twilio", "webhook"] {
             for result in ["final", "intermediate", "unknown"] {
@@ -202,6 +229,8 @@ impl ReceiptMetrics {
             callbacks,
             rejected,
             record_errors,
+            pending,
+            lost,
         }
     }
 }
@@ -230,6 +259,31 @@ pub struct Receipts {
     runtime: tokio::runtime::Handle,
     /// Refused signatures not logged yet: one warning per [`LOG_EVERY`] says how many.
     pub bad_signatures: RateLimitedWarning,
+    /// Records that could not be written, waiting for the state.
+    pending: Pending,
+}
+
+/// Receipt records the state could not take (Redis down), by key, until [`Receipts::keep_writing`] or a
+/// callback for one of them writes them: a message sent during an outage still gets its receipts.
+#[derive(Default)]
+struct Pending {
+    records: Mutex<HashMap<String, SentMessage>>,
+    /// Told when a record starts waiting.
+    added: tokio::sync::Notify,
+    /// Once the writer stopped (shutdown): a record that fails now is lost at once.
+    stopped: std::sync::atomic::AtomicBool,
+    /// Lost records not logged yet.
+    lost: RateLimitedWarning,
+}
+
+impl Pending {
+    fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, SentMessage>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &str) -> Option<SentMessage> {
+        self.records().get(key).cloned()
+    }
 }
 
 impl Receipts {
@@ -254,6 +308,7 @@ impl Receipts {
             sink: None,
             runtime: tokio::runtime::Handle::current(),
             bad_signatures: RateLimitedWarning::default(),
+            pending: Pending::default(),
         }
     }
 
@@ -273,8 +328,9 @@ impl Receipts {
     }
 
     /// A job was accepted by `provider`: remember it for its receipts. Returns at once: the local state
-    /// is a map insert, Redis is written in a task of its own, so the job path never waits for it.
-    pub fn sent(&self, job: &Job, provider: &'static str, receipt: &Receipt) {
+    /// is a map insert, Redis is written in a task of its own, so the job path never waits for it. A record
+    /// Redis cannot take is kept and written once it can ([`Receipts::keep_writing`]).
+    pub fn sent(self: &Arc<Self>, job: &Job, provider: &'static str, receipt: &Receipt) {
         if job.channel == Channel::Email {
             return;
         }
@@ -303,14 +359,111 @@ impl Receipts {
             state::record_local(local, &key, sent);
             return;
         }
-        let state = self.state.clone();
-        let errors = self.metrics.record_errors.clone();
+        let this = self.clone();
         self.runtime.spawn(async move {
-            if let Err(e) = state.record(&key, &sent).await {
-                errors.inc();
-                tracing::warn!(job_id = %sent.job_id, error = %e, "receipt state not recorded");
+            if let Err(e) = this.state.record(&key, &sent).await {
+                this.metrics.record_errors.inc();
+                tracing::warn!(job_id = %sent.job_id, error = %e, "receipt state not recorded; kept to be written when it is back");
+                this.wait(key, sent);
             }
         });
+    }
+
+    /// Keeps a record the state could not take, for [`Receipts::keep_writing`]; over [`PENDING_CAPACITY`]
+    /// (or after shutdown) it is lost, counted and logged.
+    fn wait(&self, key: String, sent: SentMessage) {
+        let job_id = sent.job_id.clone();
+        let kept = {
+            let mut records = self.pending.records();
+            let room = records.len() < PENDING_CAPACITY || records.contains_key(&key);
+            let writing = !self.pending.stopped.load(std::sync::atomic::Ordering::SeqCst);
+            if room && writing {
+                records.insert(key, sent);
+            }
+            self.metrics.pending.set(records.len() as i64);
+            room && writing
+        };
+        if kept {
+            self.pending.added.notify_one();
+            return;
+        }
+        self.metrics.lost.inc();
+        if let Some(count) = self.pending.lost.hit() {
+            tracing::warn!(
+                %job_id,
+                lost = count,
+                bound = PENDING_CAPACITY,
+                "receipt records lost: more waiting for the state than the bound, or herald is stopping; their receipts will count as unknown (one warning per 10 s)"
+            );
+        }
+    }
+
+    /// Writes the waiting record under `key`, if there is one. `Err` while the state still cannot take it.
+    async fn write_waiting(&self, key: &str) -> Result<(), StateError> {
+        let Some(sent) = self.pending.get(key) else {
+            return Ok(());
+        };
+        self.state.record_late(key, &sent).await?;
+        let mut records = self.pending.records();
+        records.remove(key);
+        self.metrics.pending.set(records.len() as i64);
+        Ok(())
+    }
+
+    /// Writes the records that could not be written when their messages were sent, as soon as the state
+    /// takes them again: retried with a backoff ([`PENDING_BACKOFF`]) until `shutdown`, when the ones
+    /// still waiting are counted as lost. Run once, in a task of its own.
+    pub async fn keep_writing(self: Arc<Self>, shutdown: CancellationToken) {
+        let (first, most) = PENDING_BACKOFF;
+        let mut backoff = first;
+        loop {
+            if self.pending.records().is_empty() {
+                tokio::select! {
+                    _ = self.pending.added.notified() => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            match self.write_all_waiting().await {
+                Ok(written) => {
+                    tracing::info!(written, "receipt records kept while the state was unavailable written");
+                    backoff = first;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "receipt records still waiting for the state");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(most);
+                }
+            }
+        }
+        // One last try, briefly: the state may be back while the writer was waiting out its backoff.
+        self.pending.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = tokio::time::timeout(first * 5, self.write_all_waiting()).await;
+        let lost = {
+            let mut records = self.pending.records();
+            let lost = records.len();
+            records.clear();
+            self.metrics.pending.set(0);
+            lost
+        };
+        if lost > 0 {
+            self.metrics.lost.inc_by(lost as u64);
+            tracing::warn!(
+                lost,
+                "receipt records still waiting for the state at shutdown are lost; their receipts will count as unknown"
+            );
+        }
+    }
+
+    /// Writes every waiting record, stopping at the first the state refuses (it is still away).
+    async fn write_all_waiting(&self) -> Result<usize, StateError> {
+        let keys: Vec<String> = self.pending.records().keys().cloned().collect();
+        for key in &keys {
+            self.write_waiting(key).await?;
+        }
+        Ok(keys.len())
     }
 
     /// A provider's status for one of its messages. `Ok` when the callback is done with (whatever it
@@ -319,7 +472,7 @@ impl Receipts {
         self: &Arc<Self>,
         provider: ReceiptProvider,
         id: &str,
-        status: Option<Status>,
+        status: Option<Reported>,
         error_code: Option<String>,
     ) -> Result<Applied, Unavailable> {
         let this = self.clone();
@@ -342,25 +495,26 @@ impl Receipts {
         &self,
         provider: ReceiptProvider,
         id: &str,
-        status: Option<Status>,
+        reported: Option<Reported>,
         error_code: Option<String>,
     ) -> Result<Applied, Unavailable> {
-        let Some(status) = status else {
+        let Some(reported) = reported else {
             return Ok(Applied::Ignored);
         };
+        let status = reported.status;
         let key = provider.key(id);
-        let sent = match self.state.advance(&key, status).await? {
+        // A message whose record is still waiting for the state is not unknown: written now, or the
+        // provider comes again (503) rather than being told it is done with.
+        self.write_waiting(&key).await?;
+        let sent = match self.state.advance(&key, reported).await? {
             Advance::Unknown => return Ok(Applied::Unknown),
             Advance::Moved => return Ok(Applied::Intermediate),
             Advance::Stale => return Ok(Applied::Stale),
             Advance::Duplicate => return Ok(Applied::Duplicate),
+            Advance::Ignored => return Ok(Applied::Ignored),
             Advance::Busy => return Err(Unavailable::Busy),
             Advance::Final(sent) => sent,
         };
-        if !status.fits(sent.channel) {
-            self.state.settle(&key, false).await?;
-            return Ok(Applied::Ignored);
-        }
         let event = status_event(&sent, status, error_code);
         let json = serde_json::to_vec(&event).unwrap_or_default();
         if let Err(e) = self
@@ -424,12 +578,14 @@ fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) 
 }
 
 /// A provider's error code as events may carry it: a short token of letters, digits, `_`, `-`, `.`
-/// (Twilio's are numbers like `30008`). Anything else is dropped, never echoed.
+/// (Twilio's are numbers like `30008`), with no run of more than five digits, where a phone number or a
+/// one-time code would hide. Anything else is dropped, never echoed.
 pub fn is_error_code(code: &str) -> bool {
     (1..=32).contains(&code.len())
         && code
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && code.split(|c: char| !c.is_ascii_digit()).all(|run| run.len() <= 5)
 }
 
 /// How often a refused-signature warning is logged at most.
@@ -473,6 +629,88 @@ mod tests {
         assert_eq!(warning.hit_at(t + LOG_EVERY), Some(3));
     }
 
+    fn sent_message(job: &str) -> SentMessage {
+        SentMessage {
+            job_id: job.into(),
+            channel: Channel::Sms,
+            country: "1".into(),
+            recipient: "+1415*****23".into(),
+            provider: "twilio".into(),
+            provider_message_id: Some(format!("SM{job}")),
+            accepted_at_ms: state::now_ms(),
+        }
+    }
+
+    fn receipts(state: State) -> (Arc<Receipts>, Registry) {
+        let registry = Registry::new();
+        let receipts = Arc::new(Receipts::new(&Config::default(), state, &registry));
+        (receipts, registry)
+    }
+
+    /// A record waiting for the state is written by the first callback for it, which then counts as if
+    /// the record had always been there.
+    #[tokio::test]
+    async fn a_callback_writes_its_waiting_record_first() {
+        let (receipts, _) = receipts(State::local(10));
+        receipts.wait("twilio:SMa".into(), sent_message("a"));
+        assert_eq!(receipts.metrics.pending.get(), 1);
+        let applied = receipts
+            .apply_here(
+                ReceiptProvider::Twilio,
+                "SMa",
+                Some(Reported::message(Status::Sent)),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied, Applied::Intermediate);
+        assert_eq!(receipts.metrics.pending.get(), 0);
+    }
+
+    /// Redis away (nothing listens on port 1): a callback for a waiting record must come again, and the
+    /// records still waiting at shutdown are counted as lost.
+    #[tokio::test]
+    async fn waiting_records_get_their_callbacks_retried_and_are_counted_when_lost() {
+        let conn = crate::store::redis_connection("redis://127.0.0.1:1").unwrap();
+        let (receipts, _) = receipts(State::redis(conn, "test"));
+        for job in ["a", "b", "c"] {
+            receipts.wait(format!("twilio:SM{job}"), sent_message(job));
+        }
+        let applied = receipts
+            .apply_here(
+                ReceiptProvider::Twilio,
+                "SMa",
+                Some(Reported::message(Status::Delivered)),
+                None,
+            )
+            .await;
+        assert!(matches!(applied, Err(Unavailable::State(_))), "{applied:?}");
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        receipts.clone().keep_writing(shutdown).await;
+        assert_eq!(receipts.metrics.lost.get(), 3);
+        assert_eq!(receipts.metrics.pending.get(), 0);
+        // Once the writer has stopped, a record that cannot be written is lost at once.
+        receipts.wait("twilio:SMd".into(), sent_message("d"));
+        assert_eq!(receipts.metrics.lost.get(), 4);
+        assert_eq!(receipts.metrics.pending.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_records_are_bounded() {
+        let (receipts, _) = receipts(State::local(10));
+        for i in 0..PENDING_CAPACITY {
+            receipts.wait(format!("twilio:SM{i}"), sent_message("j"));
+        }
+        assert_eq!(receipts.metrics.lost.get(), 0);
+        receipts.wait("twilio:SMover".into(), sent_message("over"));
+        assert_eq!(receipts.metrics.lost.get(), 1);
+        assert_eq!(receipts.metrics.pending.get(), PENDING_CAPACITY as i64);
+        // A record already waiting is kept as it is, not counted again.
+        receipts.wait("twilio:SM0".into(), sent_message("j"));
+        assert_eq!(receipts.metrics.lost.get(), 1);
+    }
+
     #[test]
     fn error_codes_are_tokens_or_dropped() {
         assert!(is_error_code("30008"));
@@ -480,6 +718,9 @@ mod tests {
         assert!(!is_error_code(""));
         assert!(!is_error_code("+14155550123 is blocked"));
         assert!(!is_error_code(&"9".repeat(33)));
+        assert!(!is_error_code("14155550123"));
+        assert!(!is_error_code("blocked_482913"));
+        assert!(is_error_code("err_30008.a1"));
     }
 
     #[test]

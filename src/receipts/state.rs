@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::status::Status;
+use super::status::{Reported, Status};
 use crate::job::Channel;
 use crate::store::RETENTION;
 
@@ -50,6 +50,9 @@ pub enum Advance {
     Duplicate,
     /// Another callback (on any replica) is publishing this message's final event right now.
     Busy,
+    /// A status the message's channel cannot have, or one in another channel's vocabulary (a call's
+    /// `in-progress` for an SMS): nothing moved.
+    Ignored,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,10 +87,26 @@ impl State {
         }
     }
 
-    pub async fn advance(&self, key: &str, status: Status) -> Result<Advance, StateError> {
+    /// Remembers a sent message whose first [`State::record`] failed, unless `key` was recorded since: a
+    /// newer record may have moved on, and must not be reset.
+    pub async fn record_late(&self, key: &str, sent: &SentMessage) -> Result<(), StateError> {
         match self {
-            State::Local(local) => Ok(lock(local).advance(key, status, Instant::now())),
-            State::Redis(redis) => redis.advance(key, status).await,
+            State::Local(local) => {
+                let mut local = lock(local);
+                if !local.entries.contains_key(key) {
+                    local.insert(key, sent.clone(), Instant::now());
+                }
+                Ok(())
+            }
+            State::Redis(redis) => redis.record_late(key, sent).await,
+        }
+    }
+
+    /// Moves the message under `key` by `reported`, if it applies to the message's channel.
+    pub async fn advance(&self, key: &str, reported: Reported) -> Result<Advance, StateError> {
+        match self {
+            State::Local(local) => Ok(lock(local).advance(key, reported, Instant::now())),
+            State::Redis(redis) => redis.advance(key, reported).await,
         }
     }
 
@@ -196,11 +215,15 @@ impl Local {
         }
     }
 
-    fn advance(&mut self, key: &str, status: Status, now: Instant) -> Advance {
+    fn advance(&mut self, key: &str, reported: Reported, now: Instant) -> Advance {
         self.expire(now);
         let Some(entry) = self.entries.get_mut(key) else {
             return Advance::Unknown;
         };
+        if !reported.applies_to(entry.sent.channel) {
+            return Advance::Ignored;
+        }
+        let status = reported.status;
         let rank = status.rank();
         if status.is_final() {
             match entry.finality {
@@ -243,10 +266,15 @@ pub struct Redis {
 }
 
 /// Moves a message forward, atomically across replicas: [`Local::advance`] in Lua. ARGV: rank, is-final
-/// (0/1), now (ms), lease (ms), the final statuses' rank. Returns {0} unknown, {1} moved, {2, sent} final
-/// (claimed), {3} duplicate, {4} busy, {5} stale.
+/// (0/1), now (ms), lease (ms), the final statuses' rank, the channels the status applies to
+/// ([`Reported::channels`]). Returns {0} unknown, {1} moved, {2, sent} final (claimed), {3} duplicate,
+/// {4} busy, {5} stale, {6} ignored (not a status of the message's channel).
 const ADVANCE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local sent = redis.call('HGET', KEYS[1], 'sent')
+local ok, message = pcall(cjson.decode, sent or '')
+local channel = ok and type(message) == 'table' and message.channel
+if type(channel) ~= 'string' or not string.find(ARGV[6], ',' .. channel .. ',', 1, true) then return {6} end
 local rank = tonumber(ARGV[1])
 local current = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
 local state = redis.call('HGET', KEYS[1], 'final') or ''
@@ -257,13 +285,22 @@ if ARGV[2] == '1' then
     if tonumber(ARGV[3]) - since < tonumber(ARGV[4]) then return {4} end
   end
   redis.call('HSET', KEYS[1], 'final', 'publishing', 'since', ARGV[3])
-  return {2, redis.call('HGET', KEYS[1], 'sent')}
+  return {2, sent}
 end
 if rank > current and not (state ~= '' and rank < tonumber(ARGV[5])) then
   redis.call('HSET', KEYS[1], 'rank', rank)
   return {1}
 end
 return {5}
+"#;
+
+/// [`State::record_late`]: a record written only where there is none. ARGV: the sent message, the expiry
+/// (s). Returns 1 when written.
+const RECORD_LATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'sent', ARGV[1], 'rank', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
 "#;
 
 /// Marks a claimed final status evented (ARGV[1] = 1; the rank becomes at least ARGV[2], the final
@@ -308,7 +345,22 @@ impl Redis {
         Ok(())
     }
 
-    async fn advance(&self, key: &str, status: Status) -> Result<Advance, StateError> {
+    async fn record_late(&self, key: &str, sent: &SentMessage) -> Result<(), StateError> {
+        let json = serde_json::to_string(sent).map_err(|e| StateError(e.to_string()))?;
+        let _: i64 = redis::cmd("EVAL")
+            .arg(RECORD_LATE)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(json)
+            .arg(RETENTION.as_secs())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| StateError(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn advance(&self, key: &str, reported: Reported) -> Result<Advance, StateError> {
+        let status = reported.status;
         let (code, sent): (u8, Option<String>) = {
             let reply: Vec<redis::Value> = redis::cmd("EVAL")
                 .arg(ADVANCE)
@@ -319,6 +371,7 @@ impl Redis {
                 .arg(now_ms())
                 .arg(PUBLISH_LEASE.as_millis() as u64)
                 .arg(Status::Delivered.rank())
+                .arg(reported.channels())
                 .query_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| StateError(e.to_string()))?;
@@ -338,6 +391,7 @@ impl Redis {
             }
             3 => Advance::Duplicate,
             4 => Advance::Busy,
+            6 => Advance::Ignored,
             _ => Advance::Stale,
         })
     }
@@ -360,6 +414,10 @@ impl Redis {
 mod tests {
     use super::*;
 
+    fn msg(status: Status) -> Reported {
+        Reported::message(status)
+    }
+
     fn sent(job: &str) -> SentMessage {
         SentMessage {
             job_id: job.into(),
@@ -376,20 +434,67 @@ mod tests {
     fn statuses_only_move_forward_and_a_final_one_is_taken_once() {
         let mut local = Local::new(10, Duration::from_secs(60));
         let t = Instant::now();
-        assert_eq!(local.advance("a", Status::Sent, t), Advance::Unknown);
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Unknown);
         local.insert("a", sent("a"), t);
-        assert_eq!(local.advance("a", Status::Queued, t), Advance::Moved);
-        assert_eq!(local.advance("a", Status::Sent, t), Advance::Moved);
-        assert_eq!(local.advance("a", Status::Sent, t), Advance::Stale);
-        assert_eq!(local.advance("a", Status::Queued, t), Advance::Stale);
-        assert_eq!(local.advance("a", Status::Delivered, t), Advance::Final(sent("a")));
+        assert_eq!(local.advance("a", msg(Status::Queued), t), Advance::Moved);
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Moved);
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Stale);
+        assert_eq!(local.advance("a", msg(Status::Queued), t), Advance::Stale);
+        assert_eq!(local.advance("a", msg(Status::Delivered), t), Advance::Final(sent("a")));
         // While its event is being published, the same final status elsewhere waits.
-        assert_eq!(local.advance("a", Status::Delivered, t), Advance::Busy);
+        assert_eq!(local.advance("a", msg(Status::Delivered), t), Advance::Busy);
         local.settle("a", true);
-        assert_eq!(local.advance("a", Status::Delivered, t), Advance::Duplicate);
-        assert_eq!(local.advance("a", Status::Failed, t), Advance::Duplicate);
-        assert_eq!(local.advance("a", Status::Sent, t), Advance::Stale);
-        assert_eq!(local.advance("a", Status::Read, t), Advance::Moved);
+        assert_eq!(local.advance("a", msg(Status::Delivered), t), Advance::Duplicate);
+        assert_eq!(local.advance("a", msg(Status::Failed), t), Advance::Duplicate);
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Stale);
+        assert_eq!(local.advance("a", msg(Status::Read), t), Advance::Moved);
+    }
+
+    /// The outside attack's seventh finding: a signed `CallStatus=in-progress` for an SMS's sid, or the
+    /// custom provider's `in-progress` for an SMS job, moved the SMS to rank 5, past `sent`.
+    #[test]
+    fn a_status_of_another_channel_moves_nothing() {
+        let mut local = Local::new(10, Duration::from_secs(60));
+        let t = Instant::now();
+        local.insert("a", sent("a"), t);
+        assert_eq!(local.advance("a", msg(Status::Queued), t), Advance::Moved);
+        for other in [
+            Reported::call(Status::InProgress),
+            Reported::unsaid(Status::InProgress),
+            Reported::call(Status::Ringing),
+            Reported::call(Status::Queued),
+            Reported::call(Status::Completed),
+            Reported::call(Status::Failed),
+            Reported::unsaid(Status::Busy),
+        ] {
+            assert_eq!(local.advance("a", other, t), Advance::Ignored, "{other:?}");
+        }
+        // Nothing moved: `sent` still moves it, and its own final status is still the first.
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Moved);
+        assert_eq!(
+            local.advance("a", Reported::unsaid(Status::Failed), t),
+            Advance::Final(sent("a"))
+        );
+        let mut voice = sent("v");
+        voice.channel = Channel::Voice;
+        local.insert("v", voice, t);
+        assert_eq!(local.advance("v", msg(Status::Sent), t), Advance::Ignored);
+        assert_eq!(local.advance("v", msg(Status::Queued), t), Advance::Ignored);
+        assert_eq!(local.advance("v", Reported::call(Status::Ringing), t), Advance::Moved);
+    }
+
+    #[test]
+    fn a_late_record_never_resets_one_written_since() {
+        let local = State::local(10);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            local.record("a", &sent("a")).await.unwrap();
+            assert_eq!(local.advance("a", msg(Status::Sent)).await.unwrap(), Advance::Moved);
+            local.record_late("a", &sent("late")).await.unwrap();
+            assert_eq!(local.advance("a", msg(Status::Sent)).await.unwrap(), Advance::Stale);
+            local.record_late("b", &sent("b")).await.unwrap();
+            assert_eq!(local.advance("b", msg(Status::Sent)).await.unwrap(), Advance::Moved);
+        });
     }
 
     #[test]
@@ -397,16 +502,22 @@ mod tests {
         let mut local = Local::new(10, Duration::from_secs(60));
         let t = Instant::now();
         local.insert("a", sent("a"), t);
-        assert!(matches!(local.advance("a", Status::Undelivered, t), Advance::Final(_)));
+        assert!(matches!(
+            local.advance("a", msg(Status::Undelivered), t),
+            Advance::Final(_)
+        ));
         // While it is claimed, a late intermediate status moves nothing.
-        assert_eq!(local.advance("a", Status::Sent, t), Advance::Stale);
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Stale);
         local.settle("a", false);
         // Given back: nothing moved, not even the rank.
-        assert_eq!(local.advance("a", Status::Sent, t), Advance::Moved);
-        assert!(matches!(local.advance("a", Status::Undelivered, t), Advance::Final(_)));
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Moved);
+        assert!(matches!(
+            local.advance("a", msg(Status::Undelivered), t),
+            Advance::Final(_)
+        ));
         // A holder that died: its claim runs out with the lease.
         assert!(matches!(
-            local.advance("a", Status::Undelivered, t + PUBLISH_LEASE),
+            local.advance("a", msg(Status::Undelivered), t + PUBLISH_LEASE),
             Advance::Final(_)
         ));
     }
@@ -419,18 +530,18 @@ mod tests {
             local.insert(key, sent(key), t + Duration::from_secs(i as u64));
         }
         assert_eq!(local.len(), 3);
-        assert_eq!(local.advance("a", Status::Sent, t), Advance::Unknown);
-        assert_eq!(local.advance("d", Status::Sent, t), Advance::Moved);
+        assert_eq!(local.advance("a", msg(Status::Sent), t), Advance::Unknown);
+        assert_eq!(local.advance("d", msg(Status::Sent), t), Advance::Moved);
         // 60 s after b was recorded, b is gone; c and d remain.
         assert_eq!(
-            local.advance("b", Status::Sent, t + Duration::from_secs(61)),
+            local.advance("b", msg(Status::Sent), t + Duration::from_secs(61)),
             Advance::Unknown
         );
         assert_eq!(local.len(), 2);
         // A key recorded again lives from its new time.
         local.insert("c", sent("c"), t + Duration::from_secs(62));
         assert_eq!(
-            local.advance("c", Status::Sent, t + Duration::from_secs(100)),
+            local.advance("c", msg(Status::Sent), t + Duration::from_secs(100)),
             Advance::Moved
         );
     }

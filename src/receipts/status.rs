@@ -126,6 +126,57 @@ impl Status {
     }
 }
 
+/// A status with the vocabulary it was reported in: Twilio says which (`MessageStatus` for a message,
+/// `CallStatus` for a call); the custom provider's receipts do not. It moves only a message of a channel
+/// that vocabulary is for and that can have the status: a call's `in-progress` for an SMS is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported {
+    pub status: Status,
+    /// The channel whose vocabulary it came in; `None` when the callback does not say.
+    pub vocabulary: Option<Channel>,
+}
+
+impl Reported {
+    /// A `MessageStatus` (or `SmsStatus`).
+    pub fn message(status: Status) -> Reported {
+        Reported {
+            status,
+            vocabulary: Some(Channel::Sms),
+        }
+    }
+
+    /// A `CallStatus`.
+    pub fn call(status: Status) -> Reported {
+        Reported {
+            status,
+            vocabulary: Some(Channel::Voice),
+        }
+    }
+
+    /// A status whose callback does not say whose vocabulary it is (the custom provider's).
+    pub fn unsaid(status: Status) -> Reported {
+        Reported {
+            status,
+            vocabulary: None,
+        }
+    }
+
+    /// Whether it may move a message sent on `channel`.
+    pub fn applies_to(self, channel: Channel) -> bool {
+        self.vocabulary.is_none_or(|v| v == channel) && self.status.fits(channel)
+    }
+
+    /// The channels it may move, as `,sms,voice,` (what the Redis script matches the message's against).
+    pub fn channels(self) -> String {
+        let mut list = String::from(",");
+        for channel in Channel::ALL.into_iter().filter(|c| self.applies_to(*c)) {
+            list.push_str(channel.as_str());
+            list.push(',');
+        }
+        list
+    }
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -167,5 +218,26 @@ mod tests {
         assert!(!Status::Completed.fits(Channel::Sms));
         assert!(!Status::Delivered.fits(Channel::Voice));
         assert!(Status::Failed.fits(Channel::Voice) && Status::Failed.fits(Channel::Sms));
+    }
+
+    #[test]
+    fn a_status_moves_only_a_message_of_its_vocabularys_channel() {
+        let in_progress = Reported::call(Status::InProgress);
+        assert!(in_progress.applies_to(Channel::Voice));
+        assert!(!in_progress.applies_to(Channel::Sms));
+        assert_eq!(in_progress.channels(), ",voice,");
+        // `queued` and `failed` are in both vocabularies: each applies to its own channel only.
+        assert!(!Reported::call(Status::Queued).applies_to(Channel::Sms));
+        assert!(!Reported::message(Status::Failed).applies_to(Channel::Voice));
+        assert_eq!(Reported::message(Status::Failed).channels(), ",sms,");
+        // A message's status reported as a call's fits no channel.
+        assert_eq!(Reported::call(Status::Delivered).channels(), ",");
+        // Unsaid: the channels that can have it.
+        assert_eq!(Reported::unsaid(Status::InProgress).channels(), ",voice,");
+        assert_eq!(Reported::unsaid(Status::Delivered).channels(), ",sms,");
+        assert_eq!(Reported::unsaid(Status::Failed).channels(), ",sms,voice,");
+        for s in Status::ALL {
+            assert!(!Reported::unsaid(s).applies_to(Channel::Email), "{s}");
+        }
     }
 }
