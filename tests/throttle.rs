@@ -119,8 +119,8 @@ async fn without_redis_limits_fall_back_to_local_and_delivery_goes_on() {
     app.stop().await;
 }
 
-/// An attacker rotating addresses within one IPv6 /64, or writing its IPv4 address as `::ffff:…`, still
-/// spends one per-IP budget.
+/// An attacker rotating addresses within one IPv6 /64, or writing its IPv4 address as `::ffff:…` or as
+/// `::a.b.c.d` (IPv4-compatible, which used to be a bucket of its own), still spends one per-IP budget.
 #[tokio::test]
 async fn the_ip_limit_keys_ipv6_by_its_64_and_a_mapped_ipv4_as_ipv4() {
     let mut app = TestApp::spawn(|c| c.throttle.ip = Some("2/h".parse().unwrap())).await;
@@ -137,6 +137,9 @@ async fn the_ip_limit_keys_ipv6_by_its_64_and_a_mapped_ipv4_as_ipv4() {
         from(4, "198.51.100.9"),
         from(5, "::ffff:198.51.100.9"),
         from(6, "198.51.100.9"),
+        from(7, "::203.0.113.7"),
+        from(8, "203.0.113.7"),
+        from(9, "::ffff:203.0.113.7"),
     ];
     // One at a time: the verdicts depend on the order.
     let mut scopes = Vec::new();
@@ -145,8 +148,11 @@ async fn the_ip_limit_keys_ipv6_by_its_64_and_a_mapped_ipv4_as_ipv4() {
         let e = app.next_event(20).await;
         scopes.push(e["scope"].as_str().unwrap_or("sent").to_owned());
     }
-    assert_eq!(scopes, ["sent", "sent", "ip", "sent", "sent", "ip"]);
-    assert_eq!(app.outbox_lines().len(), 4);
+    assert_eq!(
+        scopes,
+        ["sent", "sent", "ip", "sent", "sent", "ip", "sent", "sent", "ip"]
+    );
+    assert_eq!(app.outbox_lines().len(), 6);
     app.stop().await;
 }
 
