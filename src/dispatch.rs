@@ -161,6 +161,7 @@ impl Dispatcher {
             Err(
                 e @ (TemplateError::Render { .. }
                 | TemplateError::Missing(_)
+                | TemplateError::TooLong { .. }
                 | TemplateError::Invalid(_)
                 | TemplateError::Io { .. }),
             ) => {

@@ -10,8 +10,10 @@ use serde::Deserialize;
 
 /// Largest accepted body (contract §3).
 pub const MAX_BODY: usize = 16 * 1024;
-const MAX_VARS: usize = 32;
-const MAX_VAR_VALUE: usize = 1024;
+/// The most vars a job may carry, each at most [`MAX_VAR_VALUE`] bytes: the templates' checks render the
+/// longest job these allow.
+pub const MAX_VARS: usize = 32;
+pub const MAX_VAR_VALUE: usize = 1024;
 const MAX_ID: usize = 128;
 const MAX_USER_ID: usize = 256;
 const MAX_FRIENDLY_NAME: usize = 128;

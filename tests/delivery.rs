@@ -290,6 +290,88 @@ async fn twilio_errors_become_failure_events_with_the_provider_code() {
     app.stop().await;
 }
 
+/// Issue 31: a message longer than its channel takes (Twilio: 1,600 characters of SMS body, 4,000 of
+/// TwiML) is not sent: the job fails for good (`invalid_job`, dead-lettered with why, no retry), and the
+/// event and the reason say how long, never what.
+#[tokio::test]
+async fn a_message_over_its_channels_cap_is_not_sent_and_fails_for_good() {
+    let templates = tempfile::tempdir().unwrap();
+    helpers::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        templates.path(),
+    );
+    // Each prints the vars it names: accepted at load (a job with short vars fits).
+    std::fs::write(
+        templates.path().join("sms/second-factor-authentication.en.hbs"),
+        "{{a}}{{b}} {{code}}",
+    )
+    .unwrap();
+    std::fs::write(
+        templates.path().join("voice/second-factor-authentication.en.hbs"),
+        "{{a}} {{b}}{{pause}}{{code}}",
+    )
+    .unwrap();
+    let server = MockServer::start().await;
+    let dir = templates.path().to_owned();
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.templates.dir = dir;
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(twilio_created("SM0123456789abcdef0123456789abcdef"))
+        .mount(&server)
+        .await;
+    let with_vars = |channel: &str, a: usize, b: usize| {
+        let mut j = job(channel);
+        j["vars"] = json!({"a": "A".repeat(a), "b": "B".repeat(b)});
+        j
+    };
+    let too_long = [with_vars("sms", 900, 900), with_vars("voice", 1000, 1000)];
+    for j in &too_long {
+        app.publish(j).await;
+        let e = app.next_event(20).await;
+        assert_event_shape(&e);
+        assert_eq!(e["job_id"], j["id"]);
+        assert_eq!(e["type"], format!("gd_send_{}_failure", j["channel"].as_str().unwrap()));
+        assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains("characters, more than the"), "{message}");
+        assert!(!message.contains("AAAA") && !message.contains("482913"), "{message}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty(), "nothing was sent");
+    let dead = app.dead_letters(2).await;
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        dead[0].1,
+        "invalid_job: template sms/second-factor-authentication.en: renders 1807 characters, more than the \
+         1600 characters an SMS may have (Twilio's limit)"
+    );
+    assert!(
+        dead[1]
+            .1
+            .contains("more than the 4000 characters a call's TwiML may have"),
+        "{}",
+        dead[1].1
+    );
+    // The same templates with vars that fit: sent, one request each.
+    let fits = [with_vars("sms", 793, 800), with_vars("voice", 900, 900)];
+    for j in &fits {
+        app.publish(j).await;
+        assert_eq!(app.next_event(20).await["job_id"], j["id"]);
+    }
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(form(&requests[0].body)["Body"].chars().count(), 1600);
+    let m = app.settled_metrics().await;
+    assert_eq!(
+        helpers::metric(&m, "herald_retries_total"),
+        0.0,
+        "a permanent failure: never retried"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn an_expired_job_is_not_sent() {
     let mut app = TestApp::spawn(|_| {}).await;
