@@ -118,6 +118,7 @@ impl Application {
                 metrics: metrics.clone(),
                 ready: ready.clone(),
                 receipts: Some(receipts.clone()),
+                store: Some(store.clone()),
             },
             crate::http::admin::AdminState {
                 templates: templates.clone(),

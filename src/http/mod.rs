@@ -18,6 +18,8 @@ pub struct HttpState {
     pub ready: Arc<AtomicBool>,
     /// The status callback routes' state; `None`: they answer 404.
     pub receipts: Option<Arc<crate::receipts::Receipts>>,
+    /// The outcome store: `/readyz` is false once its state files are gone from `state.path`.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
@@ -39,6 +41,12 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    if state.store.as_ref().is_some_and(|s| s.lost_file().is_some()) {
+        // Loud until a restart: every record written now is lost at the next start (docs/operations.md).
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("outcome store files deleted from state.path (see the log); restart herald\n");
+    }
     if state.ready.load(Ordering::SeqCst) {
         HttpResponse::Ok().content_type("text/plain").body("ready\n")
     } else {
