@@ -127,6 +127,7 @@ impl Application {
                 ready: ready.clone(),
                 receipts: Some(receipts.clone()),
                 webhook_ids: crate::http::receipts::SeenIds::default(),
+                store: Some(store.clone()),
             },
             crate::http::admin::AdminState {
                 templates: templates.clone(),

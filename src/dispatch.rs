@@ -161,6 +161,7 @@ impl Dispatcher {
             Err(
                 e @ (TemplateError::Render { .. }
                 | TemplateError::Missing(_)
+                | TemplateError::TooLong { .. }
                 | TemplateError::Invalid(_)
                 | TemplateError::Io { .. }),
             ) => {
@@ -171,7 +172,7 @@ impl Dispatcher {
         for provider in self.routes.chain(job) {
             // The closed name becomes text here, where it leaves for the event.
             let name = provider.name().name();
-            match provider.send(job, &message).await {
+            match provider.send(job, &message).await.map_err(|e| e.scrubbed_for(job)) {
                 Ok(receipt) => {
                     return Outcome::Sent {
                         provider: name,

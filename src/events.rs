@@ -316,6 +316,88 @@ pub fn scrub(text: &str) -> String {
     out
 }
 
+/// [`scrub`], and then anything still holding this job's own code or recipient, however it is written:
+/// a provider that echoes a 4-digit code (below [`scrub`]'s 6), or the number as `(415) 555-0123`, or the
+/// mailbox's local part alone. Digit groups joined by spaces, `-`, `.`, `/`, `(` or `)` count as one
+/// number; one whose digits hold the code, or the last 6 digits of the phone number, becomes `[number]`.
+pub fn scrub_for(text: &str, job: &crate::job::Job) -> String {
+    let mut text = scrub(text);
+    let code = job.code.expose();
+    let phone_tail = match &job.to {
+        crate::job::Recipient::Phone(p) => Some(&p.digits()[p.digits().len().saturating_sub(6)..]),
+        crate::job::Recipient::Email(e) => {
+            let address = e.expose();
+            let local = address.rsplit_once('@').map_or(address, |(l, _)| l);
+            for secret in [address, local] {
+                if secret.len() >= 3 {
+                    text = replace_ignore_case(&text, secret, "[address]");
+                }
+            }
+            None
+        }
+    };
+    mask_numbers(&text, |digits| {
+        digits.contains(code) || phone_tail.is_some_and(|t| digits.contains(t))
+    })
+}
+
+/// Replaces every digit group (see [`scrub_for`]) for which `secret` says so with `[number]`.
+fn mask_numbers(text: &str, secret: impl Fn(&str) -> bool) -> String {
+    let joiner = |c: char| matches!(c, ' ' | '-' | '.' | '/' | '(' | ')' | '+');
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let (start, c) = chars[i];
+        if !c.is_ascii_digit() {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        // A group: digits, with single joiners between them.
+        let mut digits = String::new();
+        let mut end = i;
+        let mut j = i;
+        while j < chars.len() {
+            let c = chars[j].1;
+            if c.is_ascii_digit() {
+                digits.push(c);
+                end = j;
+                j += 1;
+            } else if joiner(c) && chars.get(j + 1).is_some_and(|(_, n)| n.is_ascii_digit() || joiner(*n)) {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let stop = chars.get(end + 1).map_or(text.len(), |(at, _)| *at);
+        if secret(&digits) {
+            out.push_str("[number]");
+        } else {
+            out.push_str(&text[start..stop]);
+        }
+        i = end + 1;
+    }
+    out
+}
+
+fn replace_ignore_case(text: &str, needle: &str, with: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let needle = needle.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (at, _) in lower.match_indices(&needle) {
+        if at < last {
+            continue;
+        }
+        out.push_str(&text[last..at]);
+        out.push_str(with);
+        last = at + needle.len();
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +413,39 @@ mod tests {
             scrub("twilio answered 400: code 21211"),
             "twilio answered 400: code 21211"
         );
+    }
+
+    #[test]
+    fn scrub_for_masks_the_jobs_own_code_and_recipient_however_written() {
+        let sms = crate::job::Job::from_json(
+            br#"{"id":"j","channel":"sms","to":"+14155550123","code":"4829","user_id":"u"}"#,
+        )
+        .unwrap();
+        let email = crate::job::Job::from_json(
+            br#"{"id":"j","channel":"email","to":"Jane.Doe@example.com","code":"48291","user_id":"u"}"#,
+        )
+        .unwrap();
+        let cases: [(&crate::job::Job, &str, &str); 8] = [
+            (&sms, "code 4829 rejected", "code [number] rejected"),
+            (
+                &sms,
+                "error 21211: bad To (415) 555-0123.",
+                "error 21211: bad To ([number].",
+            ),
+            (&sms, "To 415.555.0123 / 4829", "To [number]"),
+            (&sms, "status 400, code 21614", "status 400, code 21614"),
+            (&sms, "48290 is not 4829x", "[number] is not [number]x"),
+            (&email, "mailbox jane.doe unknown", "mailbox [address] unknown"),
+            (
+                &email,
+                "550 5.1.1 JANE.DOE@EXAMPLE.COM: no such user",
+                "550 5.1.1 [address] no such user",
+            ),
+            (&email, "code 4-8-2-9-1 seen", "code [number] seen"),
+        ];
+        for (job, text, expected) in cases {
+            assert_eq!(scrub_for(text, job), expected, "{text}");
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum InvalidFeedback {
     ContentType,
     #[error("feedback body is not a JSON object")]
     NotAnObject,
-    #[error("feedback field `job_id` must be a string of 1 to 128 printable characters")]
+    #[error("feedback field `job_id` must be a string of 1 to 128 printable ASCII characters, no spaces")]
     JobId,
     #[error("feedback field `verified` must be true or false")]
     Verified,

@@ -10,8 +10,11 @@ use serde::Deserialize;
 
 /// Largest accepted body (contract §3).
 pub const MAX_BODY: usize = 16 * 1024;
-const MAX_VARS: usize = 32;
-const MAX_VAR_VALUE: usize = 1024;
+/// The most vars a job may carry, each at most [`MAX_VAR_VALUE`] bytes: the templates' checks render the
+/// longest job these allow.
+pub const MAX_VARS: usize = 32;
+pub const MAX_VAR_VALUE: usize = 1024;
+const MAX_ID: usize = 128;
 const MAX_USER_ID: usize = 256;
 const MAX_FRIENDLY_NAME: usize = 128;
 
@@ -488,7 +491,7 @@ pub enum FieldError {
     NotAString(&'static str),
     #[error("field `{0}` is required")]
     Missing(&'static str),
-    #[error("field `id` must be 1 to 128 printable characters")]
+    #[error("field `id` must be 1 to {MAX_ID} printable ASCII characters, no spaces")]
     Id,
     #[error("field `channel`: unknown channel (sms, voice or email)")]
     Channel,
@@ -502,7 +505,10 @@ pub enum FieldError {
     Action,
     #[error("field `locale`: {0}")]
     Locale(#[source] NotALocale),
-    #[error("field `user_id` must be 1 to {MAX_USER_ID} printable characters")]
+    #[error(
+        "field `user_id` must be 1 to {MAX_USER_ID} characters: printable ASCII, or letters and digits of any \
+         script (no control, bidi or invisible characters)"
+    )]
     UserId,
     #[error("field `ip` is not an IPv4 or IPv6 address")]
     Ip,
@@ -713,12 +719,20 @@ impl Job {
     }
 }
 
+/// A job id (docs/operations.md, "What a job may hold"): 1 to 128 printable ASCII characters, no spaces. It
+/// is the `webhook-id` header, a store key and in every event and log line: nothing that a header cannot
+/// carry as it is, nor a character that reorders or hides the text around it (U+202E).
 pub(crate) fn valid_id(s: &str) -> bool {
-    (1..=128).contains(&s.chars().count()) && !s.chars().any(char::is_control)
+    (1..=MAX_ID).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A user id: 1 to 256 characters, each printable ASCII (the space included) or a letter or digit of any
+/// script (`auth0|josé`, `line|山田`). Control, format (bidi controls, zero-width characters), separator
+/// and other invisible characters are refused: the id is printed in events and logs.
 fn valid_user_id(s: &str) -> bool {
-    (1..=MAX_USER_ID).contains(&s.chars().count()) && !s.chars().any(char::is_control)
+    (1..=MAX_USER_ID).contains(&s.chars().count())
+        && s.chars()
+            .all(|c| matches!(c, ' '..='~') || (!c.is_ascii() && c.is_alphanumeric()))
 }
 
 #[cfg(test)]
@@ -803,6 +817,75 @@ mod tests {
         let mut j = valid();
         j["vars"] = serde_json::Value::Object(many);
         assert!(job(j).unwrap_err().reason.to_string().contains("at most 32"));
+    }
+
+    /// What an id and a user id may hold (docs/operations.md, "What a job may hold"): a bidi control
+    /// (U+202E) reversed the text after it in events and logs, and a non-ASCII id went raw into the
+    /// `webhook-id` header.
+    #[test]
+    fn ids_hold_printable_text_only() {
+        let long_ascii = "a".repeat(MAX_ID);
+        let cases: &[(&str, &str, bool)] = &[
+            ("id", "01JD3V7ZQ4T6Y0M2W8K5H9N1PB", true),
+            ("id", "0f8fad5b-d9cb-469f-a165-70867728950e", true),
+            ("id", "auth0|job:42/retry#1~x", true),
+            ("id", "!", true),
+            ("id", &long_ascii, true),
+            ("id", &format!("{long_ascii}a"), false),
+            ("id", "", false),
+            ("id", "job 1", false),
+            ("id", " job1", false),
+            ("id", "job\t1", false),
+            ("id", "job\u{7f}1", false),
+            ("id", "job\u{202e}1gnp.exe", false),
+            ("id", "job\u{2066}1", false),
+            ("id", "job\u{200b}1", false),
+            ("id", "job\u{feff}1", false),
+            ("id", "jöb1", false),
+            ("id", "job\u{a0}1", false),
+            ("id", "job\r\nX-Injected: 1", false),
+            ("user_id", "auth0|5f7c8ec7c33c6c004bbafe82", true),
+            ("user_id", "samlp|Contoso|Jane Doe", true),
+            ("user_id", "auth0|josé", true),
+            ("user_id", "line|山田太郎", true),
+            ("user_id", "oidc|Ελένη-٣", true),
+            ("user_id", &"é".repeat(MAX_USER_ID), true),
+            ("user_id", &"é".repeat(MAX_USER_ID + 1), false),
+            ("user_id", "", false),
+            ("user_id", "u\u{202e}1", false),
+            ("user_id", "u\u{202a}1", false),
+            ("user_id", "u\u{061c}1", false),
+            ("user_id", "u\u{200f}1", false),
+            ("user_id", "u\u{2069}1", false),
+            ("user_id", "u\u{200d}1", false),
+            ("user_id", "u\u{ad}1", false),
+            ("user_id", "u\u{2028}1", false),
+            ("user_id", "u\u{3000}1", false),
+            ("user_id", "u\u{e000}1", false),
+            ("user_id", "u\u{1b}[31m1", false),
+            ("user_id", "u\n1", false),
+            ("user_id", "u\u{85}1", false),
+        ];
+        for (field, value, accepted) in cases {
+            let mut j = valid();
+            j[*field] = (*value).into();
+            match job(j) {
+                Ok(parsed) => {
+                    assert!(accepted, "{field} {value:?} was accepted");
+                    let kept = if *field == "id" { parsed.id } else { parsed.user_id };
+                    assert_eq!(kept, *value);
+                }
+                Err(e) => {
+                    assert!(!accepted, "{field} {value:?} was refused: {}", e.reason);
+                    assert!(e.reason.to_string().contains(&format!("`{field}`")), "{}", e.reason);
+                    // The failure event does not carry the refused value either.
+                    let kept = if *field == "id" { e.id } else { e.user_id };
+                    assert_eq!(kept, None, "{field} {value:?}");
+                }
+            }
+        }
+        // The feedback queue's job ids follow the same rule.
+        assert!(valid_id("01JD3V7ZQ4T6Y0M2W8K5H9N1PB") && !valid_id("01JD\u{202e}V7"));
     }
 
     /// Every string a template can print comes from a job: none may carry the voice pause marker.

@@ -162,11 +162,13 @@ impl Metrics {
         register(Box::new(throttle_fallbacks.clone()));
         let store_errors = counter_vec(
             "herald_store_errors_total".into(),
-            "Failed outcome-store operations (get, put, mark, claim): duplicate protection is lost meanwhile".into(),
+            "Failed outcome-store operations (get, put, mark, claim; files: a state file deleted or replaced under \
+             herald): duplicate protection is lost meanwhile"
+                .into(),
             &["op"],
         );
         // Present at 0 from the start, so that rate() sees the first failure.
-        for op in ["get", "put", "mark", "claim"] {
+        for op in ["get", "put", "mark", "claim", "files"] {
             store_errors.with_label_values(&[op]);
         }
         let store_held = IntGauge::new(

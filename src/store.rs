@@ -26,7 +26,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,6 +145,16 @@ pub enum OpenError {
     /// A read-only file or directory opens fine and fails at the first write.
     #[error("not writable: {0}")]
     NotWritable(#[source] rusqlite::Error),
+    /// Not an SQLite database, or a damaged one (SQLITE_NOTADB, SQLITE_CORRUPT).
+    #[error(
+        "{} is malformed (not an SQLite database, or a damaged one): move it away to start with an empty store",
+        path.display()
+    )]
+    Malformed {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
     #[error("{}: {source}", path.display())]
     Reader {
         path: PathBuf,
@@ -228,11 +238,19 @@ impl Store {
     /// The embedded store in `dir` (`state.path`), checked writable now rather than at the first job.
     pub fn local(dir: &Path, errors: IntCounterVec) -> Result<Store, StoreError> {
         Ok(Store {
-            backend: Backend::Local(Arc::new(LocalStore::open(dir)?)),
+            backend: Backend::Local(Arc::new(LocalStore::open(dir, errors.clone())?)),
             errors,
             stopping: CancellationToken::new(),
             put_failing: Arc::default(),
         })
+    }
+
+    /// The state file found deleted or replaced under the embedded store, if one was (never with Redis).
+    pub fn lost_file(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Local(s) => s.lost(),
+            Backend::Redis(_) => None,
+        }
     }
 
     /// Records and claims in Redis, shared by every replica; `lease` bounds how long a claim outlives a
@@ -450,17 +468,32 @@ pub struct LocalStore {
     readers: Mutex<Vec<rusqlite::Connection>>,
     /// Ids whose committed mark is requested but not yet written: a lookup treats them as committed.
     marking: Arc<Mutex<HashSet<String>>>,
+    /// The first state file found deleted or replaced under the open store, once one is.
+    lost: Arc<OnceLock<PathBuf>>,
 }
 
 impl LocalStore {
-    pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
+    /// Opens (or creates) the store in `dir`; a file of it found gone later is counted in `errors`
+    /// (`op="files"`).
+    pub fn open(dir: &Path, errors: IntCounterVec) -> Result<LocalStore, StoreError> {
         let named = |source: OpenError| StoreError::Open {
             dir: dir.to_owned(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| named(OpenError::Dir(e)))?;
         let path = dir.join("outcomes.sqlite");
-        let conn = rusqlite::Connection::open(&path).map_err(|e| named(OpenError::Sqlite(e)))?;
+        // A file that is not a database opens fine and fails at the first statement, whichever it is.
+        let sqlite = |e: rusqlite::Error| {
+            if malformed(&e) {
+                named(OpenError::Malformed {
+                    path: path.clone(),
+                    source: e,
+                })
+            } else {
+                named(OpenError::Sqlite(e))
+            }
+        };
+        let conn = rusqlite::Connection::open(&path).map_err(sqlite)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -476,7 +509,7 @@ impl LocalStore {
              );
              CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);",
         )
-        .map_err(|e| named(OpenError::Sqlite(e)))?;
+        .map_err(sqlite)?;
         // Added after the first release: a store written by an older herald gains the column in place.
         let has_attempts: bool = conn
             .query_row(
@@ -484,11 +517,11 @@ impl LocalStore {
                 [],
                 |r| r.get::<_, i64>(0),
             )
-            .map_err(|e| named(OpenError::Sqlite(e)))?
+            .map_err(sqlite)?
             > 0;
         if !has_attempts {
             conn.execute_batch("ALTER TABLE outcomes ADD COLUMN next_attempt INTEGER")
-                .map_err(|e| named(OpenError::Sqlite(e)))?;
+                .map_err(sqlite)?;
         }
         // A read-only file or directory opens fine and fails at the first write: find out now, not with
         // every job's record failing while /readyz says ready.
@@ -500,8 +533,14 @@ impl LocalStore {
         )
         .map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
-            named(OpenError::NotWritable(e))
+            if malformed(&e) {
+                sqlite(e)
+            } else {
+                named(OpenError::NotWritable(e))
+            }
         })?;
+        // Written to once, so the WAL and its index exist: the files whose loss the store thread watches for.
+        let files = StateFiles::new(&path);
         // Opened once here so that a bad path fails at start-up, then kept for the first lookup.
         let reader = open_reader(&path).map_err(|source| {
             named(OpenError::Reader {
@@ -510,18 +549,31 @@ impl LocalStore {
             })
         })?;
         let marking: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let lost: Arc<OnceLock<PathBuf>> = Arc::default();
         let (tx, rx) = mpsc::channel();
         let marks = marking.clone();
+        let watch = Watch {
+            files,
+            lost: lost.clone(),
+            errors,
+        };
         std::thread::Builder::new()
             .name("herald-store".into())
-            .spawn(move || serve(conn, rx, marks))
+            .spawn(move || serve(conn, rx, marks, watch))
             .map_err(StoreError::Thread)?;
         Ok(LocalStore {
             tx,
             path,
             readers: Mutex::new(vec![reader]),
             marking,
+            lost,
         })
+    }
+
+    /// The state file found deleted or replaced, if one was: from then on records go to files no path
+    /// leads to, and are gone at the next start.
+    pub fn lost(&self) -> Option<&Path> {
+        self.lost.get().map(PathBuf::as_path)
     }
 
     fn get(&self, id: &str) -> Result<Option<Entry>, StoreError> {
@@ -559,6 +611,78 @@ impl LocalStore {
         self.tx.send(op).map_err(|_| StoreError::Stopped)
     }
 }
+
+/// Whether SQLite says the file is not a database or a damaged one.
+fn malformed(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// The database, its WAL and the WAL's index, each with the device and inode it had at open. SQLite keeps
+/// writing to the files it has open: one deleted (`rm` in `state.path`) or replaced under herald loses
+/// every record at the next start, with nothing failing before (docs/operations.md, "State volume").
+struct StateFiles(Vec<(PathBuf, Option<(u64, u64)>)>);
+
+impl StateFiles {
+    fn new(db: &Path) -> StateFiles {
+        let files = ["", "-wal", "-shm"].map(|suffix| {
+            let mut path = db.as_os_str().to_owned();
+            path.push(suffix);
+            let path = PathBuf::from(path);
+            let id = file_id(&path);
+            (path, id)
+        });
+        StateFiles(files.into_iter().collect())
+    }
+
+    /// The first file that is no longer the one opened.
+    fn gone(&self) -> Option<&Path> {
+        self.0
+            .iter()
+            // A file that did not exist at open (no WAL on some file systems) is not watched.
+            .find(|(path, id)| id.is_some() && file_id(path) != *id)
+            .map(|(path, _)| path.as_path())
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// What the store thread watches, and whom it tells.
+struct Watch {
+    files: StateFiles,
+    lost: Arc<OnceLock<PathBuf>>,
+    errors: IntCounterVec,
+}
+
+impl Watch {
+    /// Counts each check that finds a file gone (so that the counter rises for as long as it lasts, like a
+    /// failing write's), logs the first and latches it for `/readyz`.
+    fn check(&self) {
+        if self.lost.get().is_some() {
+            self.errors.with_label_values(&["files"]).inc();
+            return;
+        }
+        if let Some(path) = self.files.gone() {
+            tracing::error!(
+                path = %path.display(),
+                "outcome store: a state file was deleted or replaced while herald runs: the records written \
+                 until the next start are lost then (replays of those jobs will be sent again); /readyz is \
+                 false until herald is restarted"
+            );
+            self.errors.with_label_values(&["files"]).inc();
+            let _ = self.lost.set(path.to_owned());
+        }
+    }
+}
+
+/// How often the store thread looks at its files when it has nothing else to do (it also looks after a
+/// batch, at most this often).
+const FILES_CHECK: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -601,15 +725,23 @@ fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<
 /// before its job's broker commit, so the wait overlaps the previous broker commit.
 const COMMIT_SPACING: Duration = Duration::from_millis(2);
 
-fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mutex<HashSet<String>>>) {
+fn serve(mut conn: rusqlite::Connection, rx: mpsc::Receiver<Op>, marking: Arc<Mutex<HashSet<String>>>, watch: Watch) {
     let mut last_sweep = Instant::now();
     let mut last_commit = Instant::now();
+    let mut last_check = Instant::now();
     loop {
-        let first = match rx.recv_timeout(Duration::from_secs(60)) {
+        let first = match rx.recv_timeout(FILES_CHECK) {
             Ok(op) => Some(op),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
+        if last_check.elapsed() >= FILES_CHECK {
+            last_check = Instant::now();
+            watch.check();
+        }
+        if first.is_none() && last_sweep.elapsed() < Duration::from_secs(60) {
+            continue;
+        }
         if first.is_some() {
             std::thread::sleep(COMMIT_SPACING.saturating_sub(last_commit.elapsed()));
         }

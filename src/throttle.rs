@@ -130,15 +130,17 @@ fn checks(config: &ThrottleConfig, job: &Job) -> Vec<(Limit, String)> {
     out
 }
 
-/// The per-IP limit's key, keyed the way one client can vary its address: an IPv4-mapped IPv6 address
-/// (`::ffff:198.51.100.9`) is its IPv4 address, and an IPv6 address counts by its first `prefix` bits (a
-/// host is routinely given a whole /64 to rotate through). IPv4 keys are the address as before.
+/// The per-IP limit's key, keyed the way one client can vary its address: an IPv4 address written as IPv6,
+/// IPv4-mapped (`::ffff:198.51.100.9`) or the deprecated IPv4-compatible form (`::198.51.100.9`), is its IPv4
+/// address, and an IPv6 address counts by its first `prefix` bits (a host is routinely given a whole /64 to
+/// rotate through). IPv4 keys are the address as before.
 pub fn ip_key(ip: IpAddr, prefix: u8) -> String {
     let v6 = match ip {
         IpAddr::V4(v4) => return v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => return v4.to_string(),
-            None => v6,
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses, not IPv4-compatible ones.
+        IpAddr::V6(v6) => match v6.to_ipv4() {
+            Some(v4) if !v6.is_unspecified() && !v6.is_loopback() => return v4.to_string(),
+            _ => v6,
         },
     };
     // 1..=128 is checked at start-up; clamped anyway so that a shift never overflows.
@@ -576,6 +578,12 @@ mod tests {
         let key = |ip: &str, prefix| ip_key(ip.parse().unwrap(), prefix);
         assert_eq!(key("198.51.100.9", 64), "198.51.100.9");
         assert_eq!(key("::ffff:198.51.100.9", 64), "198.51.100.9");
+        assert_eq!(key("::198.51.100.9", 64), "198.51.100.9", "IPv4-compatible");
+        assert_eq!(key("::c633:6409", 64), "198.51.100.9", "the same, in hex");
+        assert_eq!(key("0:0:0:0:0:ffff:c633:6409", 128), "198.51.100.9");
+        assert_eq!(key("::1", 64), "::/64", "loopback is IPv6's own");
+        assert_eq!(key("::", 64), "::/64", "so is the unspecified address");
+        assert_eq!(key("::1:c633:6409", 64), "::/64", "neither mapped nor compatible");
         assert_eq!(key("2001:db8:1:2::1", 64), "2001:db8:1:2::/64");
         assert_eq!(key("2001:db8:1:2:ffff:eeee:dddd:cccc", 64), "2001:db8:1:2::/64");
         assert_ne!(key("2001:db8:1:3::1", 64), key("2001:db8:1:2::1", 64));
@@ -611,6 +619,17 @@ mod tests {
             t.check_local(&sms(7, "198.51.100.9")),
             Verdict::Throttled(Scope::Ip),
             "v4-mapped is the same address"
+        );
+        assert_eq!(t.check_local(&sms(8, "203.0.113.7")), Verdict::Allow);
+        assert_eq!(
+            t.check_local(&sms(9, "::203.0.113.7")),
+            Verdict::Allow,
+            "the second of 2 from 203.0.113.7"
+        );
+        assert_eq!(
+            t.check_local(&sms(10, "::ffff:203.0.113.7")),
+            Verdict::Throttled(Scope::Ip),
+            "v4-compatible is the same address"
         );
     }
 

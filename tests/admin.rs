@@ -312,9 +312,19 @@ async fn preview_measures_sms_voice_and_email() {
         "{body}"
     );
     assert_eq!(body["voice"]["twiml_limit"], 4000);
-    let (_, _, body) = preview(json!({"channel": "voice", "parts": {"body": "{{code}} ".repeat(200)}})).await;
-    assert!(body["voice"]["twiml_length"].as_u64().unwrap() > 4000);
-    assert!(body["warnings"][0].as_str().unwrap().contains("4000"), "{body}");
+    let (_, _, body) = preview(json!({"channel": "voice", "parts": {"body": "{{code}} ".repeat(100)}})).await;
+    assert!(body["voice"]["twiml_length"].as_u64().unwrap() > 3000, "{body}");
+    // Twilio refuses longer TwiML: such a template is refused, not warned about.
+    let (status, _, body) = preview(json!({"channel": "voice", "parts": {"body": "{{code}} ".repeat(200)}})).await;
+    assert_eq!(status, 400, "{body}");
+    conforms(&body, "Error");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than the 4000 characters a call's TwiML may have"),
+        "{body}"
+    );
 
     let (_, _, body) = preview(json!({"channel": "email", "action": "enrollment", "parts": {
         "subject": "Code for {{friendly_name}}", "text": "Code {{code}}", "html": "<b>{{code}}</b> {{friendly_name}}"}}))
@@ -470,6 +480,80 @@ async fn hostile_templates_are_a_400_and_herald_keeps_running() {
     assert_eq!(
         app.outbox_lines()[0]["body"],
         "482913 is your verification code for Acme."
+    );
+}
+
+/// Issue 31: `{{#each ../vars}}` nested four deep passed preview and save (the sample job had no vars),
+/// then a job with 32 vars sent a 1 MB Twilio request. A template whose output grows with the vars a job
+/// carries is refused at save and preview, with why; nothing is written and the template in use stays.
+#[tokio::test]
+async fn a_template_whose_output_grows_with_the_jobs_vars_is_refused_at_save() {
+    let dir = templates_copy();
+    let mut app = admin_app(dir.path()).await;
+    let c = Client::new(&app);
+    let path = "/admin/api/templates/sms/second-factor-authentication/en";
+    let file = dir.path().join("sms/second-factor-authentication.en.hbs");
+    let before = std::fs::read_to_string(&file).unwrap();
+    let four_deep = "{{code}} {{#each vars}}{{#each ../vars}}{{#each ../../vars}}{{#each ../../../vars}}{{this}}\
+                     {{/each}}{{/each}}{{/each}}{{/each}}";
+    for (channel, source, needle) in [
+        ("sms", four_deep, "nested in more than 2 levels of `{{#each}}`"),
+        (
+            "sms",
+            "{{code}} {{#each vars}}{{#each ../vars}}{{this}}{{/each}}{{/each}}",
+            "its output grows with the vars a job carries: with 32 more vars of 480 bytes",
+        ),
+        (
+            "sms",
+            "{{code}} {{#each vars}}{{@key}}={{this}} {{/each}}",
+            "more than the 1600 characters an SMS may have",
+        ),
+        (
+            "voice",
+            "{{pause}}{{code}} {{#each this}}{{this}}{{/each}}",
+            "more than the 4000 characters a call's TwiML may have",
+        ),
+    ] {
+        let (status, _, body) = c
+            .send(
+                c.req(
+                    reqwest::Method::PUT,
+                    &format!("/admin/api/templates/{channel}/second-factor-authentication/en"),
+                )
+                .json(&json!({"parts": {"body": source}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{source}: {body}");
+        conforms(&body, "Error");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+        let (status, _, body) = c
+            .send(
+                c.req(reqwest::Method::POST, "/admin/api/preview")
+                    .json(&json!({"channel": channel, "parts": {"body": source}})),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "nothing was written");
+    // Printing the vars it names, or only the names of all: saved.
+    let (status, _, body) = c
+        .send(
+            c.req(reqwest::Method::PUT, path)
+                .json(&json!({"parts": {"body": "{{code}} {{brand}} {{#each vars}}{{@key}} {{/each}}"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The job of the attack, 32 vars as long as a job can carry, with the template saved.
+    let mut j = job("sms");
+    j["vars"] = (0..31).map(|i| (format!("v{i}"), json!("x".repeat(480)))).collect();
+    j["vars"]["brand"] = json!("Acme");
+    app.publish(&j).await;
+    assert_eq!(app.next_outcome(20).await["type"], "gd_send_sms");
+    let body = app.outbox_lines()[0]["body"].as_str().unwrap().to_owned();
+    assert!(
+        body.starts_with("482913 Acme ") && body.contains(" v30") && body.len() < 300,
+        "{body}"
     );
 }
 

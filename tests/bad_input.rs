@@ -167,3 +167,83 @@ async fn a_bad_field_value_is_never_echoed_in_the_dead_letter_event_or_log() {
         "the bodies are kept as they came"
     );
 }
+
+/// Issue 31: an `id` or `user_id` with a bidi control (U+202E reverses the text after it) reached events,
+/// logs and the `webhook-id` header, and a non-ASCII id went into that header raw. An id is printable
+/// ASCII without spaces; a user id printable ASCII or letters and digits of any script. Anything else
+/// is an invalid job, dead-lettered, and the refused value is in no event, dead-letter reason or log line.
+#[tokio::test]
+async fn ids_with_control_bidi_or_invisible_characters_are_invalid_jobs() {
+    let mut broker = helpers::Broker::new(|_| {}).await;
+    let mut env = helpers::process_env(&broker.config);
+    env.push(("RUST_LOG".into(), "debug".into()));
+    let mut herald = helpers::HeraldProcess::start(&env);
+
+    let cases: [(&str, &str); 7] = [
+        ("id", "bad-id-\u{202e}fdp.exe"),
+        ("id", "bad-id \u{2066}x"),
+        ("id", "bad-id-jöb"),
+        ("id", "bad-id-\u{200b}zw"),
+        ("user_id", "auth0|\u{202e}nimda"),
+        ("user_id", "auth0|u\u{200d}1"),
+        ("user_id", "auth0|u\u{2028}1"),
+    ];
+    let mut bodies = Vec::new();
+    for (i, (field, value)) in cases.into_iter().enumerate() {
+        let mut j = job("sms");
+        j["id"] = format!("bad-ids-{i}").into();
+        j[field] = value.into();
+        let body = j.to_string().into_bytes();
+        broker.publish_raw(&body, json_props()).await;
+        bodies.push(body);
+    }
+    // A user id in another script is fine, and the job after the bad ones is delivered.
+    let mut valid = job("sms");
+    valid["user_id"] = "line|山田太郎".into();
+    broker.publish(&valid).await;
+
+    let events = broker.events(cases.len() + 1).await;
+    let dead = broker.dead_letters(cases.len()).await;
+    assert_eq!(herald.terminate(), Some(0));
+    let (logs, stdout) = (herald.logs(), herald.stdout());
+
+    let (ok, failed): (Vec<_>, Vec<_>) = events.iter().partition(|e| e.get("error").is_none());
+    assert_eq!(ok.len(), 1, "{events:?}");
+    assert_eq!((&ok[0]["job_id"], &ok[0]["user_id"]), (&valid["id"], &valid["user_id"]));
+    assert_eq!(
+        outbox_count(&broker.config.outbox.path),
+        1,
+        "only the valid job was sent"
+    );
+    for e in &failed {
+        assert_event_shape(e);
+        assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+    }
+    assert_eq!(dead.len(), cases.len(), "every bad job is dead-lettered");
+    for (i, (field, value)) in cases.into_iter().enumerate() {
+        let (_, reason) = dead
+            .iter()
+            .find(|(b, _)| *b == bodies[i])
+            .unwrap_or_else(|| panic!("{field} {value:?}: not dead-lettered"));
+        assert!(
+            reason.starts_with(&format!("invalid_job: field `{field}` must be")),
+            "{reason}"
+        );
+        let refused: String = value.chars().filter(|c| !c.is_ascii()).collect();
+        for e in &failed {
+            assert!(!e.to_string().contains(&refused), "{field}: the event carries it: {e}");
+        }
+        assert!(!reason.contains(&refused), "{reason}");
+        assert!(
+            !logs.contains(&refused),
+            "{field} {value:?}: the log carries it:\n{logs}"
+        );
+        assert!(!stdout.contains(&refused), "{field} {value:?}: stdout carries it");
+    }
+    // The event of a job whose user id was refused still names the job.
+    assert!(failed.iter().any(|e| e["job_id"] == "bad-ids-4"), "{failed:?}");
+}
+
+fn outbox_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).unwrap_or_default().lines().count()
+}

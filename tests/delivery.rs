@@ -290,6 +290,88 @@ async fn twilio_errors_become_failure_events_with_the_provider_code() {
     app.stop().await;
 }
 
+/// Issue 31: a message longer than its channel takes (Twilio: 1,600 characters of SMS body, 4,000 of
+/// TwiML) is not sent: the job fails for good (`invalid_job`, dead-lettered with why, no retry), and the
+/// event and the reason say how long, never what.
+#[tokio::test]
+async fn a_message_over_its_channels_cap_is_not_sent_and_fails_for_good() {
+    let templates = tempfile::tempdir().unwrap();
+    helpers::copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+        templates.path(),
+    );
+    // Each prints the vars it names: accepted at load (a job with short vars fits).
+    std::fs::write(
+        templates.path().join("sms/second-factor-authentication.en.hbs"),
+        "{{a}}{{b}} {{code}}",
+    )
+    .unwrap();
+    std::fs::write(
+        templates.path().join("voice/second-factor-authentication.en.hbs"),
+        "{{a}} {{b}}{{pause}}{{code}}",
+    )
+    .unwrap();
+    let server = MockServer::start().await;
+    let dir = templates.path().to_owned();
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.templates.dir = dir;
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(twilio_created("SM0123456789abcdef0123456789abcdef"))
+        .mount(&server)
+        .await;
+    let with_vars = |channel: &str, a: usize, b: usize| {
+        let mut j = job(channel);
+        j["vars"] = json!({"a": "A".repeat(a), "b": "B".repeat(b)});
+        j
+    };
+    let too_long = [with_vars("sms", 900, 900), with_vars("voice", 1000, 1000)];
+    for j in &too_long {
+        app.publish(j).await;
+        let e = app.next_event(20).await;
+        assert_event_shape(&e);
+        assert_eq!(e["job_id"], j["id"]);
+        assert_eq!(e["type"], format!("gd_send_{}_failure", j["channel"].as_str().unwrap()));
+        assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains("characters, more than the"), "{message}");
+        assert!(!message.contains("AAAA") && !message.contains("482913"), "{message}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty(), "nothing was sent");
+    let dead = app.dead_letters(2).await;
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        dead[0].1,
+        "invalid_job: template sms/second-factor-authentication.en: renders 1807 characters, more than the \
+         1600 characters an SMS may have (Twilio's limit)"
+    );
+    assert!(
+        dead[1]
+            .1
+            .contains("more than the 4000 characters a call's TwiML may have"),
+        "{}",
+        dead[1].1
+    );
+    // The same templates with vars that fit: sent, one request each.
+    let fits = [with_vars("sms", 793, 800), with_vars("voice", 900, 900)];
+    for j in &fits {
+        app.publish(j).await;
+        assert_eq!(app.next_event(20).await["job_id"], j["id"]);
+    }
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(form(&requests[0].body)["Body"].chars().count(), 1600);
+    let m = app.settled_metrics().await;
+    assert_eq!(
+        helpers::metric(&m, "herald_retries_total"),
+        0.0,
+        "a permanent failure: never retried"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn an_expired_job_is_not_sent() {
     let mut app = TestApp::spawn(|_| {}).await;
@@ -357,6 +439,52 @@ async fn a_twilio_code_that_echoes_the_number_and_code_leaves_neither_anywhere()
     ] {
         for secret in [NUMBER, CODE] {
             assert!(!text.contains(secret), "{secret} in {place}");
+        }
+    }
+}
+
+/// A provider message that echoes a 4-digit code (below the 6 digits free text is masked from) and the
+/// number written with spaces and dashes: neither reaches the event, the dead letter, stdout or the log.
+/// Before, both went out verbatim in `error.message` and `x-herald-error`.
+#[tokio::test]
+async fn a_short_code_or_a_formatted_number_in_a_providers_message_leaves_herald_masked() {
+    const CODE: &str = "4829";
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "code": 21211,
+            "message": format!("Invalid 'To' (415) 555-0400 for body 'Your code is {CODE}'"),
+            "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400})))
+        .mount(&server)
+        .await;
+    let mut broker = helpers::Broker::new(|c| {
+        twilio(c, &server.uri());
+    })
+    .await;
+    let mut envs = helpers::process_env(&broker.config);
+    envs.push(("RUST_LOG".into(), "trace".into()));
+    let mut herald = helpers::HeraldProcess::start(&envs);
+    let mut j = job("sms");
+    j["to"] = "+14155550400".into();
+    j["code"] = CODE.into();
+    broker.publish(&j).await;
+    let e = broker
+        .try_next_event(20)
+        .await
+        .unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+    assert_eq!(e["error"]["code"], "provider_rejected", "{e}");
+    assert_eq!(e["error"]["provider_code"], "21211", "{e}");
+    let dead = broker.dead_letters(1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(herald.terminate(), Some(0));
+    for (place, text) in [
+        ("the event", e.to_string()),
+        ("the dead letter's reason", dead[0].1.clone()),
+        ("stdout", herald.stdout()),
+        ("the log", herald.logs()),
+    ] {
+        for secret in [CODE, "555-0400", "5550400"] {
+            assert!(!text.contains(secret), "{secret} in {place}: {text}");
         }
     }
 }

@@ -426,6 +426,8 @@ fn asyncapi_job_schema_accepts_the_readme_example_and_refuses_broken_jobs() {
         ("bad ip", json!({"ip": "300.1.2.3"})),
         ("vars not strings", json!({"vars": {"n": 1}})),
         ("empty id", json!({"id": ""})),
+        ("an id with a bidi control", json!({"id": "job\u{202e}1"})),
+        ("an id with a space", json!({"id": "job 1"})),
     ];
     for (what, patch) in broken {
         let mut j = good.clone();

@@ -7,7 +7,7 @@ mod helpers;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use helpers::{TestApp, job};
+use helpers::{TestApp, job, metric};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 struct TmpFs {
@@ -91,9 +91,9 @@ fn a_read_only_state_directory_stops_start_up_naming_state_path() {
     assert_start_refused(setpriv, &state);
 }
 
-/// Starts `herald serve` as `command` on `state` and expects exit code 2 naming `state.path`. A herald
-/// that starts anyway would serve forever: `timeout` ends it (exit 124).
-fn assert_start_refused(command: Command, state: &Path) {
+/// Starts `herald serve` as `command` on `state` and expects exit code 2 naming `state.path`; returns
+/// what it printed. A herald that starts anyway would serve forever: `timeout` ends it (exit 124).
+fn assert_start_refused(command: Command, state: &Path) -> String {
     let mut timeout = Command::new("timeout");
     timeout.arg("20").arg(command.get_program()).args(command.get_args());
     if let Some(dir) = command.get_current_dir() {
@@ -109,9 +109,120 @@ fn assert_start_refused(command: Command, state: &Path) {
         .env("HERALD_AMQP__JOBS_QUEUE", "test.readonly-store.jobs")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("state.path"), "{stderr}");
+    stderr
+}
+
+/// A state file that is not a database, or a damaged database (issue 31: it was reported "not writable"),
+/// stops start-up saying it is malformed and naming the file.
+#[test]
+fn a_malformed_state_file_stops_start_up_saying_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    std::fs::write(garbage.join("outcomes.sqlite"), [0xA5u8; 8192]).unwrap();
+    // A store an earlier run left, with records, then every page after the first two damaged.
+    let damaged = dir.path().join("damaged");
+    drop(herald::store::Store::local(&damaged, errors()).unwrap());
+    let file = damaged.join("outcomes.sqlite");
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    for i in 0..2000 {
+        conn.execute(
+            "INSERT INTO outcomes (id, at, event) VALUES (?1, ?2, ?3)",
+            rusqlite::params![format!("job-{i}"), i, "e".repeat(200)],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.len() > 16 * 4096, "{} bytes", bytes.len());
+    for page in bytes.chunks_mut(4096).skip(2) {
+        page[..64].fill(0xFF);
+    }
+    std::fs::write(&file, bytes).unwrap();
+    for state in [garbage, damaged] {
+        let mut herald = Command::new(env!("CARGO_BIN_EXE_herald"));
+        herald.arg("serve");
+        let stderr = assert_start_refused(herald, &state);
+        let named = format!("{} is malformed", state.join("outcomes.sqlite").display());
+        assert!(stderr.contains(&named), "{stderr}");
+        assert!(!stderr.contains("not writable"), "{stderr}");
+    }
+}
+
+/// Issue 31: the state files removed under a running herald (`rm` in `state.path`) went unnoticed, and
+/// the restart after started with no records. Noticed within seconds: counted in
+/// `herald_store_errors_total{op="files"}` (rising, about once a second, until a restart), one error
+/// naming the file, and `/readyz` false; jobs are still delivered meanwhile.
+#[tokio::test]
+async fn state_files_deleted_under_a_running_herald_are_counted_logged_and_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let port = helpers::free_port();
+    let mut broker = helpers::Broker::new(|c| {
+        c.state.path = state.clone();
+        c.http.addr = format!("127.0.0.1:{port}").parse().unwrap();
+    })
+    .await;
+    let herald = helpers::HeraldProcess::start(&helpers::process_env(&broker.config));
+    let readyz = || async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let lost = || async move {
+        metric(
+            &helpers::metrics_at(port).await,
+            "herald_store_errors_total{op=\"files\"}",
+        )
+    };
+    let first = job("sms");
+    broker.publish(&first).await;
+    assert_eq!(broker.next_outcome(20).await["job_id"], first["id"]);
+    assert_eq!(readyz().await.0, 200);
+    assert_eq!(lost().await, 0.0);
+
+    for file in ["outcomes.sqlite", "outcomes.sqlite-wal", "outcomes.sqlite-shm"] {
+        std::fs::remove_file(state.join(file)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lost().await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted:\n{}",
+            herald.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("outcome store files deleted"), "{body}");
+    let logs = herald.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("a state file was deleted or replaced"))
+        .unwrap_or_else(|| panic!("no error logged:\n{logs}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains(&state.join("outcomes.sqlite").display().to_string()),
+        "{line}"
+    );
+
+    let counted = lost().await;
+    let second = job("sms");
+    broker.publish(&second).await;
+    assert_eq!(broker.next_outcome(20).await["job_id"], second["id"]);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(lost().await > counted, "still rising");
+    assert_eq!(readyz().await.0, 503, "until a restart");
+    let logs = herald.logs();
+    assert_eq!(
+        logs.matches("a state file was deleted or replaced").count(),
+        1,
+        "logged once:\n{logs}"
+    );
 }
 
 /// The same on a read-only mount.

@@ -22,8 +22,8 @@ use crate::templates::{Previewed, Rendered, Sources, TemplateError, TemplateId, 
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Twilio refuses TwiML longer than this.
-pub const TWIML_LIMIT: usize = 4000;
+/// Twilio refuses TwiML longer than this (a voice template that renders longer is refused).
+pub const TWIML_LIMIT: usize = crate::templates::MAX_TWIML_CHARS;
 
 pub struct AdminState {
     pub templates: Arc<Templates>,
@@ -656,19 +656,13 @@ fn describe_rendered(previewed: &Previewed, id: &TemplateId) -> Value {
 }
 
 /// What a save should hear about: variables that are neither built in nor declared, an SMS in
-/// several segments, over Twilio's length limit or with a link in it, TwiML over Twilio's limit.
+/// several segments or with a link in it. (A message over its channel's length limit is refused by the
+/// checks, not warned about.)
 fn warnings(previewed: &Previewed) -> Vec<String> {
     let mut out: Vec<String> = previewed.warnings.iter().map(ToString::to_string).collect();
     match &previewed.rendered {
         Rendered::Sms { body } => {
             let s = crate::sms::segments(body);
-            if s.characters > crate::sms::TWILIO_MAX_CHARS {
-                out.push(format!(
-                    "the SMS is {} characters; Twilio refuses more than {}",
-                    s.characters,
-                    crate::sms::TWILIO_MAX_CHARS
-                ));
-            }
             if s.segments > 1 {
                 out.push(format!(
                     "the SMS takes {} segments ({}, {} units): each segment is billed",
@@ -688,15 +682,7 @@ fn warnings(previewed: &Previewed) -> Vec<String> {
                 );
             }
         }
-        Rendered::Voice { text, language } => {
-            let length = crate::providers::twilio::twiml(text, language).chars().count();
-            if length > TWIML_LIMIT {
-                out.push(format!(
-                    "the TwiML is {length} characters; Twilio refuses more than {TWIML_LIMIT}"
-                ));
-            }
-        }
-        Rendered::Email { .. } => {}
+        Rendered::Voice { .. } | Rendered::Email { .. } => {}
     }
     out
 }

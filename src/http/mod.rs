@@ -37,6 +37,8 @@ pub struct HttpState {
     pub receipts: Option<Arc<crate::receipts::Receipts>>,
     /// `webhook-id`s of the webhook status callbacks taken within their timestamp window.
     pub webhook_ids: receipts::SeenIds,
+    /// The outcome store: `/readyz` is false once its state files are gone from `state.path`.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// The HTTP server's own metrics (the `herald_http_*` family, and the admin token's refusals).
@@ -192,6 +194,12 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    if state.store.as_ref().is_some_and(|s| s.lost_file().is_some()) {
+        // Loud until a restart: every record written now is lost at the next start (docs/operations.md).
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("outcome store files deleted from state.path (see the log); restart herald\n");
+    }
     if state.ready.load(Ordering::SeqCst) {
         HttpResponse::Ok().content_type("text/plain").body("ready\n")
     } else {

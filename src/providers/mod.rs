@@ -105,6 +105,26 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The error with its message cleared of the job's own code and recipient ([`crate::events::scrub_for`]),
+    /// before it reaches a log line, an event or a dead letter.
+    pub fn scrubbed_for(self, job: &crate::job::Job) -> ProviderError {
+        match self {
+            ProviderError::Transient {
+                message,
+                provider_code,
+                retry_after,
+            } => ProviderError::Transient {
+                message: crate::events::scrub_for(&message, job),
+                provider_code,
+                retry_after,
+            },
+            ProviderError::Permanent { message, provider_code } => ProviderError::Permanent {
+                message: crate::events::scrub_for(&message, job),
+                provider_code,
+            },
+        }
+    }
+
     /// `transient` says whether sending again can succeed; only then does `retry_after` matter.
     pub fn classified(
         transient: bool,

@@ -8,15 +8,20 @@ use std::fmt;
 use handlebars::template::{Parameter, Template, TemplateElement};
 use serde_json::json;
 
+use super::caps::{self, Cap, Overrun};
 use super::engine::{self, BUILT_IN, Engine};
 use super::{HandlebarsError, Part, Previewed, Rendered, Sources, TemplateError, TemplateId, TemplateProblem};
-use crate::job::{Action, Channel, Job, Locale};
+use crate::job::{Action, Channel, Job, Locale, MAX_BODY, MAX_VAR_VALUE, MAX_VARS};
 
 /// Largest template source, from the directory or the admin API.
 pub const MAX_SOURCE: usize = 64 * 1024;
 /// Deepest nesting of blocks, `else if` chains and subexpressions. Rendering recurses once per level on
 /// whatever thread renders a job, so the bound keeps it far from the end of a 2 MiB worker stack.
 pub const MAX_DEPTH: usize = 24;
+/// Deepest nesting of `{{#each}}` blocks. Each level multiplies the iterations by the entries it walks (a
+/// job's 32 vars, the ~40 top-level names): four levels were a million passes per job, with or without
+/// output. Two is more than a message that carries a code needs.
+pub const MAX_EACH_NESTING: usize = 2;
 /// Most `{{` a source may hold. It bounds how deep blocks can nest before the parser sees them, which
 /// is what makes a hostile source slow to parse (2,000 nested blocks took seconds).
 pub const MAX_EXPRESSIONS: usize = 512;
@@ -31,6 +36,13 @@ const HELPERS: &[&str] = &[
 ];
 
 const SAMPLE_CODE: &str = "123456";
+/// The length of each var of the longest job: as many vars as a job may carry, as long as they can be in a
+/// job body (16 KiB, of which 512 bytes are left for the other fields and 16 per var for its key and
+/// quotes): 480 bytes.
+const LONG_VAR: usize = {
+    let room = (MAX_BODY - 512) / MAX_VARS - 16;
+    if room < MAX_VAR_VALUE { room } else { MAX_VAR_VALUE }
+};
 
 /// `templates.vars`, each a name a job's `vars` can carry.
 pub(super) fn declared_vars(vars: &[String]) -> Result<BTreeSet<String>, TemplateError> {
@@ -184,9 +196,10 @@ fn check_on_this_thread(
     let template = Template::compile_with_name(source, name.clone())
         .map_err(|e| TemplateProblem::from_handlebars(&file, HandlebarsError::Parse(&e)))?;
     // On error the (maybe very deep) template is dropped here, on this thread's stack.
-    check_tree(&template, 1, None).map_err(|(position, message)| TemplateProblem::new(&file, position, message))?;
+    check_tree(&template, 1, 0, None).map_err(|(position, message)| TemplateProblem::new(&file, position, message))?;
     let mut hb = engine::registry(part);
     hb.register_template(&name, template.clone());
+    let cap = Cap::of(id.channel, part);
     // Strict mode stops at the first unknown variable: each one that may be a job var (not a misspelt
     // built-in name) becomes a warning and a sample value, and the render is tried again.
     let mut vars = declared.clone();
@@ -194,9 +207,15 @@ fn check_on_this_thread(
     let mut warnings = Vec::new();
     let output = loop {
         let job = sample_job(id, &vars);
-        let e = match hb.render(&name, &engine::context(&job, &id.locale, &vars)) {
+        let e = match render(&hb, &name, &job, &id.locale, &vars, cap) {
             Ok(output) => break output,
-            Err(e) => e,
+            Err(caps::Failed::Stopped) => {
+                return Err(TemplateProblem::at(
+                    &file,
+                    format!("with sample variables this {}", Overrun { cap, size: None }),
+                ));
+            }
+            Err(caps::Failed::Render(e)) => e,
         };
         let problem = TemplateProblem::from_handlebars(&file, HandlebarsError::Render(&e));
         let handlebars::RenderErrorReason::MissingVariable(Some(path)) = e.reason() else {
@@ -227,6 +246,13 @@ fn check_on_this_thread(
         vars.insert(var.to_owned());
         found.insert(var.to_owned());
     };
+    if let Some(overrun) = caps::over(cap, final_text(part, &output), &id.locale) {
+        return Err(TemplateProblem::at(
+            &file,
+            format!("with sample variables this {overrun}"),
+        ));
+    }
+    check_vars_growth(id, part, &hb, &vars)?;
     if matches!(id.channel, Channel::Sms | Channel::Voice) {
         let code = match id.channel {
             Channel::Voice => crate::job::OtpCode::parse(SAMPLE_CODE)
@@ -251,6 +277,79 @@ fn check_on_this_thread(
         vars: found,
         warnings,
     })
+}
+
+/// Renders `name` for `job` as a job's render does: bounded by `cap`.
+fn render(
+    hb: &handlebars::Handlebars<'_>,
+    name: &str,
+    job: &Job,
+    locale: &Locale,
+    vars: &BTreeSet<String>,
+    cap: Cap,
+) -> Result<String, caps::Failed> {
+    let ctx = handlebars::Context::wraps(engine::context(job, locale, vars)).map_err(caps::Failed::Render)?;
+    caps::render(hb, name, &ctx, cap)
+}
+
+/// What of a part's output a provider gets: bodies and subjects are trimmed ([`Rendered::from_parts`]).
+fn final_text(part: Part, output: &str) -> &str {
+    match part {
+        Part::Body | Part::Subject => output.trim(),
+        Part::Text | Part::Html => output,
+    }
+}
+
+/// Renders a part for the sample job with as many more vars as a job may carry, as long as they can be
+/// ([`LONG_VAR`]; docs/operations.md, "How long a message may be"): over the cap, the output grows with vars the template
+/// does not name (`{{#each vars}}`), and would fail every job that carries them. A template that prints
+/// the vars it names is as long as they are: a job whose vars make it too long fails alone, at its send.
+fn check_vars_growth(
+    id: &TemplateId,
+    part: Part,
+    hb: &handlebars::Handlebars<'_>,
+    vars: &BTreeSet<String>,
+) -> Result<(), TemplateProblem> {
+    let (name, file) = (id.name(part), id.file(part));
+    let cap = Cap::of(id.channel, part);
+    let long = "x".repeat(LONG_VAR);
+    let mut most = vars.clone();
+    let mut job = sample_job(id, vars);
+    for i in 1.. {
+        if most.len() >= MAX_VARS {
+            break;
+        }
+        let filler = format!("sample_var_{i}");
+        if most.insert(filler.clone()) {
+            job.vars.insert(filler, long.clone());
+        }
+    }
+    let more = most.len() - vars.len();
+    if more == 0 {
+        return Ok(());
+    }
+    let what = format!(
+        "{more} more var{} of {LONG_VAR} bytes (a job may carry {MAX_VARS} in its {MAX_BODY} bytes)",
+        if more == 1 { "" } else { "s" }
+    );
+    let overrun = match render(hb, &name, &job, &id.locale, &most, cap) {
+        Ok(output) => caps::over(cap, final_text(part, &output), &id.locale),
+        Err(caps::Failed::Stopped) => Some(Overrun { cap, size: None }),
+        Err(caps::Failed::Render(e)) => {
+            let problem = TemplateProblem::from_handlebars(&file, HandlebarsError::Render(&e));
+            return Err(TemplateProblem {
+                message: format!("with {what} it fails: {}", problem.message),
+                ..problem
+            });
+        }
+    };
+    match overrun {
+        None => Ok(()),
+        Some(overrun) => Err(TemplateProblem::at(
+            &file,
+            format!("its output grows with the vars a job carries: with {what} it {overrun}"),
+        )),
+    }
 }
 
 /// The sample variables of a check: every built-in, and each named var set to its own name.
@@ -295,8 +394,9 @@ type TreeProblem = (Option<(usize, usize)>, String);
 
 /// Refuses what can recurse without end or write outside the message: partials (`{{> x}}`, which can
 /// include themselves), decorators (`{{#*inline}}` defines such partials), helpers other than
-/// [`HELPERS`], and nesting deeper than [`MAX_DEPTH`].
-fn check_tree(template: &Template, depth: usize, at: Option<(usize, usize)>) -> Result<(), TreeProblem> {
+/// [`HELPERS`], nesting deeper than [`MAX_DEPTH`], and `each` in more than [`MAX_EACH_NESTING`] levels of
+/// `each` (`eaches`: the `each` blocks around `template`).
+fn check_tree(template: &Template, depth: usize, eaches: usize, at: Option<(usize, usize)>) -> Result<(), TreeProblem> {
     if depth > MAX_DEPTH {
         return Err((at, format!("nested more than {MAX_DEPTH} levels deep")));
     }
@@ -310,8 +410,22 @@ fn check_tree(template: &Template, depth: usize, at: Option<(usize, usize)>) -> 
                 for p in h.params.iter().chain(h.hash.values()) {
                     check_param(p, depth, at)?;
                 }
-                for t in [&h.template, &h.inverse].into_iter().flatten() {
-                    check_tree(t, depth + 1, at)?;
+                let each = h.block && matches!(&h.name, Parameter::Name(n) if n == "each");
+                if each && eaches >= MAX_EACH_NESTING {
+                    return Err((
+                        at,
+                        format!(
+                            "`{{{{#each}}}}` nested in more than {MAX_EACH_NESTING} levels of `{{{{#each}}}}`: each \
+                             level multiplies the passes over a job's vars"
+                        ),
+                    ));
+                }
+                // The inverse (`{{else}}`) runs when there is nothing to walk: not once per entry.
+                if let Some(t) = &h.template {
+                    check_tree(t, depth + 1, eaches + usize::from(each), at)?;
+                }
+                if let Some(t) = &h.inverse {
+                    check_tree(t, depth + 1, eaches, at)?;
                 }
             }
             TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
@@ -506,6 +620,119 @@ mod tests {
         check(Channel::Voice, "Your code: {{pause}}{{code}}").unwrap();
         // Email is three parts; the rule is for the one-part channels.
         check(Channel::Email, "Welcome to {{friendly_name}}").unwrap();
+    }
+
+    /// A template whose output multiplies with the job's vars passed the check with the sample's none, then
+    /// sent a 1 MB SMS for a job with 32 (issue 31). Refused now, whatever the channel, with what it would
+    /// render for the longest job; one that prints the vars it names, or only their names, is not.
+    #[test]
+    fn a_template_whose_output_grows_with_the_vars_is_refused() {
+        let four_deep = "{{#each vars}}{{#each ../vars}}{{#each ../../vars}}{{#each ../../../vars}}{{this}}\
+                         {{/each}}{{/each}}{{/each}}{{/each}}{{code}}";
+        let three_deep = "{{#each this}}{{#each vars}}{{else}}{{#each tenant}}{{/each}}{{/each}}{{#each vars}}\
+                          {{#each ../vars}}{{#each ../../vars}}{{/each}}{{/each}}{{/each}}{{/each}}{{code}}";
+        let two_deep = "{{#each vars}}{{#each ../vars}}{{this}}{{/each}}{{/each}}{{code}}";
+        let refused = [
+            (Channel::Sms, four_deep, "nested in more than 2 levels of `{{#each}}`"),
+            (Channel::Email, four_deep, "nested in more than 2 levels of `{{#each}}`"),
+            (Channel::Sms, three_deep, "nested in more than 2 levels of `{{#each}}`"),
+            (
+                Channel::Sms,
+                "{{#each vars}}{{this}}{{/each}}{{code}}",
+                "its output grows with the vars a job carries: with 32 more vars of 480 bytes (a job may \
+                 carry 32 in its 16384 bytes) it renders more than the 1600 characters an SMS may have \
+                 (Twilio's limit) (the render was stopped at 6400 bytes)",
+            ),
+            (
+                Channel::Voice,
+                "{{pause}}{{code}}{{#each this}}{{this}}{{/each}}",
+                "more than the 4000 characters a call's TwiML may have",
+            ),
+            (
+                Channel::Email,
+                two_deep,
+                "more than the 262144 bytes an email part may have",
+            ),
+        ];
+        for (channel, source, needle) in refused {
+            let p = check(channel, source)
+                .err()
+                .unwrap_or_else(|| panic!("{channel:?} accepted {source}"));
+            assert!(p.message.contains(needle), "{channel:?} {source}: {p}");
+        }
+        let declared: BTreeSet<String> = ["brand".to_owned()].into();
+        let err = check_with(
+            Channel::Sms,
+            "{{brand}}{{#each vars}}{{this}}{{/each}}{{code}}",
+            &declared,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("with 31 more vars"), "{err}");
+        for (channel, source) in [
+            (Channel::Sms, "{{brand}} {{team}} {{tenant.friendly_name}}: {{code}}"),
+            (Channel::Sms, "{{#each vars}}{{@key}} {{/each}}{{code}}"),
+            (Channel::Voice, "{{#each vars}}{{@key}}{{/each}}{{pause}}{{code}}"),
+            (Channel::Email, "{{#each vars}}{{@key}}={{this}}{{/each}}"),
+            (
+                Channel::Email,
+                "{{#each vars}}{{#each ../tenant}}{{this}}{{/each}}{{/each}}",
+            ),
+        ] {
+            check(channel, source).unwrap_or_else(|p| panic!("{channel:?} refused {source}: {p}"));
+        }
+    }
+
+    /// What the sample job renders must fit the channel too, in the channel's unit: SMS characters, the
+    /// TwiML Twilio gets for a call, email subject characters and part bytes.
+    #[test]
+    fn a_template_too_long_with_sample_variables_is_refused() {
+        let cases = [
+            (
+                Channel::Sms,
+                Part::Body,
+                format!("{{{{code}}}}{}", "é".repeat(1594)),
+                None,
+            ),
+            (
+                Channel::Sms,
+                Part::Body,
+                format!("{{{{code}}}}{}", "é".repeat(1595)),
+                Some("renders 1601 characters, more than the 1600 characters an SMS may have"),
+            ),
+            (
+                Channel::Voice,
+                Part::Body,
+                format!("{{{{code}}}} {}", "a".repeat(1900)),
+                None,
+            ),
+            (
+                Channel::Voice,
+                Part::Body,
+                format!("{{{{code}}}} {}", "&".repeat(700)),
+                Some("more than the 4000 characters a call's TwiML may have (Twilio's limit)"),
+            ),
+            (Channel::Email, Part::Subject, "s".repeat(998), None),
+            (
+                Channel::Email,
+                Part::Subject,
+                "s".repeat(999),
+                Some("renders 999 characters, more than the 998 characters an email subject may have"),
+            ),
+            (Channel::Email, Part::Html, "h".repeat(MAX_SOURCE / 2), None),
+        ];
+        let id = TemplateId {
+            channel: Channel::Sms,
+            action: Action::Enrollment,
+            locale: Locale::parse("en").unwrap(),
+        };
+        for (channel, part, source, refused) in cases {
+            let id = TemplateId { channel, ..id.clone() };
+            match (check_source(&id, part, &source, &BTreeSet::new()), refused) {
+                (Ok(_), None) => {}
+                (Err(p), Some(needle)) => assert!(p.message.contains(needle), "{channel:?} {part:?}: {p}"),
+                (other, _) => panic!("{channel:?} {part:?} {} bytes: {other:?}", source.len()),
+            }
+        }
     }
 
     /// Contract §7: each key of `vars` is a variable. Declared names check clean, others are warnings,

@@ -7,6 +7,7 @@ use handlebars::Handlebars;
 use handlebars::template::Template;
 use serde_json::{Map, Value, json};
 
+use super::caps::{self, Cap, Overrun};
 use super::{Part, Rendered, TemplateError, template_name};
 use crate::job::{Channel, Job, Locale};
 
@@ -101,6 +102,7 @@ impl Engine {
     ) -> Result<Rendered, TemplateError> {
         let locale = job.locale.as_ref().unwrap_or(default_locale);
         let mut texts = HashMap::new();
+        let mut names = Vec::with_capacity(3);
         let mut language = locale;
         for &part in Part::of(job.channel) {
             let (name, own) = locale
@@ -115,16 +117,34 @@ impl Engine {
                 language = default_locale;
             }
             let hb = if part == Part::Html { &self.html } else { &self.text };
-            let text = hb
-                .render_with_context(&name, ctx)
-                .map_err(|e| TemplateError::render(name, e))?;
+            // Bounded: a template whose output multiplies with the job's vars stops at the bound.
+            let cap = Cap::of(job.channel, part);
+            let text = caps::render(hb, &name, ctx, cap).map_err(|e| match e {
+                caps::Failed::Stopped => TemplateError::TooLong {
+                    name: name.clone(),
+                    overrun: Overrun { cap, size: None },
+                },
+                caps::Failed::Render(e) => TemplateError::render(name.clone(), e),
+            })?;
             texts.insert(part, text);
+            names.push((part, name));
         }
-        Ok(Rendered::from_parts(
+        let rendered = Rendered::from_parts(
             job.channel,
             |part| texts.remove(&part).unwrap_or_default(),
             language.clone(),
-        ))
+        );
+        match caps::oversized(&rendered, default_locale) {
+            None => Ok(rendered),
+            Some((part, overrun)) => Err(TemplateError::TooLong {
+                name: names
+                    .into_iter()
+                    .find(|(p, _)| *p == part)
+                    .map(|(_, name)| name)
+                    .unwrap_or_default(),
+                overrun,
+            }),
+        }
     }
 }
 
@@ -295,11 +315,17 @@ mod tests {
     /// End to end on one thread: each job renders what it renders on a fresh thread, whatever the thread
     /// rendered before (other vars, vars named like built-ins, a render error, a reload with other declared
     /// names, voice then sms), with templates that print every variable there is (`{{#each this}}`,
-    /// `{{#each vars}}`, `lookup`); and once rendered, the thread's context holds no code.
+    /// `{{#each vars}}`, `lookup`); and once rendered, the thread's context holds no code. SMS and voice print
+    /// the lengths of the values their `each` walks: all of them at once would be over their caps.
     #[test]
     fn a_jobs_message_does_not_depend_on_what_its_thread_rendered_before() {
-        let everything = "{{#each this}}{{@key}}={{this}};{{/each}}|{{#each vars}}{{@key}}={{this}};{{/each}}|\
-                          {{#if vars.code}}{{vars.code}}{{/if}}|{{lookup this \"team\"}}|{{#each tenant}}{{@key}}={{this}}{{/each}}|";
+        let named = "{{#if vars.code}}{{vars.code}}{{/if}}|{{lookup this \"team\"}}|{{#each tenant}}{{@key}}={{this}}{{/each}}|";
+        let everything = format!(
+            "{{{{#each this}}}}{{{{@key}}}}={{{{this}}}};{{{{/each}}}}|{{{{#each vars}}}}{{{{@key}}}}={{{{this}}}};{{{{/each}}}}|{named}"
+        );
+        let lengths = format!(
+            "{{{{#each this}}}}{{{{@key}}}}={{{{len this}}}};{{{{/each}}}}|{{{{#each vars}}}}{{{{@key}}}}={{{{len this}}}};{{{{/each}}}}|{named}"
+        );
         // A runtime error that the check's sample job does not reach: strict mode, key missing.
         let boom = "{{#if (eq team \"boom\")}}{{lookup tenant \"nothere\"}}{{/if}}";
         let dir = shipped();
@@ -307,12 +333,12 @@ mod tests {
             write(
                 dir.path(),
                 &format!("sms/{action}.en.hbs"),
-                &format!("{everything}{boom}{{{{code}}}}"),
+                &format!("{lengths}{boom}{{{{code}}}}"),
             );
             write(
                 dir.path(),
                 &format!("voice/{action}.en.hbs"),
-                &format!("{everything}{{{{pause}}}}{{{{code}}}}"),
+                &format!("{lengths}{{{{pause}}}}{{{{code}}}}"),
             );
             write(
                 dir.path(),
@@ -371,6 +397,77 @@ mod tests {
             }
         }
         assert_eq!(errors, 6, "the boom job fails to render, each round, with each set");
+    }
+
+    /// At send, a message over its channel's cap is a `TooLong` error naming the template and the size,
+    /// never the text; a render that passes its bound is stopped there, not built whole.
+    #[test]
+    fn a_message_over_its_channels_cap_is_refused_at_send() {
+        let (_dir, t) = load_with(&[
+            ("sms/second-factor-authentication.en.hbs", "{{a}}{{b}} {{code}}"),
+            // Passes the checks (their jobs have no var or 32), and walks the vars of a job with 29 (and the
+            // other templates' `a` and `b`).
+            (
+                "sms/enrollment.en.hbs",
+                "{{code}}{{#if (eq (len vars) 31)}}{{#each vars}}{{this}}{{/each}}{{/if}}",
+            ),
+            (
+                "voice/second-factor-authentication.en.hbs",
+                "{{a}}{{pause}}{{b}}{{pause}}{{code}}",
+            ),
+            ("email/second-factor-authentication.en.subject.hbs", "{{a}}"),
+        ]);
+        let sms = |action: Action, vars: &[(&str, usize)]| {
+            let mut j = job("sms", "+14155550123", "en");
+            j.action = action;
+            j.vars = vars.iter().map(|(k, n)| ((*k).to_owned(), "y".repeat(*n))).collect();
+            j
+        };
+        let sfa = Action::SecondFactorAuthentication;
+        // 793 + 800 + " 482913": 1600 characters, then 1601.
+        assert!(
+            matches!(t.render(&sms(sfa, &[("a", 793), ("b", 800)])), Ok(Rendered::Sms { body }) if body.len() == 1600)
+        );
+        let too_long = t.render(&sms(sfa, &[("a", 794), ("b", 800)])).unwrap_err();
+        assert_eq!(
+            too_long.to_string(),
+            "template sms/second-factor-authentication.en: renders 1601 characters, more than the 1600 \
+             characters an SMS may have (Twilio's limit)"
+        );
+        assert!(matches!(too_long, TemplateError::TooLong { .. }));
+        let many: Vec<(String, usize)> = (0..29).map(|i| (format!("v{i}"), 1024)).collect();
+        let many: Vec<(&str, usize)> = many.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        let stopped = t.render(&sms(Action::Enrollment, &many)).unwrap_err().to_string();
+        assert_eq!(
+            stopped,
+            "template sms/enrollment.en: renders more than the 1600 characters an SMS may have (Twilio's \
+             limit) (the render was stopped at 6400 bytes)"
+        );
+        assert!(t.render(&sms(Action::Enrollment, &many[..28])).is_ok());
+        // Voice: the TwiML, which says the text twice.
+        let mut voice = job("voice", "+14155550123", "en");
+        voice.action = sfa;
+        voice.vars = [("a".to_owned(), "z".repeat(1024)), ("b".to_owned(), "z".repeat(1024))].into();
+        let e = t.render(&voice).unwrap_err().to_string();
+        assert!(
+            e.starts_with("template voice/second-factor-authentication.en: renders 4"),
+            "{e}"
+        );
+        assert!(e.ends_with("characters, more than the 4000 characters a call's TwiML may have (Twilio's limit)"));
+        voice.vars.insert("b".to_owned(), "z".repeat(800));
+        assert!(t.render(&voice).is_ok());
+        let mut email = job("email", "a@b.example", "en");
+        email.action = sfa;
+        email.vars = [("a".to_owned(), "s".repeat(999))].into();
+        let e = t.render(&email).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "template email/second-factor-authentication.en.subject: renders 999 characters, more than the 998 \
+             characters an email subject may have"
+        );
+        for e in [too_long.to_string(), stopped, e] {
+            assert!(!e.contains("482913") && !e.contains("yyy") && !e.contains("sss"), "{e}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! lock, the journal of a save, the shipped defaults), [`checks`] decide whether a source may be used,
 //! and the [`engine`] renders jobs with the set in use. A set is read, checked whole and only then used.
 
+mod caps;
 mod checks;
 mod engine;
 mod repository;
@@ -21,7 +22,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use checks::{MAX_DEPTH, MAX_EXPRESSIONS, MAX_SOURCE};
+pub use caps::{Cap, MAX_EMAIL_PART_BYTES, MAX_SMS_CHARS, MAX_SUBJECT_CHARS, MAX_TWIML_CHARS, Overrun};
+pub use checks::{MAX_DEPTH, MAX_EACH_NESTING, MAX_EXPRESSIONS, MAX_SOURCE};
 pub use engine::PAUSE;
 
 use crate::job::{Action, Channel, Job, Locale};
@@ -230,6 +232,10 @@ pub enum TemplateError {
         #[source]
         source: Box<handlebars::RenderError>,
     },
+    /// A part of a job's message came out longer than its channel allows (docs/operations.md, "How long a
+    /// message may be"). Says how long, never what.
+    #[error("template {name}: {overrun}")]
+    TooLong { name: String, overrun: Overrun },
     /// The directory could not be read or written: the templates are fine, the disk is not.
     #[error("{file}: {what}")]
     Io {
