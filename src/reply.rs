@@ -393,17 +393,7 @@ fn properties(reply: &Reply) -> BasicProperties {
 /// caused it.
 async fn publish_all(channel: &Channel, replies: &VecDeque<Reply>) -> Vec<Result<Published, lapin::Error>> {
     let publishes = replies.iter().map(|reply| async {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                reply.to.0.clone(),
-                BasicPublishOptions::default(),
-                &reply.body,
-                properties(reply),
-            )
-            .await?
-            .await?;
-        Ok(match confirm {
+        Ok(match confirmed(channel, reply).await? {
             Confirmation::Nack(_) => Published::Refused,
             _ => Published::Confirmed,
         })
@@ -411,23 +401,24 @@ async fn publish_all(channel: &Channel, replies: &VecDeque<Reply>) -> Vec<Result
     futures_util::future::join_all(publishes).await
 }
 
+/// Publishes one reply and waits for the broker's confirm.
+async fn confirmed(channel: &Channel, reply: &Reply) -> Result<Confirmation, lapin::Error> {
+    channel
+        .basic_publish(
+            "".into(),
+            reply.to.0.clone(),
+            BasicPublishOptions::default(),
+            &reply.body,
+            properties(reply),
+        )
+        .await?
+        .await
+}
+
 /// One reply alone on the channel: if the broker closes the channel or connection now, with an error
 /// code, this reply caused it. An I/O error says nothing about the reply (the broker went away).
 async fn publish(channel: &Channel, reply: &Reply) -> Result<Published, lapin::Error> {
-    let result = async {
-        channel
-            .basic_publish(
-                "".into(),
-                reply.to.0.clone(),
-                BasicPublishOptions::default(),
-                &reply.body,
-                properties(reply),
-            )
-            .await?
-            .await
-    }
-    .await;
-    match result {
+    match confirmed(channel, reply).await {
         Ok(Confirmation::Nack(_)) => Ok(Published::Refused),
         Ok(_) => Ok(Published::Confirmed),
         Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(_)) => Ok(Published::Refused),

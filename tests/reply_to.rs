@@ -14,8 +14,6 @@ use base64::Engine;
 use futures_util::StreamExt;
 use helpers::TestApp;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::Value;
 
 /// A direct reply-to name RabbitMQ 3.10 decodes to a process of a node it does not know: the shape is
@@ -41,32 +39,7 @@ fn props(reply_to: &str, correlation: &str) -> BasicProperties {
 #[tokio::test]
 async fn a_reply_address_the_broker_rejects_costs_only_its_own_reply() {
     let mut app = TestApp::spawn(|_| {}).await;
-    let replies = app
-        .channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut reply_consumer = app
-        .channel
-        .basic_consume(
-            replies.name().clone(),
-            "replies".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (replies, mut reply_consumer) = app.reply_queue().await;
 
     // 30 normal jobs waiting for replies, with two bad addresses among them: one herald can tell is not
     // a name the broker issues (refused with its job), one it cannot (it goes out and the broker closes
@@ -78,7 +51,7 @@ async fn a_reply_address_the_broker_rejects_costs_only_its_own_reply() {
         let (job, to) = match i {
             10 => (malformed.clone(), "amq.rabbitmq.reply-to.abc.def".to_owned()),
             20 => (undetectable.clone(), unknown_node_reply_to()),
-            _ => (helpers::job("sms"), replies.name().to_string()),
+            _ => (helpers::job("sms"), replies.to_string()),
         };
         let id = job["id"].as_str().unwrap().to_owned();
         app.publish_raw(job.to_string().as_bytes(), props(&to, &format!("c-{id}")))

@@ -824,6 +824,27 @@ impl Broker {
     /// Publishes `job` with a reply_to queue of its own and returns the reply (the outcome event, or a
     /// `duplicate`), checking the correlation id.
     pub async fn publish_and_wait(&self, job: &Value) -> Value {
+        let (replies, mut consumer) = self.reply_queue().await;
+        let correlation = uuid::Uuid::new_v4().to_string();
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_reply_to(replies.clone())
+            .with_correlation_id(correlation.as_str().into());
+        self.publish_raw(job.to_string().as_bytes(), props).await;
+        let reply = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .expect("a reply within 20s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            reply.properties.correlation_id().as_ref().unwrap().as_str(),
+            correlation
+        );
+        serde_json::from_slice(&reply.data).unwrap()
+    }
+
+    /// A private queue for replies (exclusive, gone with the test's connection), and its consumer.
+    pub async fn reply_queue(&self) -> (lapin::types::ShortString, lapin::Consumer) {
         let replies = self
             .channel
             .queue_declare(
@@ -837,7 +858,7 @@ impl Broker {
             )
             .await
             .unwrap();
-        let mut consumer = self
+        let consumer = self
             .channel
             .basic_consume(
                 replies.name().clone(),
@@ -850,22 +871,7 @@ impl Broker {
             )
             .await
             .unwrap();
-        let correlation = uuid::Uuid::new_v4().to_string();
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_reply_to(replies.name().clone())
-            .with_correlation_id(correlation.as_str().into());
-        self.publish_raw(job.to_string().as_bytes(), props).await;
-        let reply = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-            .await
-            .expect("a reply within 20s")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            reply.properties.correlation_id().as_ref().unwrap().as_str(),
-            correlation
-        );
-        serde_json::from_slice(&reply.data).unwrap()
+        (replies.name().clone(), consumer)
     }
 
     pub async fn publish(&self, job: &Value) {
