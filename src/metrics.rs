@@ -38,7 +38,56 @@ pub struct Metrics {
     /// Seconds from a broker transaction's `tx.commit` to its `commit-ok`: the pipeline's serial step.
     pub commit_seconds: prometheus::Histogram,
     /// The HTTP server's connections, request deadlines and admin token refusals.
-    pub http: crate::http::HttpMetrics,
+    pub http: HttpMetrics,
+}
+
+/// The HTTP server's own metrics (the `herald_http_*` family, and the admin token's refusals).
+pub struct HttpMetrics {
+    /// Connections open now.
+    pub connections: IntGauge,
+    /// Connections that filled the last free slot: accepting pauses until one closes.
+    pub limit_reached: IntCounter,
+    /// Requests whose head and body did not arrive within `http.request_timeout` (answered 408).
+    pub request_timeouts: IntCounter,
+    /// Admin API requests refused for their token, by `reason` (`missing`, `wrong`, `throttled`).
+    pub admin_auth_failures: IntCounterVec,
+}
+
+impl HttpMetrics {
+    pub fn new(register: &dyn Fn(Box<dyn prometheus::core::Collector>)) -> HttpMetrics {
+        let connections = IntGauge::new("herald_http_connections", "HTTP connections open now").expect("valid metric");
+        register(Box::new(connections.clone()));
+        let limit_reached = IntCounter::new(
+            "herald_http_connection_limit_reached_total",
+            "HTTP connections that took the last of http.max_connections: accepting paused until one closed",
+        )
+        .expect("valid metric");
+        register(Box::new(limit_reached.clone()));
+        let request_timeouts = IntCounter::new(
+            "herald_http_request_timeouts_total",
+            "HTTP requests whose body had not arrived within http.request_timeout of accept (answered 408)",
+        )
+        .expect("valid metric");
+        register(Box::new(request_timeouts.clone()));
+        let admin_auth_failures = IntCounterVec::new(
+            Opts::new(
+                "herald_admin_auth_failures_total",
+                "Admin API requests refused for their bearer token, by reason (missing, wrong, throttled)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        register(Box::new(admin_auth_failures.clone()));
+        for reason in ["missing", "wrong", "throttled"] {
+            admin_auth_failures.with_label_values(&[reason]);
+        }
+        HttpMetrics {
+            connections,
+            limit_reached,
+            request_timeouts,
+            admin_auth_failures,
+        }
+    }
 }
 
 /// What the metrics need of an outcome event: its labels and duration.
@@ -243,7 +292,7 @@ impl Metrics {
                 c
             },
         };
-        let http = crate::http::HttpMetrics::new(&register);
+        let http = HttpMetrics::new(&register);
         Metrics {
             http,
             names: names.into_inner(),

@@ -25,7 +25,7 @@ use actix_web::error::PayloadError;
 use actix_web::http::KeepAlive;
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::IntGauge;
 
 use crate::metrics::Metrics;
 pub use limits::Limits;
@@ -39,55 +39,6 @@ pub struct HttpState {
     pub webhook_ids: receipts::SeenIds,
     /// The outcome store: `/readyz` is false once its state files are gone from `state.path`.
     pub store: Option<Arc<crate::store::Store>>,
-}
-
-/// The HTTP server's own metrics (the `herald_http_*` family, and the admin token's refusals).
-pub struct HttpMetrics {
-    /// Connections open now.
-    pub connections: IntGauge,
-    /// Connections that filled the last free slot: accepting pauses until one closes.
-    pub limit_reached: IntCounter,
-    /// Requests whose head and body did not arrive within `http.request_timeout` (answered 408).
-    pub request_timeouts: IntCounter,
-    /// Admin API requests refused for their token, by `reason` (`missing`, `wrong`, `throttled`).
-    pub admin_auth_failures: IntCounterVec,
-}
-
-impl HttpMetrics {
-    pub fn new(register: &dyn Fn(Box<dyn prometheus::core::Collector>)) -> HttpMetrics {
-        let connections = IntGauge::new("herald_http_connections", "HTTP connections open now").expect("valid metric");
-        register(Box::new(connections.clone()));
-        let limit_reached = IntCounter::new(
-            "herald_http_connection_limit_reached_total",
-            "HTTP connections that took the last of http.max_connections: accepting paused until one closed",
-        )
-        .expect("valid metric");
-        register(Box::new(limit_reached.clone()));
-        let request_timeouts = IntCounter::new(
-            "herald_http_request_timeouts_total",
-            "HTTP requests whose body had not arrived within http.request_timeout of accept (answered 408)",
-        )
-        .expect("valid metric");
-        register(Box::new(request_timeouts.clone()));
-        let admin_auth_failures = IntCounterVec::new(
-            Opts::new(
-                "herald_admin_auth_failures_total",
-                "Admin API requests refused for their bearer token, by reason (missing, wrong, throttled)",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        register(Box::new(admin_auth_failures.clone()));
-        for reason in ["missing", "wrong", "throttled"] {
-            admin_auth_failures.with_label_values(&[reason]);
-        }
-        HttpMetrics {
-            connections,
-            limit_reached,
-            request_timeouts,
-            admin_auth_failures,
-        }
-    }
 }
 
 /// Kept with each connection (actix's `on_connect` data): when it was accepted, and its place in the
