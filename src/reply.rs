@@ -9,8 +9,8 @@
 //! are refused with their job, and the rest go out here: after the commit, on a separate connection with
 //! publisher confirms, where a reply the broker refuses costs only itself.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -30,7 +30,12 @@ const DIRECT: &str = "amq.rabbitmq.reply-to";
 
 /// A `reply_to` herald may publish a reply to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplyTo(ShortString);
+pub struct ReplyTo {
+    name: ShortString,
+    /// For a direct reply-to name, the node its pid names: what decides whether the broker can deliver it
+    /// or closes the connection (see [`Replies::send`]).
+    node: Option<Arc<[u8]>>,
+}
 
 /// Why a job's `reply_to` is refused (with the job: it is dead-lettered as `invalid_job`). Names the rule,
 /// never the value.
@@ -78,29 +83,34 @@ impl ReplyTo {
         if own.holds(raw) {
             return Err(ReplyToError::OwnQueue);
         }
-        if (raw == DIRECT || raw.starts_with("amq.rabbitmq.reply-to.")) && !is_direct_reply_to(&raw[DIRECT.len()..]) {
-            return Err(ReplyToError::DirectReplyTo);
-        }
+        let node = if raw == DIRECT || raw.starts_with("amq.rabbitmq.reply-to.") {
+            Some(direct_reply_to_node(&raw[DIRECT.len()..]).ok_or(ReplyToError::DirectReplyTo)?)
+        } else {
+            None
+        };
         // A reply_to property is a short string already: at most 255 bytes.
-        ShortString::try_new(raw.to_owned())
-            .map(ReplyTo)
-            .map_err(|_| ReplyToError::DirectReplyTo)
+        let name = ShortString::try_new(raw.to_owned()).map_err(|_| ReplyToError::DirectReplyTo)?;
+        Ok(ReplyTo {
+            name,
+            node: node.map(Arc::from),
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.name.as_str()
     }
 }
 
 /// `.<pid>.<key>` (RabbitMQ up to 4.1) or `.<pid>` (4.2 on), where `<pid>` is the base64 of an Erlang
 /// external-format process id. RabbitMQ splits the name on dots, ignoring empty parts, and decodes the
 /// first part as a term: anything else crashes its channel (measured on 3.10.8, docs/operations.md).
-fn is_direct_reply_to(rest: &str) -> bool {
+/// The pid's node, when the name has that shape.
+fn direct_reply_to_node(rest: &str) -> Option<Vec<u8>> {
     let parts: Vec<&str> = rest.split('.').filter(|p| !p.is_empty()).collect();
     let (pid, key) = match parts.as_slice() {
         [pid] => (*pid, None),
         [pid, key] => (*pid, Some(*key)),
-        _ => return false,
+        _ => return None,
     };
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
@@ -111,19 +121,22 @@ fn is_direct_reply_to(rest: &str) -> bool {
         k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
     });
-    key_ok && engine.decode(pid).is_ok_and(|term| is_pid_term(&term))
+    if !key_ok {
+        return None;
+    }
+    pid_node(&engine.decode(pid).ok()?).map(<[u8]>::to_vec)
 }
 
-/// An Erlang external term holding exactly one pid: version 131, `NEW_PID_EXT` (88) or `PID_EXT` (103),
-/// a node atom `name@host`, then id, serial and creation, and nothing after.
-fn is_pid_term(term: &[u8]) -> bool {
+/// The node of an Erlang external term holding exactly one pid: version 131, `NEW_PID_EXT` (88) or
+/// `PID_EXT` (103), a node atom `name@host`, then id, serial and creation, and nothing after.
+fn pid_node(term: &[u8]) -> Option<&[u8]> {
     let [131, tag, rest @ ..] = term else {
-        return false;
+        return None;
     };
     let tail = match tag {
         88 => 12,
         103 => 9,
-        _ => return false,
+        _ => return None,
     };
     let (node, rest) = match rest {
         // ATOM_UTF8_EXT, ATOM_EXT: two length bytes.
@@ -131,7 +144,7 @@ fn is_pid_term(term: &[u8]) -> bool {
             let len = usize::from(u16::from_be_bytes([*hi, *lo]));
             match rest.get(..len) {
                 Some(node) => (node, &rest[len..]),
-                None => return false,
+                None => return None,
             }
         }
         // SMALL_ATOM_UTF8_EXT, SMALL_ATOM_EXT: one.
@@ -139,13 +152,13 @@ fn is_pid_term(term: &[u8]) -> bool {
             let len = usize::from(*len);
             match rest.get(..len) {
                 Some(node) => (node, &rest[len..]),
-                None => return false,
+                None => return None,
             }
         }
-        _ => return false,
+        _ => return None,
     };
     let at = node.iter().position(|&b| b == b'@');
-    at.is_some_and(|at| at > 0 && at + 1 < node.len()) && rest.len() == tail
+    (at.is_some_and(|at| at > 0 && at + 1 < node.len()) && rest.len() == tail).then_some(node)
 }
 
 /// One reply: the outcome event, to `reply_to`, with the job's `correlation_id`.
@@ -165,36 +178,121 @@ const BATCH: usize = 256;
 /// How long replies still waiting at shutdown may take to go out.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Replies to direct reply-to nodes not yet seen to work wait here at most (see [`Replies::send`]).
+const PROBATION_BACKLOG: usize = 1_000;
+/// Nodes remembered as working, or as refused; past this many, a set starts over.
+const NODES_REMEMBERED: usize = 1_024;
+/// After the broker refused a reply on probation (and closed that connection), the probation lane waits
+/// this long before its next one: a flood of such names costs the broker at most 20 connections a second.
+const PROBATION_PAUSE: Duration = Duration::from_millis(50);
+
+/// Direct reply-to nodes, by what publishing to them did.
+#[derive(Default)]
+struct Nodes {
+    /// A reply to them was confirmed: the broker knows them.
+    working: HashSet<Arc<[u8]>>,
+    /// A reply to them closed the connection.
+    refused: HashSet<Arc<[u8]>>,
+}
+
 /// Where committed jobs hand their replies; see the module docs. Cloned by every lane.
+///
+/// Two replier connections: one for replies that cannot close a connection (ordinary queues, and direct
+/// reply-to names of nodes a reply already reached), batched; one on probation for direct reply-to names
+/// of nodes not seen yet, one reply at a time. A publisher flooding names of nodes that do not exist
+/// (each closes the connection it is published on) then only delays and drops replies on probation:
+/// the replies of every caller whose node works go out as before.
 #[derive(Clone)]
 pub struct Replies {
     tx: mpsc::Sender<Reply>,
+    probation: mpsc::Sender<Reply>,
+    nodes: Arc<Mutex<Nodes>>,
     /// `herald_replies_total{result}`.
     results: IntCounterVec,
 }
 
 impl Replies {
-    /// Starts the replier: it connects when the first reply comes, and ends once `finish` fires and every
-    /// reply handed to it is out (or [`SHUTDOWN_GRACE`] later).
+    /// Starts the repliers: each connects when its first reply comes, and ends once `finish` fires and
+    /// every reply handed to it is out (or [`SHUTDOWN_GRACE`] later).
     pub fn start(
         config: AmqpConfig,
         results: IntCounterVec,
         finish: CancellationToken,
     ) -> (Replies, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        let replier = Replier {
-            config,
+        let (probation, probation_rx) = mpsc::channel(PROBATION_BACKLOG);
+        let nodes = Arc::new(Mutex::new(Nodes::default()));
+        let warnings = Arc::new(Warnings::default());
+        let replier = |rx, on_probation| Replier {
+            config: config.clone(),
             results: results.clone(),
             rx,
-            finish,
+            finish: finish.clone(),
+            on_probation,
+            nodes: nodes.clone(),
+            warnings: warnings.clone(),
         };
-        (Replies { tx, results }, tokio::spawn(replier.run()))
+        let main = tokio::spawn(replier(rx, false).run());
+        let probation_task = tokio::spawn(replier(probation_rx, true).run());
+        let both = tokio::spawn(async move {
+            let _ = main.await;
+            let _ = probation_task.await;
+        });
+        (
+            Replies {
+                tx,
+                probation,
+                nodes,
+                results,
+            },
+            both,
+        )
     }
 
     /// Queues a committed job's reply; never waits.
     pub fn send(&self, reply: Reply) {
-        if self.tx.try_send(reply).is_err() {
+        let lane = match &reply.to.node {
+            None => &self.tx,
+            Some(node) => {
+                let nodes = lock(&self.nodes);
+                if nodes.refused.contains(node) {
+                    drop(nodes);
+                    self.results.with_label_values(&["refused"]).inc();
+                    return;
+                }
+                if nodes.working.contains(node) {
+                    &self.tx
+                } else {
+                    &self.probation
+                }
+            }
+        };
+        if lane.try_send(reply).is_err() {
             self.results.with_label_values(&["dropped"]).inc();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The refused-reply warning, at most once per 10 s with the count since the last one: a flood of bad
+/// addresses must not become a flood of log lines.
+#[derive(Default)]
+struct Warnings(Mutex<(Option<std::time::Instant>, u64)>);
+
+impl Warnings {
+    fn refused(&self) {
+        let mut state = lock(&self.0);
+        state.1 += 1;
+        if state.0.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            let count = std::mem::take(&mut state.1);
+            state.0 = Some(std::time::Instant::now());
+            tracing::warn!(
+                refused = count,
+                "the broker refused replies to jobs' reply_to; dropped (their events are on the events exchange)"
+            );
         }
     }
 }
@@ -204,6 +302,11 @@ struct Replier {
     results: IntCounterVec,
     rx: mpsc::Receiver<Reply>,
     finish: CancellationToken,
+    /// The probation lane: one reply at a time, and what each did to the connection is remembered of its
+    /// node.
+    on_probation: bool,
+    nodes: Arc<Mutex<Nodes>>,
+    warnings: Arc<Warnings>,
 }
 
 /// How one publish of a reply ended.
@@ -228,6 +331,10 @@ impl Replier {
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut connection: Option<(Connection, Channel)> = None;
         loop {
+            // Seen here too, not only while idle: a lane with a long backlog must still stop in time.
+            if deadline.is_none() && self.finish.is_cancelled() {
+                deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
             if pending.is_empty() {
                 let mut taken = Vec::with_capacity(BATCH);
                 if deadline.is_some() {
@@ -250,6 +357,9 @@ impl Replier {
                     }
                 }
                 pending.extend(taken);
+                if self.on_probation {
+                    one_by_one = pending.len();
+                }
             }
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 break;
@@ -277,10 +387,14 @@ impl Replier {
                 match publish(&channel, reply).await {
                     Ok(published) => {
                         self.count(&published, 1);
+                        self.learn(reply, &published);
                         if matches!(published, Published::Refused) {
-                            refused();
+                            self.warnings.refused();
                             // The broker may have closed the channel or the connection with it.
                             discard(&mut connection);
+                            if self.on_probation {
+                                tokio::time::sleep(PROBATION_PAUSE).await;
+                            }
                         }
                         pending.pop_front();
                         one_by_one -= 1;
@@ -292,7 +406,8 @@ impl Replier {
                         strikes += 1;
                         if strikes >= STRIKES {
                             self.count(&Published::Refused, 1);
-                            refused();
+                            self.learn(reply, &Published::Refused);
+                            self.warnings.refused();
                             pending.pop_front();
                             one_by_one -= 1;
                             strikes = 0;
@@ -321,7 +436,7 @@ impl Replier {
                 None => backoff = Duration::from_millis(100),
                 Some(e) => {
                     // Those not confirmed go again, one at a time: the one the broker refuses is found and
-                    // dropped. (One confirmed just before the connection went can go twice.)
+                    // dropped. (Those confirmed as the connection went, up to a batch, can go twice.)
                     tracing::warn!(error = %e, replies = pending.len(), "a batch of replies failed; publishing them one at a time");
                     one_by_one = pending.len();
                     discard(&mut connection);
@@ -341,6 +456,22 @@ impl Replier {
         }
     }
 
+    /// What a reply on probation says of its node.
+    fn learn(&self, reply: &Reply, published: &Published) {
+        let (true, Some(node)) = (self.on_probation, &reply.to.node) else {
+            return;
+        };
+        let mut nodes = lock(&self.nodes);
+        let set = match published {
+            Published::Confirmed => &mut nodes.working,
+            Published::Refused => &mut nodes.refused,
+        };
+        if set.len() >= NODES_REMEMBERED {
+            set.clear();
+        }
+        set.insert(node.clone());
+    }
+
     fn count(&self, published: &Published, n: u64) {
         let result = match published {
             Published::Confirmed => "sent",
@@ -350,7 +481,23 @@ impl Replier {
     }
 
     async fn open(&self) -> Result<(Connection, Channel), BrokerError> {
-        let connection = broker::connect(&self.config, &format!("herald-replies:{}", self.config.jobs_queue)).await?;
+        let name = if self.on_probation {
+            "herald-replies-probation"
+        } else {
+            "herald-replies"
+        };
+        let connection = broker::connect(&self.config, &format!("{name}:{}", self.config.jobs_queue)).await?;
+        if !self.on_probation {
+            // The node herald is connected to is one its callers' direct reply-to names can name: known to
+            // work from the start, so that a single broker's callers never wait behind probation.
+            match own_node(&connection).await {
+                Ok(Some(node)) => {
+                    lock(&self.nodes).working.insert(node);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "could not read the broker node's direct reply-to name"),
+            }
+        }
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok((connection, channel))
@@ -364,12 +511,67 @@ impl Replier {
     }
 }
 
+/// The node of the broker `connection` is on, as its direct reply-to names carry it: herald asks for a
+/// name of its own (consumes `amq.rabbitmq.reply-to`, publishes to a private queue with that `reply_to`,
+/// and reads the name the broker wrote in its place).
+async fn own_node(connection: &Connection) -> Result<Option<Arc<[u8]>>, BrokerError> {
+    use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+    let channel = connection.create_channel().await?;
+    let found = async {
+        // Kept until the name is read: a dropped consumer is cancelled, and the broker then refuses the
+        // publish ("fast reply consumer does not exist").
+        let _consumer = channel
+            .basic_consume(
+                DIRECT.into(),
+                "herald-own-node".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+        channel
+            .basic_publish(
+                "".into(),
+                queue.name().clone(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default().with_reply_to(DIRECT.into()),
+            )
+            .await?;
+        for _ in 0..20 {
+            if let Some(message) = channel
+                .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
+                .await?
+            {
+                let named = message.properties.reply_to().as_ref().map(|r| r.to_string());
+                return Ok::<_, BrokerError>(
+                    named.and_then(|n| direct_reply_to_node(&n[DIRECT.len().min(n.len())..]).map(Arc::from)),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(None)
+    }
+    .await;
+    let _ = channel.close(200, "done".into()).await;
+    found
+}
+
 /// See `strikes` in [`Replier::run`].
 const STRIKES: u32 = 3;
-
-fn refused() {
-    tracing::warn!("the broker refused a reply to a job's reply_to; dropped (its event is on the events exchange)");
-}
 
 /// Closes a connection given up on, in the background: dropping a lapin connection does not close it.
 fn discard(connection: &mut Option<(Connection, Channel)>) {
@@ -406,7 +608,7 @@ async fn confirmed(channel: &Channel, reply: &Reply) -> Result<Confirmation, lap
     channel
         .basic_publish(
             "".into(),
-            reply.to.0.clone(),
+            reply.to.name.clone(),
             BasicPublishOptions::default(),
             &reply.body,
             properties(reply),
@@ -421,7 +623,10 @@ async fn publish(channel: &Channel, reply: &Reply) -> Result<Published, lapin::E
     match confirmed(channel, reply).await {
         Ok(Confirmation::Nack(_)) => Ok(Published::Refused),
         Ok(_) => Ok(Published::Confirmed),
-        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(_)) => Ok(Published::Refused),
+        // 320 CONNECTION_FORCED: the broker is closing every connection (a restart), not this reply's doing.
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() != 320) => {
+            Ok(Published::Refused)
+        }
         Err(e) => Err(e),
     }
 }
