@@ -852,6 +852,13 @@ pub struct RedisStore {
 const RENEW: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
 
+/// Claims an id unless another owner holds it. A claim already this owner's is taken (and its lease
+/// renewed): a `SET NX` that timed out on herald's side may still have run on Redis (one held up while Redis
+/// hung), and without this the job waited out its own ghost claim's whole lease. Within one process a job id
+/// is handled by one copy at a time (the in-process claim comes first), so an own claim is this copy's.
+const CLAIM: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end return 0";
+
 /// Deletes a claim only while it is still this owner's: a claim that expired and was taken by another
 /// replica stays.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -946,19 +953,19 @@ impl RedisStore {
     }
 
     async fn try_claim(&self, id: &str) -> Result<bool, StoreError> {
-        let set: Option<String> = redis::cmd("SET")
+        let claimed: i64 = redis::cmd("EVAL")
+            .arg(CLAIM)
+            .arg(1)
             .arg(self.claim_key(id))
             .arg(&self.owner)
-            .arg("NX")
-            .arg("PX")
             .arg(self.lease.as_millis() as u64)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(StoreError::Redis)?;
-        if set.is_some() {
+        if claimed == 1 {
             lock(&self.held).insert(id.to_owned());
         }
-        Ok(set.is_some())
+        Ok(claimed == 1)
     }
 
     async fn mark_and_release(&self, ids: &[String], release: &[String]) -> Result<(), StoreError> {

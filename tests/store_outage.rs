@@ -102,3 +102,50 @@ async fn two_replicas_send_each_job_once_across_a_redis_outage() {
     replica.stop().await;
     app.stop().await;
 }
+
+/// A Redis that hangs rather than refuses (its process stopped, here with SIGSTOP on a redis-server of the
+/// test's own): herald's claim (`SET NX`) times out on its side but still runs when Redis resumes, leaving
+/// a claim in herald's own name. Taking it for another replica's, the job waited out the claim's whole
+/// lease (22 s after Redis came back, in the outside attack); the outage should cost its length and a
+/// moment.
+#[tokio::test]
+async fn a_claim_that_ran_on_a_hung_redis_is_taken_as_herald_s_own() {
+    let port = helpers::free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed with Redis");
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = redis.id() as i32;
+    let mut app = TestApp::spawn(|c| c.redis.url = herald::config::Secret::new(redis_url)).await;
+    // Connected to Redis before it hangs, as a running herald is.
+    app.publish(&helpers::job("sms")).await;
+    app.next_outcome(20).await;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let jobs: Vec<Value> = (0..3).map(|_| helpers::job("sms")).collect();
+    app.publish_many(&jobs).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let nothing = app.try_next_event(0).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(nothing.is_none(), "an event while Redis hung: {nothing:?}");
+    let back = std::time::Instant::now();
+    let mut events = std::collections::HashMap::new();
+    while events.len() < 3 {
+        let Some(event) = app.try_next_event(30).await else { break };
+        *events.entry(event["job_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    let waited = back.elapsed();
+    app.stop().await;
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert_eq!(events.len(), 3, "{events:?}");
+    // OUTAGE_SETTLE (2 s) and the retries' backoff: well under the claim's 20 s lease.
+    assert!(waited < Duration::from_secs(8), "held {waited:?} after Redis answered");
+}
