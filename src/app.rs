@@ -82,7 +82,8 @@ impl Application {
                     metrics.store_errors.clone(),
                 ),
             }
-            .stopping_with(shutdown.clone()),
+            .stopping_with(shutdown.clone())
+            .counting_held(metrics.store_held.clone()),
         );
         let guard = Arc::new(match &redis {
             None => Guard::local(

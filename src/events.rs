@@ -194,7 +194,7 @@ impl Event {
             kind,
             description: kind.description(),
             job_id: Some(job.id.clone()),
-            user_id: Some(job.user_id.clone()),
+            user_id: Some(public_user_id(&job.user_id)),
             ip: job.ip.map(|ip| ip.to_string()),
             channel: job.channel,
             action: Some(job.action.as_str()),
@@ -219,7 +219,7 @@ impl Event {
             kind,
             description: kind.description(),
             job_id: invalid.id.clone(),
-            user_id: invalid.user_id.clone(),
+            user_id: invalid.user_id.as_deref().map(public_user_id),
             ip: invalid.ip.clone(),
             channel,
             action: None,
@@ -314,6 +314,27 @@ pub fn scrub(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// The user id as events carry it: as given, except a part (between `|`s, as in `sms|+14155550123`) that is
+/// itself a phone number or an email address, which is masked like a recipient: some MFA servers key their
+/// users by them, and an event must not carry either in full.
+pub fn public_user_id(user_id: &str) -> String {
+    user_id
+        .split('|')
+        .map(|part| {
+            if let Ok(phone) = crate::job::PhoneNumber::parse(part) {
+                phone.masked()
+            } else if part.contains('@')
+                && let Ok(email) = crate::job::EmailAddress::parse(part)
+            {
+                email.masked()
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 /// [`scrub`], and then anything still holding this job's own code or recipient, however it is written:
@@ -445,6 +466,24 @@ mod tests {
         ];
         for (job, text, expected) in cases {
             assert_eq!(scrub_for(text, job), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_user_id_that_is_a_number_or_an_address_is_masked_in_events() {
+        for (user_id, public) in [
+            ("auth0|5f7c8ec7c33c6c004bbafe82", "auth0|5f7c8ec7c33c6c004bbafe82"),
+            (
+                "google-oauth2|103547991597142817347",
+                "google-oauth2|103547991597142817347",
+            ),
+            ("+14155550199", "+1415*****99"),
+            ("sms|+14155550199", "sms|+1415*****99"),
+            ("jane.doe@example.com", "j***@***.com"),
+            ("email|jane.doe@example.com", "email|j***@***.com"),
+            ("u1", "u1"),
+        ] {
+            assert_eq!(public_user_id(user_id), public, "{user_id}");
         }
     }
 

@@ -202,6 +202,9 @@ pub struct Store {
     stopping: CancellationToken,
     /// Some record write is being retried (logged once per outage, not per write).
     put_failing: Arc<AtomicBool>,
+    /// Record writes being retried now, and `herald_store_held_jobs`, which counts their jobs too.
+    retrying: Arc<std::sync::atomic::AtomicUsize>,
+    held: Option<prometheus::IntGauge>,
 }
 
 #[derive(Clone)]
@@ -242,6 +245,8 @@ impl Store {
             errors,
             stopping: CancellationToken::new(),
             put_failing: Arc::default(),
+            retrying: Arc::default(),
+            held: None,
         })
     }
 
@@ -270,7 +275,20 @@ impl Store {
             errors,
             stopping: CancellationToken::new(),
             put_failing: Arc::default(),
+            retrying: Arc::default(),
+            held: None,
         }
+    }
+
+    /// Jobs whose record write is being retried count in `held` (`herald_store_held_jobs`).
+    pub fn counting_held(mut self, held: prometheus::IntGauge) -> Store {
+        self.held = Some(held);
+        self
+    }
+
+    /// Whether a record write is being retried: the jobs behind it wait, and `/readyz` says so.
+    pub fn writes_failing(&self) -> bool {
+        self.retrying.load(Ordering::SeqCst) > 0
     }
 
     /// Record writes that keep failing are retried until `shutdown`, then for [`PUT_GRACE`].
@@ -305,6 +323,8 @@ impl Store {
             errors: self.errors.clone(),
             stopping: self.stopping.clone(),
             failing: self.put_failing.clone(),
+            retrying: self.retrying.clone(),
+            held: self.held.clone(),
         };
         match &self.backend {
             Backend::Local(s) => {
@@ -392,11 +412,30 @@ struct Retry {
     errors: IntCounterVec,
     stopping: CancellationToken,
     failing: Arc<AtomicBool>,
+    retrying: Arc<std::sync::atomic::AtomicUsize>,
+    held: Option<prometheus::IntGauge>,
+}
+
+/// One write being retried, counted until it ends (written, given up or dropped).
+struct Retrying(Arc<std::sync::atomic::AtomicUsize>, Option<prometheus::IntGauge>);
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        if let Some(held) = &self.1 {
+            held.dec();
+        }
+    }
 }
 
 impl Retry {
     async fn until_written(self, first: StoreError, entry: Entry) -> Result<(), StoreError> {
         errors_inc(&self.errors, StoreOp::Put);
+        self.retrying.fetch_add(1, Ordering::SeqCst);
+        if let Some(held) = &self.held {
+            held.inc();
+        }
+        let _retrying = Retrying(self.retrying.clone(), self.held.clone());
         if !self.failing.swap(true, Ordering::SeqCst) {
             tracing::error!(job_id = %self.id, error = %first,
                 "outcome record not written; retrying until the store takes it (its job waits)");

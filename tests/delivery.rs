@@ -681,3 +681,18 @@ async fn the_proxys_credentials_reach_the_proxy_only_and_are_never_logged() {
         }
     }
 }
+
+/// A publisher keying its users by phone number: `user_id` is the recipient's number, which the event
+/// carried in full beside the masked `recipient` (outside attack F6).
+#[tokio::test]
+async fn a_user_id_that_is_the_recipients_number_is_masked_in_the_event() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let mut j = job("sms");
+    j["to"] = "+14155550199".into();
+    j["user_id"] = "+14155550199".into();
+    app.publish(&j).await;
+    let event = app.next_outcome(20).await;
+    assert_eq!(event["user_id"], "+1415*****99", "{event}");
+    assert!(!event.to_string().contains("4155550199"), "{event}");
+    app.stop().await;
+}

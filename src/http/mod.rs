@@ -151,8 +151,14 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
             .content_type("text/plain")
             .body("outcome store files deleted from state.path (see the log); restart herald\n");
     }
-    if state.ready.load(Ordering::SeqCst) {
+    let writes_failing = state.store.as_ref().is_some_and(|s| s.writes_failing());
+    let held = state.metrics.store_held.get() > 0;
+    if state.ready.load(Ordering::SeqCst) && !writes_failing {
         HttpResponse::Ok().content_type("text/plain").body("ready\n")
+    } else if writes_failing || held {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("jobs held: the outcome store does not answer\n")
     } else {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
