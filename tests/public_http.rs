@@ -251,3 +251,57 @@ async fn start_up_warns_about_weak_settings_by_key_never_by_value() {
         assert!(!logs.contains(value), "`{value}` is in the log:\n{logs}");
     }
 }
+
+/// Wrong tokens from 40 addresses (127.0.1.1 … 127.0.1.40), 3 each, four times what all addresses together
+/// were allowed: each is a 401, and the real admin, from another address, still gets in every time. Before,
+/// one bucket of the whole server was checked before the token, so the admin got 429.
+#[tokio::test]
+async fn guessers_from_many_addresses_do_not_lock_the_admin_out() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let broker = Broker::new(|c| c.admin.token = herald::config::Secret::new(TOKEN)).await;
+    let herald = HeraldProcess::start(&process_env(&broker.config));
+    let addr = http_addr(&herald);
+    let list = format!("http://{addr}/admin/api/templates");
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(Some(std::net::IpAddr::from(ip)))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let guessers: Vec<reqwest::Client> = (1..=40).map(|i| from([127, 0, 1, i])).collect();
+    let guesses = guessers
+        .iter()
+        .flat_map(|c| (0..3).map(|i| c.get(&list).bearer_auth(format!("guess-{i}")).send()));
+    let statuses: Vec<u16> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses, vec![401; 120], "each address is within its own 10 tries");
+
+    let admin = from([127, 0, 2, 1]);
+    for _ in 0..5 {
+        let right = admin.get(&list).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(
+            right.status(),
+            200,
+            "the real admin is not locked out by other addresses' guesses"
+        );
+    }
+    // An address of the guessers is held by its own failures only.
+    let right = guessers[0].get(&list).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(right.status(), 200);
+
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, r#"herald_admin_auth_failures_total{reason="wrong"}"#),
+        120.0
+    );
+    drop(herald);
+}
