@@ -252,6 +252,131 @@ async fn start_up_warns_about_weak_settings_by_key_never_by_value() {
     }
 }
 
+/// Reads `s` until the server closes it: what it answered, and whether it closed (EOF or reset) before the
+/// read timeout.
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return (String::from_utf8_lossy(&got).into_owned(), false);
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
+        }
+    }
+}
+
+/// The cap of connections trickling a chunked body, a chunk every 300 ms, to routes that never read it (an
+/// unknown one, /healthz, the disabled Twilio status route): each is answered, then shut down at the deadline
+/// and its 1 s grace and counted as a timeout, and /healthz answers once they are; two pipelined requests get
+/// one answer. Before, actix drained each unread body for as long as it came, so the connections outlived the
+/// deadline, filled the cap and kept /healthz out, and the second pipelined request was served too.
+#[tokio::test]
+async fn trickled_bodies_no_route_reads_and_pipelined_requests_end_by_the_deadline() {
+    let broker = Broker::new(|c| {
+        c.http.max_connections = CAP;
+        c.http.request_timeout = "1s".parse().unwrap();
+    })
+    .await;
+    let herald = HeraldProcess::start(&process_env(&broker.config));
+    let addr = http_addr(&herald);
+    let heads = [
+        ("POST /nope", "404"),
+        ("GET /healthz", "200"),
+        ("POST /providers/twilio/status", "404"),
+    ];
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for i in 0..CAP {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let (line, _) = heads[i % heads.len()];
+        s.write_all(format!("{line} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n").as_bytes())
+            .unwrap();
+        streams.push(s);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut writers = writers;
+            while !stop.load(Ordering::Relaxed) {
+                for w in &mut writers {
+                    let _ = w.write_all(b"1\r\na\r\n");
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let (answer, closed) = read_until_closed(&mut s, Duration::from_secs(6));
+                (answer, closed, started.elapsed())
+            })
+        })
+        .collect();
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = client.get(format!("http://{addr}/healthz")).send().await;
+    assert!(
+        health.as_ref().is_ok_and(|r| r.status() == 200),
+        "/healthz behind the trickle: {health:?}"
+    );
+
+    for (i, reader) in readers.into_iter().enumerate() {
+        let (answer, closed, at) = reader.join().unwrap();
+        let (line, status) = heads[i % heads.len()];
+        assert!(
+            closed,
+            "`{line}` trickling its body was still open after {at:?}: {answer:?}"
+        );
+        // By the deadline (1 s) and its grace for the answer (1 s).
+        assert!(at < Duration::from_millis(2500), "`{line}` closed after {at:?}");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "`{line}` was answered {answer:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    trickle.join().unwrap();
+
+    let mut pipelined = TcpStream::connect(&addr).unwrap();
+    pipelined
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut pipelined, Duration::from_secs(4));
+    assert!(closed, "{answer:?}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 200").count(),
+        1,
+        "one request per connection: {answer:?}"
+    );
+
+    // Each trickling connection was cut by the deadline.
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "herald_http_request_timeouts_total"),
+        CAP as f64,
+        "{metrics}"
+    );
+    drop(herald);
+}
+
 /// Wrong tokens from 40 addresses (127.0.1.1 … 127.0.1.40), 3 each, four times what all addresses together
 /// were allowed: each is a 401, and the real admin, from another address, still gets in every time. Before,
 /// one bucket of the whole server was checked before the token, so the admin got 429.
