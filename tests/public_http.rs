@@ -251,3 +251,182 @@ async fn start_up_warns_about_weak_settings_by_key_never_by_value() {
         assert!(!logs.contains(value), "`{value}` is in the log:\n{logs}");
     }
 }
+
+/// Reads `s` until the server closes it: what it answered, and whether it closed (EOF or reset) before the
+/// read timeout.
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return (String::from_utf8_lossy(&got).into_owned(), false);
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), true),
+        }
+    }
+}
+
+/// The cap of connections trickling a chunked body, a chunk every 300 ms, to routes that never read it (an
+/// unknown one, /healthz, the disabled Twilio status route): each is answered, then shut down at the deadline
+/// and its 1 s grace and counted as a timeout, and /healthz answers once they are; two pipelined requests get
+/// one answer. Before, actix drained each unread body for as long as it came, so the connections outlived the
+/// deadline, filled the cap and kept /healthz out, and the second pipelined request was served too.
+#[tokio::test]
+async fn trickled_bodies_no_route_reads_and_pipelined_requests_end_by_the_deadline() {
+    let broker = Broker::new(|c| {
+        c.http.max_connections = CAP;
+        c.http.request_timeout = "1s".parse().unwrap();
+    })
+    .await;
+    let herald = HeraldProcess::start(&process_env(&broker.config));
+    let addr = http_addr(&herald);
+    let heads = [
+        ("POST /nope", "404"),
+        ("GET /healthz", "200"),
+        ("POST /providers/twilio/status", "404"),
+    ];
+    let started = Instant::now();
+    let mut streams = Vec::new();
+    for i in 0..CAP {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let (line, _) = heads[i % heads.len()];
+        s.write_all(format!("{line} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n").as_bytes())
+            .unwrap();
+        streams.push(s);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<TcpStream> = streams.iter().map(|s| s.try_clone().unwrap()).collect();
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut writers = writers;
+            while !stop.load(Ordering::Relaxed) {
+                for w in &mut writers {
+                    let _ = w.write_all(b"1\r\na\r\n");
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let (answer, closed) = read_until_closed(&mut s, Duration::from_secs(6));
+                (answer, closed, started.elapsed())
+            })
+        })
+        .collect();
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = client.get(format!("http://{addr}/healthz")).send().await;
+    assert!(
+        health.as_ref().is_ok_and(|r| r.status() == 200),
+        "/healthz behind the trickle: {health:?}"
+    );
+
+    for (i, reader) in readers.into_iter().enumerate() {
+        let (answer, closed, at) = reader.join().unwrap();
+        let (line, status) = heads[i % heads.len()];
+        assert!(
+            closed,
+            "`{line}` trickling its body was still open after {at:?}: {answer:?}"
+        );
+        // By the deadline (1 s) and its grace for the answer (1 s).
+        assert!(at < Duration::from_millis(2500), "`{line}` closed after {at:?}");
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "`{line}` was answered {answer:?}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    trickle.join().unwrap();
+
+    let mut pipelined = TcpStream::connect(&addr).unwrap();
+    pipelined
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut pipelined, Duration::from_secs(4));
+    assert!(closed, "{answer:?}");
+    assert_eq!(
+        answer.matches("HTTP/1.1 200").count(),
+        1,
+        "one request per connection: {answer:?}"
+    );
+
+    // Each trickling connection was cut by the deadline.
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "herald_http_request_timeouts_total"),
+        CAP as f64,
+        "{metrics}"
+    );
+    drop(herald);
+}
+
+/// Wrong tokens from 40 addresses (127.0.1.1 … 127.0.1.40), 3 each, four times what all addresses together
+/// were allowed: each is a 401, and the real admin, from another address, still gets in every time. Before,
+/// one bucket of the whole server was checked before the token, so the admin got 429.
+#[tokio::test]
+async fn guessers_from_many_addresses_do_not_lock_the_admin_out() {
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+    let broker = Broker::new(|c| c.admin.token = herald::config::Secret::new(TOKEN)).await;
+    let herald = HeraldProcess::start(&process_env(&broker.config));
+    let addr = http_addr(&herald);
+    let list = format!("http://{addr}/admin/api/templates");
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(Some(std::net::IpAddr::from(ip)))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let guessers: Vec<reqwest::Client> = (1..=40).map(|i| from([127, 0, 1, i])).collect();
+    let guesses = guessers
+        .iter()
+        .flat_map(|c| (0..3).map(|i| c.get(&list).bearer_auth(format!("guess-{i}")).send()));
+    let statuses: Vec<u16> = futures_util::future::join_all(guesses)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert_eq!(statuses, vec![401; 120], "each address is within its own 10 tries");
+
+    let admin = from([127, 0, 2, 1]);
+    for _ in 0..5 {
+        let right = admin.get(&list).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(
+            right.status(),
+            200,
+            "the real admin is not locked out by other addresses' guesses"
+        );
+    }
+    // An address of the guessers is held by its own failures only.
+    let right = guessers[0].get(&list).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(right.status(), 200);
+
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, r#"herald_admin_auth_failures_total{reason="wrong"}"#),
+        120.0
+    );
+    drop(herald);
+}

@@ -77,9 +77,9 @@ async fn require_token(
     }
 }
 
-/// [`authorize`], within the client's and the server's budget of failed tries: an empty budget is a 429
-/// before the token is looked at; a wrong token costs a try and is answered after [`FAILURE_DELAY`]; every
-/// refusal is counted and warned about once per burst.
+/// [`authorize`], within the client address's budget of failed tries: an empty budget is a 429 before the
+/// token is looked at; a wrong token costs a try and is answered after [`FAILURE_DELAY`] (longer while
+/// every address together is past its budget); every refusal is counted and warned about once per burst.
 ///
 /// [`FAILURE_DELAY`]: super::auth::FAILURE_DELAY
 async fn admit(req: &HttpRequest, state: &AdminState) -> Result<(), ApiError> {
@@ -104,8 +104,8 @@ async fn admit(req: &HttpRequest, state: &AdminState) -> Result<(), ApiError> {
     // Only a presented token is a guess: a request without one (a browser before its login, a scanner)
     // costs no try and no wait.
     if reason == "wrong" {
-        state.auth.failed(peer, now);
-        tokio::time::sleep(super::auth::FAILURE_DELAY).await;
+        let delay = state.auth.failed(peer, now);
+        tokio::time::sleep(delay).await;
     }
     Err(ApiError::Unauthorized("missing or wrong bearer token"))
 }
@@ -115,6 +115,8 @@ fn warn_once_per_burst(state: &AdminState, peer: Option<std::net::IpAddr>) {
         tracing::warn!(
             refused,
             peer = peer.map(|ip| ip.to_string()).unwrap_or_default(),
+            // Past the budget of every address together: a guess from many addresses.
+            many_addresses = state.auth.busy(std::time::Instant::now()),
             "admin API requests with a missing or wrong bearer token refused (one warning per 10 s; \
              herald_admin_auth_failures_total counts them)"
         );

@@ -1,7 +1,8 @@
 //! What a wrong admin token costs the one presenting it: each failure takes a try from a bucket of the
-//! client's address and from one of the whole server, and an empty bucket answers 429 before the token
-//! is looked at, so a guesser gets a few tries a minute instead of thousands a second (docs/operations.md,
-//! "Admin token").
+//! client's address, and an empty bucket answers 429 before the token is looked at, so a guesser gets a few
+//! tries a minute instead of thousands a second. A bucket of the whole server counts the failures of every
+//! address together, but never refuses: guessers from many addresses would otherwise lock the real admin
+//! out; while it is empty, wrong tokens are answered later (docs/operations.md, "Admin token").
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,13 +12,17 @@ use std::time::{Duration, Instant};
 /// Failed tries a client address has before it is slowed, and how fast they come back (10 a minute).
 pub const PEER_BURST: f64 = 10.0;
 pub const PEER_PER_SECOND: f64 = 1.0 / 6.0;
-/// The same for every address together (60 a minute): many addresses are not many more tries.
+/// Failed tries of every address together past which the server is under a distributed guess (60 a
+/// minute): wrong tokens are then answered after [`BUSY_FAILURE_DELAY`].
 pub const GLOBAL_BURST: f64 = 30.0;
 pub const GLOBAL_PER_SECOND: f64 = 1.0;
-/// Client addresses remembered at most; past it, new addresses share the global bucket only.
+/// Client addresses remembered at most; past it, new addresses are not throttled (only slowed while the
+/// global bucket is empty): refusing them would refuse the admin too.
 pub const MAX_PEERS: usize = 10_000;
-/// Every failed check is answered this late, so that even the tries allowed come slowly.
+/// Every wrong token is answered this late, so that even the tries allowed come slowly.
 pub const FAILURE_DELAY: Duration = Duration::from_millis(250);
+/// How late while the global bucket is empty.
+pub const BUSY_FAILURE_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -86,25 +91,39 @@ impl Default for AuthLimiter {
 }
 
 impl AuthLimiter {
-    /// `Ok` when a token may be checked now for `peer`; else how long until one may.
+    /// `Ok` when a token may be checked now for `peer`; else how long until one may. Only `peer`'s own
+    /// failures refuse it.
     pub fn check(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        b.global.refill(now, GLOBAL_PER_SECOND, GLOBAL_BURST);
-        let mut wait = b.global.wait(GLOBAL_PER_SECOND);
-        if let Some(bucket) = peer.and_then(|ip| b.peers.get_mut(&peer_key(ip))) {
-            bucket.refill(now, PEER_PER_SECOND, PEER_BURST);
-            wait = wait.max(bucket.wait(PEER_PER_SECOND));
-        }
+        let wait = match peer.and_then(|ip| b.peers.get_mut(&peer_key(ip))) {
+            Some(bucket) => {
+                bucket.refill(now, PEER_PER_SECOND, PEER_BURST);
+                bucket.wait(PEER_PER_SECOND)
+            }
+            None => Duration::ZERO,
+        };
         if wait.is_zero() { Ok(()) } else { Err(wait) }
     }
 
-    /// A check failed: one try less for `peer` and for everyone.
-    pub fn failed(&self, peer: Option<IpAddr>, now: Instant) {
+    /// Whether every address together is past its budget: a guess from many addresses.
+    pub fn busy(&self, now: Instant) -> bool {
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         b.global.refill(now, GLOBAL_PER_SECOND, GLOBAL_BURST);
+        b.global.tries < 1.0
+    }
+
+    /// A check failed: one try less for `peer` and for everyone. How late to answer it.
+    pub fn failed(&self, peer: Option<IpAddr>, now: Instant) -> Duration {
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        b.global.refill(now, GLOBAL_PER_SECOND, GLOBAL_BURST);
+        let delay = if b.global.tries >= 1.0 {
+            FAILURE_DELAY
+        } else {
+            BUSY_FAILURE_DELAY
+        };
         b.global.tries = (b.global.tries - 1.0).max(0.0);
         let Some(ip) = peer else {
-            return;
+            return delay;
         };
         let key = peer_key(ip);
         if !b.peers.contains_key(&key) && b.peers.len() >= MAX_PEERS {
@@ -114,12 +133,13 @@ impl AuthLimiter {
                 bucket.tries < PEER_BURST
             });
             if b.peers.len() >= MAX_PEERS {
-                return;
+                return delay;
             }
         }
         let bucket = b.peers.entry(key).or_insert_with(|| Bucket::full(PEER_BURST, now));
         bucket.refill(now, PEER_PER_SECOND, PEER_BURST);
         bucket.tries = (bucket.tries - 1.0).max(0.0);
+        delay
     }
 }
 
@@ -149,16 +169,19 @@ mod tests {
     }
 
     #[test]
-    fn many_addresses_share_the_global_bucket() {
+    fn many_addresses_slow_the_wrong_answers_but_refuse_no_other_address() {
         let limiter = AuthLimiter::default();
         let t = Instant::now();
         for i in 0..GLOBAL_BURST as u32 {
             let peer = Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
             assert_eq!(limiter.check(peer, t), Ok(()));
-            limiter.failed(peer, t);
+            assert_eq!(limiter.failed(peer, t), FAILURE_DELAY);
         }
-        assert!(limiter.check(B, t).is_err());
-        assert_eq!(limiter.check(B, t + Duration::from_secs(1)), Ok(()));
+        assert_eq!(limiter.check(B, t), Ok(()));
+        assert!(limiter.busy(t));
+        assert_eq!(limiter.failed(B, t), BUSY_FAILURE_DELAY);
+        assert_eq!(limiter.check(B, t), Ok(()));
+        assert_eq!(limiter.failed(B, t + Duration::from_secs(2)), FAILURE_DELAY);
     }
 
     #[test]
