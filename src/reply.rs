@@ -515,7 +515,7 @@ impl Replier {
 /// name of its own (consumes `amq.rabbitmq.reply-to`, publishes to a private queue with that `reply_to`,
 /// and reads the name the broker wrote in its place).
 async fn own_node(connection: &Connection) -> Result<Option<Arc<[u8]>>, BrokerError> {
-    use lapin::options::{BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions};
+    use lapin::options::BasicConsumeOptions;
     let channel = connection.create_channel().await?;
     let found = async {
         // Kept until the name is read: a dropped consumer is cancelled, and the broker then refuses the
@@ -531,37 +531,22 @@ async fn own_node(connection: &Connection) -> Result<Option<Arc<[u8]>>, BrokerEr
                 Default::default(),
             )
             .await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await?;
+        let (queue, mut own) = broker::private_queue(&channel, "herald-own-node-queue", None).await?;
         channel
             .basic_publish(
                 "".into(),
-                queue.name().clone(),
+                queue,
                 BasicPublishOptions::default(),
                 b"",
                 BasicProperties::default().with_reply_to(DIRECT.into()),
             )
             .await?;
-        for _ in 0..20 {
-            if let Some(message) = channel
-                .basic_get(queue.name().clone(), BasicGetOptions { no_ack: true })
-                .await?
-            {
-                let named = message.properties.reply_to().as_ref().map(|r| r.to_string());
-                return Ok::<_, BrokerError>(
-                    named.and_then(|n| direct_reply_to_node(&n[DIRECT.len().min(n.len())..]).map(Arc::from)),
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        use futures_util::StreamExt;
+        if let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(1), own.next()).await {
+            let named = message.properties.reply_to().as_ref().map(|r| r.to_string());
+            return Ok::<_, BrokerError>(
+                named.and_then(|n| direct_reply_to_node(&n[DIRECT.len().min(n.len())..]).map(Arc::from)),
+            );
         }
         Ok(None)
     }
