@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, BrokerError};
 use crate::config::AmqpConfig;
+use crate::receipts::RateLimitedWarning;
 
 /// RabbitMQ's direct reply-to pseudo-queue; the broker hands its consumers names below it.
 const DIRECT: &str = "amq.rabbitmq.reply-to";
@@ -222,7 +223,7 @@ impl Replies {
         let (tx, rx) = mpsc::channel(BACKLOG);
         let (probation, probation_rx) = mpsc::channel(PROBATION_BACKLOG);
         let nodes = Arc::new(Mutex::new(Nodes::default()));
-        let warnings = Arc::new(Warnings::default());
+        let warnings = Arc::new(RateLimitedWarning::default());
         let replier = |rx, on_probation| Replier {
             config: config.clone(),
             results: results.clone(),
@@ -277,23 +278,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The refused-reply warning, at most once per 10 s with the count since the last one: a flood of bad
-/// addresses must not become a flood of log lines.
-#[derive(Default)]
-struct Warnings(Mutex<(Option<std::time::Instant>, u64)>);
-
-impl Warnings {
-    fn refused(&self) {
-        let mut state = lock(&self.0);
-        state.1 += 1;
-        if state.0.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-            let count = std::mem::take(&mut state.1);
-            state.0 = Some(std::time::Instant::now());
-            tracing::warn!(
-                refused = count,
-                "the broker refused replies to jobs' reply_to; dropped (their events are on the events exchange)"
-            );
-        }
+/// Logs a refused reply: at most one line per 10 s with the count since the last (a flood of bad addresses
+/// must not become a flood of log lines).
+fn refused(warning: &RateLimitedWarning) {
+    if let Some(count) = warning.hit() {
+        tracing::warn!(
+            refused = count,
+            "the broker refused replies to jobs' reply_to; dropped (their events are on the events exchange)"
+        );
     }
 }
 
@@ -306,7 +298,7 @@ struct Replier {
     /// node.
     on_probation: bool,
     nodes: Arc<Mutex<Nodes>>,
-    warnings: Arc<Warnings>,
+    warnings: Arc<RateLimitedWarning>,
 }
 
 /// How one publish of a reply ended.
@@ -389,7 +381,7 @@ impl Replier {
                         self.count(&published, 1);
                         self.learn(reply, &published);
                         if matches!(published, Published::Refused) {
-                            self.warnings.refused();
+                            refused(&self.warnings);
                             // The broker may have closed the channel or the connection with it.
                             discard(&mut connection);
                             if self.on_probation {
@@ -407,7 +399,7 @@ impl Replier {
                         if strikes >= STRIKES {
                             self.count(&Published::Refused, 1);
                             self.learn(reply, &Published::Refused);
-                            self.warnings.refused();
+                            refused(&self.warnings);
                             pending.pop_front();
                             one_by_one -= 1;
                             strikes = 0;

@@ -200,10 +200,17 @@ pub struct Store {
     errors: IntCounterVec,
     /// Once cancelled (shutdown), a record write that keeps failing is given up after [`PUT_GRACE`].
     stopping: CancellationToken,
-    /// Some record write is being retried (logged once per outage, not per write).
-    put_failing: Arc<AtomicBool>,
-    /// Record writes being retried now, and `herald_store_held_jobs`, which counts their jobs too.
-    retrying: Arc<std::sync::atomic::AtomicUsize>,
+    /// Record writes being retried.
+    retries: Arc<PutRetries>,
+}
+
+/// Record writes being retried: what `/readyz` reads, counted in `herald_store_held_jobs` with the jobs
+/// held for reads, and logged once per outage (not per write).
+#[derive(Default)]
+struct PutRetries {
+    /// Set by the first failure, cleared by the first write that succeeds again: what the log lines follow.
+    failing: AtomicBool,
+    now: std::sync::atomic::AtomicUsize,
     held: Option<prometheus::IntGauge>,
 }
 
@@ -244,9 +251,7 @@ impl Store {
             backend: Backend::Local(Arc::new(LocalStore::open(dir, errors.clone())?)),
             errors,
             stopping: CancellationToken::new(),
-            put_failing: Arc::default(),
-            retrying: Arc::default(),
-            held: None,
+            retries: Arc::default(),
         })
     }
 
@@ -274,21 +279,22 @@ impl Store {
             backend: Backend::Redis(store),
             errors,
             stopping: CancellationToken::new(),
-            put_failing: Arc::default(),
-            retrying: Arc::default(),
-            held: None,
+            retries: Arc::default(),
         }
     }
 
     /// Jobs whose record write is being retried count in `held` (`herald_store_held_jobs`).
     pub fn counting_held(mut self, held: prometheus::IntGauge) -> Store {
-        self.held = Some(held);
+        self.retries = Arc::new(PutRetries {
+            held: Some(held),
+            ..PutRetries::default()
+        });
         self
     }
 
     /// Whether a record write is being retried: the jobs behind it wait, and `/readyz` says so.
     pub fn writes_failing(&self) -> bool {
-        self.retrying.load(Ordering::SeqCst) > 0
+        self.retries.now.load(Ordering::SeqCst) > 0
     }
 
     /// Record writes that keep failing are retried until `shutdown`, then for [`PUT_GRACE`].
@@ -322,9 +328,7 @@ impl Store {
             id: id.to_owned(),
             errors: self.errors.clone(),
             stopping: self.stopping.clone(),
-            failing: self.put_failing.clone(),
-            retrying: self.retrying.clone(),
-            held: self.held.clone(),
+            retries: self.retries.clone(),
         };
         match &self.backend {
             Backend::Local(s) => {
@@ -411,18 +415,26 @@ struct Retry {
     id: String,
     errors: IntCounterVec,
     stopping: CancellationToken,
-    failing: Arc<AtomicBool>,
-    retrying: Arc<std::sync::atomic::AtomicUsize>,
-    held: Option<prometheus::IntGauge>,
+    retries: Arc<PutRetries>,
 }
 
 /// One write being retried, counted until it ends (written, given up or dropped).
-struct Retrying(Arc<std::sync::atomic::AtomicUsize>, Option<prometheus::IntGauge>);
+struct Retrying(Arc<PutRetries>);
+
+impl Retrying {
+    fn start(retries: &Arc<PutRetries>) -> Retrying {
+        retries.now.fetch_add(1, Ordering::SeqCst);
+        if let Some(held) = &retries.held {
+            held.inc();
+        }
+        Retrying(retries.clone())
+    }
+}
 
 impl Drop for Retrying {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-        if let Some(held) = &self.1 {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+        if let Some(held) = &self.0.held {
             held.dec();
         }
     }
@@ -431,12 +443,8 @@ impl Drop for Retrying {
 impl Retry {
     async fn until_written(self, first: StoreError, entry: Entry) -> Result<(), StoreError> {
         errors_inc(&self.errors, StoreOp::Put);
-        self.retrying.fetch_add(1, Ordering::SeqCst);
-        if let Some(held) = &self.held {
-            held.inc();
-        }
-        let _retrying = Retrying(self.retrying.clone(), self.held.clone());
-        if !self.failing.swap(true, Ordering::SeqCst) {
+        let _retrying = Retrying::start(&self.retries);
+        if !self.retries.failing.swap(true, Ordering::SeqCst) {
             tracing::error!(job_id = %self.id, error = %first,
                 "outcome record not written; retrying until the store takes it (its job waits)");
         }
@@ -459,7 +467,7 @@ impl Retry {
             };
             match written {
                 Ok(()) => {
-                    if self.failing.swap(false, Ordering::SeqCst) {
+                    if self.retries.failing.swap(false, Ordering::SeqCst) {
                         tracing::info!("outcome records are written again");
                     }
                     return Ok(());
