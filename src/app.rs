@@ -64,7 +64,8 @@ impl Application {
             tracing::warn!(%warning, "template");
         }
         let routes = build_routes(&config)?;
-        let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect());
+        let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect())
+            .with_validity(config.retry.validity.0);
         let metrics = Arc::new(Metrics::new());
         let redis = if config.redis.url.is_empty() {
             None
@@ -115,8 +116,11 @@ impl Application {
             redis.map(|conn| Shared::new(conn, namespace)),
             Some(metrics.throttle_fallbacks.clone()),
         ));
-        let dispatcher =
-            Arc::new(Dispatcher::new(templates.clone(), routes, retry, throttle.clone()).with_guard(guard.clone()));
+        let dispatcher = Arc::new(
+            Dispatcher::new(templates.clone(), routes, retry, throttle.clone())
+                .with_guard(guard.clone())
+                .counting_ambiguous(metrics.provider_ambiguous.clone()),
+        );
         let ready = Arc::new(AtomicBool::new(false));
         let listener =
             TcpListener::bind(config.http.addr).with_context(|| format!("binding http.addr {}", config.http.addr))?;

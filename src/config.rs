@@ -465,6 +465,8 @@ impl ThrottleConfig {
 pub struct RetryConfig {
     pub schedule: Vec<HumanDuration>,
     pub provider_timeout: HumanDuration,
+    /// How long a code without `expires_at` is worth delivering (README, "Providers": validity).
+    pub validity: HumanDuration,
 }
 
 impl Config {
@@ -556,6 +558,9 @@ impl Config {
         warnings::check_admin_token(&self.admin.token)?;
         if self.retry.provider_timeout.0.is_zero() {
             return Err(ConfigError::key("retry.provider_timeout", "must be greater than zero"));
+        }
+        if self.retry.validity.0.is_zero() {
+            return Err(ConfigError::key("retry.validity", "must be greater than zero"));
         }
         if !(1..=15).contains(&self.throttle.prefix_digits) {
             return Err(ConfigError::key("throttle.prefix_digits", "must be between 1 and 15"));

@@ -329,9 +329,7 @@ mod tests {
             2,
             &delivered(Outcome::Sent {
                 provider: "twilio",
-                receipt: Receipt {
-                    message_id: Some("SM1".into()),
-                },
+                receipt: Receipt::sent(Some("SM1".into())),
             }),
             &en(),
         );

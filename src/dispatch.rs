@@ -8,7 +8,7 @@ use chrono::Utc;
 use crate::events::{ErrorCode, Scope};
 use crate::fraud::{self, Guard};
 use crate::job::Job;
-use crate::providers::{ProviderCode, ProviderError, Receipt};
+use crate::providers::{ProviderCode, ProviderError, Receipt, Validity};
 use crate::retry::RetryPolicy;
 use crate::routing::Routes;
 use crate::templates::{TemplateError, Templates};
@@ -81,6 +81,8 @@ pub struct Dispatcher {
     throttle: Arc<Throttle>,
     /// The toll-fraud guard, after the fixed limits (contract §12); none in tests that do not need it.
     guard: Option<Arc<Guard>>,
+    /// `herald_provider_ambiguous_total{provider,reason}`.
+    ambiguous: Option<prometheus::IntCounterVec>,
 }
 
 impl Dispatcher {
@@ -96,7 +98,13 @@ impl Dispatcher {
             retry,
             throttle,
             guard: None,
+            ambiguous: None,
         }
+    }
+
+    pub fn counting_ambiguous(mut self, counter: prometheus::IntCounterVec) -> Dispatcher {
+        self.ambiguous = Some(counter);
+        self
     }
 
     pub fn with_guard(mut self, guard: Arc<Guard>) -> Dispatcher {
@@ -105,8 +113,9 @@ impl Dispatcher {
     }
 
     /// Attempt `attempt` (1-based) of one job: expiry check, render, then its chain's providers in order
-    /// until one accepts. A transient failure moves on to the next provider; a permanent one ends the job;
-    /// when all were unavailable the retry schedule decides between another attempt and the end.
+    /// until one accepts. A transient failure, or a refusal the provider ties to itself (sender, account,
+    /// route), moves on to the next provider; a permanent one ends the job. When none sent it, the retry
+    /// schedule decides if any was only unavailable; if every one refused, the job fails.
     pub async fn deliver(&self, job: &Job, attempt: u32) -> Delivered {
         let started = Instant::now();
         let outcome = self.try_deliver(job, attempt).await;
@@ -168,12 +177,29 @@ impl Dispatcher {
                 return Outcome::failed(ErrorCode::InvalidJob, e.to_string());
             }
         };
+        let validity = Validity::for_job(job, self.retry.validity(), Utc::now());
         let mut last: Option<(&'static str, ProviderError)> = None;
+        let mut refused: Option<(&'static str, ProviderError)> = None;
         for provider in self.routes.chain(job) {
             // The closed name becomes text here, where it leaves for the event.
             let name = provider.name().name();
-            match provider.send(job, &message).await.map_err(|e| e.scrubbed_for(job)) {
+            match provider
+                .send(job, &message, validity)
+                .await
+                .map_err(|e| e.scrubbed_for(job))
+            {
                 Ok(receipt) => {
+                    if let Some(reason) = receipt.ambiguous {
+                        tracing::warn!(
+                            job_id = %job.id,
+                            provider = name,
+                            reason = reason.as_str(),
+                            "the provider may have taken the message without saying so; it is not sent again"
+                        );
+                        if let Some(counter) = &self.ambiguous {
+                            counter.with_label_values(&[name, reason.as_str()]).inc();
+                        }
+                    }
                     return Outcome::Sent {
                         provider: name,
                         receipt,
@@ -182,6 +208,10 @@ impl Dispatcher {
                 Err(e @ ProviderError::Permanent { .. }) => {
                     return provider_failure(ErrorCode::ProviderRejected, name, e);
                 }
+                Err(e @ ProviderError::Refused { .. }) => {
+                    tracing::warn!(job_id = %job.id, provider = name, error = %e, "provider cannot send it");
+                    refused = Some((name, e));
+                }
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, provider = name, error = %e, "provider unavailable");
                     last = Some((name, e));
@@ -189,14 +219,18 @@ impl Dispatcher {
             }
         }
         let Some((name, error)) = last else {
-            return Outcome::failed(
-                ErrorCode::ProviderUnavailable,
-                "no provider configured for this channel",
-            );
+            return match refused {
+                // No provider of the chain can send it: retrying would be refused the same way.
+                Some((name, error)) => provider_failure(ErrorCode::ProviderRejected, name, error),
+                None => Outcome::failed(
+                    ErrorCode::ProviderUnavailable,
+                    "no provider configured for this channel",
+                ),
+            };
         };
         let retry_after = match &error {
             ProviderError::Transient { retry_after, .. } => *retry_after,
-            ProviderError::Permanent { .. } => None,
+            ProviderError::Permanent { .. } | ProviderError::Refused { .. } => None,
         };
         match self.retry.delay(attempt, retry_after) {
             Some(after) if job.expires_at.is_some_and(|at| at <= Utc::now() + after) => Outcome::failed(
@@ -252,9 +286,18 @@ mod tests {
     }
 
     fn sent(id: &str) -> Result<Receipt, ProviderError> {
-        Ok(Receipt {
-            message_id: Some(id.into()),
+        Ok(Receipt::sent(Some(id.into())))
+    }
+
+    fn refused() -> Result<Receipt, ProviderError> {
+        Err(ProviderError::Refused {
+            message: "Permission to send an SMS has not been enabled for the region".into(),
+            provider_code: ProviderCode::twilio(&serde_json::json!(21408)),
         })
+    }
+
+    fn unclear() -> Result<Receipt, ProviderError> {
+        Ok(Receipt::unconfirmed(crate::providers::Ambiguous::Timeout, None))
     }
 
     fn job(extra: serde_json::Value) -> Job {
@@ -339,6 +382,41 @@ mod tests {
                 serde_json::json!({}),
                 1,
                 "sent by plivo as SM2",
+            ),
+            (
+                "a refusal of the sender or route moves to the next provider",
+                vec![vec![refused()], vec![sent("SM2")]],
+                serde_json::json!({}),
+                1,
+                "sent by plivo as SM2",
+            ),
+            (
+                "every provider refused: the job fails, no retry",
+                vec![vec![refused()], vec![refused()]],
+                serde_json::json!({}),
+                1,
+                "provider_rejected by plivo",
+            ),
+            (
+                "refused and unavailable: retried for the unavailable one",
+                vec![vec![refused()], vec![transient(None)]],
+                serde_json::json!({}),
+                1,
+                "retry after ~1s",
+            ),
+            (
+                "a permanent failure after a refusal ends the job",
+                vec![vec![refused()], vec![permanent()], vec![sent("SM3")]],
+                serde_json::json!({}),
+                1,
+                "provider_rejected by plivo",
+            ),
+            (
+                "a send of unknown outcome is sent, the next provider is not tried",
+                vec![vec![unclear()], vec![sent("SM2")]],
+                serde_json::json!({}),
+                1,
+                "sent by vonage as -",
             ),
             (
                 "all unavailable: retry on the schedule",

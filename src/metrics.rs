@@ -29,6 +29,8 @@ pub struct Metrics {
     pub store_held: IntGauge,
     /// Replies to jobs' `reply_to`, by result.
     pub replies: IntCounterVec,
+    /// `herald_provider_ambiguous_total{provider,reason}`.
+    pub provider_ambiguous: IntCounterVec,
     /// Broker connections dropped because the broker stopped answering (no heartbeat).
     pub broker_stalls: IntCounter,
     /// The toll-fraud guard's decisions, feedback and state (contract §12).
@@ -237,6 +239,14 @@ impl Metrics {
         for result in ["sent", "refused", "dropped"] {
             replies.with_label_values(&[result]);
         }
+        let provider_ambiguous = counter_vec(
+            "herald_provider_ambiguous_total".into(),
+            "Sends that may have reached the provider without a clear answer, counted as sent and never sent \
+             again, by reason: unreadable_answer (a 2xx not understood), timeout or connection_closed (the \
+             request was written whole), partly_taken (some parts of a long text taken)"
+                .into(),
+            &["provider", "reason"],
+        );
         let broker_stalls = IntCounter::new(
             "herald_broker_stalls_total",
             "Broker connections given up because the broker sent nothing (not even a heartbeat) for two heartbeat intervals",
@@ -313,6 +323,7 @@ impl Metrics {
             store_errors,
             store_held,
             replies,
+            provider_ambiguous,
             broker_stalls,
         }
     }

@@ -6,11 +6,25 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     schedule: Vec<Duration>,
+    /// `retry.validity`: how long a code without `expires_at` is worth delivering.
+    validity: Duration,
 }
 
 impl RetryPolicy {
     pub fn new(schedule: Vec<Duration>) -> RetryPolicy {
-        RetryPolicy { schedule }
+        RetryPolicy {
+            schedule,
+            validity: crate::providers::Validity::default().get(),
+        }
+    }
+
+    pub fn with_validity(mut self, validity: Duration) -> RetryPolicy {
+        self.validity = validity;
+        self
+    }
+
+    pub fn validity(&self) -> Duration {
+        self.validity
     }
 
     /// Attempts a job gets in all: the first plus one per step.

@@ -24,12 +24,12 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 use super::connector::Connector;
-use super::{ProviderCode, ProviderError, ProviderKind};
+use super::{Ambiguous, Class, ProviderCode, ProviderError, ProviderKind, Receipt};
 
 /// The one HTTP client of the process: one connection pool, TLS set up once. Cloning shares both.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<Connector, Full<Bytes>>,
+    inner: Client<Connector, Tracked>,
     /// The client's own, for what a request to a proxy carries.
     connector: Connector,
     /// For the whole exchange, answer body included; also the connect timeout.
@@ -113,6 +113,7 @@ impl HttpClient {
             uri,
             headers,
             body: Bytes::new(),
+            idempotent: false,
         }
     }
 }
@@ -125,9 +126,18 @@ pub struct Request<'a> {
     uri: Result<Uri, ()>,
     headers: HeaderMap,
     body: Bytes,
+    /// The receiver drops a second copy of this request (the webhook's `webhook-id`), so a request
+    /// written whole and left unanswered may be sent again.
+    idempotent: bool,
 }
 
 impl Request<'_> {
+    /// Marks a request its receiver deduplicates (see [`Request::idempotent`] field).
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
     pub fn header<K, V>(mut self, name: K, value: V) -> Self
     where
         K: TryInto<HeaderName>,
@@ -190,6 +200,27 @@ pub struct Answer {
     pub html: bool,
     /// At most 64 KiB of it.
     pub body: Vec<u8>,
+    /// A 2xx whose body could not be read whole: `body` is empty, the provider took the request.
+    pub cut: bool,
+}
+
+/// An exchange that brought no answer to read.
+pub enum NoAnswer {
+    /// The provider did not get the request, or got it and may be asked again: worth trying again.
+    Failed(ProviderError),
+    /// The request was written whole and no answer came: the provider may have taken the message, so it
+    /// is not sent again (README, "Providers").
+    Unknown(Ambiguous),
+}
+
+impl NoAnswer {
+    /// As a provider's result: a failure, or a send of unknown outcome.
+    pub fn into_result(self) -> Result<Receipt, ProviderError> {
+        match self {
+            NoAnswer::Failed(e) => Err(e),
+            NoAnswer::Unknown(reason) => Ok(Receipt::unconfirmed(reason, None)),
+        }
+    }
 }
 
 /// Why an exchange failed before there was an answer's head: the connection, or anything else (an
@@ -199,36 +230,50 @@ enum Failed {
     Other,
 }
 
-/// Sends `request` for `provider` and reads its answer. A failed exchange (timeout, refused connection,
-/// reset, unreadable body) is a transient failure, except a 2xx answer's body that cannot be read whole
-/// (cut, malformed, or still arriving at the timeout): the provider has taken the request, so the answer
-/// is given with no body, and each provider's own reading of a 2xx decides (Twilio, Plivo, SNS and the
-/// webhook do not send a message twice; Vonage and Infobip would rather).
-pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<Answer, ProviderError> {
+/// Sends `request` for `provider` and reads its answer.
+///
+/// Before the request was written whole (no connection, refused, reset while writing, an invalid
+/// request) it is a transient failure. After it, a timeout or a connection closed without an answer is
+/// [`NoAnswer::Unknown`], unless the request is [`Request::idempotent`]. A 2xx answer's body that cannot
+/// be read whole (cut, malformed, or still arriving at the timeout) is given as an answer with no body
+/// and `cut` set: the provider has taken the request, and each provider reads such a 2xx as sent.
+pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<Answer, NoAnswer> {
     let deadline = tokio::time::Instant::now() + request.client.timeout;
-    let failed = |what: &str| ProviderError::Transient {
-        message: format!("{provider} {what}"),
-        provider_code: None,
-        retry_after: None,
+    let failed = |what: &str| {
+        NoAnswer::Failed(ProviderError::Transient {
+            message: format!("{provider} {what}"),
+            provider_code: None,
+            retry_after: None,
+        })
     };
-    let response = match tokio::time::timeout_at(deadline, send(request)).await {
+    let idempotent = request.idempotent;
+    let written = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let unanswered = |reason: Ambiguous, what: &str| {
+        if idempotent || !written.load(std::sync::atomic::Ordering::Acquire) {
+            failed(what)
+        } else {
+            NoAnswer::Unknown(reason)
+        }
+    };
+    let response = match tokio::time::timeout_at(deadline, send(request, written.clone())).await {
         Ok(Ok(response)) => response,
-        Err(_) => return Err(failed("timed out")),
+        Err(_) => return Err(unanswered(Ambiguous::Timeout, "timed out")),
         Ok(Err(Failed::Connect)) => return Err(failed("connection failed")),
-        Ok(Err(Failed::Other)) => return Err(failed("request failed")),
+        Ok(Err(Failed::Other)) => return Err(unanswered(Ambiguous::ConnectionClosed, "request failed")),
     };
     let status = response.status();
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     let html = response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
     let mut body = Vec::new();
+    let mut cut = false;
     match tokio::time::timeout_at(deadline, read_capped(response.into_body(), &mut body)).await {
         Ok(Ok(())) => {}
         _ if status.is_success() => {
@@ -238,7 +283,9 @@ pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<An
                 "the answer's body could not be read whole; read as an answer without a body"
             );
             body.clear();
+            cut = true;
         }
+        // A failed answer cut short: the provider said it did not take the request.
         Ok(Err(_)) => return Err(failed("answer could not be read")),
         Err(_) => return Err(failed("timed out")),
     }
@@ -247,18 +294,26 @@ pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<An
         retry_after,
         html,
         body,
+        cut,
     })
 }
 
-/// Sends `request`, up to the answer's head.
-async fn send(request: Request<'_>) -> Result<hyper::Response<hyper::body::Incoming>, Failed> {
+/// Sends `request`, up to the answer's head; `written` is set once hyper has taken the whole body.
+async fn send(
+    request: Request<'_>,
+    written: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<hyper::Response<hyper::body::Incoming>, Failed> {
     let Request {
         client,
         uri,
         mut headers,
         body,
+        idempotent: _,
     } = request;
-    let mut outgoing = http::Request::new(Full::new(body));
+    let mut outgoing = http::Request::new(Tracked {
+        body: Full::new(body),
+        written,
+    });
     *outgoing.method_mut() = Method::POST;
     let uri = uri.map_err(|()| Failed::Other)?;
     if let Some(auth) = client.connector.proxy_authorization(&uri) {
@@ -273,6 +328,37 @@ async fn send(request: Request<'_>) -> Result<hyper::Response<hyper::body::Incom
         .map_err(|e| if e.is_connect() { Failed::Connect } else { Failed::Other })
 }
 
+/// A request body that says when its last frame was taken to be written: from then on the provider may
+/// have the whole request.
+pub struct Tracked {
+    body: Full<Bytes>,
+    written: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if polled.is_ready() && self.body.is_end_stream() {
+            self.written.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Answer {
     /// This failed answer classified by its HTTP status alone (see [`http_failure`]).
     pub fn failure(&self, message: String, provider_code: Option<ProviderCode>) -> ProviderError {
@@ -280,8 +366,8 @@ impl Answer {
     }
 
     /// A failure the provider's own answer classified: transient ones keep the answer's Retry-After.
-    pub fn rejection(&self, transient: bool, message: String, provider_code: Option<ProviderCode>) -> ProviderError {
-        ProviderError::classified(transient, message, provider_code, self.retry_after)
+    pub fn rejection(&self, class: Class, message: String, provider_code: Option<ProviderCode>) -> ProviderError {
+        ProviderError::of(class, message, provider_code, self.retry_after)
     }
 }
 
@@ -304,9 +390,15 @@ where
     Ok(())
 }
 
-/// Seconds form of Retry-After, as sent by rate limiters (the HTTP-date form is rare for APIs).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` in both of its forms (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date, read as the
+/// time from `now` until it (zero when it has passed).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// An HTTP provider's failed answer, classified the way Twilio, Standard Webhooks receivers and most
@@ -365,8 +457,27 @@ mod tests {
             assert_eq!(e.is_transient(), transient, "{status}");
             assert_eq!(e.provider_code(), Some(&code));
         }
-        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // The obsolete forms RFC 9110 says a recipient must accept.
+        assert_eq!(
+            parse_retry_after("Wednesday, 21-Oct-15 07:29:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Wed Oct 21 07:28:05 2015", now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]

@@ -14,7 +14,10 @@ use serde_json::json;
 use url::Url;
 
 use super::http::{HttpClient, authorization, exchange};
-use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
+use super::{
+    Ambiguous, Class, Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, Validity, phone_of,
+    sender_without_plus,
+};
 use crate::config::InfobipConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -115,7 +118,10 @@ impl Infobip {
             .post(url)
             .header(AUTHORIZATION, self.authorization.clone())
             .json(&body);
-        let exchanged = exchange(self.name(), request).await?;
+        let exchanged = match exchange(self.name(), request).await {
+            Ok(answer) => answer,
+            Err(no_answer) => return no_answer.into_result(),
+        };
         let status = exchanged.status;
         if !status.is_success() {
             let error = serde_json::from_slice::<ErrorBody>(&exchanged.body)
@@ -136,16 +142,9 @@ impl Infobip {
             .ok()
             .and_then(|a| a.messages.into_iter().next())
         else {
-            // A 2xx whose verdict cannot be read: Infobip may have taken the message, and may not have.
-            // Losing the code is worse than a second message.
-            return Err(ProviderError::Transient {
-                message: format!(
-                    "infobip answered {} without a readable messages[].status",
-                    status.as_u16()
-                ),
-                provider_code: None,
-                retry_after: None,
-            });
+            // A 2xx whose verdict cannot be read: Infobip may have taken the message, so it is not sent
+            // again (README, "Providers").
+            return Ok(Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None));
         };
         let Status {
             group_name,
@@ -153,9 +152,7 @@ impl Infobip {
             description,
         } = message.status;
         if matches!(group_name.as_str(), "PENDING" | "ACCEPTED" | "DELIVERED") {
-            return Ok(Receipt {
-                message_id: message.message_id,
-            });
+            return Ok(Receipt::sent(message.message_id));
         }
         // Names are written only when they have Infobip's shape: what else it put there is not repeated.
         let shown = |n: &str| ProviderCode::infobip(n).map_or_else(|| "-".to_owned(), |c| c.to_string());
@@ -166,7 +163,12 @@ impl Infobip {
             scrub(&description)
         );
         let provider_code = ProviderCode::infobip(if name.is_empty() { &group_name } else { &name });
-        Err(exchanged.rejection(TRANSIENT_REJECTIONS.contains(&name.as_str()), text, provider_code))
+        let class = if TRANSIENT_REJECTIONS.contains(&name.as_str()) {
+            Class::Transient
+        } else {
+            Class::Permanent
+        };
+        Err(exchanged.rejection(class, text, provider_code))
     }
 }
 
@@ -176,7 +178,7 @@ impl Provider for Infobip {
         ProviderKind::Infobip
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let to = phone_of(job, self.name())?.digits();
         match message {
             Rendered::Sms { body } => {

@@ -83,6 +83,95 @@ impl std::fmt::Display for ProviderKind {
 pub struct Receipt {
     /// The provider's id for the message (Twilio `SM…`/`CA…` sid), when it gives one.
     pub message_id: Option<String>,
+    /// Set when the provider may have taken the message but did not say so clearly. Such a job ends as
+    /// sent, never sent again (README, "Providers": a message the provider took is never sent twice).
+    pub ambiguous: Option<Ambiguous>,
+}
+
+impl Receipt {
+    /// A clear acceptance, with the provider's id when it gave one.
+    pub fn sent(message_id: Option<String>) -> Receipt {
+        Receipt {
+            message_id,
+            ambiguous: None,
+        }
+    }
+
+    /// The provider may have taken the message: it ends as sent, with the id if one is known.
+    pub fn unconfirmed(reason: Ambiguous, message_id: Option<String>) -> Receipt {
+        Receipt {
+            message_id,
+            ambiguous: Some(reason),
+        }
+    }
+}
+
+/// Why a send that may have reached the provider is counted as sent without a clear answer: the reasons
+/// of `herald_provider_ambiguous_total{provider,reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ambiguous {
+    /// A 2xx whose body could not be read whole or understood.
+    UnreadableAnswer,
+    /// The request was written whole and no answer came within `retry.provider_timeout`.
+    Timeout,
+    /// The request was written whole and the connection closed (or was reset) without an answer.
+    ConnectionClosed,
+    /// A long text of which the provider took some parts and refused others (Vonage answers per part).
+    PartlyTaken,
+}
+
+impl Ambiguous {
+    pub const ALL: [Ambiguous; 4] = [
+        Ambiguous::UnreadableAnswer,
+        Ambiguous::Timeout,
+        Ambiguous::ConnectionClosed,
+        Ambiguous::PartlyTaken,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ambiguous::UnreadableAnswer => "unreadable_answer",
+            Ambiguous::Timeout => "timeout",
+            Ambiguous::ConnectionClosed => "connection_closed",
+            Ambiguous::PartlyTaken => "partly_taken",
+        }
+    }
+}
+
+/// How long a message is worth delivering: the time left before the job's `expires_at`, else
+/// `retry.validity`. Providers with a validity field send it, clamped to their range, so that a code never
+/// arrives after it expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Validity(Duration);
+
+impl Validity {
+    /// For `job`, at `now`: what is left of it (zero once expired), else `default`.
+    pub fn for_job(job: &Job, default: Duration, now: chrono::DateTime<chrono::Utc>) -> Validity {
+        Validity(match job.expires_at {
+            Some(at) => (at - now).to_std().unwrap_or(Duration::ZERO),
+            None => default,
+        })
+    }
+
+    pub fn new(left: Duration) -> Validity {
+        Validity(left)
+    }
+
+    /// Within a provider's allowed range.
+    pub fn clamped(self, min: Duration, max: Duration) -> Duration {
+        self.0.clamp(min, max)
+    }
+
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl Default for Validity {
+    /// `retry.validity`'s default.
+    fn default() -> Validity {
+        Validity(Duration::from_secs(600))
+    }
 }
 
 /// A failed provider call, classified. The message never contains the code or the full recipient, and the
@@ -96,12 +185,32 @@ pub enum ProviderError {
         provider_code: Option<ProviderCode>,
         retry_after: Option<Duration>,
     },
-    /// Will fail the same way again: invalid number, opted out, region not permitted, bad credentials.
+    /// Will fail the same way again, whichever provider sends it: an invalid or unreachable number, a
+    /// recipient who opted out, a message the provider refuses as it is.
     #[error("provider rejected the message: {message}")]
     Permanent {
         message: String,
         provider_code: Option<ProviderCode>,
     },
+    /// This provider cannot send it, the next provider of the chain may: the provider ties the refusal to
+    /// the sender, the account or the route (Twilio 21408 region not permitted, Vonage 15 invalid sender,
+    /// Infobip REJECTED_ROUTE_NOT_AVAILABLE, bad credentials), not to the recipient or the message.
+    #[error("provider cannot send it: {message}")]
+    Refused {
+        message: String,
+        provider_code: Option<ProviderCode>,
+    },
+}
+
+/// How a provider's documented error is to be taken: each provider's table maps its codes to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Sending again later can succeed ([`ProviderError::Transient`]).
+    Transient,
+    /// Fails the same way with any provider ([`ProviderError::Permanent`]).
+    Permanent,
+    /// This provider cannot send it; the next one may ([`ProviderError::Refused`]).
+    NextProvider,
 }
 
 impl ProviderError {
@@ -122,6 +231,36 @@ impl ProviderError {
                 message: crate::events::scrub_for(&message, job),
                 provider_code,
             },
+            ProviderError::Refused { message, provider_code } => ProviderError::Refused {
+                message: crate::events::scrub_for(&message, job),
+                provider_code,
+            },
+        }
+    }
+
+    /// An error of `class`; only a transient one keeps `retry_after`.
+    pub fn of(
+        class: Class,
+        message: String,
+        provider_code: Option<ProviderCode>,
+        retry_after: Option<Duration>,
+    ) -> ProviderError {
+        match class {
+            Class::Transient => ProviderError::Transient {
+                message,
+                provider_code,
+                retry_after,
+            },
+            Class::Permanent => ProviderError::Permanent { message, provider_code },
+            Class::NextProvider => ProviderError::Refused { message, provider_code },
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            ProviderError::Transient { .. } => Class::Transient,
+            ProviderError::Permanent { .. } => Class::Permanent,
+            ProviderError::Refused { .. } => Class::NextProvider,
         }
     }
 
@@ -149,15 +288,17 @@ impl ProviderError {
 
     pub fn provider_code(&self) -> Option<&ProviderCode> {
         match self {
-            ProviderError::Transient { provider_code, .. } | ProviderError::Permanent { provider_code, .. } => {
-                provider_code.as_ref()
-            }
+            ProviderError::Transient { provider_code, .. }
+            | ProviderError::Permanent { provider_code, .. }
+            | ProviderError::Refused { provider_code, .. } => provider_code.as_ref(),
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            ProviderError::Transient { message, .. } | ProviderError::Permanent { message, .. } => message,
+            ProviderError::Transient { message, .. }
+            | ProviderError::Permanent { message, .. }
+            | ProviderError::Refused { message, .. } => message,
         }
     }
 }
@@ -167,8 +308,9 @@ pub trait Provider: Send + Sync {
     /// Which provider this is: its name in events and metric labels.
     fn name(&self) -> ProviderKind;
 
-    /// Sends one rendered message for `job`. Implementations must be bounded by the provider timeout.
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError>;
+    /// Sends one rendered message for `job`, worth delivering for `validity`. Implementations must be
+    /// bounded by the provider timeout.
+    async fn send(&self, job: &Job, message: &Rendered, validity: Validity) -> Result<Receipt, ProviderError>;
 }
 
 /// The destination number of a phone job; an email job is a permanent failure for a phone-only provider

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Provider, ProviderError, Receipt};
+use super::{Provider, ProviderError, Receipt, Validity};
 use crate::job::Job;
 use crate::templates::{PAUSE, Rendered};
 
@@ -47,7 +47,7 @@ impl Provider for Outbox {
         super::ProviderKind::Outbox
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let (subject, body, html) = match message {
             Rendered::Sms { body } => (None, Cow::Borrowed(body.as_str()), None),
             Rendered::Voice { text, .. } => (None, Cow::Owned(text.replace(PAUSE, " … ")), None),
@@ -78,8 +78,6 @@ impl Provider for Outbox {
             provider_code: None,
             retry_after: None,
         })?;
-        Ok(Receipt {
-            message_id: Some(format!("outbox-{}", job.id)),
-        })
+        Ok(Receipt::sent(Some(format!("outbox-{}", job.id))))
     }
 }

@@ -8,7 +8,10 @@ use serde_json::json;
 use url::Url;
 
 use super::http::{HttpClient, basic_authorization, exchange};
-use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
+use super::{
+    Ambiguous, Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, Validity, phone_of,
+    sender_without_plus,
+};
 use crate::config::PlivoConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -59,7 +62,7 @@ impl Provider for Plivo {
         ProviderKind::Plivo
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let Rendered::Sms { body } = message else {
             return Err(ProviderError::Permanent {
                 message: "plivo delivers SMS only".into(),
@@ -72,13 +75,17 @@ impl Provider for Plivo {
             .post(&self.url)
             .header(AUTHORIZATION, self.authorization.clone())
             .json(&json!({"src": self.from, "dst": dst, "text": body}));
-        let exchanged = exchange(self.name(), request).await?;
+        let exchanged = match exchange(self.name(), request).await {
+            Ok(answer) => answer,
+            Err(no_answer) => return no_answer.into_result(),
+        };
         let status = exchanged.status;
         let answer = serde_json::from_slice::<Answer>(&exchanged.body).ok();
         if status.is_success() {
             // Plivo has queued the message: an unreadable body must not make us send it twice.
-            return Ok(Receipt {
-                message_id: answer.and_then(|a| a.message_uuid.into_iter().next()),
+            return Ok(match answer.and_then(|a| a.message_uuid.into_iter().next()) {
+                Some(uuid) => Receipt::sent(Some(uuid)),
+                None => Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None),
             });
         }
         let detail = answer

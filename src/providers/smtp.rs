@@ -17,7 +17,7 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use tokio::sync::Semaphore;
 
-use super::{Provider, ProviderCode, ProviderError, Receipt};
+use super::{Provider, ProviderCode, ProviderError, Receipt, Validity};
 use crate::job::{Job, Recipient};
 use crate::templates::Rendered;
 
@@ -271,7 +271,7 @@ impl Provider for Smtp {
         super::ProviderKind::Smtp
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let (Rendered::Email { subject, text, html }, Recipient::Email(to)) = (message, &job.to) else {
             return Err(ProviderError::Permanent {
                 message: "smtp delivers email only".into(),
@@ -307,7 +307,7 @@ impl Provider for Smtp {
         // The whole exchange, connecting included, within the provider timeout. A connection dropped here
         // is closed with the future, never returned to the pool.
         match tokio::time::timeout(self.timeout, self.exchange(&envelope, &bytes)).await {
-            Ok(Ok(())) => Ok(Receipt { message_id }),
+            Ok(Ok(())) => Ok(Receipt::sent(message_id)),
             Ok(Err(e)) => Err(classify(&e)),
             Err(_) => Err(ProviderError::Transient {
                 message: "smtp timed out".into(),

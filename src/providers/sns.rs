@@ -16,7 +16,9 @@ use aws_sigv4::sign::v4;
 use url::Url;
 
 use super::http::{HttpClient, exchange};
-use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of};
+use super::{
+    Ambiguous, Class, Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, Validity, phone_of,
+};
 use crate::config::SnsConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -142,7 +144,7 @@ impl Provider for Sns {
         ProviderKind::Sns
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let Rendered::Sms { body } = message else {
             return Err(ProviderError::Permanent {
                 message: "sns delivers SMS only".into(),
@@ -157,13 +159,17 @@ impl Provider for Sns {
         for (name, value) in self.signature(form.as_bytes())? {
             request = request.header(name, value);
         }
-        let exchanged = exchange(self.name(), request.body(form)).await?;
+        let exchanged = match exchange(self.name(), request.body(form)).await {
+            Ok(answer) => answer,
+            Err(no_answer) => return no_answer.into_result(),
+        };
         let status = exchanged.status;
         let answer = String::from_utf8_lossy(&exchanged.body);
         if status.is_success() {
             // SNS accepted the publish: an unreadable body must not make us send it twice.
-            return Ok(Receipt {
-                message_id: xml_text(&answer, "MessageId"),
+            return Ok(match xml_text(&answer, "MessageId") {
+                Some(id) => Receipt::sent(Some(id)),
+                None => Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None),
             });
         }
         // Only an AWS error code's shape: what else the answer put in `<Code>` is dropped.
@@ -177,8 +183,8 @@ impl Provider for Sns {
             code.as_deref().unwrap_or("-")
         );
         Err(match code.as_deref() {
-            Some(c) if TRANSIENT_CODES.contains(&c) => exchanged.rejection(true, message, code),
-            Some(c) if PERMANENT_CODES.contains(&c) => exchanged.rejection(false, message, code),
+            Some(c) if TRANSIENT_CODES.contains(&c) => exchanged.rejection(Class::Transient, message, code),
+            Some(c) if PERMANENT_CODES.contains(&c) => exchanged.rejection(Class::Permanent, message, code),
             _ => exchanged.failure(message, code),
         })
     }

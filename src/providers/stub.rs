@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use crate::job::Job;
-use crate::providers::{Provider, ProviderError, ProviderKind, Receipt};
+use crate::providers::{Provider, ProviderError, ProviderKind, Receipt, Validity};
 use crate::templates::Rendered;
 
 /// Answers each call with the next scripted result, then with the last one again.
@@ -36,7 +36,7 @@ impl Provider for StubProvider {
         self.name
     }
 
-    async fn send(&self, job: &Job, _message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, _message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         self.calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())

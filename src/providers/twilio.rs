@@ -6,7 +6,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::http::{HttpClient, basic_authorization, exchange};
-use super::{Provider, ProviderCode, ProviderError, Receipt, SetupError};
+use super::{Ambiguous, Provider, ProviderCode, ProviderError, Receipt, SetupError, Validity};
 use crate::config::TwilioConfig;
 use crate::events::scrub;
 use crate::job::{Job, Locale};
@@ -87,12 +87,17 @@ impl Twilio {
             .post(url)
             .header(AUTHORIZATION, self.authorization.clone())
             .form(form);
-        let exchanged = exchange(self.name(), request).await?;
+        let exchanged = match exchange(self.name(), request).await {
+            Ok(answer) => answer,
+            Err(no_answer) => return no_answer.into_result(),
+        };
         let (status, body) = (exchanged.status, &exchanged.body);
         if status.is_success() {
             // Twilio has accepted the message: even an unreadable body must not make us send it twice.
-            let sid = serde_json::from_slice::<Created>(body).ok().and_then(|c| c.sid);
-            return Ok(Receipt { message_id: sid });
+            return Ok(match serde_json::from_slice::<Created>(body).ok().and_then(|c| c.sid) {
+                Some(sid) => Receipt::sent(Some(sid)),
+                None => Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None),
+            });
         }
         let error = serde_json::from_slice::<TwilioError>(body).ok();
         // Only an integer of Twilio's error dictionary: a `code` that echoes the request is dropped.
@@ -115,7 +120,7 @@ impl Provider for Twilio {
         super::ProviderKind::Twilio
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         match message {
             Rendered::Sms { body } => {
                 let sender = if self.messaging_service_sid.is_empty() {

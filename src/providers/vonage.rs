@@ -5,7 +5,10 @@ use serde::Deserialize;
 use url::Url;
 
 use super::http::{HttpClient, exchange};
-use super::{Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, phone_of, sender_without_plus};
+use super::{
+    Ambiguous, Class, Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, Validity, phone_of,
+    sender_without_plus,
+};
 use crate::config::VonageConfig;
 use crate::events::scrub;
 use crate::job::Job;
@@ -90,7 +93,7 @@ impl Provider for Vonage {
         ProviderKind::Vonage
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let Rendered::Sms { body } = message else {
             return Err(ProviderError::Permanent {
                 message: "vonage delivers SMS only".into(),
@@ -108,7 +111,10 @@ impl Provider for Vonage {
         if segments(body).encoding == Encoding::Ucs2 {
             form.push(("type", "unicode"));
         }
-        let exchanged = exchange(self.name(), self.client.post(&self.url).form(&form)).await?;
+        let exchanged = match exchange(self.name(), self.client.post(&self.url).form(&form)).await {
+            Ok(answer) => answer,
+            Err(no_answer) => return no_answer.into_result(),
+        };
         let answer = serde_json::from_slice::<Answer>(&exchanged.body).ok();
         if !exchanged.status.is_success() {
             let code = answer
@@ -118,19 +124,13 @@ impl Provider for Vonage {
             return Err(exchanged.failure(message, code));
         }
         let Some(answer) = answer.filter(|a| !a.messages.is_empty()) else {
-            // HTTP 200 without a readable verdict: whether Vonage took the message is unknown. Sending
-            // again risks a second SMS, losing the code is worse.
-            return Err(ProviderError::Transient {
-                message: "vonage answered HTTP 200 without a readable messages[].status".into(),
-                provider_code: None,
-                retry_after: None,
-            });
+            // HTTP 200 without a readable verdict: Vonage may have taken the message, so it is not sent
+            // again (README, "Providers").
+            return Ok(Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None));
         };
         // A long text is several messages: sent only if every part was taken.
         match answer.messages.iter().find(|m| m.status != "0") {
-            None => Ok(Receipt {
-                message_id: answer.messages.into_iter().find_map(|m| m.message_id),
-            }),
+            None => Ok(Receipt::sent(answer.messages.into_iter().find_map(|m| m.message_id))),
             Some(failed) => {
                 let (meaning, transient) = classify(&failed.status);
                 let detail = failed.error_text.as_deref().map(scrub).unwrap_or_default();
@@ -138,7 +138,8 @@ impl Provider for Vonage {
                 // The status is written only when it is one: what else Vonage put there is not repeated.
                 let status = code.as_deref().unwrap_or("-");
                 let message = format!("vonage status {status} ({meaning}): {detail}");
-                Err(exchanged.rejection(transient, message, code))
+                let class = if transient { Class::Transient } else { Class::Permanent };
+                Err(exchanged.rejection(class, message, code))
             }
         }
     }

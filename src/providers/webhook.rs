@@ -11,7 +11,7 @@ use sha2::Sha256;
 use url::Url;
 
 use super::http::{HttpClient, exchange};
-use super::{Provider, ProviderCode, ProviderError, Receipt};
+use super::{Provider, ProviderCode, ProviderError, Receipt, Validity};
 use crate::job::Job;
 use crate::templates::{PAUSE, Rendered};
 
@@ -123,7 +123,7 @@ impl Provider for Webhook {
         super::ProviderKind::Webhook
     }
 
-    async fn send(&self, job: &Job, message: &Rendered) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let body = serde_json::to_vec(&self.body(job, message)).map_err(|e| ProviderError::Permanent {
             message: format!("cannot encode webhook body: {e}"),
             provider_code: None,
@@ -136,8 +136,14 @@ impl Provider for Webhook {
             .header("webhook-id", &job.id)
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", sign(&self.key, &job.id, timestamp, &body))
+            // Receivers drop a second delivery of the same `webhook-id` (Standard Webhooks), so a request
+            // left unanswered is sent again rather than counted as sent.
+            .idempotent()
             .body(body);
-        let exchanged = exchange(self.name(), request).await?;
+        let exchanged = match exchange(self.name(), request).await {
+            Ok(answer) => answer,
+            Err(no_answer) => return no_answer.into_result(),
+        };
         let status = exchanged.status;
         let code = Some(ProviderCode::http_status(status));
         if status.is_success() {
@@ -159,7 +165,7 @@ impl Provider for Webhook {
                         .iter()
                         .find_map(|k| v.get(*k)?.as_str().map(str::to_owned))
                 });
-            return Ok(Receipt { message_id });
+            return Ok(Receipt::sent(message_id));
         }
         if status.is_redirection() {
             return Err(ProviderError::Permanent {
