@@ -198,10 +198,9 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     /// Whether the answer says it is an HTML page.
     pub html: bool,
-    /// At most 64 KiB of it.
+    /// At most 64 KiB of it; empty when a 2xx body could not be read whole (the provider took the
+    /// request, and each provider reads a 2xx it cannot understand as sent).
     pub body: Vec<u8>,
-    /// A 2xx whose body could not be read whole: `body` is empty, the provider took the request.
-    pub cut: bool,
 }
 
 /// An exchange that brought no answer to read.
@@ -235,8 +234,8 @@ enum Failed {
 /// Before the request was written whole (no connection, refused, reset while writing, an invalid
 /// request) it is a transient failure. After it, a timeout or a connection closed without an answer is
 /// [`NoAnswer::Unknown`], unless the request is [`Request::idempotent`]. A 2xx answer's body that cannot
-/// be read whole (cut, malformed, or still arriving at the timeout) is given as an answer with no body
-/// and `cut` set: the provider has taken the request, and each provider reads such a 2xx as sent.
+/// be read whole (cut, malformed, or still arriving at the timeout) is given as an answer with no body:
+/// the provider has taken the request, and each provider reads such a 2xx as sent.
 pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<Answer, NoAnswer> {
     let deadline = tokio::time::Instant::now() + request.client.timeout;
     let failed = |what: &str| {
@@ -273,7 +272,6 @@ pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<An
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/html"));
     let mut body = Vec::new();
-    let mut cut = false;
     match tokio::time::timeout_at(deadline, read_capped(response.into_body(), &mut body)).await {
         Ok(Ok(())) => {}
         _ if status.is_success() => {
@@ -283,7 +281,6 @@ pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<An
                 "the answer's body could not be read whole; read as an answer without a body"
             );
             body.clear();
-            cut = true;
         }
         // A failed answer cut short: the provider said it did not take the request.
         Ok(Err(_)) => return Err(failed("answer could not be read")),
@@ -294,7 +291,6 @@ pub async fn exchange(provider: ProviderKind, request: Request<'_>) -> Result<An
         retry_after,
         html,
         body,
-        cut,
     })
 }
 
@@ -416,7 +412,8 @@ pub fn http_failure(
         status,
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS | StatusCode::PROXY_AUTHENTICATION_REQUIRED
     ) || status.is_server_error();
-    ProviderError::classified(transient, message, provider_code, retry_after)
+    let class = if transient { Class::Transient } else { Class::Permanent };
+    ProviderError::of(class, message, provider_code, retry_after)
 }
 
 /// `Authorization: <scheme> <credentials>`, marked sensitive so that no log or Debug prints it.

@@ -153,10 +153,6 @@ impl Validity {
         })
     }
 
-    pub fn new(left: Duration) -> Validity {
-        Validity(left)
-    }
-
     /// Within a provider's allowed range.
     pub fn clamped(self, min: Duration, max: Duration) -> Duration {
         self.0.clamp(min, max)
@@ -261,24 +257,6 @@ impl ProviderError {
             ProviderError::Transient { .. } => Class::Transient,
             ProviderError::Permanent { .. } => Class::Permanent,
             ProviderError::Refused { .. } => Class::NextProvider,
-        }
-    }
-
-    /// `transient` says whether sending again can succeed; only then does `retry_after` matter.
-    pub fn classified(
-        transient: bool,
-        message: String,
-        provider_code: Option<ProviderCode>,
-        retry_after: Option<Duration>,
-    ) -> ProviderError {
-        if transient {
-            ProviderError::Transient {
-                message,
-                provider_code,
-                retry_after,
-            }
-        } else {
-            ProviderError::Permanent { message, provider_code }
         }
     }
 
