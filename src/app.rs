@@ -258,7 +258,11 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             return Ok(p.clone());
         }
         let p: Arc<dyn Provider> = match kind {
-            ProviderKind::Twilio => Arc::new(Twilio::new(&config.twilio, client.clone())?),
+            ProviderKind::Twilio => Arc::new(Twilio::new(
+                &config.twilio,
+                &config.templates.default_locale,
+                client.clone(),
+            )?),
             ProviderKind::Outbox => Arc::new(
                 Outbox::open(&config.outbox.path)
                     .with_context(|| format!("opening outbox.path {}", config.outbox.path.display()))?,

@@ -772,7 +772,7 @@ async fn a_provider_code_that_echoes_the_request_is_dropped() {
     let mut config = herald::config::Config::default();
     let twilio_with = |c: &mut herald::config::Config, url: &str| {
         helpers::twilio(c, url);
-        herald::providers::twilio::Twilio::new(&c.twilio, client()).unwrap()
+        herald::providers::twilio::Twilio::new(&c.twilio, &c.templates.default_locale, client()).unwrap()
     };
     let cases: Vec<(&str, Box<dyn Provider>, MockServer, &str)> = vec![
         {
@@ -1347,7 +1347,8 @@ async fn a_2xx_answer_whose_body_cannot_be_read_is_left_to_the_provider() {
         let server = RawServer::start(raw).await;
         let mut config = herald::config::Config::default();
         helpers::twilio(&mut config, server.url.as_str().trim_end_matches("/hook"));
-        let twilio = herald::providers::twilio::Twilio::new(&config.twilio, client()).unwrap();
+        let twilio =
+            herald::providers::twilio::Twilio::new(&config.twilio, &config.templates.default_locale, client()).unwrap();
         let started = std::time::Instant::now();
         let result = twilio
             .send(&phone_job(NUMBER), &sms("482913 is your code"), Validity::default())
@@ -1376,7 +1377,9 @@ fn phone_providers(base: &str) -> Vec<Box<dyn Provider>> {
     let mut config = herald::config::Config::default();
     helpers::twilio(&mut config, base);
     vec![
-        Box::new(herald::providers::twilio::Twilio::new(&config.twilio, client()).unwrap()),
+        Box::new(
+            herald::providers::twilio::Twilio::new(&config.twilio, &config.templates.default_locale, client()).unwrap(),
+        ),
         Box::new(Vonage::new(&vonage_config(base), client()).unwrap()),
         Box::new(Plivo::new(&plivo_config(base), client()).unwrap()),
         Box::new(Infobip::new(&infobip_config(base), client()).unwrap()),

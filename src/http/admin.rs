@@ -634,14 +634,14 @@ async fn preview(body: web::Json<Preview>, state: web::Data<AdminState>) -> Resu
     let id = template_id(&body.channel, &body.action, &locale)?;
     let sources = sources_of(&id, body.parts)?;
     let previewed = state.templates.preview(&id, &sources).map_err(ApiError::Invalid)?;
-    Ok(HttpResponse::Ok().json(describe_rendered(&previewed, &id)))
+    Ok(HttpResponse::Ok().json(describe_rendered(&previewed, &id, state.templates.default_locale())))
 }
 
-fn describe_rendered(previewed: &Previewed, id: &TemplateId) -> Value {
+fn describe_rendered(previewed: &Previewed, id: &TemplateId, default_locale: &crate::job::Locale) -> Value {
     let mut out = match &previewed.rendered {
         Rendered::Sms { body } => json!({ "text": body, "sms": crate::sms::segments(body) }),
         Rendered::Voice { text, language } => {
-            let twiml = crate::providers::twilio::twiml(text, language);
+            let twiml = crate::providers::twilio::twiml_in(text, language, default_locale);
             json!({
                 "text": text.replace(crate::templates::PAUSE, " … "),
                 "voice": { "twiml": twiml, "twiml_length": twiml.chars().count(), "twiml_limit": TWIML_LIMIT },

@@ -136,7 +136,7 @@ async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<
         .unwrap_or("");
     let token = twilio.auth_token.expose().as_bytes();
     let valid = !claimed.is_empty()
-        && signed_urls(&twilio.callback_url)
+        && twilio::signed_urls(&twilio.callback_url)
             .iter()
             .any(|url| twilio::signature_matches(token, url, &params, claimed));
     if !valid {
@@ -159,30 +159,6 @@ async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<
     let error_code = field("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned);
     let sid = sid.to_owned();
     answer(provider, receipts.apply(provider, &sid, status, error_code).await)
-}
-
-/// The URLs a Twilio signature may be over: the configured one, and the same without its fragment
-/// (connection overrides such as `#rc=3` are Twilio's instructions, not part of the request) and with
-/// or without the scheme's default port, which Twilio's own validators accept either way.
-fn signed_urls(configured: &str) -> Vec<String> {
-    let mut urls = vec![configured.to_owned()];
-    if let Some((bare, _)) = configured.split_once('#') {
-        urls.push(bare.to_owned());
-    }
-    let mut with_ports = Vec::new();
-    for url in &urls {
-        if let Ok(mut parsed) = url::Url::parse(url)
-            && parsed.port().is_none()
-            && let Some(port) = parsed.port_or_known_default()
-            && parsed.set_port(Some(port)).is_ok()
-        {
-            // `Url` drops a default port, so the text is built by hand.
-            let host = parsed.host_str().unwrap_or_default();
-            with_ports.push(url.replacen(host, &format!("{host}:{port}"), 1));
-        }
-    }
-    urls.extend(with_ports);
-    urls
 }
 
 /// A provider's message id as herald keeps it: 1-64 letters, digits, `-` or `_`.
@@ -344,20 +320,6 @@ pub fn webhook_signature_holds(key: &[u8], id: &str, timestamp: &str, signatures
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signed_urls_cover_fragment_and_default_port() {
-        assert_eq!(
-            signed_urls("https://h.test/p?a=1#rc=3"),
-            [
-                "https://h.test/p?a=1#rc=3",
-                "https://h.test/p?a=1",
-                "https://h.test:443/p?a=1#rc=3",
-                "https://h.test:443/p?a=1"
-            ]
-        );
-        assert_eq!(signed_urls("http://h.test:8080/p"), ["http://h.test:8080/p"]);
-    }
 
     #[test]
     fn a_webhook_id_is_taken_once_within_its_window() {

@@ -47,8 +47,13 @@ impl Status {
         Status::NoAnswer,
     ];
 
-    /// Twilio's spelling (`in-progress`, `no-answer`).
+    /// Twilio's spelling (`in-progress`, `no-answer`). Twilio's `partially_delivered` (a long message some of
+    /// whose parts were delivered, `message_enum_status` in twilio-oai) is final and is taken as
+    /// `undelivered`: the recipient may lack the part with the code, so it is no proof of delivery.
     pub fn parse(text: &str) -> Option<Status> {
+        if text == "partially_delivered" {
+            return Some(Status::Undelivered);
+        }
         Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
@@ -194,7 +199,9 @@ mod tests {
             assert!(s.fits(Channel::Sms) || s.fits(Channel::Voice), "{s}");
         }
         assert_eq!(Status::parse("Delivered"), None);
-        assert_eq!(Status::parse("partially_delivered"), None);
+        // Final, and no proof that the code arrived (was None: never final, failed before).
+        assert_eq!(Status::parse("partially_delivered"), Some(Status::Undelivered));
+        assert_eq!(Status::parse("partially-delivered"), None);
         let finals: Vec<&str> = Status::ALL
             .into_iter()
             .filter(|s| s.is_final())
