@@ -308,7 +308,7 @@ async fn preview_measures_sms_voice_and_email() {
         body["voice"]["twiml"]
             .as_str()
             .unwrap()
-            .contains("<Say language=\"fr-FR\">1. 2. 3. 4. 5. 6</Say>"),
+            .contains("<Say voice=\"Polly.Celine\" language=\"fr-FR\">1. 2. 3. 4. 5. 6</Say>"),
         "{body}"
     );
     assert_eq!(body["voice"]["twiml_limit"], 4000);
@@ -770,7 +770,7 @@ async fn preview_without_a_locale_uses_the_default_locale() {
         body["voice"]["twiml"]
             .as_str()
             .unwrap()
-            .contains("<Say language=\"fr-FR\">"),
+            .contains("<Say voice=\"Polly.Celine\" language=\"fr-FR\">"),
         "{body}"
     );
 }

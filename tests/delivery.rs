@@ -3,6 +3,9 @@
 
 mod helpers;
 
+#[path = "helpers/twilio_api.rs"]
+mod twilio_api;
+
 use helpers::{TestApp, assert_event_shape, form, job, twilio};
 use serde_json::json;
 use wiremock::matchers::{basic_auth, method, path};
@@ -128,7 +131,8 @@ async fn voice_calls_say_the_code_digit_by_digit_in_the_job_language() {
     let twiml = &fields["Twiml"];
     assert!(
         twiml.starts_with(
-            "<Response><Say language=\"es-MX\">Su código de verificación para Acme es:</Say><Pause length=\"1\"/>"
+            "<Response><Say voice=\"Polly.Mia\" language=\"es-MX\">Su código de verificación para Acme es:</Say>\
+             <Pause length=\"1\"/>"
         ),
         "{twiml}"
     );
@@ -171,7 +175,7 @@ async fn voice_without_a_locale_speaks_the_default_locale() {
     assert_eq!(app.next_event(20).await["type"], "gd_send_voice");
     let twiml = form(&server.received_requests().await.unwrap()[0].body)["Twiml"].clone();
     assert!(
-        twiml.starts_with("<Response><Say language=\"es-MX\">Su código"),
+        twiml.starts_with("<Response><Say voice=\"Polly.Mia\" language=\"es-MX\">Su código"),
         "{twiml}"
     );
     assert!(!twiml.contains("en-US"), "{twiml}");
@@ -287,6 +291,72 @@ async fn twilio_errors_become_failure_events_with_the_provider_code() {
     assert_eq!(dead.len(), 2);
     assert!(dead[0].1.starts_with("provider_rejected: "), "{}", dead[0].1);
     assert!(!dead[0].1.contains("4155550123"), "{}", dead[0].1);
+    app.stop().await;
+}
+
+/// The spec-built Twilio (helpers/twilio_api.rs) in front of herald: the SMS herald sends is CreateMessage
+/// as twilio-oai defines it, with the job's validity.
+async fn spec_twilio(
+    customize: impl FnOnce(&mut herald::config::Config),
+) -> (TestApp, twilio_api::TwilioApi, MockServer) {
+    let server = MockServer::start().await;
+    let api = twilio_api::TwilioApi::new("AC0123456789abcdef0123456789abcdef", "test-auth-token");
+    Mock::given(wiremock::matchers::any())
+        .respond_with(api.clone())
+        .mount(&server)
+        .await;
+    let app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        customize(c);
+    })
+    .await;
+    (app, api, server)
+}
+
+/// Issue 32's first finding: Twilio 21611 ("From queue full": send later) ended the job as permanent. It is
+/// transient: retried, then sent.
+#[tokio::test]
+async fn twilio_21611_queue_full_is_retried_and_then_sent() {
+    let (mut app, api, server) = spec_twilio(|c| {
+        c.retry.schedule = vec![herald::config::HumanDuration(std::time::Duration::from_millis(50)); 2];
+    })
+    .await;
+    api.then([twilio_api::Answer::Error(21611)]);
+    app.publish(&job("sms")).await;
+    let e = app.next_event(20).await;
+    assert_event_shape(&e);
+    assert_eq!(e["type"], "gd_send_sms", "{e}");
+    assert_eq!(e["provider"], "twilio");
+    assert_eq!(e["attempt"], 2);
+    assert_eq!(api.violations(), Vec::<String>::new());
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 2);
+    // retry.validity (10 min) for a job without expires_at.
+    assert_eq!(form(&requests[1].body)["ValidityPeriod"], "600");
+    app.stop().await;
+}
+
+/// Twilio 21408 (SMS not enabled for the region) is about this account, not the message: the next
+/// provider of the chain sends it in the same attempt (was permanent: the job failed).
+#[tokio::test]
+async fn twilio_21408_region_not_permitted_moves_to_the_next_provider() {
+    let (mut app, api, _server) = spec_twilio(|c| {
+        c.channels.sms = Some(vec![
+            herald::config::ProviderKind::Twilio,
+            herald::config::ProviderKind::Outbox,
+        ]);
+        c.retry.schedule = vec![];
+    })
+    .await;
+    api.then([twilio_api::Answer::Error(21408)]);
+    let j = job("sms");
+    app.publish(&j).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["type"], "gd_send_sms", "{e}");
+    assert_eq!(e["provider"], "outbox");
+    assert_eq!(e["attempt"], 1);
+    assert_eq!(app.outbox_lines().len(), 1);
+    assert_eq!(api.violations(), Vec::<String>::new());
     app.stop().await;
 }
 

@@ -146,8 +146,9 @@ async fn status_callback_is_requested_and_final_statuses_event_once() {
         200
     );
     assert_eq!(app.try_next_event(1).await, None);
-    // A call's status for a message, and a word outside the vocabulary: ignored, nothing moves.
-    for status in ["completed", "partially_delivered"] {
+    // A call's status for a message, and a word outside the vocabulary (an inbound message's status):
+    // ignored, nothing moves.
+    for status in ["completed", "receiving"] {
         assert_eq!(
             callback(&host(&app), &message_status(&message, status, None)).await,
             200
@@ -203,6 +204,59 @@ async fn status_callback_is_requested_and_final_statuses_event_once() {
         let name = format!(r#"herald_receipts_total{{provider="twilio",result="{result}"}}"#);
         assert_eq!(metric(&m, &name), n, "{name}");
     }
+    app.stop().await;
+}
+
+/// Twilio's `partially_delivered` (twilio-oai `message_enum_status`) is final: evented once, as
+/// `undelivered` (the part with the code may be missing), and counted as unverified. Failed before: it was
+/// outside the vocabulary and the job never got a final status.
+#[tokio::test]
+async fn partially_delivered_is_a_final_status_evented_as_undelivered() {
+    let message = sid("SM");
+    let server = twilio_server(&message).await;
+    let mut app = TestApp::spawn(|c| with_receipts(c, &server)).await;
+    let sent = send(&mut app, "sms").await;
+    let partly = message_status(&message, "partially_delivered", Some("30008"));
+    assert_eq!(callback(&host(&app), &partly).await, 200);
+    let event = app.next_event(10).await;
+    assert_eq!(event["type"], "gd_send_sms_status");
+    assert_eq!(event["job_id"], sent["job_id"]);
+    assert_eq!(event["status"], "undelivered");
+    assert_eq!(event["error_code"], "30008");
+    // Final: a later `delivered` moves nothing.
+    assert_eq!(
+        callback(&host(&app), &message_status(&message, "delivered", None)).await,
+        200
+    );
+    assert_eq!(app.try_next_event(1).await, None);
+    let m = app.metrics().await;
+    let undelivered = r#"gd_send_delivery_total{channel="sms",country="1",provider="twilio",status="undelivered"}"#;
+    assert_eq!(metric(&m, undelivered), 1.0, "{m}");
+    app.stop().await;
+}
+
+/// herald's public URL written with a port: Twilio may sign it with the port or without, and herald takes
+/// both as twilio-python's `RequestValidator.validate` does (failed before: only the URL as written).
+#[tokio::test]
+async fn a_callback_signed_over_the_url_without_its_port_is_taken() {
+    const WITH_PORT: &str = "https://herald.example.test:8443/providers/twilio/status";
+    let message = sid("SM");
+    let server = twilio_server(&message).await;
+    let mut app = TestApp::spawn(|c| {
+        twilio(c, &server.uri());
+        c.twilio.status_callback_url = Some(WITH_PORT.parse().unwrap());
+    })
+    .await;
+    send(&mut app, "sms").await;
+    let params = message_status(&message, "delivered", None);
+    let sign = |url: &str| herald::providers::twilio::signature(TOKEN.as_bytes(), url, &params);
+    // Another port: refused.
+    let other = sign("https://herald.example.test:8444/providers/twilio/status");
+    assert_eq!(post(&host(&app), encode(&params), Some(&other)).await, 403);
+    let without_port = sign("https://herald.example.test/providers/twilio/status");
+    assert_eq!(post(&host(&app), encode(&params), Some(&without_port)).await, 200);
+    let event = app.next_event(10).await;
+    assert_eq!(event["status"], "delivered");
     app.stop().await;
 }
 
