@@ -87,9 +87,9 @@ impl TwilioApi {
         error(21604, None)
     }
 
-    fn check(&self, request: &Request) -> Result<Resource, ResponseTemplate> {
+    fn check(&self, request: &Request) -> Result<Resource, Box<ResponseTemplate>> {
         if request.method.as_str() != "POST" {
-            return Err(self.violation(format!("method {}", request.method)));
+            return Err(Box::new(self.violation(format!("method {}", request.method))));
         }
         let messages = format!("/2010-04-01/Accounts/{}/Messages.json", self.account_sid);
         let calls = format!("/2010-04-01/Accounts/{}/Calls.json", self.account_sid);
@@ -97,10 +97,10 @@ impl TwilioApi {
             p if p == messages => Resource::Message,
             p if p == calls => Resource::Call,
             // Another account's or no resource: Twilio's 404.
-            _ => return Err(error(20404, None)),
+            _ => return Err(Box::new(error(20404, None))),
         };
         if request.url.query().is_some() {
-            return Err(self.violation("a query string".into()));
+            return Err(Box::new(self.violation("a query string".into())));
         }
         let expected = format!(
             "Basic {}",
@@ -108,11 +108,11 @@ impl TwilioApi {
         );
         let authorization = request.headers.get("authorization").and_then(|v| v.to_str().ok());
         if authorization != Some(expected.as_str()) {
-            return Err(error(20003, None));
+            return Err(Box::new(error(20003, None)));
         }
         let content_type = request.headers.get("content-type").and_then(|v| v.to_str().ok());
         if content_type != Some("application/x-www-form-urlencoded") {
-            return Err(self.violation(format!("content type {content_type:?}")));
+            return Err(Box::new(self.violation(format!("content type {content_type:?}"))));
         }
         let fields: Vec<(String, String)> = url::form_urlencoded::parse(&request.body).into_owned().collect();
         let problems = match resource {
@@ -120,7 +120,7 @@ impl TwilioApi {
             Resource::Call => check_call(&fields),
         };
         if !problems.is_empty() {
-            return Err(self.violation(problems.join("; ")));
+            return Err(Box::new(self.violation(problems.join("; "))));
         }
         Ok(resource)
     }
@@ -189,7 +189,7 @@ fn check_message(fields: &[(String, String)]) -> Vec<String> {
     }
     match (get(&fields, "From"), get(&fields, "MessagingServiceSid")) {
         (None, None) => problems.push("neither From nor MessagingServiceSid".into()),
-        (Some(from), _) if from.is_empty() => problems.push("From is empty".into()),
+        (Some(""), _) => problems.push("From is empty".into()),
         (_, Some(sid))
             if !(sid.len() == 34 && sid.starts_with("MG") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())) =>
         {
@@ -270,7 +270,7 @@ impl Respond for TwilioApi {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let resource = match self.check(request) {
             Ok(resource) => resource,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let (answer, n) = {
             let mut state = self.state.lock().unwrap();
