@@ -402,46 +402,75 @@ const fn say(language: &'static str, voice: &'static str) -> SayVoice {
     SayVoice { language, voice }
 }
 
-/// One voice per language Twilio lists. Amazon Polly's standard voices where Polly has one for the language
-/// (https://docs.aws.amazon.com/polly/latest/dg/standard-voices.html; Twilio bills standard voices at its
-/// basic text-to-speech price, neural and generative ones at a premium), the first female voice of each,
-/// as Twilio's own default `alice` was; Google's standard voice for the languages the legacy `alice` list
-/// had and Polly's standard engine does not (Catalan, Finnish, Taiwanese Mandarin, Cantonese). The first
-/// entry of a language is its default region: en-US, es-MX (Latin American Spanish, as herald has sent since
-/// its first release), pt-BR, fr-FR, cmn-CN.
+/// One voice per language of Twilio's list that has a standard voice (the `language` values and voice names
+/// as Twilio's SDKs generate them from its TwiML definition, e.g. twilio-node's `SayLanguage` and
+/// `SayVoice`). Amazon Polly's standard voice where Polly has one for the language
+/// (https://docs.aws.amazon.com/polly/latest/dg/standard-voices.html), the first female one, as Twilio's
+/// old default `alice` was; else Google's first standard voice (`…-Standard-A`). Standard voices are billed
+/// at Twilio's basic text-to-speech price, neural and generative ones at a premium, so the languages Twilio
+/// speaks only with those (en-CA, en-IE, en-NZ, en-ZA, de-AT, fr-BE, ar-AE) take their language's default
+/// region instead. Twilio's legacy `zh-CN`, `zh-HK`, `zh-TW` (the `alice` voice's) are reached through
+/// cmn-CN, yue-HK and cmn-TW. The first entry of a language is its default region: en-US, es-MX (Latin
+/// American Spanish, as herald has sent since its first release), fr-FR, nl-NL, pt-BR.
 pub const SAY_VOICES: &[SayVoice] = &[
     say("en-US", "Polly.Joanna"),
     say("en-GB", "Polly.Amy"),
     say("en-AU", "Polly.Nicole"),
     say("en-IN", "Polly.Aditi"),
     say("en-GB-WLS", "Polly.Geraint"),
+    say("af-ZA", "Google.af-ZA-Standard-A"),
+    say("am-ET", "Google.am-ET-Standard-A"),
     say("arb", "Polly.Zeina"),
+    say("ar-XA", "Google.ar-XA-Standard-A"),
+    say("bg-BG", "Google.bg-BG-Standard-A"),
+    say("bn-IN", "Google.bn-IN-Standard-A"),
     say("ca-ES", "Google.ca-ES-Standard-A"),
     say("cmn-CN", "Polly.Zhiyu"),
     say("cmn-TW", "Google.cmn-TW-Standard-A"),
+    say("cs-CZ", "Google.cs-CZ-Standard-A"),
     say("cy-GB", "Polly.Gwyneth"),
     say("da-DK", "Polly.Naja"),
     say("de-DE", "Polly.Marlene"),
+    say("el-GR", "Google.el-GR-Standard-A"),
     say("es-MX", "Polly.Mia"),
     say("es-ES", "Polly.Conchita"),
     say("es-US", "Polly.Lupe"),
     say("fi-FI", "Google.fi-FI-Standard-A"),
+    say("fil-PH", "Google.fil-PH-Standard-A"),
     say("fr-FR", "Polly.Celine"),
     say("fr-CA", "Polly.Chantal"),
+    say("gu-IN", "Google.gu-IN-Standard-A"),
+    say("he-IL", "Google.he-IL-Standard-A"),
     say("hi-IN", "Polly.Aditi"),
+    say("hu-HU", "Google.hu-HU-Standard-A"),
+    say("id-ID", "Google.id-ID-Standard-A"),
     say("is-IS", "Polly.Dora"),
     say("it-IT", "Polly.Carla"),
     say("ja-JP", "Polly.Mizuki"),
+    say("kn-IN", "Google.kn-IN-Standard-A"),
     say("ko-KR", "Polly.Seoyeon"),
+    say("lv-LV", "Google.lv-LV-Standard-A"),
+    say("ml-IN", "Google.ml-IN-Standard-A"),
+    say("mr-IN", "Google.mr-IN-Standard-A"),
+    say("ms-MY", "Google.ms-MY-Standard-A"),
     say("nb-NO", "Polly.Liv"),
     say("nl-NL", "Polly.Lotte"),
+    say("nl-BE", "Google.nl-BE-Standard-A"),
+    say("pa-IN", "Google.pa-IN-Standard-A"),
     say("pl-PL", "Polly.Ewa"),
     say("pt-BR", "Polly.Camila"),
     say("pt-PT", "Polly.Ines"),
     say("ro-RO", "Polly.Carmen"),
     say("ru-RU", "Polly.Tatyana"),
+    say("sk-SK", "Google.sk-SK-Standard-A"),
+    say("sr-RS", "Google.sr-RS-Standard-A"),
     say("sv-SE", "Polly.Astrid"),
+    say("ta-IN", "Google.ta-IN-Standard-A"),
+    say("te-IN", "Google.te-IN-Standard-A"),
+    say("th-TH", "Google.th-TH-Standard-A"),
     say("tr-TR", "Polly.Filiz"),
+    say("uk-UA", "Google.uk-UA-Standard-A"),
+    say("vi-VN", "Google.vi-VN-Standard-A"),
     say("yue-HK", "Google.yue-HK-Standard-A"),
 ];
 
@@ -724,10 +753,13 @@ mod tests {
             ("ca", Some("ca-ES")),
             ("fi-FI", Some("fi-FI")),
             ("ja", Some("ja-JP")),
+            ("el", Some("el-GR")),
+            ("en-IE", Some("en-US")),
+            ("uk", Some("uk-UA")),
             // Languages Twilio has no voice for: the caller speaks the default locale's.
             ("sw", None),
             ("xx", None),
-            ("el-GR", None),
+            ("ga-IE", None),
         ] {
             assert_eq!(voice_of(tag), language, "{tag}");
         }
