@@ -68,6 +68,8 @@ async fn sms_reaches_twilio_with_form_fields_and_basic_auth_and_one_event_per_jo
     assert_eq!(fields["To"], "+14155550123");
     assert_eq!(fields["From"], "+15005550006");
     assert_eq!(fields["Body"], "482913 is your verification code for Acme.");
+    // No expires_at: retry.validity (10 min), so that Twilio never delivers the code hours late.
+    assert_eq!(fields["ValidityPeriod"], "600");
     assert!(!fields.contains_key("MessagingServiceSid"));
     // No `twilio.status_callback_url`: no receipts asked for (tests/receipts.rs has them).
     assert!(!fields.contains_key("StatusCallback"));
