@@ -53,7 +53,9 @@ async fn over_the_user_limit_a_job_ends_throttled_and_is_not_sent() {
 
 #[tokio::test]
 async fn a_denied_country_is_blocked() {
-    let mut app = TestApp::spawn(|c| c.throttle.countries_deny = vec![225]).await;
+    let mut app =
+        TestApp::spawn(|c| c.throttle.countries_deny = vec![herald::numbering::Destination::parse("225").unwrap()])
+            .await;
     let mut j = job("sms");
     j["to"] = "+2250700000001".into();
     app.publish(&j).await;
