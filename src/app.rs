@@ -16,6 +16,7 @@ use crate::feedback::FeedbackConsumer;
 use crate::fraud::{self, Guard};
 use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
+use crate::numbering::Destination;
 use crate::providers::Provider;
 use crate::providers::http::HttpClient;
 use crate::providers::infobip::Infobip;
@@ -291,7 +292,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
         Ok(p)
     };
     let mut default = PerChannel::<Chain>::default();
-    let mut by_country = PerChannel::<HashMap<u16, Chain>>::default();
+    let mut by_destination = PerChannel::<Vec<(Destination, Chain)>>::default();
     for channel in Channel::ALL {
         let key = chain_key(channel);
         *default.get_mut(channel) = config
@@ -300,13 +301,15 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             .map(|kind| provider(kind, &key))
             .collect::<anyhow::Result<Chain>>()?;
         for (code, kinds) in config.routing.routes(channel).into_iter().flatten() {
-            let key = route_key(channel, *code);
+            let key = route_key(channel, code);
             let chain = kinds
                 .iter()
                 .map(|kind| provider(*kind, &key))
                 .collect::<anyhow::Result<Chain>>()?;
-            by_country.get_mut(channel).insert(code.get(), chain);
+            by_destination.get_mut(channel).push((code.clone(), chain));
         }
     }
-    Ok(Routes::new(default, by_country))
+    let by_destination =
+        PerChannel::from_fn(|channel| std::mem::take(by_destination.get_mut(channel)).into_iter().collect());
+    Ok(Routes::new(default, by_destination))
 }

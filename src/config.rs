@@ -25,7 +25,8 @@ pub use values::{
 };
 pub use warnings::{KNOWN_ADMIN_TOKENS, Warning};
 
-use crate::job::{CallingCode, Channel, Locale, PhoneNumber};
+use crate::job::{Channel, Locale, PhoneNumber};
+use crate::numbering::Destination;
 pub use crate::providers::ProviderKind;
 use crate::providers::smtp::Target;
 use values::{blank_is_none, text};
@@ -167,20 +168,21 @@ pub struct TwilioConfig {
     pub status_callback_url: Option<HttpUrl>,
 }
 
-/// `[routing.sms]` / `[routing.voice]`: an E.164 calling code → the provider chain for destinations in it
-/// (contract §6). A phone job whose country has no entry uses `[channels]`.
+/// `[routing.sms]` / `[routing.voice]`: a destination (calling code `"44"`, longer prefix `"1876"` or region
+/// `"JM"`) → the provider chain for numbers in it, the most specific key winning (contract §6). A phone job
+/// no key names uses `[channels]`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sms: BTreeMap<CallingCode, Vec<ProviderKind>>,
+    pub sms: BTreeMap<Destination, Vec<ProviderKind>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub voice: BTreeMap<CallingCode, Vec<ProviderKind>>,
+    pub voice: BTreeMap<Destination, Vec<ProviderKind>>,
 }
 
 impl RoutingConfig {
     /// The routes of a channel (email has none: an address has no country).
-    pub fn routes(&self, channel: Channel) -> Option<&BTreeMap<CallingCode, Vec<ProviderKind>>> {
+    pub fn routes(&self, channel: Channel) -> Option<&BTreeMap<Destination, Vec<ProviderKind>>> {
         match channel {
             Channel::Sms => Some(&self.sms),
             Channel::Voice => Some(&self.voice),
@@ -383,8 +385,10 @@ pub struct ThrottleConfig {
     pub ipv6_prefix: u8,
     #[serde(with = "blank_is_none")]
     pub global_phone: Option<Rate>,
-    pub countries_allow: Vec<u16>,
-    pub countries_deny: Vec<u16>,
+    /// Destinations (calling code, prefix or region) phone jobs may go to; empty = all.
+    pub countries_allow: Vec<Destination>,
+    /// Destinations refused; the most specific entry of either list decides, deny winning a tie.
+    pub countries_deny: Vec<Destination>,
 }
 
 /// `[fraud]`: the adaptive toll-fraud guard (contract §12); [`FraudConfig::settings`] is what the guard
@@ -395,8 +399,8 @@ pub struct FraudConfig {
     pub mode: crate::fraud::Mode,
     /// E.164 prefixes (`+1415`) the guard never refuses.
     pub allow_prefixes: Vec<String>,
-    /// Calling codes the guard never refuses.
-    pub allow_countries: Vec<u16>,
+    /// Destinations (calling code, prefix or region) the guard never refuses.
+    pub allow_countries: Vec<Destination>,
     /// Unverified codes each verified code earns a destination.
     pub ratio: f64,
     pub country_hourly_floor: u32,
@@ -621,7 +625,7 @@ impl Config {
             .collect();
         for channel in Channel::ALL {
             for (code, chain) in self.routing.routes(channel).into_iter().flatten() {
-                chains.push((route_key(channel, *code), channel, chain.clone()));
+                chains.push((route_key(channel, code), channel, chain.clone()));
             }
         }
         chains
@@ -727,9 +731,9 @@ pub fn chain_key(channel: Channel) -> String {
     format!("channels.{}", channel.as_str())
 }
 
-/// `routing.sms.44`: the key of a country's provider chain.
-pub fn route_key(channel: Channel, code: CallingCode) -> String {
-    format!("routing.{}.{code}", channel.as_str())
+/// `routing.sms.44`, `routing.sms.JM`: the key of a destination's provider chain.
+pub fn route_key(channel: Channel, destination: &Destination) -> String {
+    format!("routing.{}.{destination}", channel.as_str())
 }
 
 #[cfg(test)]

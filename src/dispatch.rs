@@ -523,7 +523,7 @@ mod tests {
     async fn a_denied_country_is_blocked_before_any_provider() {
         let a = stub(ProviderKind::Vonage, vec![sent("SM1")]);
         let limits = ThrottleConfig {
-            countries_deny: vec![1],
+            countries_deny: vec![crate::numbering::Destination::parse("1").unwrap()],
             ..ThrottleConfig::unlimited()
         };
         let d = dispatcher(vec![a.clone()], limits);
@@ -544,7 +544,12 @@ mod tests {
                 ..PerChannel::default()
             },
             PerChannel {
-                sms: [(44, vec![uk.clone() as Arc<dyn Provider>])].into(),
+                sms: [(
+                    crate::numbering::Destination::parse("44").unwrap(),
+                    vec![uk.clone() as Arc<dyn Provider>],
+                )]
+                .into_iter()
+                .collect(),
                 ..PerChannel::default()
             },
         );

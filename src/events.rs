@@ -323,8 +323,8 @@ pub fn public_user_id(user_id: &str) -> String {
     user_id
         .split('|')
         .map(|part| {
-            if let Ok(phone) = crate::job::PhoneNumber::parse(part) {
-                phone.masked()
+            if let Some(masked) = crate::job::PhoneNumber::mask_text(part) {
+                masked
             } else if part.contains('@')
                 && let Ok(email) = crate::job::EmailAddress::parse(part)
             {
@@ -479,6 +479,8 @@ mod tests {
             ),
             ("+14155550199", "+1415*****99"),
             ("sms|+14155550199", "sms|+1415*****99"),
+            // Not a possible number for +1 (one digit short), but a number all the same.
+            ("sms|+1415555019", "sms|+1415****19"),
             ("jane.doe@example.com", "j***@***.com"),
             ("email|jane.doe@example.com", "email|j***@***.com"),
             ("u1", "u1"),

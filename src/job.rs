@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use crate::numbering::{self, Region};
+
 /// Largest accepted body (contract §3).
 pub const MAX_BODY: usize = 16 * 1024;
 /// The most vars a job may carry, each at most [`MAX_VAR_VALUE`] bytes: the templates' checks render the
@@ -107,10 +109,6 @@ impl Action {
     }
 }
 
-mod calling_codes {
-    include!(concat!(env!("OUT_DIR"), "/calling_codes.rs"));
-}
-
 /// An assigned E.164 country calling code (`1`, `44`, `225`): a key of `[routing.sms]`, written as its digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallingCode(u16);
@@ -131,10 +129,9 @@ impl CallingCode {
             return Err(CallingCodeError::Form);
         }
         let code: u16 = s.parse().map_err(|_| CallingCodeError::Form)?;
-        calling_codes::CALLING_CODES
-            .binary_search(&code)
+        numbering::meta(code)
             .map(|_| CallingCode(code))
-            .map_err(|_| CallingCodeError::Unassigned)
+            .ok_or(CallingCodeError::Unassigned)
     }
 
     pub fn get(self) -> u16 {
@@ -162,64 +159,115 @@ impl<'de> Deserialize<'de> for CallingCode {
     }
 }
 
-/// An E.164 number: `+` then 8–15 digits, the first not 0. `Debug` is masked.
+/// An E.164 number, checked once against libphonenumber's metadata (through [`numbering`]): `+`, then a
+/// calling code, then a national number of a length some region of that calling code has. Its range need
+/// not be in the metadata: new ranges open before libraries learn them, and the provider decides. A number
+/// whose calling code the metadata does not know is kept to E.164's shape (8 to 15 digits), as before.
+/// `Debug` is masked.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PhoneNumber(String);
+pub struct PhoneNumber {
+    e164: String,
+    code: Option<CallingCode>,
+    /// The region the metadata puts the number in (`JM` for +1 876), kept for routing and allow lists.
+    region: Option<Region>,
+}
 
 /// What is wrong with an E.164 number, never quoting it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PhoneNumberError {
     #[error("must start with `+` (E.164)")]
     NoPlus,
-    #[error("must be `+` followed by 8 to 15 digits (E.164)")]
+    #[error("must be `+` followed by 15 digits at most (E.164)")]
     Digits,
     #[error("country calling code cannot start with 0")]
     LeadingZero,
+    #[error("is too short or too long for its country calling code (E.164)")]
+    Length,
 }
+
+/// E.164: at most 15 digits, calling code included.
+const MAX_E164_DIGITS: usize = 15;
 
 impl PhoneNumber {
     pub fn parse(s: &str) -> Result<PhoneNumber, PhoneNumberError> {
         let digits = s.strip_prefix('+').ok_or(PhoneNumberError::NoPlus)?;
-        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        if digits.is_empty() || digits.len() > MAX_E164_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(PhoneNumberError::Digits);
         }
         if digits.starts_with('0') {
             return Err(PhoneNumberError::LeadingZero);
         }
-        Ok(PhoneNumber(s.to_owned()))
+        let Some(meta) = numbering::code_of(digits) else {
+            if digits.len() < 8 {
+                return Err(PhoneNumberError::Length);
+            }
+            return Ok(PhoneNumber {
+                e164: s.to_owned(),
+                code: None,
+                region: None,
+            });
+        };
+        let national = &digits[meta.code.to_string().len()..];
+        if !numbering::possible_length(meta, national.len()) {
+            return Err(PhoneNumberError::Length);
+        }
+        Ok(PhoneNumber {
+            e164: s.to_owned(),
+            code: Some(CallingCode(meta.code)),
+            region: numbering::region_of(meta, national),
+        })
     }
 
     /// The full number, for providers only: never log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.e164
     }
 
     pub fn digits(&self) -> &str {
-        &self.0[1..]
+        &self.e164[1..]
     }
 
     /// The E.164 country calling code (`1`, `44`, `225`), from libphonenumber's metadata.
-    /// Calling codes are prefix-free, so the first 1–3 digit prefix that is assigned is the one.
     pub fn country_code(&self) -> Option<u16> {
-        (1..=3).find_map(|n| {
-            let code: u16 = self.digits()[..n].parse().ok()?;
-            calling_codes::CALLING_CODES.binary_search(&code).ok().map(|_| code)
-        })
+        self.code.map(CallingCode::get)
+    }
+
+    pub fn calling_code(&self) -> Option<CallingCode> {
+        self.code
+    }
+
+    /// The region libphonenumber's metadata puts the number in (`JM` for +1 876, `KZ` for +7 7, `GG` for
+    /// +44 1481); the calling code's main region for a range it does not list; none for non-geographic
+    /// calling codes (+800, +882, …) and unknown ones.
+    pub fn region(&self) -> Option<Region> {
+        self.region
     }
 
     /// `+1415*****23`: calling code and area kept for ops, the subscriber part hidden.
     pub fn masked(&self) -> String {
-        let digits = self.digits();
-        let keep_head = if digits.len() >= 10 { 4 } else { 2 };
-        let keep_tail = 2;
-        let hidden = digits.len() - keep_head - keep_tail;
-        format!(
-            "+{}{}{}",
-            &digits[..keep_head],
-            "*".repeat(hidden),
-            &digits[digits.len() - keep_tail..]
-        )
+        mask_digits(self.digits())
     }
+
+    /// [`PhoneNumber::masked`] of any text shaped like an E.164 number (`+` and 4 to 15 digits), whether
+    /// or not it is a possible number: for text that may hold one (user ids), where a number refused by
+    /// [`PhoneNumber::parse`] must not be shown in full either.
+    pub fn mask_text(s: &str) -> Option<String> {
+        let digits = s.strip_prefix('+')?;
+        ((4..=MAX_E164_DIGITS).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| mask_digits(digits))
+    }
+}
+
+fn mask_digits(digits: &str) -> String {
+    let keep_head = if digits.len() >= 10 { 4 } else { 2 };
+    let keep_tail = if digits.len() > keep_head + 2 { 2 } else { 0 };
+    let hidden = digits.len().saturating_sub(keep_head + keep_tail);
+    format!(
+        "+{}{}{}",
+        digits.get(..keep_head).unwrap_or(""),
+        "*".repeat(hidden),
+        digits.get(digits.len() - keep_tail..).unwrap_or("")
+    )
 }
 
 impl fmt::Debug for PhoneNumber {
@@ -1019,7 +1067,9 @@ mod tests {
         let p = PhoneNumber::parse("+14155550123").unwrap();
         assert_eq!(p.masked(), "+1415*****23");
         assert_eq!(format!("{p:?}"), "PhoneNumber(+1415*****23)");
-        assert_eq!(PhoneNumber::parse("+22512345").unwrap().masked(), "+22****45");
+        assert_eq!(PhoneNumber::parse("+2250712345678").unwrap().masked(), "+2250*******78");
+        // The shortest numbers (Niue's 4-digit fixed lines) still hide their subscriber part.
+        assert_eq!(PhoneNumber::parse("+6837012").unwrap().masked(), "+68***12");
         assert_eq!(format!("{:?}", OtpCode::parse("482913").unwrap()), "OtpCode(***)");
     }
 
@@ -1030,6 +1080,90 @@ mod tests {
         assert_eq!(cc("+447700900123"), Some(44));
         assert_eq!(cc("+2250700000000"), Some(225));
         assert_eq!(cc("+99912345678"), None);
+    }
+
+    /// Lengths are libphonenumber's possible lengths of the calling code, across all its regions; the old
+    /// hand check (`+` and 8–15 digits) refused Niue's 4-digit fixed lines (7 digits with +683).
+    #[test]
+    fn numbers_are_refused_only_for_a_length_their_calling_code_cannot_have() {
+        let cases: &[(&str, bool)] = &[
+            ("+6837012", true),
+            ("+6838884012", true),
+            ("+68370123", false),
+            ("+683701", false),
+            ("+14155550123", true),
+            ("+1415555012", false),
+            ("+141555501234", false),
+            ("+2250712345678", true),
+            ("+22507123456", false),
+            ("+447700900123", true),
+            ("+44770090012", true),
+            ("+4477009001234", false),
+            ("+2905123", true),
+            ("+290512", false),
+            // +882 (non-geographic): lengths of every network under it.
+            ("+882345678901", true),
+            // Unknown calling codes keep E.164's shape.
+            ("+99912345678", true),
+            ("+9991234", false),
+            ("+1234567890123456", false),
+            ("+", false),
+        ];
+        for (number, accepted) in cases {
+            assert_eq!(PhoneNumber::parse(number).is_ok(), *accepted, "{number}");
+        }
+        assert_eq!(PhoneNumber::parse("+1415555012"), Err(PhoneNumberError::Length));
+    }
+
+    /// A range the metadata does not list is still a number: the provider decides. It keeps the calling
+    /// code's main region.
+    #[test]
+    fn a_range_not_in_the_metadata_is_accepted() {
+        let region = |s: &str| PhoneNumber::parse(s).unwrap().region().map(|r| r.to_string());
+        // +1 999 is not an area code (yet); +33 0… is no French range; +44 0… no British one.
+        assert_eq!(region("+19995550123").as_deref(), Some("US"));
+        assert_eq!(region("+33012345678").as_deref(), Some("FR"));
+        assert_eq!(region("+440012345678").as_deref(), Some("GB"));
+        assert_eq!(region("+76012345678").as_deref(), Some("RU"));
+        assert_eq!(region("+882345678901"), None, "non-geographic");
+        assert_eq!(region("+99912345678"), None, "unknown calling code");
+    }
+
+    #[test]
+    fn regions_from_metadata() {
+        let region = |s: &str| PhoneNumber::parse(s).unwrap().region().map(|r| r.to_string());
+        let cases: &[(&str, &str)] = &[
+            ("+12125550123", "US"),
+            ("+14155550123", "US"),
+            ("+18765550123", "JM"),
+            ("+16585550123", "JM"),
+            ("+14165550123", "CA"),
+            ("+12425550123", "BS"),
+            ("+17875550123", "PR"),
+            ("+77012345678", "KZ"),
+            ("+77272123456", "KZ"),
+            ("+74951234567", "RU"),
+            ("+79161234567", "RU"),
+            ("+441481256789", "GG"),
+            ("+447781123456", "GG"),
+            ("+441534456789", "JE"),
+            ("+441624756789", "IM"),
+            ("+442071234567", "GB"),
+            ("+447700900123", "GB"),
+            ("+6837012", "NU"),
+            ("+2250700000000", "CI"),
+            ("+5926001234", "GY"),
+        ];
+        for (number, want) in cases {
+            assert_eq!(region(number).as_deref(), Some(*want), "{number}");
+        }
+        let jm = PhoneNumber::parse("+18765550123").unwrap();
+        assert_eq!(jm.calling_code().map(CallingCode::get), Some(1));
+        assert_eq!(
+            Recipient::Phone(jm).country_label(),
+            "1",
+            "the label stays the calling code"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod http;
 pub mod job;
 pub mod logging;
 pub mod metrics;
+pub mod numbering;
 pub mod providers;
 pub mod receipts;
 pub mod reply;

@@ -1,10 +1,11 @@
-//! Which provider chain a job goes through: the chain of its destination's country calling code when
-//! `[routing.<channel>]` has one (contract §6), else the channel's `[channels]` chain.
+//! Which provider chain a job goes through: the chain of the most specific `[routing.<channel>]` key naming
+//! its number — a prefix longer than the calling code (`"1876"`), then a region (`"JM"`), then a calling code
+//! (`"1"`) (contract §6) — else the channel's `[channels]` chain.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::job::{Job, PerChannel, Recipient};
+use crate::numbering::DestinationMap;
 use crate::providers::Provider;
 
 pub type Chain = Vec<Arc<dyn Provider>>;
@@ -12,33 +13,34 @@ pub type Chain = Vec<Arc<dyn Provider>>;
 #[derive(Default)]
 pub struct Routes {
     default: PerChannel<Chain>,
-    /// Calling code → chain, per channel (email has none: an address has no country).
-    by_country: PerChannel<HashMap<u16, Chain>>,
+    /// Destination → chain, per channel (email has none: an address has no country).
+    by_destination: PerChannel<DestinationMap<Chain>>,
 }
 
 impl Routes {
-    pub fn new(default: PerChannel<Chain>, by_country: PerChannel<HashMap<u16, Chain>>) -> Routes {
-        Routes { default, by_country }
+    pub fn new(default: PerChannel<Chain>, by_destination: PerChannel<DestinationMap<Chain>>) -> Routes {
+        Routes {
+            default,
+            by_destination,
+        }
     }
 
-    /// The chain for `job`: its country's, else its channel's.
+    /// The chain for `job`: its destination's, else its channel's.
     pub fn chain(&self, job: &Job) -> &[Arc<dyn Provider>] {
-        let country = match &job.to {
-            Recipient::Phone(number) => number.country_code(),
+        let routed = match &job.to {
+            Recipient::Phone(number) => self.by_destination.get(job.channel).get(number),
             Recipient::Email(_) => None,
         };
-        country
-            .and_then(|code| self.by_country.get(job.channel).get(&code))
-            .unwrap_or_else(|| self.default.get(job.channel))
+        routed.unwrap_or_else(|| self.default.get(job.channel))
     }
 }
 
 impl From<PerChannel<Chain>> for Routes {
-    /// Channel chains only, no routing by country.
+    /// Channel chains only, no routing by destination.
     fn from(default: PerChannel<Chain>) -> Routes {
         Routes {
             default,
-            by_country: PerChannel::default(),
+            by_destination: PerChannel::default(),
         }
     }
 }

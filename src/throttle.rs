@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Rate, ThrottleConfig};
 use crate::events::Scope;
 use crate::job::{Channel, Job, Recipient};
+use crate::numbering;
 
 /// One configured limit. Each has its own limiter (its own quota) and a `scope` for events and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,14 +434,12 @@ impl<C: Clock + Clone> Throttle<C> {
         &self.local
     }
 
-    /// The destination policy: allow/deny lists of E.164 calling codes.
+    /// The destination policy: allow/deny lists of calling codes, prefixes and regions, the most specific
+    /// entry naming the number deciding (deny wins a tie). The verdict names the calling code (a label).
     fn destination(&self, job: &Job) -> Option<Verdict> {
         let Recipient::Phone(phone) = &job.to else { return None };
-        let code = phone.country_code();
-        let allowed =
-            self.config.countries_allow.is_empty() || code.is_some_and(|c| self.config.countries_allow.contains(&c));
-        let denied = code.is_some_and(|c| self.config.countries_deny.contains(&c));
-        (!allowed || denied).then(|| Verdict::Blocked(code.map_or_else(|| "unknown".into(), |c| c.to_string())))
+        let permitted = numbering::permitted(&self.config.countries_allow, &self.config.countries_deny, phone);
+        (!permitted).then(|| Verdict::Blocked(job.to.country_label()))
     }
 
     /// One job's limits, taken if all have room. `Taken` is what to give back should the job not be sent
@@ -637,10 +636,16 @@ mod tests {
         ThrottleConfig::unlimited()
     }
 
+    fn destinations(keys: &[&str]) -> Vec<crate::numbering::Destination> {
+        keys.iter()
+            .map(|k| crate::numbering::Destination::parse(k).unwrap())
+            .collect()
+    }
+
     #[test]
     fn countries_allow_and_deny() {
         let config = ThrottleConfig {
-            countries_deny: vec![225],
+            countries_deny: destinations(&["225"]),
             ..ThrottleConfig::default()
         };
         let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
@@ -653,7 +658,7 @@ mod tests {
             Verdict::Allow
         );
         let config = ThrottleConfig {
-            countries_allow: vec![1, 44],
+            countries_allow: destinations(&["1", "44"]),
             ..ThrottleConfig::default()
         };
         let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
@@ -667,6 +672,53 @@ mod tests {
         );
         let email = job("email", "a@b.co", "u", "192.0.2.1");
         assert_eq!(t.check_local(&email), Verdict::Allow, "lists apply to phones only");
+    }
+
+    /// Calling codes, prefixes and regions (contract §6): the most specific entry naming the number
+    /// decides, deny winning a tie, and the verdict names the calling code (the `country` label).
+    #[test]
+    fn allow_and_deny_take_calling_codes_prefixes_and_regions() {
+        let us = "+12125550123";
+        let jm = "+18765550123";
+        let kz = "+77012345678";
+        let ru = "+74951234567";
+        let gg = "+441481256789";
+        let gb = "+442071234567";
+        // (allow, deny, [(number, the calling code it is blocked under, if it is)]).
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [(&'a str, Option<&'a str>)]);
+        let cases: &[Case] = &[
+            // A region carved out of its calling code, both ways.
+            (&["1"], &["JM"], &[(us, None), (jm, Some("1"))]),
+            (&["JM"], &["1"], &[(us, Some("1")), (jm, None)]),
+            // A prefix is more specific than a region.
+            (&["1876"], &["JM"], &[(jm, None), (us, Some("1"))]),
+            (&["JM"], &["1876"], &[(jm, Some("1"))]),
+            (&[], &["KZ"], &[(kz, Some("7")), (ru, None)]),
+            (&["RU"], &[], &[(ru, None), (kz, Some("7"))]),
+            (&[], &["GG"], &[(gg, Some("44")), (gb, None)]),
+            (&["44"], &["441481"], &[(gg, Some("44")), (gb, None)]),
+            // Ties: deny wins.
+            (&["JM"], &["JM"], &[(jm, Some("1"))]),
+            (&["1876"], &["1876"], &[(jm, Some("1"))]),
+            // The longer prefix wins.
+            (&["18765"], &["1876"], &[(jm, None), ("+18764550123", Some("1"))]),
+        ];
+        for (allow, deny, numbers) in cases {
+            let config = ThrottleConfig {
+                countries_allow: destinations(allow),
+                countries_deny: destinations(deny),
+                ..ThrottleConfig::default()
+            };
+            let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
+            for (to, blocked) in *numbers {
+                let want = blocked.map_or(Verdict::Allow, |c| Verdict::Blocked(c.into()));
+                assert_eq!(
+                    t.check_local(&job("sms", to, "u", "192.0.2.1")),
+                    want,
+                    "allow {allow:?} deny {deny:?}: {to}"
+                );
+            }
+        }
     }
 
     #[test]

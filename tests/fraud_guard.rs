@@ -138,12 +138,13 @@ fn real_traffic(
 /// `total` SMS over `hours` starting on `day`, each to a random number in one of three premium ranges
 /// in countries with no real users, from a fresh user id and IP every time.
 fn attack(rng: &mut fastrand::Rng, out: &mut Vec<Request>, next_id: &mut usize, total: usize, day: u64, hours: u64) {
-    let ranges = ["+8821654", "+2413271", "+3705583"];
+    // With each one's length (with the `+`): one its calling code has (libphonenumber's metadata).
+    let ranges = [("+8821654", 13), ("+2413271", 12), ("+3705583", 12)];
     let start = START + day * DAY + 9 * 3600;
     for i in 0..total {
         *next_id += 1;
-        let range = ranges[rng.usize(..ranges.len())];
-        let to = number(rng, range, 13);
+        let (range, len) = ranges[rng.usize(..ranges.len())];
+        let to = number(rng, range, len);
         let ip = format!("{}.{}.{}.{}", rng.u8(1..224), rng.u8(..), rng.u8(..), rng.u8(1..255));
         out.push(Request {
             at: start + (i as u64 * hours * 3600) / total as u64,

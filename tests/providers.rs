@@ -10,7 +10,8 @@ use std::time::Duration;
 use base64::Engine;
 use helpers::{TestApp, form, job};
 use herald::config::{HttpUrl, InfobipConfig, PlivoConfig, ProviderKind, Secret, SnsConfig, VonageConfig};
-use herald::job::{CallingCode, Job, Locale};
+use herald::job::{Job, Locale};
+use herald::numbering::Destination;
 use herald::providers::http::HttpClient;
 use herald::providers::infobip::Infobip;
 use herald::providers::plivo::Plivo;
@@ -931,7 +932,7 @@ async fn a_job_goes_to_its_countrys_chain_else_to_the_channel_chain() {
         with_vonage(c, &vonage.uri());
         with_plivo(c, &plivo.uri());
         c.channels.sms = Some(vec![ProviderKind::Vonage]);
-        c.routing.sms = [(CallingCode::parse("44").unwrap(), vec![ProviderKind::Plivo])].into();
+        c.routing.sms = [(Destination::parse("44").unwrap(), vec![ProviderKind::Plivo])].into();
     })
     .await;
     let mut uk = job("sms");
@@ -964,7 +965,7 @@ async fn a_voice_call_fails_over_from_infobip_to_twilio_and_routes_by_country() 
         helpers::twilio(c, &twilio.uri());
         c.channels.voice = Some(vec![ProviderKind::Twilio]);
         c.routing.voice = [(
-            CallingCode::parse("44").unwrap(),
+            Destination::parse("44").unwrap(),
             vec![ProviderKind::Infobip, ProviderKind::Twilio],
         )]
         .into();

@@ -53,7 +53,9 @@ async fn over_the_user_limit_a_job_ends_throttled_and_is_not_sent() {
 
 #[tokio::test]
 async fn a_denied_country_is_blocked() {
-    let mut app = TestApp::spawn(|c| c.throttle.countries_deny = vec![225]).await;
+    let mut app =
+        TestApp::spawn(|c| c.throttle.countries_deny = vec![herald::numbering::Destination::parse("225").unwrap()])
+            .await;
     let mut j = job("sms");
     j["to"] = "+2250700000001".into();
     app.publish(&j).await;
@@ -69,6 +71,37 @@ async fn a_denied_country_is_blocked() {
         ),
         1.0
     );
+    app.stop().await;
+}
+
+/// A region carved out of an allowed calling code (contract §6): `countries_allow = ["1"]` with
+/// `countries_deny = ["JM"]` sends to New York, not to Jamaica; the label stays the calling code.
+#[tokio::test]
+async fn a_denied_region_of_an_allowed_calling_code_is_blocked() {
+    let mut app = TestApp::spawn(|c| {
+        let keys = |keys: &[&str]| {
+            keys.iter()
+                .map(|k| herald::numbering::Destination::parse(k).unwrap())
+                .collect()
+        };
+        c.throttle.countries_allow = keys(&["1"]);
+        c.throttle.countries_deny = keys(&["JM"]);
+    })
+    .await;
+    let mut jm = job("sms");
+    jm["to"] = "+18765550123".into();
+    let mut us = job("sms");
+    us["to"] = "+12125550123".into();
+    app.publish(&jm).await;
+    app.publish(&us).await;
+    let events = app.events(2).await;
+    let of = |j: &serde_json::Value| events.iter().find(|e| e["job_id"] == j["id"]).unwrap().clone();
+    assert_eq!(of(&jm)["error"]["code"], "blocked_destination", "{}", of(&jm));
+    assert_eq!(of(&jm)["country"], "1");
+    assert_eq!(of(&us)["type"], "gd_send_sms", "{}", of(&us));
+    let outbox = app.outbox_lines();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0]["to"], "+12125550123");
     app.stop().await;
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::job::CallingCode;
+use crate::numbering::Destination;
 
 fn repo_file(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -206,7 +206,9 @@ fn to_env_gives_the_configuration_back() {
     config.throttle.user_phone = None;
     config.throttle.ip = Some("3/90s burst 7".parse().unwrap());
     config.throttle.global_phone = Some("2000/m".parse().unwrap());
-    config.throttle.countries_deny = vec![44, 225];
+    config.throttle.countries_deny = ["44", "225", "1876", "JM"]
+        .map(|d| Destination::parse(d).unwrap())
+        .into();
     config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(50)); 2];
     config.retry.provider_timeout = HumanDuration(std::time::Duration::from_secs(90));
 
@@ -313,7 +315,7 @@ fn routing_and_provider_sections_round_trip_and_name_their_keys() {
     config.sns.secret_access_key = Secret::new("ss3cr3t");
     config.sns.sender_id = "Acme".into();
     config.channels.sms = Some(vec![ProviderKind::Vonage]);
-    let code = |c: &str| CallingCode::parse(c).unwrap();
+    let code = |c: &str| Destination::parse(c).unwrap();
     config.routing.sms = [
         (code("44"), vec![ProviderKind::Infobip, ProviderKind::Plivo]),
         (code("1"), vec![ProviderKind::Sns]),
@@ -470,4 +472,61 @@ fn consuming_channels_out_of_range_are_refused_naming_the_key() {
     // More channels than the prefetch window loads: herald opens one channel per job of the window.
     config.amqp.prefetch = 1;
     config.validate().unwrap();
+}
+
+/// Routing, allow and deny keys take a calling code, a longer prefix or a region (contract §6); garbage is
+/// refused at load naming the key. `countries_deny = [225]` (integers, as before regions) still loads.
+#[test]
+fn destination_keys_take_three_forms_and_name_their_key() {
+    let load = |vars: &[(&str, &str)]| {
+        Config::load_from(None, vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))).map_err(|e| e.to_string())
+    };
+    let c = load(&[
+        (
+            "HERALD_ROUTING__SMS",
+            r#"{"1" = ["outbox"], "JM" = ["outbox"], "1876" = ["outbox"], "gg" = ["outbox"]}"#,
+        ),
+        ("HERALD_THROTTLE__COUNTRIES_ALLOW", r#"[1, "44", "KZ", "1876"]"#),
+        ("HERALD_THROTTLE__COUNTRIES_DENY", r#"["JM", 225]"#),
+        ("HERALD_FRAUD__ALLOW_COUNTRIES", r#"["GG", "4478", 33]"#),
+    ])
+    .unwrap();
+    let shown = |list: &[Destination]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(
+        c.routing.sms.keys().map(ToString::to_string).collect::<Vec<_>>(),
+        ["1", "GG", "JM", "1876"]
+    );
+    assert_eq!(shown(&c.throttle.countries_allow), ["1", "44", "KZ", "1876"]);
+    assert_eq!(shown(&c.throttle.countries_deny), ["JM", "225"]);
+    assert_eq!(shown(&c.fraud.allow_countries), ["GG", "4478", "33"]);
+    let keys: Vec<String> = c.chains().into_iter().map(|(k, _, _)| k).collect();
+    assert!(keys.contains(&"routing.sms.JM".to_owned()) && keys.contains(&"routing.sms.1876".to_owned()));
+    // Written back the way it was read.
+    assert_eq!(Config::load_from(None, c.to_env().unwrap()).unwrap(), c);
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("HERALD_ROUTING__SMS", r#"{"ZZ" = ["outbox"]}"#, "routing.sms.ZZ"),
+        ("HERALD_ROUTING__VOICE", r#"{"UK" = ["outbox"]}"#, "routing.voice.UK"),
+        ("HERALD_ROUTING__SMS", r#"{"9991" = ["outbox"]}"#, "routing.sms.9991"),
+        ("HERALD_ROUTING__SMS", r#"{"1-876" = ["outbox"]}"#, "routing.sms.1-876"),
+        (
+            "HERALD_THROTTLE__COUNTRIES_DENY",
+            r#"["XX"]"#,
+            "throttle.countries_deny",
+        ),
+        (
+            "HERALD_THROTTLE__COUNTRIES_ALLOW",
+            r#"[999]"#,
+            "throttle.countries_allow",
+        ),
+        ("HERALD_FRAUD__ALLOW_COUNTRIES", r#"["+44"]"#, "fraud.allow_countries"),
+    ];
+    for (var, value, key) in cases {
+        let err = load(&[(var, value)]).expect_err(key);
+        assert!(err.contains(key), "{var}={value}: {err}");
+        assert!(
+            err.contains("not a calling code, prefix or region"),
+            "{var}={value}: {err}"
+        );
+    }
 }

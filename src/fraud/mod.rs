@@ -56,9 +56,9 @@ impl Mode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub mode: Mode,
-    /// E.164 prefixes (`+1415`) and calling codes the guard never refuses.
+    /// E.164 prefixes (`+1415`) and destinations (calling codes, prefixes, regions) the guard never refuses.
     pub allow_prefixes: Vec<String>,
-    pub allow_countries: Vec<u16>,
+    pub allow_countries: Vec<crate::numbering::Destination>,
     /// Unverified codes each verified one earns.
     pub ratio: f64,
     pub country: Floors,
@@ -85,7 +85,7 @@ impl Settings {
         self.allow_prefixes
             .iter()
             .any(|p| phone.expose().starts_with(p.as_str()))
-            || phone.country_code().is_some_and(|c| self.allow_countries.contains(&c))
+            || crate::numbering::names(&self.allow_countries, phone)
     }
 }
 
@@ -503,12 +503,8 @@ impl Guard {
     /// number prefix) `digits` — its country and its range — and the IP if given, the counts, the budget
     /// and whether one more unverified code fits now. `None` when `digits` has no calling code.
     pub async fn explain(&self, digits: &str, ip: Option<IpAddr>) -> Result<Option<Vec<Explained>>, redis::RedisError> {
-        // Calling codes are 1-3 digits and prefix-free: padding a short prefix cannot change its code.
-        let padded = format!("+{digits:0<8}");
-        let Some(country) = crate::job::PhoneNumber::parse(&padded)
-            .ok()
-            .and_then(|p| p.country_code())
-        else {
+        // A prefix, not a whole number: only its calling code is looked up.
+        let Some(country) = crate::numbering::code_of(digits).map(|meta| meta.code) else {
             return Ok(None);
         };
         let n = usize::from(self.settings.prefix_digits).min(digits.len());
@@ -646,6 +642,35 @@ mod tests {
         assert!(!off.contains("fallback on"), "{off}");
         assert!(start_up_line(&settings(Mode::Monitor, None)).contains("refuses nothing"));
         assert!(start_up_line(&settings(Mode::Off, None)).contains("off"));
+    }
+
+    /// `allow_countries` takes calling codes, prefixes and regions (contract §6).
+    #[test]
+    fn allow_countries_take_calling_codes_prefixes_and_regions() {
+        let phone = |to: &str| {
+            let body = serde_json::json!({"id": "j", "channel": "sms", "to": to, "code": "123456", "user_id": "u"});
+            Job::from_json(body.to_string().as_bytes()).unwrap()
+        };
+        let cases: &[(&str, &[(&str, bool)])] = &[
+            (
+                "1",
+                &[("+12125550123", true), ("+18765550123", true), ("+447700900123", false)],
+            ),
+            (
+                "JM",
+                &[("+18765550123", true), ("+16585550123", true), ("+12125550123", false)],
+            ),
+            ("1876", &[("+18765550123", true), ("+16585550123", false)]),
+            ("KZ", &[("+77012345678", true), ("+74951234567", false)]),
+            ("GG", &[("+441481256789", true), ("+442071234567", false)]),
+        ];
+        for (key, numbers) in cases {
+            let mut s = settings(Mode::Enforce, None);
+            s.allow_countries = vec![crate::numbering::Destination::parse(key).unwrap()];
+            for (to, allowed) in *numbers {
+                assert_eq!(s.allowed(&phone(to)), *allowed, "allow_countries = [{key:?}]: {to}");
+            }
+        }
     }
 
     #[test]
