@@ -16,6 +16,8 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 /// herald's public URLs as an operator configures them (the providers sign over these).
 const VONAGE_CALLBACK: &str = "https://herald.example.test/providers/vonage/status";
+/// With a query of its own, which Vonage repeats in a GET receipt beside its (signed) parameters.
+const VONAGE_CALLBACK_QUERY: &str = "https://herald.example.test/providers/vonage/status?tenant=acme";
 const PLIVO_CALLBACK: &str = "https://herald.example.test/providers/plivo/status";
 const INFOBIP_CALLBACK: &str = "https://herald.example.test/providers/infobip/status";
 const VONAGE_SECRET: &str = "vonage-signature-secret";
@@ -295,7 +297,8 @@ async fn vonage_post(app: &TestApp, params: &[(String, String)], via: Via) -> u1
     let url = app.url("/providers/vonage/status");
     let client = reqwest::Client::new();
     let request = match via {
-        Via::Get => client.get(format!("{url}?{}", encode(params))),
+        // As Vonage calls VONAGE_CALLBACK_QUERY: its own query first.
+        Via::Get => client.get(format!("{url}?tenant=acme&{}", encode(params))),
         Via::Form => client
             .post(url)
             .header("content-type", "application/x-www-form-urlencoded")
@@ -374,12 +377,17 @@ async fn vonage_receipts_are_asked_for_and_taken_only_signed() {
     app.stop().await;
 }
 
-/// Receipts by GET (Vonage's default) and as JSON, HMAC-SHA256 signed: `expired` is undelivered with
+/// Receipts by GET (Vonage's default, the callback URL's own query beside them) and as JSON, HMAC-SHA256
+/// signed: `expired` is undelivered with
 /// Vonage's `err-code`, `rejected` is failed.
 #[tokio::test]
 async fn vonage_receipts_come_by_get_or_json_with_an_hmac_signature() {
-    let server = vonage_server(Some(VONAGE_CALLBACK)).await;
-    let mut app = TestApp::spawn(|c| vonage(c, &server, VonageSignatureMethod::Sha256)).await;
+    let server = vonage_server(Some(VONAGE_CALLBACK_QUERY)).await;
+    let mut app = TestApp::spawn(|c| {
+        vonage(c, &server, VonageSignatureMethod::Sha256);
+        c.vonage.status_callback_url = Some(VONAGE_CALLBACK_QUERY.parse().unwrap());
+    })
+    .await;
     let first = send(&mut app, "sms").await;
     let second = send(&mut app, "sms").await;
     let id = |e: &Value| e["provider_message_id"].as_str().unwrap().to_owned();
@@ -873,6 +881,22 @@ async fn infobip_reports_are_asked_for_and_taken_only_with_the_token() {
     }
     assert_eq!(app.try_next_event(1).await, None, "a refused report changed something");
 
+    // A batch bigger than a single callback's 16 KiB is taken (a hundred reports of messages herald never
+    // sent: counted unknown); one over 256 KiB is not read.
+    let strangers: Vec<Value> = (0..100)
+        .map(|i| {
+            sms_report(
+                &format!("stranger-{i}"),
+                (3, "DELIVERED"),
+                "DELIVERED_TO_HANDSET",
+                (0, "OK", "NO_ERROR"),
+            )
+        })
+        .collect();
+    assert!(json!({"results": strangers}).to_string().len() > 16 * 1024);
+    assert_eq!(infobip_post(&app, &token, strangers.clone()).await, 200);
+    let flood: Vec<Value> = strangers.iter().cycle().take(700).cloned().collect();
+    assert_eq!(infobip_post(&app, &token, flood).await, 413);
     // A batch: ours, and one for a message herald never sent.
     let other = sms_report(
         "not-ours-1",
@@ -902,7 +926,8 @@ async fn infobip_reports_are_asked_for_and_taken_only_with_the_token() {
     assert_eq!(delivery(&m, "sms", "infobip", "undelivered"), 1.0, "{m}");
     assert_eq!(delivery(&m, "sms", "infobip", "delivered"), 0.0, "{m}");
     assert_eq!(rejected(&m, "infobip", "signature"), 4.0);
-    assert_eq!(taken(&m, "infobip", "unknown"), 1.0);
+    assert_eq!(taken(&m, "infobip", "unknown"), 101.0);
+    assert_eq!(rejected(&m, "infobip", "too_large"), 1.0);
     assert_eq!(taken(&m, "infobip", "final"), 1.0);
     assert_eq!(taken(&m, "infobip", "duplicate"), 2.0);
     app.stop().await;

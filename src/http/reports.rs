@@ -82,7 +82,14 @@ async fn vonage_status(req: HttpRequest, payload: web::Payload, data: web::Data<
         };
     // Vonage sends receipts as a GET query, a POST form or POST JSON, as the account is set up.
     let params = if req.method() == actix_web::http::Method::GET {
-        Some(form(req.query_string().as_bytes()))
+        // Less the callback URL's own query, which Vonage does not sign.
+        let mut params = form(req.query_string().as_bytes());
+        for own in &vonage.url_query {
+            if let Some(at) = params.iter().position(|p| p == own) {
+                params.remove(at);
+            }
+        }
+        Some(params)
     } else if is_json(&req) {
         json_params(&body)
     } else {

@@ -257,6 +257,9 @@ pub struct TwilioReceipts {
 pub struct VonageReceipts {
     pub secret: Secret,
     pub method: VonageSignatureMethod,
+    /// The query of `vonage.status_callback_url`: a receipt by GET carries it beside Vonage's own
+    /// parameters, which alone are signed.
+    pub url_query: Vec<(String, String)>,
 }
 
 /// Plivo's side: the URL it calls back (its V3 signatures cover it) and the auth token that keys them.
@@ -341,9 +344,10 @@ impl Receipts {
                 .status_callback_url
                 .as_ref()
                 .filter(|_| !config.vonage.signature_secret.is_blank())
-                .map(|_| VonageReceipts {
+                .map(|url| VonageReceipts {
                     secret: config.vonage.signature_secret.clone(),
                     method: config.vonage.signature_method,
+                    url_query: url.as_url().query_pairs().into_owned().collect(),
                 }),
             plivo: config
                 .plivo
