@@ -1011,3 +1011,65 @@ async fn without_status_callback_urls_nothing_is_asked_and_the_routes_are_not_th
     assert_eq!(send(&mut app, "sms").await["provider"], "plivo");
     app.stop().await;
 }
+
+/// The logs (at trace level) of a herald process taking reports, refused and not, show no number, code,
+/// token or body.
+#[tokio::test]
+async fn reports_leave_no_number_code_token_or_body_in_the_log() {
+    let server = infobip_server(Some(infobip_notify_url())).await;
+    let mut broker = helpers::Broker::new(|c| infobip(c, &server)).await;
+    let mut env = helpers::process_env(&broker.config);
+    env.push(("RUST_LOG".into(), "trace".into()));
+    let mut herald = helpers::HeraldProcess::start(&env);
+    let logs = herald.logs();
+    let http = logs
+        .lines()
+        .find(|l| l.contains("http listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.trim().to_owned())
+        .unwrap_or_else(|| panic!("no http address in the log:\n{logs}"));
+    broker.publish(&job("sms")).await;
+    let sent = broker.next_outcome(20).await;
+    let id = sent["provider_message_id"].as_str().unwrap().to_owned();
+    let report = sms_report(
+        &id,
+        (2, "UNDELIVERABLE"),
+        "UNDELIVERABLE_NOT_DELIVERED",
+        (27, "HANDSET_ERRORS", "EC_ABSENT_SUBSCRIBER"),
+    );
+    let post = |query: String| {
+        let body = json!({"results": [report.clone()]});
+        let url = format!("http://{http}/providers/infobip/status{query}");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(post("?token=wrong-token-value".into()).await, 403);
+    }
+    assert_eq!(post(format!("?token={INFOBIP_TOKEN}")).await, 200);
+    let event = broker.next_event(10).await;
+    assert_eq!(event["type"], "gd_send_sms_status");
+    assert_eq!(herald.terminate(), Some(0));
+    let logs = herald.logs();
+    for secret in [
+        "4155550123",
+        "482913",
+        INFOBIP_TOKEN,
+        "wrong-token-value",
+        "infobip-key",
+        "UNDELIVERABLE_NOT_DELIVERED",
+        "bulk-1",
+    ] {
+        if let Some(at) = logs.find(secret) {
+            let line = logs[..at].rsplit('\n').next().unwrap_or_default();
+            panic!("`{secret}` is in the log: {line}…");
+        }
+    }
+}

@@ -177,3 +177,30 @@ async fn infobip_status(req: HttpRequest, payload: web::Payload, data: web::Data
     }
     answer(provider, again.map_or(Ok(crate::receipts::Applied::Ignored), Err))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON receipts are signed over their decoded values, written as Python writes them.
+    #[test]
+    fn json_receipts_become_the_parameters_vonage_signs() {
+        let params =
+            json_params(br#"{"messageId":"0A1","price":"0.03","network-code":310090,"flag":true,"none":null}"#);
+        let mut params = params.unwrap();
+        params.sort();
+        assert_eq!(
+            params,
+            [
+                ("flag".to_owned(), "True".to_owned()),
+                ("messageId".into(), "0A1".into()),
+                ("network-code".into(), "310090".into()),
+                ("none".into(), "None".into()),
+                ("price".into(), "0.03".into()),
+            ]
+        );
+        assert_eq!(json_params(br#"{"nested":{"a":1}}"#), None);
+        assert_eq!(json_params(b"[1]"), None);
+        assert_eq!(json_params(b"not json"), None);
+    }
+}

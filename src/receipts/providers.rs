@@ -628,6 +628,13 @@ mod tests {
         assert_eq!(voice.error_code(), None);
         assert_eq!(bare.reported()[0], Reported::message(Status::Delivered));
         assert_eq!(bare.error_code(), None);
+        // A name longer than an event's error code may be: its id instead.
+        let long: infobip::Report = serde_json::from_value(serde_json::json!({
+            "messageId": "m4", "status": {"groupName": "UNDELIVERABLE"},
+            "error": {"groupName": "HANDSET_ERRORS", "id": 21, "name": "EC_SM_DF_MEMORY_CAPACITY_EXCEEDED_X"},
+        }))
+        .unwrap();
+        assert_eq!(long.error_code().as_deref(), Some("21"));
         // Each applies to its own channel only.
         assert!(voice.reported()[0].applies_to(Channel::Voice));
         assert!(!voice.reported()[0].applies_to(Channel::Sms));
