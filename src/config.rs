@@ -200,6 +200,30 @@ pub struct VonageConfig {
     /// Sender: a number (E.164) or an alphanumeric sender id where the country allows one.
     pub from: String,
     pub base_url: HttpUrl,
+    /// herald's public URL of `/providers/vonage/status` (contract §6.2): sent as `callback` with
+    /// `status-report-req=1` on every message. `""` = unset: no receipts.
+    #[serde(with = "blank_is_none", default)]
+    pub status_callback_url: Option<HttpUrl>,
+    /// The account's signature secret: delivery receipts are taken only signed with it.
+    #[serde(default)]
+    pub signature_secret: Secret,
+    /// The signature method set for the account in Vonage's dashboard.
+    #[serde(default)]
+    pub signature_method: VonageSignatureMethod,
+}
+
+/// How Vonage signs its requests (https://developer.vonage.com/en/getting-started/concepts/signing-messages):
+/// the MD5 hash of the parameters followed by the secret, or an HMAC keyed with it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VonageSignatureMethod {
+    /// `md5(&k=v…` + secret`)`, Vonage's default.
+    #[default]
+    Md5hash,
+    Md5,
+    Sha1,
+    Sha256,
+    Sha512,
 }
 
 /// Plivo Messages API (`POST {base_url}/v1/Account/{auth_id}/Message/`).
@@ -211,6 +235,10 @@ pub struct PlivoConfig {
     /// Sender: a Plivo number (E.164) or an alphanumeric sender id.
     pub from: String,
     pub base_url: HttpUrl,
+    /// herald's public URL of `/providers/plivo/status` (contract §6.2): sent as `url` (with
+    /// `method=POST`) on every message, and the URL Plivo's V3 signatures are checked against. `""` = unset.
+    #[serde(with = "blank_is_none", default)]
+    pub status_callback_url: Option<HttpUrl>,
 }
 
 /// Infobip SMS and text-to-speech voice. Each Infobip account has its own base URL
@@ -224,6 +252,13 @@ pub struct InfobipConfig {
     /// `""` = unset (required once a chain uses infobip).
     #[serde(with = "blank_is_none", default)]
     pub base_url: Option<HttpUrl>,
+    /// herald's public URL of `/providers/infobip/status` (contract §6.2): sent as `notifyUrl`, with
+    /// `token=<status_token>` added to its query, on every message. `""` = unset: no receipts.
+    #[serde(with = "blank_is_none", default)]
+    pub status_callback_url: Option<HttpUrl>,
+    /// Infobip does not sign its reports: a report is taken only when its URL carries this token back.
+    #[serde(default)]
+    pub status_token: Secret,
 }
 
 /// Amazon SNS `Publish` to a phone number. At load, an empty `region` is taken from `AWS_REGION` (else
@@ -578,6 +613,31 @@ impl Config {
                 "twilio.auth_token",
                 "required because twilio.status_callback_url is set (Twilio signs status callbacks with it)",
             ));
+        }
+        // The other providers' reports: without their key, anyone could send them.
+        for (set, blank, key, why) in [
+            (
+                self.vonage.status_callback_url.is_some(),
+                self.vonage.signature_secret.is_blank(),
+                "vonage.signature_secret",
+                "vonage.status_callback_url is set (delivery receipts are taken only signed with it)",
+            ),
+            (
+                self.plivo.status_callback_url.is_some(),
+                self.plivo.auth_token.is_blank(),
+                "plivo.auth_token",
+                "plivo.status_callback_url is set (Plivo signs its callbacks with it)",
+            ),
+            (
+                self.infobip.status_callback_url.is_some(),
+                self.infobip.status_token.is_blank(),
+                "infobip.status_token",
+                "infobip.status_callback_url is set (reports are taken only with it in their URL)",
+            ),
+        ] {
+            if set && blank {
+                return Err(ConfigError::key(key, format!("required because {why}")));
+            }
         }
         if !(self.fraud.ratio.is_finite() && self.fraud.ratio > 0.0) {
             return Err(ConfigError::key("fraud.ratio", "must be a number greater than 0"));

@@ -100,6 +100,7 @@ fn vonage_config(base_url: &str) -> VonageConfig {
         api_secret: Secret::new("vonage-secret"),
         from: "Acme".into(),
         base_url: base_url.parse::<HttpUrl>().unwrap(),
+        ..herald::config::Config::default().vonage
     }
 }
 
@@ -248,6 +249,7 @@ fn plivo_config(base_url: &str) -> PlivoConfig {
         auth_token: Secret::new("plivo-token"),
         from: "+14155550100".into(),
         base_url: base_url.parse::<HttpUrl>().unwrap(),
+        ..herald::config::Config::default().plivo
     }
 }
 
@@ -347,6 +349,7 @@ fn infobip_config(base_url: &str) -> InfobipConfig {
         api_key: Secret::new("infobip-key"),
         from: "+447491163443".into(),
         base_url: Some(base_url.parse::<HttpUrl>().unwrap()),
+        ..herald::config::Config::default().infobip
     }
 }
 

@@ -272,6 +272,34 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
             )],
             "twilio.auth_token",
         ),
+        (
+            &[(
+                "HERALD_VONAGE__STATUS_CALLBACK_URL",
+                "https://herald.test/providers/vonage/status",
+            )],
+            "vonage.signature_secret",
+        ),
+        (
+            &[(
+                "HERALD_PLIVO__STATUS_CALLBACK_URL",
+                "https://herald.test/providers/plivo/status",
+            )],
+            "plivo.auth_token",
+        ),
+        (
+            &[
+                (
+                    "HERALD_INFOBIP__STATUS_CALLBACK_URL",
+                    "https://herald.test/providers/infobip/status",
+                ),
+                ("HERALD_INFOBIP__STATUS_TOKEN", " "),
+            ],
+            "infobip.status_token",
+        ),
+        (
+            &[("HERALD_VONAGE__SIGNATURE_METHOD", "sha384")],
+            "vonage.signature_method",
+        ),
     ];
     for (vars, key) in cases {
         let err = load(vars).expect_err(key);
@@ -323,6 +351,12 @@ fn routing_and_provider_sections_round_trip_and_name_their_keys() {
     .into();
     config.routing.voice = [(code("44"), vec![ProviderKind::Infobip])].into();
     config.sns.session_token = Secret::new("ts3cr3t");
+    config.vonage.status_callback_url = Some("https://h.test/providers/vonage/status".parse().unwrap());
+    config.vonage.signature_secret = Secret::new("vss3cr3t");
+    config.vonage.signature_method = crate::config::VonageSignatureMethod::Sha256;
+    config.plivo.status_callback_url = Some("https://h.test/providers/plivo/status".parse().unwrap());
+    config.infobip.status_callback_url = Some("https://h.test/providers/infobip/status".parse().unwrap());
+    config.infobip.status_token = Secret::new("its3cr3t");
     config.validate().unwrap();
     let shown = format!("{config:?}");
     assert!(!shown.contains("s3cr3t"), "a provider secret in Debug: {shown}");

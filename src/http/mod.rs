@@ -11,6 +11,7 @@ pub mod admin;
 pub mod auth;
 pub mod limits;
 pub mod receipts;
+pub mod reports;
 
 use std::cell::Cell;
 use std::mem::ManuallyDrop;

@@ -25,15 +25,17 @@ pub const TIMESTAMP_TOLERANCE_S: u64 = 5 * 60;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/providers/twilio/status", web::post().to(twilio_status))
         .route("/providers/webhook/status", web::post().to(webhook_status));
+    super::reports::routes(cfg);
 }
 
-/// The body, at most [`MAX_BODY`] bytes: a longer one (by its `Content-Length` or as it streams in) is
+/// The body, at most `limit` bytes: a longer one (by its `Content-Length` or as it streams in) is
 /// refused with 413 without being read further.
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     receipts: &Receipts,
     provider: ReceiptProvider,
+    limit: usize,
 ) -> Result<web::BytesMut, HttpResponse> {
     use futures_util::StreamExt;
     let declared = req
@@ -41,7 +43,7 @@ async fn read_body(
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
+    if declared.is_some_and(|n| n > limit) {
         return Err(refused(receipts, provider, "too_large", StatusCode::PAYLOAD_TOO_LARGE));
     }
     let mut body = web::BytesMut::new();
@@ -54,7 +56,7 @@ async fn read_body(
             }
             Err(_) => return Err(refused(receipts, provider, "malformed", StatusCode::BAD_REQUEST)),
         };
-        if body.len() + chunk.len() > MAX_BODY {
+        if body.len() + chunk.len() > limit {
             return Err(refused(receipts, provider, "too_large", StatusCode::PAYLOAD_TOO_LARGE));
         }
         body.extend_from_slice(&chunk);
@@ -62,11 +64,16 @@ async fn read_body(
     Ok(body)
 }
 
-fn plain(status: StatusCode, text: &'static str) -> HttpResponse {
+pub(super) fn plain(status: StatusCode, text: &'static str) -> HttpResponse {
     HttpResponse::build(status).content_type("text/plain").body(text)
 }
 
-fn refused(receipts: &Receipts, provider: ReceiptProvider, reason: &str, status: StatusCode) -> HttpResponse {
+pub(super) fn refused(
+    receipts: &Receipts,
+    provider: ReceiptProvider,
+    reason: &str,
+    status: StatusCode,
+) -> HttpResponse {
     receipts
         .metrics
         .rejected
@@ -85,7 +92,10 @@ fn refused(receipts: &Receipts, provider: ReceiptProvider, reason: &str, status:
 }
 
 /// The answer to a callback once its signature holds: 200 whatever it said, 503 when it must come again.
-fn answer(provider: ReceiptProvider, applied: Result<crate::receipts::Applied, Unavailable>) -> HttpResponse {
+pub(super) fn answer(
+    provider: ReceiptProvider,
+    applied: Result<crate::receipts::Applied, Unavailable>,
+) -> HttpResponse {
     match applied {
         // Twilio reads no TwiML from a status callback: an empty answer.
         Ok(_) => HttpResponse::Ok().finish(),
@@ -98,13 +108,25 @@ fn answer(provider: ReceiptProvider, applied: Result<crate::receipts::Applied, U
 
 /// What a callback route needs before its signature check: the receipts, what `provider`'s signatures
 /// are checked with (`keys`; 404 when receipts or this provider's callbacks are off) and the body
-/// (see [`read_body`]). `Err` is the answer to give instead.
+/// (see [`read_body`], at most [`MAX_BODY`]). `Err` is the answer to give instead.
 async fn callback<K>(
     req: &HttpRequest,
     payload: web::Payload,
     data: &HttpState,
     provider: ReceiptProvider,
     keys: impl FnOnce(&Receipts) -> Option<K>,
+) -> Result<(Arc<Receipts>, K, web::BytesMut), HttpResponse> {
+    callback_up_to(req, payload, data, provider, keys, MAX_BODY).await
+}
+
+/// [`callback`] with a body of at most `limit` bytes.
+pub(super) async fn callback_up_to<K>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    data: &HttpState,
+    provider: ReceiptProvider,
+    keys: impl FnOnce(&Receipts) -> Option<K>,
+    limit: usize,
 ) -> Result<(Arc<Receipts>, K, web::BytesMut), HttpResponse> {
     let Some(receipts) = data.receipts.clone() else {
         return Err(plain(StatusCode::NOT_FOUND, "not found\n"));
@@ -117,7 +139,7 @@ async fn callback<K>(
             .inc();
         return Err(plain(StatusCode::NOT_FOUND, "not found\n"));
     };
-    let body = read_body(req, payload, &receipts, provider).await?;
+    let body = read_body(req, payload, &receipts, provider, limit).await?;
     Ok((receipts, keys, body))
 }
 
@@ -162,7 +184,7 @@ async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<
 }
 
 /// A provider's message id as herald keeps it: 1-64 letters, digits, `-` or `_`.
-fn is_provider_id(id: &str) -> bool {
+pub(super) fn is_provider_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

@@ -29,6 +29,8 @@ pub struct Infobip {
     tts_url: Url,
     authorization: HeaderValue,
     from: String,
+    /// `notifyUrl` (with `infobip.status_token`) when `infobip.status_callback_url` is set (contract §6.2).
+    notify_url: Option<String>,
 }
 
 /// `{"bulkId", "messages": [{"to", "messageId", "status": {"groupId", "groupName", "id", "name",
@@ -109,7 +111,23 @@ impl Infobip {
             authorization,
             // Infobip writes numbers in international form without `+`.
             from: sender_without_plus(&config.from),
+            notify_url: config
+                .status_callback_url
+                .as_ref()
+                .map(|u| crate::receipts::providers::infobip::notify_url(u.as_url(), config.status_token.expose())),
         })
+    }
+
+    /// `body` with each message asking for its delivery report, as JSON, at `notify_url`
+    /// (https://www.infobip.com/docs/api/channels/sms/sms-messaging/outbound-sms/send-sms-messages).
+    fn with_notify(&self, mut body: serde_json::Value) -> serde_json::Value {
+        if let (Some(url), Some(messages)) = (&self.notify_url, body["messages"].as_array_mut()) {
+            for message in messages {
+                message["notifyUrl"] = url.as_str().into();
+                message["notifyContentType"] = "application/json".into();
+            }
+        }
+        body
     }
 
     async fn post(&self, url: &Url, body: serde_json::Value) -> Result<Receipt, ProviderError> {
@@ -117,7 +135,7 @@ impl Infobip {
             .client
             .post(url)
             .header(AUTHORIZATION, self.authorization.clone())
-            .json(&body);
+            .json(&self.with_notify(body));
         let exchanged = match exchange(self.name(), request).await {
             Ok(answer) => answer,
             Err(no_answer) => return no_answer.into_result(),

@@ -22,6 +22,8 @@ pub struct Plivo {
     url: Url,
     authorization: HeaderValue,
     from: String,
+    /// `plivo.status_callback_url`: every message asks for its status callbacks there (contract §6.2).
+    status_callback: Option<String>,
 }
 
 /// `{"api_id", "message": "message(s) queued", "message_uuid": ["…"]}`, or `{"api_id", "error": "…"}`.
@@ -52,6 +54,7 @@ impl Plivo {
             authorization,
             // Plivo writes numbers with the country code and without `+`.
             from: sender_without_plus(&config.from),
+            status_callback: config.status_callback_url.as_ref().map(|u| u.as_url().to_string()),
         })
     }
 }
@@ -70,11 +73,17 @@ impl Provider for Plivo {
             });
         };
         let dst = phone_of(job, self.name())?.digits();
+        let mut message = json!({"src": self.from, "dst": dst, "text": body});
+        // https://www.plivo.com/docs/messaging/api/message/send-a-message: status callbacks to `url`.
+        if let Some(url) = &self.status_callback {
+            message["url"] = url.as_str().into();
+            message["method"] = "POST".into();
+        }
         let request = self
             .client
             .post(&self.url)
             .header(AUTHORIZATION, self.authorization.clone())
-            .json(&json!({"src": self.from, "dst": dst, "text": body}));
+            .json(&message);
         let exchanged = match exchange(self.name(), request).await {
             Ok(answer) => answer,
             Err(no_answer) => return no_answer.into_result(),

@@ -21,6 +21,8 @@ pub struct Vonage {
     api_key: String,
     api_secret: String,
     from: String,
+    /// `vonage.status_callback_url`: every message asks for its delivery receipt there (contract §6.2).
+    status_callback: Option<String>,
 }
 
 /// `{"message-count": "1", "messages": [{"to", "message-id", "status": "0", ...}]}`; a failed message
@@ -83,6 +85,7 @@ impl Vonage {
             api_secret: config.api_secret.expose().to_owned(),
             // Vonage writes numbers without `+`; an alphanumeric sender id stays as it is.
             from: sender_without_plus(&config.from),
+            status_callback: config.status_callback_url.as_ref().map(|u| u.as_url().to_string()),
         })
     }
 }
@@ -110,6 +113,10 @@ impl Provider for Vonage {
         ];
         if segments(body).encoding == Encoding::Ucs2 {
             form.push(("type", "unicode"));
+        }
+        // https://developer.vonage.com/en/api/sms#send-an-sms: a receipt for each part, sent to `callback`.
+        if let Some(url) = &self.status_callback {
+            form.extend([("status-report-req", "1"), ("callback", url.as_str())]);
         }
         let exchanged = match exchange(self.name(), self.client.post(&self.url).form(&form)).await {
             Ok(answer) => answer,

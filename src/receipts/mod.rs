@@ -6,6 +6,7 @@
 //!
 //! Nothing here is on the job path: a sent message is recorded in a task of its own.
 
+pub mod providers;
 mod publish;
 pub mod state;
 pub mod status;
@@ -18,7 +19,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Secret, WebhookKey};
+use crate::config::{Config, Secret, VonageSignatureMethod, WebhookKey};
 use crate::job::{Channel, Job};
 use crate::providers::Receipt;
 use publish::Publisher;
@@ -46,6 +47,12 @@ pub enum ReceiptProvider {
     Twilio,
     /// By the job id (`webhook-id` of the send).
     Webhook,
+    /// By the `message-id` of the (first) part sent, `messageId` in its receipts.
+    Vonage,
+    /// By the `message_uuid` of the send, `MessageUUID` in its callbacks.
+    Plivo,
+    /// By the `messageId` of the send, in its reports too.
+    Infobip,
 }
 
 impl ReceiptProvider {
@@ -53,6 +60,9 @@ impl ReceiptProvider {
         match self {
             ReceiptProvider::Twilio => "twilio",
             ReceiptProvider::Webhook => "webhook",
+            ReceiptProvider::Vonage => "vonage",
+            ReceiptProvider::Plivo => "plivo",
+            ReceiptProvider::Infobip => "infobip",
         }
     }
 
@@ -191,7 +201,7 @@ impl ReceiptMetrics {
         );
         let rejected = counter(
             "herald_receipts_rejected_total",
-            "Status callbacks refused, by provider and reason (signature, replay, too_large, malformed, disabled)",
+            "Status callbacks refused, by provider and reason (signature, expired, replay, too_large, malformed, disabled)",
             &["provider", "reason"],
         );
         let record_errors = prometheus::IntCounter::new(
@@ -217,7 +227,7 @@ impl ReceiptMetrics {
         .expect("valid metric");
         registry.register(Box::new(lost.clone())).expect("unique metric name");
         // Present at 0 from the start, so that rate() and absent-based alerts see the first one.
-        for provider in ["twilio", "webhook"] {
+        for provider in ["twilio", "webhook", "vonage", "plivo", "infobip"] {
             for result in ["final", "intermediate", "unknown"] {
                 callbacks.with_label_values(&[provider, result]);
             }
@@ -242,6 +252,23 @@ pub struct TwilioReceipts {
     pub auth_token: Secret,
 }
 
+/// Vonage's side: the signature secret and method its receipts are signed with.
+#[derive(Clone)]
+pub struct VonageReceipts {
+    pub secret: Secret,
+    pub method: VonageSignatureMethod,
+    /// The query of `vonage.status_callback_url`: a receipt by GET carries it beside Vonage's own
+    /// parameters, which alone are signed.
+    pub url_query: Vec<(String, String)>,
+}
+
+/// Plivo's side: the URL it calls back (its V3 signatures cover it) and the auth token that keys them.
+#[derive(Clone)]
+pub struct PlivoReceipts {
+    pub callback_url: String,
+    pub auth_token: Secret,
+}
+
 pub struct Receipts {
     state: Arc<State>,
     publisher: Publisher,
@@ -254,6 +281,12 @@ pub struct Receipts {
     ///
     /// [`WebhookConfig::status_keys`]: crate::config::WebhookConfig::status_keys
     pub webhook_keys: Vec<WebhookKey>,
+    /// Set when `vonage.status_callback_url` is (with its signature secret): the route answers 404 otherwise.
+    pub vonage: Option<VonageReceipts>,
+    /// Set when `plivo.status_callback_url` is (with the auth token).
+    pub plivo: Option<PlivoReceipts>,
+    /// `infobip.status_token`, set when `infobip.status_callback_url` is (with a token).
+    pub infobip: Option<Secret>,
     sink: Option<Arc<dyn ReceiptSink>>,
     /// The runtime that state operations run on (HTTP handlers run on actix's own).
     runtime: tokio::runtime::Handle,
@@ -305,6 +338,32 @@ impl Receipts {
                     auth_token: config.twilio.auth_token.clone(),
                 }),
             webhook_keys: config.webhook.status_keys(),
+            // As for Twilio: never without a key (config validation refuses it too).
+            vonage: config
+                .vonage
+                .status_callback_url
+                .as_ref()
+                .filter(|_| !config.vonage.signature_secret.is_blank())
+                .map(|url| VonageReceipts {
+                    secret: config.vonage.signature_secret.clone(),
+                    method: config.vonage.signature_method,
+                    url_query: url.as_url().query_pairs().into_owned().collect(),
+                }),
+            plivo: config
+                .plivo
+                .status_callback_url
+                .as_ref()
+                .filter(|_| !config.plivo.auth_token.is_blank())
+                .map(|url| PlivoReceipts {
+                    callback_url: url.as_url().as_str().to_owned(),
+                    auth_token: config.plivo.auth_token.clone(),
+                }),
+            infobip: config
+                .infobip
+                .status_callback_url
+                .as_ref()
+                .filter(|_| !config.infobip.status_token.is_blank())
+                .map(|_| config.infobip.status_token.clone()),
             sink: None,
             runtime: tokio::runtime::Handle::current(),
             bad_signatures: RateLimitedWarning::default(),
@@ -323,6 +382,9 @@ impl Receipts {
         match provider {
             "twilio" if self.twilio.is_some() => Some(ReceiptProvider::Twilio),
             "webhook" if !self.webhook_keys.is_empty() => Some(ReceiptProvider::Webhook),
+            "vonage" if self.vonage.is_some() => Some(ReceiptProvider::Vonage),
+            "plivo" if self.plivo.is_some() => Some(ReceiptProvider::Plivo),
+            "infobip" if self.infobip.is_some() => Some(ReceiptProvider::Infobip),
             _ => None,
         }
     }
@@ -338,10 +400,12 @@ impl Receipts {
             return;
         };
         let id = match route {
-            ReceiptProvider::Twilio => match &receipt.message_id {
-                Some(sid) => sid.clone(),
-                None => return,
-            },
+            ReceiptProvider::Twilio | ReceiptProvider::Vonage | ReceiptProvider::Plivo | ReceiptProvider::Infobip => {
+                match &receipt.message_id {
+                    Some(sid) => sid.clone(),
+                    None => return,
+                }
+            }
             ReceiptProvider::Webhook => job.id.clone(),
         };
         let sent = SentMessage {
@@ -480,6 +544,41 @@ impl Receipts {
         let applied = self
             .runtime
             .spawn(async move { this.apply_here(provider, &id, status, error_code).await })
+            .await
+            .unwrap_or_else(|e| Err(Unavailable::Broker(crate::broker::BrokerError::Closed(e.to_string()))));
+        if let Ok(applied) = &applied {
+            self.metrics
+                .callbacks
+                .with_label_values(&[provider.name(), applied.as_str()])
+                .inc();
+        }
+        applied
+    }
+
+    /// [`Receipts::apply`] for a status whose vocabulary the report does not say for sure (Infobip's
+    /// groups are the same for messages and calls): each of `candidates` in turn, until one applies to
+    /// the message's channel. Counted once.
+    pub async fn apply_first(
+        self: &Arc<Self>,
+        provider: ReceiptProvider,
+        id: &str,
+        candidates: Vec<Reported>,
+        error_code: Option<String>,
+    ) -> Result<Applied, Unavailable> {
+        let this = self.clone();
+        let id = id.to_owned();
+        let applied = self
+            .runtime
+            .spawn(async move {
+                let mut applied = Ok(Applied::Ignored);
+                for reported in candidates {
+                    applied = this.apply_here(provider, &id, Some(reported), error_code.clone()).await;
+                    if !matches!(applied, Ok(Applied::Ignored)) {
+                        break;
+                    }
+                }
+                applied
+            })
             .await
             .unwrap_or_else(|e| Err(Unavailable::Broker(crate::broker::BrokerError::Closed(e.to_string()))));
         if let Ok(applied) = &applied {
