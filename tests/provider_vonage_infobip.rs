@@ -209,6 +209,29 @@ async fn a_long_text_is_sent_when_vonage_takes_every_part() {
     assert_eq!(api.problems(), Vec::<String>::new());
 }
 
+/// The test server cuts texts as herald counts them (`herald::sms::segments`), so a test's part numbers
+/// mean what the provider's would.
+#[test]
+fn the_test_server_cuts_parts_as_herald_counts_them() {
+    for text in [
+        "482913".to_owned(),
+        "a".repeat(160),
+        "a".repeat(161),
+        "a".repeat(306),
+        "a".repeat(307),
+        "€".repeat(80),
+        "ç".repeat(70),
+        "ç".repeat(71),
+        "Ваш код 482913. ".repeat(7),
+    ] {
+        let counted = herald::sms::segments(&text);
+        let unicode = counted.encoding == herald::sms::Encoding::Ucs2;
+        let parts = vonage_api::parts(&text, unicode);
+        assert_eq!(parts.len(), counted.segments, "{} units", counted.units);
+        assert_eq!(parts.concat(), text);
+    }
+}
+
 /// The finding: the first part taken (status "0", an id), a later one throttled. The taken part
 /// is on its way to the phone, so the text is not sent again: sent, unconfirmed, with the first id.
 /// Before: transient, and the retry sent the first part twice.

@@ -132,11 +132,12 @@ pub fn classify(name: &str) -> Class {
 }
 
 /// A failed HTTP answer's class: the API key refused (401, 403) moves to the next provider; 408, 429 and
-/// 5xx are transient; any other status is permanent.
+/// 5xx are transient, and 407 (herald's egress proxy, see [`super::http::http_failure`]); any other status
+/// is permanent.
 pub fn http_class(status: u16) -> Class {
     match status {
         401 | 403 => Class::NextProvider,
-        408 | 429 | 500..=599 => Class::Transient,
+        407 | 408 | 429 | 500..=599 => Class::Transient,
         _ => Class::Permanent,
     }
 }
@@ -473,6 +474,7 @@ mod tests {
             (401, NextProvider),
             (403, NextProvider),
             (404, Permanent),
+            (407, Transient),
             (408, Transient),
             (429, Transient),
             (500, Transient),
