@@ -285,7 +285,11 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             }
             ProviderKind::Vonage => Arc::new(Vonage::new(&config.vonage, client.clone())?),
             ProviderKind::Plivo => Arc::new(Plivo::new(&config.plivo, client.clone())?),
-            ProviderKind::Infobip => Arc::new(Infobip::new(&config.infobip, client.clone())?),
+            ProviderKind::Infobip => Arc::new(Infobip::new(
+                &config.infobip,
+                &config.templates.default_locale,
+                client.clone(),
+            )?),
             ProviderKind::Sns => Arc::new(Sns::new(&config.sns, client.clone())?),
         };
         built.insert(kind, p.clone());

@@ -18,7 +18,7 @@ use herald::providers::plivo::Plivo;
 use herald::providers::sns::Sns;
 use herald::providers::vonage::Vonage;
 use herald::providers::{Ambiguous, Provider, ProviderError, Receipt, Validity};
-use herald::templates::{PAUSE, Rendered};
+use herald::templates::Rendered;
 use hyper_util::client::proxy::matcher::Matcher;
 use serde_json::{Value, json};
 use wiremock::matchers::method;
@@ -93,6 +93,7 @@ fn verdict(result: Result<Receipt, ProviderError>) -> String {
 }
 
 // --- Vonage ---------------------------------------------------------------------------------------------
+// Vonage's and Infobip's own tests are in provider_vonage_infobip.rs; these helpers serve the tests below.
 
 fn vonage_config(base_url: &str) -> VonageConfig {
     VonageConfig {
@@ -111,134 +112,6 @@ fn vonage_answer(messages: Value) -> ResponseTemplate {
 
 fn vonage_failure(status: &str) -> ResponseTemplate {
     vonage_answer(json!([{"status": status, "error-text": format!("Failed for {NUMBER}")}]))
-}
-
-#[tokio::test]
-async fn vonage_sends_the_form_vonage_documents() {
-    let server = server(vonage_answer(json!([{
-        "to": "14155550123", "message-id": "0A0000000123ABCD1", "status": "0",
-        "remaining-balance": "3.14159265", "message-price": "0.03330000", "network": "12345"
-    }])))
-    .await;
-    let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
-    assert_eq!(vonage.name(), ProviderKind::Vonage);
-    let receipt = vonage
-        .send(
-            &phone_job(NUMBER),
-            &sms("482913 is your code for Acme."),
-            Validity::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(receipt.message_id.as_deref(), Some("0A0000000123ABCD1"));
-    let r = only_request(&server).await;
-    assert_eq!((r.method.as_str(), r.url.path()), ("POST", "/sms/json"));
-    assert_eq!(header(&r, "content-type"), "application/x-www-form-urlencoded");
-    assert!(r.headers.get("authorization").is_none(), "credentials go in the form");
-    assert_eq!(
-        form(&r.body),
-        [
-            ("api_key", "a1b2c3d4"),
-            ("api_secret", "vonage-secret"),
-            ("from", "Acme"),
-            ("to", "14155550123"),
-            ("text", "482913 is your code for Acme."),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    );
-}
-
-#[tokio::test]
-async fn vonage_marks_non_gsm_text_unicode_and_writes_numbers_without_plus() {
-    let server = server(vonage_answer(json!([{"message-id": "m1", "status": "0"}]))).await;
-    let mut config = vonage_config(&server.uri());
-    config.from = "+447700900000".into();
-    let vonage = Vonage::new(&config, client()).unwrap();
-    vonage
-        .send(&phone_job("+447700900123"), &sms("Ваш код 482913"), Validity::default())
-        .await
-        .unwrap();
-    let f = form(&only_request(&server).await.body);
-    assert_eq!(f["type"], "unicode");
-    assert_eq!(f["text"], "Ваш код 482913");
-    assert_eq!((f["from"].as_str(), f["to"].as_str()), ("447700900000", "447700900123"));
-}
-
-#[tokio::test]
-async fn vonage_answers_are_classified_as_documented() {
-    let cases: Vec<(ResponseTemplate, &str)> = vec![
-        // HTTP 200 with a failed status: Vonage's own verdict.
-        (vonage_failure("1"), "transient 1 -"),
-        (vonage_failure("5"), "transient 5 -"),
-        (vonage_failure("9"), "transient 9 -"),
-        (vonage_failure("10"), "transient 10 -"),
-        (vonage_failure("2"), "permanent 2"),
-        (vonage_failure("3"), "permanent 3"),
-        (vonage_failure("4"), "permanent 4"),
-        (vonage_failure("6"), "permanent 6"),
-        (vonage_failure("7"), "permanent 7"),
-        (vonage_failure("8"), "permanent 8"),
-        (vonage_failure("12"), "permanent 12"),
-        (vonage_failure("15"), "permanent 15"),
-        (vonage_failure("29"), "permanent 29"),
-        (vonage_failure("99"), "permanent 99"),
-        // A long text: one part throttled, so not sent.
-        (
-            vonage_answer(
-                json!([{"message-id": "m1", "status": "0"}, {"status": "1", "error-text": "Throughput exceeded"}]),
-            ),
-            "transient 1 -",
-        ),
-        // HTTP-level failures, Retry-After honoured.
-        (
-            ResponseTemplate::new(429).insert_header("Retry-After", "7"),
-            "transient - 7",
-        ),
-        (ResponseTemplate::new(500), "transient - -"),
-        (
-            ResponseTemplate::new(401).set_body_string("Unauthorized"),
-            "permanent -",
-        ),
-        // HTTP 200 that says nothing readable, or no answer in time: may have been taken, not sent again.
-        (
-            ResponseTemplate::new(200).set_body_string("<html>gateway</html>"),
-            "unclear unreadable_answer",
-        ),
-        (vonage_answer(json!([])), "unclear unreadable_answer"),
-        (
-            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
-            "unclear timeout",
-        ),
-    ];
-    for (i, (response, expected)) in cases.into_iter().enumerate() {
-        let server = server(response).await;
-        let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
-        let got = verdict(
-            vonage
-                .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-                .await,
-        );
-        assert_eq!(got, expected, "case {i}");
-    }
-}
-
-#[tokio::test]
-async fn vonage_timeout_is_unclear_and_a_refused_connection_transient() {
-    let server = server(ResponseTemplate::new(200).set_delay(Duration::from_secs(5))).await;
-    let vonage = Vonage::new(&vonage_config(&server.uri()), client()).unwrap();
-    // Written whole, no answer in time: Vonage may have taken it, so it is not sent again.
-    let sent = vonage
-        .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-        .await;
-    assert_eq!(sent, Ok(Receipt::unconfirmed(Ambiguous::Timeout, None)));
-    let closed = Vonage::new(&vonage_config("http://127.0.0.1:9"), client()).unwrap();
-    let e = closed
-        .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-        .await
-        .unwrap_err();
-    assert!(e.is_transient() && e.message() == "vonage connection failed", "{e}");
 }
 
 // --- Plivo ----------------------------------------------------------------------------------------------
@@ -344,6 +217,11 @@ async fn plivo_answers_are_classified_as_documented() {
 
 // --- Infobip --------------------------------------------------------------------------------------------
 
+/// `templates.default_locale`'s default, for Infobip's voice.
+fn english() -> Locale {
+    Locale::parse("en").unwrap()
+}
+
 fn infobip_config(base_url: &str) -> InfobipConfig {
     InfobipConfig {
         api_key: Secret::new("infobip-key"),
@@ -368,115 +246,6 @@ fn infobip_status(group_id: u8, group: &str, id: u16, name: &str) -> ResponseTem
 fn infobip_error(status: u16, id: &str) -> ResponseTemplate {
     ResponseTemplate::new(status)
         .set_body_json(json!({"requestError": {"serviceException": {"messageId": id, "text": "Request failed"}}}))
-}
-
-fn voice(text: &str, locale: &str) -> Rendered {
-    Rendered::Voice {
-        text: text.into(),
-        language: Locale::parse(locale).unwrap(),
-    }
-}
-
-#[tokio::test]
-async fn infobip_sends_sms_and_voice_as_infobip_documents() {
-    let server = server(infobip_status(1, "PENDING", 26, "PENDING_ACCEPTED")).await;
-    let infobip = Infobip::new(&infobip_config(&format!("{}/", server.uri())), client()).unwrap();
-    assert_eq!(infobip.name(), ProviderKind::Infobip);
-    let receipt = infobip
-        .send(
-            &phone_job(NUMBER),
-            &sms("482913 is your code for Acme."),
-            Validity::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        receipt.message_id.as_deref(),
-        Some("2250be2d4219-3af1-78856-aabe-1362af1edfd2")
-    );
-    infobip
-        .send(
-            &phone_job(NUMBER),
-            &voice(&format!("Su código es{PAUSE}4. 8. 2. 9. 1. 3"), "es-AR"),
-            Validity::default(),
-        )
-        .await
-        .unwrap();
-    let requests = server.received_requests().await.unwrap();
-    assert_eq!(requests.len(), 2);
-    for r in &requests {
-        assert_eq!(r.method.as_str(), "POST");
-        assert_eq!(header(r, "authorization"), "App infobip-key");
-        assert_eq!(header(r, "content-type"), "application/json");
-    }
-    assert_eq!(requests[0].url.path(), "/sms/2/text/advanced");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&requests[0].body).unwrap(),
-        json!({"messages": [{"destinations": [{"to": "14155550123"}], "from": "447491163443",
-                             "text": "482913 is your code for Acme."}]})
-    );
-    assert_eq!(requests[1].url.path(), "/tts/3/advanced");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&requests[1].body).unwrap(),
-        json!({"messages": [{"destinations": [{"to": "14155550123"}], "from": "447491163443",
-                             "text": "Su código es <break time=\"1s\"/> 4. 8. 2. 9. 1. 3", "language": "es"}]})
-    );
-}
-
-#[tokio::test]
-async fn infobip_answers_are_classified_as_documented() {
-    let cases: Vec<(ResponseTemplate, &str)> = vec![
-        (infobip_status(0, "ACCEPTED", 7, "ACCEPTED"), "sent"),
-        (infobip_status(3, "DELIVERED", 5, "DELIVERED_TO_HANDSET"), "sent"),
-        (
-            infobip_status(5, "REJECTED", 14, "REJECTED_DESTINATION"),
-            "permanent REJECTED_DESTINATION",
-        ),
-        (
-            infobip_status(5, "REJECTED", 52, "REJECTED_INVALID_DESTINATION"),
-            "permanent REJECTED_INVALID_DESTINATION",
-        ),
-        (
-            infobip_status(5, "REJECTED", 10, "REJECTED_DND"),
-            "permanent REJECTED_DND",
-        ),
-        (
-            infobip_status(2, "UNDELIVERABLE", 9, "UNDELIVERABLE_NOT_DELIVERED"),
-            "permanent UNDELIVERABLE_NOT_DELIVERED",
-        ),
-        (
-            infobip_status(5, "REJECTED", 21, "REJECTED_SYSTEM_ERROR"),
-            "transient REJECTED_SYSTEM_ERROR -",
-        ),
-        (
-            infobip_status(5, "REJECTED", 12, "REJECTED_NOT_ENOUGH_CREDITS"),
-            "transient REJECTED_NOT_ENOUGH_CREDITS -",
-        ),
-        (infobip_error(400, "BAD_REQUEST"), "permanent BAD_REQUEST"),
-        (infobip_error(401, "UNAUTHORIZED"), "permanent UNAUTHORIZED"),
-        (
-            infobip_error(429, "TOO_MANY_REQUESTS").insert_header("Retry-After", "2"),
-            "transient TOO_MANY_REQUESTS 2",
-        ),
-        (infobip_error(500, "GENERAL_ERROR"), "transient GENERAL_ERROR -"),
-        (
-            ResponseTemplate::new(200).set_body_string("garbage"),
-            "unclear unreadable_answer",
-        ),
-        (
-            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
-            "unclear timeout",
-        ),
-    ];
-    for (i, (response, expected)) in cases.into_iter().enumerate() {
-        let server = server(response).await;
-        let infobip = Infobip::new(&infobip_config(&server.uri()), client()).unwrap();
-        let result = infobip
-            .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-            .await;
-        let got = verdict(result);
-        assert_eq!(got, expected, "case {i}");
-    }
 }
 
 // --- Amazon SNS -----------------------------------------------------------------------------------------
@@ -822,17 +591,17 @@ async fn a_provider_code_that_echoes_the_request_is_dropped() {
         },
         {
             let s = server(infobip_status(5, "REJECTED", 52, "REJECTED_14155550123_482913")).await;
-            let p = Infobip::new(&infobip_config(&s.uri()), client()).unwrap();
+            let p = Infobip::new(&infobip_config(&s.uri()), &english(), client()).unwrap();
             ("infobip status", Box::new(p), s, "permanent -")
         },
         {
             let s = server(infobip_status(5, "REJECTED", 52, "")).await;
-            let p = Infobip::new(&infobip_config(&s.uri()), client()).unwrap();
+            let p = Infobip::new(&infobip_config(&s.uri()), &english(), client()).unwrap();
             ("infobip group", Box::new(p), s, "permanent REJECTED")
         },
         {
             let s = server(infobip_error(400, ECHOED)).await;
-            let p = Infobip::new(&infobip_config(&s.uri()), client()).unwrap();
+            let p = Infobip::new(&infobip_config(&s.uri()), &english(), client()).unwrap();
             ("infobip error", Box::new(p), s, "permanent -")
         },
         {
@@ -1368,7 +1137,7 @@ async fn a_2xx_answer_whose_body_cannot_be_read_is_left_to_the_provider() {
             .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
             .await;
         assert_eq!(result, unclear, "vonage, {what}");
-        let infobip = Infobip::new(&infobip_config(&base), client()).unwrap();
+        let infobip = Infobip::new(&infobip_config(&base), &english(), client()).unwrap();
         let result = infobip
             .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
             .await;
@@ -1386,7 +1155,7 @@ fn phone_providers(base: &str) -> Vec<Box<dyn Provider>> {
         ),
         Box::new(Vonage::new(&vonage_config(base), client()).unwrap()),
         Box::new(Plivo::new(&plivo_config(base), client()).unwrap()),
-        Box::new(Infobip::new(&infobip_config(base), client()).unwrap()),
+        Box::new(Infobip::new(&infobip_config(base), &english(), client()).unwrap()),
         Box::new(Sns::new(&sns_config(base), client()).unwrap()),
     ]
 }

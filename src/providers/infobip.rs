@@ -1,16 +1,20 @@
-//! Infobip SMS (`POST {base_url}/sms/2/text/advanced`) and voice text-to-speech
-//! (`POST {base_url}/tts/3/advanced`), JSON with `Authorization: App <api_key>` (contract §6). Each
-//! account has its own base URL.
+//! Infobip SMS (`POST {base_url}/sms/2/text/advanced`,
+//! <https://www.infobip.com/docs/api/channels/sms/sms-messaging/outbound-sms/send-sms-message>) and voice
+//! text-to-speech (`POST {base_url}/tts/3/advanced`,
+//! <https://www.infobip.com/docs/api/channels/voice/voice-message/send-advanced-voice-tts>), JSON with
+//! `Authorization: App <api_key>`. Each account has its own base URL.
 //!
-//! Classification: HTTP 408, 429 and 5xx are transient, other 4xx permanent (Infobip's `serviceException`
-//! `messageId`, e.g. `UNAUTHORIZED`, is the provider code). A 200 carries each message's status: groups
-//! PENDING, ACCEPTED and DELIVERED are sent; REJECTED, UNDELIVERABLE and EXPIRED are not, and fail
-//! permanently except the statuses that another attempt or provider can get past (system error, no
-//! credit, no route), which are transient.
+//! Classification: a 2xx carries each destination's `status` (<https://www.infobip.com/docs/essentials/response-status-and-error-codes>):
+//! groups PENDING, ACCEPTED and DELIVERED are sent; any other status is looked up in [`STATUSES`]. A failed
+//! HTTP answer is classified by its status: 401 and 403 (the account's key) move to the next provider, 408,
+//! 429 and 5xx are transient, other 4xx permanent; Infobip's `serviceException.messageId` (`UNAUTHORIZED`) is
+//! the provider code.
+
+use std::time::Duration;
 
 use http::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use url::Url;
 
 use super::http::{HttpClient, authorization, exchange};
@@ -23,6 +27,11 @@ use crate::events::scrub;
 use crate::job::{Job, Locale};
 use crate::templates::{PAUSE, Rendered};
 
+/// `validityPeriod`, in minutes, of both APIs: at most 48 hours (the SMS model's `le=2880`; the voice API
+/// sets anything longer to 48 h), at least one minute.
+pub const VALIDITY_MIN: Duration = Duration::from_secs(60);
+pub const VALIDITY_MAX: Duration = Duration::from_secs(2880 * 60);
+
 pub struct Infobip {
     client: HttpClient,
     sms_url: Url,
@@ -31,6 +40,8 @@ pub struct Infobip {
     from: String,
     /// `notifyUrl` (with `infobip.status_token`) when `infobip.status_callback_url` is set (contract §6.2).
     notify_url: Option<String>,
+    /// The text-to-speech language of `templates.default_locale`, for a locale Infobip cannot speak.
+    default_language: &'static str,
 }
 
 /// `{"bulkId", "messages": [{"to", "messageId", "status": {"groupId", "groupName", "id", "name",
@@ -43,6 +54,7 @@ struct Answer {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Message {
+    to: Option<String>,
     message_id: Option<String>,
     status: Status,
 }
@@ -77,16 +89,69 @@ struct ServiceException {
     text: Option<String>,
 }
 
-/// Rejections that are no fault of the message: Infobip's own error, the account's credit, a route
-/// that is down. Worth another attempt, or the next provider.
-const TRANSIENT_REJECTIONS: &[&str] = &[
-    "REJECTED_SYSTEM_ERROR",
-    "REJECTED_NOT_ENOUGH_CREDITS",
-    "REJECTED_ROUTE_NOT_AVAILABLE",
+/// Infobip's general statuses that are not a send (<https://www.infobip.com/docs/essentials/response-status-and-error-codes>,
+/// groups UNDELIVERABLE, EXPIRED and REJECTED), and how herald takes each.
+///
+/// - Next provider: what the page ties to the account, its sender or its routes — a network not set up on
+///   the account or out of coverage, an unregistered or blocklisted sender id, no credit or expired credit,
+///   a test account limited to its own number, no route.
+/// - Transient: Infobip's own error ("please retry submission"), its anti-flooding limit per hour, the
+///   platform refusing it.
+/// - Permanent: the number, the recipient's choice or the message.
+pub const STATUSES: &[(&str, Class)] = &[
+    ("UNDELIVERABLE_REJECTED_OPERATOR", Class::Permanent),
+    ("UNDELIVERABLE_NOT_DELIVERED", Class::Permanent),
+    ("UNDELIVERABLE_REJECTED_PLATFORM", Class::Transient),
+    ("EXPIRED_EXPIRED", Class::Permanent),
+    ("EXPIRED_DLR_UNKNOWN", Class::Permanent),
+    ("EXPIRED_UNKNOWN", Class::Permanent),
+    ("REJECTED_NETWORK", Class::NextProvider),
+    ("REJECTED_PREFIX_MISSING", Class::Permanent),
+    ("REJECTED_DND", Class::Permanent),
+    ("REJECTED_SOURCE", Class::NextProvider),
+    ("REJECTED_NOT_ENOUGH_CREDITS", Class::NextProvider),
+    ("REJECTED_SENDER", Class::NextProvider),
+    ("REJECTED_DESTINATION", Class::Permanent),
+    ("REJECTED_NOT_REACHABLE", Class::NextProvider),
+    ("REJECTED_PREPAID_PACKAGE_EXPIRED", Class::NextProvider),
+    ("REJECTED_DESTINATION_NOT_REGISTERED", Class::NextProvider),
+    ("REJECTED_ROUTE_NOT_AVAILABLE", Class::NextProvider),
+    ("REJECTED_FLOODING_FILTER", Class::Transient),
+    ("REJECTED_SYSTEM_ERROR", Class::Transient),
+    ("REJECTED_DUPLICATE_MESSAGE_ID", Class::Permanent),
+    ("REJECTED_INVALID_UDH", Class::Permanent),
+    ("REJECTED_MESSAGE_TOO_LONG", Class::Permanent),
+    ("MISSING_TO", Class::Permanent),
+    ("REJECTED_INVALID_DESTINATION", Class::Permanent),
 ];
 
+/// The class of a status name; one the table does not list is permanent.
+pub fn classify(name: &str) -> Class {
+    STATUSES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(Class::Permanent, |&(_, class)| class)
+}
+
+/// A failed HTTP answer's class: the API key refused (401, 403) moves to the next provider; 408, 429 and
+/// 5xx are transient, and 407 (herald's egress proxy, see [`super::http::http_failure`]); any other status
+/// is permanent.
+pub fn http_class(status: u16) -> Class {
+    match status {
+        401 | 403 => Class::NextProvider,
+        407 | 408 | 429 | 500..=599 => Class::Transient,
+        _ => Class::Permanent,
+    }
+}
+
+/// `validityPeriod` in whole minutes, never past the time left (rounded down), within Infobip's range.
+pub fn validity_minutes(validity: Validity) -> u64 {
+    validity.clamped(VALIDITY_MIN, VALIDITY_MAX).as_secs() / 60
+}
+
 impl Infobip {
-    pub fn new(config: &InfobipConfig, client: HttpClient) -> Result<Infobip, SetupError> {
+    /// `default_locale` is `templates.default_locale`: the voice of a locale Infobip does not list.
+    pub fn new(config: &InfobipConfig, default_locale: &Locale, client: HttpClient) -> Result<Infobip, SetupError> {
         let base = config.base_url.as_ref().ok_or(SetupError::Missing {
             keys: "infobip.base_url",
             provider: ProviderKind::Infobip,
@@ -111,6 +176,8 @@ impl Infobip {
             authorization,
             // Infobip writes numbers in international form without `+`.
             from: sender_without_plus(&config.from),
+            // Infobip's own default when it is told none (the voice API's `language` field).
+            default_language: tts_language(default_locale).unwrap_or("en"),
             notify_url: config
                 .status_callback_url
                 .as_ref()
@@ -118,24 +185,35 @@ impl Infobip {
         })
     }
 
-    /// `body` with each message asking for its delivery report, as JSON, at `notify_url`
-    /// (https://www.infobip.com/docs/api/channels/sms/sms-messaging/outbound-sms/send-sms-messages).
-    fn with_notify(&self, mut body: serde_json::Value) -> serde_json::Value {
-        if let (Some(url), Some(messages)) = (&self.notify_url, body["messages"].as_array_mut()) {
-            for message in messages {
-                message["notifyUrl"] = url.as_str().into();
-                message["notifyContentType"] = "application/json".into();
-            }
+    /// One message to `to`, as both APIs take it: `destinations`, `from`, `text`, `validityPeriod`. The
+    /// caller adds the fields of its API.
+    fn message(&self, to: &str, text: String, validity: Validity) -> serde_json::Map<String, Value> {
+        let mut message = serde_json::Map::new();
+        message.insert("destinations".into(), json!([{ "to": to }]));
+        message.insert("from".into(), json!(self.from));
+        message.insert("text".into(), json!(text));
+        message.insert("validityPeriod".into(), json!(validity_minutes(validity)));
+        // Each message asks for its delivery report, as JSON, at `notifyUrl` when receipts are on
+        // (https://www.infobip.com/docs/api/channels/sms/sms-messaging/outbound-sms/send-sms-messages).
+        if let Some(url) = &self.notify_url {
+            message.insert("notifyUrl".into(), json!(url));
+            message.insert("notifyContentType".into(), json!("application/json"));
         }
-        body
+        message
     }
 
-    async fn post(&self, url: &Url, body: serde_json::Value) -> Result<Receipt, ProviderError> {
+    async fn post(
+        &self,
+        url: &Url,
+        to: &str,
+        message: serde_json::Map<String, Value>,
+    ) -> Result<Receipt, ProviderError> {
+        let body = json!({ "messages": [message] });
         let request = self
             .client
             .post(url)
             .header(AUTHORIZATION, self.authorization.clone())
-            .json(&self.with_notify(body));
+            .json(&body);
         let exchanged = match exchange(self.name(), request).await {
             Ok(answer) => answer,
             Err(no_answer) => return no_answer.into_result(),
@@ -154,12 +232,19 @@ impl Infobip {
                 .map(|t| scrub(&t))
                 .unwrap_or_else(|| "no Infobip error body".into());
             let message = format!("infobip answered {}: {detail}", status.as_u16());
-            return Err(exchanged.failure(message, code));
+            return Err(exchanged.rejection(http_class(status.as_u16()), message, code));
         }
-        let Some(message) = serde_json::from_slice::<Answer>(&exchanged.body)
-            .ok()
-            .and_then(|a| a.messages.into_iter().next())
-        else {
+        // The answer has a message per destination, each with its `to`; herald sends one destination.
+        let message = serde_json::from_slice::<Answer>(&exchanged.body).ok().and_then(|a| {
+            let mut messages = a.messages;
+            let ours = messages.iter().position(|m| m.to.as_deref() == Some(to));
+            match ours {
+                Some(i) => Some(messages.swap_remove(i)),
+                None if messages.len() == 1 => messages.pop(),
+                None => None,
+            }
+        });
+        let Some(message) = message else {
             // A 2xx whose verdict cannot be read: Infobip may have taken the message, so it is not sent
             // again (README, "Providers").
             return Ok(Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None));
@@ -181,12 +266,7 @@ impl Infobip {
             scrub(&description)
         );
         let provider_code = ProviderCode::infobip(if name.is_empty() { &group_name } else { &name });
-        let class = if TRANSIENT_REJECTIONS.contains(&name.as_str()) {
-            Class::Transient
-        } else {
-            Class::Permanent
-        };
-        Err(exchanged.rejection(class, text, provider_code))
+        Err(exchanged.rejection(classify(&name), text, provider_code))
     }
 }
 
@@ -196,25 +276,18 @@ impl Provider for Infobip {
         ProviderKind::Infobip
     }
 
-    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, validity: Validity) -> Result<Receipt, ProviderError> {
         let to = phone_of(job, self.name())?.digits();
         match message {
             Rendered::Sms { body } => {
-                let body = json!({"messages": [{
-                    "destinations": [{"to": to}],
-                    "from": self.from,
-                    "text": body,
-                }]});
-                self.post(&self.sms_url, body).await
+                let message = self.message(to, body.clone(), validity);
+                self.post(&self.sms_url, to, message).await
             }
             Rendered::Voice { text, language } => {
-                let body = json!({"messages": [{
-                    "destinations": [{"to": to}],
-                    "from": self.from,
-                    "text": speech(text),
-                    "language": tts_language(language),
-                }]});
-                self.post(&self.tts_url, body).await
+                let mut message = self.message(to, speech(text), validity);
+                let language = tts_language(language).unwrap_or(self.default_language);
+                message.insert("language".into(), json!(language));
+                self.post(&self.tts_url, to, message).await
             }
             Rendered::Email { .. } => Err(ProviderError::Permanent {
                 message: "infobip cannot deliver email".into(),
@@ -233,8 +306,274 @@ pub fn speech(text: &str) -> String {
         .join(" <break time=\"1s\"/> ")
 }
 
-/// Infobip's language code for a locale: the lowercase language subtag (`es-AR` → `es`), as its TTS
-/// languages are listed.
-pub fn tts_language(locale: &Locale) -> String {
-    locale.language().to_ascii_lowercase()
+/// The text-to-speech languages Infobip lists
+/// (<https://www.infobip.com/docs/voice-and-video/outbound-calls#text-to-speech-voice-over-broadcast>; the
+/// `language` enum of Infobip's API client).
+pub const TTS_LANGUAGES: &[&str] = &[
+    "ar",
+    "ar-ma",
+    "bg",
+    "bn",
+    "ca",
+    "cs",
+    "da",
+    "de",
+    "de-at",
+    "de-ch",
+    "el",
+    "en",
+    "en-au",
+    "en-ca",
+    "en-gb",
+    "en-gb-wls",
+    "en-ie",
+    "en-in",
+    "epo",
+    "es",
+    "es-gl",
+    "es-mx",
+    "fi",
+    "fil-ph",
+    "fr",
+    "fr-ca",
+    "fr-ch",
+    "gu",
+    "he",
+    "hi",
+    "hr",
+    "hu",
+    "id",
+    "is",
+    "it",
+    "ja",
+    "kn",
+    "ko",
+    "ml",
+    "mr-in",
+    "ms",
+    "nl",
+    "no",
+    "pl",
+    "pt-br",
+    "pt-pt",
+    "ro",
+    "ru",
+    "sk",
+    "sl",
+    "sv",
+    "ta",
+    "te",
+    "th",
+    "tr",
+    "uk",
+    "ur-pk",
+    "vi",
+    "wls",
+    "zh-cn",
+    "zh-tw",
+];
+
+/// Infobip's text-to-speech language for a locale, looked up as templates are (language and region, then
+/// the language), or `None` when Infobip lists none for it.
+///
+/// Infobip's own codes for some languages: Norwegian `no` (`nb`, `nn`), Welsh `wls` (`cy`), Esperanto `epo`
+/// (`eo`), Filipino `fil-ph` (`fil`, `tl`), and the old codes `iw` (Hebrew) and `in` (Indonesian). Infobip
+/// lists Portuguese and Chinese only with a region: Portuguese is `pt-br` for `pt` and `pt-BR` (the likely
+/// region of `pt`, and herald ships `pt-BR` templates) and `pt-pt` for any other region (`pt-PT`, `pt-AO`,
+/// `pt-MZ`, whose Portuguese is European); Chinese is `zh-tw` for Traditional script (`zh-Hant`) or Taiwan,
+/// Hong Kong and Macao, `zh-cn` otherwise. `ur`, `mr` go to the one region Infobip lists.
+pub fn tts_language(locale: &Locale) -> Option<&'static str> {
+    let tag = locale.as_str().to_ascii_lowercase();
+    let mut subtags = tag.split('-');
+    let language = subtags.next()?;
+    let (mut script, mut region) = (None, None);
+    for subtag in subtags {
+        let alpha = subtag.bytes().all(|b| b.is_ascii_alphabetic());
+        match subtag.len() {
+            // A singleton starts an extension or private use: nothing after it is a script or region.
+            1 => break,
+            4 if alpha && script.is_none() && region.is_none() => script = Some(subtag),
+            2 if alpha && region.is_none() => region = Some(subtag),
+            3 if region.is_none() && subtag.bytes().all(|b| b.is_ascii_digit()) => region = Some(subtag),
+            _ => {}
+        }
+    }
+    let listed = |code: &str| TTS_LANGUAGES.iter().copied().find(|l| *l == code);
+    let language = match language {
+        "nb" | "nn" => "no",
+        "cy" => "wls",
+        "eo" => "epo",
+        "tl" => "fil",
+        "iw" => "he",
+        "in" => "id",
+        other => other,
+    };
+    match language {
+        "pt" => {
+            return listed(if region.is_none_or(|r| r == "br") {
+                "pt-br"
+            } else {
+                "pt-pt"
+            });
+        }
+        "zh" => {
+            let traditional = script == Some("hant") || region.is_some_and(|r| matches!(r, "tw" | "hk" | "mo"));
+            let simplified = script == Some("hans");
+            return listed(if traditional && !simplified { "zh-tw" } else { "zh-cn" });
+        }
+        _ => {}
+    }
+    if let Some(found) = region.and_then(|r| listed(&format!("{language}-{r}"))) {
+        return Some(found);
+    }
+    listed(language).or(match language {
+        "fil" => listed("fil-ph"),
+        "ur" => listed("ur-pk"),
+        "mr" => listed("mr-in"),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every status name on <https://www.infobip.com/docs/essentials/response-status-and-error-codes> that
+    /// is not a send, row by row.
+    #[test]
+    fn every_documented_status_has_its_class() {
+        use Class::{NextProvider, Permanent, Transient};
+        let expected = [
+            ("UNDELIVERABLE_REJECTED_OPERATOR", Permanent),
+            ("UNDELIVERABLE_NOT_DELIVERED", Permanent),
+            ("UNDELIVERABLE_REJECTED_PLATFORM", Transient),
+            ("EXPIRED_EXPIRED", Permanent),
+            ("EXPIRED_DLR_UNKNOWN", Permanent),
+            ("EXPIRED_UNKNOWN", Permanent),
+            ("REJECTED_NETWORK", NextProvider),
+            ("REJECTED_PREFIX_MISSING", Permanent),
+            ("REJECTED_DND", Permanent),
+            ("REJECTED_SOURCE", NextProvider),
+            ("REJECTED_NOT_ENOUGH_CREDITS", NextProvider),
+            ("REJECTED_SENDER", NextProvider),
+            ("REJECTED_DESTINATION", Permanent),
+            ("REJECTED_NOT_REACHABLE", NextProvider),
+            ("REJECTED_PREPAID_PACKAGE_EXPIRED", NextProvider),
+            ("REJECTED_DESTINATION_NOT_REGISTERED", NextProvider),
+            ("REJECTED_ROUTE_NOT_AVAILABLE", NextProvider),
+            ("REJECTED_FLOODING_FILTER", Transient),
+            ("REJECTED_SYSTEM_ERROR", Transient),
+            ("REJECTED_DUPLICATE_MESSAGE_ID", Permanent),
+            ("REJECTED_INVALID_UDH", Permanent),
+            ("REJECTED_MESSAGE_TOO_LONG", Permanent),
+            ("MISSING_TO", Permanent),
+            ("REJECTED_INVALID_DESTINATION", Permanent),
+        ];
+        assert_eq!(STATUSES.len(), expected.len(), "a row per documented status");
+        for (name, class) in expected {
+            assert_eq!(classify(name), class, "{name}");
+        }
+        for unknown in ["REJECTED_SOMETHING_NEW", "", "rejected_network"] {
+            assert_eq!(classify(unknown), Permanent, "{unknown:?}");
+        }
+    }
+
+    #[test]
+    fn http_statuses_have_their_class() {
+        use Class::{NextProvider, Permanent, Transient};
+        for (status, class) in [
+            (400, Permanent),
+            (401, NextProvider),
+            (403, NextProvider),
+            (404, Permanent),
+            (407, Transient),
+            (408, Transient),
+            (429, Transient),
+            (500, Transient),
+            (502, Transient),
+            (503, Transient),
+        ] {
+            assert_eq!(http_class(status), class, "{status}");
+        }
+    }
+
+    #[test]
+    fn validity_is_whole_minutes_within_infobips_range() {
+        let v = |secs: u64| {
+            let mut job = crate::job::Job::from_json(
+                br#"{"id":"7d9f0a52-7a0e-4a43-a6d4-0f4ac5a3e0b1","channel":"sms","to":"+14155550123","code":"482913","user_id":"u"}"#,
+            )
+            .unwrap();
+            let now = chrono::Utc::now();
+            job.expires_at = Some(now + chrono::Duration::seconds(secs as i64));
+            validity_minutes(Validity::for_job(&job, Duration::from_secs(600), now))
+        };
+        assert_eq!(validity_minutes(Validity::default()), 10);
+        assert_eq!(v(330), 5, "rounded down: never past the code's expiry");
+        assert_eq!(v(20), 1, "at least a minute");
+        assert_eq!(v(0), 1);
+        assert_eq!(v(5 * 86_400), 2880, "at most 48 hours");
+    }
+
+    #[test]
+    fn locales_map_to_infobips_own_languages() {
+        let cases = [
+            ("pt-BR", Some("pt-br")),
+            ("pt", Some("pt-br")),
+            ("pt-PT", Some("pt-pt")),
+            ("pt-AO", Some("pt-pt")),
+            ("zh", Some("zh-cn")),
+            ("zh-CN", Some("zh-cn")),
+            ("zh-Hans", Some("zh-cn")),
+            ("zh-TW", Some("zh-tw")),
+            ("zh-Hant", Some("zh-tw")),
+            ("zh-Hant-TW", Some("zh-tw")),
+            ("zh-HK", Some("zh-tw")),
+            ("zh-Hans-HK", Some("zh-cn")),
+            ("nb", Some("no")),
+            ("nb-NO", Some("no")),
+            ("nn", Some("no")),
+            ("no", Some("no")),
+            ("cy", Some("wls")),
+            ("cy-GB", Some("wls")),
+            ("eo", Some("epo")),
+            ("fil", Some("fil-ph")),
+            ("fil-PH", Some("fil-ph")),
+            ("tl", Some("fil-ph")),
+            ("en", Some("en")),
+            ("en-US", Some("en")),
+            ("en-GB", Some("en-gb")),
+            ("en-AU", Some("en-au")),
+            ("en-NZ", Some("en")),
+            ("es", Some("es")),
+            ("es-AR", Some("es")),
+            ("es-419", Some("es")),
+            ("es-MX", Some("es-mx")),
+            ("fr-CA", Some("fr-ca")),
+            ("fr-BE", Some("fr")),
+            ("de-AT", Some("de-at")),
+            ("de", Some("de")),
+            ("ar-MA", Some("ar-ma")),
+            ("ar-EG", Some("ar")),
+            ("ur", Some("ur-pk")),
+            ("mr", Some("mr-in")),
+            ("he", Some("he")),
+            ("iw", Some("he")),
+            ("ja-JP", Some("ja")),
+            ("sr", None),
+            ("sw-KE", None),
+            ("x-klingon", None),
+        ];
+        for (tag, expected) in cases {
+            let Ok(locale) = Locale::parse(tag) else {
+                continue;
+            };
+            assert_eq!(tts_language(&locale), expected, "{tag}");
+        }
+        // Nothing outside the list ever comes out.
+        for tag in ["pt-BR", "zh-Hant-TW", "nb", "en-GB", "sr-Latn-RS", "es-419"] {
+            let got = tts_language(&Locale::parse(tag).unwrap());
+            assert!(got.is_none_or(|l| TTS_LANGUAGES.contains(&l)), "{tag}");
+        }
+    }
 }

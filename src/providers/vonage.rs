@@ -1,5 +1,9 @@
-//! Vonage (Nexmo) SMS API: `POST {base_url}/sms/json`, form-encoded, credentials in the form (contract §6).
-//! Vonage answers HTTP 200 whether or not it took the message: the verdict is `messages[].status`.
+//! Vonage (Nexmo) SMS API: `POST {base_url}/sms/json`, form-encoded, credentials in the form
+//! (<https://developer.vonage.com/en/api/sms>). Vonage answers HTTP 200 whether or not it took the message,
+//! and answers per part: a long text is one `messages[]` entry per part, each with its own `status`
+//! (<https://developer.vonage.com/en/messaging/sms/guides/troubleshooting-sms>).
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
@@ -15,6 +19,11 @@ use crate::job::Job;
 use crate::sms::{Encoding, segments};
 use crate::templates::Rendered;
 
+/// The range of the SMS API's `ttl` (milliseconds): `minimum: 20000`, `maximum: 604800000` in Vonage's
+/// API specification (<https://developer.vonage.com/en/api/sms#send-an-sms>).
+pub const TTL_MIN: Duration = Duration::from_millis(20_000);
+pub const TTL_MAX: Duration = Duration::from_millis(604_800_000);
+
 pub struct Vonage {
     client: HttpClient,
     url: Url,
@@ -25,8 +34,8 @@ pub struct Vonage {
     status_callback: Option<String>,
 }
 
-/// `{"message-count": "1", "messages": [{"to", "message-id", "status": "0", ...}]}`; a failed message
-/// has `status` and `error-text` instead of an id.
+/// `{"message-count": "2", "messages": [{"to", "message-id", "status": "0", "remaining-balance",
+/// "message-price", "network"}, …]}`; a refused part has `status` and `error-text` instead of an id.
 #[derive(Deserialize)]
 struct Answer {
     messages: Vec<Message>,
@@ -41,33 +50,52 @@ struct Message {
     error_text: Option<String>,
 }
 
-/// A status of Vonage's SMS API error table: its meaning, and whether sending again can succeed.
-/// Throttled, internal error, too many binds and an account out of credit (documented as "top-up and
-/// retry": another provider of the chain can still send) are worth retrying; every other status means
-/// the request, the number or the account is wrong and will fail again.
-pub fn classify(status: &str) -> (&'static str, bool) {
-    match status {
-        "1" => ("throttled", true),
-        "2" => ("missing parameters", false),
-        "3" => ("invalid parameters", false),
-        "4" => ("invalid credentials", false),
-        "5" => ("internal error", true),
-        "6" => ("invalid message", false),
-        "7" => ("number barred", false),
-        "8" => ("partner account barred", false),
-        "9" => ("partner quota violation", true),
-        "10" => ("too many existing binds", true),
-        "11" => ("account not enabled for HTTP", false),
-        "12" => ("message too long", false),
-        "14" => ("invalid signature", false),
-        "15" => ("invalid sender address", false),
-        "22" => ("invalid network code", false),
-        "23" => ("invalid callback url", false),
-        "29" => ("non-whitelisted destination", false),
-        "32" => ("signature and api secret disallowed", false),
-        "33" => ("number de-activated", false),
-        _ => ("undocumented status", false),
-    }
+/// Vonage's SMS API status table (<https://developer.vonage.com/en/api-errors/sms>): each documented
+/// status, its meaning, and how herald takes it.
+///
+/// - Transient: what Vonage says to retry — throttled (1), internal error (5), no credit ("top-up and
+///   retry", 9), too many binds ("back-off and retry", 10).
+/// - Next provider: what the page ties to the account, its credentials, its sender or its setup rather than
+///   to the recipient or the message — invalid credentials (4), account barred (8), not enabled for HTTP (11),
+///   signature problems (14, 32), unauthorised sender id (15), network code (22), callback URL (23), demo
+///   account's whitelist (29).
+/// - Permanent: the request or the recipient — missing or invalid parameters (2, 3), invalid message (6),
+///   number barred (7), message too long (12), number de-activated (33).
+pub const STATUSES: &[(&str, &str, Class)] = &[
+    ("1", "throttled", Class::Transient),
+    ("2", "missing parameters", Class::Permanent),
+    ("3", "invalid parameters", Class::Permanent),
+    ("4", "invalid credentials", Class::NextProvider),
+    ("5", "internal error", Class::Transient),
+    ("6", "invalid message", Class::Permanent),
+    ("7", "number barred", Class::Permanent),
+    ("8", "partner account barred", Class::NextProvider),
+    ("9", "partner quota violation", Class::Transient),
+    ("10", "too many existing binds", Class::Transient),
+    ("11", "account not enabled for HTTP", Class::NextProvider),
+    ("12", "message too long", Class::Permanent),
+    ("14", "invalid signature", Class::NextProvider),
+    ("15", "invalid sender address", Class::NextProvider),
+    ("22", "invalid network code", Class::NextProvider),
+    ("23", "invalid callback url", Class::NextProvider),
+    ("29", "non-whitelisted destination", Class::NextProvider),
+    ("32", "signature and api secret disallowed", Class::NextProvider),
+    ("33", "number de-activated", Class::Permanent),
+];
+
+/// A status's meaning and class; one the table does not document is permanent.
+pub fn classify(status: &str) -> (&'static str, Class) {
+    STATUSES
+        .iter()
+        .find(|(s, ..)| *s == status)
+        .map_or(("undocumented status", Class::Permanent), |&(_, meaning, class)| {
+            (meaning, class)
+        })
+}
+
+/// The `ttl` form value for `validity`: milliseconds within Vonage's range.
+pub fn ttl(validity: Validity) -> String {
+    validity.clamped(TTL_MIN, TTL_MAX).as_millis().to_string()
 }
 
 impl Vonage {
@@ -96,7 +124,7 @@ impl Provider for Vonage {
         ProviderKind::Vonage
     }
 
-    async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
+    async fn send(&self, job: &Job, message: &Rendered, validity: Validity) -> Result<Receipt, ProviderError> {
         let Rendered::Sms { body } = message else {
             return Err(ProviderError::Permanent {
                 message: "vonage delivers SMS only".into(),
@@ -104,16 +132,21 @@ impl Provider for Vonage {
             });
         };
         let to = phone_of(job, self.name())?.digits();
-        let mut form = vec![
-            ("api_key", self.api_key.as_str()),
-            ("api_secret", self.api_secret.as_str()),
-            ("from", self.from.as_str()),
+        let ttl = ttl(validity);
+        // `text` for GSM-7, `unicode` otherwise: Vonage sends a `text` message in the GSM alphabet.
+        let kind = match segments(body).encoding {
+            Encoding::Gsm7 => "text",
+            Encoding::Ucs2 => "unicode",
+        };
+        let mut form: Vec<(&str, &str)> = vec![
+            ("api_key", &self.api_key),
+            ("api_secret", &self.api_secret),
+            ("from", &self.from),
             ("to", to),
-            ("text", body.as_str()),
+            ("text", body),
+            ("type", kind),
+            ("ttl", &ttl),
         ];
-        if segments(body).encoding == Encoding::Ucs2 {
-            form.push(("type", "unicode"));
-        }
         // https://developer.vonage.com/en/api/sms#send-an-sms: a receipt for each part, sent to `callback`.
         if let Some(url) = &self.status_callback {
             form.extend([("status-report-req", "1"), ("callback", url.as_str())]);
@@ -128,6 +161,10 @@ impl Provider for Vonage {
                 .and_then(|a| a.messages.into_iter().next())
                 .and_then(|m| ProviderCode::vonage(&m.status));
             let message = format!("vonage answered HTTP {}", exchanged.status.as_u16());
+            // Credentials or account refused at the door: the next provider of the chain can send.
+            if matches!(exchanged.status.as_u16(), 401 | 403) {
+                return Err(exchanged.rejection(Class::NextProvider, message, code));
+            }
             return Err(exchanged.failure(message, code));
         }
         let Some(answer) = answer.filter(|a| !a.messages.is_empty()) else {
@@ -135,19 +172,121 @@ impl Provider for Vonage {
             // again (README, "Providers").
             return Ok(Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None));
         };
-        // A long text is several messages: sent only if every part was taken.
-        match answer.messages.iter().find(|m| m.status != "0") {
-            None => Ok(Receipt::sent(answer.messages.into_iter().find_map(|m| m.message_id))),
-            Some(failed) => {
-                let (meaning, transient) = classify(&failed.status);
-                let detail = failed.error_text.as_deref().map(scrub).unwrap_or_default();
-                let code = ProviderCode::vonage(&failed.status);
-                // The status is written only when it is one: what else Vonage put there is not repeated.
-                let status = code.as_deref().unwrap_or("-");
-                let message = format!("vonage status {status} ({meaning}): {detail}");
-                let class = if transient { Class::Transient } else { Class::Permanent };
-                Err(exchanged.rejection(class, message, code))
-            }
+        verdict(answer.messages).map_err(|failed| {
+            let (meaning, class) = classify(&failed.status);
+            let detail = failed.error_text.as_deref().map(scrub).unwrap_or_default();
+            let code = ProviderCode::vonage(&failed.status);
+            // The status is written only when it is one: what else Vonage put there is not repeated.
+            let status = code.as_deref().unwrap_or("-");
+            let message = format!("vonage status {status} ({meaning}): {detail}");
+            exchanged.rejection(class, message, code)
+        })
+    }
+}
+
+/// The parts' verdict: every part taken is sent, with the first part's id; some parts taken is sent
+/// unconfirmed (the taken parts reach the phone, so the text is not sent again); no part taken is the
+/// first refused part's failure.
+fn verdict(messages: Vec<Message>) -> Result<Receipt, Message> {
+    let taken = |m: &Message| m.status == "0";
+    let first_id = messages.iter().filter(|m| taken(m)).find_map(|m| m.message_id.clone());
+    let all = messages.iter().all(taken);
+    let any = messages.iter().any(taken);
+    if all {
+        return Ok(Receipt::sent(first_id));
+    }
+    if any {
+        return Ok(Receipt::unconfirmed(Ambiguous::PartlyTaken, first_id));
+    }
+    match messages.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every status of <https://developer.vonage.com/en/api-errors/sms>, row by row.
+    #[test]
+    fn every_documented_status_has_its_class() {
+        let expected = [
+            ("1", Class::Transient),
+            ("2", Class::Permanent),
+            ("3", Class::Permanent),
+            ("4", Class::NextProvider),
+            ("5", Class::Transient),
+            ("6", Class::Permanent),
+            ("7", Class::Permanent),
+            ("8", Class::NextProvider),
+            ("9", Class::Transient),
+            ("10", Class::Transient),
+            ("11", Class::NextProvider),
+            ("12", Class::Permanent),
+            ("14", Class::NextProvider),
+            ("15", Class::NextProvider),
+            ("22", Class::NextProvider),
+            ("23", Class::NextProvider),
+            ("29", Class::NextProvider),
+            ("32", Class::NextProvider),
+            ("33", Class::Permanent),
+        ];
+        assert_eq!(STATUSES.len(), expected.len(), "a row per documented status");
+        for (status, class) in expected {
+            assert_eq!(classify(status).1, class, "status {status}");
+            assert_ne!(classify(status).0, "undocumented status", "status {status}");
         }
+        for undocumented in ["13", "16", "34", "99", "", "0x1"] {
+            assert_eq!(
+                classify(undocumented),
+                ("undocumented status", Class::Permanent),
+                "{undocumented:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_is_the_validity_in_milliseconds_within_vonages_range() {
+        let at = |secs: u64| {
+            let mut job = crate::job::Job::from_json(
+                br#"{"id":"7d9f0a52-7a0e-4a43-a6d4-0f4ac5a3e0b1","channel":"sms","to":"+14155550123","code":"482913","user_id":"u"}"#,
+            )
+            .unwrap();
+            let now = chrono::Utc::now();
+            job.expires_at = Some(now + chrono::Duration::seconds(secs as i64));
+            Validity::for_job(&job, Duration::from_secs(600), now)
+        };
+        assert_eq!(ttl(Validity::default()), "600000");
+        assert_eq!(ttl(at(300)), "300000");
+        assert_eq!(ttl(at(5)), "20000", "below the minimum");
+        assert_eq!(ttl(at(0)), "20000", "expired");
+        assert_eq!(ttl(at(30 * 86_400)), "604800000", "above the maximum");
+    }
+
+    fn part(status: &str, id: Option<&str>) -> Message {
+        Message {
+            status: status.into(),
+            message_id: id.map(Into::into),
+            error_text: None,
+        }
+    }
+
+    #[test]
+    fn parts_taken_are_never_sent_again() {
+        let all = verdict(vec![part("0", Some("a")), part("0", Some("b"))]).ok();
+        assert_eq!(all, Some(Receipt::sent(Some("a".into()))));
+        let some = verdict(vec![part("0", Some("a")), part("1", None)]).ok();
+        assert_eq!(
+            some,
+            Some(Receipt::unconfirmed(Ambiguous::PartlyTaken, Some("a".into())))
+        );
+        let later = verdict(vec![part("1", None), part("0", Some("b"))]).ok();
+        assert_eq!(
+            later,
+            Some(Receipt::unconfirmed(Ambiguous::PartlyTaken, Some("b".into())))
+        );
+        let none = verdict(vec![part("9", None), part("1", None)]).err().map(|m| m.status);
+        assert_eq!(none.as_deref(), Some("9"), "the first refused part decides");
     }
 }
