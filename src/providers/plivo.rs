@@ -130,7 +130,7 @@ impl Provider for Plivo {
         let dst = phone_of(job, self.name())?.digits();
         let send = Send {
             src: &self.from,
-            dst: &dst,
+            dst,
             text: body,
             message_expiry: validity.clamped(EXPIRY_RANGE.0, EXPIRY_RANGE.1).as_secs(),
         };

@@ -156,10 +156,10 @@ impl PlivoSpec {
         if string("text").is_none_or(str::is_empty) {
             return Err((400, "text parameter is missing".into()));
         }
-        if let Some(t) = body.get("type") {
-            if !matches!(t.as_str(), Some("sms")) {
-                return Err((400, format!("type {t} is not sms")));
-            }
+        if let Some(t) = body.get("type")
+            && !matches!(t.as_str(), Some("sms"))
+        {
+            return Err((400, format!("type {t} is not sms")));
         }
         match body.get("message_expiry") {
             None => return Err((400, "herald sends message_expiry (the job's validity)".into())),
@@ -175,10 +175,10 @@ impl PlivoSpec {
                 return Err((400, format!("url {url} is not a URL")));
             }
         }
-        if let Some(m) = body.get("method") {
-            if !matches!(m.as_str(), Some("GET" | "POST")) {
-                return Err((400, format!("method {m} is not GET or POST")));
-            }
+        if let Some(m) = body.get("method")
+            && !matches!(m.as_str(), Some("GET" | "POST"))
+        {
+            return Err((400, format!("method {m} is not GET or POST")));
         }
         Ok(Value::Object(body))
     }
