@@ -37,8 +37,8 @@ struct Answer {
     error: Option<serde_json::Value>,
 }
 
-/// The body of one send (plivo-python `Messages.create`). Optional fields are left out when unset, so that a
-/// field added here (the status callback's `url` and `method`) is one more member.
+/// The body of one send (plivo-python `Messages.create`): a field added here (the status callback's `url` and
+/// `method`, `Option`s with `skip_serializing_if`) is one more member.
 #[derive(Serialize)]
 struct Send<'a> {
     src: &'a str,
