@@ -4,6 +4,9 @@
 //! broker: failover between providers and routing by destination country.
 
 mod helpers;
+// The SigV4 verifier of the SNS test server (tests/provider_sns_plivo.rs tests SNS and Plivo themselves).
+#[path = "helpers/sns.rs"]
+mod sns_spec;
 
 use std::time::Duration;
 
@@ -21,6 +24,7 @@ use herald::providers::{Ambiguous, Provider, ProviderError, Receipt, Validity};
 use herald::templates::Rendered;
 use hyper_util::client::proxy::matcher::Matcher;
 use serde_json::{Value, json};
+use sns_spec::verify_sigv4;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -53,13 +57,6 @@ async fn only_request(server: &MockServer) -> wiremock::Request {
     requests.remove(0)
 }
 
-fn header<'a>(r: &'a wiremock::Request, name: &str) -> &'a str {
-    r.headers
-        .get(name)
-        .unwrap_or_else(|| panic!("no {name} header"))
-        .to_str()
-        .unwrap()
-}
 
 /// What a failure says, in a word: `transient <code> <retry-after>` / `permanent <code>`. Also checks it
 /// never carries the recipient's number.
@@ -131,90 +128,6 @@ fn plivo_error(status: u16, error: &str) -> ResponseTemplate {
         .set_body_json(json!({"api_id": "97ceeb52-58b6-11e1-86da-77300b68f8bb", "error": error}))
 }
 
-#[tokio::test]
-async fn plivo_sends_the_json_plivo_documents() {
-    let server = server(ResponseTemplate::new(202).set_body_json(json!({
-        "api_id": "db342550-7f1d-11e1-8ea7-1231380bc196",
-        "message": "message(s) queued",
-        "message_uuid": ["db3ce55a-7f1d-11e1-8ea7-1231380bc196"]
-    })))
-    .await;
-    let plivo = Plivo::new(&plivo_config(&server.uri()), client()).unwrap();
-    assert_eq!(plivo.name(), ProviderKind::Plivo);
-    let receipt = plivo
-        .send(
-            &phone_job(NUMBER),
-            &sms("482913 is your code for Acme."),
-            Validity::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        receipt.message_id.as_deref(),
-        Some("db3ce55a-7f1d-11e1-8ea7-1231380bc196")
-    );
-    let r = only_request(&server).await;
-    assert_eq!(
-        (r.method.as_str(), r.url.path()),
-        ("POST", "/v1/Account/MAXXXXXXXXXXXXXXXXXX/Message/")
-    );
-    assert_eq!(header(&r, "content-type"), "application/json");
-    let basic = base64::engine::general_purpose::STANDARD.encode("MAXXXXXXXXXXXXXXXXXX:plivo-token");
-    assert_eq!(header(&r, "authorization"), format!("Basic {basic}"));
-    assert_eq!(
-        serde_json::from_slice::<Value>(&r.body).unwrap(),
-        json!({"src": "14155550100", "dst": "14155550123", "text": "482913 is your code for Acme."})
-    );
-}
-
-#[tokio::test]
-async fn plivo_answers_are_classified_as_documented() {
-    let cases: Vec<(ResponseTemplate, &str)> = vec![
-        (plivo_error(400, "invalid dst number"), "permanent 400"),
-        (plivo_error(401, "authentication failed"), "permanent 401"),
-        (plivo_error(404, "not found"), "permanent 404"),
-        (plivo_error(405, "method not allowed"), "permanent 405"),
-        (
-            plivo_error(429, "too many requests").insert_header("Retry-After", "3"),
-            "transient 429 3",
-        ),
-        (plivo_error(500, "server error"), "transient 500 -"),
-        (ResponseTemplate::new(503).set_body_string("<html>"), "transient 503 -"),
-        (
-            ResponseTemplate::new(202).set_delay(Duration::from_secs(5)),
-            "unclear timeout",
-        ),
-    ];
-    for (i, (response, expected)) in cases.into_iter().enumerate() {
-        let server = server(response).await;
-        let plivo = Plivo::new(&plivo_config(&server.uri()), client()).unwrap();
-        let got = verdict(
-            plivo
-                .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-                .await,
-        );
-        assert_eq!(got, expected, "case {i}");
-    }
-    // A 202 with garbage is still queued at Plivo: sent, without an id (sending again would repeat it).
-    let garbage = server(ResponseTemplate::new(202).set_body_string("garbage")).await;
-    let plivo = Plivo::new(&plivo_config(&garbage.uri()), client()).unwrap();
-    assert_eq!(
-        plivo
-            .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-            .await
-            .unwrap(),
-        Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None)
-    );
-    // The error text is Plivo's, scrubbed of the number it may quote.
-    let quoting = server(plivo_error(400, &format!("{NUMBER} is not a valid dst"))).await;
-    let plivo = Plivo::new(&plivo_config(&quoting.uri()), client()).unwrap();
-    let e = plivo
-        .send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.message(), "plivo answered 400: +[number] is not a valid dst");
-}
-
 // --- Infobip --------------------------------------------------------------------------------------------
 
 /// `templates.default_locale`'s default, for Infobip's voice.
@@ -250,133 +163,7 @@ fn infobip_error(status: u16, id: &str) -> ResponseTemplate {
 
 // --- Amazon SNS -----------------------------------------------------------------------------------------
 
-/// AWS Signature Version 4 written from AWS's description of it, independent of `aws-sigv4`: the test server
-/// checks herald's signature with it. Held to AWS's published test suite vectors below.
-mod sigv4 {
-    use hmac::{Hmac, KeyInit, Mac};
-    use sha2::{Digest, Sha256};
-
-    pub fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-        mac.update(data.as_bytes());
-        mac.finalize().into_bytes().to_vec()
-    }
-
-    pub fn sha256_hex(data: &[u8]) -> String {
-        hex(&Sha256::digest(data))
-    }
-
-    /// `headers`: (lowercase name, value) of exactly the signed headers.
-    pub fn canonical_request(
-        method: &str,
-        path: &str,
-        query: &str,
-        headers: &[(String, String)],
-        payload: &[u8],
-    ) -> String {
-        let mut headers = headers.to_vec();
-        headers.sort();
-        let canonical: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
-        let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
-        format!(
-            "{method}\n{path}\n{query}\n{canonical}\n{}\n{}",
-            signed.join(";"),
-            sha256_hex(payload)
-        )
-    }
-
-    pub fn string_to_sign(amz_date: &str, region: &str, service: &str, canonical_request: &str) -> String {
-        format!(
-            "AWS4-HMAC-SHA256\n{amz_date}\n{}/{region}/{service}/aws4_request\n{}",
-            &amz_date[..8],
-            sha256_hex(canonical_request.as_bytes())
-        )
-    }
-
-    pub fn signature(secret: &str, amz_date: &str, region: &str, service: &str, string_to_sign: &str) -> String {
-        let k_date = hmac(format!("AWS4{secret}").as_bytes(), &amz_date[..8]);
-        let k_region = hmac(&k_date, region);
-        let k_service = hmac(&k_region, service);
-        let k_signing = hmac(&k_service, "aws4_request");
-        hex(&hmac(&k_signing, string_to_sign))
-    }
-}
-
 const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
-
-#[test]
-fn the_test_verifier_reproduces_aws_published_sigv4_vectors() {
-    // aws-sig-v4-test-suite: get-vanilla and post-vanilla (AKIDEXAMPLE, us-east-1, service "service").
-    let headers = [
-        ("host".to_owned(), "example.amazonaws.com".to_owned()),
-        ("x-amz-date".to_owned(), "20150830T123600Z".to_owned()),
-    ];
-    for (method, expected_sts, expected) in [
-        (
-            "GET",
-            Some("bb579772317eb040ac9ed261061d46c1f17a8133879d6129b6e1c25292927e63"),
-            "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31",
-        ),
-        (
-            "POST",
-            None,
-            "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b",
-        ),
-    ] {
-        let creq = sigv4::canonical_request(method, "/", "", &headers, b"");
-        let sts = sigv4::string_to_sign("20150830T123600Z", "us-east-1", "service", &creq);
-        if let Some(hash) = expected_sts {
-            assert!(sts.ends_with(hash), "{sts}");
-        }
-        assert_eq!(
-            sigv4::signature(AWS_SECRET, "20150830T123600Z", "us-east-1", "service", &sts),
-            expected,
-            "{method}"
-        );
-    }
-}
-
-/// Checks a request's SigV4 `Authorization` as AWS does; returns the signed header names.
-fn verify_sigv4(r: &wiremock::Request, access_key: &str, secret: &str, region: &str) -> Vec<String> {
-    let authorization = header(r, "authorization");
-    let rest = authorization
-        .strip_prefix("AWS4-HMAC-SHA256 ")
-        .unwrap_or_else(|| panic!("not SigV4: {authorization}"));
-    let part = |name: &str| {
-        rest.split(", ")
-            .find_map(|p| p.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name} in {authorization}"))
-            .to_owned()
-    };
-    let amz_date = header(r, "x-amz-date").to_owned();
-    assert_eq!(
-        part("Credential"),
-        format!("{access_key}/{}/{region}/sns/aws4_request", &amz_date[..8])
-    );
-    let signed: Vec<String> = part("SignedHeaders").split(';').map(str::to_owned).collect();
-    let headers: Vec<(String, String)> = signed
-        .iter()
-        .map(|name| (name.clone(), header(r, name).to_owned()))
-        .collect();
-    let creq = sigv4::canonical_request(
-        r.method.as_str(),
-        r.url.path(),
-        r.url.query().unwrap_or(""),
-        &headers,
-        &r.body,
-    );
-    let sts = sigv4::string_to_sign(&amz_date, region, "sns", &creq);
-    assert_eq!(
-        part("Signature"),
-        sigv4::signature(secret, &amz_date, region, "sns", &sts),
-        "the signature does not verify"
-    );
-    signed
-}
 
 fn sns_config(base_url: &str) -> SnsConfig {
     SnsConfig {
@@ -409,121 +196,6 @@ fn sns_error(status: u16, kind: &str, code: &str) -> ResponseTemplate {
         ),
         "text/xml",
     )
-}
-
-#[tokio::test]
-async fn sns_publishes_the_signed_query_request_aws_documents() {
-    let server = server(sns_published("567910cd-659e-55d4-8ccb-5aaf14679dc0")).await;
-    let mut config = sns_config(&server.uri());
-    config.sender_id = "Acme".into();
-    config.session_token = Secret::new("session-token-example");
-    let sns = Sns::new(&config, client()).unwrap();
-    assert_eq!(sns.name(), ProviderKind::Sns);
-    let receipt = sns
-        .send(
-            &phone_job(NUMBER),
-            &sms("482913 is your code for Acme."),
-            Validity::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        receipt.message_id.as_deref(),
-        Some("567910cd-659e-55d4-8ccb-5aaf14679dc0")
-    );
-    let r = only_request(&server).await;
-    assert_eq!((r.method.as_str(), r.url.path()), ("POST", "/"));
-    assert_eq!(header(&r, "content-type"), "application/x-www-form-urlencoded");
-    let signed = verify_sigv4(&r, "AKIDEXAMPLE", AWS_SECRET, "eu-west-1");
-    for name in ["content-type", "host", "x-amz-date", "x-amz-security-token"] {
-        assert!(signed.iter().any(|s| s == name), "{name} is not signed: {signed:?}");
-    }
-    assert_eq!(header(&r, "x-amz-security-token"), "session-token-example");
-    assert_eq!(
-        form(&r.body),
-        [
-            ("Action", "Publish"),
-            ("Version", "2010-03-31"),
-            ("PhoneNumber", NUMBER),
-            ("Message", "482913 is your code for Acme."),
-            ("MessageAttributes.entry.1.Name", "AWS.SNS.SMS.SMSType"),
-            ("MessageAttributes.entry.1.Value.DataType", "String"),
-            ("MessageAttributes.entry.1.Value.StringValue", "Transactional"),
-            ("MessageAttributes.entry.2.Name", "AWS.SNS.SMS.SenderID"),
-            ("MessageAttributes.entry.2.Value.DataType", "String"),
-            ("MessageAttributes.entry.2.Value.StringValue", "Acme"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    );
-
-    // Without a sender id or a session token, neither is sent.
-    let server = self::server(sns_published("m-2")).await;
-    let sns = Sns::new(&sns_config(&server.uri()), client()).unwrap();
-    sns.send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-        .await
-        .unwrap();
-    let r = only_request(&server).await;
-    verify_sigv4(&r, "AKIDEXAMPLE", AWS_SECRET, "eu-west-1");
-    assert!(r.headers.get("x-amz-security-token").is_none());
-    let f = form(&r.body);
-    assert!(!f.contains_key("MessageAttributes.entry.2.Name"), "{f:?}");
-    assert_eq!(f.len(), 7);
-}
-
-#[tokio::test]
-async fn sns_answers_are_classified_as_documented() {
-    let cases: Vec<(ResponseTemplate, &str)> = vec![
-        (sns_error(400, "Sender", "Throttling"), "transient Throttling -"),
-        (sns_error(429, "Sender", "Throttled"), "transient Throttled -"),
-        (sns_error(500, "Receiver", "InternalError"), "transient InternalError -"),
-        (
-            sns_error(503, "Receiver", "ServiceUnavailable").insert_header("Retry-After", "4"),
-            "transient ServiceUnavailable 4",
-        ),
-        (
-            sns_error(400, "Sender", "InvalidParameter"),
-            "permanent InvalidParameter",
-        ),
-        (
-            sns_error(400, "Sender", "InvalidParameterValue"),
-            "permanent InvalidParameterValue",
-        ),
-        (
-            sns_error(403, "Sender", "AuthorizationError"),
-            "permanent AuthorizationError",
-        ),
-        (
-            sns_error(403, "Sender", "SignatureDoesNotMatch"),
-            "permanent SignatureDoesNotMatch",
-        ),
-        (sns_error(400, "Sender", "SomethingNew"), "permanent SomethingNew"),
-        (sns_error(502, "Receiver", "SomethingNew"), "transient SomethingNew -"),
-        (
-            ResponseTemplate::new(502).set_body_string("<html>bad gateway"),
-            "transient - -",
-        ),
-        (
-            ResponseTemplate::new(200).set_delay(Duration::from_secs(5)),
-            "unclear timeout",
-        ),
-    ];
-    for (i, (response, expected)) in cases.into_iter().enumerate() {
-        let server = server(response).await;
-        let sns = Sns::new(&sns_config(&server.uri()), client()).unwrap();
-        let got = verdict(sns.send(&phone_job(NUMBER), &sms("482913"), Validity::default()).await);
-        assert_eq!(got, expected, "case {i}");
-    }
-    // A 200 is a publish, even with a body that cannot be read: sending again would repeat it.
-    let garbage = server(ResponseTemplate::new(200).set_body_string("garbage")).await;
-    let sns = Sns::new(&sns_config(&garbage.uri()), client()).unwrap();
-    assert_eq!(
-        sns.send(&phone_job(NUMBER), &sms("482913"), Validity::default())
-            .await
-            .unwrap(),
-        Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None)
-    );
 }
 
 // --- Provider codes -------------------------------------------------------------------------------------

@@ -77,13 +77,13 @@ async fn smtp_replies_are_classified_4xx_retried_5xx_rejected() {
     app.publish(&email("reject@example.com")).await;
     let e = app.next_event(20).await;
     assert_eq!(e["error"]["code"], "provider_rejected", "{e}");
-    assert_eq!(e["error"]["provider_code"], "550");
+    assert_eq!(e["error"]["provider_code"], "550 5.1.1");
     assert_eq!(e["attempt"], 1);
 
     app.publish(&email("tempfail@example.com")).await;
     let e = app.next_event(20).await;
     assert_eq!(e["error"]["code"], "attempts_exhausted", "{e}");
-    assert_eq!(e["error"]["provider_code"], "451");
+    assert_eq!(e["error"]["provider_code"], "451 4.3.0");
     assert_eq!(e["attempt"], 2);
     assert!(!e.to_string().contains("tempfail@"), "the address leaked: {e}");
     assert!(smtp.received_nothing());
@@ -153,4 +153,106 @@ async fn an_address_the_smtp_server_cannot_take_is_rejected_not_retried() {
     }
     assert!(smtp.received_nothing());
     app.stop().await;
+}
+
+/// A few rows of docs/providers/smtp.md's table through the real server: a refusal about the sender
+/// (relaying denied 5.7.1, SPF/DMARC 5.7.26, the sender's address 5.1.7) hands the job to the next
+/// provider of the chain; a recipient's (5.1.1, 5.2.2 mailbox full, a bare 550) ends it; 452 4.2.2 is
+/// retried, and with no next provider a sender refusal ends the job without a retry. Before, every 5xx ended the job as permanent and the enhanced code was not in
+/// `error.provider_code`.
+#[tokio::test]
+async fn smtp_refusals_about_the_sender_move_to_the_next_provider() {
+    let smtp = SmtpServer::start("plain", None);
+    let mut app = TestApp::spawn(|c| {
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))];
+        c.channels.email = Some(vec![ProviderKind::Smtp, ProviderKind::Outbox]);
+    })
+    .await;
+    for local in [
+        "reply-550-5.7.1",
+        "reply-550-5.7.26",
+        "reply-553-5.1.7",
+        "reply-554-5.7.1",
+    ] {
+        app.publish(&email(&format!("{local}@example.com"))).await;
+        let e = app.next_event(20).await;
+        assert_eq!(
+            (e["type"].as_str(), e["provider"].as_str()),
+            (Some("gd_send_email"), Some("outbox")),
+            "{local}: {e}"
+        );
+        assert_eq!(e["attempt"], 1, "{local}: {e}");
+    }
+    for (local, code) in [
+        ("reply-550-5.1.1", "550 5.1.1"),
+        ("reply-552-5.2.2", "552 5.2.2"),
+        ("reply-550", "550"),
+    ] {
+        app.publish(&email(&format!("{local}@example.com"))).await;
+        let e = app.next_event(20).await;
+        assert_eq!(e["error"]["code"], "provider_rejected", "{local}: {e}");
+        assert_eq!(e["error"]["provider_code"], code, "{local}: {e}");
+        assert_eq!(e["attempt"], 1, "{local}: {e}");
+        assert!(!e.to_string().contains(local), "the address leaked: {e}");
+    }
+    assert!(smtp.received_nothing());
+    app.stop().await;
+
+    // With no next provider: a refusal about the sender is not retried (it would be refused again), a
+    // full mailbox's 452 is.
+    let mut app = TestApp::spawn(|c| {
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))];
+    })
+    .await;
+    app.publish(&email("reply-550-5.7.1@example.com")).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["error"]["code"], "provider_rejected", "{e}");
+    assert_eq!(e["error"]["provider_code"], "550 5.7.1");
+    assert_eq!(e["attempt"], 1);
+    app.publish(&email("reply-452-4.2.2@example.com")).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["error"]["code"], "attempts_exhausted", "{e}");
+    assert_eq!(e["error"]["provider_code"], "452 4.2.2");
+    assert_eq!(e["attempt"], 2);
+    assert!(smtp.received_nothing());
+    app.stop().await;
+}
+
+/// AUTH refused (535 5.7.8, a wrong password) is the account's, not the message's: the next provider
+/// sends it in the same attempt. Before, it ended the job as permanent. (Over implicit TLS: lettre
+/// offers no AUTH on a plain connection.)
+#[tokio::test]
+async fn refused_smtp_credentials_move_to_the_next_provider() {
+    let smtp = SmtpServer::start("smtps", Some("herald:s3cret"));
+    let mut broker = Broker::new(|c| {
+        c.channels.email = Some(vec![ProviderKind::Smtp, ProviderKind::Outbox]);
+    })
+    .await;
+    let mut env = process_env(&broker.config);
+    env.push((
+        "HERALD_SMTP__URL".into(),
+        format!("smtps://herald:wrong@127.0.0.1:{}", smtp.port),
+    ));
+    env.push(("SSL_CERT_FILE".into(), smtp.ca.as_ref().unwrap().display().to_string()));
+    let herald = HeraldProcess::start(&env);
+    broker.publish(&email("jane.doe@example.com")).await;
+    let event = broker.try_next_event(20).await;
+    let event = event.unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["provider"].as_str(),
+            event["attempt"].as_u64()
+        ),
+        (Some("gd_send_email"), Some("outbox"), Some(1)),
+        "{event}\n{}",
+        herald.logs()
+    );
+    let logs = herald.logs();
+    assert!(logs.contains("provider cannot send it"), "{logs}");
+    assert!(logs.contains("535 5.7.8"), "{logs}");
+    assert!(smtp.received_nothing());
+    assert!(!logs.contains("wrong@"), "the SMTP URL leaked");
 }

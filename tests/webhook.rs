@@ -69,6 +69,11 @@ async fn the_body_mirrors_auth0_and_the_signature_verifies() {
     assert_eq!(requests.len(), 2);
     for r in &requests {
         assert!(verify(&r.headers, &r.body), "signature does not verify");
+        // And as a receiver built on the Standard Webhooks reference library checks it (timestamp included).
+        standardwebhooks::Webhook::new(SECRET)
+            .unwrap()
+            .verify(&r.body, &r.headers)
+            .expect("the reference library verifies herald's signature");
         let ts: u64 = r
             .headers
             .get("webhook-timestamp")

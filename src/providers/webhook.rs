@@ -67,15 +67,21 @@ pub fn encode_secret(key: &[u8]) -> String {
     format!("whsec_{}", BASE64.encode(key))
 }
 
-/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
+/// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, by the Standard Webhooks reference library
+/// (`standardwebhooks`), or `None` for a body that is not UTF-8, which Standard Webhooks does not sign
+/// (<https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md>).
+pub fn try_sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> Option<String> {
+    let timestamp = i64::try_from(timestamp).ok()?;
+    standardwebhooks::Webhook::from_bytes(key.to_vec())
+        .ok()?
+        .sign(id, timestamp, body)
+        .ok()
+}
+
+/// [`try_sign`] for the bodies herald writes (JSON, always UTF-8); empty for any other body, which then
+/// matches no signature.
 pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+    try_sign(key, id, timestamp, body).unwrap_or_default()
 }
 
 impl Webhook {
@@ -129,13 +135,17 @@ impl Provider for Webhook {
             provider_code: None,
         })?;
         let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let signature = try_sign(&self.key, &job.id, timestamp, &body).ok_or_else(|| ProviderError::Permanent {
+            message: "cannot sign the webhook body".into(),
+            provider_code: None,
+        })?;
         let request = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
             .header("webhook-id", &job.id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", sign(&self.key, &job.id, timestamp, &body))
+            .header("webhook-signature", signature)
             // Receivers drop a second delivery of the same `webhook-id` (Standard Webhooks), so a request
             // left unanswered is sent again rather than counted as sent.
             .idempotent()
@@ -194,6 +204,13 @@ mod tests {
             sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+        // The same through the reference library's own entry point, and its refusal of a non-UTF-8 body.
+        assert_eq!(
+            try_sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body).as_deref(),
+            Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+        );
+        assert_eq!(try_sign(&key, "msg_1", 1614265330, b"\xff\xfe"), None);
+        assert_eq!(sign(&key, "msg_1", 1614265330, b"\xff\xfe"), "");
         assert!(decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(decode_secret("whsec_!!!").is_err());
         assert_eq!(encode_secret(&key), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");

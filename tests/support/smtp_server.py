@@ -4,7 +4,8 @@
 Prints JSON lines on stdout: {"ready": <port>} once listening, then one object per accepted message:
 {"mail_from", "rcpt_tos", "data", "auth"}. The recipient's local part steers failures:
 tempfail@ -> 451, reject@ -> 550, hang@ -> no answer to RCPT at all, slow…@ -> the message is accepted
-after 4.5 s (a relay slower than herald's connection slots can serve).
+after 4.5 s (a relay slower than herald's connection slots can serve), reply-<code>[-<enhanced>]@ -> that
+reply to RCPT (reply-550-5.7.1@ -> "550 5.7.1 …", reply-552@ -> "552 …"), as a relay or a mailbox refuses.
 
 --mode plain | ascii (plain, without SMTPUTF8, like an older relay) | starttls (STARTTLS required before MAIL)
        | smtps (implicit TLS)
@@ -31,6 +32,11 @@ class Handler:
             return "451 4.3.0 Try again later"
         if local == "reject":
             return "550 5.1.1 No such user here"
+        if local.startswith("reply-"):
+            parts = local.split("-")[1:]
+            code = parts[0]
+            enhanced = (parts[1] + " ") if len(parts) > 1 else ""
+            return f"{code} {enhanced}Refused by the test server"
         if local == "hang":
             await asyncio.sleep(3600)
         envelope.rcpt_tos.append(address)
@@ -79,7 +85,9 @@ def main():
         def authenticator(server, session, envelope, mechanism, auth_data):
             ok = isinstance(auth_data, LoginPassword) and \
                 auth_data.login.decode() == user and auth_data.password.decode() == password
-            return AuthResult(success=ok)
+            # handled=False: aiosmtpd then answers a failure "535 5.7.8 Authentication credentials invalid"
+            # as a relay does (with the default it answers nothing, and the client waits).
+            return AuthResult(success=ok, handled=False)
 
         # aiosmtpd only counts STARTTLS as TLS; with implicit TLS the whole session is encrypted anyway.
         kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=args.mode == "starttls")
