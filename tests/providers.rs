@@ -57,7 +57,6 @@ async fn only_request(server: &MockServer) -> wiremock::Request {
     requests.remove(0)
 }
 
-
 /// What a failure says, in a word: `transient <code> <retry-after>` / `permanent <code>`. Also checks it
 /// never carries the recipient's number.
 fn verdict(result: Result<Receipt, ProviderError>) -> String {
