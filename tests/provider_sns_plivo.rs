@@ -11,7 +11,7 @@ mod sns_spec;
 
 use std::time::Duration;
 
-use helpers::{TestApp, job};
+use helpers::{TestApp, job, provider_client as client, phone_job, sms, verdict};
 use herald::config::{HttpUrl, PlivoConfig, ProviderKind, Secret, SnsConfig};
 use herald::job::Job;
 use herald::providers::http::HttpClient;
@@ -24,43 +24,6 @@ use wiremock::ResponseTemplate;
 
 const NUMBER: &str = "+14155550123";
 const AWS_SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
-
-fn client() -> HttpClient {
-    HttpClient::new(Duration::from_millis(500), 8).unwrap()
-}
-
-fn phone_job(to: &str) -> Job {
-    let mut body = job("sms");
-    body["to"] = to.into();
-    Job::from_json(body.to_string().as_bytes()).unwrap()
-}
-
-fn sms(text: &str) -> Rendered {
-    Rendered::Sms { body: text.into() }
-}
-
-/// `transient <code> <retry-after>` / `permanent <code>` / `next provider <code>` / `sent` / `unclear
-/// <reason>`; also checks that a failure never carries the recipient's number.
-fn verdict(result: Result<Receipt, ProviderError>) -> String {
-    let e = match result {
-        Ok(Receipt {
-            ambiguous: Some(reason),
-            ..
-        }) => return format!("unclear {}", reason.as_str()),
-        Ok(_) => return "sent".into(),
-        Err(e) => e,
-    };
-    assert!(!e.message().contains("4155550123"), "{e}");
-    let code = e.provider_code().map_or("-".to_owned(), |c| c.to_string());
-    match &e {
-        ProviderError::Transient { retry_after, .. } => format!(
-            "transient {code} {}",
-            retry_after.map_or("-".into(), |d| d.as_secs().to_string())
-        ),
-        ProviderError::Permanent { .. } => format!("permanent {code}"),
-        ProviderError::Refused { .. } => format!("next provider {code}"),
-    }
-}
 
 // --- SNS ------------------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ mod twilio_api;
 
 use std::time::Duration;
 
-use helpers::job;
+use helpers::{job, provider_client as client, verdict};
 use herald::config::{HttpUrl, Secret, TwilioConfig};
 use herald::job::{Job, Locale, PhoneNumber};
 use herald::providers::http::HttpClient;
@@ -23,10 +23,6 @@ const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "twilio-test-token";
 const NUMBER: &str = "+14155550123";
 const SERVICE: &str = "MG0123456789abcdef0123456789abcdef";
-
-fn client() -> HttpClient {
-    HttpClient::new(Duration::from_secs(2), 4).unwrap()
-}
 
 fn config(base_url: &str) -> TwilioConfig {
     TwilioConfig {
@@ -208,24 +204,6 @@ async fn a_language_twilio_cannot_speak_falls_back_to_the_default_locale() {
         let sent = fields(&server).await;
         let twiml = field(&sent, "Twiml").unwrap();
         assert!(twiml.starts_with(&format!("<Response>{say}")), "{language}: {twiml}");
-    }
-}
-
-/// What a failure is, in a word, with its code (and never the number).
-fn verdict(result: Result<Receipt, ProviderError>) -> String {
-    let e = match result {
-        Ok(_) => return "sent".into(),
-        Err(e) => e,
-    };
-    assert!(!e.message().contains("4155550123"), "{e}");
-    let code = e.provider_code().map_or("-".to_owned(), |c| c.to_string());
-    match &e {
-        ProviderError::Transient { retry_after, .. } => format!(
-            "transient {code} {}",
-            retry_after.map_or("-".into(), |d| d.as_secs().to_string())
-        ),
-        ProviderError::Permanent { .. } => format!("permanent {code}"),
-        ProviderError::Refused { .. } => format!("next provider {code}"),
     }
 }
 

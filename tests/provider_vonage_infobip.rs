@@ -12,7 +12,7 @@ mod vonage_api;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use helpers::{TestApp, form, job};
+use helpers::{TestApp, form, job, provider_client as client, phone_job, sms, verdict_with_id as verdict};
 use herald::config::{HttpUrl, InfobipConfig, ProviderKind, Secret, VonageConfig};
 use herald::job::{Job, Locale};
 use herald::providers::http::HttpClient;
@@ -31,16 +31,6 @@ const VONAGE_KEY: &str = "a1b2c3d4";
 const VONAGE_SECRET: &str = "vonage-secret";
 const INFOBIP_KEY: &str = "infobip-key";
 
-fn client() -> HttpClient {
-    HttpClient::new(Duration::from_millis(500), 8).unwrap()
-}
-
-fn phone_job(to: &str) -> Job {
-    let mut body = job("sms");
-    body["to"] = to.into();
-    Job::from_json(body.to_string().as_bytes()).unwrap()
-}
-
 /// A job that expires `secs` from now, and its validity at send time.
 fn expiring(secs: i64) -> (Job, Validity) {
     let mut job = phone_job(NUMBER);
@@ -48,10 +38,6 @@ fn expiring(secs: i64) -> (Job, Validity) {
     job.expires_at = Some(now + chrono::Duration::seconds(secs));
     let validity = Validity::for_job(&job, Duration::from_secs(600), now);
     (job, validity)
-}
-
-fn sms(text: &str) -> Rendered {
-    Rendered::Sms { body: text.into() }
 }
 
 fn voice(text: &str, locale: &str) -> Rendered {
@@ -69,37 +55,6 @@ async fn answering(response: ResponseTemplate) -> MockServer {
 
 async fn requests(server: &MockServer) -> Vec<wiremock::Request> {
     server.received_requests().await.unwrap()
-}
-
-/// What a send came to, in a word: `sent <id>`, `unclear <reason> <id>`, `transient <code> <retry-after>`,
-/// `permanent <code>`, `next provider <code>`. Also checks a failure never carries the recipient's number.
-fn verdict(result: Result<Receipt, ProviderError>) -> String {
-    let e = match result {
-        Ok(Receipt {
-            ambiguous: Some(reason),
-            message_id,
-        }) => return format!("unclear {} {}", reason.as_str(), message_id.as_deref().unwrap_or("-")),
-        Ok(Receipt { message_id, .. }) => return format!("sent {}", message_id.as_deref().unwrap_or("-")),
-        Err(e) => e,
-    };
-    assert!(!e.message().contains("4155550123"), "{e}");
-    match &e {
-        ProviderError::Transient {
-            provider_code,
-            retry_after,
-            ..
-        } => format!(
-            "transient {} {}",
-            provider_code.as_deref().unwrap_or("-"),
-            retry_after.map_or("-".into(), |d| d.as_secs().to_string())
-        ),
-        ProviderError::Permanent { provider_code, .. } => {
-            format!("permanent {}", provider_code.as_deref().unwrap_or("-"))
-        }
-        ProviderError::Refused { provider_code, .. } => {
-            format!("next provider {}", provider_code.as_deref().unwrap_or("-"))
-        }
-    }
 }
 
 // --- Vonage ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ mod sns_spec;
 use std::time::Duration;
 
 use base64::Engine;
-use helpers::{TestApp, form, job};
+use helpers::{TestApp, form, job, phone_job, sms, verdict};
 use herald::config::{HttpUrl, InfobipConfig, PlivoConfig, ProviderKind, Secret, SnsConfig, VonageConfig};
 use herald::job::{Job, Locale};
 use herald::numbering::Destination;
@@ -31,17 +31,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const NUMBER: &str = "+14155550123";
 
 fn client() -> HttpClient {
-    HttpClient::new(Duration::from_millis(500), 8).unwrap()
-}
-
-fn phone_job(to: &str) -> Job {
-    let mut body = job("sms");
-    body["to"] = to.into();
-    Job::from_json(body.to_string().as_bytes()).unwrap()
-}
-
-fn sms(text: &str) -> Rendered {
-    Rendered::Sms { body: text.into() }
+    HttpClient::new(Duration::from_secs(2), 4).unwrap()
 }
 
 /// A server answering every POST with `response`.
@@ -55,37 +45,6 @@ async fn only_request(server: &MockServer) -> wiremock::Request {
     let mut requests = server.received_requests().await.unwrap();
     assert_eq!(requests.len(), 1, "one request per send");
     requests.remove(0)
-}
-
-/// What a failure says, in a word: `transient <code> <retry-after>` / `permanent <code>`. Also checks it
-/// never carries the recipient's number.
-fn verdict(result: Result<Receipt, ProviderError>) -> String {
-    let e = match result {
-        Ok(Receipt {
-            ambiguous: Some(reason),
-            ..
-        }) => return format!("unclear {}", reason.as_str()),
-        Ok(_) => return "sent".into(),
-        Err(e) => e,
-    };
-    assert!(!e.message().contains("4155550123"), "{e}");
-    match &e {
-        ProviderError::Transient {
-            provider_code,
-            retry_after,
-            ..
-        } => format!(
-            "transient {} {}",
-            provider_code.as_deref().unwrap_or("-"),
-            retry_after.map_or("-".into(), |d| d.as_secs().to_string())
-        ),
-        ProviderError::Permanent { provider_code, .. } => {
-            format!("permanent {}", provider_code.as_deref().unwrap_or("-"))
-        }
-        ProviderError::Refused { provider_code, .. } => {
-            format!("next provider {}", provider_code.as_deref().unwrap_or("-"))
-        }
-    }
 }
 
 // --- Vonage ---------------------------------------------------------------------------------------------

@@ -1082,3 +1082,57 @@ impl Replica {
         self.task.await.unwrap().unwrap();
     }
 }
+
+// --- Provider calls without a broker (tests/provider*.rs) ------------------------------------------------
+
+/// The provider client of the provider-level tests: a short timeout, a small pool.
+pub fn provider_client() -> herald::providers::http::HttpClient {
+    herald::providers::http::HttpClient::new(Duration::from_millis(500), 8).unwrap()
+}
+
+/// [`job`] on the SMS channel to `to`, checked as herald checks a job.
+pub fn phone_job(to: &str) -> herald::job::Job {
+    let mut body = job("sms");
+    body["to"] = to.into();
+    herald::job::Job::from_json(body.to_string().as_bytes()).unwrap()
+}
+
+pub fn sms(text: &str) -> herald::templates::Rendered {
+    herald::templates::Rendered::Sms { body: text.into() }
+}
+
+/// What a send came to, in a word: `sent`, `unclear <reason>`, `transient <code> <retry-after>`,
+/// `permanent <code>`, `next provider <code>`. Also checks that a failure never carries the number of
+/// [`job`] (`+14155550123`).
+pub fn verdict(result: Result<herald::providers::Receipt, herald::providers::ProviderError>) -> String {
+    use herald::providers::ProviderError;
+    let e = match result {
+        Ok(herald::providers::Receipt {
+            ambiguous: Some(reason),
+            ..
+        }) => return format!("unclear {}", reason.as_str()),
+        Ok(_) => return "sent".into(),
+        Err(e) => e,
+    };
+    assert!(!e.message().contains("4155550123"), "{e}");
+    let code = e.provider_code().map_or("-".to_owned(), |c| c.to_string());
+    match &e {
+        ProviderError::Transient { retry_after, .. } => format!(
+            "transient {code} {}",
+            retry_after.map_or("-".into(), |d| d.as_secs().to_string())
+        ),
+        ProviderError::Permanent { .. } => format!("permanent {code}"),
+        ProviderError::Refused { .. } => format!("next provider {code}"),
+    }
+}
+
+/// [`verdict`] with the provider's message id after `sent` and `unclear <reason>` (`-` when none).
+pub fn verdict_with_id(result: Result<herald::providers::Receipt, herald::providers::ProviderError>) -> String {
+    match result {
+        Ok(receipt) => {
+            let id = receipt.message_id.clone().unwrap_or_else(|| "-".into());
+            format!("{} {id}", verdict(Ok(receipt)))
+        }
+        Err(e) => verdict(Err(e)),
+    }
+}
