@@ -11,14 +11,11 @@ mod sns_spec;
 
 use std::time::Duration;
 
-use helpers::{TestApp, job, provider_client as client, phone_job, sms, verdict};
+use helpers::{TestApp, job, phone_job, provider_client as client, sms, verdict};
 use herald::config::{HttpUrl, PlivoConfig, ProviderKind, Secret, SnsConfig};
-use herald::job::Job;
-use herald::providers::http::HttpClient;
 use herald::providers::plivo::Plivo;
 use herald::providers::sns::{Sns, class_of};
-use herald::providers::{Class, Provider, ProviderError, Receipt, Validity};
-use herald::templates::Rendered;
+use herald::providers::{Class, Provider, Receipt, Validity};
 use serde_json::json;
 use wiremock::ResponseTemplate;
 

@@ -12,13 +12,12 @@ mod vonage_api;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use helpers::{TestApp, form, job, provider_client as client, phone_job, sms, verdict_with_id as verdict};
+use helpers::{TestApp, form, job, phone_job, provider_client as client, sms, verdict_with_id as verdict};
 use herald::config::{HttpUrl, InfobipConfig, ProviderKind, Secret, VonageConfig};
 use herald::job::{Job, Locale};
-use herald::providers::http::HttpClient;
 use herald::providers::infobip::Infobip;
 use herald::providers::vonage::Vonage;
-use herald::providers::{Ambiguous, Provider, ProviderError, Receipt, Validity};
+use herald::providers::{Ambiguous, Provider, Receipt, Validity};
 use herald::templates::{PAUSE, Rendered};
 use infobip_api::InfobipApi;
 use serde_json::{Value, json};
