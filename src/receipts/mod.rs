@@ -539,20 +539,8 @@ impl Receipts {
         status: Option<Reported>,
         error_code: Option<String>,
     ) -> Result<Applied, Unavailable> {
-        let this = self.clone();
-        let id = id.to_owned();
-        let applied = self
-            .runtime
-            .spawn(async move { this.apply_here(provider, &id, status, error_code).await })
+        self.apply_first(provider, id, status.into_iter().collect(), error_code)
             .await
-            .unwrap_or_else(|e| Err(Unavailable::Broker(crate::broker::BrokerError::Closed(e.to_string()))));
-        if let Ok(applied) = &applied {
-            self.metrics
-                .callbacks
-                .with_label_values(&[provider.name(), applied.as_str()])
-                .inc();
-        }
-        applied
     }
 
     /// [`Receipts::apply`] for a status whose vocabulary the report does not say for sure (Infobip's
