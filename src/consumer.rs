@@ -801,10 +801,13 @@ impl Consumer {
         {
             Step::Settled(disposition) => *disposition,
             Step::Deliver { attempt } => {
+                // A report that overtakes the provider's answer is asked again, not lost (README, "State").
+                let sending = self.receipts.as_ref().and_then(|r| r.sending(&job.id));
                 let delivered = self.dispatcher.deliver(&job, attempt).await;
                 if let (Some(receipts), Outcome::Sent { provider, receipt }) = (&self.receipts, &delivered.outcome) {
                     receipts.sent(&job, provider, receipt);
                 }
+                drop(sending);
                 decision::after_delivery(&job, attempt, &delivered, &self.default_locale)
             }
         };

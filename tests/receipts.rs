@@ -1088,3 +1088,102 @@ async fn status_event(app: &mut TestApp) -> Value {
         }
     }
 }
+
+/// A custom-provider endpoint that posts its signed status callback to herald *before* it answers herald's
+/// webhook request (send, report, then answer), and records the HTTP status herald answered the callback
+/// with.
+struct ReportsBeforeAnswering {
+    herald: std::sync::Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    answers: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl wiremock::Respond for ReportsBeforeAnswering {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        use std::io::{Read, Write};
+        let sent: Value = serde_json::from_slice(&request.body).unwrap();
+        let body = serde_json::to_vec(&json!({"job_id": sent["id"], "status": "delivered"})).unwrap();
+        let key = herald::providers::webhook::decode_secret(WEBHOOK_STATUS_KEY).unwrap();
+        let now = chrono::Utc::now().timestamp() as u64;
+        let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let signature = herald::providers::webhook::sign(&key, &id, now, &body);
+        let addr = *self.herald.get().expect("herald's address");
+        // Blocking is fine: wiremock answers on a thread of its own.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "POST /providers/webhook/status HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             webhook-id: {id}\r\nwebhook-timestamp: {now}\r\nwebhook-signature: {signature}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body).unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        self.answers.lock().unwrap().push(status);
+        ResponseTemplate::new(200).set_body_json(json!({"message_id": "gw-1"}))
+    }
+}
+
+/// A report that overtakes herald's own record of the send (the receiver reports before it answers) is
+/// asked again with 503, never answered 200 and lost as unknown; sent again once the job is recorded, it
+/// becomes the status event. Failed before: 200, `herald_receipts_total{result="unknown"}` 1, no event
+/// (outside attack F1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_overtakes_the_send_is_asked_again_not_lost() {
+    let endpoint = MockServer::start().await;
+    let herald_addr = std::sync::Arc::new(std::sync::OnceLock::new());
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut app = TestApp::spawn(|c| {
+        c.channels.sms = Some(vec![herald::config::ProviderKind::Webhook]);
+        c.webhook.url = Some(endpoint.uri().parse().unwrap());
+        c.webhook.secret = Some(WEBHOOK_SECRET.parse().unwrap());
+    })
+    .await;
+    herald_addr.set(app.http).unwrap();
+    Mock::given(method("POST"))
+        .respond_with(ReportsBeforeAnswering {
+            herald: herald_addr.clone(),
+            answers: answers.clone(),
+        })
+        .mount(&endpoint)
+        .await;
+    let sms = job("sms");
+    app.publish(&sms).await;
+    let outcome = app.next_outcome(20).await;
+    assert_eq!(outcome["job_id"], sms["id"]);
+    assert!(outcome.get("error").is_none(), "{outcome}");
+    assert_eq!(*answers.lock().unwrap(), [503], "the early report is asked again");
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, r#"herald_receipts_total{provider="webhook",result="unknown"}"#),
+        0.0
+    );
+    // The receiver sends it again: now it is the job's status.
+    let body = serde_json::to_vec(&json!({"job_id": sms["id"], "status": "delivered"})).unwrap();
+    let key = herald::providers::webhook::decode_secret(WEBHOOK_STATUS_KEY).unwrap();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let signature = herald::providers::webhook::sign(&key, "msg_again", now, &body);
+    let answer = reqwest::Client::new()
+        .post(app.url("/providers/webhook/status"))
+        .header("content-type", "application/json")
+        .header("webhook-id", "msg_again")
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let status = loop {
+        let e = app.try_next_event(5).await.expect("a status event");
+        if e["type"] == "gd_send_sms_status" {
+            break e;
+        }
+    };
+    assert_eq!(
+        (status["job_id"].clone(), status["status"].clone()),
+        (sms["id"].clone(), json!("delivered"))
+    );
+    app.stop().await;
+}

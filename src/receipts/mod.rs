@@ -153,6 +153,9 @@ pub enum Unavailable {
     Broker(#[source] crate::broker::BrokerError),
     #[error("another callback is publishing this message's final status")]
     Busy,
+    /// The job is being sent, its record not written yet: the report overtook the provider's answer.
+    #[error("the message is still being sent")]
+    Sending,
 }
 
 pub struct ReceiptMetrics {
@@ -294,6 +297,28 @@ pub struct Receipts {
     pub bad_signatures: RateLimitedWarning,
     /// Records that could not be written, waiting for the state.
     pending: Pending,
+    /// Job ids being sent by this process whose receipt record is not written yet, with how many hold
+    /// each ([`Receipts::sending`]): a custom-provider report for one of them is asked again (503), not
+    /// taken as unknown.
+    sending: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// Marks a job as being sent until dropped ([`Receipts::sending`]).
+pub struct Sending {
+    receipts: Arc<Receipts>,
+    job_id: String,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        let mut sending = self.receipts.sending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = sending.get_mut(&self.job_id) {
+            *n -= 1;
+            if *n == 0 {
+                sending.remove(&self.job_id);
+            }
+        }
+    }
 }
 
 /// Receipt records the state could not take (Redis down), by key, until [`Receipts::keep_writing`] or a
@@ -368,7 +393,35 @@ impl Receipts {
             runtime: tokio::runtime::Handle::current(),
             bad_signatures: RateLimitedWarning::default(),
             pending: Pending::default(),
+            sending: std::sync::Mutex::default(),
         }
+    }
+
+    /// `job_id` is about to be sent: until the guard is dropped (after [`Receipts::sent`]), and until
+    /// its record is written, a report keyed by it (the custom provider's, by job id) answers 503 so that
+    /// the receiver sends it again, instead of being lost as unknown. `None` without webhook receipts,
+    /// the only ones keyed by the job id (the other providers' reports name an id their answer gives).
+    pub fn sending(self: &Arc<Self>, job_id: &str) -> Option<Sending> {
+        if self.webhook_keys.is_empty() {
+            return None;
+        }
+        *self
+            .sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id.to_owned())
+            .or_default() += 1;
+        Some(Sending {
+            receipts: self.clone(),
+            job_id: job_id.to_owned(),
+        })
+    }
+
+    fn is_sending(&self, job_id: &str) -> bool {
+        self.sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(job_id)
     }
 
     /// `sink` hears of every final receipt (the §12 guard).
@@ -424,7 +477,10 @@ impl Receipts {
             return;
         }
         let this = self.clone();
+        // Until the record is written, a report for this job is asked again rather than lost.
+        let held = self.sending(&job.id);
         self.runtime.spawn(async move {
+            let _held = held;
             if let Err(e) = this.state.record(&key, &sent).await {
                 this.metrics.record_errors.inc();
                 tracing::warn!(job_id = %sent.job_id, error = %e, "receipt state not recorded; kept to be written when it is back");
@@ -594,6 +650,9 @@ impl Receipts {
         // provider comes again (503) rather than being told it is done with.
         self.write_waiting(&key).await?;
         let sent = match self.state.advance(&key, reported).await? {
+            Advance::Unknown if provider == ReceiptProvider::Webhook && self.is_sending(id) => {
+                return Err(Unavailable::Sending);
+            }
             Advance::Unknown => return Ok(Applied::Unknown),
             Advance::Moved => return Ok(Applied::Intermediate),
             Advance::Stale => return Ok(Applied::Stale),
