@@ -174,10 +174,45 @@ pub struct TwilioConfig {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_destinations"
+    )]
     pub sms: BTreeMap<Destination, Vec<ProviderKind>>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_destinations"
+    )]
     pub voice: BTreeMap<Destination, Vec<ProviderKind>>,
+}
+
+/// A routing table whose keys name each destination once: `JM` and `jm` (or `"44"` and `44`) are one
+/// destination, and keeping one chain of the two silently would drop the other.
+fn unique_destinations<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<Destination, Vec<ProviderKind>>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = BTreeMap<Destination, Vec<ProviderKind>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table of destinations (like \"44\", \"1876\" or \"JM\") to provider chains")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut routes = BTreeMap::new();
+            while let Some((key, chain)) = map.next_entry::<Destination, Vec<ProviderKind>>()? {
+                let named = key.to_string();
+                if routes.insert(key, chain).is_some() {
+                    return Err(serde::de::Error::custom(format!(
+                        "two keys name the destination {named}: give it one chain"
+                    )));
+                }
+            }
+            Ok(routes)
+        }
+    }
+    d.deserialize_map(Visitor)
 }
 
 impl RoutingConfig {
@@ -638,6 +673,17 @@ impl Config {
             if set && blank {
                 return Err(ConfigError::key(key, format!("required because {why}")));
             }
+        }
+        // herald adds its own `token` to the URL: a second one would make every report's token ambiguous,
+        // refused forever.
+        let token = crate::receipts::providers::infobip::TOKEN_PARAM;
+        if let Some(url) = &self.infobip.status_callback_url
+            && url.as_url().query_pairs().any(|(name, _)| name == token)
+        {
+            return Err(ConfigError::key(
+                "infobip.status_callback_url",
+                format!("must not have a `{token}` query parameter: herald adds infobip.status_token as `{token}`"),
+            ));
         }
         if !(self.fraud.ratio.is_finite() && self.fraud.ratio > 0.0) {
             return Err(ConfigError::key("fraud.ratio", "must be a number greater than 0"));

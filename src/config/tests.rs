@@ -300,6 +300,17 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
             &[("HERALD_VONAGE__SIGNATURE_METHOD", "sha384")],
             "vonage.signature_method",
         ),
+        // Failed before: accepted, and every report refused for its two tokens (outside attack F5).
+        (
+            &[
+                (
+                    "HERALD_INFOBIP__STATUS_CALLBACK_URL",
+                    "https://herald.test/providers/infobip/status?tenant=7&token=s3cr3t",
+                ),
+                ("HERALD_INFOBIP__STATUS_TOKEN", "its3cr3t"),
+            ],
+            "infobip.status_callback_url",
+        ),
     ];
     for (vars, key) in cases {
         let err = load(vars).expect_err(key);
@@ -563,4 +574,17 @@ fn destination_keys_take_three_forms_and_name_their_key() {
             "{var}={value}: {err}"
         );
     }
+    // Two spellings of one destination: refused, not merged into one of the chains (failed before: `JM`'s
+    // chain dropped without a word; outside attack F4).
+    for routes in [
+        r#"{JM = ["vonage"], jm = ["outbox"]}"#,
+        r#"{gg = ["outbox"], Gg = ["outbox"]}"#,
+    ] {
+        let Err(err) = load(&[("HERALD_ROUTING__SMS", routes)]) else {
+            panic!("{routes} accepted");
+        };
+        assert!(err.contains("routing.sms"), "{routes}: {err}");
+    }
+    let err = load(&[("HERALD_ROUTING__VOICE", r#"{JM = ["outbox"], jm = ["outbox"]}"#)]).unwrap_err();
+    assert!(err.contains("two keys name the destination JM"), "{err}");
 }
