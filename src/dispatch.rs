@@ -143,11 +143,19 @@ impl Dispatcher {
                         scope: Some(scope),
                     };
                 }
-                Verdict::Blocked(country) => {
-                    return Outcome::failed(
-                        ErrorCode::BlockedDestination,
-                        format!("country calling code {country} is not allowed"),
-                    );
+                Verdict::Blocked { country, refusal } => {
+                    use crate::numbering::{Destination, Refusal};
+                    // Names the entry that decided; a prefix is not written out (a long one is most of
+                    // the number).
+                    let message = match refusal {
+                        Refusal::NotAllowed => format!("country calling code {country} is not allowed"),
+                        Refusal::Denied(Destination::Code(code)) => format!("country calling code {code} is denied"),
+                        Refusal::Denied(Destination::Region(region)) => format!("region {region} is denied"),
+                        Refusal::Denied(Destination::Prefix(_)) => {
+                            format!("a denied prefix of country calling code {country}")
+                        }
+                    };
+                    return Outcome::failed(ErrorCode::BlockedDestination, message);
                 }
             }
             if let Some(guard) = &self.guard

@@ -244,16 +244,34 @@ impl<T> DestinationMap<T> {
     }
 }
 
+/// Why `allow`/`deny` refuse a number ([`refusal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The deny entry that decided.
+    Denied(Destination),
+    /// `allow` has entries and none names the number.
+    NotAllowed,
+}
+
 /// `allow`/`deny` lists of destinations: the most specific entry naming the number decides, deny winning a
-/// tie; a number no entry names is allowed unless `allow` has entries.
-pub fn permitted(allow: &[Destination], deny: &[Destination], phone: &PhoneNumber) -> bool {
-    let best = |list: &[Destination]| list.iter().filter_map(|d| d.specificity(phone)).max();
+/// tie; a number no entry names is allowed unless `allow` has entries. `None` when the number may go.
+pub fn refusal(allow: &[Destination], deny: &[Destination], phone: &PhoneNumber) -> Option<Refusal> {
+    let best = |list: &'_ [Destination]| {
+        list.iter()
+            .filter_map(|d| d.specificity(phone).map(|s| (s, d)))
+            .max_by_key(|(s, _)| *s)
+    };
     match (best(allow), best(deny)) {
-        (Some(a), Some(d)) => a > d,
-        (_, Some(_)) => false,
-        (Some(_), None) => true,
-        (None, None) => allow.is_empty(),
+        (Some((allowed, _)), Some((denied, _))) if allowed > denied => None,
+        (_, Some((_, entry))) => Some(Refusal::Denied(entry.clone())),
+        (Some(_), None) => None,
+        (None, None) => (!allow.is_empty()).then_some(Refusal::NotAllowed),
     }
+}
+
+/// Whether [`refusal`] lets the number go.
+pub fn permitted(allow: &[Destination], deny: &[Destination], phone: &PhoneNumber) -> bool {
+    refusal(allow, deny, phone).is_none()
 }
 
 /// Whether any of `list` names `phone`.
@@ -346,6 +364,13 @@ mod tests {
         assert!(!permitted(&list(&["1"]), &list(&["JM"]), &jm));
         assert!(permitted(&list(&["1876"]), &list(&["JM"]), &jm));
         assert!(!permitted(&list(&["JM"]), &list(&["JM", "44"]), &jm), "deny wins a tie");
+        // The refusal names the deny entry that decided.
+        let jm_entry = Destination::parse("JM").unwrap();
+        assert_eq!(
+            refusal(&list(&["1"]), &list(&["44", "JM"]), &jm),
+            Some(Refusal::Denied(jm_entry))
+        );
+        assert_eq!(refusal(&list(&["44"]), &[], &jm), Some(Refusal::NotAllowed));
         assert!(names(&list(&["33", "JM"]), &jm) && !names(&list(&["33", "JM"]), &us));
     }
 }

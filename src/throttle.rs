@@ -100,8 +100,11 @@ pub enum Verdict {
     Allow,
     /// Over a limit: the scope that refused.
     Throttled(Scope),
-    /// The destination country is not allowed; the calling code (or `unknown`).
-    Blocked(String),
+    /// The destination is not allowed: its calling code (the `country` label, or `unknown`) and why.
+    Blocked {
+        country: String,
+        refusal: numbering::Refusal,
+    },
 }
 
 /// The checks one job needs, most specific first: a job refused by its user limit then uses no
@@ -438,8 +441,11 @@ impl<C: Clock + Clone> Throttle<C> {
     /// entry naming the number deciding (deny wins a tie). The verdict names the calling code (a label).
     fn destination(&self, job: &Job) -> Option<Verdict> {
         let Recipient::Phone(phone) = &job.to else { return None };
-        let permitted = numbering::permitted(&self.config.countries_allow, &self.config.countries_deny, phone);
-        (!permitted).then(|| Verdict::Blocked(job.to.country_label()))
+        let refusal = numbering::refusal(&self.config.countries_allow, &self.config.countries_deny, phone)?;
+        Some(Verdict::Blocked {
+            country: job.to.country_label(),
+            refusal,
+        })
     }
 
     /// One job's limits, taken if all have room. `Taken` is what to give back should the job not be sent
@@ -636,6 +642,15 @@ mod tests {
         ThrottleConfig::unlimited()
     }
 
+    use crate::numbering::Refusal;
+
+    fn blocked(country: &str, refusal: Refusal) -> Verdict {
+        Verdict::Blocked {
+            country: country.into(),
+            refusal,
+        }
+    }
+
     fn destinations(keys: &[&str]) -> Vec<crate::numbering::Destination> {
         keys.iter()
             .map(|k| crate::numbering::Destination::parse(k).unwrap())
@@ -651,7 +666,7 @@ mod tests {
         let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
         assert_eq!(
             t.check_local(&job("sms", "+2250700000000", "u", "192.0.2.1")),
-            Verdict::Blocked("225".into())
+            blocked("225", Refusal::Denied(destinations(&["225"]).remove(0)))
         );
         assert_eq!(
             t.check_local(&job("sms", "+14155550123", "u", "192.0.2.1")),
@@ -664,7 +679,7 @@ mod tests {
         let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
         assert_eq!(
             t.check_local(&job("sms", "+33612345678", "u", "192.0.2.1")),
-            Verdict::Blocked("33".into())
+            blocked("33", Refusal::NotAllowed)
         );
         assert_eq!(
             t.check_local(&job("sms", "+447700900123", "u", "192.0.2.1")),
@@ -711,10 +726,13 @@ mod tests {
             };
             let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
             for (to, blocked) in *numbers {
-                let want = blocked.map_or(Verdict::Allow, |c| Verdict::Blocked(c.into()));
+                let got = match t.check_local(&job("sms", to, "u", "192.0.2.1")) {
+                    Verdict::Blocked { country, .. } => Some(country),
+                    _ => None,
+                };
                 assert_eq!(
-                    t.check_local(&job("sms", to, "u", "192.0.2.1")),
-                    want,
+                    got.as_deref(),
+                    *blocked,
                     "allow {allow:?} deny {deny:?}: {to}"
                 );
             }

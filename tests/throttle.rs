@@ -98,6 +98,9 @@ async fn a_denied_region_of_an_allowed_calling_code_is_blocked() {
     let of = |j: &serde_json::Value| events.iter().find(|e| e["job_id"] == j["id"]).unwrap().clone();
     assert_eq!(of(&jm)["error"]["code"], "blocked_destination", "{}", of(&jm));
     assert_eq!(of(&jm)["country"], "1");
+    // The message names the entry that decided (it said "country calling code 1 is not allowed"; outside
+    // attack F6).
+    assert_eq!(of(&jm)["error"]["message"], "region JM is denied");
     assert_eq!(of(&us)["type"], "gd_send_sms", "{}", of(&us));
     let outbox = app.outbox_lines();
     assert_eq!(outbox.len(), 1);
