@@ -256,12 +256,12 @@ pub enum Refusal {
 /// `allow`/`deny` lists of destinations: the most specific entry naming the number decides, deny winning a
 /// tie; a number no entry names is allowed unless `allow` has entries. `None` when the number may go.
 pub fn refusal(allow: &[Destination], deny: &[Destination], phone: &PhoneNumber) -> Option<Refusal> {
-    let best = |list: &'_ [Destination]| {
+    fn best<'a>(list: &'a [Destination], phone: &PhoneNumber) -> Option<(usize, &'a Destination)> {
         list.iter()
             .filter_map(|d| d.specificity(phone).map(|s| (s, d)))
             .max_by_key(|(s, _)| *s)
-    };
-    match (best(allow), best(deny)) {
+    }
+    match (best(allow, phone), best(deny, phone)) {
         (Some((allowed, _)), Some((denied, _))) if allowed > denied => None,
         (_, Some((_, entry))) => Some(Refusal::Denied(entry.clone())),
         (Some(_), None) => None,

@@ -730,11 +730,7 @@ mod tests {
                     Verdict::Blocked { country, .. } => Some(country),
                     _ => None,
                 };
-                assert_eq!(
-                    got.as_deref(),
-                    *blocked,
-                    "allow {allow:?} deny {deny:?}: {to}"
-                );
+                assert_eq!(got.as_deref(), *blocked, "allow {allow:?} deny {deny:?}: {to}");
             }
         }
     }
