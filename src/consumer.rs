@@ -34,6 +34,7 @@ use crate::metrics::{Metrics, Sample};
 use crate::receipts::Receipts;
 use crate::reply::{OwnQueues, Replies, Reply, ReplyTo};
 use crate::store::{Entry, PendingPut, Record, Store};
+use crate::sync::lock;
 
 /// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
 /// only: herald takes attempt numbers from its outcome store, never from a header a publisher can write.
@@ -1122,10 +1123,6 @@ fn recorded(finished: &mut Finished, result: Result<(), crate::store::StoreError
         tracing::warn!(job_id = finished.record.as_deref().unwrap_or("-"), error = %e, "outcome not recorded");
         finished.record = None;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Delivery tags handed out on the consuming channel and not yet acked. A batch whose tags are the

@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
-use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 
+use crate::clock;
 use crate::job::{Channel, InvalidJob, Job, Locale};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -190,7 +190,7 @@ impl Event {
     pub fn for_job(job: &Job, default_locale: &Locale, success: bool) -> Event {
         let kind = EventType::of(job.channel, success);
         Event {
-            date: now_rfc3339(),
+            date: clock::now_rfc3339(),
             kind,
             description: kind.description(),
             job_id: Some(job.id.clone()),
@@ -215,7 +215,7 @@ impl Event {
         let channel = invalid.channel.unwrap_or(Channel::Sms);
         let kind = EventType::of(channel, false);
         Event {
-            date: now_rfc3339(),
+            date: clock::now_rfc3339(),
             kind,
             description: kind.description(),
             job_id: invalid.id.clone(),
@@ -247,10 +247,6 @@ impl Event {
         // Serializing plain strings and numbers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
     }
-}
-
-pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Writes one event per line on stdout. Logs go to stderr, so stdout is a clean event stream.

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, BrokerError};
 use crate::config::AmqpConfig;
 use crate::receipts::RateLimitedWarning;
+use crate::sync::lock;
 
 /// RabbitMQ's direct reply-to pseudo-queue; the broker hands its consumers names below it.
 const DIRECT: &str = "amq.rabbitmq.reply-to";
@@ -272,10 +273,6 @@ impl Replies {
             self.results.with_label_values(&["dropped"]).inc();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Logs a refused reply: at most one line per 10 s with the count since the last (a flood of bad addresses

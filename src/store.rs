@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,6 +35,9 @@ use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::sync::lock;
 
 /// Records are kept at least this long (contract: ≥ 24 h), then dropped.
 pub const RETENTION: Duration = Duration::from_secs(25 * 3600);
@@ -493,12 +496,6 @@ fn count<T>(errors: &IntCounterVec, op: StoreOp, result: Result<T, StoreError>) 
     result
 }
 
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 enum Op {
     Put(String, Entry, oneshot::Sender<Result<(), StoreError>>),
     Mark(Vec<String>),
@@ -731,10 +728,6 @@ impl Watch {
 /// batch, at most this often).
 const FILES_CHECK: Duration = Duration::from_secs(1);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn open_reader(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
     rusqlite::Connection::open_with_flags(
         path,
@@ -841,7 +834,7 @@ fn run_batch(
     sweep: bool,
 ) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction()?;
-    let now = now_secs();
+    let now = clock::unix_secs() as i64;
     let mut pending = Vec::with_capacity(puts.len());
     {
         let mut put = tx.prepare_cached(

@@ -15,15 +15,17 @@ use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
 use sha2::{Digest, Sha256};
 
+use crate::clock;
 use crate::config::{Rate, ThrottleConfig};
 use crate::events::Scope;
 use crate::job::{Channel, Job, Recipient};
 use crate::numbering;
+use crate::sync::lock;
 
 /// One configured limit. Each has its own limiter (its own quota) and a `scope` for events and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +216,7 @@ impl<C: Clock + Clone> Local<C> {
 
     fn tats(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
         // A panic elsewhere while holding the lock leaves the map consistent (each update is one insert).
-        self.tats.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.tats)
     }
 
     fn check(&self, config: &ThrottleConfig, checks: &[(Limit, String)]) -> (Verdict, Taken) {
@@ -405,12 +407,6 @@ pub struct Throttle<C: Clock = DefaultClock> {
 /// How long herald uses its local limiters after Redis failed, before trying Redis again.
 const FALLBACK_FOR: Duration = Duration::from_secs(5);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Throttle<DefaultClock> {
     pub fn new(config: &ThrottleConfig, shared: Option<Shared>, fallbacks: Option<prometheus::IntCounter>) -> Self {
         Throttle::with_clock(config, shared, fallbacks, DefaultClock::default())
@@ -456,7 +452,7 @@ impl<C: Clock + Clone> Throttle<C> {
         }
         let checks = checks(&self.config, job);
         if let Some(shared) = &self.shared
-            && now_ms() >= self.shared_down_until.load(Ordering::Relaxed)
+            && clock::unix_millis() >= self.shared_down_until.load(Ordering::Relaxed)
         {
             match shared.check(&self.config, &checks).await {
                 Ok(checked) => return checked,
@@ -484,9 +480,9 @@ impl<C: Clock + Clone> Throttle<C> {
     }
 
     fn redis_failed(&self, e: &redis::RedisError) {
-        let until = now_ms() + FALLBACK_FOR.as_millis() as u64;
+        let until = clock::unix_millis() + FALLBACK_FOR.as_millis() as u64;
         let previous = self.shared_down_until.swap(until, Ordering::Relaxed);
-        if previous < now_ms().saturating_sub(60_000) {
+        if previous < clock::unix_millis().saturating_sub(60_000) {
             tracing::warn!(error = %e, "redis unreachable: throttling with local limiters (per replica) until it is back");
         }
     }

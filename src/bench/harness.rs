@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::config::{Config, ThrottleConfig};
 use crate::job::PhoneNumber;
+use crate::sync::lock;
 
 use super::{Bench, procfs};
 
@@ -50,7 +51,7 @@ impl Provider {
                 async move {
                     let code = form_code(&body);
                     if let Some(code) = code {
-                        seen.lock().unwrap_or_else(|e| e.into_inner()).insert(code, now);
+                        lock(&seen).insert(code, now);
                     }
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
@@ -77,12 +78,12 @@ impl Provider {
 
     /// Forgets the arrivals so far: the next step matches only its own codes.
     pub fn clear_arrivals(&self) {
-        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        lock(&self.arrivals).clear();
     }
 
     /// When each code reached the server.
     pub fn arrivals(&self) -> HashMap<u32, Instant> {
-        self.arrivals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.arrivals).clone()
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::budget::{HOURS_KEPT, Tally};
 use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
+use crate::sync::lock;
 
 /// Destinations held, all levels together: a flood of fresh IPs or ranges cannot grow memory past this
 /// (about 130 bytes each). When full, destinations without verified history that were seen least
@@ -110,7 +111,7 @@ fn key(level: Level, id: &str) -> u64 {
 impl Local {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // Counts stay usable after a panic elsewhere: every update is a few additions.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, refusals: Refusals) -> Decision {

@@ -19,13 +19,15 @@ mod shared;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::clock;
 use crate::events::Scope;
 use crate::job::{Channel, Job, Recipient};
+use crate::sync::lock;
 use crate::throttle::ip_key;
 pub use budget::{Floors, Tally, Window};
 pub use local::Local;
@@ -283,7 +285,7 @@ pub enum Feedback {
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 pub fn system_clock() -> Clock {
-    Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    Arc::new(clock::unix_secs)
 }
 
 enum Backend {
@@ -353,7 +355,7 @@ impl Guard {
     fn feedback_state(&self) -> FeedbackState {
         match &self.backend {
             Backend::Local(local) => local.feedback_state(),
-            Backend::Shared(_) => *self.feedback.lock().unwrap_or_else(|p| p.into_inner()),
+            Backend::Shared(_) => *lock(&self.feedback),
         }
     }
 
@@ -394,7 +396,7 @@ impl Guard {
             }
         };
         if let Backend::Shared(_) = &self.backend {
-            *self.feedback.lock().unwrap_or_else(|p| p.into_inner()) = decision.feedback_state;
+            *lock(&self.feedback) = decision.feedback_state;
         }
         if let Some(m) = &self.metrics
             && self.settings.mode == Mode::Enforce
@@ -463,10 +465,7 @@ impl Guard {
                 let result = shared.verified(job_id, now, window).await?;
                 // The script kept the shared state; this replica's copy follows until its next check.
                 let counted = matches!(result, Feedback::Counted { .. });
-                self.feedback
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .feedback(now, counted, window);
+                lock(&self.feedback).feedback(now, counted, window);
                 result
             }
         };

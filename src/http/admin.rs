@@ -599,7 +599,7 @@ async fn revert(
 
 fn change(state: &AdminState, id: &TemplateId, what: &'static str, etag: Option<String>) -> TemplateChanged {
     TemplateChanged {
-        date: crate::events::now_rfc3339(),
+        date: crate::clock::now_rfc3339(),
         kind: TEMPLATE_CHANGED,
         description: "Template changed",
         who: state.token_name.clone(),

@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
+
 /// Failed tries a client address has before it is slowed, and how fast they come back (10 a minute).
 pub const PEER_BURST: f64 = 10.0;
 pub const PEER_PER_SECOND: f64 = 1.0 / 6.0;
@@ -94,7 +96,7 @@ impl AuthLimiter {
     /// `Ok` when a token may be checked now for `peer`; else how long until one may. Only `peer`'s own
     /// failures refuse it.
     pub fn check(&self, peer: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = lock(&self.buckets);
         let wait = match peer.and_then(|ip| b.peers.get_mut(&peer_key(ip))) {
             Some(bucket) => {
                 bucket.refill(now, PEER_PER_SECOND, PEER_BURST);
@@ -107,14 +109,14 @@ impl AuthLimiter {
 
     /// Whether every address together is past its budget: a guess from many addresses.
     pub fn busy(&self, now: Instant) -> bool {
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = lock(&self.buckets);
         b.global.refill(now, GLOBAL_PER_SECOND, GLOBAL_BURST);
         b.global.tries < 1.0
     }
 
     /// A check failed: one try less for `peer` and for everyone. How late to answer it.
     pub fn failed(&self, peer: Option<IpAddr>, now: Instant) -> Duration {
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = lock(&self.buckets);
         b.global.refill(now, GLOBAL_PER_SECOND, GLOBAL_BURST);
         let delay = if b.global.tries >= 1.0 {
             FAILURE_DELAY

@@ -6,7 +6,6 @@
 //! only signed with the status key, never with the key herald signs its own requests with.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -14,8 +13,10 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::HttpState;
+use crate::clock;
 use crate::providers::{twilio, webhook};
 use crate::receipts::{ReceiptProvider, Receipts, Reported, Status, Unavailable};
+use crate::sync::lock;
 
 /// Largest callback body taken: Twilio's status callbacks are well under 2 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -207,7 +208,7 @@ async fn webhook_status(req: HttpRequest, payload: web::Payload, data: web::Data
         Err(refusal) => return refusal,
     };
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = clock::unix_secs();
     let id = header("webhook-id");
     let signed = keys.iter().any(|key| {
         webhook_signature_holds(
@@ -297,7 +298,7 @@ impl SeenIds {
     pub fn take(&self, id: &str, timestamp: u64, now: u64) -> Sighting {
         let until = timestamp.saturating_add(TIMESTAMP_TOLERANCE_S);
         let key = digest(id);
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.0);
         if let Some(known) = seen.until.get_mut(&key) {
             if *known >= now {
                 *known = (*known).max(until);
@@ -319,7 +320,7 @@ impl SeenIds {
 
     /// Forgets `id`: its callback was not taken.
     pub fn give_back(&self, id: &str) {
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = lock(&self.0);
         seen.until.remove(&digest(id));
     }
 }

@@ -10,13 +10,12 @@
 //! A report that fails authentication gets 403 and changes nothing. Bodies and parameters (numbers among
 //! them) are never echoed nor logged.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::HttpState;
 use super::receipts::{MAX_BODY, answer, callback_up_to, is_provider_id, refused};
+use crate::clock;
 use crate::receipts::providers::{infobip, plivo, vonage};
 use crate::receipts::{ReceiptProvider, Reported, Unavailable};
 
@@ -32,10 +31,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/providers/plivo/status", web::post().to(plivo_status))
     .route("/providers/infobip/status", web::post().to(infobip_status));
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn is_json(req: &HttpRequest) -> bool {
@@ -98,7 +93,7 @@ async fn vonage_status(req: HttpRequest, payload: web::Payload, data: web::Data<
     let Some(params) = params else {
         return refused(&receipts, provider, "malformed", StatusCode::BAD_REQUEST);
     };
-    match vonage::check(vonage.method, vonage.secret.expose(), &params, now()) {
+    match vonage::check(vonage.method, vonage.secret.expose(), &params, clock::unix_secs()) {
         Ok(()) => {}
         Err(vonage::Refusal::Signature) => {
             return refused(&receipts, provider, "signature", StatusCode::FORBIDDEN);

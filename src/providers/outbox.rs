@@ -61,7 +61,7 @@ impl Provider for Outbox {
             action: job.action.as_str(),
             body,
             channel: job.channel.as_str(),
-            date: crate::events::now_rfc3339(),
+            date: crate::clock::now_rfc3339(),
             html,
             job_id: &job.id,
             subject,

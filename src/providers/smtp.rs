@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use super::{Class, Provider, ProviderCode, ProviderError, Receipt, Validity};
 use crate::job::{Job, Recipient};
+use crate::sync::lock;
 use crate::templates::Rendered;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +183,7 @@ impl Smtp {
     /// A pooled connection that still answers, or a new one.
     async fn checkout(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
         loop {
-            let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let idle = lock(&self.idle).pop();
             match idle {
                 Some(Idle { conn, since }) if since.elapsed() < CHECK_AFTER => return Ok(conn),
                 Some(Idle { mut conn, .. }) => {
@@ -200,7 +201,7 @@ impl Smtp {
         let mut conn = self.checkout().await.map_err(Failure::Connecting)?;
         // On an error lettre aborts the connection itself; only a clean exchange goes back to the pool.
         conn.send(envelope, email).await.map_err(Failure::Sending)?;
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(Idle {
+        lock(&self.idle).push(Idle {
             conn,
             since: Instant::now(),
         });

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use crate::job::Job;
 use crate::providers::{Provider, ProviderError, ProviderKind, Receipt, Validity};
+use crate::sync::lock;
 use crate::templates::Rendered;
 
 /// Answers each call with the next scripted result, then with the last one again.
@@ -26,7 +27,7 @@ impl StubProvider {
 
     /// The ids of the jobs sent so far, in order.
     pub fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.calls).clone()
     }
 }
 
@@ -37,11 +38,8 @@ impl Provider for StubProvider {
     }
 
     async fn send(&self, job: &Job, _message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(job.id.clone());
-        let mut script = self.script.lock().unwrap_or_else(|e| e.into_inner());
+        lock(&self.calls).push(job.id.clone());
+        let mut script = lock(&self.script);
         match script.len() {
             0 => Ok(Receipt::default()),
             1 => script[0].clone(),

@@ -1,8 +1,6 @@
 //! Custom provider: POSTs the message to an operator's endpoint in the shape of Auth0's
 //! send-phone-message event, signed per Standard Webhooks (contract §6).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
@@ -12,6 +10,7 @@ use url::Url;
 
 use super::http::{HttpClient, exchange};
 use super::{Provider, ProviderCode, ProviderError, Receipt, Validity};
+use crate::clock;
 use crate::job::Job;
 use crate::templates::{PAUSE, Rendered};
 
@@ -134,7 +133,7 @@ impl Provider for Webhook {
             message: format!("cannot encode webhook body: {e}"),
             provider_code: None,
         })?;
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let timestamp = clock::unix_secs();
         let signature = try_sign(&self.key, &job.id, timestamp, &body).ok_or_else(|| ProviderError::Permanent {
             message: "cannot sign the webhook body".into(),
             provider_code: None,

@@ -19,9 +19,11 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock;
 use crate::config::{Config, Secret, VonageSignatureMethod, WebhookKey};
 use crate::job::{Channel, Job};
 use crate::providers::Receipt;
+use crate::sync::lock;
 use publish::Publisher;
 pub use state::{Advance, SentMessage, State, StateError};
 pub use status::{Reported, Status};
@@ -311,7 +313,7 @@ pub struct Sending {
 
 impl Drop for Sending {
     fn drop(&mut self) {
-        let mut sending = self.receipts.sending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sending = lock(&self.receipts.sending);
         if let Some(n) = sending.get_mut(&self.job_id) {
             *n -= 1;
             if *n == 0 {
@@ -336,7 +338,7 @@ struct Pending {
 
 impl Pending {
     fn records(&self) -> std::sync::MutexGuard<'_, HashMap<String, SentMessage>> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.records)
     }
 
     fn get(&self, key: &str) -> Option<SentMessage> {
@@ -405,12 +407,7 @@ impl Receipts {
         if self.webhook_keys.is_empty() {
             return None;
         }
-        *self
-            .sending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(job_id.to_owned())
-            .or_default() += 1;
+        *lock(&self.sending).entry(job_id.to_owned()).or_default() += 1;
         Some(Sending {
             receipts: self.clone(),
             job_id: job_id.to_owned(),
@@ -418,10 +415,7 @@ impl Receipts {
     }
 
     fn is_sending(&self, job_id: &str) -> bool {
-        self.sending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(job_id)
+        lock(&self.sending).contains_key(job_id)
     }
 
     /// `sink` hears of every final receipt (the §12 guard).
@@ -468,7 +462,7 @@ impl Receipts {
             recipient: job.to.masked(),
             provider: provider.to_owned(),
             provider_message_id: receipt.message_id.clone(),
-            accepted_at_ms: state::now_ms(),
+            accepted_at_ms: clock::unix_millis(),
         };
         let key = route.key(&id);
         if let State::Local(local) = &*self.state {
@@ -708,7 +702,7 @@ fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) 
         (_, false) => (SMS_STATUS, "SMS not delivered"),
     };
     StatusEvent {
-        date: crate::events::now_rfc3339(),
+        date: clock::now_rfc3339(),
         kind,
         description,
         job_id: sent.job_id.clone(),
@@ -719,7 +713,7 @@ fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) 
         error_code: error_code.filter(|c| is_error_code(c)),
         country: sent.country.clone(),
         recipient: sent.recipient.clone(),
-        delivery_ms: state::now_ms().saturating_sub(sent.accepted_at_ms),
+        delivery_ms: clock::unix_millis().saturating_sub(sent.accepted_at_ms),
     }
 }
 
@@ -749,7 +743,7 @@ impl RateLimitedWarning {
     }
 
     fn hit_at(&self, now: Instant) -> Option<u64> {
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(&self.0);
         let (last, unlogged) = &mut *guard;
         *unlogged += 1;
         if last.is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
@@ -783,7 +777,7 @@ mod tests {
             recipient: "+1415*****23".into(),
             provider: "twilio".into(),
             provider_message_id: Some(format!("SM{job}")),
-            accepted_at_ms: state::now_ms(),
+            accepted_at_ms: clock::unix_millis(),
         }
     }
 
@@ -878,7 +872,7 @@ mod tests {
             recipient: "+1415*****23".into(),
             provider: "twilio".into(),
             provider_message_id: Some("SM1".into()),
-            accepted_at_ms: state::now_ms() - 1500,
+            accepted_at_ms: clock::unix_millis() - 1500,
         };
         let event = status_event(&sent, Status::Undelivered, Some("30008".into()));
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();

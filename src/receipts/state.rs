@@ -9,13 +9,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::status::{Reported, Status};
+use crate::clock;
 use crate::job::Channel;
 use crate::store::RETENTION;
+use crate::sync::lock;
 
 /// How long a replica may take to publish a final receipt's event before another may.
 pub const PUBLISH_LEASE: Duration = Duration::from_secs(30);
@@ -125,16 +127,6 @@ impl State {
 /// [`State::record`] for the local state, without a future.
 pub fn record_local(local: &Mutex<Local>, key: &str, sent: SentMessage) {
     lock(local).insert(key, sent, Instant::now());
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,7 +360,7 @@ impl Redis {
                 .arg(self.key(key))
                 .arg(status.rank())
                 .arg(if status.is_final() { "1" } else { "0" })
-                .arg(now_ms())
+                .arg(clock::unix_millis())
                 .arg(PUBLISH_LEASE.as_millis() as u64)
                 .arg(Status::Delivered.rank())
                 .arg(reported.channels())
