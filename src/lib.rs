@@ -26,6 +26,7 @@ pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod numbering;
+mod privacy;
 pub mod providers;
 pub mod receipts;
 pub mod reply;

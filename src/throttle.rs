@@ -11,20 +11,19 @@
 //! simulations); its limiters cannot give a token back, hence the GCRA here, the same as the Lua script.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock, Reference};
-use sha2::{Digest, Sha256};
 
 use crate::clock;
 use crate::config::{Rate, ThrottleConfig};
 use crate::events::Scope;
 use crate::job::{Channel, Job, Recipient};
 use crate::numbering;
+use crate::privacy;
 use crate::sync::lock;
 
 /// One configured limit. Each has its own limiter (its own quota) and a `scope` for events and metrics.
@@ -155,15 +154,6 @@ pub fn ip_key(ip: IpAddr, prefix: u8) -> String {
     format!("{}/{prefix}", Ipv6Addr::from(network))
 }
 
-/// Keys are kept as 64-bit hashes: a few bytes per key whatever the user id, and no phone number or
-/// address sits in memory (or in Redis) in the clear.
-fn key_hash(limit: Limit, key: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    limit.index().hash(&mut h);
-    key.hash(&mut h);
-    h.finish()
-}
-
 /// In-process limiters: each key's theoretical arrival time (GCRA), in nanoseconds from the limiter's start.
 /// One lock for all of a job's limits, so that a job takes all of them or none, as in Redis.
 pub struct Local<C: Clock = DefaultClock> {
@@ -228,7 +218,7 @@ impl<C: Clock + Clone> Local<C> {
                 continue;
             };
             let (interval, tolerance) = (interval.as_nanos() as u64, tolerance.as_nanos() as u64);
-            let k = key_hash(*limit, key);
+            let k = privacy::local_key(limit.index(), key);
             let tat = tats.get(&k).copied().unwrap_or(now).max(now);
             if tat - now > tolerance {
                 return (Verdict::Throttled(limit.scope()), Taken::default());
@@ -352,9 +342,7 @@ impl Shared {
                 continue;
             };
             let (interval, tolerance) = (interval.as_micros() as u64, tolerance.as_micros() as u64);
-            let digest = Sha256::digest(key.as_bytes());
-            let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-            let name = format!("{}{}:{hex}", self.prefix, limit.name());
+            let name = format!("{}{}:{}", self.prefix, limit.name(), privacy::hashed(key));
             invocation.key(&name);
             invocation.arg(interval).arg(tolerance);
             keys.push((name, interval));

@@ -3,13 +3,13 @@
 //! at once (a flood does not wait for the sweep). `cargo bench --bench guard_memory` measures it.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::budget::{HOURS_KEPT, Tally};
 use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
+use crate::privacy;
 use crate::sync::lock;
 
 /// Destinations held, all levels together: a flood of fresh IPs or ranges cannot grow memory past this
@@ -95,17 +95,11 @@ pub struct Local {
 }
 
 fn job_key(job_id: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    'j'.hash(&mut h);
-    job_id.hash(&mut h);
-    h.finish()
+    privacy::local_key('j', job_id)
 }
 
 fn key(level: Level, id: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    level.tag().hash(&mut h);
-    id.hash(&mut h);
-    h.finish()
+    privacy::local_key(level.tag(), id)
 }
 
 impl Local {

@@ -9,11 +9,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
-
 use super::budget::{DAYS_KEPT, DayCount, HOURS_KEPT, HourCount, Tally};
 use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
+use crate::privacy;
 
 /// Job entries live through the day window and a little more (feedback comes within minutes).
 const JOB_TTL_SECS: u64 = (HOURS_KEPT as u64) * 3600;
@@ -169,13 +168,6 @@ pub struct Shared {
     since: AtomicU64,
 }
 
-fn job_id_key(job_id: &str) -> String {
-    Sha256::digest(job_id.as_bytes())[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl Shared {
     pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Shared {
         Shared {
@@ -230,7 +222,7 @@ impl Shared {
         }
         invocation
             .arg(TALLY_TTL_SECS)
-            .arg(job_id_key(job_id))
+            .arg(privacy::hashed(job_id))
             .arg(JOB_TTL_SECS)
             .arg(s.outage_window());
         type Answer = (usize, u8, u8, u8, u64, u64, String, u64, u64);
@@ -257,7 +249,7 @@ impl Shared {
         let answer: Vec<redis::Value> = self
             .verified
             .key(&self.prefix)
-            .arg(job_id_key(job_id))
+            .arg(privacy::hashed(job_id))
             .arg(now.max(1))
             .arg(TALLY_TTL_SECS)
             .arg(window)
@@ -289,7 +281,7 @@ impl Shared {
     }
 
     pub async fn close(&self, job_id: &str) -> Result<(), redis::RedisError> {
-        let key = format!("{}:j:{}", self.prefix, job_id_key(job_id));
+        let key = format!("{}:j:{}", self.prefix, privacy::hashed(job_id));
         let _: i64 = redis::Script::new(CLOSE)
             .key(key)
             .invoke_async(&mut self.conn.clone())
