@@ -276,9 +276,10 @@ pub fn system_clock() -> Clock {
     Arc::new(clock::unix_secs)
 }
 
+/// Where the tallies live: this process, or Redis for every replica ([`Shared`]).
 enum Backend {
     Local(Local),
-    Shared(Shared),
+    Redis(Shared),
 }
 
 /// The guard's counters for ops: decisions by mode and scope, feedback by result, and its state.
@@ -309,7 +310,7 @@ impl Guard {
     }
 
     pub fn shared(settings: Settings, shared: Shared, metrics: Option<GuardMetrics>) -> Guard {
-        Guard::new(settings, Backend::Shared(shared), system_clock(), metrics)
+        Guard::new(settings, Backend::Redis(shared), system_clock(), metrics)
     }
 
     fn new(settings: Settings, backend: Backend, clock: Clock, metrics: Option<GuardMetrics>) -> Guard {
@@ -343,7 +344,7 @@ impl Guard {
     fn feedback_state(&self) -> FeedbackState {
         match &self.backend {
             Backend::Local(local) => local.feedback_state(),
-            Backend::Shared(_) => *lock(&self.feedback),
+            Backend::Redis(_) => *lock(&self.feedback),
         }
     }
 
@@ -369,7 +370,7 @@ impl Guard {
         };
         let decision = match &self.backend {
             Backend::Local(local) => Ok(local.check(&job.id, &dest, &self.settings, now, refusals)),
-            Backend::Shared(shared) => shared.check(&job.id, &dest, &self.settings, now, refusals).await,
+            Backend::Redis(shared) => shared.check(&job.id, &dest, &self.settings, now, refusals).await,
         };
         let decision = match decision {
             Ok(d) => d,
@@ -383,7 +384,7 @@ impl Guard {
                 return Verdict::Allow;
             }
         };
-        if let Backend::Shared(_) = &self.backend {
+        if let Backend::Redis(_) = &self.backend {
             *lock(&self.feedback) = decision.feedback_state;
         }
         if let Some(m) = &self.metrics
@@ -415,7 +416,7 @@ impl Guard {
         }
         let since = match &self.backend {
             Backend::Local(local) => local.since(),
-            Backend::Shared(shared) => shared.since(),
+            Backend::Redis(shared) => shared.since(),
         };
         since.is_some_and(|s| now.saturating_sub(s) >= self.settings.learning_period.as_secs())
     }
@@ -449,7 +450,7 @@ impl Guard {
         let window = self.settings.outage_window();
         let result = match &self.backend {
             Backend::Local(local) => local.verified(job_id, now, window),
-            Backend::Shared(shared) => {
+            Backend::Redis(shared) => {
                 let result = shared.verified(job_id, now, window).await?;
                 // The script kept the shared state; this replica's copy follows until its next check.
                 let counted = matches!(result, Feedback::Counted { .. });
@@ -482,7 +483,7 @@ impl Guard {
                 local.close(job_id);
                 Ok(())
             }
-            Backend::Shared(shared) => shared.close(job_id).await,
+            Backend::Redis(shared) => shared.close(job_id).await,
         }
     }
 
@@ -509,7 +510,7 @@ impl Guard {
         for (level, shown, key) in levels {
             let tally = match &self.backend {
                 Backend::Local(local) => local.tally(level, &key),
-                Backend::Shared(shared) => shared.tally(level, &key).await?,
+                Backend::Redis(shared) => shared.tally(level, &key).await?,
             };
             let window = tally.window(now);
             let floors = level.floors(&self.settings);
@@ -547,7 +548,7 @@ impl Guard {
     pub fn held(&self) -> (usize, usize) {
         match &self.backend {
             Backend::Local(local) => local.held(),
-            Backend::Shared(_) => (0, 0),
+            Backend::Redis(_) => (0, 0),
         }
     }
 }

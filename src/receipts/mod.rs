@@ -465,11 +465,10 @@ impl Receipts {
             accepted_at_ms: clock::unix_millis(),
         };
         let key = route.key(&id);
-        if let State::Local(local) = &*self.state {
-            // In memory: a map insert, no need for a task.
-            state::record_local(local, &key, sent);
+        // In memory: a map insert, no need for a task.
+        let Some(sent) = self.state.record_in_process(&key, sent) else {
             return;
-        }
+        };
         let this = self.clone();
         // Until the record is written, a report for this job is asked again rather than lost.
         let held = self.sending(&job.id);

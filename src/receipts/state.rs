@@ -61,72 +61,89 @@ pub enum Advance {
 #[error("receipt state unavailable: {0}")]
 pub struct StateError(String);
 
-pub enum State {
+/// The receipt state of this deployment, in this process or in Redis (the same shape as the outcome
+/// store's and the fraud guard's backends).
+pub struct State {
+    backend: Backend,
+}
+
+enum Backend {
     Local(Mutex<Local>),
     Redis(Redis),
 }
 
 impl State {
     pub fn local(capacity: usize) -> State {
-        State::Local(Mutex::new(Local::new(capacity, RETENTION)))
+        State {
+            backend: Backend::Local(Mutex::new(Local::new(capacity, RETENTION))),
+        }
     }
 
     pub fn redis(conn: redis::aio::ConnectionManager, namespace: &str) -> State {
-        State::Redis(Redis {
-            conn,
-            prefix: format!("herald:{namespace}:receipt:"),
-        })
+        State {
+            backend: Backend::Redis(Redis {
+                conn,
+                prefix: format!("herald:{namespace}:receipt:"),
+            }),
+        }
+    }
+
+    /// [`State::record`] without a future where the state is in this process (a map insert); `sent`
+    /// comes back unrecorded where it is in Redis, for the caller to write without waiting.
+    pub fn record_in_process(&self, key: &str, sent: SentMessage) -> Option<SentMessage> {
+        match &self.backend {
+            Backend::Local(local) => {
+                lock(local).insert(key, sent, Instant::now());
+                None
+            }
+            Backend::Redis(_) => Some(sent),
+        }
     }
 
     /// Remembers a sent message under `key` (provider and its id for the message).
     pub async fn record(&self, key: &str, sent: &SentMessage) -> Result<(), StateError> {
-        match self {
-            State::Local(local) => {
+        match &self.backend {
+            Backend::Local(local) => {
                 lock(local).insert(key, sent.clone(), Instant::now());
                 Ok(())
             }
-            State::Redis(redis) => redis.record(key, sent).await,
+            Backend::Redis(redis) => redis.record(key, sent).await,
         }
     }
 
     /// Remembers a sent message whose first [`State::record`] failed, unless `key` was recorded since: a
     /// newer record may have moved on, and must not be reset.
     pub async fn record_late(&self, key: &str, sent: &SentMessage) -> Result<(), StateError> {
-        match self {
-            State::Local(local) => {
+        match &self.backend {
+            Backend::Local(local) => {
                 let mut local = lock(local);
                 if !local.entries.contains_key(key) {
                     local.insert(key, sent.clone(), Instant::now());
                 }
                 Ok(())
             }
-            State::Redis(redis) => redis.record_late(key, sent).await,
+            Backend::Redis(redis) => redis.record_late(key, sent).await,
         }
     }
 
     /// Moves the message under `key` by `reported`, if it applies to the message's channel.
     pub async fn advance(&self, key: &str, reported: Reported) -> Result<Advance, StateError> {
-        match self {
-            State::Local(local) => Ok(lock(local).advance(key, reported, Instant::now())),
-            State::Redis(redis) => redis.advance(key, reported).await,
+        match &self.backend {
+            Backend::Local(local) => Ok(lock(local).advance(key, reported, Instant::now())),
+            Backend::Redis(redis) => redis.advance(key, reported).await,
         }
     }
 
     /// After an [`Advance::Final`]: `published` marks it evented; otherwise the claim is given back.
     pub async fn settle(&self, key: &str, published: bool) -> Result<(), StateError> {
-        match self {
-            State::Local(local) => {
+        match &self.backend {
+            Backend::Local(local) => {
                 lock(local).settle(key, published);
                 Ok(())
             }
-            State::Redis(redis) => redis.settle(key, published).await,
+            Backend::Redis(redis) => redis.settle(key, published).await,
         }
     }
-}
-
-/// [`State::record`] for the local state, without a future.
-pub fn record_local(local: &Mutex<Local>, key: &str, sent: SentMessage) {
-    lock(local).insert(key, sent, Instant::now());
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
