@@ -20,8 +20,9 @@
 //!
 //! Embedded SQLite (WAL, `synchronous=NORMAL`: every commit reaches the OS before the reply, so a killed
 //! process loses nothing, with no fsync per job) or Redis when `[redis] url` is set, shared by replicas.
-//! Every failed store operation is counted in `herald_store_errors_total{op}`: while it fails, herald keeps
-//! delivering but loses the duplicate protection of §11.2.
+//! Every failed store operation is counted in `herald_store_errors_total{op}`: while it fails, a job whose
+//! record cannot be read is held and a record that cannot be written is retried, its commit waiting: a delay,
+//! never a repeat (docs/guarantees.md "When the outcome store fails").
 
 use std::collections::HashSet;
 use std::future::Future;
