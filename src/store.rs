@@ -1,4 +1,4 @@
-//! Job outcome records (contract §11.2): what makes a redelivered or replayed job id safe.
+//! Job outcome records (docs/guarantees.md "One outcome, once"): what makes a redelivered or replayed job id safe.
 //!
 //! A record is written when a job reaches its outcome, *before* the outcome is published, and marked
 //! committed once the broker has taken the event and the ack together. So after a crash:
@@ -16,7 +16,8 @@
 //!
 //! With Redis, a job id under way is also *claimed* across replicas (`SET NX` with a lease a little longer
 //! than the worst provider call): a second copy on another replica waits until the claim is released (at
-//! commit, or once the outcome record is durable) or expires (its holder died: the job is in doubt, §11.3).
+//! commit, or once the outcome record is durable) or expires (its holder died: the job is in doubt, docs/guarantees.md
+//! "In doubt").
 //!
 //! Embedded SQLite (WAL, `synchronous=NORMAL`: every commit reaches the OS before the reply, so a killed
 //! process loses nothing, with no fsync per job) or Redis when `[redis] url` is set, shared by replicas.
@@ -37,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-/// Records are kept at least this long (contract: ≥ 24 h), then dropped.
+/// Records are kept at least this long (docs/guarantees.md: at least 24 h), then dropped.
 pub const RETENTION: Duration = Duration::from_secs(25 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -523,7 +523,7 @@ fn consuming_channels_out_of_range_are_refused_naming_the_key() {
     config.validate().unwrap();
 }
 
-/// Routing, allow and deny keys take a calling code, a longer prefix or a region (contract §6); garbage is
+/// Routing, allow and deny keys take a calling code, a longer prefix or a region (docs/providers/README.md); garbage is
 /// refused at load naming the key. `countries_deny = [225]` (integers, as before regions) still loads.
 #[test]
 fn destination_keys_take_three_forms_and_name_their_key() {
