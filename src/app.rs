@@ -109,7 +109,8 @@ impl Application {
                 },
                 metrics.registry(),
             )
-            // Undelivered and failed receipts settle their codes as unverified for the guard (§12, §13).
+            // Undelivered and failed receipts settle their codes as unverified for the guard (docs/fraud-and-limits.md,
+            // docs/receipts.md).
             .with_sink(Arc::new(fraud::ReceiptsToGuard(guard.clone()))),
         );
         let throttle = Arc::new(Throttle::new(

@@ -1,4 +1,4 @@
-//! RabbitMQ plumbing: connecting, declaring the topology of contract §2, and publishing with
+//! RabbitMQ plumbing: connecting, declaring the topology of docs/jobs-and-events.md "Topology", and publishing with
 //! publisher confirms.
 
 use lapin::options::{
@@ -138,14 +138,15 @@ pub async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<
     declare_queue(channel, config, &config.dead_queue).await?;
     let mut jobs_args = queue_args(config, Some(&config.dead_queue));
     if config.queue_type == QueueType::Quorum {
-        // Poison messages (contract §11.4): the quorum queue stops redelivering after this many.
+        // Poison messages (docs/guarantees.md "Poison"): the quorum queue stops redelivering after this many.
         jobs_args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(i64::from(config.delivery_limit)),
         );
     }
     declare_durable(channel, &config.jobs_queue, jobs_args.clone()).await?;
-    // Declared like the jobs queue (contract §12): same type, same poison limit, same dead letters.
+    // Declared like the jobs queue (docs/jobs-and-events.md "Topology"): same type, same poison limit, same dead
+    // letters.
     declare_durable(channel, &config.feedback_queue, jobs_args).await?;
     declare_durable(
         channel,
@@ -167,7 +168,7 @@ pub fn topology_queues(config: &AmqpConfig) -> [&str; 4] {
     ]
 }
 
-/// A durable topic exchange, the kind `herald.events` is (contract §2).
+/// A durable topic exchange, the kind `herald.events` is (docs/jobs-and-events.md "Topology").
 pub async fn declare_topic_exchange(channel: &Channel, name: &str) -> Result<(), BrokerError> {
     channel
         .exchange_declare(
@@ -323,8 +324,8 @@ pub fn short(s: &str) -> Option<ShortString> {
     ShortString::try_new(s).ok()
 }
 
-/// An event's properties as herald publishes it on `herald.events` (contract §4): JSON, persistent, `type` the event type,
-/// `message_id` the job id when it has one that fits.
+/// An event's properties as herald publishes it on `herald.events` (docs/jobs-and-events.md "Events"): JSON,
+/// persistent, `type` the event type, `message_id` the job id when it has one that fits.
 pub fn event_properties(kind: &str, job_id: Option<&str>) -> BasicProperties {
     let properties = json_properties().with_type(short(kind).unwrap_or_default());
     match job_id.and_then(short) {

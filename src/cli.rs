@@ -1,4 +1,4 @@
-//! Command line (contract §10): `serve` (default), `send`, `templates check`.
+//! Command line (docs/cli.md): `serve` (default), `send`, `templates check`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

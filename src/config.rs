@@ -1,5 +1,5 @@
 //! Configuration: the built-in defaults ([`DEFAULTS`]) ← `herald.toml` ← `HERALD_<SECTION>__<KEY>`
-//! variables (contract §5), parsed once into the types the rest of herald uses (a [`Locale`], URLs, the
+//! variables (docs/configuration.md), parsed once into the types the rest of herald uses (a [`Locale`], URLs, the
 //! webhook key, an E.164 sender, the SMTP target). Anything wrong stops start-up with a message naming the
 //! key, never its value.
 
@@ -40,7 +40,8 @@ pub const DEFAULTS: &str = include_str!("config/defaults.toml");
 /// call only while at most `delivery_limit - 2` earlier deliveries are counted (its own rule,
 /// `decision::before_delivery`), and the queue dead-letters a job only once its count is above
 /// `delivery_limit`. So with two channels a crash leaves a poison job within the limit, for herald to
-/// dead-letter with its event (§11.4); with three, the queue could dead-letter it first, without one.
+/// dead-letter with its event (docs/guarantees.md "Poison"); with three, the queue could dead-letter it first, without
+/// one.
 pub const MAX_CHANNELS: u16 = 2;
 
 /// herald's configuration. Its `Serialize` writes every value back as the text an operator writes, secrets
@@ -99,7 +100,7 @@ pub struct AmqpConfig {
     pub retry_queue: String,
     pub dead_queue: String,
     pub events_exchange: String,
-    /// Verification feedback from the MFA server (contract §12).
+    /// Verification feedback from the MFA server (docs/fraud-and-limits.md "Adaptive guard").
     pub feedback_queue: String,
 }
 
@@ -161,7 +162,7 @@ pub struct TwilioConfig {
     pub messaging_service_sid: String,
     #[serde(with = "text")]
     pub base_url: url::Url,
-    /// herald's public URL of `POST /providers/twilio/status` (contract §13): sent as `StatusCallback`
+    /// herald's public URL of `POST /providers/twilio/status` (docs/receipts.md): sent as `StatusCallback`
     /// with every message and call, and the URL Twilio's signatures are checked against. `""` = unset:
     /// no receipts.
     #[serde(with = "blank_is_none", default)]
@@ -169,8 +170,8 @@ pub struct TwilioConfig {
 }
 
 /// `[routing.sms]` / `[routing.voice]`: a destination (calling code `"44"`, longer prefix `"1876"` or region
-/// `"JM"`) → the provider chain for numbers in it, the most specific key winning (contract §6). A phone job
-/// no key names uses `[channels]`.
+/// `"JM"`) → the provider chain for numbers in it, the most specific key winning (docs/providers/README.md). A phone
+/// job no key names uses `[channels]`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
@@ -235,8 +236,8 @@ pub struct VonageConfig {
     /// Sender: a number (E.164) or an alphanumeric sender id where the country allows one.
     pub from: String,
     pub base_url: HttpUrl,
-    /// herald's public URL of `/providers/vonage/status` (contract §6.2): sent as `callback` with
-    /// `status-report-req=1` on every message. `""` = unset: no receipts.
+    /// herald's public URL of `/providers/vonage/status` (docs/receipts.md "Vonage, Plivo and Infobip"): sent as
+    /// `callback` with `status-report-req=1` on every message. `""` = unset: no receipts.
     #[serde(with = "blank_is_none", default)]
     pub status_callback_url: Option<HttpUrl>,
     /// The account's signature secret: delivery receipts are taken only signed with it.
@@ -270,8 +271,8 @@ pub struct PlivoConfig {
     /// Sender: a Plivo number (E.164) or an alphanumeric sender id.
     pub from: String,
     pub base_url: HttpUrl,
-    /// herald's public URL of `/providers/plivo/status` (contract §6.2): sent as `url` (with
-    /// `method=POST`) on every message, and the URL Plivo's V3 signatures are checked against. `""` = unset.
+    /// herald's public URL of `/providers/plivo/status` (docs/receipts.md "Vonage, Plivo and Infobip"): sent as `url`
+    /// (with `method=POST`) on every message, and the URL Plivo's V3 signatures are checked against. `""` = unset.
     #[serde(with = "blank_is_none", default)]
     pub status_callback_url: Option<HttpUrl>,
 }
@@ -287,8 +288,8 @@ pub struct InfobipConfig {
     /// `""` = unset (required once a chain uses infobip).
     #[serde(with = "blank_is_none", default)]
     pub base_url: Option<HttpUrl>,
-    /// herald's public URL of `/providers/infobip/status` (contract §6.2): sent as `notifyUrl`, with
-    /// `token=<status_token>` added to its query, on every message. `""` = unset: no receipts.
+    /// herald's public URL of `/providers/infobip/status` (docs/receipts.md "Vonage, Plivo and Infobip"): sent as
+    /// `notifyUrl`, with `token=<status_token>` added to its query, on every message. `""` = unset: no receipts.
     #[serde(with = "blank_is_none", default)]
     pub status_callback_url: Option<HttpUrl>,
     /// Infobip does not sign its reports: a report is taken only when its URL carries this token back.
@@ -461,8 +462,8 @@ pub struct ThrottleConfig {
     pub countries_deny: Vec<Destination>,
 }
 
-/// `[fraud]`: the adaptive toll-fraud guard (contract §12); [`FraudConfig::settings`] is what the guard
-/// runs on.
+/// `[fraud]`: the adaptive toll-fraud guard (docs/fraud-and-limits.md "Adaptive guard"); [`FraudConfig::settings`] is
+/// what the guard runs on.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FraudConfig {
@@ -503,7 +504,7 @@ impl Config {
             },
             ip_day: f.ip_daily_floor,
             learning_period: f.learning_period.0,
-            // Under a second turns the fallback off (README "Adaptive guard").
+            // Under a second turns the fallback off (docs/fraud-and-limits.md "Adaptive guard").
             outage_after: Some(f.outage_after.0).filter(|d| d.as_secs() > 0),
             prefix_digits: self.throttle.prefix_digits,
             ipv6_prefix: self.throttle.ipv6_prefix,
@@ -539,7 +540,7 @@ impl ThrottleConfig {
 pub struct RetryConfig {
     pub schedule: Vec<HumanDuration>,
     pub provider_timeout: HumanDuration,
-    /// How long a code without `expires_at` is worth delivering (README, "Providers": validity).
+    /// How long a code without `expires_at` is worth delivering (docs/providers/README.md: validity).
     pub validity: HumanDuration,
 }
 

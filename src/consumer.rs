@@ -2,8 +2,8 @@
 //! the broker. It owns connection, reconnection, acknowledgement and shutdown; nothing about delivery.
 //!
 //! Each finished job becomes one broker transaction on the channel it came from: its publishes (event,
-//! reply, dead letter or retry) and its ack commit together or not at all (contract §11.1). Transactions
-//! of many jobs are batched into one commit. herald consumes on `amqp.channels` transactional channels
+//! reply, dead letter or retry) and its ack commit together or not at all (docs/guarantees.md "One outcome, once").
+//! Transactions of many jobs are batched into one commit. herald consumes on `amqp.channels` transactional channels
 //! ("lanes"), each with its share of the prefetch window and its own commit loop, so that with two one
 //! lane's jobs are handled and framed while the other's commit is under way on the broker.
 
@@ -60,7 +60,7 @@ pub struct Consumer {
     lanes: Vec<Lane>,
     /// Sequence number of the next commit, of any lane.
     commits: AtomicU64,
-    /// Told of every message a provider accepted, for its delivery receipts (§13).
+    /// Told of every message a provider accepted, for its delivery receipts (docs/receipts.md).
     receipts: Option<Arc<Receipts>>,
     /// Where outcomes whose session died go to be committed (see [`Orphans`]).
     orphans: Mutex<Orphans>,
@@ -156,7 +156,7 @@ struct Lane {
 }
 
 /// `prefetch` split over `channels` lanes (at most one lane per job in the window): the lanes' windows
-/// add up to `prefetch`, so at most `amqp.prefetch` jobs are in flight in all (§11.3).
+/// add up to `prefetch`, so at most `amqp.prefetch` jobs are in flight in all (docs/guarantees.md "In doubt").
 fn lane_windows(prefetch: u16, channels: u16) -> Vec<u16> {
     let lanes = channels.clamp(1, prefetch.max(1));
     (0..lanes)
@@ -195,7 +195,8 @@ struct Finished {
     reply: Option<Reply>,
     /// Job id to mark committed in the store.
     record: Option<String>,
-    /// The outcome record's write, awaited before the commit (a record precedes its event, §11.2).
+    /// The outcome record's write, awaited before the commit (a record precedes its event, docs/guarantees.md
+    /// "One outcome, once").
     put: Option<PendingPut>,
     /// Held until the commit, so a second copy of the same job waits and then sees the outcome; if the
     /// commit never comes, until the outcome record is durable (see `Drop`).
@@ -802,7 +803,7 @@ impl Consumer {
         {
             Step::Settled(disposition) => *disposition,
             Step::Deliver { attempt } => {
-                // A report that overtakes the provider's answer is asked again, not lost (README, "State").
+                // A report that overtakes the provider's answer is asked again, not lost (docs/receipts.md "State").
                 let sending = self.receipts.as_ref().and_then(|r| r.sending(&job.id));
                 let delivered = self.dispatcher.deliver(&job, attempt).await;
                 if let (Some(receipts), Outcome::Sent { provider, receipt }) = (&self.receipts, &delivered.outcome) {
@@ -846,14 +847,14 @@ impl Consumer {
         }
     }
 
-    /// Where herald's queue dead-letters poison (contract §11.4): only a quorum queue counts deliveries.
+    /// Where herald's queue dead-letters poison (docs/guarantees.md "Poison"): only a quorum queue counts deliveries.
     fn poison_limit(&self) -> decision::PoisonLimit {
         (self.config.queue_type == QueueType::Quorum).then_some(self.config.delivery_limit)
     }
 
     /// Turns a disposition into what the copy's transaction holds: its store write (awaited before the
-    /// commit: a record precedes its event, §11.2), its publishes, and what to print and count once
-    /// committed. `job_id` is the parsed job's.
+    /// commit: a record precedes its event, docs/guarantees.md "One outcome, once"), its publishes, and what to print
+    /// and count once committed. `job_id` is the parsed job's.
     fn transaction(
         &self,
         finished: &mut Finished,
@@ -1082,8 +1083,8 @@ fn delay_queue(queues: &[(Duration, String)], after: Duration) -> Option<&str> {
 
 /// Moves the jobs of `waiting` whose outcome records are written (or who have none) to `ready`, the rest
 /// stay for a later commit; when none is written yet, waits for them all. A record must be stored before
-/// its event can leave, so that after a crash a redelivered job finds it (§11.2); a failed write only
-/// loses that protection.
+/// its event can leave, so that after a crash a redelivered job finds it (docs/guarantees.md "One outcome, once"); a
+/// failed write only loses that protection.
 async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<Finished>) {
     use futures_util::FutureExt;
     let mut i = 0;

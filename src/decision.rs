@@ -1,4 +1,4 @@
-//! One job, one decision (contract §11). What herald knows of one copy of a job — its parse, its entry in
+//! One job, one decision (docs/guarantees.md). What herald knows of one copy of a job — its parse, its entry in
 //! the outcome store, what the broker says of this delivery, and how the delivery went — becomes a
 //! [`Disposition`]: what that copy's transaction holds. No broker and no store here: the consumer gathers
 //! the inputs and moves messages, [`crate::dispatch`] delivers, and the rules are tested from a table.

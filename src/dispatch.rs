@@ -79,7 +79,8 @@ pub struct Dispatcher {
     routes: Routes,
     retry: RetryPolicy,
     throttle: Arc<Throttle>,
-    /// The toll-fraud guard, after the fixed limits (contract §12); none in tests that do not need it.
+    /// The toll-fraud guard, after the fixed limits (docs/fraud-and-limits.md "Adaptive guard"); none in tests that do
+    /// not need it.
     guard: Option<Arc<Guard>>,
     /// `herald_provider_ambiguous_total{provider,reason}`.
     ambiguous: Option<prometheus::IntCounterVec>,
@@ -161,8 +162,8 @@ impl Dispatcher {
             if let Some(guard) = &self.guard
                 && let fraud::Verdict::Refuse(scope) = guard.check(job).await
             {
-                // Not sent, so it counts against no limit (contract §12): a pump the guard stops must
-                // not spend its user's or IP's limits, nor the range's, for the real users after it.
+                // Not sent, so it counts against no limit (docs/fraud-and-limits.md "Adaptive guard"): a pump the guard
+                // stops must not spend its user's or IP's limits, nor the range's, for the real users after it.
                 self.throttle.refund(taken).await;
                 return Outcome::Failed {
                     code: ErrorCode::SuspectedFraud,

@@ -1,4 +1,4 @@
-//! Outcome events (contract §4): one per job, as a JSON line on stdout and a message on the events
+//! Outcome events (docs/jobs-and-events.md "Events"): one per job, as a JSON line on stdout and a message on the events
 //! exchange. Built only from masked or non-personal fields.
 
 use std::io::Write;
@@ -38,7 +38,7 @@ impl ErrorCode {
     }
 }
 
-/// Which limit or guard refused a job (contract §4 `scope`).
+/// Which limit or guard refused a job (docs/jobs-and-events.md "Events": `scope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -111,8 +111,8 @@ pub struct Event {
     pub scope: Option<Scope>,
 }
 
-/// An outcome event's `type` (contract §4): its channel and whether it succeeded. Also its routing key on
-/// `herald.events`.
+/// An outcome event's `type` (docs/jobs-and-events.md "Events"): its channel and whether it succeeded. Also its routing
+/// key on `herald.events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {

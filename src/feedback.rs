@@ -1,6 +1,6 @@
-//! `herald.feedback` (contract §12): the MFA server says which codes were verified, and the fraud guard
-//! counts them against the destinations their jobs went to. The body becomes a [`Verification`] here, in
-//! one place; anything else is dead-lettered with its reason, and the consumer goes on.
+//! `herald.feedback` (docs/fraud-and-limits.md "Adaptive guard"): the MFA server says which codes were verified, and
+//! the fraud guard counts them against the destinations their jobs went to. The body becomes a [`Verification`] here,
+//! in one place; anything else is dead-lettered with its reason, and the consumer goes on.
 
 use std::sync::Arc;
 use std::time::Duration;

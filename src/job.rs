@@ -1,4 +1,4 @@
-//! The "send code" job (contract §3). The raw AMQP body becomes a [`Job`] in exactly one place,
+//! The "send code" job (docs/jobs-and-events.md "Jobs"). The raw AMQP body becomes a [`Job`] in exactly one place,
 //! [`Job::from_message`]; past that point every field is a checked type.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::numbering::{self, Region};
 
-/// Largest accepted body (contract §3).
+/// Largest accepted body (docs/jobs-and-events.md "Jobs").
 pub const MAX_BODY: usize = 16 * 1024;
 /// The most vars a job may carry, each at most [`MAX_VAR_VALUE`] bytes: the templates' checks render the
 /// longest job these allow.
@@ -349,7 +349,7 @@ impl Recipient {
         }
     }
 
-    /// Calling code for phones, `none` for email (the metrics' `country` label, contract §9).
+    /// Calling code for phones, `none` for email (the metrics' `country` label, docs/http-and-metrics.md "Metrics").
     pub fn country_label(&self) -> String {
         match self {
             Recipient::Phone(p) => p.country_code().map_or_else(|| "unknown".into(), |c| c.to_string()),
@@ -402,8 +402,8 @@ impl fmt::Debug for OtpCode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Locale(String);
 
-/// Never echoes the text: a job can carry a number or a code in any field (contract §4). No source:
-/// the tag parser's message quotes the text.
+/// Never echoes the text: a job can carry a number or a code in any field (docs/jobs-and-events.md "Events"). No
+/// source: the tag parser's message quotes the text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("is not a BCP 47 language tag")]
 pub struct NotALocale;

@@ -1,7 +1,7 @@
 //! Log set-up for the binary. `RUST_LOG` chooses what is logged, within two limits:
 //!
 //! - crates that log payloads stay capped at a level where they do not, whatever `RUST_LOG` says
-//!   (contract §4: never a code, a number, an address or a secret, at any level);
+//!   (docs/jobs-and-events.md "Events": never a code, a number, an address or a secret, at any level);
 //! - actix-http's ERROR line for each malformed or broken HTTP/1 connection is counted in
 //!   `herald_http_connection_errors_total` instead: a scanner would otherwise write hundreds a second.
 

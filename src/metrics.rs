@@ -1,4 +1,4 @@
-//! Prometheus metrics (contract §9). Labels carry only bounded, non-personal values.
+//! Prometheus metrics (docs/http-and-metrics.md "Metrics"). Labels carry only bounded, non-personal values.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -33,7 +33,7 @@ pub struct Metrics {
     pub provider_ambiguous: IntCounterVec,
     /// Broker connections dropped because the broker stopped answering (no heartbeat).
     pub broker_stalls: IntCounter,
-    /// The toll-fraud guard's decisions, feedback and state (contract §12).
+    /// The toll-fraud guard's decisions, feedback and state (docs/fraud-and-limits.md "Adaptive guard").
     pub guard: crate::fraud::GuardMetrics,
     /// Messages settled per broker transaction: the batch a commit carries (its count is the commits).
     pub commit_batch: prometheus::Histogram,

@@ -1,7 +1,8 @@
 //! Numbering plans from libphonenumber's metadata, as build.rs wrote them out: which national lengths a
 //! calling code can have, and which region (ISO 3166) a number of it is in. Keys of `[routing.*]`,
-//! `throttle.countries_allow`/`countries_deny` and `[fraud] allow_countries` are [`Destination`]s (contract
-//! §6): a calling code (`"44"`), a longer E.164 prefix (`"1876"`) or a region (`"JM"`).
+//! `throttle.countries_allow`/`countries_deny` and `[fraud] allow_countries` are [`Destination`]s
+//! (docs/providers/README.md "Routing by destination"): a calling code (`"44"`), a longer E.164 prefix (`"1876"`) or a
+//! region (`"JM"`).
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -156,7 +157,7 @@ impl Destination {
     }
 
     /// How specifically this key names `phone`, if it does: a prefix (the longer the more) over a region
-    /// over a calling code (contract §6).
+    /// over a calling code (docs/providers/README.md).
     pub fn specificity(&self, phone: &PhoneNumber) -> Option<usize> {
         match self {
             Destination::Code(code) => (phone.calling_code() == Some(*code)).then_some(1),

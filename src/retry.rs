@@ -1,5 +1,5 @@
-//! Retry policy as data: the configured schedule (contract §5 `[retry] schedule`), jittered ±20%, with a
-//! provider's Retry-After honoured up to the longest step.
+//! Retry policy as data: the configured schedule (`retry.schedule`, docs/guarantees.md "Retries"), jittered ±20%, with
+//! a provider's Retry-After honoured up to the longest step.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Which provider chain a job goes through: the chain of the most specific `[routing.<channel>]` key naming
 //! its number — a prefix longer than the calling code (`"1876"`), then a region (`"JM"`), then a calling code
-//! (`"1"`) (contract §6) — else the channel's `[channels]` chain.
+//! (`"1"`) (docs/providers/README.md) — else the channel's `[channels]` chain.
 
 use std::sync::Arc;
 

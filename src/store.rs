@@ -1,4 +1,4 @@
-//! Job outcome records (contract §11.2): what makes a redelivered or replayed job id safe.
+//! Job outcome records (docs/guarantees.md "One outcome, once"): what makes a redelivered or replayed job id safe.
 //!
 //! A record is written when a job reaches its outcome, *before* the outcome is published, and marked
 //! committed once the broker has taken the event and the ack together. So after a crash:
@@ -16,12 +16,14 @@
 //!
 //! With Redis, a job id under way is also *claimed* across replicas (`SET NX` with a lease a little longer
 //! than the worst provider call): a second copy on another replica waits until the claim is released (at
-//! commit, or once the outcome record is durable) or expires (its holder died: the job is in doubt, §11.3).
+//! commit, or once the outcome record is durable) or expires (its holder died: the job is in doubt, docs/guarantees.md
+//! "In doubt").
 //!
 //! Embedded SQLite (WAL, `synchronous=NORMAL`: every commit reaches the OS before the reply, so a killed
 //! process loses nothing, with no fsync per job) or Redis when `[redis] url` is set, shared by replicas.
-//! Every failed store operation is counted in `herald_store_errors_total{op}`: while it fails, herald keeps
-//! delivering but loses the duplicate protection of §11.2.
+//! Every failed store operation is counted in `herald_store_errors_total{op}`: while it fails, a job whose
+//! record cannot be read is held and a record that cannot be written is retried, its commit waiting: a delay,
+//! never a repeat (docs/guarantees.md "When the outcome store fails").
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -39,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::sync::lock;
 
-/// Records are kept at least this long (contract: ≥ 24 h), then dropped.
+/// Records are kept at least this long (docs/guarantees.md: at least 24 h), then dropped.
 pub const RETENTION: Duration = Duration::from_secs(25 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

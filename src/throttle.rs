@@ -1,4 +1,4 @@
-//! Throttling and toll-fraud defence (contract §5 `[throttle]`): GCRA limits per user, IP, recipient,
+//! Throttling and toll-fraud defence (docs/fraud-and-limits.md "Fixed limits"): GCRA limits per user, IP, recipient,
 //! number range (prefix) and overall, plus country allow/deny lists. Checked once per job, before
 //! anything is rendered or sent.
 //!
@@ -7,8 +7,8 @@
 //! fails, the local limiters take over for a few seconds at a time: limits stay on, deliveries go on.
 //!
 //! What a passed check took can be given back ([`Throttle::refund`]): a job the fraud guard then refuses
-//! counts against no limit (contract §12). governor provides the clocks (its fake clock drives the
-//! simulations); its limiters cannot give a token back, hence the GCRA here, the same as the Lua script.
+//! counts against no limit (docs/fraud-and-limits.md "Adaptive guard"). governor provides the clocks (its fake clock
+//! drives the simulations); its limiters cannot give a token back, hence the GCRA here, the same as the Lua script.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
@@ -673,7 +673,7 @@ mod tests {
         assert_eq!(t.check_local(&email), Verdict::Allow, "lists apply to phones only");
     }
 
-    /// Calling codes, prefixes and regions (contract §6): the most specific entry naming the number
+    /// Calling codes, prefixes and regions (docs/providers/README.md): the most specific entry naming the number
     /// decides, deny winning a tie, and the verdict names the calling code (the `country` label).
     #[test]
     fn allow_and_deny_take_calling_codes_prefixes_and_regions() {

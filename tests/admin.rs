@@ -594,7 +594,7 @@ async fn templates_must_print_the_code_and_preview_warns_about_urls_and_job_vars
     assert!(warnings.contains("`brand` is not a built-in variable"), "{body}");
 }
 
-/// Contract §7: each key of `vars` is a variable, at the top level.
+/// docs/templates.md: each key of `vars` is a variable, at the top level.
 #[tokio::test]
 async fn a_job_var_prints_at_the_top_level() {
     let dir = templates_copy();

@@ -1,5 +1,5 @@
-//! Bad input (contract §3): each kind lands in the dead-letter queue with a reason and a failure event,
-//! and the consumer keeps going.
+//! Bad input (docs/jobs-and-events.md "Jobs"): each kind lands in the dead-letter queue with a reason and a failure
+//! event, and the consumer keeps going.
 
 mod helpers;
 
@@ -112,7 +112,7 @@ async fn a_job_without_content_type_is_accepted() {
 
 /// A publisher that mixes up fields (a number in `locale`, a code in `channel`) or sends a huge value
 /// must not see it echoed: the dead letter's `x-herald-error`, the event and herald's own logs name the
-/// field, never its value (contract §4).
+/// field, never its value (docs/jobs-and-events.md "Events").
 #[tokio::test]
 async fn a_bad_field_value_is_never_echoed_in_the_dead_letter_event_or_log() {
     let mut broker = helpers::Broker::new(|_| {}).await;

@@ -301,7 +301,7 @@ fn templates_check_never_logs_the_code_even_at_trace_level() {
     assert!(!stderr.contains("123456"), "the sample code was logged:\n{stderr}");
 }
 
-/// Contract §7: `{{brand}}` prints a job's `vars.brand`. Undeclared, it is a warning (exit 0);
+/// docs/templates.md: `{{brand}}` prints a job's `vars.brand`. Undeclared, it is a warning (exit 0);
 /// declared in `templates.vars`, not even that.
 #[test]
 fn templates_check_warns_about_undeclared_job_vars() {

@@ -1,4 +1,4 @@
-//! Crash safety (contract §11): herald killed with SIGKILL in the middle of a stream, and a job that
+//! Crash safety (docs/guarantees.md): herald killed with SIGKILL in the middle of a stream, and a job that
 //! keeps killing it.
 
 mod helpers;

@@ -1,8 +1,8 @@
 //! What operators and integrators run without reading the source: the Kubernetes manifests, the compose
 //! stack and the AsyncAPI description of the queue interface. Checked here without a container engine:
 //! the YAML parses and says what it must, herald accepts the configuration each of them gives it, the
-//! compose file validates (`docker compose config`), and the AsyncAPI schemas accept the README's job and
-//! real events captured from herald, and refuse broken ones.
+//! compose file validates (`docker compose config`), and the AsyncAPI schemas accept the job and events of
+//! docs/jobs-and-events.md and real events captured from herald, and refuse broken ones.
 
 mod helpers;
 
@@ -351,11 +351,16 @@ fn assert_valid(validator: &jsonschema::Validator, value: &Value, what: &str) {
     );
 }
 
-/// The JSON blocks of a README section.
-fn readme_json(section: &str) -> Vec<Value> {
-    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
-    let start = readme.find(&format!("\n## {section}\n")).expect("README section");
-    let body = &readme[start + 1..];
+/// Where the job and event examples are written up.
+const JOBS_AND_EVENTS: &str = "docs/jobs-and-events.md";
+
+/// The JSON blocks of a section of docs/jobs-and-events.md.
+fn doc_json(section: &str) -> Vec<Value> {
+    let doc = std::fs::read_to_string(repo(JOBS_AND_EVENTS)).unwrap();
+    let start = doc
+        .find(&format!("\n## {section}\n"))
+        .unwrap_or_else(|| panic!("{JOBS_AND_EVENTS} has no section {section}"));
+    let body = &doc[start + 1..];
     let body = &body[..body[3..].find("\n## ").map_or(body.len(), |i| i + 3)];
     body.split("```json\n")
         .skip(1)
@@ -403,14 +408,17 @@ fn asyncapi_describes_every_channel_and_its_refs_resolve() {
 }
 
 #[test]
-fn asyncapi_job_schema_accepts_the_readme_example_and_refuses_broken_jobs() {
+fn asyncapi_job_schema_accepts_the_documented_example_and_refuses_broken_jobs() {
     let validator = asyncapi_validator("Job");
-    let readme = readme_json("Jobs");
-    assert!(!readme.is_empty(), "README's Jobs section has no JSON example");
-    assert_valid(&validator, &readme[0], "README example job");
+    let documented = doc_json("Jobs");
+    assert!(
+        !documented.is_empty(),
+        "{JOBS_AND_EVENTS}'s Jobs section has no JSON example"
+    );
+    assert_valid(&validator, &documented[0], "documented example job");
     assert_valid(&validator, &job("email"), "an email job");
 
-    let good = readme[0].clone();
+    let good = documented[0].clone();
     let broken = [
         ("no code", {
             let mut j = good.clone();
@@ -445,8 +453,8 @@ fn asyncapi_job_schema_accepts_the_readme_example_and_refuses_broken_jobs() {
 #[tokio::test]
 async fn asyncapi_event_schema_matches_events_captured_from_herald() {
     let validator = asyncapi_validator("Event");
-    for event in readme_json("Events").iter().filter(|e| e["date"] != "…") {
-        assert_valid(&validator, event, "README example event");
+    for event in doc_json("Events").iter().filter(|e| e["date"] != "…") {
+        assert_valid(&validator, event, "documented example event");
     }
 
     let server = MockServer::start().await;

@@ -1,4 +1,4 @@
-//! `herald.feedback` and the guard end to end (contract §12).
+//! `herald.feedback` and the guard end to end (docs/fraud-and-limits.md "Adaptive guard").
 
 mod helpers;
 
@@ -11,8 +11,8 @@ fn sms(id: &str, to: &str, user: &str, ip: &str) -> Value {
     json!({"id": id, "channel": "sms", "to": to, "code": "123456", "user_id": user, "ip": ip})
 }
 
-/// Contract §12: a job refused as `suspected_fraud` "is acked, not sent, not retried, and counts against
-/// nothing else". The fixed limits run first and have already counted it: a real user whose code the
+/// docs/fraud-and-limits.md "Adaptive guard": a job refused as `suspected_fraud` "is acked, not sent, not retried, and
+/// counts against nothing else". The fixed limits run first and have already counted it: a real user whose code the
 /// guard refused (say, travelling to a country with no history) has spent a per-user code on nothing, and
 /// their next code, to their home country, is throttled.
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! The guard's feedback across a Redis outage (contract §12): feedback waits in the queue and is counted
-//! once Redis is back, instead of being nacked until the quorum queue's delivery limit drops it.
+//! The guard's feedback across a Redis outage (docs/fraud-and-limits.md "Adaptive guard"): feedback waits in the queue
+//! and is counted once Redis is back, instead of being nacked until the quorum queue's delivery limit drops it.
 
 mod helpers;
 

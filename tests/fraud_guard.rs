@@ -1,6 +1,6 @@
-//! The adaptive toll-fraud guard (contract §12) against traffic that looks real, on a simulated clock:
-//! two weeks of legitimate users in six countries who verify 85-95% of their codes (with a daily rhythm,
-//! "resend code" retries and a day at twice the usual volume), a new market that launches with no history
+//! The adaptive toll-fraud guard (docs/fraud-and-limits.md "Adaptive guard") against traffic that looks real, on a
+//! simulated clock: two weeks of legitimate users in six countries who verify 85-95% of their codes (with a daily
+//! rhythm, "resend code" retries and a day at twice the usual volume), a new market that launches with no history
 //! and whose users do verify, and pumping attacks of 300, 1,500 and 36,000 SMS that rotate user ids and IPs
 //! over three premium ranges and never verify. Each attack size is its own run, after the same history.
 //!

@@ -1,5 +1,5 @@
-//! Contract §11 under replicas, reconnects and forged headers: what a publisher writes never decides for
-//! herald, and a job under way anywhere is not sent a second time.
+//! The guarantees of docs/guarantees.md under replicas, reconnects and forged headers: what a publisher writes never
+//! decides for herald, and a job under way anywhere is not sent a second time.
 
 mod helpers;
 

@@ -1,5 +1,5 @@
-//! The adaptive toll-fraud guard (contract §12) under attack: on a simulated clock, and through herald and
-//! the broker for the feedback-outage fallback.
+//! The adaptive toll-fraud guard (docs/fraud-and-limits.md "Adaptive guard") under attack: on a simulated clock, and
+//! through herald and the broker for the feedback-outage fallback.
 
 mod helpers;
 
@@ -120,8 +120,9 @@ fn quiet_spell_pump(outage_after: Option<std::time::Duration>) -> (u32, u32) {
 /// verified. Every range stays under its floor (10 a day), so no range level stops it; the unverified
 /// codes pile up at the country level instead, whose budget (5 + 288) the pumper's ~1,440 a day dwarfs.
 /// The guard then refuses the country's *real* users (scope `country`): a pumper locks a whole market
-/// out with one SMS a minute (and gets the country's whole earned budget, ~293 SMS, paid), which the README's simulation ("real requests refused: 0") does
-/// not cover. The country level must not let never-verified ranges spend what verified ones earned.
+/// out with one SMS a minute (and gets the country's whole earned budget, ~293 SMS, paid), which
+/// docs/fraud-and-limits.md's simulation ("real requests refused: 0") does not cover. The country level must not let
+/// never-verified ranges spend what verified ones earned.
 #[test]
 fn a_pump_spread_over_many_ranges_does_not_lock_real_users_of_the_country_out() {
     let now = Arc::new(AtomicU64::new(START));
@@ -209,8 +210,8 @@ fn a_pump_into_caribbean_nanp_ranges_does_not_spend_the_us_budget() {
     );
 }
 
-/// Contract §12: a job the guard refuses "counts against nothing else". The fixed limits run first and
-/// take their tokens; a refusal must give them back. Otherwise a pump from one IP (or one user id) that
+/// docs/fraud-and-limits.md "Adaptive guard": a job the guard refuses "counts against nothing else". The fixed limits
+/// run first and take their tokens; a refusal must give them back. Otherwise a pump from one IP (or one user id) that
 /// the guard stops still spends that IP's limit, and the real user behind the same address (a carrier's
 /// NAT, an office) is throttled by a pump that sent nothing. Run with local limits and with Redis.
 #[test]

@@ -65,8 +65,8 @@ async fn a_restarted_replica_enforces_from_its_first_job() {
     );
 }
 
-/// Contract §12 / README: enforcing falls back to monitoring "while feedback has stopped everywhere at
-/// once". The outage detector is per process: a replica that consumes no feedback itself (feedback is
+/// docs/fraud-and-limits.md "Adaptive guard": enforcing falls back to monitoring "while feedback has stopped everywhere
+/// at once". The outage detector is per process: a replica that consumes no feedback itself (feedback is
 /// spread over replicas, or its feedback consumer is reconnecting) declares an outage and lets a pump
 /// through, while the other replica counts verified codes in the same Redis the whole time.
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! What `herald serve` writes on stderr, whatever `RUST_LOG` asks for: never a code, a number, an address
-//! or the broker credentials (contract §4), and no ERROR line per malformed HTTP request.
+//! or the broker credentials (docs/jobs-and-events.md "Events"), and no ERROR line per malformed HTTP request.
 
 mod helpers;
 

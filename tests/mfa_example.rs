@@ -301,9 +301,10 @@ async fn wrong_codes_lock_the_challenge_and_throttled_delivery_is_an_error() {
     assert_eq!(status, 404, "{body}");
 }
 
-/// Contract §12 end to end: the example server reports the codes its users verify on herald.feedback,
-/// herald counts them for the number's country, and in enforce mode a pumping run into a country with no
-/// verified history is refused after its floor. Bad feedback is dead-lettered, duplicates count once.
+/// Verification feedback (docs/fraud-and-limits.md "Adaptive guard") end to end: the example server reports the codes
+/// its users verify on herald.feedback, herald counts them for the number's country, and in enforce mode a pumping run
+/// into a country with no verified history is refused after its floor. Bad feedback is dead-lettered, duplicates count
+/// once.
 #[tokio::test]
 async fn verified_codes_reach_the_fraud_guard_and_pumping_is_refused() {
     let mut app = TestApp::spawn(|c| {

@@ -1,4 +1,4 @@
-//! Delivery receipts (contract §13) against the real broker: herald asks a Twilio-shaped local server for
+//! Delivery receipts (docs/receipts.md) against the real broker: herald asks a Twilio-shaped local server for
 //! status callbacks, and takes signed callbacks the way Twilio sends them (a form with `MessageSid`,
 //! `MessageStatus`, `ErrorCode`, the numbers…). Final statuses become exactly one event and one count per
 //! job; everything else changes nothing.
@@ -498,7 +498,7 @@ async fn a_second_replica_takes_the_callback_of_a_message_the_first_sent() {
 }
 
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-/// The status key README derives from `WEBHOOK_SECRET` (HMAC-SHA256 over "herald webhook status v1").
+/// The status key docs/receipts.md derives from `WEBHOOK_SECRET` (HMAC-SHA256 over "herald webhook status v1").
 const WEBHOOK_STATUS_KEY: &str = "whsec_rLjHTJf4Rdxczsvyjk6H6/fWcJJbpIVr27b6Z36M9gw=";
 
 /// herald sending SMS through a webhook endpoint that takes everything, `customize`d further.
@@ -555,7 +555,7 @@ fn webhook_rejected(m: &str, reason: &str) -> f64 {
 }
 
 /// The custom provider's receipts: Standard Webhooks-signed JSON keyed by job id, signed with the status
-/// key derived from `webhook.secret` (README, "Delivery receipts").
+/// key derived from `webhook.secret` (docs/receipts.md).
 #[tokio::test]
 async fn webhook_receipts_need_a_valid_standard_webhooks_signature() {
     let (mut app, _endpoint) = webhook_app(|_| {}).await;
@@ -870,7 +870,7 @@ async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once()
 
 /// The outside attack's seventh finding: a signed `CallStatus=in-progress` for an SMS's sid was counted
 /// and moved the SMS past `sent`, so the SMS's real `sent` that followed counted as stale. A status in a
-/// call's vocabulary moves only a call (README: ignored).
+/// call's vocabulary moves only a call (docs/receipts.md: ignored).
 #[tokio::test]
 async fn a_calls_status_for_an_sms_sid_moves_nothing() {
     let message = sid("SM");

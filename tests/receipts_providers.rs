@@ -1,6 +1,6 @@
-//! Delivery reports from Vonage, Plivo and Infobip (contract §6.2) against the real broker. Each provider's
-//! test server checks that every message asks for its reports (and sends nothing undocumented); reports are
-//! signed with the provider's own SDK (`tests/support/sign_report.py`: `vonage` 3.x `Client.signature`,
+//! Delivery reports from Vonage, Plivo and Infobip (docs/receipts.md "Vonage, Plivo and Infobip") against the real
+//! broker. Each provider's test server checks that every message asks for its reports (and sends nothing undocumented);
+//! reports are signed with the provider's own SDK (`tests/support/sign_report.py`: `vonage` 3.x `Client.signature`,
 //! plivo-python's `signature_v3`), or carry Infobip's token back. A final status becomes exactly one event
 //! and one count per job; a report that fails authentication gets 403 and changes nothing.
 

@@ -1,4 +1,5 @@
-//! Retries, failover chains, expiry and idempotency (contract §6, §11) against the real broker.
+//! Retries, failover chains, expiry and idempotency (docs/providers/README.md, docs/guarantees.md) against the real
+//! broker.
 
 mod helpers;
 

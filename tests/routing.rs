@@ -1,4 +1,4 @@
-//! Routing by destination through the broker (contract §6): `[routing.sms]` keys are a calling code
+//! Routing by destination through the broker (docs/providers/README.md): `[routing.sms]` keys are a calling code
 //! (`"1"`), a longer E.164 prefix (`"1876"`) or a region (`"JM"`, from libphonenumber's metadata), the most
 //! specific one naming the number deciding: prefix, then region, then calling code, else `[channels]`.
 

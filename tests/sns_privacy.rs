@@ -10,8 +10,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// aws-sigv4 logs, at trace, the (redacted) canonical request: its last line is the hex SHA-256 of the
 /// request body, i.e. of `PhoneNumber=…&Message=Your code is 482913…`. With the number and template
-/// known, a 4-10 digit code is recovered from that hash offline in well under a second. Contract §4:
-/// never a code "at any log level"; `aws_sigv4` is not among logging::CAPS.
+/// known, a 4-10 digit code is recovered from that hash offline in well under a second. docs/jobs-and-events.md
+/// "Events": never a code "at any log level"; `aws_sigv4` is not among logging::CAPS.
 #[tokio::test]
 async fn rust_log_trace_with_sns_never_logs_a_hash_of_the_body_holding_the_code() {
     let server = MockServer::start().await;

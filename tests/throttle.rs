@@ -74,7 +74,7 @@ async fn a_denied_country_is_blocked() {
     app.stop().await;
 }
 
-/// A region carved out of an allowed calling code (contract §6): `countries_allow = ["1"]` with
+/// A region carved out of an allowed calling code (docs/providers/README.md): `countries_allow = ["1"]` with
 /// `countries_deny = ["JM"]` sends to New York, not to Jamaica; the label stays the calling code.
 #[tokio::test]
 async fn a_denied_region_of_an_allowed_calling_code_is_blocked() {

@@ -1,6 +1,6 @@
 //! herald consuming on two channels (`amqp.channels = 2`) through what ends a channel or a process: a
 //! channel error at commit, a failed session, SIGKILL and SIGTERM. Each channel has its own transactions,
-//! commit marker and batch in doubt; every job still ends in exactly one event (contract §11).
+//! commit marker and batch in doubt; every job still ends in exactly one event (docs/guarantees.md).
 
 mod helpers;
 

@@ -641,8 +641,9 @@ impl Herald {
         })
     }
 
-    /// Reports a verified code on herald's feedback queue (contract §12), in the background: the user's
-    /// login does not wait for it, and a lost report only makes herald's guard a little stricter.
+    /// Reports a verified code on herald's feedback queue (docs/fraud-and-limits.md "Adaptive guard"), in the
+    /// background: the user's login does not wait for it, and a lost report only makes herald's guard a little
+    /// stricter.
     fn verified(&self, feedback_queue: &str, job_id: String) {
         let channel = self.channel.clone();
         let queue = feedback_queue.to_owned();

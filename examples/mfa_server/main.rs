@@ -1,5 +1,5 @@
-//! A small reference MFA server that hands code delivery to herald. See `app.rs` and the README section
-//! "Using herald from an MFA server".
+//! A small reference MFA server that hands code delivery to herald. See `app.rs` and
+//! docs/mfa-server.md.
 //!
 //!     cargo run --release                                  # herald, in one terminal
 //!     cargo run --example mfa_server                       # this server, on 127.0.0.1:3000

@@ -107,7 +107,7 @@ async fn run_steps(bench: &Bench, n: usize, args: &BenchArgs) -> anyhow::Result<
 
 /// The outbox step again with `amqp.channels = 2`, whatever the bench's configuration says (with 2 there
 /// too, the two outbox rows measure the same setting): what the second channel buys is in every run
-/// (README: `amqp.channels`). Printed beside the outbox bar, not held to it.
+/// (docs/configuration.md: `amqp.channels`). Printed beside the outbox bar, not held to it.
 const TWO_CHANNELS: &str = "herald e2e, outbox provider, amqp.channels = 2";
 
 /// Runs the steps in order; returns their rows and what the measures are computed from.

@@ -41,23 +41,23 @@ pub(super) enum Ceiling {
     /// Each delivery on its own task, as herald handles up to prefetch jobs at once: its publish on a
     /// second channel in confirm mode, its ack once the publish is confirmed.
     Confirms,
-    /// Herald's shape (contract §11.1), without herald: on the consuming channel, each batch of the
-    /// deliveries ready at the time (up to prefetch) answered with pipelined publishes, acked with one
+    /// Herald's shape (docs/guarantees.md "One outcome, once"), without herald: on the consuming channel, each batch of
+    /// the deliveries ready at the time (up to prefetch) answered with pipelined publishes, acked with one
     /// `multiple` ack and committed as one transaction. Batched commits cost the broker less than a
     /// confirm per message (#23), so this ceiling is usually the higher.
     Transaction,
     /// [`Ceiling::Transaction`] with each publish the size of herald's own event for a bench job, and with
     /// an event's properties: the broker's part of an outbox job without herald. Printed beside the bars,
     /// which keep the small publish: how much of herald's distance to the ceiling is its event's size,
-    /// which the contract sets, and how much is herald.
+    /// which docs/jobs-and-events.md fixes, and how much is herald.
     TransactionEvents,
 }
 
 /// Step 1: what the broker itself does at this prefetch, with a bare client of `shape`. Returns the rows
 /// of publishing the n jobs and of consuming them.
 ///
-/// The small publish takes the path herald's event must (contract: `herald.events` is a topic exchange):
-/// through a topic exchange to one bound queue of the configured kind. Topic routing costs the broker
+/// The small publish takes the path herald's event must (docs/jobs-and-events.md "Topology": `herald.events` is a topic
+/// exchange): through a topic exchange to one bound queue of the configured kind. Topic routing costs the broker
 /// about 10 µs of CPU per message more than the default exchange, which a ceiling publishing straight to
 /// its queue would leave out.
 pub(super) async fn ceiling(bench: &Bench, n: usize, shape: Ceiling) -> anyhow::Result<(Row, Row)> {

@@ -1,5 +1,5 @@
-//! The defaults are written once (`defaults.toml`); the example config and README's tables are held to
-//! them here. The env mapping gives back the configuration it was made from.
+//! The defaults are written once (`defaults.toml`); the example config and the docs' tables
+//! (docs/configuration.md, docs/fraud-and-limits.md) are held to them here. The env mapping gives back the configuration it was made from.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -72,12 +72,12 @@ fn code_spans(cell: &str) -> Vec<&str> {
     cell.split('`').skip(1).step_by(2).collect()
 }
 
-/// The rows of the markdown table whose header line starts with `header`, as cells.
-fn table_rows<'a>(readme: &'a str, header: &str) -> Vec<Vec<&'a str>> {
-    let start = readme
+/// The rows of the markdown table of `doc` (named `path`) whose header line starts with `header`, as cells.
+fn table_rows<'a>(doc: &'a str, path: &str, header: &str) -> Vec<Vec<&'a str>> {
+    let start = doc
         .find(&format!("\n{header}"))
-        .unwrap_or_else(|| panic!("README has no table `{header}`"));
-    readme[start + 1..]
+        .unwrap_or_else(|| panic!("{path} has no table `{header}`"));
+    doc[start + 1..]
         .lines()
         .skip(2)
         .take_while(|l| l.starts_with('|'))
@@ -85,7 +85,7 @@ fn table_rows<'a>(readme: &'a str, header: &str) -> Vec<Vec<&'a str>> {
         .collect()
 }
 
-/// Whether README's `shown` default is `value`: a string as is, `—`/`off` for `""`, a list of durations
+/// Whether a doc's `shown` default is `value`: a string as is, `—`/`off` for `""`, a list of durations
 /// space-separated, any value as TOML (`[]`).
 fn shows(shown: &str, value: &toml::Value) -> bool {
     match value {
@@ -102,23 +102,27 @@ fn shows(shown: &str, value: &toml::Value) -> bool {
     }
 }
 
-/// README's configuration table and its `[throttle]` table show each key's default as `defaults.toml`
-/// has it, name only keys that exist, and together leave no key out.
+/// The configuration table of docs/configuration.md and the `[throttle]` table of docs/fraud-and-limits.md
+/// show each key's default as `defaults.toml` has it, name only keys that exist, and together leave no key
+/// out.
 #[test]
-fn readme_tables_show_the_defaults() {
-    let readme = repo_file("README.md");
+fn docs_tables_show_the_defaults() {
+    const CONFIGURATION: &str = "docs/configuration.md";
+    const LIMITS: &str = "docs/fraud-and-limits.md";
+    let configuration = repo_file(CONFIGURATION);
+    let limits = repo_file(LIMITS);
     let defaults = keys(DEFAULTS);
     let mut named = std::collections::BTreeSet::new();
     let mut wrong = Vec::new();
-    let config_rows = table_rows(&readme, "| key | default | meaning |");
-    let throttle_rows = table_rows(&readme, "| limit (`[throttle]`) | default |");
+    let config_rows = table_rows(&configuration, CONFIGURATION, "| key | default | meaning |");
+    let throttle_rows = table_rows(&limits, LIMITS, "| limit (`[throttle]`) | default |");
     let rows = config_rows
         .iter()
         .map(|r| (r, ""))
         .chain(throttle_rows.iter().map(|r| (r, "throttle.")));
     for (row, section) in rows {
         let [key_cell, default_cell, ..] = row[..] else {
-            panic!("README row {row:?}")
+            panic!("docs table row {row:?}")
         };
         // `amqp.jobs_queue`, `retry_queue` and `channels.sms`, `.voice`: later keys are in the first's section.
         let spans = code_spans(key_cell);
@@ -144,7 +148,7 @@ fn readme_tables_show_the_defaults() {
         if default_cell.starts_with("unset") {
             for key in &row_keys {
                 if defaults.contains_key(key) {
-                    wrong.push(format!("{key}: README says unset, defaults.toml sets it"));
+                    wrong.push(format!("{key}: the docs say unset, defaults.toml sets it"));
                 }
             }
             continue;
@@ -160,20 +164,20 @@ fn readme_tables_show_the_defaults() {
         }
         for (key, shown) in row_keys.iter().zip(shown) {
             match defaults.get(key) {
-                None => wrong.push(format!("{key}: in README, not in defaults.toml")),
+                None => wrong.push(format!("{key}: in the docs, not in defaults.toml")),
                 Some(value) if !shows(shown, value) => {
-                    wrong.push(format!("{key}: README shows `{shown}`, defaults.toml has {value}"))
+                    wrong.push(format!("{key}: the docs show `{shown}`, defaults.toml has {value}"))
                 }
                 Some(_) => {}
             }
         }
     }
     for key in defaults.keys().filter(|k| !named.contains(*k)) {
-        wrong.push(format!("{key}: in defaults.toml, not in README's configuration table"));
+        wrong.push(format!("{key}: in defaults.toml, not in {CONFIGURATION}'s table"));
     }
     assert!(
         wrong.is_empty(),
-        "README drifted from defaults.toml:\n{}",
+        "{CONFIGURATION} and {LIMITS} drifted from defaults.toml:\n{}",
         wrong.join("\n")
     );
 }
@@ -519,7 +523,7 @@ fn consuming_channels_out_of_range_are_refused_naming_the_key() {
     config.validate().unwrap();
 }
 
-/// Routing, allow and deny keys take a calling code, a longer prefix or a region (contract §6); garbage is
+/// Routing, allow and deny keys take a calling code, a longer prefix or a region (docs/providers/README.md); garbage is
 /// refused at load naming the key. `countries_deny = [225]` (integers, as before regions) still loads.
 #[test]
 fn destination_keys_take_three_forms_and_name_their_key() {

@@ -1,6 +1,6 @@
 //! The guard's arithmetic, pure: how one destination's sends and verifications, bucketed by hour, turn
-//! into a budget of unverified codes (contract §12). The same rules run in Rust for the local guard and
-//! in Lua for the shared one (`shared.rs`); a test holds the two to each other.
+//! into a budget of unverified codes (docs/fraud-and-limits.md "Adaptive guard"). The same rules run in Rust for the
+//! local guard and in Lua for the shared one (`shared.rs`); a test holds the two to each other.
 //!
 //! Budgets start from Authgear's published formula (fraud-protection spec), per destination:
 //! - a day: `floor_day + ratio × max(the 14-day peak of daily verified, verified in the last 24 h)`

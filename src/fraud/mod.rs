@@ -1,6 +1,6 @@
-//! The adaptive toll-fraud guard (contract §12): each destination — its country, its number range and the
-//! client IP — gets a budget of unverified codes earned by the codes that were verified there. Pumped
-//! numbers never verify, so a pumping run spends a destination's small floor and stops, while a busy real
+//! The adaptive toll-fraud guard (docs/fraud-and-limits.md "Adaptive guard"): each destination — its country, its
+//! number range and the client IP — gets a budget of unverified codes earned by the codes that were verified there.
+//! Pumped numbers never verify, so a pumping run spends a destination's small floor and stops, while a busy real
 //! market, whose users type their codes in, earns room as it grows.
 //!
 //! Checked once per job after the fixed limits and before rendering; fed by `herald.feedback`
@@ -190,7 +190,7 @@ pub fn country_of_region(region: u16) -> u16 {
 }
 
 /// The guard's answer for one job.
-/// Hands undelivered and failed receipts (contract §13) to the guard.
+/// Hands undelivered and failed receipts (docs/receipts.md) to the guard.
 pub struct ReceiptsToGuard(pub Arc<Guard>);
 
 impl crate::receipts::ReceiptSink for ReceiptsToGuard {
@@ -475,7 +475,7 @@ impl Guard {
         Ok(result)
     }
 
-    /// A delivery receipt said the job's code never arrived (§13): it stays counted as unverified, as it
+    /// A delivery receipt said the job's code never arrived (docs/receipts.md): it stays counted as unverified, as it
     /// already is, and feedback naming it later (a code verified that was never delivered) counts nothing.
     pub async fn undelivered(&self, job_id: &str) -> Result<(), redis::RedisError> {
         match &self.backend {
@@ -632,7 +632,7 @@ mod tests {
         assert!(start_up_line(&settings(Mode::Off, None)).contains("off"));
     }
 
-    /// `allow_countries` takes calling codes, prefixes and regions (contract §6).
+    /// `allow_countries` takes calling codes, prefixes and regions (docs/providers/README.md).
     #[test]
     fn allow_countries_take_calling_codes_prefixes_and_regions() {
         let phone = |to: &str| {

@@ -1,6 +1,6 @@
 //! The feedback-outage detector, pure: when may the guard believe that the MFA server's feedback publisher
-//! broke (README "Adaptive guard", docs/operations.md "The adaptive guard at start-up"), rather than that its users are
-//! quiet or that someone is pumping?
+//! broke (docs/fraud-and-limits.md "Adaptive guard", docs/operations.md "The adaptive guard at start-up"), rather than
+//! that its users are quiet or that someone is pumping?
 //!
 //! Whoever publishes jobs chooses every send: its destination, user id and IP. So no count of sends can
 //! make an outage (an attacker with a quiet spell and a few numbers in ranges that verify used to switch

@@ -1,5 +1,5 @@
-//! Template administration (contract §7-§8): `/admin/api/…` behind the admin bearer token, and the
-//! editor page at `/admin/`.
+//! Template administration (docs/templates.md "Template administration"): `/admin/api/…` behind the admin bearer token,
+//! and the editor page at `/admin/`.
 
 use std::sync::Arc;
 

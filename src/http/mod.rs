@@ -1,5 +1,5 @@
-//! HTTP surface (contract §8): metrics, health probes, the template administration and the providers'
-//! status callbacks (§13).
+//! HTTP surface (docs/http-and-metrics.md "HTTP"): metrics, health probes, the template administration and the
+//! providers' status callbacks (docs/receipts.md).
 //!
 //! The status routes face the internet, so the server holds what a slow or hostile client can take: at
 //! most `http.max_connections` connections (sized below the descriptor limit, so that the broker, Redis,

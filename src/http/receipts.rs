@@ -1,4 +1,4 @@
-//! Status callback routes (contract §13): `POST /providers/twilio/status` (Twilio's form, checked against
+//! Status callback routes (docs/receipts.md): `POST /providers/twilio/status` (Twilio's form, checked against
 //! `X-Twilio-Signature`) and `POST /providers/webhook/status` (JSON, Standard Webhooks signature). No
 //! admin token: a request is taken only with a valid signature. Bodies are capped, never echoed nor
 //! logged; refusals are counted, and refused signatures logged at most once per 10 seconds. A webhook

@@ -1,5 +1,5 @@
-//! Delivery report routes of Vonage, Plivo and Infobip (contract §6.2), beside Twilio's and the webhook's
-//! in `http::receipts`, with the same body caps, refusal counts and answers:
+//! Delivery report routes of Vonage, Plivo and Infobip (docs/receipts.md "Vonage, Plivo and Infobip"), beside Twilio's
+//! and the webhook's in `http::receipts`, with the same body caps, refusal counts and answers:
 //! - `GET` or `POST /providers/vonage/status`: Vonage's delivery receipt (query, form or JSON, as the
 //!   account is set up), signed (`sig`, `timestamp`, `nonce`) with `vonage.signature_secret`;
 //! - `POST /providers/plivo/status`: Plivo's form, `X-Plivo-Signature-V3` with its nonce, keyed with

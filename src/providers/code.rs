@@ -1,7 +1,7 @@
 //! A provider's error code, as `error.provider_code` carries it into events, stdout and the outcome store.
 //! Built only from the shape its provider documents: what a provider echoes back in that field (the number
 //! it was asked to reach, the text it was asked to send) cannot ride along in it. A code that does not have
-//! its provider's shape is dropped, never passed on (README, "Providers").
+//! its provider's shape is dropped, never passed on (docs/providers/README.md).
 
 use http::StatusCode;
 

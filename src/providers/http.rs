@@ -208,7 +208,7 @@ pub enum NoAnswer {
     /// The provider did not get the request, or got it and may be asked again: worth trying again.
     Failed(ProviderError),
     /// The request was written whole and no answer came: the provider may have taken the message, so it
-    /// is not sent again (README, "Providers").
+    /// is not sent again (docs/providers/README.md).
     Unknown(Ambiguous),
 }
 

@@ -38,7 +38,8 @@ pub struct Infobip {
     tts_url: Url,
     authorization: HeaderValue,
     from: String,
-    /// `notifyUrl` (with `infobip.status_token`) when `infobip.status_callback_url` is set (contract §6.2).
+    /// `notifyUrl` (with `infobip.status_token`) when `infobip.status_callback_url` is set (docs/receipts.md
+    /// "Vonage, Plivo and Infobip").
     notify_url: Option<String>,
     /// The text-to-speech language of `templates.default_locale`, for a locale Infobip cannot speak.
     default_language: &'static str,
@@ -246,7 +247,7 @@ impl Infobip {
         });
         let Some(message) = message else {
             // A 2xx whose verdict cannot be read: Infobip may have taken the message, so it is not sent
-            // again (README, "Providers").
+            // again (docs/providers/README.md).
             return Ok(Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None));
         };
         let Status {

@@ -1,4 +1,4 @@
-//! Delivery providers (contract §6). Each one turns a rendered message into one provider call and
+//! Delivery providers (docs/providers/README.md). Each one turns a rendered message into one provider call and
 //! says whether a failure is worth retrying.
 
 use std::time::Duration;
@@ -84,7 +84,7 @@ pub struct Receipt {
     /// The provider's id for the message (Twilio `SM…`/`CA…` sid), when it gives one.
     pub message_id: Option<String>,
     /// Set when the provider may have taken the message but did not say so clearly. Such a job ends as
-    /// sent, never sent again (README, "Providers": a message the provider took is never sent twice).
+    /// sent, never sent again (docs/providers/README.md "A message the provider took is never sent again").
     pub ambiguous: Option<Ambiguous>,
 }
 

@@ -1,6 +1,6 @@
-//! Plivo Messages API: `POST {base_url}/v1/Account/{auth_id}/Message/`, JSON, HTTP Basic auth (contract §6,
-//! <https://www.plivo.com/docs/messaging/api/message/send-a-message>). 202 is success; failures are
-//! classified by Plivo's HTTP status and its `error` text ([`class_of`], docs/providers/plivo.md).
+//! Plivo Messages API: `POST {base_url}/v1/Account/{auth_id}/Message/`, JSON, HTTP Basic auth
+//! (docs/providers/README.md, <https://www.plivo.com/docs/messaging/api/message/send-a-message>). 202 is success;
+//! failures are classified by Plivo's HTTP status and its `error` text ([`class_of`], docs/providers/plivo.md).
 //! `message_expiry` carries the job's validity, clamped to Plivo's 5–10 799 s.
 
 use http::header::{AUTHORIZATION, HeaderValue};
@@ -27,7 +27,8 @@ pub struct Plivo {
     url: Url,
     authorization: HeaderValue,
     from: String,
-    /// `plivo.status_callback_url`: every message asks for its status callbacks there (contract §6.2).
+    /// `plivo.status_callback_url`: every message asks for its status callbacks there (docs/receipts.md
+    /// "Vonage, Plivo and Infobip").
     status_callback: Option<String>,
 }
 

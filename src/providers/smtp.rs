@@ -1,6 +1,6 @@
 //! Email over SMTP: multipart text + HTML built with lettre, sent over pooled connections to
 //! `smtp://` (plain), `smtp://…?tls=required` (STARTTLS), `smtps://` (implicit TLS), with
-//! `user:pass@` for AUTH (contract §5).
+//! `user:pass@` for AUTH (docs/configuration.md).
 //!
 //! The pool is herald's own, over lettre's `AsyncSmtpConnection`, so that the provider timeout bounds
 //! the whole exchange *and* a connection caught mid-command by it is closed, never reused: a reused

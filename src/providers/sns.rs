@@ -1,4 +1,4 @@
-//! Amazon SNS `Publish` to a phone number (contract §6): the Query API (`POST {endpoint}/`, form
+//! Amazon SNS `Publish` to a phone number (docs/providers/README.md): the Query API (`POST {endpoint}/`, form
 //! `Action=Publish&Version=2010-03-31&PhoneNumber&Message&MessageAttributes…`), signed with AWS Signature
 //! Version 4 by `aws-sigv4`. The answer is XML, read with `quick-xml`: `PublishResponse/PublishResult/MessageId`
 //! on success, `ErrorResponse/Error/{Type,Code,Message}` otherwise

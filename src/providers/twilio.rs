@@ -1,4 +1,4 @@
-//! Twilio Programmable Messaging (SMS) and Voice, over the REST API (contract §6).
+//! Twilio Programmable Messaging (SMS) and Voice, over the REST API (docs/providers/README.md).
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ pub struct Twilio {
     authorization: HeaderValue,
     from: String,
     messaging_service_sid: String,
-    /// `twilio.status_callback_url`: sent with every message and call when set (contract §13).
+    /// `twilio.status_callback_url`: sent with every message and call when set (docs/receipts.md).
     status_callback: Option<String>,
     /// What `<Say>` speaks when Twilio cannot speak a template's locale: `templates.default_locale`'s voice.
     default_voice: &'static SayVoice,
@@ -495,7 +495,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("cy", "cy-GB"),
 ];
 
-/// The voice for `locale` as templates fall back (§7): the exact language and region, else each shorter
+/// The voice for `locale` as templates fall back (docs/templates.md): the exact language and region, else each shorter
 /// tag (`zh-Hant-TW` → `zh-Hant` → `zh`) by its alias or its language's default region. `None` when Twilio
 /// lists no voice for the language: the caller speaks `templates.default_locale`'s instead.
 pub fn say_voice(locale: &Locale) -> Option<&'static SayVoice> {

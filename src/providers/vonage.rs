@@ -30,7 +30,8 @@ pub struct Vonage {
     api_key: String,
     api_secret: String,
     from: String,
-    /// `vonage.status_callback_url`: every message asks for its delivery receipt there (contract §6.2).
+    /// `vonage.status_callback_url`: every message asks for its delivery receipt there (docs/receipts.md
+    /// "Vonage, Plivo and Infobip").
     status_callback: Option<String>,
 }
 
@@ -169,7 +170,7 @@ impl Provider for Vonage {
         }
         let Some(answer) = answer.filter(|a| !a.messages.is_empty()) else {
             // HTTP 200 without a readable verdict: Vonage may have taken the message, so it is not sent
-            // again (README, "Providers").
+            // again (docs/providers/README.md).
             return Ok(Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None));
         };
         verdict(answer.messages).map_err(|failed| {

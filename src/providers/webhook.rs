@@ -1,5 +1,5 @@
 //! Custom provider: POSTs the message to an operator's endpoint in the shape of Auth0's
-//! send-phone-message event, signed per Standard Webhooks (contract §6).
+//! send-phone-message event, signed per Standard Webhooks (docs/providers/README.md).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -53,7 +53,7 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
 pub const STATUS_KEY_LABEL: &[u8] = b"herald webhook status v1";
 
 /// The status-callback key derived from the outbound key: HMAC-SHA256(key, "herald webhook status v1"),
-/// 32 bytes (README, "Delivery receipts"). A different key for each direction: a request herald signed
+/// 32 bytes (docs/receipts.md). A different key for each direction: a request herald signed
 /// can never pass as a status callback.
 pub fn status_key(key: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
@@ -219,7 +219,7 @@ mod tests {
         assert_eq!(decode_secret("whsec_"), Err(SecretError::Empty));
     }
 
-    /// The derivation README gives the receivers of herald's webhooks, with a fixed vector they can check
+    /// The derivation docs/receipts.md gives the receivers of herald's webhooks, with a fixed vector they can check
     /// their own code against (computed independently with `openssl dgst -sha256 -mac HMAC`).
     const STATUS_KEY_VECTOR: &str = "whsec_rLjHTJf4Rdxczsvyjk6H6/fWcJJbpIVr27b6Z36M9gw=";
 

@@ -1,4 +1,4 @@
-//! Delivery receipts (contract §13): a provider's "accepted" is not "delivered". herald remembers each
+//! Delivery receipts (docs/receipts.md): a provider's "accepted" is not "delivered". herald remembers each
 //! message it sent through a provider that reports receipts ([`Receipts::sent`]), takes the provider's
 //! status callbacks ([`Receipts::apply`], behind the routes in `http::receipts`), and turns each job's
 //! first final status into one `gd_send_{sms,voice}_status` event, counted in
@@ -73,7 +73,7 @@ impl ReceiptProvider {
     }
 }
 
-/// A job's final receipt, for whoever learns from delivery (the §12 fraud guard).
+/// A job's final receipt, for whoever learns from delivery (the fraud guard, docs/fraud-and-limits.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinalReceipt {
     pub job_id: String,
@@ -83,20 +83,21 @@ pub struct FinalReceipt {
 }
 
 impl FinalReceipt {
-    /// Undelivered, failed, busy, unanswered or canceled: for §12, a send that was not verified.
+    /// Undelivered, failed, busy, unanswered or canceled: for the guard (docs/fraud-and-limits.md), a send that was not
+    /// verified.
     pub fn unverified(&self) -> bool {
         !self.status.is_delivered()
     }
 }
 
 /// Told of every final receipt once, after its event is published.
-// §12: the adaptive toll-fraud guard implements this and counts `unverified()` receipts against the
-// destination's budget, like a code that was never verified.
+// docs/fraud-and-limits.md "Adaptive guard": the adaptive toll-fraud guard implements this and counts `unverified()`
+// receipts against the destination's budget, like a code that was never verified.
 pub trait ReceiptSink: Send + Sync {
     fn final_receipt(&self, receipt: &FinalReceipt);
 }
 
-/// A final receipt's event (contract §13).
+/// A final receipt's event (docs/receipts.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusEvent {
     pub date: String,
@@ -418,7 +419,7 @@ impl Receipts {
         lock(&self.sending).contains_key(job_id)
     }
 
-    /// `sink` hears of every final receipt (the §12 guard).
+    /// `sink` hears of every final receipt (the guard of docs/fraud-and-limits.md).
     pub fn with_sink(mut self, sink: Arc<dyn ReceiptSink>) -> Receipts {
         self.sink = Some(sink);
         self

@@ -1,5 +1,5 @@
-//! Delivery reports of Vonage, Plivo and Infobip (contract §6.2): how each provider authenticates its
-//! reports, and how its statuses map to §13's. The routes are in `http::reports`.
+//! Delivery reports of Vonage, Plivo and Infobip (docs/receipts.md "Vonage, Plivo and Infobip"): how each provider
+//! authenticates its reports, and how its statuses map to those of docs/receipts.md. The routes are in `http::reports`.
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};

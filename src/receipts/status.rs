@@ -105,7 +105,7 @@ impl Status {
     }
 
     /// Whether the recipient got it: a delivered message or an answered call. Every other final status
-    /// counts as unverified for the §12 guard.
+    /// counts as unverified for the guard of docs/fraud-and-limits.md.
     pub fn is_delivered(self) -> bool {
         matches!(self, Status::Delivered | Status::Completed)
     }

@@ -735,7 +735,7 @@ mod tests {
         }
     }
 
-    /// Contract §7: each key of `vars` is a variable. Declared names check clean, others are warnings,
+    /// docs/templates.md: each key of `vars` is a variable. Declared names check clean, others are warnings,
     /// and a misspelt built-in name is still an error.
     #[test]
     fn job_vars_are_variables_and_built_in_typos_are_still_errors() {

@@ -15,7 +15,7 @@ use crate::job::{Channel, Job, Locale};
 /// Control characters cannot come from a job (they are rejected there), so it cannot be forged.
 pub const PAUSE: &str = "\u{1}pause\u{1}";
 
-/// The variables every job has (contract §7); job `vars` add their own keys.
+/// The variables every job has (docs/templates.md); job `vars` add their own keys.
 pub(super) const BUILT_IN: &[&str] = &[
     "code",
     "friendly_name",
@@ -155,7 +155,7 @@ thread_local! {
     static CONTEXT: std::cell::RefCell<handlebars::Context> = std::cell::RefCell::new(handlebars::Context::null());
 }
 
-/// Makes `data` the variables a template sees for this job (contract §7): each job var, under `vars` and at
+/// Makes `data` the variables a template sees for this job (docs/templates.md): each job var, under `vars` and at
 /// the top level (where a built-in name wins), and the built-ins. Reuses the keys and the strings' room
 /// `data` holds from the job before.
 fn fill(data: &mut Value, job: &Job, default_locale: &Locale, var_names: &BTreeSet<String>) {
@@ -215,7 +215,7 @@ fn fill(data: &mut Value, job: &Job, default_locale: &Locale, var_names: &BTreeS
     set(map, "pause", if job.channel == Channel::Voice { PAUSE } else { " " });
 }
 
-/// The variables a template sees (contract §7), Auth0 names included: [`fill`] on an empty context.
+/// The variables a template sees (docs/templates.md), Auth0 names included: [`fill`] on an empty context.
 pub(super) fn context(job: &Job, default_locale: &Locale, var_names: &BTreeSet<String>) -> Value {
     let mut data = Value::Null;
     fill(&mut data, job, default_locale, var_names);

@@ -1,4 +1,4 @@
-//! Message templates (contract §7): Handlebars in strict mode, one file per channel × action × locale,
+//! Message templates (docs/templates.md): Handlebars in strict mode, one file per channel × action × locale,
 //! looked up with locale fallback (`es-AR` → `es` → default locale).
 //!
 //! Every source, whether from `templates.dir` or the admin API, is untrusted: it is parsed on a thread
@@ -492,7 +492,7 @@ mod tests {
         assert_eq!(problems.len(), 3, "{text:?}");
     }
 
-    /// Contract §7: at run time a job var prints the job's value, or nothing for a job without it
+    /// docs/templates.md: at run time a job var prints the job's value, or nothing for a job without it
     /// (strict mode does not fail it).
     #[test]
     fn job_vars_render_the_jobs_value_or_nothing() {

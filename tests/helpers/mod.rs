@@ -206,7 +206,7 @@ pub fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-/// Asserts the fields every outcome event has (contract §4).
+/// Asserts the fields every outcome event has (docs/jobs-and-events.md "Events").
 pub fn assert_event_shape(event: &Value) {
     for field in ["date", "type", "description", "channel", "attempt", "duration_ms"] {
         assert!(event.get(field).is_some(), "event lacks `{field}`: {event}");
@@ -775,7 +775,7 @@ impl Broker {
         self.publish_to(&self.config.amqp.jobs_queue, body, props).await;
     }
 
-    /// Publishes `body` to `herald.feedback` (contract §12), with `content_type` if given.
+    /// Publishes `body` to `herald.feedback` (docs/fraud-and-limits.md "Adaptive guard"), with `content_type` if given.
     pub async fn publish_feedback(&self, body: &[u8], content_type: Option<&str>) {
         let mut props = BasicProperties::default();
         if let Some(ct) = content_type {
