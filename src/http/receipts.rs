@@ -25,7 +25,6 @@ pub const TIMESTAMP_TOLERANCE_S: u64 = 5 * 60;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/providers/twilio/status", web::post().to(twilio_status))
         .route("/providers/webhook/status", web::post().to(webhook_status));
-    super::reports::routes(cfg);
 }
 
 /// The body, at most `limit` bytes: a longer one (by its `Content-Length` or as it streams in) is
