@@ -65,8 +65,7 @@ impl Application {
             tracing::warn!(%warning, "template");
         }
         let routes = build_routes(&config)?;
-        let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect())
-            .with_validity(config.retry.validity.0);
+        let retry = RetryPolicy::new(config.retry.schedule.waits().to_vec()).with_validity(config.retry.validity.0);
         let metrics = Arc::new(Metrics::new());
         let redis = if config.redis.url.is_empty() {
             None

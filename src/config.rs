@@ -11,6 +11,7 @@ mod warnings;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -20,8 +21,8 @@ use serde::{Deserialize, Serialize};
 pub use env::var_name;
 pub use error::{ConfigError, Problem};
 pub use values::{
-    DurationError, HttpUrl, HttpUrlError, HumanDuration, Rate, RateError, Secret, SmtpUrl, Text, WebhookKey,
-    WebhookKeyError,
+    DurationError, HttpUrl, HttpUrlError, HumanDuration, Rate, RateError, RetrySchedule, Secret, SmtpUrl, Text,
+    WebhookKey, WebhookKeyError,
 };
 pub use warnings::{KNOWN_ADMIN_TOKENS, Warning};
 
@@ -101,6 +102,41 @@ pub struct AmqpConfig {
     pub events_exchange: String,
     /// Verification feedback from the MFA server (contract §12).
     pub feedback_queue: String,
+}
+
+impl AmqpConfig {
+    /// The delay queue of each retry wait, `{retry_queue}.{wait}` (`herald.retry.30s`), shortest first. One
+    /// queue per wait because a queue releases expired messages only from its head: in one shared queue a
+    /// retry due in 1 s waited behind one due in 10 minutes.
+    pub fn delay_queues(&self, schedule: &RetrySchedule) -> Vec<(Duration, String)> {
+        let mut waits: Vec<Duration> = schedule.waits().iter().copied().filter(|w| !w.is_zero()).collect();
+        waits.sort_unstable();
+        waits.dedup();
+        waits
+            .into_iter()
+            .map(|w| (w, format!("{}.{}", self.retry_queue, wait_name(w))))
+            .collect()
+    }
+
+    /// A new commit-marker queue's name for a process consuming `jobs_queue`: unique per process (a ULID).
+    pub fn marker_queue(&self) -> String {
+        format!(
+            "{}.commits.{}",
+            self.jobs_queue,
+            ulid::Ulid::generate().to_string().to_ascii_lowercase()
+        )
+    }
+}
+
+/// `1s`, `2m`, `1h`, `1500ms`: the largest unit that says the wait exactly.
+fn wait_name(wait: Duration) -> String {
+    let ms = wait.as_millis();
+    match ms {
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -537,7 +573,7 @@ impl ThrottleConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    pub schedule: Vec<HumanDuration>,
+    pub schedule: RetrySchedule,
     pub provider_timeout: HumanDuration,
     /// How long a code without `expires_at` is worth delivering (README, "Providers": validity).
     pub validity: HumanDuration,
@@ -606,14 +642,15 @@ impl Config {
             }
         }
         // The names herald derives from these must fit too: declaring a longer one fails after start-up.
-        if crate::broker::marker_queue(&self.amqp.jobs_queue).len() > 255 {
+        if self.amqp.marker_queue().len() > 255 {
             return Err(ConfigError::key(
                 "amqp.jobs_queue",
                 "must leave room for its commit-marker queues (`.commits.` and 26 characters): at most 220 characters",
             ));
         }
-        let waits: Vec<std::time::Duration> = self.retry.schedule.iter().map(|d| d.0).collect();
-        if crate::broker::delay_queues(&self.amqp, &waits)
+        if self
+            .amqp
+            .delay_queues(&self.retry.schedule)
             .iter()
             .any(|(_, name)| name.len() > 255)
         {

@@ -245,14 +245,13 @@ impl Consumer {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Self {
-        let retry_waits: Vec<Duration> = config.retry.schedule.iter().map(|d| d.0).collect();
         Consumer {
-            delay_queues: broker::delay_queues(&config.amqp, &retry_waits),
+            delay_queues: config.amqp.delay_queues(&config.retry.schedule),
             lanes: lane_windows(config.amqp.prefetch, config.amqp.channels)
                 .into_iter()
                 .map(|prefetch| Lane {
                     prefetch,
-                    marker_queue: broker::marker_queue(&config.amqp.jobs_queue),
+                    marker_queue: config.amqp.marker_queue(),
                     in_doubt: Mutex::default(),
                 })
                 .collect(),

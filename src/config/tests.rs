@@ -209,7 +209,7 @@ fn to_env_gives_the_configuration_back() {
     config.throttle.countries_deny = ["44", "225", "1876", "JM"]
         .map(|d| Destination::parse(d).unwrap())
         .into();
-    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(50)); 2];
+    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(50)); 2].into();
     config.retry.provider_timeout = HumanDuration(std::time::Duration::from_secs(90));
 
     let env = config.to_env().unwrap();
@@ -491,7 +491,7 @@ fn derived_queue_names_that_do_not_fit_are_refused_naming_the_key() {
     config.amqp.jobs_queue = "j".repeat(220);
     config.validate().unwrap();
 
-    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(1500))];
+    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(1500))].into();
     config.amqp.retry_queue = "r".repeat(249);
     let message = config.validate().unwrap_err().to_string();
     assert!(message.contains("amqp.retry_queue"), "{message}");

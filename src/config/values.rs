@@ -148,6 +148,35 @@ impl Text for HumanDuration {
     }
 }
 
+/// `retry.schedule`: the wait before each retry, parsed once at load. A failed attempt waits the next
+/// one and goes to the delay queue of that wait (README, "Retries and delivery guarantees").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "Vec<HumanDuration>", into = "Vec<HumanDuration>")]
+pub struct RetrySchedule(Vec<Duration>);
+
+impl RetrySchedule {
+    pub fn new(waits: Vec<Duration>) -> RetrySchedule {
+        RetrySchedule(waits)
+    }
+
+    /// The waits in the order written, the first after the first failed attempt.
+    pub fn waits(&self) -> &[Duration] {
+        &self.0
+    }
+}
+
+impl From<Vec<HumanDuration>> for RetrySchedule {
+    fn from(waits: Vec<HumanDuration>) -> RetrySchedule {
+        RetrySchedule(waits.into_iter().map(|w| w.0).collect())
+    }
+}
+
+impl From<RetrySchedule> for Vec<HumanDuration> {
+    fn from(schedule: RetrySchedule) -> Vec<HumanDuration> {
+        schedule.0.into_iter().map(HumanDuration).collect()
+    }
+}
+
 /// A throttle limit: `"N/period"` with an optional `"burst M"`; period is `s`, `m`, `h` or e.g. `5m`.
 /// An empty string in the config means "no limit" (see [`blank_is_none`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1027,8 +1027,10 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         let amqp = &self.config.amqp;
-        let waits: Vec<Duration> = self.config.retry.schedule.iter().map(|d| d.0).collect();
-        let delays = herald::broker::delay_queues(amqp, &waits).into_iter().map(|(_, q)| q);
+        let delays = amqp
+            .delay_queues(&self.config.retry.schedule)
+            .into_iter()
+            .map(|(_, q)| q);
         let queues = herald::broker::topology_queues(amqp)
             .into_iter()
             .map(str::to_owned)
