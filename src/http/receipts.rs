@@ -380,7 +380,8 @@ mod tests {
 
     #[test]
     fn standard_webhooks_signatures_are_checked_with_their_timestamp() {
-        let key = webhook::decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key: crate::config::WebhookKey = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
+        let key = key.as_bytes().to_vec();
         let body = br#"{"test": 2432232314}"#;
         let id = "msg_p5jXN8AQM9LWM0D4loKWxJek";
         let good = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";

@@ -46,7 +46,7 @@ impl std::ops::DerefMut for TestApp {
 pub fn test_config(dir: &std::path::Path) -> Config {
     let ns = format!("test.{}", uuid::Uuid::new_v4().simple());
     let mut config = Config::default();
-    config.amqp.url = herald::config::Secret::new(AMQP_URL);
+    config.amqp.url = AMQP_URL.parse().unwrap();
     config.amqp.jobs_queue = format!("{ns}.jobs");
     config.amqp.retry_queue = format!("{ns}.retry");
     config.amqp.dead_queue = format!("{ns}.dead");
