@@ -478,7 +478,7 @@ pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU16, D::Er
     NonZeroU16::new(u16::deserialize(d)?).ok_or_else(|| serde::de::Error::custom("must be at least 1"))
 }
 
-/// `smtp.url`, parsed into the provider's [`Target`]; the text is kept for `to_env` (re-encoding
+/// `smtp.url`, parsed into the [`Target`] the smtp provider connects to; the text is kept for `to_env` (re-encoding
 /// credentials could change it). `Debug` is masked: it may hold a password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SmtpUrl {
