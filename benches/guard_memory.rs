@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use herald::config::Config;
-use herald::fraud::{Guard, Mode};
+use herald::config::{Config, FraudMode};
+use herald::fraud::Guard;
 use herald::job::Job;
 
 fn main() {
@@ -20,9 +20,9 @@ fn main() {
     let now = Arc::new(AtomicU64::new(1_800_000_000));
     let clock = now.clone();
     let mut config = Config::default();
-    config.fraud.mode = Mode::Monitor;
+    config.fraud.mode = FraudMode::Monitor;
     let guard = Guard::local(
-        config.fraud_settings(),
+        herald::fraud::Settings::from_config(&config),
         Arc::new(move || clock.load(Ordering::Relaxed)),
         None,
     );

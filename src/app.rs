@@ -65,8 +65,7 @@ impl Application {
             tracing::warn!(%warning, "template");
         }
         let routes = build_routes(&config)?;
-        let retry = RetryPolicy::new(config.retry.schedule.iter().map(|d| d.0).collect())
-            .with_validity(config.retry.validity.0);
+        let retry = RetryPolicy::new(config.retry.schedule.waits().to_vec()).with_validity(config.retry.validity.0);
         let metrics = Arc::new(Metrics::new());
         let redis = if config.redis.url.is_empty() {
             None
@@ -89,12 +88,12 @@ impl Application {
         );
         let guard = Arc::new(match &redis {
             None => Guard::local(
-                config.fraud_settings(),
+                fraud::Settings::from_config(&config),
                 fraud::system_clock(),
                 Some(metrics.guard.clone()),
             ),
             Some(conn) => Guard::shared(
-                config.fraud_settings(),
+                fraud::Settings::from_config(&config),
                 fraud::Shared::new(conn.clone(), namespace),
                 Some(metrics.guard.clone()),
             ),
@@ -251,7 +250,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
     // redirect and retries nothing itself (retries are herald's own schedule, `herald.retry`); it only
     // takes another pooled connection when a kept-alive one turns out closed before anything was written.
     crate::providers::connector::log_proxy_settings();
-    let client = HttpClient::new(config.retry.provider_timeout.0, usize::from(config.amqp.prefetch))
+    let client = HttpClient::new(config.retry.provider_timeout.0, usize::from(config.amqp.prefetch.get()))
         .context("building the HTTP client")?;
     // A provider named in several chains is one instance (one connection pool, one open outbox file).
     let mut built: HashMap<ProviderKind, Arc<dyn Provider>> = HashMap::new();
@@ -273,7 +272,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
                 config.smtp.target(),
                 config.smtp.from.clone(),
                 config.retry.provider_timeout.0,
-                usize::from(config.amqp.prefetch).min(64),
+                usize::from(config.amqp.prefetch.get()).min(64),
             )),
             ProviderKind::Webhook => {
                 let (url, key) = config.webhook.endpoint(key)?;

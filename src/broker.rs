@@ -20,14 +20,11 @@ pub enum BrokerError {
     Nacked(String),
     #[error("broker: {0}")]
     Closed(String),
-    /// Config validation refuses such a URL first. No source: the parser's words can quote the URL.
-    #[error("broker: amqp.url is not an AMQP URI")]
-    Url,
 }
 
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    let mut uri: lapin::uri::AMQPUri = config.url.expose().parse().map_err(|_: String| BrokerError::Url)?;
+    let mut uri = config.url.uri().clone();
     // A `frame_max` or `heartbeat` in the URL wins.
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     uri.query.heartbeat.get_or_insert(HEARTBEAT);
@@ -200,39 +197,7 @@ async fn declare_durable(channel: &Channel, name: &str, args: FieldTable) -> Res
     Ok(())
 }
 
-/// The delay queue of each retry wait, `{retry_queue}.{wait}` (`herald.retry.30s`), shortest first. One
-/// queue per wait because a queue releases expired messages only from its head: in one shared queue a
-/// retry due in 1 s waited behind one due in 10 minutes.
-pub fn delay_queues(config: &AmqpConfig, waits: &[Duration]) -> Vec<(Duration, String)> {
-    let mut waits: Vec<Duration> = waits.iter().copied().filter(|w| !w.is_zero()).collect();
-    waits.sort_unstable();
-    waits.dedup();
-    waits
-        .into_iter()
-        .map(|w| (w, format!("{}.{}", config.retry_queue, wait_name(w))))
-        .collect()
-}
-
-/// A new commit-marker queue's name for a process consuming `jobs_queue`: unique per process (a ULID).
-pub fn marker_queue(jobs_queue: &str) -> String {
-    format!(
-        "{jobs_queue}.commits.{}",
-        ulid::Ulid::generate().to_string().to_ascii_lowercase()
-    )
-}
-
-/// `1s`, `2m`, `1h`, `1500ms`: the largest unit that says the wait exactly.
-fn wait_name(wait: Duration) -> String {
-    let ms = wait.as_millis();
-    match ms {
-        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
-        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
-        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
-    }
-}
-
-/// Declares the delay queues that [`delay_queues`] named: like `herald.retry`, each dead-letters expired
+/// Declares the delay queues that [`AmqpConfig::delay_queues`] named: like `herald.retry`, each dead-letters expired
 /// messages back to `herald.jobs`. `herald.retry` itself stays declared, so that messages an older herald
 /// left there still come back when they expire.
 pub async fn declare_delay_queues(

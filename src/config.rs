@@ -5,12 +5,15 @@
 
 mod env;
 mod error;
+pub mod smtp;
 mod values;
 mod warnings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -20,15 +23,14 @@ use serde::{Deserialize, Serialize};
 pub use env::var_name;
 pub use error::{ConfigError, Problem};
 pub use values::{
-    DurationError, HttpUrl, HttpUrlError, HumanDuration, Rate, RateError, Secret, SmtpUrl, Text, WebhookKey,
-    WebhookKeyError,
+    AmqpUrl, AmqpUrlError, DurationError, HttpUrl, HttpUrlError, HumanDuration, ProviderKind, Rate, RateError,
+    RetrySchedule, Secret, SmtpUrl, Text, WebhookKey, WebhookKeyError,
 };
 pub use warnings::{KNOWN_ADMIN_TOKENS, Warning};
 
 use crate::job::{Channel, Locale, PhoneNumber};
 use crate::numbering::Destination;
-pub use crate::providers::ProviderKind;
-use crate::providers::smtp::Target;
+use smtp::Target;
 use values::{blank_is_none, text};
 
 /// Every key with its default value: the base layer of [`Config::load`] and the whole of
@@ -89,9 +91,11 @@ pub enum QueueType {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpConfig {
-    /// May carry a password, hence a `Secret`.
-    pub url: Secret,
-    pub prefetch: u16,
+    /// May carry a password: `Debug` hides it.
+    pub url: AmqpUrl,
+    /// Jobs in flight at most: 0 would be AMQP's "no limit", so it is refused.
+    #[serde(deserialize_with = "values::at_least_one")]
+    pub prefetch: NonZeroU16,
     /// Transactional channels consuming `jobs_queue`, each with its share of `prefetch`.
     pub channels: u16,
     pub queue_type: QueueType,
@@ -102,6 +106,41 @@ pub struct AmqpConfig {
     pub events_exchange: String,
     /// Verification feedback from the MFA server (docs/fraud-and-limits.md "Adaptive guard").
     pub feedback_queue: String,
+}
+
+impl AmqpConfig {
+    /// The delay queue of each retry wait, `{retry_queue}.{wait}` (`herald.retry.30s`), shortest first. One
+    /// queue per wait because a queue releases expired messages only from its head: in one shared queue a
+    /// retry due in 1 s waited behind one due in 10 minutes.
+    pub fn delay_queues(&self, schedule: &RetrySchedule) -> Vec<(Duration, String)> {
+        let mut waits: Vec<Duration> = schedule.waits().iter().copied().filter(|w| !w.is_zero()).collect();
+        waits.sort_unstable();
+        waits.dedup();
+        waits
+            .into_iter()
+            .map(|w| (w, format!("{}.{}", self.retry_queue, wait_name(w))))
+            .collect()
+    }
+
+    /// A new commit-marker queue's name for a process consuming `jobs_queue`: unique per process (a ULID).
+    pub fn marker_queue(&self) -> String {
+        format!(
+            "{}.commits.{}",
+            self.jobs_queue,
+            ulid::Ulid::generate().to_string().to_ascii_lowercase()
+        )
+    }
+}
+
+/// `1s`, `2m`, `1h`, `1500ms`: the largest unit that says the wait exactly.
+fn wait_name(wait: Duration) -> String {
+    let ms = wait.as_millis();
+    match ms {
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -297,6 +336,19 @@ pub struct InfobipConfig {
     pub status_token: Secret,
 }
 
+impl InfobipConfig {
+    /// The query parameter of `notifyUrl` that carries `status_token`.
+    pub const TOKEN_PARAM: &str = "token";
+
+    /// `notifyUrl`: `status_callback_url` with `status_token` added to its query as [`Self::TOKEN_PARAM`].
+    pub fn notify_url(&self) -> Option<String> {
+        let mut url = self.status_callback_url.as_ref()?.as_url().clone();
+        url.query_pairs_mut()
+            .append_pair(Self::TOKEN_PARAM, self.status_token.expose());
+        Some(url.to_string())
+    }
+}
+
 /// Amazon SNS `Publish` to a phone number. At load, an empty `region` is taken from `AWS_REGION` (else
 /// `AWS_DEFAULT_REGION`), and when `access_key_id` and `secret_access_key` are both empty, they and
 /// `session_token` come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`: herald's own
@@ -376,7 +428,7 @@ pub struct WebhookConfig {
     #[serde(with = "blank_is_none", default)]
     pub secret: Option<WebhookKey>,
     /// The key of the status callbacks herald takes (`POST /providers/webhook/status`); `""` = derived from
-    /// `secret` ([`webhook::status_key`](crate::providers::webhook::status_key)), so that herald's own signed
+    /// `secret` ([`WebhookKey::status_key`]), so that herald's own signed
     /// requests are never taken as status callbacks.
     #[serde(with = "blank_is_none", default)]
     pub status_secret: Option<WebhookKey>,
@@ -411,11 +463,7 @@ impl WebhookConfig {
         let Some(secret) = &self.secret else {
             return Vec::new();
         };
-        let mut keys = vec![
-            self.status_secret
-                .clone()
-                .unwrap_or_else(|| WebhookKey::from_bytes(crate::providers::webhook::status_key(secret.as_bytes()))),
-        ];
+        let mut keys = vec![self.status_secret.clone().unwrap_or_else(|| secret.status_key())];
         if self.status_accepts_secret {
             keys.push(secret.clone());
         }
@@ -467,7 +515,7 @@ pub struct ThrottleConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FraudConfig {
-    pub mode: crate::fraud::Mode,
+    pub mode: FraudMode,
     /// E.164 prefixes (`+1415`) the guard never refuses.
     pub allow_prefixes: Vec<String>,
     /// Destinations (calling code, prefix or region) the guard never refuses.
@@ -485,29 +533,22 @@ pub struct FraudConfig {
     pub outage_after: HumanDuration,
 }
 
-impl Config {
-    /// The guard's settings: `[fraud]`, with `[throttle]`'s idea of a number range and an IP.
-    pub fn fraud_settings(&self) -> crate::fraud::Settings {
-        let f = &self.fraud;
-        crate::fraud::Settings {
-            mode: f.mode,
-            allow_prefixes: f.allow_prefixes.clone(),
-            allow_countries: f.allow_countries.clone(),
-            ratio: f.ratio,
-            country: crate::fraud::Floors {
-                hour: f.country_hourly_floor,
-                day: f.country_daily_floor,
-            },
-            range: crate::fraud::Floors {
-                hour: f.range_hourly_floor,
-                day: f.range_daily_floor,
-            },
-            ip_day: f.ip_daily_floor,
-            learning_period: f.learning_period.0,
-            // Under a second turns the fallback off (docs/fraud-and-limits.md "Adaptive guard").
-            outage_after: Some(f.outage_after.0).filter(|d| d.as_secs() > 0),
-            prefix_digits: self.throttle.prefix_digits,
-            ipv6_prefix: self.throttle.ipv6_prefix,
+/// `fraud.mode`: whether the guard refuses (`enforce`), only counts what it would refuse (`monitor`), or
+/// budgets nothing (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FraudMode {
+    Off,
+    Monitor,
+    Enforce,
+}
+
+impl FraudMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FraudMode::Off => "off",
+            FraudMode::Monitor => "monitor",
+            FraudMode::Enforce => "enforce",
         }
     }
 }
@@ -538,7 +579,7 @@ impl ThrottleConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    pub schedule: Vec<HumanDuration>,
+    pub schedule: RetrySchedule,
     pub provider_timeout: HumanDuration,
     /// How long a code without `expires_at` is worth delivering (docs/providers/README.md: validity).
     pub validity: HumanDuration,
@@ -576,9 +617,6 @@ impl Config {
 
     /// Checks what types alone cannot: cross-key requirements and value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.amqp.prefetch == 0 {
-            return Err(ConfigError::key("amqp.prefetch", "must be at least 1"));
-        }
         if !(1..=MAX_CHANNELS).contains(&self.amqp.channels) {
             return Err(ConfigError::key(
                 "amqp.channels",
@@ -587,13 +625,6 @@ impl Config {
         }
         if self.amqp.delivery_limit == 0 {
             return Err(ConfigError::key("amqp.delivery_limit", "must be at least 1"));
-        }
-        if !self.amqp.url.expose().starts_with("amqp://") && !self.amqp.url.expose().starts_with("amqps://") {
-            return Err(ConfigError::key("amqp.url", "must start with amqp:// or amqps://"));
-        }
-        // Parsed here so that connecting (at start and on every reconnect) cannot fail on the URL.
-        if self.amqp.url.expose().parse::<lapin::uri::AMQPUri>().is_err() {
-            return Err(ConfigError::key("amqp.url", "is not an AMQP URI"));
         }
         for (key, name) in [
             ("amqp.jobs_queue", &self.amqp.jobs_queue),
@@ -607,14 +638,15 @@ impl Config {
             }
         }
         // The names herald derives from these must fit too: declaring a longer one fails after start-up.
-        if crate::broker::marker_queue(&self.amqp.jobs_queue).len() > 255 {
+        if self.amqp.marker_queue().len() > 255 {
             return Err(ConfigError::key(
                 "amqp.jobs_queue",
                 "must leave room for its commit-marker queues (`.commits.` and 26 characters): at most 220 characters",
             ));
         }
-        let waits: Vec<std::time::Duration> = self.retry.schedule.iter().map(|d| d.0).collect();
-        if crate::broker::delay_queues(&self.amqp, &waits)
+        if self
+            .amqp
+            .delay_queues(&self.retry.schedule)
             .iter()
             .any(|(_, name)| name.len() > 255)
         {
@@ -677,7 +709,7 @@ impl Config {
         }
         // herald adds its own `token` to the URL: a second one would make every report's token ambiguous,
         // refused forever.
-        let token = crate::receipts::providers::infobip::TOKEN_PARAM;
+        let token = InfobipConfig::TOKEN_PARAM;
         if let Some(url) = &self.infobip.status_callback_url
             && url.as_url().query_pairs().any(|(name, _)| name == token)
         {

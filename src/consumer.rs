@@ -8,6 +8,7 @@
 //! lane's jobs are handled and framed while the other's commit is under way on the broker.
 
 use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,7 +149,7 @@ const ORPHANS_REMEMBERED: usize = 10_000;
 /// A consuming channel's commit state, which outlives the channel: its share of the prefetch window, its
 /// commit-marker queue, and the batch its last connection left in doubt.
 struct Lane {
-    prefetch: u16,
+    prefetch: NonZeroU16,
     /// This lane's commit-marker queue (see [`InDoubt`]), unique to the process and lane.
     marker_queue: String,
     /// The batch whose commit is under way, or was when its connection went.
@@ -157,10 +158,11 @@ struct Lane {
 
 /// `prefetch` split over `channels` lanes (at most one lane per job in the window): the lanes' windows
 /// add up to `prefetch`, so at most `amqp.prefetch` jobs are in flight in all (docs/guarantees.md "In doubt").
-fn lane_windows(prefetch: u16, channels: u16) -> Vec<u16> {
-    let lanes = channels.clamp(1, prefetch.max(1));
+fn lane_windows(prefetch: NonZeroU16, channels: u16) -> Vec<NonZeroU16> {
+    let prefetch = prefetch.get();
+    let lanes = channels.clamp(1, prefetch);
     (0..lanes)
-        .map(|i| prefetch / lanes + u16::from(i < prefetch % lanes))
+        .map(|i| NonZeroU16::new(prefetch / lanes + u16::from(i < prefetch % lanes)).expect("no more lanes than jobs"))
         .collect()
 }
 
@@ -247,14 +249,13 @@ impl Consumer {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Self {
-        let retry_waits: Vec<Duration> = config.retry.schedule.iter().map(|d| d.0).collect();
         Consumer {
-            delay_queues: broker::delay_queues(&config.amqp, &retry_waits),
+            delay_queues: config.amqp.delay_queues(&config.retry.schedule),
             lanes: lane_windows(config.amqp.prefetch, config.amqp.channels)
                 .into_iter()
                 .map(|prefetch| Lane {
                     prefetch,
-                    marker_queue: broker::marker_queue(&config.amqp.jobs_queue),
+                    marker_queue: config.amqp.marker_queue(),
                     in_doubt: Mutex::default(),
                 })
                 .collect(),
@@ -376,7 +377,9 @@ impl Consumer {
         let mut lanes = Vec::with_capacity(self.lanes.len());
         for lane in &self.lanes {
             let channel = connection.create_channel().await?;
-            channel.basic_qos(lane.prefetch, BasicQosOptions::default()).await?;
+            channel
+                .basic_qos(lane.prefetch.get(), BasicQosOptions::default())
+                .await?;
             channel.tx_select().await?;
             lanes.push(channel);
         }
@@ -518,7 +521,7 @@ impl Consumer {
         unacked: Unacked,
         mut done: mpsc::UnboundedReceiver<Finished>,
     ) -> Result<(), BrokerError> {
-        let max = usize::from(self.lanes[lane].prefetch).max(1);
+        let max = usize::from(self.lanes[lane].prefetch.get());
         let in_doubt = &self.lanes[lane].in_doubt;
         // Finished jobs not yet committed; the batch being sent; the batch committing; one buffer of event
         // lines. All reused: per-batch buffers of this size (tens of KiB) cost a realloc chain on every
@@ -1276,7 +1279,7 @@ impl Drop for Claim {
 
 #[cfg(test)]
 mod tests {
-    use super::{Unacked, lane_windows};
+    use super::{NonZeroU16, Unacked, lane_windows};
 
     #[test]
     fn lanes_share_the_prefetch_window_without_exceeding_it() {
@@ -1288,11 +1291,17 @@ mod tests {
             (2, 4, &[1, 1]),
             (1, 16, &[1]),
         ];
+        let windows = |prefetch, channels| -> Vec<u16> {
+            lane_windows(NonZeroU16::new(prefetch).unwrap(), channels)
+                .into_iter()
+                .map(NonZeroU16::get)
+                .collect()
+        };
         for (prefetch, channels, expected) in cases {
-            assert_eq!(lane_windows(prefetch, channels), expected, "{prefetch} over {channels}");
+            assert_eq!(windows(prefetch, channels), expected, "{prefetch} over {channels}");
         }
         for (prefetch, channels) in [(u16::MAX, 16), (1000, 7), (3, 3), (17, 16)] {
-            let windows = lane_windows(prefetch, channels);
+            let windows = windows(prefetch, channels);
             assert_eq!(windows.len(), usize::from(channels.min(prefetch)));
             assert_eq!(windows.iter().map(|&w| u32::from(w)).sum::<u32>(), u32::from(prefetch));
             assert!(windows.iter().all(|&w| w > 0));

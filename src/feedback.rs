@@ -129,7 +129,7 @@ impl FeedbackConsumer {
         broker::declare_topology(&channel, &self.config).await?;
         let dead = Publisher::new(&connection).await?;
         channel
-            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .basic_qos(self.config.prefetch.get(), BasicQosOptions::default())
             .await?;
         let mut deliveries = channel
             .basic_consume(

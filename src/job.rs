@@ -529,7 +529,17 @@ pub enum JobError {
     Field(#[from] FieldError),
     /// The message's AMQP `reply_to` (checked with the body: a job is the message, not only its JSON).
     #[error(transparent)]
-    ReplyTo(#[from] crate::reply::ReplyToError),
+    ReplyTo(#[from] ReplyToError),
+}
+
+/// Why a job's `reply_to` is refused (with the job: it is dead-lettered as `invalid_job`), by
+/// `reply::ReplyTo::parse`. Names the rule, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyToError {
+    #[error("`reply_to` names one of herald's own queues")]
+    OwnQueue,
+    #[error("`reply_to` is not a direct reply-to name the broker issues (amq.rabbitmq.reply-to.<pid>[.<key>])")]
+    DirectReplyTo,
 }
 
 /// A field of the job that breaks its rule.

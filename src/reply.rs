@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{self, BrokerError};
 use crate::config::AmqpConfig;
+use crate::job::ReplyToError;
 use crate::receipts::RateLimitedWarning;
 use crate::sync::lock;
 
@@ -37,16 +38,6 @@ pub struct ReplyTo {
     /// For a direct reply-to name, the node its pid names: what decides whether the broker can deliver it
     /// or closes the connection (see [`Replies::send`]).
     node: Option<Arc<[u8]>>,
-}
-
-/// Why a job's `reply_to` is refused (with the job: it is dead-lettered as `invalid_job`). Names the rule,
-/// never the value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReplyToError {
-    #[error("`reply_to` names one of herald's own queues")]
-    OwnQueue,
-    #[error("`reply_to` is not a direct reply-to name the broker issues (amq.rabbitmq.reply-to.<pid>[.<key>])")]
-    DirectReplyTo,
 }
 
 /// The queues herald consumes from or keeps its state in: a reply there would be read as a job, as

@@ -91,7 +91,7 @@ struct Stalled {
 }
 
 async fn stalled(n: usize) -> Stalled {
-    let broker = Broker::new(|c| c.amqp.prefetch = STALLED_PREFETCH).await;
+    let broker = Broker::new(|c| c.amqp.prefetch = std::num::NonZeroU16::new(STALLED_PREFETCH).unwrap()).await;
     let jobs: Vec<_> = (0..n).map(|_| job("sms")).collect();
     broker.publish_many(&jobs).await;
     let outbox = broker.config.outbox.path.clone();

@@ -46,7 +46,7 @@ impl Drop for Stopped {
 #[tokio::test]
 async fn herald_rides_out_a_broker_restart() {
     const JOBS: usize = 2000;
-    let mut app = TestApp::spawn(|c| c.amqp.prefetch = 64).await;
+    let mut app = TestApp::spawn(|c| c.amqp.prefetch = std::num::NonZeroU16::new(64).unwrap()).await;
     // A durable queue for the events: the test's own connection does not survive the restart.
     let events_queue = format!("{}.captured-events", app.config.amqp.jobs_queue);
     app.channel

@@ -9,7 +9,7 @@ async fn deliveries_run_concurrently_up_to_the_prefetch_window() {
     let provider = GatedTwilio::start().await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &provider.url);
-        c.amqp.prefetch = 16;
+        c.amqp.prefetch = std::num::NonZeroU16::new(16).unwrap();
     })
     .await;
     for _ in 0..24 {
@@ -39,7 +39,7 @@ async fn jobs_are_consumed_on_two_channels_that_share_the_prefetch_window() {
     let provider = GatedTwilio::start().await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &provider.url);
-        c.amqp.prefetch = 7;
+        c.amqp.prefetch = std::num::NonZeroU16::new(7).unwrap();
         c.amqp.channels = 2;
     })
     .await;
@@ -157,7 +157,7 @@ async fn metrics_move_by_exactly_the_number_of_deliveries() {
 #[tokio::test]
 async fn herald_reconnects_when_the_broker_goes_away_and_readyz_follows() {
     let proxy = TcpProxy::start().await;
-    let mut app = TestApp::spawn(|c| c.amqp.url = herald::config::Secret::new(proxy.url())).await;
+    let mut app = TestApp::spawn(|c| c.amqp.url = proxy.url().parse().unwrap()).await;
     app.publish(&job("sms")).await;
     app.events(1).await;
 
@@ -181,7 +181,7 @@ async fn shutdown_finishes_in_flight_deliveries_and_loses_nothing() {
     let provider = GatedTwilio::start().await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &provider.url);
-        c.amqp.prefetch = 4;
+        c.amqp.prefetch = std::num::NonZeroU16::new(4).unwrap();
     })
     .await;
     for _ in 0..10 {
@@ -213,7 +213,7 @@ async fn shutdown_finishes_in_flight_deliveries_and_loses_nothing() {
 async fn a_silent_broker_is_noticed_by_its_missing_heartbeats_and_counted() {
     let proxy = TcpProxy::start().await;
     let url = format!("{}?heartbeat=1", proxy.url());
-    let mut app = TestApp::spawn(|c| c.amqp.url = herald::config::Secret::new(url)).await;
+    let mut app = TestApp::spawn(|c| c.amqp.url = url.parse().unwrap()).await;
     app.publish(&job("sms")).await;
     app.events(1).await;
 

@@ -12,7 +12,7 @@ use helpers::{Broker, GatedTwilio, HeraldProcess, job, kill_as_the_outbox_grows,
 async fn sigkill_mid_stream_loses_nothing_and_repeats_at_most_the_jobs_in_flight() {
     const JOBS: usize = 2000;
     const PREFETCH: u16 = 64;
-    let mut broker = Broker::new(|c| c.amqp.prefetch = PREFETCH).await;
+    let mut broker = Broker::new(|c| c.amqp.prefetch = std::num::NonZeroU16::new(PREFETCH).unwrap()).await;
     let jobs: Vec<_> = (0..JOBS).map(|_| job("sms")).collect();
     broker.publish_many(&jobs).await;
     let env = process_env(&broker.config);
@@ -145,7 +145,7 @@ async fn with_two_channels_a_job_that_keeps_killing_herald_still_ends_in_its_own
 #[tokio::test]
 async fn after_sigkills_replays_of_finished_jobs_get_no_second_event() {
     const JOBS: usize = 1500;
-    let mut broker = Broker::new(|c| c.amqp.prefetch = 64).await;
+    let mut broker = Broker::new(|c| c.amqp.prefetch = std::num::NonZeroU16::new(64).unwrap()).await;
     let jobs: Vec<_> = (0..JOBS).map(|_| job("sms")).collect();
     broker.publish_many(&jobs).await;
     let env = process_env(&broker.config);

@@ -257,7 +257,7 @@ async fn twilio_errors_become_failure_events_with_the_provider_code() {
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
         // No retries: a transient failure ends the job at once.
-        c.retry.schedule = vec![];
+        c.retry.schedule = vec![].into();
     })
     .await;
     // Twilio's real error body for an invalid "To" number (it quotes the number: it must not leak).
@@ -320,7 +320,7 @@ async fn spec_twilio(
 #[tokio::test]
 async fn twilio_21611_queue_full_is_retried_and_then_sent() {
     let (mut app, api, server) = spec_twilio(|c| {
-        c.retry.schedule = vec![herald::config::HumanDuration(std::time::Duration::from_millis(50)); 2];
+        c.retry.schedule = vec![herald::config::HumanDuration(std::time::Duration::from_millis(50)); 2].into();
     })
     .await;
     api.then([twilio_api::Answer::Error(21611)]);
@@ -347,7 +347,7 @@ async fn twilio_21408_region_not_permitted_moves_to_the_next_provider() {
             herald::config::ProviderKind::Twilio,
             herald::config::ProviderKind::Outbox,
         ]);
-        c.retry.schedule = vec![];
+        c.retry.schedule = vec![].into();
     })
     .await;
     api.then([twilio_api::Answer::Error(21408)]);

@@ -18,7 +18,7 @@ fn sms(id: &str, to: &str, user: &str, ip: &str) -> Value {
 #[tokio::test]
 async fn hostile_feedback_is_dead_lettered_or_counted_once() {
     let mut app = TestApp::spawn(|c| {
-        c.fraud.mode = herald::fraud::Mode::Enforce;
+        c.fraud.mode = herald::config::FraudMode::Enforce;
         c.fraud.learning_period = herald::config::HumanDuration(Duration::ZERO);
     })
     .await;

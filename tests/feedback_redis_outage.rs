@@ -19,7 +19,7 @@ async fn feedback_waiting_out_a_redis_outage_is_counted_when_redis_returns() {
     let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
     let mut app = TestApp::spawn(|c| {
         c.redis.url = herald::config::Secret::new(redis_url);
-        c.fraud.mode = herald::fraud::Mode::Enforce;
+        c.fraud.mode = herald::config::FraudMode::Enforce;
     })
     .await;
     let id = format!("outage-{}", uuid::Uuid::new_v4().simple());

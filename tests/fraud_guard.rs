@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
-use herald::config::{Config, ThrottleConfig};
-use herald::fraud::{Guard, Mode, Refusals, Settings, Verdict};
+use herald::config::{Config, FraudMode, ThrottleConfig};
+use herald::fraud::{Guard, Refusals, Settings, Verdict};
 use herald::job::Job;
 use herald::throttle::{self, Throttle};
 
@@ -262,15 +262,15 @@ struct Tally {
     refused_by: std::collections::BTreeMap<String, usize>,
 }
 
-fn settings(mode: Mode) -> Settings {
+fn settings(mode: FraudMode) -> Settings {
     let mut config = Config::default();
     config.fraud.mode = mode;
-    config.fraud_settings()
+    Settings::from_config(&config)
 }
 
 /// Runs one scenario through the fixed limits (`limits`) and the guard, as dispatch does: limits first,
 /// then the guard; feedback arrives when users type their codes in.
-fn simulate(traffic: &[Request], limits: &ThrottleConfig, mode: Mode) -> Tally {
+fn simulate(traffic: &[Request], limits: &ThrottleConfig, mode: FraudMode) -> Tally {
     let now = Arc::new(AtomicU64::new(START));
     let clock_now = now.clone();
     let guard = Guard::local(
@@ -359,7 +359,7 @@ fn the_guard_blocks_pumping_of_every_size_and_refuses_no_real_user() {
     ] {
         for (size, traffic) in &runs {
             let size = *size;
-            let t = simulate(traffic, &limits, Mode::Enforce);
+            let t = simulate(traffic, &limits, FraudMode::Enforce);
             let blocked = report(name, size, &t);
             if t.real_refused > 0 {
                 failures.push(format!(
@@ -380,7 +380,7 @@ fn the_guard_blocks_pumping_of_every_size_and_refuses_no_real_user() {
 
 #[test]
 fn monitor_mode_refuses_nothing() {
-    let t = simulate(&traffic(1500), &ThrottleConfig::unlimited(), Mode::Monitor);
+    let t = simulate(&traffic(1500), &ThrottleConfig::unlimited(), FraudMode::Monitor);
     assert_eq!((t.attack_sent, t.attack), (1500, 1500));
     assert_eq!(t.real_refused, 0);
 }
@@ -396,7 +396,7 @@ async fn redis_and_local_guards_decide_alike() {
     let namespace = format!("test.{}", uuid::Uuid::new_v4().simple());
     let shared = herald::fraud::Shared::new(conn, &namespace);
     let local = herald::fraud::Local::default();
-    let s = settings(Mode::Enforce);
+    let s = settings(FraudMode::Enforce);
     let window = s.outage_window();
     let mut rng = fastrand::Rng::with_seed(7);
     let destinations = ["+88216540001", "+447700900123", "+447700900999", "+14155550123"];

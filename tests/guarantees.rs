@@ -78,7 +78,7 @@ async fn behind_proxy(customize: impl FnOnce(&mut herald::config::Config)) -> (T
     let twilio_server = GatedTwilio::start().await;
     let app = TestApp::spawn(|c| {
         twilio(c, &twilio_server.url);
-        c.amqp.url = Secret::new(proxy.url());
+        c.amqp.url = proxy.url().parse().unwrap();
         customize(c);
     })
     .await;
@@ -114,7 +114,7 @@ async fn a_reconnect_does_not_send_the_jobs_in_flight_again() {
 #[tokio::test]
 async fn reconnect_backoff_starts_over_once_consuming_again() {
     let proxy = TcpProxy::start().await;
-    let mut app = TestApp::spawn(|c| c.amqp.url = Secret::new(proxy.url())).await;
+    let mut app = TestApp::spawn(|c| c.amqp.url = proxy.url().parse().unwrap()).await;
     let mut last = Duration::ZERO;
     for _ in 0..7 {
         proxy.cut();
@@ -218,7 +218,7 @@ async fn commits_in_doubt_on_two_channels_are_each_settled() {
     // A window of 8, 4 per channel: the 8 jobs held at once are 4 on each.
     let (proxy, twilio_server, mut app) = behind_proxy(|c| {
         c.amqp.channels = 2;
-        c.amqp.prefetch = 8;
+        c.amqp.prefetch = std::num::NonZeroU16::new(8).unwrap();
     })
     .await;
     let jobs: Vec<_> = (0..8).map(|_| job("sms")).collect();
@@ -446,7 +446,7 @@ async fn a_claim_outlives_its_lease_while_its_holder_lives() {
         c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
         c.redis.url = Secret::new(REDIS);
         c.retry.provider_timeout = HumanDuration(Duration::from_secs(5));
-        c.amqp.prefetch = fillers + 1;
+        c.amqp.prefetch = std::num::NonZeroU16::new(fillers + 1).unwrap();
     })
     .await;
     let mut jobs: Vec<_> = (0..fillers)
@@ -463,7 +463,7 @@ async fn a_claim_outlives_its_lease_while_its_holder_lives() {
     // The first replica's window is full (every job taken and claimed); the second takes what comes next.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut config_b = app.config.clone();
-    config_b.amqp.prefetch = 10;
+    config_b.amqp.prefetch = std::num::NonZeroU16::new(10).unwrap();
     let b = helpers::Replica::spawn(&config_b).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The MFA server publishes X again; the second replica gets it and waits on the first one's claim.
@@ -522,7 +522,7 @@ async fn held_across_failed_sessions(failures: usize) -> Broker {
     let port = helpers::free_port();
     let mut broker = Broker::new(|c| {
         twilio(c, &provider.url);
-        c.amqp.prefetch = 4;
+        c.amqp.prefetch = std::num::NonZeroU16::new(4).unwrap();
         c.http.addr = format!("127.0.0.1:{port}").parse().unwrap();
     })
     .await;

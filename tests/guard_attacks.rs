@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use herald::config::Config;
-use herald::fraud::{Guard, Mode, Verdict};
+use herald::config::{Config, FraudMode};
+use herald::fraud::{Guard, Verdict};
 use herald::job::Job;
 
 const DAY: u64 = 86_400;
@@ -23,13 +23,13 @@ fn job(id: &str, to: &str, ip: &str) -> Job {
 
 fn enforcing_guard(now: &Arc<AtomicU64>, outage_after: Option<std::time::Duration>) -> Guard {
     let mut config = Config::default();
-    config.fraud.mode = Mode::Enforce;
+    config.fraud.mode = FraudMode::Enforce;
     if let Some(d) = outage_after {
         config.fraud.outage_after.0 = d;
     }
     let clock = now.clone();
     Guard::local(
-        config.fraud_settings(),
+        herald::fraud::Settings::from_config(&config),
         Arc::new(move || clock.load(Ordering::Relaxed)),
         None,
     )
@@ -368,7 +368,7 @@ const OUTAGE_AFTER: Duration = Duration::from_secs(4);
 
 async fn outage_app() -> helpers::TestApp {
     helpers::TestApp::spawn(|c| {
-        c.fraud.mode = Mode::Enforce;
+        c.fraud.mode = FraudMode::Enforce;
         c.fraud.learning_period = herald::config::HumanDuration(Duration::ZERO);
         c.fraud.outage_after = herald::config::HumanDuration(OUTAGE_AFTER);
     })

@@ -6,7 +6,7 @@ use helpers::TestApp;
 
 async fn app() -> TestApp {
     TestApp::spawn(|c| {
-        c.fraud.mode = herald::fraud::Mode::Enforce;
+        c.fraud.mode = herald::config::FraudMode::Enforce;
         c.admin.token = herald::config::Secret::new("guard-token");
     })
     .await

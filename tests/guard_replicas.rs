@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use herald::config::Config;
-use herald::fraud::{Guard, Mode, Shared, Verdict};
+use herald::config::{Config, FraudMode};
+use herald::fraud::{Guard, Shared, Verdict};
 use herald::job::Job;
 
 fn job(id: &str, to: &str, ip: &str) -> Job {
@@ -15,10 +15,10 @@ fn job(id: &str, to: &str, ip: &str) -> Job {
 
 fn settings(outage_after: Duration) -> herald::fraud::Settings {
     let mut config = Config::default();
-    config.fraud.mode = Mode::Enforce;
+    config.fraud.mode = FraudMode::Enforce;
     config.fraud.learning_period.0 = Duration::ZERO;
     config.fraud.outage_after.0 = outage_after;
-    config.fraud_settings()
+    herald::fraud::Settings::from_config(&config)
 }
 
 fn replica(namespace: &str, outage_after: Duration) -> Guard {

@@ -308,7 +308,7 @@ async fn wrong_codes_lock_the_challenge_and_throttled_delivery_is_an_error() {
 #[tokio::test]
 async fn verified_codes_reach_the_fraud_guard_and_pumping_is_refused() {
     let mut app = TestApp::spawn(|c| {
-        c.fraud.mode = herald::fraud::Mode::Enforce;
+        c.fraud.mode = herald::config::FraudMode::Enforce;
         c.fraud.learning_period = herald::config::HumanDuration(Duration::ZERO);
         c.admin.token = herald::config::Secret::new("guard-token");
     })

@@ -528,7 +528,11 @@ async fn post_webhook_status(
     timestamp: u64,
     signature: Option<&str>,
 ) -> u16 {
-    let key = herald::providers::webhook::decode_secret(secret).unwrap();
+    let key = secret
+        .parse::<herald::config::WebhookKey>()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
     let signature = signature.map_or_else(
         || herald::providers::webhook::sign(&key, id, timestamp, body),
         str::to_owned,
@@ -773,7 +777,7 @@ async fn a_final_status_that_cannot_be_published_gets_503_and_is_evented_on_its_
     let proxy = helpers::TcpProxy::start().await;
     let mut app = TestApp::spawn(|c| {
         with_receipts(c, &server);
-        c.amqp.url = herald::config::Secret::new(proxy.url());
+        c.amqp.url = proxy.url().parse().unwrap();
     })
     .await;
     let sent = send(&mut app, "sms").await;
@@ -927,7 +931,11 @@ async fn a_webhook_status_the_jobs_channel_cannot_have_moves_nothing() {
     let job_id = sent["job_id"].as_str().unwrap().to_owned();
     // Inbound callbacks are signed with the status key derived from the secret.
     assert_eq!(SECRET, WEBHOOK_SECRET);
-    let key = herald::providers::webhook::decode_secret(WEBHOOK_STATUS_KEY).unwrap();
+    let key = WEBHOOK_STATUS_KEY
+        .parse::<herald::config::WebhookKey>()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
     let url = app.url("/providers/webhook/status");
     let post = |status: &str, n: usize| {
         let body = serde_json::to_vec(&json!({"job_id": job_id, "status": status})).unwrap();
@@ -1102,7 +1110,11 @@ impl wiremock::Respond for ReportsBeforeAnswering {
         use std::io::{Read, Write};
         let sent: Value = serde_json::from_slice(&request.body).unwrap();
         let body = serde_json::to_vec(&json!({"job_id": sent["id"], "status": "delivered"})).unwrap();
-        let key = herald::providers::webhook::decode_secret(WEBHOOK_STATUS_KEY).unwrap();
+        let key = WEBHOOK_STATUS_KEY
+            .parse::<herald::config::WebhookKey>()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
         let now = chrono::Utc::now().timestamp() as u64;
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
         let signature = herald::providers::webhook::sign(&key, &id, now, &body);
@@ -1161,7 +1173,11 @@ async fn a_report_that_overtakes_the_send_is_asked_again_not_lost() {
     );
     // The receiver sends it again: now it is the job's status.
     let body = serde_json::to_vec(&json!({"job_id": sms["id"], "status": "delivered"})).unwrap();
-    let key = herald::providers::webhook::decode_secret(WEBHOOK_STATUS_KEY).unwrap();
+    let key = WEBHOOK_STATUS_KEY
+        .parse::<herald::config::WebhookKey>()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
     let now = chrono::Utc::now().timestamp() as u64;
     let signature = herald::providers::webhook::sign(&key, "msg_again", now, &body);
     let answer = reqwest::Client::new()

@@ -40,7 +40,7 @@ async fn a_transient_failure_is_retried_and_only_the_final_result_is_an_event() 
     Mock::given(method("POST")).respond_with(created()).mount(&server).await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
-        c.retry.schedule = fast_schedule(3);
+        c.retry.schedule = fast_schedule(3).into();
     })
     .await;
     let j = job("sms");
@@ -64,7 +64,7 @@ async fn after_the_last_step_the_job_is_exhausted_and_dead_lettered() {
         .await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
-        c.retry.schedule = fast_schedule(2);
+        c.retry.schedule = fast_schedule(2).into();
     })
     .await;
     app.publish(&job("sms")).await;
@@ -99,7 +99,7 @@ async fn permanent_failures_are_not_retried() {
         .await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
-        c.retry.schedule = fast_schedule(3);
+        c.retry.schedule = fast_schedule(3).into();
     })
     .await;
     app.publish(&job("sms")).await;
@@ -125,7 +125,8 @@ async fn retry_after_is_honoured() {
         c.retry.schedule = vec![
             HumanDuration(Duration::from_millis(50)),
             HumanDuration(Duration::from_secs(5)),
-        ];
+        ]
+        .into();
     })
     .await;
     let started = Instant::now();
@@ -173,7 +174,7 @@ async fn a_job_that_would_expire_before_its_retry_ends_as_expired() {
         .await;
     let mut app = TestApp::spawn(|c| {
         twilio(c, &server.uri());
-        c.retry.schedule = vec![HumanDuration(Duration::from_secs(60))];
+        c.retry.schedule = vec![HumanDuration(Duration::from_secs(60))].into();
     })
     .await;
     let mut j = job("sms");
@@ -259,7 +260,8 @@ async fn each_retry_waits_its_own_delay() {
         c.retry.schedule = vec![
             HumanDuration(Duration::from_secs(1)),
             HumanDuration(Duration::from_secs(8)),
-        ];
+        ]
+        .into();
     })
     .await;
     let mut long = job("sms");

@@ -71,7 +71,7 @@ async fn smtp_replies_are_classified_4xx_retried_5xx_rejected() {
     let smtp = SmtpServer::start("plain", None);
     let mut app = TestApp::spawn(|c| {
         c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
-        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))];
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))].into();
     })
     .await;
     app.publish(&email("reject@example.com")).await;
@@ -95,7 +95,7 @@ async fn a_hanging_smtp_server_is_bounded_by_the_timeout() {
     let smtp = SmtpServer::start("plain", None);
     let mut app = TestApp::spawn(|c| {
         c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
-        c.retry.schedule = vec![];
+        c.retry.schedule = vec![].into();
         c.retry.provider_timeout = HumanDuration(Duration::from_millis(500));
         // Failover: the job still reaches the user through the next provider.
         c.channels.email = Some(vec![ProviderKind::Smtp, ProviderKind::Outbox]);
@@ -141,7 +141,7 @@ async fn an_address_the_smtp_server_cannot_take_is_rejected_not_retried() {
     let smtp = SmtpServer::start("ascii", None);
     let mut app = TestApp::spawn(|c| {
         c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
-        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50)); 3];
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50)); 3].into();
     })
     .await;
     for to in ["jöhn.doe@example.com", "jane@exämple.com", "jane..doe@example.com"] {
@@ -165,7 +165,7 @@ async fn smtp_refusals_about_the_sender_move_to_the_next_provider() {
     let smtp = SmtpServer::start("plain", None);
     let mut app = TestApp::spawn(|c| {
         c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
-        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))];
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))].into();
         c.channels.email = Some(vec![ProviderKind::Smtp, ProviderKind::Outbox]);
     })
     .await;
@@ -203,7 +203,7 @@ async fn smtp_refusals_about_the_sender_move_to_the_next_provider() {
     // full mailbox's 452 is.
     let mut app = TestApp::spawn(|c| {
         c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
-        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))];
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(50))].into();
     })
     .await;
     app.publish(&email("reply-550-5.7.1@example.com")).await;

@@ -24,8 +24,8 @@ async fn a_channel_error_at_commit_still_gives_every_job_one_event() {
     let port = free_port();
     let mut broker = Broker::new(|c| {
         twilio(c, &provider.url);
-        c.amqp.url = herald::config::Secret::new(proxy.url());
-        c.amqp.prefetch = JOBS as u16;
+        c.amqp.url = proxy.url().parse().unwrap();
+        c.amqp.prefetch = std::num::NonZeroU16::new(JOBS as u16).unwrap();
         c.amqp.channels = 2;
         c.http.addr = format!("127.0.0.1:{port}").parse().unwrap();
     })
@@ -83,7 +83,7 @@ async fn a_failed_session_returns_its_jobs_within_the_delivery_limit() {
     let broker = Broker::new(|c| {
         twilio(c, &provider.url);
         c.amqp.channels = 2;
-        c.amqp.prefetch = 4;
+        c.amqp.prefetch = std::num::NonZeroU16::new(4).unwrap();
         c.http.addr = format!("127.0.0.1:{port}").parse().unwrap();
     })
     .await;
@@ -125,7 +125,7 @@ async fn sigkill_mid_stream_loses_and_doubles_nothing() {
     const JOBS: usize = 1500;
     const PREFETCH: u16 = 64;
     let mut broker = Broker::new(|c| {
-        c.amqp.prefetch = PREFETCH;
+        c.amqp.prefetch = std::num::NonZeroU16::new(PREFETCH).unwrap();
         c.amqp.channels = 2;
     })
     .await;
@@ -170,7 +170,7 @@ async fn sigterm_commits_the_jobs_in_flight_on_both_channels() {
     let provider = GatedTwilio::start().await;
     let mut broker = Broker::new(|c| {
         twilio(c, &provider.url);
-        c.amqp.prefetch = 8;
+        c.amqp.prefetch = std::num::NonZeroU16::new(8).unwrap();
         c.amqp.channels = 2;
     })
     .await;

@@ -145,7 +145,7 @@ async fn odd_answers_get_a_clear_classification() {
         Mock::given(method("POST")).respond_with(response).mount(&server).await;
         let mut app = TestApp::spawn(|c| {
             with_webhook(c, server.uri());
-            c.retry.schedule = vec![HumanDuration(Duration::from_millis(20))];
+            c.retry.schedule = vec![HumanDuration(Duration::from_millis(20))].into();
             c.retry.provider_timeout = HumanDuration(Duration::from_millis(500));
         })
         .await;

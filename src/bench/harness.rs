@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::config::{Config, ThrottleConfig};
+use crate::config::{Config, RetrySchedule, ThrottleConfig};
 use crate::job::PhoneNumber;
 use crate::sync::lock;
 
@@ -240,7 +240,7 @@ fn child_config(bench: &Bench, port: u16, provider: Option<&Provider>) -> anyhow
     config.http.addr = ([127, 0, 0, 1], port).into();
     config.state.path = bench.dir.join(format!("state-{}", ulid::Ulid::generate()));
     config.outbox.path = bench.dir.join("outbox.jsonl");
-    config.retry.schedule = Vec::new();
+    config.retry.schedule = RetrySchedule::default();
     if let Some(p) = provider {
         config.twilio.account_sid = "ACbench".into();
         config.twilio.auth_token = crate::config::Secret::new("bench");

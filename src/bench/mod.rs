@@ -153,7 +153,7 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
         rows.extend(round_rows);
     }
 
-    let prefetch = bench.amqp.prefetch;
+    let prefetch = bench.amqp.prefetch.get();
     // Enough jobs to fill prefetch 20 times over: the rate is then set by concurrency, not by start-up.
     let slow_jobs = n.min(usize::from(prefetch) * 20).max(10);
     let slow = Provider::start(SLOW_ANSWER)?;

@@ -86,7 +86,7 @@ pub(super) async fn ceiling(bench: &Bench, n: usize, shape: Ceiling) -> anyhow::
         }
         Ceiling::Transaction | Ceiling::TransactionEvents => {
             consume.tx_select().await?;
-            let prefetch = bench.amqp.prefetch;
+            let prefetch = bench.amqp.prefetch.get();
             let (what, reply) = if shape == Ceiling::Transaction {
                 (
                     "broker ceiling, transactional: ready batch + one small publish each (topic exchange) \
@@ -251,7 +251,7 @@ pub(super) async fn herald_run(
     let seconds = started.elapsed().as_secs_f64();
     let (cpu_per_job, others_cpu) = (cpu.herald_per_job(n), cpu.others_per_job(n));
     let rss = herald.peak_rss_mib();
-    let channels = channels.clamp(1, bench.amqp.prefetch.max(1));
+    let channels = channels.clamp(1, bench.amqp.prefetch.get());
     let batches = herald_batches(herald.port, seconds, channels).await;
     herald.stop().await?;
     delete_queue(&bench.channel, &sink).await;
@@ -525,7 +525,7 @@ async fn close_consuming(channel: &Channel, tag: &str) {
 async fn consume(bench: &Bench, queue: &str, tag: &str) -> anyhow::Result<(Channel, Consumer)> {
     let channel = bench.connection.create_channel().await?;
     channel
-        .basic_qos(bench.amqp.prefetch, BasicQosOptions::default())
+        .basic_qos(bench.amqp.prefetch.get(), BasicQosOptions::default())
         .await?;
     let consumer = channel
         .basic_consume(

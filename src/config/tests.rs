@@ -186,8 +186,8 @@ fn docs_tables_show_the_defaults() {
 #[test]
 fn to_env_gives_the_configuration_back() {
     let mut config = Config::default();
-    config.amqp.url = Secret::new("amqp://u:p@broker:5672/vhost");
-    config.amqp.prefetch = 512;
+    config.amqp.url = "amqp://u:p@broker:5672/vhost".parse().unwrap();
+    config.amqp.prefetch = std::num::NonZeroU16::new(512).unwrap();
     config.amqp.channels = 2;
     config.amqp.queue_type = QueueType::Classic;
     config.amqp.jobs_queue = "ns.jobs".into();
@@ -213,7 +213,7 @@ fn to_env_gives_the_configuration_back() {
     config.throttle.countries_deny = ["44", "225", "1876", "JM"]
         .map(|d| Destination::parse(d).unwrap())
         .into();
-    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(50)); 2];
+    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(50)); 2].into();
     config.retry.provider_timeout = HumanDuration(std::time::Duration::from_secs(90));
 
     let env = config.to_env().unwrap();
@@ -476,11 +476,12 @@ fn sns_credentials_fall_back_to_the_aws_variables() {
 /// `amqp.url` is parsed at load, so that connecting cannot fail on it; the error names the key only.
 #[test]
 fn a_bad_amqp_url_is_refused_at_load_naming_the_key() {
-    let mut config = Config::default();
-    config.amqp.url = Secret::new("amqp://u:s3cr3t@broker:notaport/vhost");
-    let message = config.validate().unwrap_err().to_string();
-    assert!(message.contains("amqp.url"), "{message}");
-    assert!(!message.contains("s3cr3t"), "{message}");
+    for url in ["amqp://u:s3cr3t@broker:notaport/vhost", "http://u:s3cr3t@broker/vhost"] {
+        let vars = [("HERALD_AMQP__URL".to_owned(), url.to_owned())];
+        let message = Config::load_from(None, vars).unwrap_err().to_string();
+        assert!(message.contains("amqp.url"), "{message}");
+        assert!(!message.contains("s3cr3t"), "{message}");
+    }
 }
 
 /// Queue names herald derives from configured ones must fit AMQP's 255 bytes too: a commit-marker queue
@@ -495,7 +496,7 @@ fn derived_queue_names_that_do_not_fit_are_refused_naming_the_key() {
     config.amqp.jobs_queue = "j".repeat(220);
     config.validate().unwrap();
 
-    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(1500))];
+    config.retry.schedule = vec![HumanDuration(std::time::Duration::from_millis(1500))].into();
     config.amqp.retry_queue = "r".repeat(249);
     let message = config.validate().unwrap_err().to_string();
     assert!(message.contains("amqp.retry_queue"), "{message}");
@@ -519,7 +520,7 @@ fn consuming_channels_out_of_range_are_refused_naming_the_key() {
         config.validate().unwrap();
     }
     // More channels than the prefetch window loads: herald opens one channel per job of the window.
-    config.amqp.prefetch = 1;
+    config.amqp.prefetch = std::num::NonZeroU16::new(1).unwrap();
     config.validate().unwrap();
 }
 
@@ -591,4 +592,56 @@ fn destination_keys_take_three_forms_and_name_their_key() {
     }
     let err = load(&[("HERALD_ROUTING__VOICE", r#"{JM = ["outbox"], jm = ["outbox"]}"#)]).unwrap_err();
     assert!(err.contains("two keys name the destination JM"), "{err}");
+}
+
+/// `notifyUrl` is the callback URL with the status token added to its query, percent-encoded.
+#[test]
+fn the_infobip_notify_url_carries_the_status_token() {
+    let mut infobip = Config::default().infobip;
+    assert_eq!(infobip.notify_url(), None);
+    infobip.status_callback_url = Some("https://h.test/providers/infobip/status?a=1".parse().unwrap());
+    infobip.status_token = Secret::new("t0k/en+");
+    assert_eq!(
+        infobip.notify_url().as_deref(),
+        Some("https://h.test/providers/infobip/status?a=1&token=t0k%2Fen%2B")
+    );
+}
+
+/// vonage, plivo and sns deliver SMS only: a chain naming one for voice or email stops start-up, naming the
+/// chain's key, so the providers are never handed another message (`providers::sms_of`).
+#[test]
+fn sms_only_providers_in_a_voice_or_email_chain_are_refused_at_load_naming_the_chain() {
+    for provider in ["vonage", "plivo", "sns"] {
+        for (var, key) in [
+            ("HERALD_CHANNELS__VOICE", "channels.voice"),
+            ("HERALD_CHANNELS__EMAIL", "channels.email"),
+            ("HERALD_ROUTING__VOICE", "routing.voice.44"),
+        ] {
+            let value = if var.starts_with("HERALD_ROUTING") {
+                format!(r#"{{"44" = ["{provider}"]}}"#)
+            } else {
+                format!(r#"["{provider}"]"#)
+            };
+            let err = Config::load_from(None, [(var.to_owned(), value)])
+                .unwrap_err()
+                .to_string();
+            let channel = key.split('.').nth(1).unwrap();
+            assert!(
+                err.contains(&format!("`{key}`: {provider} does not deliver {channel}")),
+                "{var}: {err}"
+            );
+        }
+    }
+}
+
+/// `amqp.prefetch` 0 would be AMQP's "no limit": refused at load in the words it always had.
+#[test]
+fn a_prefetch_of_zero_is_refused_at_load_naming_the_key() {
+    let err = Config::load_from(None, [("HERALD_AMQP__PREFETCH".to_owned(), "0".to_owned())])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid configuration: `amqp.prefetch`: must be at least 1"),
+        "{err}"
+    );
 }

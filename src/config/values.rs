@@ -8,14 +8,19 @@
 
 use std::error::Error;
 use std::fmt;
+use std::num::NonZeroU16;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, KeyInit, Mac};
+use lapin::uri::AMQPUri;
 use lettre::message::Mailbox;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::Sha256;
 
-use crate::job::{Locale, PhoneNumber};
-use crate::providers::smtp::{self, Target};
-use crate::providers::webhook::{self, SecretError};
+use super::smtp::{self, Target};
+use crate::job::{Channel, Locale, PhoneNumber};
 
 /// A value written as one string: parsed at load, written back by `to_env`.
 pub trait Text: Sized {
@@ -93,7 +98,64 @@ macro_rules! text_traits {
     )*};
 }
 
-text_traits!(HumanDuration, Rate, HttpUrl, WebhookKey, SmtpUrl);
+text_traits!(HumanDuration, Rate, HttpUrl, WebhookKey, SmtpUrl, AmqpUrl);
+
+/// Every provider herald has: one closed vocabulary for config (`channels.sms = ["twilio"]`), dispatch,
+/// events and metric labels. The text form appears only where a name is written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Twilio,
+    Smtp,
+    Webhook,
+    Outbox,
+    Vonage,
+    Sns,
+    Infobip,
+    Plivo,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 8] = [
+        ProviderKind::Twilio,
+        ProviderKind::Smtp,
+        ProviderKind::Webhook,
+        ProviderKind::Outbox,
+        ProviderKind::Vonage,
+        ProviderKind::Sns,
+        ProviderKind::Infobip,
+        ProviderKind::Plivo,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Twilio => "twilio",
+            ProviderKind::Smtp => "smtp",
+            ProviderKind::Webhook => "webhook",
+            ProviderKind::Outbox => "outbox",
+            ProviderKind::Vonage => "vonage",
+            ProviderKind::Sns => "sns",
+            ProviderKind::Infobip => "infobip",
+            ProviderKind::Plivo => "plivo",
+        }
+    }
+
+    /// Whether this provider can deliver on `channel` at all (a chain naming it elsewhere is a config error).
+    pub fn delivers(self, channel: Channel) -> bool {
+        match self {
+            ProviderKind::Webhook | ProviderKind::Outbox => true,
+            ProviderKind::Smtp => channel == Channel::Email,
+            ProviderKind::Twilio | ProviderKind::Infobip => channel != Channel::Email,
+            ProviderKind::Vonage | ProviderKind::Sns | ProviderKind::Plivo => channel == Channel::Sms,
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// A string that never shows itself in `Debug` or `Display` output. Its `Serialize` does show it: that
 /// is for [`Config::to_env`](super::Config::to_env) only.
@@ -145,6 +207,35 @@ impl Text for HumanDuration {
     }
     fn to_text(&self) -> String {
         humantime::format_duration(self.0).to_string()
+    }
+}
+
+/// `retry.schedule`: the wait before each retry, parsed once at load. A failed attempt waits the next
+/// one and goes to the delay queue of that wait (README, "Retries and delivery guarantees").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "Vec<HumanDuration>", into = "Vec<HumanDuration>")]
+pub struct RetrySchedule(Vec<Duration>);
+
+impl RetrySchedule {
+    pub fn new(waits: Vec<Duration>) -> RetrySchedule {
+        RetrySchedule(waits)
+    }
+
+    /// The waits in the order written, the first after the first failed attempt.
+    pub fn waits(&self) -> &[Duration] {
+        &self.0
+    }
+}
+
+impl From<Vec<HumanDuration>> for RetrySchedule {
+    fn from(waits: Vec<HumanDuration>) -> RetrySchedule {
+        RetrySchedule(waits.into_iter().map(|w| w.0).collect())
+    }
+}
+
+impl From<RetrySchedule> for Vec<HumanDuration> {
+    fn from(schedule: RetrySchedule) -> Vec<HumanDuration> {
+        schedule.0.into_iter().map(HumanDuration).collect()
     }
 }
 
@@ -253,13 +344,14 @@ impl Text for HttpUrl {
 pub struct WebhookKey(Vec<u8>);
 
 impl WebhookKey {
-    /// A key herald derived itself (the status key); a configured one is parsed from its `whsec_…` text.
-    pub fn from_bytes(key: Vec<u8>) -> WebhookKey {
-        WebhookKey(key)
-    }
-
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    /// The key of status callbacks derived from this one (`webhook.status_secret` unset): see
+    /// [`status_key`].
+    pub fn status_key(&self) -> WebhookKey {
+        WebhookKey(status_key(&self.0))
     }
 }
 
@@ -267,6 +359,51 @@ impl fmt::Debug for WebhookKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("WebhookKey(***)")
     }
+}
+
+/// What is wrong with a `whsec_…` secret, never quoting it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SecretError {
+    #[error("must start with `whsec_`")]
+    Prefix,
+    // No `#[source]`: base64's message names the offending byte of the secret.
+    #[error("the part after `whsec_` is not base64")]
+    NotBase64,
+    #[error("the key is empty")]
+    Empty,
+    /// Zero bytes or spaces only: an empty value that went through an encoder, never a real key.
+    #[error("the key is only zero bytes or whitespace")]
+    Blank,
+}
+
+/// `whsec_<base64>` → the HMAC key bytes.
+fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
+    let encoded = secret.strip_prefix("whsec_").ok_or(SecretError::Prefix)?;
+    let key = BASE64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
+    if key.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    if key.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) {
+        return Err(SecretError::Blank);
+    }
+    Ok(key)
+}
+
+/// What the key of the status callbacks is derived from when `webhook.status_secret` is unset.
+const STATUS_KEY_LABEL: &[u8] = b"herald webhook status v1";
+
+/// The status-callback key derived from the outbound key: HMAC-SHA256(key, "herald webhook status v1"),
+/// 32 bytes (docs/receipts.md). A different key for each direction: a request herald signed
+/// can never pass as a status callback.
+fn status_key(key: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(STATUS_KEY_LABEL);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The key as a `whsec_…` secret again: the inverse of [`decode_secret`].
+fn encode_secret(key: &[u8]) -> String {
+    format!("whsec_{}", BASE64.encode(key))
 }
 
 /// Says what a Standard Webhooks secret looks like after what is wrong.
@@ -277,14 +414,71 @@ pub struct WebhookKeyError(SecretError);
 impl Text for WebhookKey {
     type Err = WebhookKeyError;
     fn parse_text(text: &str) -> Result<Self, WebhookKeyError> {
-        webhook::decode_secret(text).map(WebhookKey).map_err(WebhookKeyError)
+        decode_secret(text).map(WebhookKey).map_err(WebhookKeyError)
     }
     fn to_text(&self) -> String {
-        webhook::encode_secret(&self.0)
+        encode_secret(&self.0)
     }
 }
 
-/// `smtp.url`, parsed into the provider's [`Target`]; the text is kept for `to_env` (re-encoding
+/// `amqp.url`, parsed once at load into the URI lapin connects with, so that connecting (at start and on
+/// every reconnect) cannot fail on it; the text is kept for `to_env` and for the address shown in logs.
+/// `Debug` is masked: it may hold a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl {
+    text: Secret,
+    uri: AMQPUri,
+}
+
+impl AmqpUrl {
+    pub fn uri(&self) -> &AMQPUri {
+        &self.uri
+    }
+
+    /// The URL as written, password included.
+    pub fn expose(&self) -> &str {
+        self.text.expose()
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AmqpUrl(***)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpUrlError {
+    #[error("must start with amqp:// or amqps://")]
+    Scheme,
+    /// No source: the parser's words can quote the URL.
+    #[error("is not an AMQP URI")]
+    NotAnAmqpUri,
+}
+
+impl Text for AmqpUrl {
+    type Err = AmqpUrlError;
+    fn parse_text(text: &str) -> Result<Self, AmqpUrlError> {
+        if !text.starts_with("amqp://") && !text.starts_with("amqps://") {
+            return Err(AmqpUrlError::Scheme);
+        }
+        let uri = text.parse::<AMQPUri>().map_err(|_| AmqpUrlError::NotAnAmqpUri)?;
+        Ok(AmqpUrl {
+            text: Secret::new(text),
+            uri,
+        })
+    }
+    fn to_text(&self) -> String {
+        self.text.expose().to_owned()
+    }
+}
+
+/// `#[serde(deserialize_with = "at_least_one")]` for a count that 0 would leave meaningless.
+pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU16, D::Error> {
+    NonZeroU16::new(u16::deserialize(d)?).ok_or_else(|| serde::de::Error::custom("must be at least 1"))
+}
+
+/// `smtp.url`, parsed into the [`Target`] the smtp provider connects to; the text is kept for `to_env` (re-encoding
 /// credentials could change it). `Debug` is masked: it may hold a password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SmtpUrl {
@@ -362,6 +556,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_provider_has_one_name_in_config_events_and_metrics() {
+        for kind in ProviderKind::ALL {
+            let written = serde_json::to_string(&kind).unwrap();
+            assert_eq!(written, format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<ProviderKind>(&written).unwrap(), kind);
+            assert_eq!(kind.to_string(), kind.name());
+        }
+        let voice: Vec<&str> = ProviderKind::ALL
+            .into_iter()
+            .filter(|k| k.delivers(Channel::Voice))
+            .map(ProviderKind::name)
+            .collect();
+        assert_eq!(voice, ["twilio", "webhook", "outbox", "infobip"]);
+    }
+
+    #[test]
     fn rates_and_durations_are_written_back_as_they_parse() {
         for text in [
             "10/h",
@@ -392,6 +602,32 @@ mod tests {
             let d: HumanDuration = text.parse().unwrap();
             assert_eq!(d.to_text(), text);
         }
+    }
+
+    #[test]
+    fn webhook_secrets_decode_and_encode_back() {
+        // The Standard Webhooks specification's test vector key.
+        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert!(decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+        assert!(decode_secret("whsec_!!!").is_err());
+        assert_eq!(encode_secret(&key), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        // base64 of "\0\0\0" and of three spaces: empty values an encoder made look set.
+        assert_eq!(decode_secret("whsec_AAAA"), Err(SecretError::Blank));
+        assert_eq!(decode_secret("whsec_ICAg"), Err(SecretError::Blank));
+        assert_eq!(decode_secret("whsec_"), Err(SecretError::Empty));
+    }
+
+    /// The derivation docs/receipts.md gives the receivers of herald's webhooks, with a fixed vector they can check
+    /// their own code against (computed independently with `openssl dgst -sha256 -mac HMAC`).
+    const STATUS_KEY_VECTOR: &str = "whsec_rLjHTJf4Rdxczsvyjk6H6/fWcJJbpIVr27b6Z36M9gw=";
+
+    #[test]
+    fn the_status_key_is_the_documented_hmac_of_the_secret() {
+        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let derived = status_key(&key);
+        assert_eq!(derived.len(), 32);
+        assert_ne!(derived, key);
+        assert_eq!(encode_secret(&derived), STATUS_KEY_VECTOR);
     }
 
     #[test]

@@ -21,9 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::clock;
+use crate::config::{Config, FraudMode};
 use crate::events::Scope;
 use crate::job::{Channel, Job, Recipient};
 // A number range or an IP never sits in memory or Redis in the clear.
@@ -35,30 +36,11 @@ pub use local::Local;
 pub use outage::FeedbackState;
 pub use shared::Shared;
 
-/// `fraud.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Off,
-    Monitor,
-    Enforce,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Monitor => "monitor",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
-
 /// The guard's settings, parsed from `[fraud]` (and `throttle.prefix_digits`, `throttle.ipv6_prefix`,
 /// which say what a number range and an IP are for the limits too).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub mode: Mode,
+    pub mode: FraudMode,
     /// E.164 prefixes (`+1415`) and destinations (calling codes, prefixes, regions) the guard never refuses.
     pub allow_prefixes: Vec<String>,
     pub allow_countries: Vec<crate::numbering::Destination>,
@@ -78,6 +60,31 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The guard's settings: `[fraud]`, with `[throttle]`'s idea of a number range and an IP.
+    pub fn from_config(config: &Config) -> Settings {
+        let f = &config.fraud;
+        Settings {
+            mode: f.mode,
+            allow_prefixes: f.allow_prefixes.clone(),
+            allow_countries: f.allow_countries.clone(),
+            ratio: f.ratio,
+            country: Floors {
+                hour: f.country_hourly_floor,
+                day: f.country_daily_floor,
+            },
+            range: Floors {
+                hour: f.range_hourly_floor,
+                day: f.range_daily_floor,
+            },
+            ip_day: f.ip_daily_floor,
+            learning_period: f.learning_period.0,
+            // Under a second turns the fallback off (docs/fraud-and-limits.md "Adaptive guard").
+            outage_after: Some(f.outage_after.0).filter(|d| d.as_secs() > 0),
+            prefix_digits: config.throttle.prefix_digits,
+            ipv6_prefix: config.throttle.ipv6_prefix,
+        }
+    }
+
     /// `outage_after` in whole seconds; 0 = the fallback is off.
     pub fn outage_window(&self) -> u64 {
         self.outage_after.map_or(0, |d| d.as_secs())
@@ -355,7 +362,7 @@ impl Guard {
     /// One phone job, once: counts it as sent unless it is refused. Email, allow-listed destinations and
     /// mode `off` pass without a look.
     pub async fn check(&self, job: &Job) -> Verdict {
-        if self.settings.mode == Mode::Off || self.settings.allowed(job) {
+        if self.settings.mode == FraudMode::Off || self.settings.allowed(job) {
             return Verdict::Allow;
         }
         let Some(dest) = Destinations::of(job, &self.settings) else {
@@ -364,8 +371,8 @@ impl Guard {
         let now = (self.clock)();
         // Which refusals may be on; the backend adds the learning period, whose clock it holds.
         let refusals = match (self.settings.mode, self.outage(now)) {
-            (Mode::Enforce, false) => Refusals::All,
-            (Mode::Enforce, true) => Refusals::UnlessRangeVerified,
+            (FraudMode::Enforce, false) => Refusals::All,
+            (FraudMode::Enforce, true) => Refusals::UnlessRangeVerified,
             _ => Refusals::None,
         };
         let decision = match &self.backend {
@@ -388,7 +395,7 @@ impl Guard {
             *lock(&self.feedback) = decision.feedback_state;
         }
         if let Some(m) = &self.metrics
-            && self.settings.mode == Mode::Enforce
+            && self.settings.mode == FraudMode::Enforce
         {
             m.enforcing.set(i64::from(decision.enforcing));
         }
@@ -396,7 +403,11 @@ impl Guard {
             return Verdict::Allow;
         };
         if let Some(m) = &self.metrics {
-            let mode = if decision.counted { Mode::Monitor } else { Mode::Enforce };
+            let mode = if decision.counted {
+                FraudMode::Monitor
+            } else {
+                FraudMode::Enforce
+            };
             m.suspected
                 .with_label_values(&[job.channel.as_str(), level.scope().as_str(), mode.as_str()])
                 .inc();
@@ -411,7 +422,7 @@ impl Guard {
     /// Whether refusals are on: enforce mode and the learning period over (as this process last heard of
     /// it). A feedback outage does not turn them off: it only spares ranges with verified history.
     fn enforcing(&self, now: u64) -> bool {
-        if self.settings.mode != Mode::Enforce {
+        if self.settings.mode != FraudMode::Enforce {
             return false;
         }
         let since = match &self.backend {
@@ -558,11 +569,11 @@ impl Guard {
 fn start_up_line(s: &Settings) -> String {
     let learning = humantime::format_duration(s.learning_period);
     match s.mode {
-        Mode::Off => "fraud guard off (fraud.mode = \"off\"): phone jobs are not budgeted".to_string(),
-        Mode::Monitor => "fraud guard in monitor mode: it decides and counts (gd_send_fraud_suspected_total, \
+        FraudMode::Off => "fraud guard off (fraud.mode = \"off\"): phone jobs are not budgeted".to_string(),
+        FraudMode::Monitor => "fraud guard in monitor mode: it decides and counts (gd_send_fraud_suspected_total, \
                           mode=\"monitor\") and refuses nothing"
             .to_string(),
-        Mode::Enforce => {
+        FraudMode::Enforce => {
             let outage = match s.outage_after {
                 None => "outage fallback off (fraud.outage_after under 1s)".to_string(),
                 Some(d) => {
@@ -604,8 +615,8 @@ pub struct Explained {
 mod tests {
     use super::*;
 
-    fn settings(mode: Mode, outage_after: Option<Duration>) -> Settings {
-        let mut s = crate::config::Config::default().fraud_settings();
+    fn settings(mode: FraudMode, outage_after: Option<Duration>) -> Settings {
+        let mut s = Settings::from_config(&Config::default());
         s.mode = mode;
         s.outage_after = outage_after;
         s
@@ -613,7 +624,7 @@ mod tests {
 
     #[test]
     fn the_start_up_line_names_every_default_that_weakens_enforcing_and_its_trigger() {
-        let on = start_up_line(&settings(Mode::Enforce, Some(Duration::from_secs(600))));
+        let on = start_up_line(&settings(FraudMode::Enforce, Some(Duration::from_secs(600))));
         for part in [
             "enforcing",
             "Learning period 1day",
@@ -625,11 +636,11 @@ mod tests {
         ] {
             assert!(on.contains(part), "{part:?} missing from {on:?}");
         }
-        let off = start_up_line(&settings(Mode::Enforce, None));
+        let off = start_up_line(&settings(FraudMode::Enforce, None));
         assert!(off.contains("outage fallback off"), "{off}");
         assert!(!off.contains("fallback on"), "{off}");
-        assert!(start_up_line(&settings(Mode::Monitor, None)).contains("refuses nothing"));
-        assert!(start_up_line(&settings(Mode::Off, None)).contains("off"));
+        assert!(start_up_line(&settings(FraudMode::Monitor, None)).contains("refuses nothing"));
+        assert!(start_up_line(&settings(FraudMode::Off, None)).contains("off"));
     }
 
     /// `allow_countries` takes calling codes, prefixes and regions (docs/providers/README.md).
@@ -653,7 +664,7 @@ mod tests {
             ("GG", &[("+441481256789", true), ("+442071234567", false)]),
         ];
         for (key, numbers) in cases {
-            let mut s = settings(Mode::Enforce, None);
+            let mut s = settings(FraudMode::Enforce, None);
             s.allow_countries = vec![crate::numbering::Destination::parse(key).unwrap()];
             for (to, allowed) in *numbers {
                 assert_eq!(s.allowed(&phone(to)), *allowed, "allow_countries = [{key:?}]: {to}");

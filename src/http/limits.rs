@@ -66,7 +66,7 @@ pub fn connection_cap(configured: usize, soft: Option<u64>, reserved: u64) -> us
 /// lowered, or the limit leaves too little).
 pub fn at_start(config: &crate::config::Config) -> Limits {
     let descriptors = raise_descriptor_limit();
-    let reserved = reserved_descriptors(config.amqp.prefetch);
+    let reserved = reserved_descriptors(config.amqp.prefetch.get());
     let configured = config.http.max_connections;
     let max_connections = connection_cap(configured, descriptors.map(|(soft, _)| soft), reserved);
     let (soft, hard) = descriptors.map_or((None, None), |(s, h)| (Some(s), Some(h)));

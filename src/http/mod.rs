@@ -275,6 +275,7 @@ pub fn serve(
             .route("/readyz", web::get().to(readyz))
             .configure(admin::routes)
             .configure(receipts::routes)
+            .configure(reports::routes)
     })
     .on_connect(move |io, extensions| {
         // `listen` takes TCP listeners only.

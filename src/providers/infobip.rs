@@ -179,10 +179,7 @@ impl Infobip {
             from: sender_without_plus(&config.from),
             // Infobip's own default when it is told none (the voice API's `language` field).
             default_language: tts_language(default_locale).unwrap_or("en"),
-            notify_url: config
-                .status_callback_url
-                .as_ref()
-                .map(|u| crate::receipts::providers::infobip::notify_url(u.as_url(), config.status_token.expose())),
+            notify_url: config.notify_url(),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::job::{Channel, Job, PhoneNumber, Recipient};
+use crate::job::{Job, PhoneNumber, Recipient};
 use crate::templates::Rendered;
 
 mod code;
@@ -19,64 +19,8 @@ pub mod twilio;
 pub mod vonage;
 pub mod webhook;
 
+pub use crate::config::ProviderKind;
 pub use code::ProviderCode;
-
-/// Every provider herald has: one closed vocabulary for config (`channels.sms = ["twilio"]`), dispatch,
-/// events and metric labels. The text form appears only where a name is written out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    Twilio,
-    Smtp,
-    Webhook,
-    Outbox,
-    Vonage,
-    Sns,
-    Infobip,
-    Plivo,
-}
-
-impl ProviderKind {
-    pub const ALL: [ProviderKind; 8] = [
-        ProviderKind::Twilio,
-        ProviderKind::Smtp,
-        ProviderKind::Webhook,
-        ProviderKind::Outbox,
-        ProviderKind::Vonage,
-        ProviderKind::Sns,
-        ProviderKind::Infobip,
-        ProviderKind::Plivo,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ProviderKind::Twilio => "twilio",
-            ProviderKind::Smtp => "smtp",
-            ProviderKind::Webhook => "webhook",
-            ProviderKind::Outbox => "outbox",
-            ProviderKind::Vonage => "vonage",
-            ProviderKind::Sns => "sns",
-            ProviderKind::Infobip => "infobip",
-            ProviderKind::Plivo => "plivo",
-        }
-    }
-
-    /// Whether this provider can deliver on `channel` at all (a chain naming it elsewhere is a config error).
-    pub fn delivers(self, channel: Channel) -> bool {
-        match self {
-            ProviderKind::Webhook | ProviderKind::Outbox => true,
-            ProviderKind::Smtp => channel == Channel::Email,
-            ProviderKind::Twilio | ProviderKind::Infobip => channel != Channel::Email,
-            ProviderKind::Vonage | ProviderKind::Sns | ProviderKind::Plivo => channel == Channel::Sms,
-        }
-    }
-}
-
-impl std::fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// What a provider returns on success.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -303,6 +247,23 @@ pub fn phone_of(job: &Job, provider: ProviderKind) -> Result<&PhoneNumber, Provi
     }
 }
 
+/// The text of an SMS, for the providers that deliver SMS only (vonage, plivo, sns). Config refuses a chain
+/// that names one of them for voice or email at start-up, naming the chain's key (`ProviderKind::delivers`):
+/// only chains built by hand, past `Config::validate`, can hand one another message, which then fails as
+/// permanent, as an email job does at a phone-only provider ([`phone_of`]).
+pub fn sms_of(message: &Rendered, provider: ProviderKind) -> Result<&str, ProviderError> {
+    match message {
+        Rendered::Sms { body } => Ok(body),
+        Rendered::Voice { .. } | Rendered::Email { .. } => {
+            debug_assert!(false, "{provider} was handed a message that is not an SMS");
+            Err(ProviderError::Permanent {
+                message: format!("{provider} delivers SMS only"),
+                provider_code: None,
+            })
+        }
+    }
+}
+
 /// A provider's settings that do not form its requests, found at start-up: names the keys, never
 /// quotes a value.
 #[derive(Debug, thiserror::Error)]
@@ -337,22 +298,6 @@ pub fn sender_without_plus(from: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_provider_has_one_name_in_config_events_and_metrics() {
-        for kind in ProviderKind::ALL {
-            let written = serde_json::to_string(&kind).unwrap();
-            assert_eq!(written, format!("\"{}\"", kind.name()));
-            assert_eq!(serde_json::from_str::<ProviderKind>(&written).unwrap(), kind);
-            assert_eq!(kind.to_string(), kind.name());
-        }
-        let voice: Vec<&str> = ProviderKind::ALL
-            .into_iter()
-            .filter(|k| k.delivers(Channel::Voice))
-            .map(ProviderKind::name)
-            .collect();
-        assert_eq!(voice, ["twilio", "webhook", "outbox", "infobip"]);
-    }
 
     #[test]
     fn setup_errors_name_the_keys() {

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::http::{HttpClient, basic_authorization, exchange};
 use super::{
     Ambiguous, Class, Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, Validity, phone_of,
-    sender_without_plus,
+    sender_without_plus, sms_of,
 };
 use crate::config::PlivoConfig;
 use crate::events::scrub;
@@ -131,12 +131,7 @@ impl Provider for Plivo {
     }
 
     async fn send(&self, job: &Job, message: &Rendered, validity: Validity) -> Result<Receipt, ProviderError> {
-        let Rendered::Sms { body } = message else {
-            return Err(ProviderError::Permanent {
-                message: "plivo delivers SMS only".into(),
-                provider_code: None,
-            });
-        };
+        let body = sms_of(message, self.name())?;
         let dst = phone_of(job, self.name())?.digits();
         let send = Send {
             src: &self.from,

@@ -20,6 +20,7 @@ use url::Url;
 use super::http::{HttpClient, exchange};
 use super::{
     Ambiguous, Class, Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, Validity, phone_of,
+    sms_of,
 };
 use crate::config::SnsConfig;
 use crate::events::scrub;
@@ -228,12 +229,7 @@ impl Provider for Sns {
     }
 
     async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
-        let Rendered::Sms { body } = message else {
-            return Err(ProviderError::Permanent {
-                message: "sns delivers SMS only".into(),
-                provider_code: None,
-            });
-        };
+        let body = sms_of(message, self.name())?;
         let form = self.body(phone_of(job, self.name())?.expose(), body);
         let mut request = self
             .client

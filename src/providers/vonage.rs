@@ -11,7 +11,7 @@ use url::Url;
 use super::http::{HttpClient, exchange};
 use super::{
     Ambiguous, Class, Provider, ProviderCode, ProviderError, ProviderKind, Receipt, SetupError, Validity, phone_of,
-    sender_without_plus,
+    sender_without_plus, sms_of,
 };
 use crate::config::VonageConfig;
 use crate::events::scrub;
@@ -126,12 +126,7 @@ impl Provider for Vonage {
     }
 
     async fn send(&self, job: &Job, message: &Rendered, validity: Validity) -> Result<Receipt, ProviderError> {
-        let Rendered::Sms { body } = message else {
-            return Err(ProviderError::Permanent {
-                message: "vonage delivers SMS only".into(),
-                provider_code: None,
-            });
-        };
+        let body = sms_of(message, self.name())?;
         let to = phone_of(job, self.name())?.digits();
         let ttl = ttl(validity);
         // `text` for GSM-7, `unicode` otherwise: Vonage sends a `text` message in the GSM alphabet.

@@ -1,11 +1,7 @@
 //! Custom provider: POSTs the message to an operator's endpoint in the shape of Auth0's
 //! send-phone-message event, signed per Standard Webhooks (docs/providers/README.md).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
-use sha2::Sha256;
 use url::Url;
 
 use super::http::{HttpClient, exchange};
@@ -19,51 +15,6 @@ pub struct Webhook {
     url: Url,
     key: Vec<u8>,
     default_locale: String,
-}
-
-/// What is wrong with a `whsec_…` secret, never quoting it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SecretError {
-    #[error("must start with `whsec_`")]
-    Prefix,
-    // No `#[source]`: base64's message names the offending byte of the secret.
-    #[error("the part after `whsec_` is not base64")]
-    NotBase64,
-    #[error("the key is empty")]
-    Empty,
-    /// Zero bytes or spaces only: an empty value that went through an encoder, never a real key.
-    #[error("the key is only zero bytes or whitespace")]
-    Blank,
-}
-
-/// `whsec_<base64>` → the HMAC key bytes.
-pub fn decode_secret(secret: &str) -> Result<Vec<u8>, SecretError> {
-    let encoded = secret.strip_prefix("whsec_").ok_or(SecretError::Prefix)?;
-    let key = BASE64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
-    if key.is_empty() {
-        return Err(SecretError::Empty);
-    }
-    if key.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) {
-        return Err(SecretError::Blank);
-    }
-    Ok(key)
-}
-
-/// What the key of the status callbacks is derived from when `webhook.status_secret` is unset.
-pub const STATUS_KEY_LABEL: &[u8] = b"herald webhook status v1";
-
-/// The status-callback key derived from the outbound key: HMAC-SHA256(key, "herald webhook status v1"),
-/// 32 bytes (docs/receipts.md). A different key for each direction: a request herald signed
-/// can never pass as a status callback.
-pub fn status_key(key: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(STATUS_KEY_LABEL);
-    mac.finalize().into_bytes().to_vec()
-}
-
-/// The key as a `whsec_…` secret again: the inverse of [`decode_secret`].
-pub fn encode_secret(key: &[u8]) -> String {
-    format!("whsec_{}", BASE64.encode(key))
 }
 
 /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, by the Standard Webhooks reference library
@@ -193,42 +144,24 @@ impl Provider for Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::WebhookKey;
 
     #[test]
     fn secret_and_signature() {
         // Example from the Standard Webhooks specification test vectors.
-        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key: WebhookKey = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
+        let key = key.as_bytes();
         let body = br#"{"test": 2432232314}"#;
         assert_eq!(
-            sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
         // The same through the reference library's own entry point, and its refusal of a non-UTF-8 body.
         assert_eq!(
-            try_sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body).as_deref(),
+            try_sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body).as_deref(),
             Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
         );
-        assert_eq!(try_sign(&key, "msg_1", 1614265330, b"\xff\xfe"), None);
-        assert_eq!(sign(&key, "msg_1", 1614265330, b"\xff\xfe"), "");
-        assert!(decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
-        assert!(decode_secret("whsec_!!!").is_err());
-        assert_eq!(encode_secret(&key), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-        // base64 of "\0\0\0" and of three spaces: empty values an encoder made look set.
-        assert_eq!(decode_secret("whsec_AAAA"), Err(SecretError::Blank));
-        assert_eq!(decode_secret("whsec_ICAg"), Err(SecretError::Blank));
-        assert_eq!(decode_secret("whsec_"), Err(SecretError::Empty));
-    }
-
-    /// The derivation docs/receipts.md gives the receivers of herald's webhooks, with a fixed vector they can check
-    /// their own code against (computed independently with `openssl dgst -sha256 -mac HMAC`).
-    const STATUS_KEY_VECTOR: &str = "whsec_rLjHTJf4Rdxczsvyjk6H6/fWcJJbpIVr27b6Z36M9gw=";
-
-    #[test]
-    fn the_status_key_is_the_documented_hmac_of_the_secret() {
-        let key = decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let derived = status_key(&key);
-        assert_eq!(derived.len(), 32);
-        assert_ne!(derived, key);
-        assert_eq!(encode_secret(&derived), STATUS_KEY_VECTOR);
+        assert_eq!(try_sign(key, "msg_1", 1614265330, b"\xff\xfe"), None);
+        assert_eq!(sign(key, "msg_1", 1614265330, b"\xff\xfe"), "");
     }
 }

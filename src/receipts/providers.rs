@@ -6,7 +6,7 @@ use hmac::{KeyInit, Mac};
 use subtle::ConstantTimeEq;
 
 use super::status::{Reported, Status};
-use crate::config::VonageSignatureMethod;
+use crate::config::{InfobipConfig, VonageSignatureMethod};
 
 /// Equal in constant time (for equal lengths; a length says nothing of a secret's content).
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -253,12 +253,9 @@ pub mod infobip {
     use super::*;
     use serde::Deserialize;
 
-    /// The query parameter of `notifyUrl` that carries `infobip.status_token`.
-    pub const TOKEN_PARAM: &str = "token";
-
     /// The token of a report's URL query is the configured one (compared in constant time).
     pub fn token_holds(query: &str, token: &str) -> bool {
-        let mut found = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == TOKEN_PARAM);
+        let mut found = url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == InfobipConfig::TOKEN_PARAM);
         match (found.next(), found.next()) {
             (Some((_, claimed)), None) => !token.is_empty() && same(claimed.as_bytes(), token.as_bytes()),
             _ => false,
@@ -363,13 +360,6 @@ pub mod infobip {
             "ACCEPTED" => Some(Status::Queued),
             _ => None,
         }
-    }
-
-    /// `notifyUrl` for `callback_url`: the same URL with [`TOKEN_PARAM`] added to its query.
-    pub fn notify_url(callback_url: &url::Url, token: &str) -> String {
-        let mut url = callback_url.clone();
-        url.query_pairs_mut().append_pair(TOKEN_PARAM, token);
-        url.to_string()
     }
 }
 
@@ -556,18 +546,13 @@ mod tests {
     }
 
     #[test]
-    fn infobip_tokens_are_checked_and_appended_to_the_notify_url() {
+    fn infobip_tokens_are_checked() {
         assert!(infobip::token_holds("token=t0k%2Fen", "t0k/en"));
         assert!(infobip::token_holds("a=1&token=t0k", "t0k"));
         assert!(!infobip::token_holds("token=t0k&token=t0k", "t0k"));
         assert!(!infobip::token_holds("token=t0", "t0k"));
         assert!(!infobip::token_holds("", "t0k"));
         assert!(!infobip::token_holds("token=", ""));
-        let base: url::Url = "https://h.test/providers/infobip/status?a=1".parse().unwrap();
-        assert_eq!(
-            infobip::notify_url(&base, "t0k/en+"),
-            "https://h.test/providers/infobip/status?a=1&token=t0k%2Fen%2B"
-        );
     }
 
     #[test]

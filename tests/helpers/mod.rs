@@ -46,7 +46,7 @@ impl std::ops::DerefMut for TestApp {
 pub fn test_config(dir: &std::path::Path) -> Config {
     let ns = format!("test.{}", uuid::Uuid::new_v4().simple());
     let mut config = Config::default();
-    config.amqp.url = herald::config::Secret::new(AMQP_URL);
+    config.amqp.url = AMQP_URL.parse().unwrap();
     config.amqp.jobs_queue = format!("{ns}.jobs");
     config.amqp.retry_queue = format!("{ns}.retry");
     config.amqp.dead_queue = format!("{ns}.dead");
@@ -1027,8 +1027,10 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         let amqp = &self.config.amqp;
-        let waits: Vec<Duration> = self.config.retry.schedule.iter().map(|d| d.0).collect();
-        let delays = herald::broker::delay_queues(amqp, &waits).into_iter().map(|(_, q)| q);
+        let delays = amqp
+            .delay_queues(&self.config.retry.schedule)
+            .into_iter()
+            .map(|(_, q)| q);
         let queues = herald::broker::topology_queues(amqp)
             .into_iter()
             .map(str::to_owned)
