@@ -69,7 +69,7 @@ async fn sms_reaches_twilio_with_form_fields_and_basic_auth_and_one_event_per_jo
     // No expires_at: retry.validity (10 min), so that Twilio never delivers the code hours late.
     assert_eq!(fields["ValidityPeriod"], "600");
     assert!(!fields.contains_key("MessagingServiceSid"));
-    // No `twilio.status_callback_url`: no receipts asked for (tests/receipts.rs has them).
+    // No `twilio.status_callback_url`: no receipts asked for (tests/it/receipts.rs has them).
     assert!(!fields.contains_key("StatusCallback"));
     assert_eq!(
         requests[0].headers.get("content-type").unwrap(),

@@ -1,5 +1,5 @@
 //! Amazon SNS and Plivo against servers written from their own published specs (botocore's SNS model,
-//! plivo-python and Plivo's API docs; tests/helpers/{sns,plivo}.rs): each request checked field by field as
+//! plivo-python and Plivo's API docs; tests/it/helpers/{sns,plivo}.rs): each request checked field by field as
 //! the provider checks it, each documented answer given with the provider's status and body, and herald's
 //! verdict on it. Then through the broker: a refusal tied to the account moves to the next provider.
 

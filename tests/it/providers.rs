@@ -3,7 +3,7 @@
 //! that documentation: provider-level, calling `Provider::send` directly (no broker). Then through the
 //! broker: failover between providers and routing by destination country.
 
-// The SigV4 verifier of the SNS test server (tests/provider_sns_plivo.rs tests SNS and Plivo themselves).
+// The SigV4 verifier of the SNS test server (tests/it/provider_sns_plivo.rs tests SNS and Plivo themselves).
 use crate::helpers;
 use crate::helpers::sns as sns_spec;
 
