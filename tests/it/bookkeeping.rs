@@ -137,6 +137,7 @@ async fn wait_for_lines(text: &Arc<Mutex<String>>, n: usize) -> HashMap<String, 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Not a wait for something: the window in which a line too many would come.
     tokio::time::sleep(Duration::from_millis(500)).await;
     count_lines(&text.lock().unwrap())
 }
@@ -173,8 +174,9 @@ async fn sigterm_with_a_stalled_stdout_prints_every_committed_event_before_exit(
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
+    // The scenario: herald has the signal a while with nobody reading its stdout. It cannot exit before
+    // its lines are out; reading them lets it finish.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // It cannot exit before its lines are out; reading them lets it finish.
     let printed = collect_output(stdout);
     let mut status = None;
     for _ in 0..300 {
@@ -185,7 +187,12 @@ async fn sigterm_with_a_stalled_stdout_prints_every_committed_event_before_exit(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status.and_then(|s| s.code()), Some(0), "exits cleanly");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The reader thread drops its handle at EOF, once it has every line.
+    let reader = &printed;
+    crate::helpers::eventually(Duration::from_secs(5), "stdout read to its end", || async move {
+        Arc::strong_count(reader) == 1
+    })
+    .await;
     let lines = count_lines(&printed.lock().unwrap());
     let mut events = HashMap::<String, usize>::new();
     while let Some(e) = broker.try_next_event(2).await {

@@ -16,6 +16,7 @@ async fn deliveries_run_concurrently_up_to_the_prefetch_window() {
     }
     // 16 calls held open at once: deliveries do not wait for one another, and prefetch bounds them.
     provider.wait_in_flight(16).await;
+    // Not a wait for something: the window in which a 17th call, which must not come, would.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
         provider.received.load(std::sync::atomic::Ordering::SeqCst),
@@ -47,6 +48,7 @@ async fn jobs_are_consumed_on_two_channels_that_share_the_prefetch_window() {
         app.publish(&job("sms")).await;
     }
     provider.wait_in_flight(7).await;
+    // Not a wait for something: the window in which an 8th call, which must not come, would.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
         provider.received.load(std::sync::atomic::Ordering::SeqCst),
@@ -189,6 +191,7 @@ async fn shutdown_finishes_in_flight_deliveries_and_loses_nothing() {
     provider.wait_in_flight(4).await;
     // Stop while 4 provider calls are under way; they complete, the other 6 stay queued.
     let opener = async {
+        // The scenario: the provider answers a moment after the stop began.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         provider.open();
     };

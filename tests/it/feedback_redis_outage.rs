@@ -35,6 +35,7 @@ async fn feedback_waiting_out_a_redis_outage_is_counted_when_redis_returns() {
         Some("application/json"),
     )
     .await;
+    // The scenario: an outage longer than the feedback queue's five deliveries at 500 ms each.
     tokio::time::sleep(Duration::from_secs(10)).await;
     proxy.restore();
 

@@ -54,7 +54,8 @@ async fn two_replicas_send_a_job_id_published_twice_once() {
     let twice: Vec<_> = jobs.iter().flat_map(|j| [j.clone(), j.clone()]).collect();
     broker.publish_many(&twice).await;
     twilio_server.wait_in_flight(jobs.len()).await;
-    // Every first copy is at the gate; a second copy that is going to call Twilio has had time to.
+    // Every first copy is at the gate. Not a wait for something: the window in which a second copy that
+    // is going to call Twilio would have (no call is the point).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let calls = twilio_server.received.load(std::sync::atomic::Ordering::SeqCst);
     twilio_server.open();
@@ -96,8 +97,14 @@ async fn a_reconnect_does_not_send_the_jobs_in_flight_again() {
     app.wait_ready(false).await;
     proxy.restore();
     app.wait_ready(true).await;
-    // The redelivered copies are waiting on their first copies now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The redelivered copies are taken (the jobs queue is empty) and wait on their first copies.
+    let jobs_queue = app.config.amqp.jobs_queue.clone();
+    let app_ref = &app;
+    helpers::eventually(Duration::from_secs(20), "the redelivered copies are taken", || {
+        let q = jobs_queue.clone();
+        async move { app_ref.queue_len(&q).await == 0 }
+    })
+    .await;
     twilio_server.open();
     let events = app.events(jobs.len()).await;
     assert_eq!(distinct_job_ids(&events), jobs.len(), "one event per job");
@@ -190,6 +197,8 @@ async fn an_event_committed_without_confirmation_is_still_counted_once() {
     twilio_server.open();
     // The test's own connection sees the event: the commit happened on the broker.
     assert_eq!(app.next_outcome(20).await["job_id"], j["id"]);
+    // Not a wait for something observable: herald's commit-ok never comes, and this is herald left
+    // waiting on it a moment before the connection drops (the case under test).
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.cut();
     app.wait_ready(false).await;
@@ -228,7 +237,13 @@ async fn commits_in_doubt_on_two_channels_are_each_settled() {
     // Each channel's first batch commits unconfirmed; what finished after it waits for that commit-ok,
     // and goes out after the reconnect.
     let mut events = vec![app.next_outcome(20).await];
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every provider call is answered: the jobs after each first batch are finished and wait on its
+    // commit-ok.
+    let provider = &twilio_server;
+    helpers::eventually(Duration::from_secs(20), "every provider call answered", || async move {
+        provider.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
     proxy.cut();
     app.wait_ready(false).await;
     proxy.restore();
@@ -362,8 +377,12 @@ async fn a_replay_is_a_duplicate_even_when_the_commit_mark_was_lost() {
     app.publish(&j).await;
     let first = app.next_outcome(20).await;
     assert_eq!(first["job_id"], j["id"]);
-    // Give the mark its chance; then Redis is healthy again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The mark pipeline reaches the proxy and is cut; then Redis is healthy again.
+    let dropped = &proxy.dropped;
+    helpers::eventually(Duration::from_secs(10), "the mark pipeline is cut", || async move {
+        dropped.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     proxy.armed.store(false, Ordering::SeqCst);
     assert_eq!(
         proxy.dropped.load(Ordering::SeqCst),
@@ -459,12 +478,18 @@ async fn a_claim_outlives_its_lease_while_its_holder_lives() {
     x["to"] = "slow-x@example.com".into();
     jobs.push(x.clone());
     app.publish_many(&jobs).await;
-    // The first replica's window is full (every job taken and claimed); the second takes what comes next.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The first replica's window is full (every job taken); the second takes what comes next.
+    app.wait_metric("herald_jobs_in_flight", f64::from(fillers + 1)).await;
     let mut config_b = app.config.clone();
     config_b.amqp.prefetch = 10;
     let b = helpers::Replica::spawn(&config_b).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let jobs_queue = app.config.amqp.jobs_queue.clone();
+    let app_ref = &app;
+    helpers::eventually(Duration::from_secs(20), "the second replica consumes", || {
+        let q = jobs_queue.clone();
+        async move { app_ref.consumer_count(&q).await == 2 }
+    })
+    .await;
     // The MFA server publishes X again; the second replica gets it and waits on the first one's claim.
     app.publish(&x).await;
     let mut events = Vec::new();
@@ -576,7 +601,8 @@ async fn held_across_failed_sessions(failures: usize) -> Broker {
     let printed = helpers::printed_counts(&herald.stdout());
     assert_eq!(printed.get(j["id"].as_str().unwrap()), Some(&1), "{printed:?}");
     assert_eq!(provider.received.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // A redelivered copy, acked after the outcome: no second ("duplicate") reply.
+    // A redelivered copy, acked after the outcome: no second ("duplicate") reply. Not a wait for
+    // something: the window in which that reply would come.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(broker.queue_len(replies.name().as_str()).await, 1, "replies");
     broker

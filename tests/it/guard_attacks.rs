@@ -331,6 +331,7 @@ async fn a_genuine_feedback_outage_spares_ranges_with_history_only() {
     // The traffic that verified goes on at once; its feedback never comes.
     let early = outcomes(&mut app, &known_range_jobs("early", 12, None)).await;
     assert_eq!(early.sent, 12, "{early:?}");
+    // The scenario: no feedback for longer than outage_after (whole seconds, hence the margin).
     tokio::time::sleep(OUTAGE_AFTER + Duration::from_millis(1500)).await;
     // 14 more codes into one of the ranges: 4 of the 12 went there, and its hourly budget is 14 (4 + 10
     // verified), so 4 of these would be refused as `prefix` without the fallback.

@@ -132,6 +132,7 @@ async fn replicas_share_the_outage_detector_and_an_outage_spares_only_ranges_wit
         );
         assert_eq!(b.check(&j).await, Verdict::Allow);
     }
+    // The scenario: no feedback for longer than outage_after (whole seconds, hence the margin).
     tokio::time::sleep(outage_after + Duration::from_millis(1200)).await;
     assert_eq!(
         b.check(&job("pump-1", "+88216540001", "198.18.0.1")).await,
@@ -183,6 +184,7 @@ async fn sends_after_a_quiet_spell_make_no_outage_on_any_replica() {
     let a = replica(&namespace, outage_after);
     let b = replica(&namespace, outage_after);
     history(&a, "a").await;
+    // The scenario: a quiet spell longer than outage_after (whole seconds, hence the margin).
     tokio::time::sleep(outage_after + Duration::from_millis(1200)).await;
     for k in 0..24 {
         let j = job(

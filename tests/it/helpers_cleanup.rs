@@ -17,8 +17,11 @@ async fn a_dropped_test_broker_leaves_no_feedback_queue_behind() {
     drop(broker);
     let connection = helpers::broker().await;
     let exists = |name: String| exists(&connection, name);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!exists(jobs).await, "the jobs queue is cleaned up");
+    helpers::eventually(Duration::from_secs(5), "the jobs queue is cleaned up", || {
+        let jobs = jobs.clone();
+        async move { !exists(jobs).await }
+    })
+    .await;
     let leaked = exists(feedback.clone()).await;
     if leaked {
         // Do not add to the pile.

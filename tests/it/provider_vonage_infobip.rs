@@ -343,6 +343,7 @@ async fn a_partly_taken_text_ends_as_sent_once_and_is_counted() {
         (Some("gd_send_sms"), Some("vonage"), Some("1A00000000000000")),
         "{e}"
     );
+    // Not a wait for something: the window in which a second send, which must not happen, would.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(requests(&server).await.len(), 1, "sent once");
     let metrics = app.metrics().await;

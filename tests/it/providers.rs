@@ -858,6 +858,7 @@ async fn an_unanswered_send_ends_as_sent_once_and_is_counted() {
         (Some("gd_send_sms"), Some("vonage"), None),
         "{e}"
     );
+    // Not a wait for something: the window in which a second send, which must not happen, would.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.heads.lock().unwrap().len(), 1, "sent once");
     let metrics = app.metrics().await;
@@ -956,6 +957,7 @@ async fn a_server_with_an_untrusted_certificate_gets_no_request() {
         .send(&phone_job(NUMBER), &sms("482913 is your code"), Validity::default())
         .await;
     assert_eq!(failure_message(&result), "transient webhook connection failed");
+    // Not a wait for something: the window in which a request, which must not come, would.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(server.received_nothing(), "nothing reached the server");
 }

@@ -90,7 +90,8 @@ async fn slow_clients_beyond_the_cap_hold_neither_descriptors_nor_healthz_nor_de
         })
         .collect();
 
-    // Meanwhile: the descriptors stay within the cap, jobs are delivered, /healthz answers.
+    // Meanwhile: the descriptors stay within the cap, jobs are delivered, /healthz answers. The scenario:
+    // the flood goes on a while before the count.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let held = open_descriptors(pid);
     assert!(
@@ -324,6 +325,7 @@ async fn trickled_bodies_no_route_reads_and_pipelined_requests_end_by_the_deadli
         .timeout(Duration::from_secs(3))
         .build()
         .unwrap();
+    // The scenario: the trickle goes on a while before /healthz is asked.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let health = client.get(format!("http://{addr}/healthz")).send().await;
     assert!(

@@ -1023,6 +1023,7 @@ async fn receipts_of_messages_sent_while_redis_was_away_are_evented_after_it_ret
     // While Redis is away: come again.
     let delivered = |sid: &str| message_status(sid, "delivered", None);
     assert_eq!(callback(&host(&app), &delivered(&sids[0])).await, 503);
+    // The scenario: Redis stays away a while longer.
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restore();
 

@@ -143,7 +143,7 @@ async fn a_reply_to_one_of_herald_s_own_queues_is_refused_with_its_job() {
     // jobs queue got no event to parse (which would be one more invalid_job), the dead-letter queue holds
     // only the four jobs.
     assert!(app.outbox_lines().is_empty());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // dead_letters polls for a fifth (for 10 s): the window in which a fifth would come.
     let dead = app.dead_letters(5).await;
     assert_eq!(dead.len(), 4, "{dead:?}");
     let metrics = app.settled_metrics().await;

@@ -266,6 +266,7 @@ async fn each_retry_waits_its_own_delay() {
     short["to"] = "+15550000002".into();
     app.publish(&long).await;
     let long_at = Instant::now();
+    // The scenario: the second job comes 300 ms after the first.
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.publish(&short).await;
     let short_at = Instant::now();

@@ -213,8 +213,10 @@ async fn state_files_deleted_under_a_running_herald_are_counted_logged_and_unrea
     let second = job("sms");
     broker.publish(&second).await;
     assert_eq!(broker.next_outcome(20).await["job_id"], second["id"]);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert!(lost().await > counted, "still rising");
+    helpers::eventually(std::time::Duration::from_secs(10), "still rising", || async move {
+        lost().await > counted
+    })
+    .await;
     assert_eq!(readyz().await.0, 503, "until a restart");
     let logs = herald.logs();
     assert_eq!(

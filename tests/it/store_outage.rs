@@ -30,6 +30,7 @@ async fn jobs_replayed_while_redis_is_down_wait_for_it_and_are_not_sent_again() 
     let new: Vec<Value> = (0..10).map(|_| helpers::job("sms")).collect();
     app.publish_many(&jobs).await;
     app.publish_many(&new).await;
+    // Not a wait for something: the outage's length, in which nothing must be sent.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         sent_counts(&app).values().sum::<usize>(),
@@ -81,6 +82,7 @@ async fn two_replicas_send_each_job_once_across_a_redis_outage() {
     proxy.cut();
     app.publish_many(&jobs[150..]).await;
     app.publish_many(&jobs[150..]).await;
+    // The scenario: a 3 s outage with the jobs queued.
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore();
     while events.len() < 300 {
@@ -119,6 +121,7 @@ async fn a_claim_that_ran_on_a_hung_redis_is_taken_as_herald_s_own() {
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     let jobs: Vec<Value> = (0..3).map(|_| helpers::job("sms")).collect();
     app.publish_many(&jobs).await;
+    // The scenario: Redis hangs for 3 s, in which no event must leave.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let nothing = app.try_next_event(0).await;
     unsafe { libc::kill(pid, libc::SIGCONT) };

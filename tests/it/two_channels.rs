@@ -63,7 +63,12 @@ async fn a_channel_error_at_commit_still_gives_every_job_one_event() {
     for j in &jobs {
         assert!(events.contains_key(j["id"].as_str().unwrap()));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each event's stdout line comes after its commit: wait for them, then count.
+    let herald_ref = &herald;
+    helpers::eventually(Duration::from_secs(10), "a stdout line per job", || async move {
+        printed_counts(&herald_ref.stdout()).len() >= JOBS
+    })
+    .await;
     let printed = printed_counts(&herald.stdout());
     assert_eq!(printed.len(), JOBS, "stdout lines: {printed:?}\n{}", herald.logs());
     assert!(printed.values().all(|n| *n == 1), "stdout per job: {printed:?}");
@@ -91,8 +96,15 @@ async fn a_failed_session_returns_its_jobs_within_the_delivery_limit() {
     broker.publish(&j).await;
     provider.wait_in_flight(1).await;
     broker.fail_sessions(&herald, 2).await;
-    // The job's redelivered copy waits on its first copy, which the provider now answers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The job's redelivered copy is taken (the jobs queue is empty) and waits on its first copy, which the
+    // provider now answers.
+    let jobs_queue = broker.config.amqp.jobs_queue.clone();
+    let broker_ref = &broker;
+    helpers::eventually(Duration::from_secs(20), "the redelivered copy is taken", || {
+        let q = jobs_queue.clone();
+        async move { broker_ref.queue_len(&q).await == 0 }
+    })
+    .await;
     provider.open();
     let mut counted = 0.0;
     for _ in 0..100 {
@@ -157,7 +169,8 @@ async fn sigkill_mid_stream_loses_and_doubles_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The last replays taken were being handled: a moment for their (non-)sends.
+    // The last replays taken were being handled. Not a wait for something: the window in which their
+    // sends, which must not happen, would.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(again, 0, "replays of finished jobs got events");
     assert_eq!(sent, outbox_counts(&outbox), "a replay was sent");
@@ -178,7 +191,12 @@ async fn sigterm_commits_the_jobs_in_flight_on_both_channels() {
     broker.publish_many(&jobs).await;
     provider.wait_in_flight(8).await;
     herald.signal_term();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // herald has the signal and drains while the 8 calls are still held.
+    let herald_ref = &herald;
+    helpers::eventually(Duration::from_secs(10), "herald drains", || async move {
+        herald_ref.logs().contains("shutdown requested")
+    })
+    .await;
     provider.open();
     let (code, herald) = tokio::task::spawn_blocking(move || (herald.wait_exit(), herald))
         .await

@@ -67,6 +67,19 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config
 }
 
+/// Polls `condition` every 20 ms until it holds, and panics naming `what` after `timeout`: a wait on
+/// something observable, where a sleep would be a guess at how long it takes on a loaded machine.
+pub async fn eventually<F>(timeout: Duration, what: &str, mut condition: impl FnMut() -> F)
+where
+    F: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `[throttle]` with every limit off.
 pub fn no_limits() -> herald::config::ThrottleConfig {
     herald::config::ThrottleConfig::unlimited()
@@ -670,8 +683,14 @@ impl HeraldProcess {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads take the last output.
-                std::thread::sleep(Duration::from_millis(100));
+                // The reader threads take the last output and drop their handles at EOF (bounded: a
+                // child of herald's holding the pipes open would delay EOF).
+                let reading =
+                    || std::sync::Arc::strong_count(&self.logs) > 1 || std::sync::Arc::strong_count(&self.stdout) > 1;
+                let eof_by = std::time::Instant::now() + Duration::from_secs(5);
+                while reading() && std::time::Instant::now() < eof_by {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(50));
