@@ -2,8 +2,11 @@
 //! reconnects by itself, `/readyz` drops and returns, and every job still ends in exactly one event.
 //!
 //! Its own test binary, with one test: cargo runs test binaries one after another, so stopping the
-//! broker here cannot disturb another test.
+//! broker here cannot disturb another test (in `tests/it` it would cut every test running beside it).
 
+// The helpers of tests/it, of which this test uses a few.
+#[path = "it/helpers/mod.rs"]
+#[allow(dead_code, reason = "tests/it uses the rest of the helpers")]
 mod helpers;
 
 use std::collections::HashMap;

@@ -8,7 +8,7 @@ Each scenario models what Prometheus scrapes from a herald replica every 30 s ov
 appear with their first event (as herald's do), Poisson noise around a slowly varying rate, restarts that
 reset counters, a killed process whose series go stale. Each test checks the alerts at the moments that
 matter and, through the ALERTS series, which alerts fired at any time of the scenario. Deterministic
-(seeded; only random.random(), whose sequence Python keeps stable), standard library only. tests/alerts.rs
+(seeded; only random.random(), whose sequence Python keeps stable), standard library only. tests/it/alerts.rs
 checks that the committed file is this script's output.
 """
 

@@ -9,7 +9,7 @@
 //! Authgear takes the larger of the floor and the earned budget; here the floor comes on top, and an hour
 //! may spend a third of the day (Authgear: a sixth). Both so that a market that launches with no history
 //! is served from its first verified codes, while a destination that never verifies stays at its floor
-//! (`tests/fraud_guard.rs` holds the defaults to both).
+//! (`tests/it/fraud_guard.rs` holds the defaults to both).
 //!
 //! and a job is allowed while the destination's unverified codes (sent, not verified; a code sent a
 //! second ago counts until it is verified) stay within both once this job is added. Verifications count

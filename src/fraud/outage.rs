@@ -20,7 +20,7 @@
 //! And what an outage relaxes is bounded: only jobs to number ranges with verified history are let
 //! through; every other destination is judged exactly as without it (see `Refusals`).
 //!
-//! The same rules run in Lua for the shared guard (`shared.rs`); `tests/fraud_guard.rs` holds the two to
+//! The same rules run in Lua for the shared guard (`shared.rs`); `tests/it/fraud_guard.rs` holds the two to
 //! each other.
 
 /// Verified codes that must have arrived in the `outage_after` before the silence.

@@ -1,0 +1,248 @@
+//! Bad input (docs/jobs-and-events.md "Jobs"): each kind lands in the dead-letter queue with a reason and a failure
+//! event, and the consumer keeps going.
+
+use crate::helpers;
+use crate::helpers::{TestApp, assert_event_shape, job};
+use lapin::BasicProperties;
+
+fn json_props() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_input_is_dead_lettered_and_the_next_job_is_delivered() {
+    let mut app = TestApp::spawn(|_| {}).await;
+
+    let mut missing = job("sms");
+    missing.as_object_mut().unwrap().remove("user_id");
+    let mut malformed = job("sms");
+    malformed["code"] = "48-29".into();
+    let mut unknown_channel = job("fax");
+    unknown_channel["channel"] = "fax".into();
+    let mut oversize = job("sms");
+    oversize["friendly_name"] = "x".repeat(17 * 1024).into();
+    let wrong_type = job("sms");
+
+    let cases: Vec<(&str, Vec<u8>, BasicProperties, &str)> = vec![
+        ("not json", b"{\"id\": \"j1\", oops".to_vec(), json_props(), "not JSON"),
+        (
+            "missing field",
+            missing.to_string().into_bytes(),
+            json_props(),
+            "`user_id` is required",
+        ),
+        (
+            "malformed field",
+            malformed.to_string().into_bytes(),
+            json_props(),
+            "field `code`",
+        ),
+        (
+            "unknown channel",
+            unknown_channel.to_string().into_bytes(),
+            json_props(),
+            "unknown channel",
+        ),
+        (
+            "oversize body",
+            oversize.to_string().into_bytes(),
+            json_props(),
+            "more than the 16384 allowed",
+        ),
+        (
+            "wrong content type",
+            wrong_type.to_string().into_bytes(),
+            BasicProperties::default().with_content_type("text/plain".into()),
+            "content type",
+        ),
+    ];
+    for (_, body, props, _) in &cases {
+        app.publish_raw(body, props.clone()).await;
+    }
+    let valid = job("sms");
+    app.publish(&valid).await;
+
+    let events = app.events(cases.len() + 1).await;
+    let (ok, failed): (Vec<_>, Vec<_>) = events.iter().partition(|e| e.get("error").is_none());
+    assert_eq!(ok.len(), 1, "the valid job after the bad ones is delivered");
+    assert_eq!(ok[0]["job_id"], valid["id"]);
+    assert_eq!(app.outbox_lines().len(), 1);
+    for e in &failed {
+        assert_event_shape(e);
+        assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+        // An unknown channel still produces an sms failure event.
+        assert_eq!(e["type"], "gd_send_sms_failure", "{e}");
+    }
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["job_id"] == unknown_channel["id"] && e["user_id"] == unknown_channel["user_id"]),
+        "readable fields of an invalid job are kept in its event"
+    );
+
+    let dead = app.dead_letters(cases.len()).await;
+    assert_eq!(dead.len(), cases.len(), "every bad message is dead-lettered");
+    for (name, body, _, reason) in &cases {
+        let (_, header) = dead
+            .iter()
+            .find(|(b, _)| b == body)
+            .unwrap_or_else(|| panic!("{name}: original body not in the dead-letter queue"));
+        assert!(header.starts_with("invalid_job: "), "{name}: {header}");
+        assert!(header.contains(reason), "{name}: `{header}` should mention `{reason}`");
+    }
+    assert_eq!(
+        app.queue_len(&app.config.amqp.dead_queue).await,
+        0,
+        "nothing else was dead-lettered"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_without_content_type_is_accepted() {
+    // Many publishers (shell tools, some client libraries) omit content-type; a JSON body is enough.
+    let mut app = TestApp::spawn(|_| {}).await;
+    let j = job("sms");
+    app.publish_raw(j.to_string().as_bytes(), BasicProperties::default())
+        .await;
+    assert_eq!(app.next_event(20).await["type"], "gd_send_sms");
+    app.stop().await;
+}
+
+/// A publisher that mixes up fields (a number in `locale`, a code in `channel`) or sends a huge value
+/// must not see it echoed: the dead letter's `x-herald-error`, the event and herald's own logs name the
+/// field, never its value (docs/jobs-and-events.md "Events").
+#[tokio::test]
+async fn a_bad_field_value_is_never_echoed_in_the_dead_letter_event_or_log() {
+    let mut broker = helpers::Broker::new(|_| {}).await;
+    let mut env = helpers::process_env(&broker.config);
+    env.push(("RUST_LOG".into(), "debug".into()));
+    let mut herald = helpers::HeraldProcess::start(&env);
+
+    let long_locale = format!("en-{}", "qz".repeat(15 * 1024 / 2));
+    let cases: [(&str, &str); 5] = [
+        ("locale", "+1 415 555 0123"),
+        ("locale", &long_locale),
+        ("channel", "4829"),
+        ("action", "48291"),
+        ("action", "jane doe at example dot com"),
+    ];
+    let mut bodies = Vec::new();
+    for (i, (field, value)) in cases.into_iter().enumerate() {
+        let mut j = job("sms");
+        // Ids without digit runs: a random UUID can hold "4829" (it once did), which is not an echo.
+        j["id"] = format!("bad-input-{}", char::from(b'a' + i as u8)).into();
+        j[field] = value.into();
+        let body = j.to_string().into_bytes();
+        broker.publish_raw(&body, json_props()).await;
+        bodies.push(body);
+    }
+    let events = broker.events(cases.len()).await;
+    let dead = broker.dead_letters(cases.len()).await;
+    assert_eq!(dead.len(), cases.len());
+    assert_eq!(herald.terminate(), Some(0));
+    let (logs, stdout) = (herald.logs(), herald.stdout());
+
+    for (field, value) in cases {
+        // A long value is looked for by a slice of it; echoing any part of it fails too.
+        let needle = &value[value.len().saturating_sub(64)..];
+        for e in &events {
+            assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+            assert!(!e.to_string().contains(needle), "{field}: the event echoes it: {e}");
+        }
+        for (_, header) in &dead {
+            assert!(header.starts_with("invalid_job: "), "{header}");
+            assert!(!header.contains(needle), "{field}: x-herald-error echoes it: {header}");
+        }
+        assert!(!logs.contains(needle), "{field}: the log echoes it:\n{logs}");
+        assert!(!stdout.contains(needle), "{field}: the stdout event echoes it");
+    }
+    for (field, _) in cases {
+        let named = format!("`{field}`");
+        assert!(dead.iter().any(|(_, h)| h.contains(&named)), "{field} is named");
+    }
+    assert!(
+        dead.iter().all(|(b, _)| bodies.contains(b)),
+        "the bodies are kept as they came"
+    );
+}
+
+/// Issue 31: an `id` or `user_id` with a bidi control (U+202E reverses the text after it) reached events,
+/// logs and the `webhook-id` header, and a non-ASCII id went into that header raw. An id is printable
+/// ASCII without spaces; a user id printable ASCII or letters and digits of any script. Anything else
+/// is an invalid job, dead-lettered, and the refused value is in no event, dead-letter reason or log line.
+#[tokio::test]
+async fn ids_with_control_bidi_or_invisible_characters_are_invalid_jobs() {
+    let mut broker = helpers::Broker::new(|_| {}).await;
+    let mut env = helpers::process_env(&broker.config);
+    env.push(("RUST_LOG".into(), "debug".into()));
+    let mut herald = helpers::HeraldProcess::start(&env);
+
+    let cases: [(&str, &str); 7] = [
+        ("id", "bad-id-\u{202e}fdp.exe"),
+        ("id", "bad-id \u{2066}x"),
+        ("id", "bad-id-jöb"),
+        ("id", "bad-id-\u{200b}zw"),
+        ("user_id", "auth0|\u{202e}nimda"),
+        ("user_id", "auth0|u\u{200d}1"),
+        ("user_id", "auth0|u\u{2028}1"),
+    ];
+    let mut bodies = Vec::new();
+    for (i, (field, value)) in cases.into_iter().enumerate() {
+        let mut j = job("sms");
+        j["id"] = format!("bad-ids-{i}").into();
+        j[field] = value.into();
+        let body = j.to_string().into_bytes();
+        broker.publish_raw(&body, json_props()).await;
+        bodies.push(body);
+    }
+    // A user id in another script is fine, and the job after the bad ones is delivered.
+    let mut valid = job("sms");
+    valid["user_id"] = "line|山田太郎".into();
+    broker.publish(&valid).await;
+
+    let events = broker.events(cases.len() + 1).await;
+    let dead = broker.dead_letters(cases.len()).await;
+    assert_eq!(herald.terminate(), Some(0));
+    let (logs, stdout) = (herald.logs(), herald.stdout());
+
+    let (ok, failed): (Vec<_>, Vec<_>) = events.iter().partition(|e| e.get("error").is_none());
+    assert_eq!(ok.len(), 1, "{events:?}");
+    assert_eq!((&ok[0]["job_id"], &ok[0]["user_id"]), (&valid["id"], &valid["user_id"]));
+    assert_eq!(
+        outbox_count(&broker.config.outbox.path),
+        1,
+        "only the valid job was sent"
+    );
+    for e in &failed {
+        assert_event_shape(e);
+        assert_eq!(e["error"]["code"], "invalid_job", "{e}");
+    }
+    assert_eq!(dead.len(), cases.len(), "every bad job is dead-lettered");
+    for (i, (field, value)) in cases.into_iter().enumerate() {
+        let (_, reason) = dead
+            .iter()
+            .find(|(b, _)| *b == bodies[i])
+            .unwrap_or_else(|| panic!("{field} {value:?}: not dead-lettered"));
+        assert!(
+            reason.starts_with(&format!("invalid_job: field `{field}` must be")),
+            "{reason}"
+        );
+        let refused: String = value.chars().filter(|c| !c.is_ascii()).collect();
+        for e in &failed {
+            assert!(!e.to_string().contains(&refused), "{field}: the event carries it: {e}");
+        }
+        assert!(!reason.contains(&refused), "{reason}");
+        assert!(
+            !logs.contains(&refused),
+            "{field} {value:?}: the log carries it:\n{logs}"
+        );
+        assert!(!stdout.contains(&refused), "{field} {value:?}: stdout carries it");
+    }
+    // The event of a job whose user id was refused still names the job.
+    assert!(failed.iter().any(|e| e["job_id"] == "bad-ids-4"), "{failed:?}");
+}
+
+fn outbox_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).unwrap_or_default().lines().count()
+}
