@@ -53,11 +53,11 @@ impl Consumer {
     /// else (a retry, a duplicate's reply, an invalid job's dead letter) is done again by the copy the broker
     /// redelivers, and is dropped here.
     pub(super) fn adopt(self: &Arc<Self>, mut finished: Finished) {
-        if finished.record.is_none() {
+        if finished.plan.marks().is_none() {
             return;
         }
         // Its delivery went with its channel: there is nothing to ack, and its tag means nothing now.
-        finished.delivery_tag = None;
+        finished.plan.orphan();
         let mut orphans = lock(&self.orphans);
         let finished = match &orphans.lane {
             Some(lane) => match lane.send(finished) {

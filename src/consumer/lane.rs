@@ -12,12 +12,12 @@ use tokio::sync::mpsc;
 
 use super::claims::{Claim, SharedClaim};
 use super::in_doubt::{InDoubt, ORPHANS_REMEMBERED};
+use super::plan::{Plan, Step};
 use super::{Consumer, lock};
 use crate::broker::BrokerError;
-use crate::events::{self, ErrorCode};
-use crate::metrics::{Metrics, Sample};
-use crate::reply::Reply;
-use crate::store::PendingPut;
+use crate::events;
+use crate::metrics::Metrics;
+use crate::store::{PendingPut, Store};
 
 /// A consuming channel's commit state, which outlives the channel: its share of the prefetch window, its
 /// commit-marker queue, and the batch its last connection left in doubt.
@@ -38,28 +38,11 @@ pub(super) fn lane_windows(prefetch: u16, channels: u16) -> Vec<u16> {
         .collect()
 }
 
-/// One message to publish inside a job's transaction.
-pub(super) struct Publish {
-    pub(super) exchange: String,
-    pub(super) routing_key: String,
-    pub(super) body: Arc<Vec<u8>>,
-    pub(super) properties: BasicProperties,
-}
-
-/// A handled message, waiting for its transaction.
+/// A handled message: the rest of its plan, waiting for its transaction.
 pub(super) struct Finished {
-    /// `None` for an orphan: its channel is gone, and with it the delivery to ack.
-    pub(super) delivery_tag: Option<u64>,
-    pub(super) publishes: Vec<Publish>,
-    /// The event to print and count once committed.
-    pub(super) event: Option<(Sample, Arc<Vec<u8>>)>,
-    pub(super) dead: Option<ErrorCode>,
-    pub(super) retried: bool,
-    /// Published once the transaction committed, on the replies connection.
-    pub(super) reply: Option<Reply>,
-    /// Job id to mark committed in the store.
-    pub(super) record: Option<String>,
-    /// The outcome record's write, awaited before the commit (a record precedes its event, §11.2).
+    /// What is left to carry out: the transaction's publishes and ack, and what follows the commit.
+    pub(super) plan: Plan,
+    /// The store write of the plan, awaited before the commit (a record precedes its event).
     pub(super) put: Option<PendingPut>,
     /// Held until the commit, so a second copy of the same job waits and then sees the outcome; if the
     /// commit never comes, until the outcome record is durable (see `Drop`).
@@ -68,17 +51,14 @@ pub(super) struct Finished {
 }
 
 impl Finished {
-    pub(super) fn new(delivery_tag: u64, gauge: GaugeGuard) -> Finished {
+    /// Starts carrying out `plan`: its store write is under way from now on, so that it overlaps the wait
+    /// for the commit; the rest is the commit loop's.
+    pub(super) fn start(mut plan: Plan, store: &Store, claim: Option<Claim>, gauge: GaugeGuard) -> Finished {
+        let put = plan.take_record().map(|(id, entry)| store.put(id, entry));
         Finished {
-            delivery_tag: Some(delivery_tag),
-            publishes: Vec::new(),
-            event: None,
-            dead: None,
-            retried: false,
-            reply: None,
-            record: None,
-            put: None,
-            claim: None,
+            plan,
+            put,
+            claim,
             _gauge: gauge,
         }
     }
@@ -134,7 +114,7 @@ impl Consumer {
             take_recorded(&mut waiting, &mut ready).await;
             // An orphan whose record could not be written is dropped: without the record its copy could
             // not tell that its event is out, and sends the job again anyway.
-            ready.retain(|f| f.delivery_tag.is_some() || f.record.is_some());
+            ready.retain(|f| f.plan.ack().is_some() || f.plan.marks().is_some());
             let seq = self.commits.fetch_add(1, Ordering::Relaxed);
             self.send_frames(&channel, &self.lanes[lane].marker_queue, &unacked, &mut ready, seq)
                 .await?;
@@ -180,7 +160,8 @@ impl Consumer {
         seq: u64,
     ) -> Result<(), BrokerError> {
         let marker = seq.to_string();
-        let mut publishes = Vec::with_capacity(batch.iter().map(|f| f.publishes.len()).sum::<usize>() + 1);
+        let count = batch.iter_mut().map(|f| f.plan.publishes().count()).sum::<usize>();
+        let mut publishes = Vec::with_capacity(count + 1);
         publishes.push(channel.basic_publish(
             "".into(),
             marker_queue.into(),
@@ -188,11 +169,11 @@ impl Consumer {
             marker.as_bytes(),
             BasicProperties::default().with_delivery_mode(2),
         ));
-        let mut tags: Vec<u64> = batch.iter().filter_map(|f| f.delivery_tag).collect();
+        let mut tags: Vec<u64> = batch.iter().filter_map(|f| f.plan.ack()).collect();
         tags.sort_unstable();
         // Names and properties are moved into the frames, not copied: this runs while the broker waits.
         for finished in batch.iter_mut() {
-            for p in &mut finished.publishes {
+            for p in finished.plan.publishes() {
                 let too_long = |_| BrokerError::Closed("exchange or routing key longer than 255 bytes".into());
                 let exchange = ShortString::try_new(std::mem::take(&mut p.exchange)).map_err(too_long)?;
                 let routing_key = ShortString::try_new(std::mem::take(&mut p.routing_key)).map_err(too_long)?;
@@ -229,36 +210,44 @@ impl Consumer {
         // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
         lines.clear();
         let replies = self.replies.get();
+        let mut orphans = Vec::new();
         for finished in batch.iter_mut() {
-            if let (Some(reply), Some(replies)) = (finished.reply.take(), replies) {
-                replies.send(reply);
-            }
-            if let Some((sample, json)) = &finished.event {
-                lines.extend_from_slice(json);
-                lines.push(b'\n');
-                self.metrics.record(sample);
-            }
-            if let Some(code) = finished.dead {
-                self.metrics.dead_lettered.with_label_values(&[code.as_str()]).inc();
-            }
-            if finished.retried {
-                self.metrics.retries.inc();
-            }
-            if let Some(id) = &finished.record {
-                committed.push(id.clone());
+            let orphan = finished.plan.ack().is_none();
+            for step in finished.plan.steps.drain(..) {
+                match step {
+                    Step::Reply(reply) => {
+                        if let Some(replies) = replies {
+                            replies.send(reply);
+                        }
+                    }
+                    Step::Report { sample, json } => {
+                        lines.extend_from_slice(&json);
+                        lines.push(b'\n');
+                        self.metrics.record(&sample);
+                    }
+                    Step::CountDeadLetter(code) => {
+                        self.metrics.dead_lettered.with_label_values(&[code.as_str()]).inc();
+                    }
+                    Step::CountRetry => self.metrics.retries.inc(),
+                    Step::MarkCommitted => {
+                        if let Some(id) = &finished.plan.id {
+                            committed.push(id.clone());
+                            if orphan {
+                                orphans.push(id.clone());
+                            }
+                        }
+                    }
+                    // Done before the commit.
+                    Step::Record(_) | Step::Publish(_) | Step::Ack(_) => {}
+                }
             }
         }
-        let orphans: Vec<&String> = batch
-            .iter()
-            .filter(|f| f.delivery_tag.is_none())
-            .filter_map(|f| f.record.as_ref())
-            .collect();
         if !orphans.is_empty() {
             let mut remembered = lock(&self.orphans);
             if remembered.committed.len() + orphans.len() > ORPHANS_REMEMBERED {
                 remembered.committed.clear();
             }
-            remembered.committed.extend(orphans.into_iter().cloned());
+            remembered.committed.extend(orphans);
         }
         events::print_lines(lines);
         // Cross-replica claims are released after their marks, in one request that the commit loop
@@ -313,8 +302,8 @@ pub(super) async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<F
 
 pub(super) fn recorded(finished: &mut Finished, result: Result<(), crate::store::StoreError>) {
     if let Err(e) = result {
-        tracing::warn!(job_id = finished.record.as_deref().unwrap_or("-"), error = %e, "outcome not recorded");
-        finished.record = None;
+        tracing::warn!(job_id = finished.plan.marks().unwrap_or("-"), error = %e, "outcome not recorded");
+        finished.plan.unmark();
     }
 }
 

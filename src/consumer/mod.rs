@@ -10,6 +10,7 @@
 //! - [`session`]: one connection's lifetime: connect, reconnect with backoff, open the lanes, drain at
 //!   shutdown.
 //! - [`inbound`]: one message, from the broker's delivery to what its transaction holds.
+//! - [`plan`]: what a copy's transaction holds, as a value: publishes, ack, store write, and what follows.
 //! - [`lane`]: a lane's commit loop, which carries finished jobs into the broker in batches.
 //! - [`in_doubt`]: commits the broker never confirmed, and outcomes whose session died (orphans).
 //! - [`claims`]: job ids claimed while under way, in this process and across replicas.
@@ -20,6 +21,7 @@ mod in_doubt;
 mod inbound;
 mod lane;
 mod outage;
+mod plan;
 mod session;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::inbound::Inbound;
 use super::lane::{Finished, Unacked};
 use super::{Consumer, lock};
 use crate::broker::{self, BrokerError};
@@ -167,7 +168,7 @@ impl Consumer {
                         let stopping = shutdown.clone();
                         tracker.spawn(async move {
                             // `None`: abandoned at shutdown before anything happened; the broker redelivers.
-                            if let Some(finished) = this.handle(delivery, &stopping).await
+                            if let Some(finished) = this.handle(Inbound::from(delivery), &stopping).await
                                 && let Err(mpsc::error::SendError(finished)) = done.send(finished)
                             {
                                 // Its session is gone: the broker redelivers the job.
