@@ -50,9 +50,9 @@ impl Consumer {
 pub(super) struct InFlightIds(Arc<Mutex<HashMap<String, Arc<Notify>>>>);
 
 pub(super) struct Claim {
-    pub(super) ids: InFlightIds,
-    pub(super) id: String,
-    pub(super) done: Arc<Notify>,
+    ids: InFlightIds,
+    id: String,
+    done: Arc<Notify>,
     /// The same id claimed across replicas, when the store shares claims.
     pub(super) shared: Option<SharedClaim>,
 }
@@ -60,8 +60,8 @@ pub(super) struct Claim {
 /// A job id claimed in Redis. Released on drop; [`SharedClaim::into_id`] hands the release to the
 /// commit's mark instead.
 pub(super) struct SharedClaim {
-    pub(super) store: Arc<Store>,
-    pub(super) id: String,
+    store: Arc<Store>,
+    id: String,
 }
 
 impl SharedClaim {

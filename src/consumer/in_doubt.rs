@@ -33,7 +33,7 @@ pub(super) struct Orphans {
 }
 
 /// How long an orphan waits for a session before it is dropped (its copy then republishes the outcome).
-pub(super) const ORPHAN_PARKING: Duration = Duration::from_secs(10);
+const ORPHAN_PARKING: Duration = Duration::from_secs(10);
 /// More committed orphans than this, whose copies never came (the queue dead-lettered them), are forgotten.
 pub(super) const ORPHANS_REMEMBERED: usize = 10_000;
 

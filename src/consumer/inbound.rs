@@ -140,7 +140,7 @@ impl Consumer {
     }
 
     /// Where herald's queue dead-letters poison (contract §11.4): only a quorum queue counts deliveries.
-    pub(super) fn poison_limit(&self) -> decision::PoisonLimit {
+    fn poison_limit(&self) -> decision::PoisonLimit {
         (self.config.queue_type == QueueType::Quorum).then_some(self.config.delivery_limit)
     }
 
@@ -152,7 +152,7 @@ impl Consumer {
     }
 }
 
-/// What the log says of a copy settled without an outcome of its own.
+/// What the log says of a duplicate, a republish or a retry; an outcome is told by its event.
 fn log(disposition: &Disposition, job_id: &str) {
     match disposition {
         Disposition::Duplicate { .. } => {
@@ -172,7 +172,7 @@ fn log(disposition: &Disposition, job_id: &str) {
     }
 }
 
-pub(super) fn header_u64(props: &BasicProperties, name: &str) -> Option<u64> {
+fn header_u64(props: &BasicProperties, name: &str) -> Option<u64> {
     let value = props.headers().as_ref()?.inner().get(name)?;
     match value {
         AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),

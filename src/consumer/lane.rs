@@ -47,7 +47,7 @@ pub(super) struct Finished {
     /// Held until the commit, so a second copy of the same job waits and then sees the outcome; if the
     /// commit never comes, until the outcome record is durable (see `Drop`).
     pub(super) claim: Option<Claim>,
-    pub(super) _gauge: GaugeGuard,
+    _gauge: GaugeGuard,
 }
 
 impl Finished {
@@ -151,7 +151,7 @@ impl Consumer {
 
     /// Queues every publish and ack of a batch at once and awaits them together: awaiting each in turn
     /// would cost a round trip to lapin's I/O thread per frame. All must be written before the commit.
-    pub(super) async fn send_frames(
+    async fn send_frames(
         &self,
         channel: &Channel,
         marker_queue: &str,
@@ -266,7 +266,7 @@ impl Consumer {
 /// stay for a later commit; when none is written yet, waits for them all. A record must be stored before
 /// its event can leave, so that after a crash a redelivered job finds it (§11.2); a failed write only
 /// loses that protection.
-pub(super) async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<Finished>) {
+async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<Finished>) {
     use futures_util::FutureExt;
     let mut i = 0;
     while i < waiting.len() {
@@ -300,7 +300,7 @@ pub(super) async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<F
     }
 }
 
-pub(super) fn recorded(finished: &mut Finished, result: Result<(), crate::store::StoreError>) {
+fn recorded(finished: &mut Finished, result: Result<(), crate::store::StoreError>) {
     if let Err(e) = result {
         tracing::warn!(job_id = finished.plan.marks().unwrap_or("-"), error = %e, "outcome not recorded");
         finished.plan.unmark();

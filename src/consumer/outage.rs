@@ -17,12 +17,12 @@ pub(super) const OUTAGE_SETTLE: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub(super) struct StoreOutage {
     pub(super) held: std::sync::atomic::AtomicUsize,
-    pub(super) since: Mutex<Option<std::time::Instant>>,
+    since: Mutex<Option<std::time::Instant>>,
 }
 
 /// One job held; dropped when the store answered it (or the job was abandoned at shutdown).
-pub(super) struct Held<'a> {
-    pub(super) consumer: &'a Consumer,
+struct Held<'a> {
+    consumer: &'a Consumer,
 }
 
 impl StoreOutage {

@@ -48,11 +48,7 @@ impl Consumer {
     }
 
     /// One connection's lifetime. `Ok` only after a clean shutdown.
-    pub(super) async fn session(
-        self: Arc<Self>,
-        shutdown: &CancellationToken,
-        consumed: &mut bool,
-    ) -> Result<(), BrokerError> {
+    async fn session(self: Arc<Self>, shutdown: &CancellationToken, consumed: &mut bool) -> Result<(), BrokerError> {
         // Named after the queue so operators (and tests) can tell deployments apart.
         let connection = broker::connect(&self.config, &format!("herald:{}", self.config.jobs_queue)).await?;
         let result = self.clone().consume(&connection, shutdown, consumed).await;
@@ -71,7 +67,7 @@ impl Consumer {
 
     /// Opens the lanes on `connection` and moves deliveries to their handlers and finished jobs to their
     /// lane's commit loop, until shutdown (then drains) or the first broker error.
-    pub(super) async fn consume(
+    async fn consume(
         self: Arc<Self>,
         connection: &lapin::Connection,
         shutdown: &CancellationToken,
@@ -221,7 +217,7 @@ impl Consumer {
     }
 
     /// Declares (again) each lane's marker queue, which keeps it from expiring.
-    pub(super) async fn declare_markers(&self, channel: &Channel) -> Result<(), BrokerError> {
+    async fn declare_markers(&self, channel: &Channel) -> Result<(), BrokerError> {
         for lane in &self.lanes {
             broker::declare_marker_queue(channel, &lane.marker_queue, broker::MARKER_EXPIRES).await?;
         }
@@ -231,7 +227,7 @@ impl Consumer {
 
 /// Cancels the lanes' consumers, all at once, giving up after a second: a cancel waits behind a commit
 /// under way on its channel.
-pub(super) async fn cancel_all(channels: &[(Channel, ShortString)]) {
+async fn cancel_all(channels: &[(Channel, ShortString)]) {
     let cancels = channels
         .iter()
         .map(|(channel, tag)| channel.basic_cancel(tag.clone(), BasicCancelOptions::default()));
