@@ -211,7 +211,7 @@ impl Text for HumanDuration {
 }
 
 /// `retry.schedule`: the wait before each retry, parsed once at load. A failed attempt waits the next
-/// one and goes to the delay queue of that wait (README, "Retries and delivery guarantees").
+/// one and goes to the delay queue of that wait (docs/guarantees.md, "Retries and delivery guarantees").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(from = "Vec<HumanDuration>", into = "Vec<HumanDuration>")]
 pub struct RetrySchedule(Vec<Duration>);
