@@ -641,7 +641,7 @@ fn describe_rendered(previewed: &Previewed, id: &TemplateId, default_locale: &cr
     let mut out = match &previewed.rendered {
         Rendered::Sms { body } => json!({ "text": body, "sms": crate::sms::segments(body) }),
         Rendered::Voice { text, language } => {
-            let twiml = crate::providers::twilio::twiml_in(text, language, default_locale);
+            let twiml = crate::templates::twiml::twiml_in(text, language, default_locale);
             json!({
                 "text": text.replace(crate::templates::PAUSE, " … "),
                 "voice": { "twiml": twiml, "twiml_length": twiml.chars().count(), "twiml_limit": TWIML_LIMIT },

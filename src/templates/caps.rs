@@ -67,7 +67,7 @@ impl Cap {
     pub fn measure(self, text: &str, language: &Locale) -> usize {
         match self {
             Cap::Sms | Cap::Subject => text.chars().count(),
-            Cap::Twiml => crate::providers::twilio::twiml_length_bound(text, language),
+            Cap::Twiml => super::twiml::twiml_length_bound(text, language),
             Cap::EmailPart => text.len(),
         }
     }

@@ -8,12 +8,9 @@ use handlebars::template::Template;
 use serde_json::{Map, Value, json};
 
 use super::caps::{self, Cap, Overrun};
+use super::twiml::PAUSE;
 use super::{Part, Rendered, TemplateError, template_name};
 use crate::job::{Channel, Job, Locale};
-
-/// Marker that `{{pause}}` leaves in rendered voice text; the voice provider turns it into a pause.
-/// Control characters cannot come from a job (they are rejected there), so it cannot be forged.
-pub const PAUSE: &str = "\u{1}pause\u{1}";
 
 /// The variables every job has (docs/templates.md); job `vars` add their own keys.
 pub(super) const BUILT_IN: &[&str] = &[

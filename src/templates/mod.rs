@@ -14,6 +14,7 @@ mod caps;
 mod checks;
 mod engine;
 mod repository;
+pub mod twiml;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -24,7 +25,7 @@ use arc_swap::ArcSwap;
 
 pub use caps::{Cap, MAX_EMAIL_PART_BYTES, MAX_SMS_CHARS, MAX_SUBJECT_CHARS, MAX_TWIML_CHARS, Overrun};
 pub use checks::{MAX_DEPTH, MAX_EACH_NESTING, MAX_EXPRESSIONS, MAX_SOURCE};
-pub use engine::PAUSE;
+pub use twiml::PAUSE;
 
 use crate::job::{Action, Channel, Job, Locale};
 use engine::Engine;
