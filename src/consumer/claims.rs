@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::Consumer;
+use super::{Consumer, lock};
 use crate::store::Store;
 
 impl Consumer {
@@ -82,7 +82,7 @@ impl InFlightIds {
     pub(super) async fn claim(&self, id: &str) -> Claim {
         loop {
             let waiting = {
-                let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                let mut map = lock(&self.0);
                 match map.get(id) {
                     Some(done) => done.clone(),
                     None => {
@@ -101,12 +101,7 @@ impl InFlightIds {
             tokio::pin!(notified);
             notified.as_mut().enable();
             // Re-check: the holder may have released between the lookup and `enable`.
-            let still_held = self
-                .0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-                .is_some_and(|d| Arc::ptr_eq(d, &waiting));
+            let still_held = lock(&self.0).get(id).is_some_and(|d| Arc::ptr_eq(d, &waiting));
             if still_held {
                 notified.await;
             }
@@ -116,7 +111,7 @@ impl InFlightIds {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.ids.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        lock(&self.ids.0).remove(&self.id);
         self.done.notify_waiters();
     }
 }

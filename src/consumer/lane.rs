@@ -316,13 +316,13 @@ pub(super) struct Unacked(Arc<Mutex<BTreeSet<u64>>>);
 
 impl Unacked {
     pub(super) fn insert(&self, tag: u64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(tag);
+        lock(&self.0).insert(tag);
     }
 
     /// Removes `tags` (ascending) and says how to ack them: a `multiple` ack up to a tag that covers
     /// every outstanding tag at or below it, then single acks for the rest.
     fn settle(&self, tags: &[u64]) -> (Option<u64>, Vec<u64>) {
-        let mut outstanding = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outstanding = lock(&self.0);
         // The oldest job still under way: a `multiple` ack must stop below it.
         let oldest_other = outstanding.iter().find(|t| tags.binary_search(t).is_err()).copied();
         let mut up_to = None;

@@ -254,13 +254,10 @@ pub fn phone_of(job: &Job, provider: ProviderKind) -> Result<&PhoneNumber, Provi
 pub fn sms_of(message: &Rendered, provider: ProviderKind) -> Result<&str, ProviderError> {
     match message {
         Rendered::Sms { body } => Ok(body),
-        Rendered::Voice { .. } | Rendered::Email { .. } => {
-            debug_assert!(false, "{provider} was handed a message that is not an SMS");
-            Err(ProviderError::Permanent {
-                message: format!("{provider} delivers SMS only"),
-                provider_code: None,
-            })
-        }
+        Rendered::Voice { .. } | Rendered::Email { .. } => Err(ProviderError::Permanent {
+            message: format!("{provider} delivers SMS only"),
+            provider_code: None,
+        }),
     }
 }
 
