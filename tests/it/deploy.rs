@@ -151,6 +151,28 @@ fn kubernetes_manifests_parse_and_hold_what_operators_need() {
     ] {
         assert!(from_secret.contains(&name), "{name} is not taken from the Secret");
     }
+    // The Secret example says which keys the Deployment requires (a reference without `optional: true`
+    // keeps the pod from starting), and they are exactly those.
+    let mut required: Vec<&str> = env
+        .iter()
+        .map(|e| &e["valueFrom"]["secretKeyRef"])
+        .filter(|r| r.is_object() && r["optional"] != true)
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    required.sort_unstable();
+    let example = std::fs::read_to_string(repo("deploy/kubernetes/secret.example.yaml")).unwrap();
+    let said = example
+        .lines()
+        .find_map(|l| l.strip_prefix("# Required: "))
+        .expect("secret.example.yaml has a `# Required: ` line");
+    // "amqp-url, redis-url (why)"
+    let mut said: Vec<&str> = said.split(" (").next().unwrap().split(", ").collect();
+    said.sort_unstable();
+    assert_eq!(
+        said, required,
+        "secret.example.yaml's `Required:` line and the Deployment disagree"
+    );
+    assert!(!example.contains("Every key is optional"));
     let toml = k["ConfigMap"][0]["data"]["herald.toml"].as_str().unwrap();
     for secret_key in ["auth_token", "token", "secret", "url ="] {
         assert!(
