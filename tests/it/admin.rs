@@ -218,6 +218,7 @@ async fn replace_is_validated_atomic_live_and_audited() {
     assert_eq!(audit["etag"], new_etag.as_str());
     chrono::DateTime::parse_from_rfc3339(audit["date"].as_str().unwrap()).unwrap();
     assert!(!audit.to_string().contains(TOKEN));
+    assert_audit_documented(&audit);
 
     // The next job uses it, without a restart.
     app.publish(&job("sms")).await;
@@ -246,7 +247,22 @@ async fn replace_is_validated_atomic_live_and_audited() {
         std::fs::read_to_string(dir.path().join("sms/second-factor-authentication.en.hbs")).unwrap(),
         before
     );
-    assert_eq!(app.next_event(10).await["change"], "revert");
+    let audit = app.next_event(10).await;
+    assert_eq!(audit["change"], "revert");
+    assert_audit_documented(&audit);
+}
+
+/// An audit event matches the TemplateChangedEvent schema of docs/asyncapi.yaml.
+fn assert_audit_documented(event: &Value) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/asyncapi.yaml")).unwrap();
+    let doc: Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&doc).unwrap()).unwrap();
+    let schema = json!({"$ref": "#/components/schemas/TemplateChangedEvent", "components": doc["components"]});
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let errors: Vec<String> = validator.iter_errors(event).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{event}");
 }
 
 #[tokio::test]
@@ -265,6 +281,12 @@ async fn a_new_locale_can_be_added_and_removed() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["has_default"], false);
+    let added = app.next_event(10).await;
+    assert_eq!(
+        (added["change"].as_str(), added["locale"].as_str()),
+        (Some("replace"), Some("it"))
+    );
+    assert_audit_documented(&added);
     let mut j = job("sms");
     j["locale"] = "it-IT".into();
     app.publish(&j).await;
@@ -274,6 +296,11 @@ async fn a_new_locale_can_be_added_and_removed() {
     assert_eq!(status, 200);
     conforms(&body, "Removed");
     assert!(!dir.path().join("sms/second-factor-authentication.it.hbs").exists());
+    // The revert removed it: no ETag left.
+    let removed = app.next_event(10).await;
+    assert_eq!(removed["change"], "revert");
+    assert!(removed.get("etag").is_none(), "{removed}");
+    assert_audit_documented(&removed);
 }
 
 #[tokio::test]
