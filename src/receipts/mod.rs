@@ -249,6 +249,25 @@ impl ReceiptMetrics {
             lost,
         }
     }
+
+    /// The metric families these are, whether or not they have a sample yet (what dashboards may query).
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 7] = [
+            &self.delivery,
+            &self.delivery_seconds,
+            &self.callbacks,
+            &self.rejected,
+            &self.record_errors,
+            &self.pending,
+            &self.lost,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
+    }
 }
 
 /// Twilio's side of the receipts: where it calls back, and the token its signatures are keyed with.

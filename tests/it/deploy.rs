@@ -564,12 +564,14 @@ async fn asyncapi_event_schema_matches_events_captured_from_herald() {
 }
 
 /// The Grafana dashboard is valid JSON, every query names only metrics herald exports, and the compose
-/// stack provisions it against its Prometheus.
+/// stack provisions it against its Prometheus. (alerts_live.rs runs every query in a real Prometheus.)
 #[test]
 fn grafana_dashboard_queries_only_what_herald_exports() {
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana/herald.json")).unwrap())
         .expect("deploy/grafana/herald.json is JSON");
-    let exported: Vec<String> = herald::metrics::Metrics::new().names().to_vec();
+    let metrics = herald::metrics::Metrics::new();
+    let mut exported: Vec<String> = metrics.names().to_vec();
+    exported.extend(herald::receipts::ReceiptMetrics::new(metrics.registry()).names());
     let known = |name: &str| {
         exported.iter().any(|e| {
             name == e
@@ -606,6 +608,8 @@ fn grafana_dashboard_queries_only_what_herald_exports() {
         "gd_send_fraud_suspected_total",
         "gd_send_verified_total",
         "gd_send_throttled_total",
+        "gd_send_delivery_total",
+        "gd_send_delivery_seconds_bucket",
     ] {
         assert!(dashboard.to_string().contains(name), "the dashboard shows {name}");
     }

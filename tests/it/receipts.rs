@@ -12,7 +12,7 @@ use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// herald's public URL as an operator configures it (Twilio signs over this, not herald's local address).
-const CALLBACK: &str = "https://herald.example.test/providers/twilio/status";
+pub(crate) const CALLBACK: &str = "https://herald.example.test/providers/twilio/status";
 const TOKEN: &str = "test-auth-token";
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -37,7 +37,7 @@ fn with_receipts(c: &mut herald::config::Config, server: &MockServer) {
 }
 
 /// A message status callback as Twilio posts it.
-fn message_status(sid: &str, status: &str, error_code: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn message_status(sid: &str, status: &str, error_code: Option<&str>) -> Vec<(String, String)> {
     let mut params = vec![
         ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
         ("ApiVersion", "2010-04-01"),
@@ -54,7 +54,7 @@ fn message_status(sid: &str, status: &str, error_code: Option<&str>) -> Vec<(Str
     params.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
 
-fn call_status(sid: &str, status: &str) -> Vec<(String, String)> {
+pub(crate) fn call_status(sid: &str, status: &str) -> Vec<(String, String)> {
     [
         ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
         ("ApiVersion", "2010-04-01"),
@@ -89,7 +89,7 @@ async fn post(http: &str, body: impl Into<reqwest::Body>, signature: Option<&str
 }
 
 /// Posts `params` signed as Twilio signs them for [`CALLBACK`].
-async fn callback(http: &str, params: &[(String, String)]) -> u16 {
+pub(crate) async fn callback(http: &str, params: &[(String, String)]) -> u16 {
     let signature = herald::providers::twilio::signature(TOKEN.as_bytes(), CALLBACK, params);
     post(http, encode(params), Some(&signature)).await
 }
