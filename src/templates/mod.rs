@@ -14,6 +14,7 @@ mod caps;
 mod checks;
 mod engine;
 mod repository;
+mod syntax;
 pub mod twiml;
 
 use std::collections::BTreeSet;
@@ -187,7 +188,16 @@ impl TemplateProblem {
     /// said plainly.
     fn from_handlebars(file: &str, error: HandlebarsError<'_>) -> TemplateProblem {
         match error {
-            HandlebarsError::Parse(e) => TemplateProblem::new(file, e.pos(), e.reason().to_string()),
+            // The parser's own words for bad syntax are the grammar tokens it expected: a source
+            // [`syntax::explain`] does not recognise gets a pointer to the place instead.
+            HandlebarsError::Parse(e) => match e.reason() {
+                handlebars::TemplateErrorReason::InvalidSyntax(_) => TemplateProblem::new(
+                    file,
+                    e.pos(),
+                    "this is not valid Handlebars: check that each `{{` has its `}}` and each `{{#block}}` its `{{/block}}`",
+                ),
+                other => TemplateProblem::new(file, e.pos(), other.to_string()),
+            },
             HandlebarsError::Render(e) => {
                 let position = e.line_no.zip(e.column_no);
                 match e.reason() {
