@@ -256,6 +256,9 @@ fn check_on_this_thread(
         ));
     }
     check_vars_growth(id, part, &hb, &vars)?;
+    if id.channel == Channel::Sms {
+        warnings.extend(segments_warning(id, &hb, &vars));
+    }
     if matches!(id.channel, Channel::Sms | Channel::Voice) {
         let code = match id.channel {
             Channel::Voice => crate::job::OtpCode::parse(SAMPLE_CODE)
@@ -353,6 +356,44 @@ fn check_vars_growth(
             format!("its output grows with the vars a job carries: with {what} it {overrun}"),
         )),
     }
+}
+
+/// The longest code a job may carry, and a `friendly_name` as long as a real brand's: what a one-segment SMS
+/// must fit.
+const LONG_CODE: &str = "1234567890";
+const LONG_FRIENDLY_NAME: &str = "Acme Online Payments";
+
+/// An SMS that a job with a long code and name sends in more than one segment: each segment is billed.
+/// A warning, not a refusal: a longer text may be meant.
+fn segments_warning(
+    id: &TemplateId,
+    hb: &handlebars::Handlebars<'_>,
+    vars: &BTreeSet<String>,
+) -> Option<TemplateProblem> {
+    let mut job = sample_job(id, vars);
+    job.code = crate::job::OtpCode::parse(LONG_CODE).ok()?;
+    job.friendly_name = Some(LONG_FRIENDLY_NAME.to_owned());
+    let cap = Cap::of(id.channel, Part::Body);
+    let output = render(hb, &id.name(Part::Body), &job, &id.locale, vars, cap).ok()?;
+    let s = crate::sms::segments(output.trim());
+    (s.segments > 1).then(|| {
+        let single = match s.encoding {
+            crate::sms::Encoding::Gsm7 => "one segment holds 160",
+            crate::sms::Encoding::Ucs2 => "one segment holds 70, and one character outside GSM-7 makes the whole text UCS-2",
+        };
+        TemplateProblem::at(
+            &id.file(Part::Body),
+            format!(
+                "with a {}-digit code and a {}-character friendly_name the SMS takes {} segments ({}, {} units; {single}): \
+                 each segment is billed",
+                LONG_CODE.len(),
+                LONG_FRIENDLY_NAME.len(),
+                s.segments,
+                s.encoding.as_str(),
+                s.units,
+            ),
+        )
+    })
 }
 
 /// The sample variables of a check: every built-in, and each named var set to its own name.
