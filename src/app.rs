@@ -271,6 +271,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             ProviderKind::Smtp => Arc::new(Smtp::new(
                 config.smtp.target(),
                 config.smtp.from.clone(),
+                config.smtp.hello(),
                 config.retry.provider_timeout.0,
                 usize::from(config.amqp.prefetch.get()).min(64),
             )),

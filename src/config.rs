@@ -409,9 +409,21 @@ pub struct SmtpConfig {
     pub url: Option<SmtpUrl>,
     #[serde(with = "text")]
     pub from: Mailbox,
+    /// The name given in EHLO. `""` = the domain of `from`: the bare host name (`vm`) that lettre
+    /// gives by default is scored down by receiving servers.
+    #[serde(with = "blank_is_none", default)]
+    pub hello_name: Option<smtp::HelloName>,
 }
 
 impl SmtpConfig {
+    /// The name given in EHLO: `smtp.hello_name`, else the domain of `smtp.from` when it is one (not
+    /// an internationalised name), else `None` (lettre's default, the host name).
+    pub fn hello(&self) -> Option<smtp::HelloName> {
+        self.hello_name
+            .clone()
+            .or_else(|| smtp::parse_hello_name(self.from.email.domain()).ok())
+    }
+
     /// Where the smtp provider connects: `smtp.url`, else `smtp://127.0.0.1:25`.
     pub fn target(&self) -> Target {
         self.url.as_ref().map_or_else(Target::local, |url| url.target().clone())

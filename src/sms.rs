@@ -10,6 +10,15 @@ pub enum Encoding {
     Ucs2,
 }
 
+impl Encoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Gsm7 => "GSM-7",
+            Encoding::Ucs2 => "UCS-2",
+        }
+    }
+}
+
 /// Twilio refuses bodies longer than this many characters.
 pub const TWILIO_MAX_CHARS: usize = 1600;
 

@@ -1,9 +1,11 @@
 //! A small reference MFA server that hands code delivery to herald. See `app.rs` and
 //! docs/mfa-server.md.
 //!
-//!     cargo run --release                                  # herald, in one terminal
-//!     cargo run --example mfa_server                       # this server, on 127.0.0.1:3000
+//!     cargo build --bin herald --example mfa_server        # one profile: dependencies built once
+//!     ./target/debug/herald serve                          # herald, in one terminal
+//!     ./target/debug/examples/mfa_server                   # this server, on 127.0.0.1:3000
 //!
+//! A curl walkthrough of associate → challenge → token: docs/mfa-server.md.
 //! Settings (environment): MFA_ADDR (127.0.0.1:3000), MFA_AMQP_URL (amqp://guest:guest@127.0.0.1:5672/%2f),
 //! MFA_JOBS_QUEUE (herald.jobs), MFA_FEEDBACK_QUEUE (herald.feedback), MFA_CLIENT_ID / MFA_CLIENT_SECRET (example-client / example-secret),
 //! MFA_FRIENDLY_NAME (Acme), MFA_REPLY_TIMEOUT_SECS (15).

@@ -1,5 +1,5 @@
-//! `smtp.url` and `smtp.from`: where the smtp provider connects, and as whom it writes
-//! (docs/providers/smtp.md). Parsed at load; the provider only reads them.
+//! `smtp.url`, `smtp.from` and `smtp.hello_name`: where the smtp provider connects, as whom it writes and
+//! the name it gives in EHLO (docs/providers/smtp.md). Parsed at load; the provider only reads them.
 
 use lettre::message::Mailbox;
 
@@ -120,9 +120,71 @@ pub fn parse_from(from: &str) -> Result<Mailbox, FromError> {
     from.parse::<Mailbox>().map_err(FromError)
 }
 
+/// `smtp.hello_name`: a host name (`mail.acme.test`) or an address literal (`[192.0.2.1]`,
+/// `[IPv6:2001:db8::1]`), as RFC 5321 §4.1.1.1 has EHLO name the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloName(String);
+
+impl HelloName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a host name like mail.acme.test (letters, digits, `-` and `.`) nor an address literal like [192.0.2.1]")]
+pub struct HelloNameError;
+
+pub fn parse_hello_name(name: &str) -> Result<HelloName, HelloNameError> {
+    let literal =
+        name.strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .map(|inner| match inner.strip_prefix("IPv6:") {
+                Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+                None => inner.parse::<std::net::Ipv4Addr>().is_ok(),
+            });
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = literal.unwrap_or_else(|| name.len() <= 253 && name.split('.').all(label));
+    if ok {
+        Ok(HelloName(name.to_owned()))
+    } else {
+        Err(HelloNameError)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hello_names() {
+        for ok in [
+            "mail.acme.test",
+            "acme",
+            "a-b.example",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+        ] {
+            assert_eq!(parse_hello_name(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "mail acme",
+            "-x.test",
+            "x..test",
+            "exämple.test",
+            "[999.1.1.1]",
+            "[2001:db8::1]",
+            "a_b.test",
+        ] {
+            assert!(parse_hello_name(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn urls() {

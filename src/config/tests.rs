@@ -204,6 +204,7 @@ fn to_env_gives_the_configuration_back() {
     config.twilio.status_callback_url = Some("https://herald.acme.test/providers/twilio/status#rc=3".parse().unwrap());
     config.smtp.url = Some("smtp://u%40x:p%3Aw@mail.test?tls=required".parse().unwrap());
     config.smtp.from = "Ops <ops@acme.test>".parse().unwrap();
+    config.smtp.hello_name = Some("mail.acme.test".parse().unwrap());
     config.webhook.url = Some("https://hooks.test/send?x=1".parse().unwrap());
     config.webhook.secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap());
     config.redis.url = Secret::new("redis://127.0.0.1:6379");
@@ -260,6 +261,7 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
         (&[("HERALD_SMTP__URL", "smtp://u:s3cr3t@")], "smtp.url"),
         (&[("HERALD_SMTP__URL", "")], "smtp.url"),
         (&[("HERALD_SMTP__FROM", "s3cr3t")], "smtp.from"),
+        (&[("HERALD_SMTP__HELLO_NAME", "s3cr3t host")], "smtp.hello_name"),
         (&[("HERALD_CHANNELS__SMS", r#"["webhook"]"#)], "webhook.url"),
         (
             &[
@@ -336,6 +338,10 @@ fn typed_values_are_checked_at_load_and_name_their_key() {
         config.smtp.target(),
         "smtps://mail.test".parse::<SmtpUrl>().unwrap().target().clone()
     );
+    // EHLO names the sender's domain unless `smtp.hello_name` says otherwise (issue 34).
+    assert_eq!(config.smtp.hello().unwrap().as_str(), "acme.test");
+    let config = load(&[("HERALD_SMTP__HELLO_NAME", "[192.0.2.1]")]).unwrap();
+    assert_eq!(config.smtp.hello().unwrap().as_str(), "[192.0.2.1]");
 }
 
 /// New providers' sections and `[routing]` survive `to_env`, and chains are checked where they are

@@ -98,7 +98,15 @@ macro_rules! text_traits {
     )*};
 }
 
-text_traits!(HumanDuration, Rate, HttpUrl, WebhookKey, SmtpUrl, AmqpUrl);
+text_traits!(
+    HumanDuration,
+    Rate,
+    HttpUrl,
+    WebhookKey,
+    SmtpUrl,
+    AmqpUrl,
+    smtp::HelloName
+);
 
 /// Every provider herald has: one closed vocabulary for config (`channels.sms = ["twilio"]`), dispatch,
 /// events and metric labels. The text form appears only where a name is written out.
@@ -518,6 +526,16 @@ impl Text for Mailbox {
     }
     fn to_text(&self) -> String {
         self.to_string()
+    }
+}
+
+impl Text for smtp::HelloName {
+    type Err = smtp::HelloNameError;
+    fn parse_text(text: &str) -> Result<Self, smtp::HelloNameError> {
+        smtp::parse_hello_name(text)
+    }
+    fn to_text(&self) -> String {
+        self.as_str().to_owned()
     }
 }
 

@@ -657,25 +657,13 @@ fn describe_rendered(previewed: &Previewed, id: &TemplateId, default_locale: &cr
     out
 }
 
-/// What a save should hear about: variables that are neither built in nor declared, an SMS in
-/// several segments or with a link in it. (A message over its channel's length limit is refused by the
+/// What a save should hear about: the checks' warnings (variables that are neither built in nor declared,
+/// an SMS in several segments) and an SMS with a link in it. (A message over its channel's length limit is refused by the
 /// checks, not warned about.)
 fn warnings(previewed: &Previewed) -> Vec<String> {
     let mut out: Vec<String> = previewed.warnings.iter().map(ToString::to_string).collect();
     match &previewed.rendered {
         Rendered::Sms { body } => {
-            let s = crate::sms::segments(body);
-            if s.segments > 1 {
-                out.push(format!(
-                    "the SMS takes {} segments ({}, {} units): each segment is billed",
-                    s.segments,
-                    serde_json::to_value(s.encoding)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                    s.units
-                ));
-            }
             if has_url(body) {
                 out.push(
                     "the SMS contains a URL: carriers filter SMS with links, and a link next to a code is what \

@@ -18,7 +18,7 @@ use lettre::transport::smtp::extension::ClientId;
 use tokio::sync::Semaphore;
 
 use super::{Class, Provider, ProviderCode, ProviderError, Receipt, Validity};
-use crate::config::smtp::{Security, Target};
+use crate::config::smtp::{HelloName, Security, Target};
 use crate::job::{Job, Recipient};
 use crate::sync::lock;
 use crate::templates::Rendered;
@@ -42,13 +42,20 @@ pub struct Smtp {
 const CHECK_AFTER: Duration = Duration::from_secs(10);
 
 impl Smtp {
-    /// `target` and `from` come parsed from `smtp.url` and `smtp.from`.
-    pub fn new(target: Target, from: Mailbox, timeout: Duration, max_connections: usize) -> Smtp {
+    /// `target`, `from` and `hello` come parsed from `smtp.url`, `smtp.from` and `smtp.hello_name`
+    /// ([`crate::config::SmtpConfig::hello`]); without `hello`, lettre's default: the host name.
+    pub fn new(
+        target: Target,
+        from: Mailbox,
+        hello: Option<HelloName>,
+        timeout: Duration,
+        max_connections: usize,
+    ) -> Smtp {
         Smtp {
             target,
             from,
             timeout,
-            hello: ClientId::default(),
+            hello: hello.map_or_else(ClientId::default, |h| ClientId::Domain(h.as_str().to_owned())),
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(max_connections.max(1)),
         }
@@ -249,7 +256,12 @@ impl Provider for Smtp {
             .from(self.from.clone())
             .to(to)
             .subject(subject.as_str())
-            .message_id(None)
+            // lettre's default is `<…@host name>`; the sender's domain is what receiving servers expect.
+            .message_id(Some(format!(
+                "<{}@{}>",
+                ulid::Ulid::generate(),
+                self.from.email.domain()
+            )))
             .multipart(MultiPart::alternative_plain_html(text.clone(), html.clone()))
             .map_err(|e| ProviderError::Permanent {
                 message: format!("cannot build the email: {e}"),

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::caps::{self, Cap, Overrun};
 use super::engine::{self, BUILT_IN, Engine};
+use super::syntax;
 use super::{HandlebarsError, Part, Previewed, Rendered, Sources, TemplateError, TemplateId, TemplateProblem};
 use crate::job::{Action, Channel, Job, Locale, MAX_BODY, MAX_VAR_VALUE, MAX_VARS};
 
@@ -193,8 +194,10 @@ fn check_on_this_thread(
     declared: &BTreeSet<String>,
 ) -> Result<Checked, TemplateProblem> {
     let (name, file) = (id.name(part), id.file(part));
-    let template = Template::compile_with_name(source, name.clone())
-        .map_err(|e| TemplateProblem::from_handlebars(&file, HandlebarsError::Parse(&e)))?;
+    let template = Template::compile_with_name(source, name.clone()).map_err(|e| match syntax::explain(source) {
+        Some((position, message)) => TemplateProblem::new(&file, Some(position), message),
+        None => TemplateProblem::from_handlebars(&file, HandlebarsError::Parse(&e)),
+    })?;
     // On error the (maybe very deep) template is dropped here, on this thread's stack.
     check_tree(&template, 1, 0, None).map_err(|(position, message)| TemplateProblem::new(&file, position, message))?;
     let mut hb = engine::registry(part);
@@ -253,6 +256,9 @@ fn check_on_this_thread(
         ));
     }
     check_vars_growth(id, part, &hb, &vars)?;
+    if id.channel == Channel::Sms {
+        warnings.extend(segments_warning(id, &hb, &vars));
+    }
     if matches!(id.channel, Channel::Sms | Channel::Voice) {
         let code = match id.channel {
             Channel::Voice => crate::job::OtpCode::parse(SAMPLE_CODE)
@@ -352,6 +358,44 @@ fn check_vars_growth(
     }
 }
 
+/// The longest code a job may carry, and a `friendly_name` as long as a real brand's: what a one-segment SMS
+/// must fit.
+const LONG_CODE: &str = "1234567890";
+const LONG_FRIENDLY_NAME: &str = "Acme Online Payments";
+
+/// An SMS that a job with a long code and name sends in more than one segment: each segment is billed.
+/// A warning, not a refusal: a longer text may be meant.
+fn segments_warning(
+    id: &TemplateId,
+    hb: &handlebars::Handlebars<'_>,
+    vars: &BTreeSet<String>,
+) -> Option<TemplateProblem> {
+    let mut job = sample_job(id, vars);
+    job.code = crate::job::OtpCode::parse(LONG_CODE).ok()?;
+    job.friendly_name = Some(LONG_FRIENDLY_NAME.to_owned());
+    let cap = Cap::of(id.channel, Part::Body);
+    let output = render(hb, &id.name(Part::Body), &job, &id.locale, vars, cap).ok()?;
+    let s = crate::sms::segments(output.trim());
+    (s.segments > 1).then(|| {
+        let single = match s.encoding {
+            crate::sms::Encoding::Gsm7 => "one segment holds 160",
+            crate::sms::Encoding::Ucs2 => "one segment holds 70, and one character outside GSM-7 makes the whole text UCS-2",
+        };
+        TemplateProblem::at(
+            &id.file(Part::Body),
+            format!(
+                "with a {}-digit code and a {}-character friendly_name the SMS takes {} segments ({}, {} units; {single}): \
+                 each segment is billed",
+                LONG_CODE.len(),
+                LONG_FRIENDLY_NAME.len(),
+                s.segments,
+                s.encoding.as_str(),
+                s.units,
+            ),
+        )
+    })
+}
+
 /// The sample variables of a check: every built-in, and each named var set to its own name.
 fn sample_job(id: &TemplateId, vars: &BTreeSet<String>) -> Job {
     let json = json!({
@@ -409,6 +453,21 @@ fn check_tree(template: &Template, depth: usize, eaches: usize, at: Option<(usiz
                 check_call(&h.name, is_helper, depth, at)?;
                 for p in h.params.iter().chain(h.hash.values()) {
                     check_param(p, depth, at)?;
+                }
+                if let Parameter::Name(n) = &h.name
+                    && h.block
+                    && h.params.is_empty()
+                    && let Some(what) = match n.as_str() {
+                        "if" | "unless" => Some("test"),
+                        "each" => Some("walk"),
+                        "with" => Some("enter"),
+                        _ => None,
+                    }
+                {
+                    return Err((
+                        at,
+                        format!("`{{{{#{n}}}}}` has nothing to {what}: write e.g. `{{{{#{n} friendly_name}}}}`"),
+                    ));
                 }
                 let each = h.block && matches!(&h.name, Parameter::Name(n) if n == "each");
                 if each && eaches >= MAX_EACH_NESTING {
@@ -546,6 +605,99 @@ mod tests {
         // Line and column of the construct, for `templates check` and the admin API.
         let p = check(Channel::Sms, "{{code}}\nand {{> other}}").unwrap_err();
         assert_eq!((p.line, p.column), (Some(2), Some(5)), "{p}");
+    }
+
+    /// `templates check` and the admin API said "expected escape, expression, html_expression, …" for a
+    /// forgotten `{{/if}}` (issue 34): each common mistake is now a sentence, at the tag to fix.
+    #[test]
+    fn syntax_mistakes_are_sentences_at_the_tag_to_fix() {
+        let cases: &[(&str, (usize, usize), &str)] = &[
+            (
+                "Hi {{code}}\n\n{{#if friendly_name}} for {{friendly_name}}",
+                (3, 1),
+                "`{{#if friendly_name}}` is never closed: add `{{/if}}`",
+            ),
+            (
+                "{{#each vars}}{{#if this}}{{this}}{{/if}}{{code}}",
+                (1, 1),
+                "`{{#each vars}}` is never closed: add `{{/each}}`",
+            ),
+            (
+                "{{code}} x {{/if}}",
+                (1, 12),
+                "`{{/if}}` closes a block that was never opened: remove it, or open it with `{{#if …}}` before",
+            ),
+            (
+                "{{code}}\n{{#if a}}{{#unless b}}x{{/if}}",
+                (2, 24),
+                "`{{/if}}` is where `{{#unless b}}` (line 2, column 10) needs its `{{/unless}}`: close that block first",
+            ),
+            (
+                "{{code}} {{friendly_name",
+                (1, 10),
+                "`{{friendly_name` is never closed: add `}}`",
+            ),
+            (
+                "{{friendly_name {{code}}",
+                (1, 1),
+                "`{{friendly_name` is never closed: add `}}`",
+            ),
+            (
+                "{{code}} {{{friendly_name}}",
+                (1, 10),
+                "`{{{friendly_name}}` is never closed: add `}}}`",
+            ),
+            (
+                "{{code}} {{#if}}x{{/if}}",
+                (1, 10),
+                "`{{#if}}` has nothing to test: write e.g. `{{#if friendly_name}}`",
+            ),
+            (
+                "{{code}} {{else}}",
+                (1, 10),
+                "`{{else}}` is outside any block: it belongs between `{{#if …}}` and `{{/if}}`",
+            ),
+            (
+                "{{code}} {{}}",
+                (1, 10),
+                "`{{}}` is empty: put a variable or a helper in it",
+            ),
+            (
+                "{{code}}\n  {{shout code}}",
+                (2, 3),
+                "helper `shout` is not available (templates can use if, unless, each",
+            ),
+        ];
+        for &(source, (line, column), needle) in cases {
+            let p = check(Channel::Sms, source)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {source:?}"));
+            assert!(p.message.starts_with(needle), "{source:?}: {p}");
+            assert!(!p.message.contains("expected"), "{source:?}: {p}");
+            assert_eq!((p.line, p.column), (Some(line), Some(column)), "{source:?}: {p}");
+        }
+        // The sentence as `templates check` and the admin API's refusal give it.
+        let p = check(Channel::Sms, cases[0].0).unwrap_err();
+        assert_eq!(
+            p.positioned_message(),
+            "line 3, column 1: `{{#if friendly_name}}` is never closed: add `{{/if}}`"
+        );
+        assert_eq!(
+            p.to_string(),
+            "sms/enrollment.en.hbs:3:1: `{{#if friendly_name}}` is never closed: add `{{/if}}`"
+        );
+        // What the walk does not recognise still points at the place, in words.
+        let p = check(Channel::Sms, "{{code}} {{#if a}}{{else}}{{else}}{{/if}} {{> }}").unwrap_err();
+        assert!(!p.message.contains("expected") && p.line.is_some(), "{p}");
+        // Valid sources, as shipped and with every kind of tag, are not mistaken for mistakes.
+        let valid = "\\{{literal}} {{! c }} {{!-- }} --}} {{{code}}} {{~#if a~}}x{{^}}y{{/if}} \
+                     {{#each vars}}{{@key}}{{else}}none{{/each}} {{#unless a}}{{else if b}}{{/unless}}";
+        assert!(Template::compile(valid).is_ok());
+        assert_eq!(syntax::explain(valid), None);
+        for rel in super::super::repository::list_files(std::path::Path::new("templates")).unwrap() {
+            let source = std::fs::read_to_string(std::path::Path::new("templates").join(&rel)).unwrap();
+            assert_eq!(syntax::explain(&source), None, "{rel}");
+        }
     }
 
     /// The deepest template that is accepted renders on a job's thread: a tokio worker has 2 MiB of

@@ -93,7 +93,7 @@ impl Engine {
 
     fn render_with(
         &self,
-        ctx: &handlebars::Context,
+        ctx: &mut handlebars::Context,
         job: &Job,
         default_locale: &Locale,
     ) -> Result<Rendered, TemplateError> {
@@ -109,6 +109,13 @@ impl Engine {
                 .map(|(l, own)| (template_name(job.channel, job.action, l, part), own))
                 .find(|(n, _)| self.names.contains(n))
                 .ok_or_else(|| TemplateError::Missing(template_name(job.channel, job.action, "*", part)))?;
+            // A part is told the language it is written in (`<html lang="{{locale}}">`): the job's locale
+            // for its own or its language's template, the default locale's for the one it fell back to.
+            let told = if own { locale } else { default_locale };
+            if let Some(Value::String(s)) = ctx.data_mut().get_mut("locale") {
+                s.clear();
+                s.push_str(told.as_str());
+            }
             if !own {
                 // Voice, the one channel that has a language, has one part.
                 language = default_locale;
@@ -539,5 +546,45 @@ mod tests {
         assert_eq!(language(Some("ja")), "fr", "no ja template: French text");
         assert_eq!(language(Some("fr-CA")), "fr-CA");
         assert_eq!(language(Some("en-GB")), "en-GB");
+    }
+
+    /// An email with `locale = "fr"` rendered the English template as `<html lang="fr">` (issue 34): each part
+    /// is told the locale of the template it uses, as a call's language is.
+    #[test]
+    fn each_part_is_told_the_locale_of_the_template_it_uses() {
+        let html = |t: &Templates, locale: &str| match t.render(&job("email", "jane@example.com", locale)).unwrap() {
+            Rendered::Email { html, text, .. } => (html, text),
+            _ => unreachable!(),
+        };
+        let (_dir, t) = load_with(&[]);
+        let (fr, _) = html(&t, "fr");
+        assert!(fr.contains(r#"<html lang="en">"#), "{fr:.80}");
+        let (_dir, t) = load_with(&[
+            ("email/second-factor-authentication.fr.subject.hbs", "Code {{locale}}"),
+            ("email/second-factor-authentication.fr.txt.hbs", "{{locale}} {{code}}"),
+            (
+                "email/second-factor-authentication.fr.html.hbs",
+                r#"<html lang="{{locale}}">{{code}}</html>"#,
+            ),
+        ]);
+        assert_eq!(html(&t, "fr").0, r#"<html lang="fr">482913</html>"#);
+        // A regional locale rendered by its language's template keeps its region, as a call does.
+        assert_eq!(
+            html(&t, "fr-CA"),
+            (r#"<html lang="fr-CA">482913</html>"#.into(), "fr-CA 482913".into())
+        );
+        assert!(html(&t, "de").0.contains(r#"<html lang="en">"#));
+        // The next job on this thread is told its own again.
+        let (_dir, t) = load_with(&[("sms/second-factor-authentication.fr.hbs", "{{locale}} {{code}}")]);
+        for (locale, told) in [("ja", None), ("fr-BE", Some("fr-BE 482913")), ("fr", Some("fr 482913"))] {
+            let Rendered::Sms { body } = t.render(&job("sms", "+14155550123", locale)).unwrap() else {
+                unreachable!()
+            };
+            if let Some(told) = told {
+                assert_eq!(body, told);
+            } else {
+                assert!(!body.contains("ja"), "{body}");
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ mod caps;
 mod checks;
 mod engine;
 mod repository;
+mod syntax;
 pub mod twiml;
 
 use std::collections::BTreeSet;
@@ -187,7 +188,16 @@ impl TemplateProblem {
     /// said plainly.
     fn from_handlebars(file: &str, error: HandlebarsError<'_>) -> TemplateProblem {
         match error {
-            HandlebarsError::Parse(e) => TemplateProblem::new(file, e.pos(), e.reason().to_string()),
+            // The parser's own words for bad syntax are the grammar tokens it expected: a source
+            // [`syntax::explain`] does not recognise gets a pointer to the place instead.
+            HandlebarsError::Parse(e) => match e.reason() {
+                handlebars::TemplateErrorReason::InvalidSyntax(_) => TemplateProblem::new(
+                    file,
+                    e.pos(),
+                    "this is not valid Handlebars: check that each `{{` has its `}}` and each `{{#block}}` its `{{/block}}`",
+                ),
+                other => TemplateProblem::new(file, e.pos(), other.to_string()),
+            },
             HandlebarsError::Render(e) => {
                 let position = e.line_no.zip(e.column_no);
                 match e.reason() {
@@ -466,6 +476,37 @@ mod tests {
     fn shipped_templates_load() {
         let en = Locale::parse("en").unwrap();
         Templates::load(Path::new("templates"), &en).unwrap();
+    }
+
+    /// The shipped `es` and `pt-BR` enrollment SMS were two UCS-2 segments each, billed twice (issue 34).
+    /// Every shipped SMS fits one segment with the longest code and a 20-character friendly_name, and
+    /// `templates check` has nothing to warn about in them.
+    #[test]
+    fn every_shipped_sms_is_one_segment() {
+        let t = Templates::load(Path::new("templates"), &Locale::parse("en").unwrap()).unwrap();
+        assert_eq!(t.warnings(), vec![]);
+        let mut over = Vec::new();
+        let ids: Vec<TemplateId> = t
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|id| id.channel == Channel::Sms)
+            .collect();
+        assert_eq!(ids.len(), 10, "{ids:?}");
+        for id in ids {
+            let mut j = job("sms", "+14155550123", id.locale.as_str());
+            j.action = id.action;
+            j.code = crate::job::OtpCode::parse("1234567890").unwrap();
+            j.friendly_name = Some("Acme Online Payments".to_owned());
+            let Rendered::Sms { body } = t.render(&j).unwrap() else {
+                unreachable!()
+            };
+            let s = crate::sms::segments(&body);
+            if s.segments != 1 {
+                over.push(format!("{}: {s:?} {body}", id.file(Part::Body)));
+            }
+        }
+        assert!(over.is_empty(), "{over:#?}");
     }
 
     #[test]

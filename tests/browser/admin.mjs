@@ -1,7 +1,8 @@
 // Browser test of the template editor: real headless Chromium (Debian's package) driven by
 // playwright-core against herald started from target/debug/herald. Opens /admin/, edits and saves a
 // template, sees a syntax error reported at its line, and checks that a job sent afterwards uses the
-// new text. Saves a screenshot to artifacts/admin-page.png.
+// new text; checks the layout issue 34 found wrong (a wrong token's error beside Save, long lines cut off,
+// "New locale" before a token). Saves screenshots to artifacts/admin-page.png, admin-page-wrong-token.png and admin-page-wrapped.png.
 //
 //   node tests/browser/admin.mjs      (after `cargo test` built the binary; RabbitMQ running)
 import { chromium } from "playwright-core";
@@ -62,12 +63,55 @@ try {
   await page.goto(`http://127.0.0.1:${port}/admin/`);
   assert.equal(await page.title(), "herald · templates");
 
+  // Before a token is accepted there is nothing to start a locale in.
+  assert.equal(await page.locator("#new").isVisible(), false, "the New locale form shows before a token");
+  const saveBefore = await page.locator("#save").boundingBox();
+
+  // A wrong token: the error has its own line under the header; Save and Revert stay side by side, unmoved.
+  await page.locator("#token").fill("not-the-token");
+  await page.locator("#token").press("Enter");
+  const loginError = page.locator("#login-error");
+  await loginError.waitFor({ state: "visible" });
+  assert.match(await loginError.textContent(), /Wrong token/);
+  const [errorBox, saveBox, revertBox, header, main] = await Promise.all(
+    ["#login-error", "#save", "#revert", "header", "main"].map((s) => page.locator(s).boundingBox()));
+  assert.ok(errorBox.width >= 1400 * 0.9, `the error spans the page: ${JSON.stringify(errorBox)}`);
+  assert.ok(errorBox.y >= header.y + header.height - 1 && errorBox.y + errorBox.height <= main.y + 1,
+    `the error is between header and main: ${JSON.stringify({ errorBox, header, main })}`);
+  assert.equal(saveBox.y, revertBox.y, "Save and Revert on one line");
+  assert.equal(saveBox.height, saveBefore.height, "Save is not squeezed");
+  assert.equal(await page.locator("#status").textContent(), "", "nothing beside Save");
+  assert.equal(await page.locator("#new").isVisible(), false, "the New locale form shows after a wrong token");
+  mkdirSync(join(root, "artifacts"), { recursive: true });
+  await page.screenshot({ path: join(root, "artifacts", "admin-page-wrong-token.png"), fullPage: true });
+
   // Keyboard only: type the token and press Enter.
+  await page.locator("#token").fill("");
   await page.locator("#token").focus();
   await page.keyboard.type(token);
   await page.keyboard.press("Enter");
   const item = page.locator('nav .tpl[data-key="sms/second-factor-authentication/en"]');
   await item.waitFor();
+  await loginError.waitFor({ state: "hidden" });
+  assert.equal(await page.locator("#new").isVisible(), true, "the New locale form once the token is accepted");
+
+  // A long line wraps (the pt-BR call was cut off at the editor's edge), and its number is as tall as its rows.
+  await page.locator('nav .tpl[data-key="voice/enrollment/pt-BR"]').click();
+  await page.waitForFunction(() => document.querySelector("#editing")?.textContent.includes("pt-BR"));
+  await page.waitForFunction(() => document.querySelectorAll("#gutter-body span").length > 0);
+  const wrap = await page.evaluate(() => {
+    const area = document.querySelector("#part-body");
+    const numbers = [...document.querySelectorAll("#gutter-body span")];
+    const line = parseFloat(getComputedStyle(area).lineHeight);
+    return { scroll: area.scrollWidth, client: area.clientWidth, lines: area.value.split("\n").length,
+      numbers: numbers.length, rows: numbers[0].getBoundingClientRect().height / line };
+  });
+  assert.ok(wrap.scroll <= wrap.client, `the editor scrolls sideways: ${JSON.stringify(wrap)}`);
+  assert.equal(wrap.numbers, wrap.lines, JSON.stringify(wrap));
+  assert.ok(wrap.rows >= 2, `the long line's number spans its wrapped rows: ${JSON.stringify(wrap)}`);
+  await page.screenshot({ path: join(root, "artifacts", "admin-page-wrapped.png"), fullPage: true });
+
+  await item.click();
   await item.click();
   const body = page.locator("#part-body");
   await body.waitFor();
@@ -90,7 +134,6 @@ try {
   await page.keyboard.press("Control+s");
   await page.locator("#status.ok").waitFor();
   assert.match(await page.locator("#status").textContent(), /Saved/);
-  mkdirSync(join(root, "artifacts"), { recursive: true });
   await page.screenshot({ path: join(root, "artifacts", "admin-page.png"), fullPage: true });
 
   // A job sent now uses the new text.

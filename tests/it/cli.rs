@@ -212,6 +212,12 @@ fn templates_check_reports_file_line_and_column() {
         .output()
         .unwrap();
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    // The shipped templates have nothing to warn about (issue 34: two of them were two segments).
+    assert!(
+        !String::from_utf8_lossy(&ok.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     std::fs::write(
         dir.path().join("sms/enrollment.en.hbs"),
@@ -236,6 +242,34 @@ fn templates_check_reports_file_line_and_column() {
         stderr.contains("voice/enrollment.fr.hbs:1:1: unknown variable `codee`"),
         "{stderr}"
     );
+    // Issue 34: in words, not the parser's list of expected tokens.
+    assert!(
+        stderr.contains("sms/enrollment.en.hbs:2:4: `{{#if code}}` is never closed: add `{{/if}}`"),
+        "{stderr}"
+    );
+}
+
+/// Issue 34: `templates check` said nothing of an SMS billed twice; the admin preview did. A warning, exit 0.
+#[test]
+fn templates_check_warns_on_an_sms_of_two_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    helpers::copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), dir.path());
+    std::fs::write(
+        dir.path().join("sms/enrollment.es.hbs"),
+        "{{code}} es su código de verificación{{#if friendly_name}} para {{friendly_name}}{{/if}}. Ingrese este \
+         código para confirmar su inscripción.\n",
+    )
+    .unwrap();
+    let (code, stderr) = check_dir(dir.path(), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: sms/enrollment.es.hbs: with a 10-digit code and a 20-character friendly_name the SMS takes 2 \
+             segments (UCS-2, 117 units; one segment holds 70"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
 }
 
 fn check_dir(dir: &Path, envs: &[(&str, &str)]) -> (Option<i32>, String) {

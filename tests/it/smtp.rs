@@ -28,7 +28,12 @@ fn assert_mime(message: &serde_json::Value, to: &str, subject: &str) {
     assert_eq!(header("Subject"), subject);
     assert_eq!(header("To"), to);
     assert_eq!(header("From"), "Acme <no-reply@acme.test>");
-    assert!(!header("Message-ID").is_empty());
+    // Issue 34: the sender's domain, not the machine's host name (`<…@vm>`).
+    assert!(
+        header("Message-ID").ends_with("@acme.test>"),
+        "{}",
+        header("Message-ID")
+    );
     assert_eq!(mail.ctype.mimetype, "multipart/alternative");
     let parts: Vec<_> = mail
         .subparts
@@ -56,11 +61,32 @@ async fn email_is_delivered_as_multipart_text_and_html() {
     assert_eq!(event["recipient"], "j***@***.com");
     assert_eq!(event["country"], "none");
     assert!(event["provider_message_id"].as_str().unwrap().contains('@'));
-    assert_mime(
-        &smtp.next_message(),
-        "jane.doe@example.com",
-        "Your verification code for Acme",
+    let message = smtp.next_message();
+    assert_mime(&message, "jane.doe@example.com", "Your verification code for Acme");
+    // Issue 34: EHLO gave the bare host name; by default it is the domain of `smtp.from`.
+    assert_eq!(message["helo"], "acme.test");
+    app.stop().await;
+}
+
+/// `smtp.hello_name` names the client in EHLO; the Message-ID keeps the sender's domain.
+#[tokio::test]
+async fn smtp_hello_name_is_the_ehlo_name() {
+    let smtp = SmtpServer::start("plain", None);
+    let mut app = TestApp::spawn(|c| {
+        c.smtp.url = Some(format!("smtp://127.0.0.1:{}", smtp.port).parse().unwrap());
+        c.smtp.hello_name = Some("mail.acme.test".parse().unwrap());
+    })
+    .await;
+    app.publish(&email("jane.doe@example.com")).await;
+    let event = app.next_event(20).await;
+    assert_eq!(event["type"], "gd_send_email", "{event}");
+    assert!(
+        event["provider_message_id"].as_str().unwrap().ends_with("@acme.test"),
+        "{event}"
     );
+    let message = smtp.next_message();
+    assert_eq!(message["helo"], "mail.acme.test");
+    assert_mime(&message, "jane.doe@example.com", "Your verification code for Acme");
     app.stop().await;
 }
 

@@ -2,7 +2,7 @@
 """A real SMTP server for herald's tests, built on aiosmtpd.
 
 Prints JSON lines on stdout: {"ready": <port>} once listening, then one object per accepted message:
-{"mail_from", "rcpt_tos", "data", "auth"}. The recipient's local part steers failures:
+{"mail_from", "rcpt_tos", "data", "auth", "helo"} (the name the client gave in EHLO/HELO). The recipient's local part steers failures:
 tempfail@ -> 451, reject@ -> 550, hang@ -> no answer to RCPT at all, slow…@ -> the message is accepted
 after 4.5 s (a relay slower than herald's connection slots can serve), reply-<code>[-<enhanced>]@ -> that
 reply to RCPT (reply-550-5.7.1@ -> "550 5.7.1 …", reply-552@ -> "552 …"), as a relay or a mailbox refuses.
@@ -50,6 +50,7 @@ class Handler:
             "rcpt_tos": envelope.rcpt_tos,
             "data": envelope.content.decode("utf-8", "replace"),
             "auth": bool(getattr(session, "authenticated", False)),
+            "helo": session.host_name,
         }), flush=True)
         return "250 2.0.0 Ok: queued"
 
