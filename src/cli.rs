@@ -103,6 +103,20 @@ pub struct SendArgs {
     pub timeout: Duration,
 }
 
+/// An error and its causes, each said once: many errors (lapin's, std's) already include their source's text
+/// in their own, and `{:#}` then printed it two or three times in one line.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// `--config`, else `$HERALD_CONFIG` (both via clap), else `./herald.toml` when it exists.
 pub fn config_path(cli: &Cli) -> Option<PathBuf> {
     cli.config.clone().or_else(|| {
@@ -226,9 +240,7 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
         bail!("invalid job: {}", e.reason);
     }
 
-    let connection = broker::connect(&config.amqp, "herald-send")
-        .await
-        .with_context(|| format!("connecting to {}", broker::redacted_url(&config.amqp)))?;
+    let connection = broker::connect(&config.amqp, "herald-send").await?;
     let channel = connection.create_channel().await?;
     broker::declare_topology(&channel, &config.amqp).await?;
     let mut properties = broker::json_properties();
@@ -251,9 +263,14 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
 
     let mut code = 0;
     if let Some(mut replies) = replies {
-        let reply = tokio::time::timeout(args.timeout, replies.next())
-            .await
-            .with_context(|| format!("no outcome within {:?}", args.timeout))?;
+        let Ok(reply) = tokio::time::timeout(args.timeout, replies.next()).await else {
+            bail!(
+                "no outcome arrived within {}: is a herald consuming `{}` running? The job stays queued \
+                 until one is (docs/cli.md)",
+                humantime::format_duration(args.timeout),
+                config.amqp.jobs_queue
+            );
+        };
         let delivery = reply.context("reply queue closed")??;
         let event: serde_json::Value = serde_json::from_slice(&delivery.data)?;
         println!("{event}");
@@ -263,4 +280,21 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
     }
     let _ = connection.close(200, "bye".into()).await;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = std::io::Error::other("Connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("IO error: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let error = anyhow::Error::new(Repeats(io)).context("sending");
+        assert_eq!(error_text(&error), "sending: IO error: Connection refused");
+        let plain = anyhow::anyhow!("bottom").context("middle").context("top");
+        assert_eq!(error_text(&plain), "top: middle: bottom");
+    }
 }

@@ -219,9 +219,7 @@ impl Bench {
         amqp.dead_queue = format!("herald.bench.{id}.dead");
         amqp.events_exchange = format!("herald.bench.{id}.events");
         amqp.feedback_queue = format!("herald.bench.{id}.feedback");
-        let connection = broker::connect(&amqp, "herald-bench")
-            .await
-            .with_context(|| format!("connecting to {}", broker::redacted_url(&amqp)))?;
+        let connection = broker::connect(&amqp, "herald-bench").await?;
         let channel = broker::Publisher::new(&connection).await?.channel().clone();
         let dir = std::env::temp_dir().join(format!("herald-bench-{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

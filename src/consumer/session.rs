@@ -35,7 +35,11 @@ impl Consumer {
                     if consumed {
                         backoff = FIRST;
                     }
-                    tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                    if matches!(e, BrokerError::Connect { .. }) {
+                        tracing::warn!("{e}; retrying in {}", humantime::format_duration(backoff));
+                    } else {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                    }
                 }
             }
             tokio::select! {
