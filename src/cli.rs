@@ -80,10 +80,13 @@ pub struct SendArgs {
     /// enrollment or second-factor-authentication.
     #[arg(long, default_value = "second-factor-authentication")]
     pub action: String,
+    /// BCP 47 tag of the message's language, e.g. es-AR (falls back to es, then templates.default_locale).
     #[arg(long)]
     pub locale: Option<String>,
+    /// The end user's IPv4 or IPv6 address: key of the per-IP limit and of the fraud guard's IP budget.
     #[arg(long)]
     pub ip: Option<String>,
+    /// The application name shown in messages, e.g. Acme (at most 128 characters).
     #[arg(long)]
     pub friendly_name: Option<String>,
     /// Job id (default: a new ULID).

@@ -595,3 +595,34 @@ async fn send_wait_without_a_herald_says_which_queue_needs_one_and_the_job_stays
         .unwrap();
     assert_eq!(queue.message_count(), 1, "the job stays queued");
 }
+
+/// Issue 34: `--locale`, `--ip` and `--friendly-name` had no description in `herald send --help`. Every
+/// option of every subcommand has one.
+#[test]
+fn every_option_in_help_has_a_description() {
+    for command in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["send", "--help"],
+        &["bench", "--help"],
+        &["templates", "--help"],
+        &["templates", "check", "--help"],
+    ] {
+        let out = herald().args(command).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{command:?}: {help}");
+        let options: Vec<&str> = help
+            .lines()
+            .skip_while(|l| *l != "Options:")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter(|l| l.trim_start().starts_with('-'))
+            .collect();
+        assert!(options.len() >= 2, "{command:?}: no options in:\n{help}");
+        for line in options {
+            // `      --locale <LOCALE>  BCP 47 tag …`: the flag, two spaces or more, its description.
+            let described = line.trim().split_once("  ").is_some_and(|(_, d)| !d.trim().is_empty());
+            assert!(described, "{command:?}: `{}` has no description", line.trim());
+        }
+    }
+}
