@@ -413,10 +413,17 @@ async fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_lo
     assert!(outbox.contains("482913 is your verification code for Acme."));
 }
 
-/// Not a timed test: `herald bench` runs end to end on its own queues and prints its table.
+/// Not a timed test: `herald bench` runs end to end on its own queues and prints its table. Issue 34: from
+/// a directory without the checkout's `templates` it stopped at once; it carries the shipped templates. A
+/// run of 500 jobs printed MISS verdicts and negative latencies; it judges no bar at that size.
 #[test]
 fn bench_runs_and_prints_the_table() {
-    let out = herald().args(["bench", "--jobs", "500"]).output().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = herald()
+        .args(["bench", "--jobs", "500"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -454,6 +461,23 @@ fn bench_runs_and_prints_the_table() {
     }
     assert!(!stdout.contains("failed"), "{stdout}");
     assert!(!stdout.contains("not 200"), "{stdout}");
+    assert!(
+        !stdout.contains("PASS") && !stdout.contains("MISS"),
+        "a bar judged on 500 jobs:\n{stdout}"
+    );
+    assert_eq!(
+        stdout
+            .matches("| not judged (sample too small: 500 jobs; use --jobs ≥")
+            .count(),
+        5,
+        "{stdout}"
+    );
+    let measures = stdout.split("| measure |").nth(1).expect("the measures table");
+    let negative = measures
+        .as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'-' && w[1].is_ascii_digit());
+    assert!(!negative, "a negative figure in:\n{measures}");
     // Its herald children stop cleanly (SIGTERM), deleting their commit-marker queues, and the bench deletes
     // the rest: nothing of the run is left on the broker (before, every child's marker queue was left to
     // expire, 16 a run).
