@@ -572,7 +572,7 @@ async fn a_renamed_jobs_queue_alone_names_the_queue_and_the_settings_that_go_tog
         .args(send_args(&[]))
         .output()
         .unwrap();
-    helpers::delete_queues(vec![renamed]);
+    helpers::delete_queues(vec![renamed.clone()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let queue = format!(
@@ -585,6 +585,24 @@ async fn a_renamed_jobs_queue_alone_names_the_queue_and_the_settings_that_go_tog
         "{stderr}"
     );
     assert_eq!(stderr.matches("PRECONDITION_FAILED").count(), 1, "{stderr}");
+
+    // `serve` logs the same, as itself (not as a lost connection), and keeps trying.
+    let mut env = helpers::process_env(&broker.config);
+    env.retain(|(k, _)| k != "HERALD_AMQP__JOBS_QUEUE");
+    env.push(("HERALD_AMQP__JOBS_QUEUE".into(), renamed.clone()));
+    let mut serve = helpers::spawn_herald(&env);
+    let logs = helpers::collect_output(serve.stderr.take().unwrap());
+    let said = |logs: &str| logs.lines().any(|l| l.contains(&queue) && l.contains("; retrying in "));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !said(&logs.lock().unwrap()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    helpers::delete_queues(vec![renamed]);
+    let logs = logs.lock().unwrap().clone();
+    assert!(said(&logs), "{logs}");
+    assert!(!logs.contains("connection lost"), "{logs}");
 }
 
 /// Issue 34: `send --wait` with no herald running said "deadline has elapsed". Now it says what is
