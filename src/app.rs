@@ -245,6 +245,23 @@ fn claim_lease(config: &Config) -> std::time::Duration {
     config.retry.provider_timeout.0 * longest as u32 + std::time::Duration::from_secs(10)
 }
 
+/// A newcomer without providers configured gets every message in the outbox file: say so, and where it is.
+fn log_outbox_use(config: &Config) {
+    let keys: Vec<String> = config
+        .chains()
+        .into_iter()
+        .filter(|(_, _, kinds)| kinds.contains(&ProviderKind::Outbox))
+        .map(|(key, _, _)| key)
+        .collect();
+    if !keys.is_empty() {
+        tracing::info!(
+            "{} use the outbox: messages are appended to {} (docs/providers/README.md)",
+            keys.join(", "),
+            config.outbox.path.display()
+        );
+    }
+}
+
 fn build_routes(config: &Config) -> anyhow::Result<Routes> {
     // One HTTP client for every provider call: one connection pool, TLS set up once. It follows no
     // redirect and retries nothing itself (retries are herald's own schedule, `herald.retry`); it only
@@ -296,6 +313,7 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
         built.insert(kind, p.clone());
         Ok(p)
     };
+    log_outbox_use(config);
     let mut default = PerChannel::<Chain>::default();
     let mut by_destination = PerChannel::<Vec<(Destination, Chain)>>::default();
     for channel in Channel::ALL {

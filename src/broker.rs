@@ -5,6 +5,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
@@ -12,14 +13,78 @@ use std::time::Duration;
 
 use crate::config::{AmqpConfig, QueueType};
 
+/// lapin's own `Display` already includes its error's source, so herald words a lapin error itself and does
+/// not chain it as a source: shown with its causes (`herald: …` at exit), the same text would print two or
+/// three times.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("broker: {0}")]
-    Amqp(#[from] lapin::Error),
+    #[error("broker: {}", in_words(.0))]
+    Amqp(lapin::Error),
+    /// The broker could not be reached or refused the login; `at` is [`address`], without the password.
+    #[error("cannot connect to the broker at {at}: {}", in_words(.cause))]
+    Connect { at: String, cause: lapin::Error },
+    /// A queue exists with other arguments than herald declares (docs/configuration.md "Queue names").
+    #[error(
+        "queue `{queue}` exists with other arguments than herald declares for it ({}); {hint}",
+        in_words(.cause)
+    )]
+    Declare {
+        queue: String,
+        hint: &'static str,
+        cause: lapin::Error,
+    },
     #[error("broker refused (nacked) a publish to {0}")]
     Nacked(String),
     #[error("broker: {0}")]
     Closed(String),
+}
+
+impl From<lapin::Error> for BrokerError {
+    fn from(error: lapin::Error) -> BrokerError {
+        BrokerError::Amqp(error)
+    }
+}
+
+impl BrokerError {
+    /// The lapin error under this one, if any.
+    pub fn lapin(&self) -> Option<&lapin::Error> {
+        match self {
+            BrokerError::Amqp(e) | BrokerError::Connect { cause: e, .. } | BrokerError::Declare { cause: e, .. } => {
+                Some(e)
+            }
+            BrokerError::Nacked(_) | BrokerError::Closed(_) => None,
+        }
+    }
+}
+
+/// A lapin error once, in the broker's or the system's words: the AMQP reply text (`ACCESS_REFUSED - Login
+/// was refused …`) or the I/O error (`Connection refused (os error 111)`).
+fn in_words(error: &lapin::Error) -> String {
+    match error.kind() {
+        lapin::ErrorKind::IOError(e) => e.to_string(),
+        lapin::ErrorKind::ProtocolError(e) => match e.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => format!(
+                "the broker refused the user name or password ({})",
+                e.get_message().as_str()
+            ),
+            _ => e.get_message().as_str().to_owned(),
+        },
+        _ => error.to_string(),
+    }
+}
+
+/// Where herald connects, as an operator reads it: `amqp://host:port/vhost (user guest)`, never the password.
+pub fn address(config: &AmqpConfig) -> String {
+    let uri = config.url.uri();
+    let scheme = match uri.scheme {
+        lapin::uri::AMQPScheme::AMQP => "amqp",
+        lapin::uri::AMQPScheme::AMQPS => "amqps",
+    };
+    let vhost = uri.vhost.replace('%', "%25").replace('/', "%2f");
+    format!(
+        "{scheme}://{}:{}/{vhost} (user {})",
+        uri.authority.host, uri.authority.port, uri.authority.userinfo.username
+    )
 }
 
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
@@ -28,7 +93,12 @@ pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, Brok
     // A `frame_max` or `heartbeat` in the URL wins.
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     uri.query.heartbeat.get_or_insert(HEARTBEAT);
-    Ok(Connection::connect_uri(uri, props).await?)
+    Connection::connect_uri(uri, props)
+        .await
+        .map_err(|cause| BrokerError::Connect {
+            at: address(config),
+            cause,
+        })
 }
 
 /// The AMQP heartbeat herald asks for, in seconds (the broker may lower it). A broker that sends nothing
@@ -38,7 +108,10 @@ const HEARTBEAT: u16 = 10;
 
 /// Whether a broker error means the broker stopped answering (no heartbeat), not that it closed.
 pub fn is_stall(error: &BrokerError) -> bool {
-    matches!(error, BrokerError::Amqp(e) if matches!(e.kind(), lapin::ErrorKind::MissingHeartbeatError))
+    matches!(
+        error.lapin().map(lapin::Error::kind),
+        Some(lapin::ErrorKind::MissingHeartbeatError)
+    )
 }
 
 /// The largest AMQP frame herald asks for. lapin keeps 32 frames of buffer each way per connection, so
@@ -193,8 +266,27 @@ async fn declare_durable(channel: &Channel, name: &str, args: FieldTable) -> Res
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel.queue_declare(name.into(), durable, args).await?;
-    Ok(())
+    match channel.queue_declare(name.into(), durable, args).await {
+        Ok(_) => Ok(()),
+        Err(cause) if is_precondition_failed(&cause) => Err(BrokerError::Declare {
+            queue: name.to_owned(),
+            hint: RENAME_TOGETHER,
+            cause,
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What to do about a queue declared with other arguments, most often a renamed jobs queue whose retry
+/// queue still dead-letters to the old name.
+const RENAME_TOGETHER: &str = "the retry queue and its delay queues dead-letter to `amqp.jobs_queue`, and the jobs and \
+    feedback queues to `amqp.dead_queue`, so change `amqp.jobs_queue`, `retry_queue`, `dead_queue` and \
+    `feedback_queue` together, or delete the old queue once it is empty; `amqp.queue_type` and \
+    `amqp.delivery_limit` are part of the arguments too (docs/configuration.md \"Queue names\")";
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)))
 }
 
 /// Declares the delay queues that [`AmqpConfig::delay_queues`] named: like `herald.retry`, each dead-letters expired

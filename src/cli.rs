@@ -80,10 +80,13 @@ pub struct SendArgs {
     /// enrollment or second-factor-authentication.
     #[arg(long, default_value = "second-factor-authentication")]
     pub action: String,
+    /// BCP 47 tag of the message's language, e.g. es-AR (falls back to es, then templates.default_locale).
     #[arg(long)]
     pub locale: Option<String>,
+    /// The end user's IPv4 or IPv6 address: key of the per-IP limit and of the fraud guard's IP budget.
     #[arg(long)]
     pub ip: Option<String>,
+    /// The application name shown in messages, e.g. Acme (at most 128 characters).
     #[arg(long)]
     pub friendly_name: Option<String>,
     /// Job id (default: a new ULID).
@@ -101,6 +104,20 @@ pub struct SendArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// An error and its causes, each said once: many errors (lapin's, std's) already include their source's text
+/// in their own, and `{:#}` then printed it two or three times in one line.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// `--config`, else `$HERALD_CONFIG` (both via clap), else `./herald.toml` when it exists.
@@ -226,9 +243,7 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
         bail!("invalid job: {}", e.reason);
     }
 
-    let connection = broker::connect(&config.amqp, "herald-send")
-        .await
-        .with_context(|| format!("connecting to {}", broker::redacted_url(&config.amqp)))?;
+    let connection = broker::connect(&config.amqp, "herald-send").await?;
     let channel = connection.create_channel().await?;
     broker::declare_topology(&channel, &config.amqp).await?;
     let mut properties = broker::json_properties();
@@ -251,9 +266,14 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
 
     let mut code = 0;
     if let Some(mut replies) = replies {
-        let reply = tokio::time::timeout(args.timeout, replies.next())
-            .await
-            .with_context(|| format!("no outcome within {:?}", args.timeout))?;
+        let Ok(reply) = tokio::time::timeout(args.timeout, replies.next()).await else {
+            bail!(
+                "no outcome arrived within {}: is a herald consuming `{}` running? The job stays queued \
+                 until one is (docs/cli.md)",
+                humantime::format_duration(args.timeout),
+                config.amqp.jobs_queue
+            );
+        };
         let delivery = reply.context("reply queue closed")??;
         let event: serde_json::Value = serde_json::from_slice(&delivery.data)?;
         println!("{event}");
@@ -263,4 +283,21 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<i32> {
     }
     let _ = connection.close(200, "bye".into()).await;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_text_says_each_cause_once() {
+        let io = std::io::Error::other("Connection refused");
+        #[derive(Debug, thiserror::Error)]
+        #[error("IO error: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let error = anyhow::Error::new(Repeats(io)).context("sending");
+        assert_eq!(error_text(&error), "sending: IO error: Connection refused");
+        let plain = anyhow::anyhow!("bottom").context("middle").context("top");
+        assert_eq!(error_text(&plain), "top: middle: bottom");
+    }
 }

@@ -111,6 +111,11 @@ impl FeedbackConsumer {
         while !shutdown.is_cancelled() {
             match self.session(&shutdown).await {
                 Ok(()) => break,
+                // The job consumer says these (the broker cannot be reached, a queue's arguments differ)
+                // once per attempt.
+                Err(e @ (BrokerError::Connect { .. } | BrokerError::Declare { .. })) => {
+                    tracing::debug!("feedback consumer: {e}")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?backoff, "feedback consumer: broker connection lost; reconnecting")
                 }

@@ -3,7 +3,9 @@
 //! - crates that log payloads stay capped at a level where they do not, whatever `RUST_LOG` says
 //!   (docs/jobs-and-events.md "Events": never a code, a number, an address or a secret, at any level);
 //! - actix-http's ERROR line for each malformed or broken HTTP/1 connection is counted in
-//!   `herald_http_connection_errors_total` instead: a scanner would otherwise write hundreds a second.
+//!   `herald_http_connection_errors_total` instead: a scanner would otherwise write hundreds a second;
+//! - lapin's ERROR lines for a connection or channel error are dropped: lapin returns the same error to
+//!   herald, which says it once in its own words ("cannot connect to the broker at …; retrying in 1s").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,6 +52,20 @@ fn is_http_connection_error(meta: &Metadata<'_>) -> bool {
     *meta.level() == Level::ERROR && meta.target().starts_with("actix_http::h1")
 }
 
+/// lapin's modules that log at ERROR an error they also return (a refused login, a closed connection, a
+/// missed heartbeat, a consumer's error).
+const LAPIN_RETURNED: &[&str] = &[
+    "lapin::channel",
+    "lapin::channels",
+    "lapin::io_loop",
+    "lapin::heartbeat",
+    "lapin::consumer",
+];
+
+fn is_lapin_returned_error(meta: &Metadata<'_>) -> bool {
+    *meta.level() == Level::ERROR && LAPIN_RETURNED.iter().any(|target| meta.target() == *target)
+}
+
 struct CountHttpConnectionErrors;
 
 impl<S: tracing::Subscriber> Layer<S> for CountHttpConnectionErrors {
@@ -70,9 +86,9 @@ pub fn subscriber<W>(env_filter: EnvFilter, writer: W, ansi: bool) -> impl traci
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let logged = env_filter
-        .and(caps())
-        .and(filter_fn(|meta| !is_http_connection_error(meta)));
+    let logged = env_filter.and(caps()).and(filter_fn(|meta| {
+        !is_http_connection_error(meta) && !is_lapin_returned_error(meta)
+    }));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -136,6 +152,21 @@ mod tests {
         }
         assert!(logged.contains("lapin info passes"), "{logged}");
         assert!(logged.contains("herald trace passes"), "{logged}");
+    }
+
+    /// Issue 34: a refused login printed lapin's three ERROR lines before herald's own, on every attempt.
+    #[test]
+    fn lapin_errors_it_also_returns_are_not_logged() {
+        let out = Buffer::default();
+        tracing::subscriber::with_default(subscriber(EnvFilter::new("info"), out.clone(), false), || {
+            tracing::error!(target: "lapin::channels", "Connection error");
+            tracing::error!(target: "lapin::io_loop", "Exponential backoff attempts exhausted");
+            tracing::warn!(target: "lapin::channels", "lapin warnings pass");
+        });
+        let logged = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(!logged.contains("Connection error"), "{logged}");
+        assert!(!logged.contains("backoff"), "{logged}");
+        assert!(logged.contains("lapin warnings pass"), "{logged}");
     }
 
     #[test]

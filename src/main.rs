@@ -18,7 +18,7 @@ async fn run() -> i32 {
     match herald::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("herald: {e:#}");
+            eprintln!("herald: {}", herald::cli::error_text(&e));
             2
         }
     }

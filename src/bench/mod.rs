@@ -43,6 +43,7 @@ use lapin::{Channel, Connection};
 
 use crate::broker;
 use crate::config::{AmqpConfig, Config};
+use crate::templates::Templates;
 
 use self::harness::Provider;
 use self::report::{Round, Row, Summary};
@@ -165,6 +166,7 @@ async fn measure(bench: &Bench, n: usize, rounds: usize) -> anyhow::Result<(Vec<
     let (half_row, at_half, _) = steps::latency(bench, &fast, report::half_load(&measured), n).await?;
     rss.extend([rss3, rss4]);
     let summary = Summary {
+        jobs: n,
         rounds: measured,
         prefetch,
         slow_delay: SLOW_ANSWER,
@@ -206,7 +208,8 @@ struct Bench {
     amqp: AmqpConfig,
     /// Herald's state and outbox files.
     dir: PathBuf,
-    /// `templates.dir` as the bench was configured: its herald children load them.
+    /// `templates.dir` as the bench was configured, or the shipped templates when it is not there: its herald
+    /// children load them.
     templates_dir: PathBuf,
 }
 
@@ -219,18 +222,30 @@ impl Bench {
         amqp.dead_queue = format!("herald.bench.{id}.dead");
         amqp.events_exchange = format!("herald.bench.{id}.events");
         amqp.feedback_queue = format!("herald.bench.{id}.feedback");
-        let connection = broker::connect(&amqp, "herald-bench")
-            .await
-            .with_context(|| format!("connecting to {}", broker::redacted_url(&amqp)))?;
+        let connection = broker::connect(&amqp, "herald-bench").await?;
         let channel = broker::Publisher::new(&connection).await?.channel().clone();
         let dir = std::env::temp_dir().join(format!("herald-bench-{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Run from anywhere: without the configured templates.dir (`templates` of a checkout), the
+        // children get the shipped templates, which the binary carries.
+        let templates_dir = if config.templates.dir.is_dir() {
+            config.templates.dir.clone()
+        } else {
+            let shipped = dir.join("templates");
+            Templates::write_shipped(&shipped)
+                .with_context(|| format!("writing templates to {}", shipped.display()))?;
+            eprintln!(
+                "herald bench: no templates.dir {}; using the templates shipped in the binary",
+                config.templates.dir.display()
+            );
+            shipped
+        };
         Ok(Bench {
             connection,
             channel,
             amqp,
             dir,
-            templates_dir: config.templates.dir.clone(),
+            templates_dir,
         })
     }
 

@@ -85,11 +85,15 @@ pub(super) struct Latency {
     pub herald_pace: f64,
     pub broker: Percentiles,
     pub herald: Percentiles,
+    /// Jobs whose latency was measured (after the warm-up), on each path.
+    pub samples: usize,
 }
 
 /// Everything the measures table is computed from.
 #[derive(Debug)]
 pub(super) struct Summary {
+    /// Jobs per run (`--jobs`).
+    pub jobs: usize,
     pub rounds: Vec<Round>,
     pub prefetch: u16,
     /// The slow provider's answer time and the rate herald reached against it.
@@ -194,9 +198,39 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// "PASS" when `met`, else "MISS": the last column of a measure that has a bar.
-fn verdict(met: bool) -> &'static str {
-    if met { "PASS" } else { "MISS" }
+/// Runs of fewer jobs than this many times prefetch are judged by no throughput, slow-provider or memory
+/// bar: a short run is mostly start-up and the first prefetch window (the slow step's own sizing rule,
+/// "the rate is then set by concurrency, not by start-up").
+pub(super) const PREFETCH_WINDOWS: usize = 20;
+/// Latency samples the p99 bar needs: with fewer, p99 rests on fewer than 10 values.
+pub(super) const LATENCY_SAMPLES: usize = 1_000;
+
+/// The last column of a measure that has a bar: "PASS" when `met`, else "MISS"; "not judged" when the
+/// sample (`size` jobs) is below the `need` of that bar, whatever the figure.
+fn verdict(met: bool, size: usize, need: usize) -> String {
+    if size < need {
+        format!("not judged (sample too small: {size} jobs; use --jobs ≥ {need})")
+    } else if met {
+        "PASS".into()
+    } else {
+        "MISS".into()
+    }
+}
+
+/// Added latency as the table prints it: a percentile where herald's path came out faster than the
+/// broker's alone (a difference of two separate runs' tails: noise) shows as 0, and says so.
+fn added_text(added: Percentiles) -> String {
+    let shown = |v: f64| if v < 0.0 { 0.0 } else { v };
+    let clamped = Percentiles {
+        p50: shown(added.p50),
+        p99: shown(added.p99),
+        p999: shown(added.p999),
+    };
+    if [added.p50, added.p99, added.p999].iter().any(|v| *v < 0.0) {
+        format!("{clamped} (a percentile below the broker's own, noise, shows as 0)")
+    } else {
+        clamped.to_string()
+    }
 }
 
 /// MiB (2^20 bytes, what /proc reports in KiB) to MB (10^6 bytes, the unit of the 30 MB bar).
@@ -272,8 +306,12 @@ pub(super) fn measures_table(s: &Summary) -> String {
     let (slow_ideal, slow_ratio) = (s.slow_ideal(), s.slow_rate / s.slow_ideal());
     let peak_mb = mib_to_mb(s.peak_rss_mib);
     let mut out = String::from("| measure | value | bar | met |\n|---|---:|---|---|\n");
-    let mut line = |measure: String, value: String, bar: Option<(String, bool)>| {
-        let (bar, met) = bar.map_or((String::new(), ""), |(bar, met)| (bar, verdict(met)));
+    // A run too short to judge a bar by: its sample and what the bar needs.
+    let windows = (s.jobs, usize::from(s.prefetch) * PREFETCH_WINDOWS);
+    let mut line = |measure: String, value: String, bar: Option<(String, bool, (usize, usize))>| {
+        let (bar, met) = bar.map_or((String::new(), String::new()), |(bar, met, (size, need))| {
+            (bar, verdict(met, size, need))
+        });
         let _ = writeln!(out, "| {measure} | {value} | {bar} | {met} |");
     };
     line(
@@ -309,7 +347,7 @@ pub(super) fn measures_table(s: &Summary) -> String {
             None,
         );
         let best = s.ratios(herald, Round::best_ceiling);
-        let verdict = bar.map(|bar| (format!("≥ {bar:.2}"), median(best.clone()) >= bar));
+        let verdict = bar.map(|bar| (format!("≥ {bar:.2}"), median(best.clone()) >= bar, windows));
         line(
             format!("e2e {shape} / best ceiling, median of {rounds}"),
             ratios(best),
@@ -319,7 +357,7 @@ pub(super) fn measures_table(s: &Summary) -> String {
     line(
         format!("{slow_ms} ms provider / (prefetch / {slow_seconds} s = {slow_ideal:.0}/s)"),
         format!("{slow_ratio:.2}"),
-        Some(("≥ 0.90".into(), slow_ratio >= 0.90)),
+        Some(("≥ 0.90".into(), slow_ratio >= 0.90, windows)),
     );
     for (i, latency) in s.latency.into_iter().enumerate() {
         let Latency {
@@ -328,11 +366,16 @@ pub(super) fn measures_table(s: &Summary) -> String {
             herald_pace,
             broker,
             herald,
+            samples,
         } = latency;
         let added = herald.minus(broker);
         let (pace, bar) = if i == 0 {
             let bar = format!("p99 ≤ {ADDED_P99_BAR_MS} ms");
-            (format!("{rate:.0} jobs/s"), Some((bar, added.p99 <= ADDED_P99_BAR_MS)))
+            let judged = (samples, LATENCY_SAMPLES);
+            (
+                format!("{rate:.0} jobs/s"),
+                Some((bar, added.p99 <= ADDED_P99_BAR_MS, judged)),
+            )
         } else {
             (format!("{rate:.0} jobs/s (half the best ceiling)"), None)
         };
@@ -350,14 +393,14 @@ pub(super) fn measures_table(s: &Summary) -> String {
         );
         line(
             format!("added by herald p50 / p99 / p99.9 at {pace}"),
-            added.to_string(),
+            added_text(added),
             bar,
         );
     }
     line(
         "peak RSS of the herald process".into(),
         format!("{:.1} MiB = {peak_mb:.1} MB", s.peak_rss_mib),
-        Some((format!("≤ {PEAK_RSS_BAR_MB} MB"), peak_mb <= PEAK_RSS_BAR_MB)),
+        Some((format!("≤ {PEAK_RSS_BAR_MB} MB"), peak_mb <= PEAK_RSS_BAR_MB, windows)),
     );
     out
 }
@@ -387,6 +430,7 @@ mod tests {
 
     fn summary(rounds: Vec<Round>) -> Summary {
         Summary {
+            jobs: 20_000,
             rounds,
             prefetch: 256,
             slow_delay: Duration::from_millis(200),
@@ -398,6 +442,7 @@ mod tests {
                     herald_pace: 998.0,
                     broker: ms(0.80, 1.50, 2.10),
                     herald: ms(1.60, 3.00, 9.10),
+                    samples: 5_000,
                 },
                 Latency {
                     rate: 3106.0,
@@ -405,6 +450,7 @@ mod tests {
                     herald_pace: 2411.0,
                     broker: ms(1.63, 3.75, 5.00),
                     herald: ms(2.77, 44.69, 60.00),
+                    samples: 5_000,
                 },
             ],
             peak_rss_mib: 26.0,
@@ -627,5 +673,33 @@ mod tests {
             one.contains("| e2e Twilio-shaped / best ceiling, median of 1 round | 0.60 | ≥ 0.60 | PASS |"),
             "{one}"
         );
+    }
+
+    /// Issue 34: `herald bench --jobs 500` printed MISS (and PASS) verdicts from runs too short to judge,
+    /// and a negative added latency.
+    #[test]
+    fn a_sample_too_small_is_not_judged_and_no_latency_prints_negative() {
+        let mut small = summary(vec![tx_round(10_000.0, 13_000.0, 6_500.0, 10_400.0)]);
+        small.jobs = 500;
+        for latency in &mut small.latency {
+            latency.samples = 500;
+            latency.herald = ms(0.5, 1.6, 1.0);
+        }
+        let table = measures_table(&small);
+        assert!(!table.contains("PASS") && !table.contains("MISS"), "{table}");
+        for line in [
+            "| ≥ 0.80 | not judged (sample too small: 500 jobs; use --jobs ≥ 5120) |",
+            "| ≥ 0.90 | not judged (sample too small: 500 jobs; use --jobs ≥ 5120) |",
+            "| p99 ≤ 2 ms | not judged (sample too small: 500 jobs; use --jobs ≥ 1000) |",
+            "| ≤ 30 MB | not judged (sample too small: 500 jobs; use --jobs ≥ 5120) |",
+            "| added by herald p50 / p99 / p99.9 at 1000 jobs/s | 0.00 / 0.10 / 0.00 ms (a percentile below the broker's own, noise, shows as 0) |",
+        ] {
+            assert!(table.contains(line), "missing `{line}` in:\n{table}");
+        }
+        let negative = table
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'-' && w[1].is_ascii_digit());
+        assert!(!negative, "a negative figure in:\n{table}");
     }
 }

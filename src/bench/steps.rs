@@ -470,6 +470,7 @@ pub(super) async fn latency(
         herald_pace: row.rate(),
         broker,
         herald: report::percentiles(&published, &provider.arrivals()),
+        samples: count,
     };
     Ok((row, latency, rss))
 }

@@ -114,20 +114,71 @@ fn key_on_line(text: &str, index: usize) -> Option<String> {
 }
 
 /// What went wrong with a value, in words that never include the value: figment's own wording quotes it
-/// (`found string "…"`), and it may be a secret pasted into the wrong key.
-fn describe(kind: &figment::error::Kind) -> String {
+/// (`found string "…"`), and it may be a secret pasted into the wrong key. `depth` is the key's: 1 for a
+/// section.
+fn describe(kind: &figment::error::Kind, depth: usize) -> String {
     use figment::error::Kind;
     match kind {
-        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => format!("expected {expected}"),
+        Kind::InvalidType(actual, expected) => {
+            format!("expected {}, got {}", expected_words(expected), kind_of(actual))
+        }
+        Kind::InvalidValue(actual, expected) => format!(
+            "expected {}, got {}",
+            expected_words(expected),
+            match actual {
+                Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => "a number outside that range",
+                other => kind_of(other),
+            }
+        ),
         Kind::InvalidLength(_, expected) => format!("wrong number of items, expected {expected}"),
-        Kind::UnknownVariant(_, expected) => format!(
-            "unknown value, expected one of {}",
-            expected.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+        Kind::UnknownVariant(_, expected) => format!("unknown value, expected one of {}", one_of(expected)),
+        Kind::UnknownField(_, expected) => format!(
+            "unknown {}, expected one of {}",
+            if depth <= 1 { "section" } else { "key" },
+            one_of(expected)
         ),
         Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".into(),
         Kind::Unsupported(_) | Kind::UnsupportedKey(..) => "unsupported value".into(),
         // Key names and herald's own value-free messages (see `values`).
-        Kind::Message(_) | Kind::UnknownField(..) | Kind::MissingField(_) | Kind::DuplicateField(_) => kind.to_string(),
+        Kind::Message(_) | Kind::MissingField(_) | Kind::DuplicateField(_) => kind.to_string(),
+    }
+}
+
+use figment::error::Actual;
+
+/// `` `amqp`, `state`, `http` ``.
+fn one_of(names: &[&str]) -> String {
+    names.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// serde's name of what a key takes (`u16`, `a sequence`), as an operator says it.
+fn expected_words(expected: &str) -> String {
+    match expected {
+        "u8" => "a whole number from 0 to 255".into(),
+        "u16" => "a whole number from 0 to 65535".into(),
+        "u32" => "a whole number from 0 to 4294967295".into(),
+        "u64" | "u128" | "usize" => "a whole number, 0 or more".into(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" => "`true` or `false`".into(),
+        "a sequence" => "a list, like [\"a\", \"b\"]".into(),
+        "a map" => "a table".into(),
+        other if other.starts_with("struct ") => "a table".into(),
+        other => other.into(),
+    }
+}
+
+/// The kind of value found, never the value.
+fn kind_of(actual: &Actual) -> &'static str {
+    match actual {
+        Actual::Bool(_) => "a true/false value",
+        Actual::Unsigned(_) | Actual::Signed(_) => "a whole number",
+        Actual::Float(_) => "a decimal number",
+        Actual::Char(_) | Actual::Str(_) | Actual::Bytes(_) => "text",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        Actual::Unit | Actual::Option => "no value",
+        _ => "another kind of value",
     }
 }
 
@@ -138,7 +189,7 @@ impl From<figment::Error> for ConfigError {
             err.into_iter()
                 .map(|e| Problem {
                     key: e.path.join("."),
-                    problem: describe(&e.kind),
+                    problem: describe(&e.kind, e.path.len()),
                     source: e.metadata.as_ref().map(|m| m.name.to_string()),
                 })
                 .collect(),

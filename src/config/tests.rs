@@ -91,13 +91,8 @@ fn shows(shown: &str, value: &toml::Value) -> bool {
     match value {
         toml::Value::String(s) if s.is_empty() => matches!(shown, "—" | "off"),
         toml::Value::String(s) => shown == s,
-        toml::Value::Array(items) if !items.is_empty() => {
-            let words: Vec<String> = items
-                .iter()
-                .map(|i| i.as_str().map_or(i.to_string(), str::to_owned))
-                .collect();
-            shown == words.join(" ") || shown == value.to_string()
-        }
+        // As a config file or a HERALD_* variable takes it: `1s 5s 30s` is refused (issue 34).
+        toml::Value::Array(_) => shown == value.to_string(),
         other => shown == other.to_string(),
     }
 }
@@ -163,6 +158,14 @@ fn docs_tables_show_the_defaults() {
             continue;
         }
         for (key, shown) in row_keys.iter().zip(shown) {
+            // What the docs show, set as it is shown, loads (`—` and `off` stand for an empty value).
+            if !matches!(shown, "—" | "off") {
+                let (section, name) = key.split_once('.').unwrap();
+                let var = (env::var_name(section, name), shown.to_owned());
+                if let Err(e) = Config::load_from(None, vec![var]) {
+                    wrong.push(format!("{key}: the documented `{shown}` does not load: {e}"));
+                }
+            }
             match defaults.get(key) {
                 None => wrong.push(format!("{key}: in the docs, not in defaults.toml")),
                 Some(value) if !shows(shown, value) => {
@@ -650,4 +653,47 @@ fn a_prefetch_of_zero_is_refused_at_load_naming_the_key() {
         err.starts_with("invalid configuration: `amqp.prefetch`: must be at least 1"),
         "{err}"
     );
+}
+
+/// Issue 34: values that do not fit said it in Rust's words (`expected u16`), and the unknown-section list
+/// nested backticks (``expected `one of `amqp`, …` ``). Still never the value.
+#[test]
+fn a_value_that_does_not_fit_is_said_in_an_operators_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[amqp]\nprefetch = \"abc\"\n",
+            "`amqp.prefetch`: expected a whole number from 1 to 65535, got text (from TOML file)",
+        ),
+        (
+            "[amqp]\nprefetch = 70000\n",
+            "`amqp.prefetch`: expected a whole number from 1 to 65535, got a number outside that range",
+        ),
+        (
+            "[throttle]\nipv6_prefix = \"abc\"\n",
+            "`throttle.ipv6_prefix`: expected a whole number from 0 to 255, got text",
+        ),
+        (
+            "[retry]\nschedule = \"1s 5s\"\n",
+            "`retry.schedule`: expected a list, like [\"a\", \"b\"], got text",
+        ),
+        (
+            "[nope]\nx = 1\n",
+            "`nope`: unknown section, expected one of `amqp`, `state`, `http`,",
+        ),
+        (
+            "[amqp]\nprefetc = 1\n",
+            "`amqp.prefetc`: unknown key, expected one of `url`, `prefetch`,",
+        ),
+    ];
+    for (toml, said) in cases {
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, toml).unwrap();
+        let message = Config::load_from(Some(&path), no_env()).unwrap_err().to_string();
+        assert!(message.contains(said), "{toml:?}: no `{said}` in: {message}");
+        assert!(!message.contains("``") && !message.contains("`one of"), "{message}");
+        assert!(!message.contains("abc"), "the value was printed: {message}");
+    }
+    let vars = [("HERALD_AMQP__PREFETCH".to_owned(), "512".to_owned())];
+    assert_eq!(Config::load_from(None, vars).unwrap().amqp.prefetch.get(), 512);
 }

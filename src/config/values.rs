@@ -481,9 +481,38 @@ impl Text for AmqpUrl {
     }
 }
 
-/// `#[serde(deserialize_with = "at_least_one")]` for a count that 0 would leave meaningless.
+/// `#[serde(deserialize_with = "at_least_one")]` for a count that 0 would leave meaningless. Its visitor
+/// says the range in an operator's words ("a whole number from 1 to 65535"), where `u16` said "expected u16".
 pub fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU16, D::Error> {
-    NonZeroU16::new(u16::deserialize(d)?).ok_or_else(|| serde::de::Error::custom("must be at least 1"))
+    use serde::de::{Unexpected, Visitor};
+    struct AtLeastOne;
+    impl Visitor<'_> for AtLeastOne {
+        type Value = NonZeroU16;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number from 1 to 65535")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<NonZeroU16, E> {
+            if v == 0 {
+                return Err(E::custom("must be at least 1"));
+            }
+            u16::try_from(v)
+                .ok()
+                .and_then(NonZeroU16::new)
+                .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<NonZeroU16, E> {
+            let v = u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))?;
+            self.visit_u64(v)
+        }
+        // A HERALD_* variable is text.
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NonZeroU16, E> {
+            match v.trim().parse::<u64>() {
+                Ok(n) => self.visit_u64(n),
+                Err(_) => Err(E::invalid_type(Unexpected::Str(v), &self)),
+            }
+        }
+    }
+    d.deserialize_u16(AtLeastOne)
 }
 
 /// `smtp.url`, parsed into the [`Target`] the smtp provider connects to; the text is kept for `to_env` (re-encoding

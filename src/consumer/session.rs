@@ -35,7 +35,12 @@ impl Consumer {
                     if consumed {
                         backoff = FIRST;
                     }
-                    tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                    // Said as is: neither is a lost connection.
+                    if matches!(e, BrokerError::Connect { .. } | BrokerError::Declare { .. }) {
+                        tracing::warn!("{e}; retrying in {}", humantime::format_duration(backoff));
+                    } else {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "broker connection lost; reconnecting");
+                    }
                 }
             }
             tokio::select! {

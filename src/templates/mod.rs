@@ -286,6 +286,11 @@ impl Templates {
         Templates::load_with_vars(dir, default_locale, &[])
     }
 
+    /// Writes the templates shipped with herald (compiled into the binary) under `dir`.
+    pub fn write_shipped(dir: &Path) -> std::io::Result<()> {
+        repository::write_shipped(dir)
+    }
+
     /// [`Templates::load`] with the job variables declared in `templates.vars`.
     pub fn load_with_vars(dir: &Path, default_locale: &Locale, vars: &[String]) -> Result<Templates, TemplateError> {
         let declared = checks::declared_vars(vars)?;

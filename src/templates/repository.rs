@@ -38,6 +38,32 @@ pub(super) fn shipped(id: &TemplateId) -> Option<Sources> {
     Some(sources)
 }
 
+/// Writes the shipped templates under `dir` (created): for a process that runs without a checkout, such
+/// as `herald bench` started from another directory. Herald's own files (`.herald.lock`) are left out.
+pub(super) fn write_shipped(dir: &Path) -> std::io::Result<()> {
+    fn write(entries: &[include_dir::DirEntry<'static>], dir: &Path) -> std::io::Result<()> {
+        for entry in entries {
+            let name = entry.path().file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with('.') {
+                continue;
+            }
+            match entry {
+                include_dir::DirEntry::Dir(sub) => write(sub.entries(), dir)?,
+                include_dir::DirEntry::File(file) => {
+                    let path = dir.join(file.path());
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(path, file.contents())?;
+                }
+            }
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir)?;
+    write(SHIPPED.entries(), dir)
+}
+
 /// `templates.dir`.
 pub(super) struct Repository {
     dir: PathBuf,

@@ -736,7 +736,7 @@ pub fn marker_queues(logs: &str) -> Vec<String> {
 
 /// Deletes `queues` on a connection of its own, from a thread of its own: callable from `Drop`, inside or
 /// outside a runtime.
-fn delete_queues(queues: Vec<String>) {
+pub fn delete_queues(queues: Vec<String>) {
     if !queues.is_empty() {
         delete(queues, None);
     }
