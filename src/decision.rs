@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use crate::dispatch::{Delivered, Outcome};
-use crate::events::{ErrorCode, Event, EventError, RecordedEvent, scrub};
+use crate::events::{ErrorCode, Event, EventError, RecordedEvent};
 use crate::job::{InvalidJob, Job, Locale};
+use crate::privacy::scrub;
 use crate::store::{Entry, Record};
 
 /// What the broker says of this copy of a message.

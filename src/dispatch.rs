@@ -145,7 +145,7 @@ impl Dispatcher {
                     };
                 }
                 Verdict::Blocked { country, refusal } => {
-                    use crate::numbering::{Destination, Refusal};
+                    use crate::destinations::{Destination, Refusal};
                     // Names the entry that decided; a prefix is not written out (a long one is most of
                     // the number).
                     let message = match refusal {
@@ -532,7 +532,7 @@ mod tests {
     async fn a_denied_country_is_blocked_before_any_provider() {
         let a = stub(ProviderKind::Vonage, vec![sent("SM1")]);
         let limits = ThrottleConfig {
-            countries_deny: vec![crate::numbering::Destination::parse("1").unwrap()],
+            countries_deny: vec![crate::destinations::Destination::parse("1").unwrap()],
             ..ThrottleConfig::unlimited()
         };
         let d = dispatcher(vec![a.clone()], limits);
@@ -554,7 +554,7 @@ mod tests {
             },
             PerChannel {
                 sms: [(
-                    crate::numbering::Destination::parse("44").unwrap(),
+                    crate::destinations::Destination::parse("44").unwrap(),
                     vec![uk.clone() as Arc<dyn Provider>],
                 )]
                 .into_iter()

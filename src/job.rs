@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::numbering::{self, Region};
+use crate::numbering::{self, CallingCode, Region};
 
 /// Largest accepted body (docs/jobs-and-events.md "Jobs").
 pub const MAX_BODY: usize = 16 * 1024;
@@ -109,56 +109,6 @@ impl Action {
     }
 }
 
-/// An assigned E.164 country calling code (`1`, `44`, `225`): a key of `[routing.sms]`, written as its digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallingCode(u16);
-
-/// What is wrong with a calling code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CallingCodeError {
-    #[error("not a country calling code: 1 to 3 digits without `+`, like \"44\"")]
-    Form,
-    #[error("not an assigned country calling code")]
-    Unassigned,
-}
-
-impl CallingCode {
-    /// 1–3 digits that libphonenumber knows as a country calling code (no `+`).
-    pub fn parse(s: &str) -> Result<CallingCode, CallingCodeError> {
-        if !(1..=3).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
-            return Err(CallingCodeError::Form);
-        }
-        let code: u16 = s.parse().map_err(|_| CallingCodeError::Form)?;
-        numbering::meta(code)
-            .map(|_| CallingCode(code))
-            .ok_or(CallingCodeError::Unassigned)
-    }
-
-    pub fn get(self) -> u16 {
-        self.0
-    }
-}
-
-impl fmt::Display for CallingCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl serde::Serialize for CallingCode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for CallingCode {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        // figment names the key (`routing.sms.4x`); the message says what is wrong with it.
-        CallingCode::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 /// An E.164 number, checked once against libphonenumber's metadata (through [`numbering`]): `+`, then a
 /// calling code, then a national number of a length some region of that calling code has. Its range need
 /// not be in the metadata: new ranges open before libraries learn them, and the provider decides. A number
@@ -213,7 +163,7 @@ impl PhoneNumber {
         }
         Ok(PhoneNumber {
             e164: s.to_owned(),
-            code: Some(CallingCode(meta.code)),
+            code: Some(meta.calling_code()),
             region: numbering::region_of(meta, national),
         })
     }

@@ -17,6 +17,7 @@ mod clock;
 pub mod config;
 pub mod consumer;
 pub mod decision;
+pub mod destinations;
 pub mod dispatch;
 pub mod events;
 pub mod feedback;

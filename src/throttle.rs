@@ -20,9 +20,9 @@ use governor::clock::{Clock, DefaultClock, Reference};
 
 use crate::clock;
 use crate::config::{Rate, ThrottleConfig};
+use crate::destinations;
 use crate::events::Scope;
 use crate::job::{Channel, Job, Recipient};
-use crate::numbering;
 use crate::privacy;
 use crate::sync::lock;
 
@@ -104,7 +104,7 @@ pub enum Verdict {
     /// The destination is not allowed: its calling code (the `country` label, or `unknown`) and why.
     Blocked {
         country: String,
-        refusal: numbering::Refusal,
+        refusal: destinations::Refusal,
     },
 }
 
@@ -425,7 +425,7 @@ impl<C: Clock + Clone> Throttle<C> {
     /// entry naming the number deciding (deny wins a tie). The verdict names the calling code (a label).
     fn destination(&self, job: &Job) -> Option<Verdict> {
         let Recipient::Phone(phone) = &job.to else { return None };
-        let refusal = numbering::refusal(&self.config.countries_allow, &self.config.countries_deny, phone)?;
+        let refusal = destinations::refusal(&self.config.countries_allow, &self.config.countries_deny, phone)?;
         Some(Verdict::Blocked {
             country: job.to.country_label(),
             refusal,
@@ -626,7 +626,7 @@ mod tests {
         ThrottleConfig::unlimited()
     }
 
-    use crate::numbering::Refusal;
+    use crate::destinations::Refusal;
 
     fn blocked(country: &str, refusal: Refusal) -> Verdict {
         Verdict::Blocked {
@@ -635,9 +635,9 @@ mod tests {
         }
     }
 
-    fn destinations(keys: &[&str]) -> Vec<crate::numbering::Destination> {
+    fn destinations(keys: &[&str]) -> Vec<crate::destinations::Destination> {
         keys.iter()
-            .map(|k| crate::numbering::Destination::parse(k).unwrap())
+            .map(|k| crate::destinations::Destination::parse(k).unwrap())
             .collect()
     }
 

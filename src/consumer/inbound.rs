@@ -16,8 +16,8 @@ use super::{Consumer, lock};
 use crate::config::QueueType;
 use crate::decision::{self, Disposition, Step};
 use crate::dispatch::Outcome;
-use crate::events;
 use crate::job::{InvalidJob, Job, JobError};
+use crate::privacy;
 use crate::reply::ReplyTo;
 
 /// A message as herald takes it from the broker: all that herald reads of a delivery.
@@ -84,7 +84,7 @@ impl Consumer {
         let job = match job {
             Ok(job) => job,
             Err(invalid) => {
-                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason.to_string()),
+                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %privacy::scrub(&invalid.reason.to_string()),
                     "invalid job dead-lettered");
                 let plan = plan::of(
                     decision::rejected(&invalid),

@@ -43,7 +43,7 @@ pub struct Settings {
     pub mode: FraudMode,
     /// E.164 prefixes (`+1415`) and destinations (calling codes, prefixes, regions) the guard never refuses.
     pub allow_prefixes: Vec<String>,
-    pub allow_countries: Vec<crate::numbering::Destination>,
+    pub allow_countries: Vec<crate::destinations::Destination>,
     /// Unverified codes each verified one earns.
     pub ratio: f64,
     pub country: Floors,
@@ -95,7 +95,7 @@ impl Settings {
         self.allow_prefixes
             .iter()
             .any(|p| phone.expose().starts_with(p.as_str()))
-            || crate::numbering::names(&self.allow_countries, phone)
+            || crate::destinations::names(&self.allow_countries, phone)
     }
 }
 
@@ -665,7 +665,7 @@ mod tests {
         ];
         for (key, numbers) in cases {
             let mut s = settings(FraudMode::Enforce, None);
-            s.allow_countries = vec![crate::numbering::Destination::parse(key).unwrap()];
+            s.allow_countries = vec![crate::destinations::Destination::parse(key).unwrap()];
             for (to, allowed) in *numbers {
                 assert_eq!(s.allowed(&phone(to)), *allowed, "allow_countries = [{key:?}]: {to}");
             }

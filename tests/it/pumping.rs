@@ -106,7 +106,7 @@ fn the_default_limits_stop_sms_pumping_and_let_real_users_through() {
 
     let with_deny = ThrottleConfig {
         countries_deny: ["225", "882", "373"]
-            .map(|d| herald::numbering::Destination::parse(d).unwrap())
+            .map(|d| herald::destinations::Destination::parse(d).unwrap())
             .into(),
         ..ThrottleConfig::default()
     };

@@ -53,7 +53,7 @@ async fn over_the_user_limit_a_job_ends_throttled_and_is_not_sent() {
 #[tokio::test]
 async fn a_denied_country_is_blocked() {
     let mut app =
-        TestApp::spawn(|c| c.throttle.countries_deny = vec![herald::numbering::Destination::parse("225").unwrap()])
+        TestApp::spawn(|c| c.throttle.countries_deny = vec![herald::destinations::Destination::parse("225").unwrap()])
             .await;
     let mut j = job("sms");
     j["to"] = "+2250700000001".into();
@@ -80,7 +80,7 @@ async fn a_denied_region_of_an_allowed_calling_code_is_blocked() {
     let mut app = TestApp::spawn(|c| {
         let keys = |keys: &[&str]| {
             keys.iter()
-                .map(|k| herald::numbering::Destination::parse(k).unwrap())
+                .map(|k| herald::destinations::Destination::parse(k).unwrap())
                 .collect()
         };
         c.throttle.countries_allow = keys(&["1"]);
