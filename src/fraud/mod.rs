@@ -218,16 +218,19 @@ impl crate::receipts::ReceiptSink for ReceiptsToGuard {
     }
 }
 
+/// The fraud guard's verdict on one job, its mode applied: allowed, or refused for a spent budget. Not the
+/// throttle's ([`crate::throttle::LimitVerdict`]); made from the backend's [`Assessment`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum GuardVerdict {
     Allow,
     /// Refused (enforce mode): the level whose budget is spent.
     Refuse(Scope),
 }
 
-/// What the backend decided, before the mode is applied.
+/// What the backend assessed of one job, before the mode is applied: the guard turns it into a
+/// [`GuardVerdict`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Decision {
+pub struct Assessment {
     /// The first level over budget, if any.
     pub over: Option<Level>,
     /// Whether the job was counted as sent (always, unless it was refused).
@@ -361,12 +364,12 @@ impl Guard {
 
     /// One phone job, once: counts it as sent unless it is refused. Email, allow-listed destinations and
     /// mode `off` pass without a look.
-    pub async fn check(&self, job: &Job) -> Verdict {
+    pub async fn check(&self, job: &Job) -> GuardVerdict {
         if self.settings.mode == FraudMode::Off || self.settings.allowed(job) {
-            return Verdict::Allow;
+            return GuardVerdict::Allow;
         }
         let Some(dest) = Destinations::of(job, &self.settings) else {
-            return Verdict::Allow;
+            return GuardVerdict::Allow;
         };
         let now = (self.clock)();
         // Which refusals may be on; the backend adds the learning period, whose clock it holds.
@@ -375,11 +378,11 @@ impl Guard {
             (FraudMode::Enforce, true) => Refusals::UnlessRangeVerified,
             _ => Refusals::None,
         };
-        let decision = match &self.backend {
+        let assessment = match &self.backend {
             Backend::Local(local) => Ok(local.check(&job.id, &dest, &self.settings, now, refusals)),
             Backend::Redis(shared) => shared.check(&job.id, &dest, &self.settings, now, refusals).await,
         };
-        let decision = match decision {
+        let assessment = match assessment {
             Ok(d) => d,
             Err(e) => {
                 // Redis down: the limits still stand; the guard lets the job through rather than stopping
@@ -388,22 +391,22 @@ impl Guard {
                     m.errors.inc();
                 }
                 tracing::warn!(error = %e, "fraud guard: redis unreachable, job allowed unchecked");
-                return Verdict::Allow;
+                return GuardVerdict::Allow;
             }
         };
         if let Backend::Redis(_) = &self.backend {
-            *lock(&self.feedback) = decision.feedback_state;
+            *lock(&self.feedback) = assessment.feedback_state;
         }
         if let Some(m) = &self.metrics
             && self.settings.mode == FraudMode::Enforce
         {
-            m.enforcing.set(i64::from(decision.enforcing));
+            m.enforcing.set(i64::from(assessment.enforcing));
         }
-        let Some(level) = decision.over else {
-            return Verdict::Allow;
+        let Some(level) = assessment.over else {
+            return GuardVerdict::Allow;
         };
         if let Some(m) = &self.metrics {
-            let mode = if decision.counted {
+            let mode = if assessment.counted {
                 FraudMode::Monitor
             } else {
                 FraudMode::Enforce
@@ -412,10 +415,10 @@ impl Guard {
                 .with_label_values(&[job.channel.as_str(), level.scope().as_str(), mode.as_str()])
                 .inc();
         }
-        if decision.counted {
-            Verdict::Allow
+        if assessment.counted {
+            GuardVerdict::Allow
         } else {
-            Verdict::Refuse(level.scope())
+            GuardVerdict::Refuse(level.scope())
         }
     }
 

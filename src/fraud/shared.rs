@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::budget::{DAYS_KEPT, DayCount, HOURS_KEPT, HourCount, Tally};
-use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
+use super::{Assessment, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
 use crate::privacy;
 
@@ -190,7 +190,7 @@ impl Shared {
         s: &Settings,
         now: u64,
         refusals: Refusals,
-    ) -> Result<Decision, redis::RedisError> {
+    ) -> Result<Assessment, redis::RedisError> {
         let keys = dest.keys();
         let mut invocation = self.check.prepare_invoke();
         for (level, id) in &keys {
@@ -229,7 +229,7 @@ impl Shared {
         let (over, counted, known, enforcing, since, at, verified, verified_at, sends): Answer =
             invocation.invoke_async(&mut self.conn.clone()).await?;
         self.since.store(since, Ordering::Relaxed);
-        Ok(Decision {
+        Ok(Assessment {
             over: over.checked_sub(1).and_then(|i| keys.get(i)).map(|(l, _)| *l),
             counted: counted == 1,
             range_known: known == 1,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
 use herald::config::{Config, FraudMode, ThrottleConfig};
-use herald::fraud::{Guard, Refusals, Settings, Verdict};
+use herald::fraud::{Guard, GuardVerdict, Refusals, Settings};
 use herald::job::Job;
 use herald::throttle::{self, Throttle};
 
@@ -298,12 +298,12 @@ fn simulate(traffic: &[Request], limits: &ThrottleConfig, mode: FraudMode) -> Ta
             guard.sweep();
             last_sweep = r.at;
         }
-        let verdict = if limits.check_local(&r.job) == throttle::Verdict::Allow {
+        let verdict = if limits.check_local(&r.job) == throttle::LimitVerdict::Allow {
             runtime.block_on(guard.check(&r.job))
         } else {
-            Verdict::Refuse(herald::events::Scope::User)
+            GuardVerdict::Refuse(herald::events::Scope::User)
         };
-        let sent = verdict == Verdict::Allow;
+        let sent = verdict == GuardVerdict::Allow;
         if !sent && r.who != Who::Attack {
             *t.refused_by
                 .entry(format!("{verdict:?} {:?}", r.who == Who::NewMarket))

@@ -148,7 +148,7 @@ async fn without_redis_limits_fall_back_to_local_and_still_limit() {
     let mut allowed = 0;
     for n in 0..11 {
         let job = herald::job::Job::from_json(sms_to(n).to_string().as_bytes()).unwrap();
-        if matches!(throttle.check(&job).await.0, herald::throttle::Verdict::Allow) {
+        if matches!(throttle.check(&job).await.0, herald::throttle::LimitVerdict::Allow) {
             allowed += 1;
         }
     }
