@@ -134,7 +134,7 @@ pub fn after_delivery(job: &Job, attempt: u32, answered: &Answered, default_loca
             };
         }
         Answer::Sent { provider, receipt } => {
-            event.provider = Some(provider);
+            event.provider = Some(*provider);
             event.provider_message_id = receipt.message_id.clone();
         }
         Answer::Failed {
@@ -180,7 +180,7 @@ fn duplicate(job: &Job, default_locale: &Locale) -> Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::Receipt;
+    use crate::providers::{ProviderKind, Receipt};
 
     fn job() -> Job {
         Job::from_json(br#"{"id":"j1","channel":"sms","to":"+14155550123","code":"482913","user_id":"u1"}"#).unwrap()
@@ -331,7 +331,7 @@ mod tests {
             &job(),
             2,
             &answered(Answer::Sent {
-                provider: "twilio",
+                provider: ProviderKind::Twilio,
                 receipt: Receipt::sent(Some("SM1".into())),
             }),
             &en(),
@@ -344,7 +344,10 @@ mod tests {
             ("gd_send_sms", 2, 142)
         );
         assert_eq!(
-            (event.provider, event.provider_message_id.as_deref()),
+            (
+                event.provider.map(ProviderKind::name),
+                event.provider_message_id.as_deref()
+            ),
             (Some("twilio"), Some("SM1"))
         );
         assert!(dead_reason.is_none());
@@ -371,7 +374,7 @@ mod tests {
                 Answer::Failed {
                     code: ErrorCode::ProviderRejected,
                     message: "The 'To' number +14155550123 is not valid".into(),
-                    provider: Some("twilio"),
+                    provider: Some(ProviderKind::Twilio),
                     provider_code: crate::providers::ProviderCode::twilio(&serde_json::json!(21211)),
                     scope: None,
                 },

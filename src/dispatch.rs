@@ -8,7 +8,7 @@ use chrono::Utc;
 use crate::events::{ErrorCode, Scope};
 use crate::fraud::{self, Guard};
 use crate::job::Job;
-use crate::providers::{ProviderCode, ProviderError, Receipt, Validity};
+use crate::providers::{ProviderCode, ProviderError, ProviderKind, Receipt, Validity};
 use crate::retry::RetryPolicy;
 use crate::routing::Routes;
 use crate::templates::{TemplateError, Templates};
@@ -24,13 +24,13 @@ pub enum Answer {
         message: String,
     },
     Sent {
-        provider: &'static str,
+        provider: ProviderKind,
         receipt: Receipt,
     },
     Failed {
         code: ErrorCode,
         message: String,
-        provider: Option<&'static str>,
+        provider: Option<ProviderKind>,
         provider_code: Option<ProviderCode>,
         scope: Option<Scope>,
     },
@@ -188,11 +188,12 @@ impl Dispatcher {
             }
         };
         let validity = Validity::for_job(job, self.retry.validity(), Utc::now());
-        let mut last: Option<(&'static str, ProviderError)> = None;
-        let mut refused: Option<(&'static str, ProviderError)> = None;
+        let mut last: Option<(ProviderKind, ProviderError)> = None;
+        let mut refused: Option<(ProviderKind, ProviderError)> = None;
         for provider in self.routes.chain(job) {
-            // The closed name becomes text here, where it leaves for the event.
-            let name = provider.name().name();
+            let kind = provider.name();
+            // Text only for the log and the label below.
+            let name = kind.name();
             match provider
                 .send(job, &message, validity)
                 .await
@@ -211,27 +212,27 @@ impl Dispatcher {
                         }
                     }
                     return Answer::Sent {
-                        provider: name,
+                        provider: kind,
                         receipt,
                     };
                 }
                 Err(e @ ProviderError::Permanent { .. }) => {
-                    return provider_failure(ErrorCode::ProviderRejected, name, e);
+                    return provider_failure(ErrorCode::ProviderRejected, kind, e);
                 }
                 Err(e @ ProviderError::Refused { .. }) => {
                     tracing::warn!(job_id = %job.id, provider = name, error = %e, "provider cannot send it");
-                    refused = Some((name, e));
+                    refused = Some((kind, e));
                 }
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, provider = name, error = %e, "provider unavailable");
-                    last = Some((name, e));
+                    last = Some((kind, e));
                 }
             }
         }
-        let Some((name, error)) = last else {
+        let Some((kind, error)) = last else {
             return match refused {
                 // No provider of the chain can send it: retrying would be refused the same way.
-                Some((name, error)) => provider_failure(ErrorCode::ProviderRejected, name, error),
+                Some((kind, error)) => provider_failure(ErrorCode::ProviderRejected, kind, error),
                 None => Answer::failed(
                     ErrorCode::ProviderUnavailable,
                     "no provider configured for this channel",
@@ -255,13 +256,13 @@ impl Dispatcher {
                 message: error.message().to_owned(),
             },
             // No schedule at all: the job simply found no provider.
-            None if self.retry.max_attempts() == 1 => provider_failure(ErrorCode::ProviderUnavailable, name, error),
-            None => provider_failure(ErrorCode::AttemptsExhausted, name, error),
+            None if self.retry.max_attempts() == 1 => provider_failure(ErrorCode::ProviderUnavailable, kind, error),
+            None => provider_failure(ErrorCode::AttemptsExhausted, kind, error),
         }
     }
 }
 
-fn provider_failure(code: ErrorCode, provider: &'static str, e: ProviderError) -> Answer {
+fn provider_failure(code: ErrorCode, provider: ProviderKind, e: ProviderError) -> Answer {
     Answer::Failed {
         code,
         message: e.message().to_owned(),
@@ -354,7 +355,9 @@ mod tests {
                 "retry after ~5s".into()
             }
             Answer::Retry { after, .. } => format!("retry after {after:?}"),
-            Answer::Failed { code, provider, .. } => format!("{} by {}", code.as_str(), provider.unwrap_or("-")),
+            Answer::Failed { code, provider, .. } => {
+                format!("{} by {}", code.as_str(), provider.map_or("-", ProviderKind::name))
+            }
         }
     }
 

@@ -6,8 +6,9 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::clock;
-use crate::job::{Channel, InvalidJob, Job, Locale};
+use crate::job::{Action, Channel, Country, InvalidJob, Job, Locale};
 use crate::privacy;
+use crate::providers::{ProviderCode, ProviderKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,7 +77,7 @@ pub struct EventError {
     pub message: String,
     /// Only ever of its provider's documented shape.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider_code: Option<crate::providers::ProviderCode>,
+    pub provider_code: Option<ProviderCode>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,15 +94,15 @@ pub struct Event {
     pub ip: Option<String>,
     pub channel: Channel,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<&'static str>,
+    pub action: Option<Action>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub locale: Option<String>,
+    pub locale: Option<Locale>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub country: Option<String>,
+    pub country: Option<Country>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<&'static str>,
+    pub provider: Option<ProviderKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_message_id: Option<String>,
     pub attempt: u32,
@@ -168,11 +169,11 @@ pub struct RecordedEvent {
     pub kind: EventType,
     pub channel: Channel,
     #[serde(default)]
-    pub provider: Option<String>,
+    pub provider: Option<ProviderKind>,
     #[serde(default)]
-    pub country: Option<String>,
+    pub country: Option<Country>,
     #[serde(default)]
-    pub action: Option<String>,
+    pub action: Option<Action>,
     #[serde(default)]
     pub scope: Option<Scope>,
     #[serde(default)]
@@ -198,10 +199,10 @@ impl Event {
             user_id: Some(public_user_id(&job.user_id)),
             ip: job.ip.map(|ip| ip.to_string()),
             channel: job.channel,
-            action: Some(job.action.as_str()),
-            locale: Some(job.locale.as_ref().unwrap_or(default_locale).to_string()),
+            action: Some(job.action),
+            locale: Some(job.locale.as_ref().unwrap_or(default_locale).clone()),
             recipient: Some(job.to.masked()),
-            country: Some(job.to.country_label()),
+            country: Some(job.to.country()),
             provider: None,
             provider_message_id: None,
             attempt: 1,

@@ -109,6 +109,20 @@ impl Action {
     }
 }
 
+impl serde::Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    /// As events write it (a recorded event is read back).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Action::parse(&text).ok_or_else(|| serde::de::Error::custom("not an action"))
+    }
+}
+
 /// An E.164 number, checked once against libphonenumber's metadata (through [`numbering`]): `+`, then a
 /// calling code, then a national number of a length some region of that calling code has. Its range need
 /// not be in the metadata: new ranges open before libraries learn them, and the provider decides. A number
@@ -299,12 +313,60 @@ impl Recipient {
         }
     }
 
-    /// Calling code for phones, `none` for email (the metrics' `country` label, docs/http-and-metrics.md "Metrics").
-    pub fn country_label(&self) -> String {
+    /// The recipient's `country` in events and metrics.
+    pub fn country(&self) -> Country {
         match self {
-            Recipient::Phone(p) => p.country_code().map_or_else(|| "unknown".into(), |c| c.to_string()),
-            Recipient::Email(_) => "none".into(),
+            Recipient::Phone(p) => p.calling_code().map_or(Country::Unknown, Country::Code),
+            Recipient::Email(_) => Country::Email,
         }
+    }
+
+    /// [`Recipient::country`] as its label.
+    pub fn country_label(&self) -> String {
+        self.country().to_string()
+    }
+}
+
+/// The `country` of an event and of its metric labels (docs/http-and-metrics.md "Metrics"): a phone's calling
+/// code (`44`), `unknown` for a number whose calling code the metadata does not know, `none` for email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Country {
+    Code(CallingCode),
+    Unknown,
+    Email,
+}
+
+impl Country {
+    /// The label back as the country (a recorded event is read back).
+    pub fn parse(s: &str) -> Option<Country> {
+        match s {
+            "unknown" => Some(Country::Unknown),
+            "none" => Some(Country::Email),
+            digits => CallingCode::parse(digits).ok().map(Country::Code),
+        }
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Country::Code(code) => write!(f, "{code}"),
+            Country::Unknown => f.write_str("unknown"),
+            Country::Email => f.write_str("none"),
+        }
+    }
+}
+
+impl serde::Serialize for Country {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Country {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Country::parse(&text).ok_or_else(|| serde::de::Error::custom("not a country label"))
     }
 }
 
@@ -401,6 +463,12 @@ impl Locale {
 impl fmt::Display for Locale {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for Locale {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 
@@ -1124,6 +1192,23 @@ mod tests {
             "1",
             "the label stays the calling code"
         );
+    }
+
+    /// A recorded event is read back: each `country` label parses to the country that wrote it.
+    #[test]
+    fn country_labels_read_back() {
+        for label in ["1", "44", "225", "unknown", "none"] {
+            let country = Country::parse(label).unwrap();
+            assert_eq!(country.to_string(), label);
+            let json = serde_json::to_string(&country).unwrap();
+            assert_eq!(serde_json::from_str::<Country>(&json).unwrap(), country);
+        }
+        assert_eq!(Country::parse("999"), None, "not an assigned calling code");
+        for action in Action::ALL {
+            let json = serde_json::to_string(&action).unwrap();
+            assert_eq!(json, format!("\"{}\"", action.as_str()));
+            assert_eq!(serde_json::from_str::<Action>(&json).unwrap(), action);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::clock;
 use crate::config::{Rate, ThrottleConfig};
 use crate::destinations;
 use crate::events::Scope;
-use crate::job::{Channel, Job, Recipient};
+use crate::job::{Channel, Country, Job, Recipient};
 use crate::privacy;
 use crate::sync::lock;
 
@@ -103,9 +103,9 @@ pub enum LimitVerdict {
     Allow,
     /// Over a limit: the scope that refused.
     Throttled(Scope),
-    /// The destination is not allowed: its calling code (the `country` label, or `unknown`) and why.
+    /// The destination is not allowed: its calling code (or `unknown`) and why.
     Blocked {
-        country: String,
+        country: Country,
         refusal: destinations::Refusal,
     },
 }
@@ -429,7 +429,7 @@ impl<C: Clock + Clone> Throttle<C> {
         let Recipient::Phone(phone) = &job.to else { return None };
         let refusal = destinations::refusal(&self.config.countries_allow, &self.config.countries_deny, phone)?;
         Some(LimitVerdict::Blocked {
-            country: job.to.country_label(),
+            country: job.to.country(),
             refusal,
         })
     }
@@ -636,7 +636,7 @@ mod tests {
 
     fn blocked(country: &str, refusal: Refusal) -> LimitVerdict {
         LimitVerdict::Blocked {
-            country: country.into(),
+            country: Country::parse(country).unwrap(),
             refusal,
         }
     }
@@ -717,7 +717,7 @@ mod tests {
             let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
             for (to, blocked) in *numbers {
                 let got = match t.check_local(&job("sms", to, "u", "192.0.2.1")) {
-                    LimitVerdict::Blocked { country, .. } => Some(country),
+                    LimitVerdict::Blocked { country, .. } => Some(country.to_string()),
                     _ => None,
                 };
                 assert_eq!(got.as_deref(), *blocked, "allow {allow:?} deny {deny:?}: {to}");

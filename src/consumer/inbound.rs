@@ -128,7 +128,7 @@ impl Consumer {
                     let sending = self.receipts.as_ref().and_then(|r| r.sending(&job.id));
                     let answered = self.dispatcher.deliver(&job, attempt).await;
                     if let (Some(receipts), Answer::Sent { provider, receipt }) = (&self.receipts, &answered.answer) {
-                        receipts.sent(&job, provider, receipt);
+                        receipts.sent(&job, *provider, receipt);
                     }
                     drop(sending);
                     decision::after_delivery(&job, attempt, &answered, &self.default_locale)

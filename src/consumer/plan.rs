@@ -423,7 +423,7 @@ pub(super) mod tests {
             &job(),
             1,
             &answered(Answer::Sent {
-                provider: "twilio",
+                provider: crate::providers::ProviderKind::Twilio,
                 receipt: Receipt::sent(Some("SM1".into())),
             }),
             &en(),
@@ -486,7 +486,7 @@ pub(super) mod tests {
             Step::Publish(p) => format!("publish {} {}", p.exchange, p.routing_key),
             Step::Ack(tag) => format!("ack {tag}"),
             Step::Reply(r) => format!("reply {}", r.kind.as_str()),
-            Step::Report { sample, .. } => format!("report {}", sample.error.as_deref().unwrap_or("sent")),
+            Step::Report { sample, .. } => format!("report {}", sample.error.map_or("sent", ErrorCode::as_str)),
             Step::CountDeadLetter(code) => format!("count dead {}", code.as_str()),
             Step::CountRetry => "count retry".into(),
             Step::MarkCommitted => format!("mark {id}"),
