@@ -315,16 +315,17 @@ end
 return 0
 "#;
 
-pub struct Shared {
+/// The limits in Redis, one set for every replica: all of a job's limits in one script call.
+pub struct Redis {
     conn: redis::aio::ConnectionManager,
     script: redis::Script,
     refund: redis::Script,
     prefix: String,
 }
 
-impl Shared {
-    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Shared {
-        Shared {
+impl Redis {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Redis {
+        Redis {
             conn,
             script: redis::Script::new(GCRA),
             refund: redis::Script::new(REFUND),
@@ -388,7 +389,7 @@ impl Shared {
 pub struct Throttle<C: Clock = DefaultClock> {
     config: ThrottleConfig,
     local: Local<C>,
-    shared: Option<Shared>,
+    shared: Option<Redis>,
     /// Unix ms until which Redis is skipped after a failure.
     shared_down_until: AtomicU64,
     fallbacks: Option<prometheus::IntCounter>,
@@ -398,7 +399,7 @@ pub struct Throttle<C: Clock = DefaultClock> {
 const FALLBACK_FOR: Duration = Duration::from_secs(5);
 
 impl Throttle<DefaultClock> {
-    pub fn new(config: &ThrottleConfig, shared: Option<Shared>, fallbacks: Option<prometheus::IntCounter>) -> Self {
+    pub fn new(config: &ThrottleConfig, shared: Option<Redis>, fallbacks: Option<prometheus::IntCounter>) -> Self {
         Throttle::with_clock(config, shared, fallbacks, DefaultClock::default())
     }
 }
@@ -406,7 +407,7 @@ impl Throttle<DefaultClock> {
 impl<C: Clock + Clone> Throttle<C> {
     pub fn with_clock(
         config: &ThrottleConfig,
-        shared: Option<Shared>,
+        shared: Option<Redis>,
         fallbacks: Option<prometheus::IntCounter>,
         clock: C,
     ) -> Self {

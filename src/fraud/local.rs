@@ -87,6 +87,7 @@ fn release_freed_memory() {
     }
 }
 
+/// The guard's tallies in this process alone.
 #[derive(Default)]
 pub struct Local {
     state: Mutex<State>,

@@ -34,7 +34,7 @@ use crate::throttle::ip_key;
 pub use budget::{Floors, Tally, Window};
 pub use local::Local;
 pub use outage::FeedbackState;
-pub use shared::Shared;
+pub use shared::Redis;
 
 /// The guard's settings, parsed from `[fraud]` (and `throttle.prefix_digits`, `throttle.ipv6_prefix`,
 /// which say what a number range and an IP are for the limits too).
@@ -286,10 +286,10 @@ pub fn system_clock() -> Clock {
     Arc::new(clock::unix_secs)
 }
 
-/// Where the tallies live: this process, or Redis for every replica ([`Shared`]).
+/// Where the tallies live: this process, or Redis for every replica ([`Redis`]).
 enum Backend {
     Local(Local),
-    Redis(Shared),
+    Redis(Redis),
 }
 
 /// The guard's counters for ops: decisions by mode and scope, feedback by result, and its state.
@@ -319,8 +319,8 @@ impl Guard {
         Guard::new(settings, Backend::Local(Local::default()), clock, metrics)
     }
 
-    pub fn shared(settings: Settings, shared: Shared, metrics: Option<GuardMetrics>) -> Guard {
-        Guard::new(settings, Backend::Redis(shared), system_clock(), metrics)
+    pub fn redis(settings: Settings, redis: Redis, metrics: Option<GuardMetrics>) -> Guard {
+        Guard::new(settings, Backend::Redis(redis), system_clock(), metrics)
     }
 
     fn new(settings: Settings, backend: Backend, clock: Clock, metrics: Option<GuardMetrics>) -> Guard {

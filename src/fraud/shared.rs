@@ -159,7 +159,8 @@ redis.call('SET', KEYS[1], 'X' .. string.sub(entry, 2), 'EX', ttl)
 return 1
 "#;
 
-pub struct Shared {
+/// The guard's tallies in Redis, shared by every replica: one script per job.
+pub struct Redis {
     conn: redis::aio::ConnectionManager,
     check: redis::Script,
     verified: redis::Script,
@@ -168,9 +169,9 @@ pub struct Shared {
     since: AtomicU64,
 }
 
-impl Shared {
-    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Shared {
-        Shared {
+impl Redis {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Redis {
+        Redis {
             conn,
             check: redis::Script::new(CHECK),
             verified: redis::Script::new(VERIFIED),

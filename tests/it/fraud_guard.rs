@@ -394,7 +394,7 @@ async fn redis_and_local_guards_decide_alike() {
     let conn = herald::store::redis_connection("redis://127.0.0.1:6379")
         .expect("Redis must be running on 127.0.0.1:6379 for the integration tests");
     let namespace = format!("test.{}", uuid::Uuid::new_v4().simple());
-    let shared = herald::fraud::Shared::new(conn, &namespace);
+    let shared = herald::fraud::Redis::new(conn, &namespace);
     let local = herald::fraud::Local::default();
     let s = settings(FraudMode::Enforce);
     let window = s.outage_window();

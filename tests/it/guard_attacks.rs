@@ -228,7 +228,7 @@ fn a_job_refused_as_suspected_fraud_counts_against_no_limit() {
         .block_on(async { herald::store::redis_connection("redis://127.0.0.1:6379") })
         .expect("Redis must be running on 127.0.0.1:6379 for the integration tests");
     let namespace = format!("test-refund-{}", uuid::Uuid::new_v4().simple());
-    let shared = herald::throttle::Shared::new(conn, &namespace);
+    let shared = herald::throttle::Redis::new(conn, &namespace);
     let redis = rt.block_on(refused_jobs_then_a_real_one(Some(shared)));
     assert_eq!(redis, local, "Redis limits");
 }
@@ -236,7 +236,7 @@ fn a_job_refused_as_suspected_fraud_counts_against_no_limit() {
 /// One IP with a limit of 4 an hour: a real user's verified code (the learning period then passes), two
 /// pumped SMS into a never-verified +44 range (within the country's hourly floor), 7 more the guard
 /// refuses, then the real user again from the same IP: the fourth job the limit has to count. Outcomes in order, as error codes or "sent".
-async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Shared>) -> Vec<String> {
+async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Redis>) -> Vec<String> {
     use herald::config::ThrottleConfig;
     use herald::dispatch::{Answer, Dispatcher};
     use herald::job::Locale;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use herald::config::{Config, FraudMode};
-use herald::fraud::{Guard, GuardVerdict, Shared};
+use herald::fraud::{self, Guard, GuardVerdict};
 use herald::job::Job;
 
 fn job(id: &str, to: &str, ip: &str) -> Job {
@@ -24,7 +24,7 @@ fn settings(outage_after: Duration) -> herald::fraud::Settings {
 fn replica(namespace: &str, outage_after: Duration) -> Guard {
     let conn = herald::store::redis_connection("redis://127.0.0.1:6379")
         .expect("Redis must be running on 127.0.0.1:6379 for the integration tests");
-    Guard::shared(settings(outage_after), Shared::new(conn, namespace), None)
+    Guard::redis(settings(outage_after), fraud::Redis::new(conn, namespace), None)
 }
 
 /// Verified history for +44 (30 real codes, all typed in) through `guard`.
@@ -39,7 +39,7 @@ async fn history(guard: &Guard, tag: &str) {
 
 /// A restarted replica (or a new one scaled up) knows the shared learning clock only after its first
 /// job's script has read it: that first job is decided as if the guard were still learning, and a
-/// destination over budget gets its code. `enforcing()` reads `Shared::since` before `check` refreshes
+/// destination over budget gets its code. `enforcing()` reads `Redis::since` before `check` refreshes
 /// it.
 #[tokio::test]
 async fn a_restarted_replica_enforces_from_its_first_job() {

@@ -142,7 +142,7 @@ async fn without_redis_limits_fall_back_to_local_and_still_limit() {
     let fallbacks = prometheus::IntCounter::new("fallbacks", "fallbacks").unwrap();
     let throttle = herald::throttle::Throttle::new(
         &ThrottleConfig::default(),
-        Some(herald::throttle::Shared::new(conn, "test.throttle.fallback")),
+        Some(herald::throttle::Redis::new(conn, "test.throttle.fallback")),
         Some(fallbacks.clone()),
     );
     let mut allowed = 0;
