@@ -864,7 +864,7 @@ mod tests {
     }
 
     #[test]
-    fn a_final_receipt_event_carries_the_contract_fields_and_nothing_personal() {
+    fn a_final_receipt_event_has_its_status_error_code_and_ids_and_a_masked_recipient() {
         let sent = SentMessage {
             job_id: "j1".into(),
             channel: Channel::Sms,
