@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::Audit;
 use crate::config::{Config, ProviderKind, chain_key, route_key};
 use crate::consumer::Consumer;
+use crate::destinations::Destination;
 use crate::dispatch::Dispatcher;
 use crate::feedback::FeedbackConsumer;
 use crate::fraud::{self, Guard};
 use crate::job::{Channel, PerChannel};
 use crate::metrics::Metrics;
-use crate::numbering::Destination;
 use crate::providers::Provider;
 use crate::providers::http::HttpClient;
 use crate::providers::infobip::Infobip;
@@ -32,7 +32,7 @@ use crate::retry::RetryPolicy;
 use crate::routing::{Chain, Routes};
 use crate::store::{Store, redis_connection};
 use crate::templates::Templates;
-use crate::throttle::{Shared, Throttle};
+use crate::throttle::{self, Throttle};
 
 pub struct Application {
     http_addr: SocketAddr,
@@ -92,9 +92,9 @@ impl Application {
                 fraud::system_clock(),
                 Some(metrics.guard.clone()),
             ),
-            Some(conn) => Guard::shared(
+            Some(conn) => Guard::redis(
                 fraud::Settings::from_config(&config),
-                fraud::Shared::new(conn.clone(), namespace),
+                fraud::Redis::new(conn.clone(), namespace),
                 Some(metrics.guard.clone()),
             ),
         });
@@ -114,7 +114,7 @@ impl Application {
         );
         let throttle = Arc::new(Throttle::new(
             &config.throttle,
-            redis.map(|conn| Shared::new(conn, namespace)),
+            redis.map(|conn| throttle::Redis::new(conn, namespace)),
             Some(metrics.throttle_fallbacks.clone()),
         ));
         let dispatcher = Arc::new(

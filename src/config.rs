@@ -28,8 +28,8 @@ pub use values::{
 };
 pub use warnings::{KNOWN_ADMIN_TOKENS, Warning};
 
+use crate::destinations::Destination;
 use crate::job::{Channel, Locale, PhoneNumber};
-use crate::numbering::Destination;
 use smtp::Target;
 use values::{blank_is_none, text};
 

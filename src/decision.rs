@@ -5,30 +5,32 @@
 
 use std::time::Duration;
 
-use crate::dispatch::{Delivered, Outcome};
-use crate::events::{ErrorCode, Event, EventError, RecordedEvent, scrub};
+use crate::dispatch::{Answer, Answered};
+use crate::events::{ErrorCode, Event, EventError, RecordedEvent};
 use crate::job::{InvalidJob, Job, Locale};
+use crate::privacy::scrub;
 use crate::store::{Entry, Record};
 
-/// What the broker says of this copy of a message.
+/// What the broker says of this copy of a message: whether it is a redelivery, and how many deliveries
+/// it has had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Copy {
+pub struct Redelivery {
     /// The broker's redelivery flag: set only by the broker, never by a publisher.
     pub redelivered: bool,
     /// Deliveries of this message so far, this one included, as the broker counts them.
     pub deliveries: u64,
 }
 
-impl Copy {
+impl Redelivery {
     /// A copy's delivery count: the broker's `x-delivery-count` (earlier deliveries) on an actual
     /// redelivery; on a first delivery such a header can only be the publisher's.
-    pub fn new(redelivered: bool, delivery_count_header: Option<u64>) -> Copy {
+    pub fn new(redelivered: bool, delivery_count_header: Option<u64>) -> Redelivery {
         let earlier = if redelivered {
             delivery_count_header.unwrap_or(0)
         } else {
             0
         };
-        Copy {
+        Redelivery {
             redelivered,
             deliveries: earlier.saturating_add(1),
         }
@@ -59,9 +61,10 @@ pub enum Disposition {
     Rejected { event: Event, reason: String },
 }
 
-/// The decision before any delivery: settled from the store and the broker alone, or deliver.
+/// What comes next for a copy, before any delivery: settled from the store and the broker alone (its
+/// [`Disposition`]), or deliver it as attempt `attempt`.
 #[derive(Debug, Clone)]
-pub enum Step {
+pub enum Next {
     /// Boxed: a settled copy is the rare path, and this keeps the common one small.
     Settled(Box<Disposition>),
     Deliver {
@@ -77,22 +80,22 @@ pub type PoisonLimit = Option<u32>;
 pub fn before_delivery(
     job: &Job,
     prior: Option<Entry>,
-    copy: Copy,
+    redelivery: Redelivery,
     poison: PoisonLimit,
     default_locale: &Locale,
-) -> Step {
+) -> Next {
     let mut attempt = 1;
     match prior {
         // A job whose commit went through is acked and never redelivered. So a record whose commit mark
         // is missing means "finished" too, unless this is the broker's redelivery of the job: a replay
         // finding it is a duplicate (the event is out, or the original's redelivery publishes it), and a
         // lost mark never makes a second event.
-        Some(Entry::Outcome(record)) if record.committed || !copy.redelivered => {
-            return Step::Settled(Box::new(duplicate(job, default_locale)));
+        Some(Entry::Outcome(record)) if record.committed || !redelivery.redelivered => {
+            return Next::Settled(Box::new(duplicate(job, default_locale)));
         }
         Some(Entry::Outcome(record)) => {
             if let Ok(recorded) = serde_json::from_str::<RecordedEvent>(&record.event) {
-                return Step::Settled(Box::new(Disposition::Republish { record, recorded }));
+                return Next::Settled(Box::new(Disposition::Republish { record, recorded }));
             }
             tracing::warn!(job_id = %job.id, "unreadable outcome record; delivering again");
         }
@@ -101,40 +104,40 @@ pub fn before_delivery(
     }
     if let Some(limit) = poison
         && limit > 1
-        && copy.deliveries >= u64::from(limit)
+        && redelivery.deliveries >= u64::from(limit)
     {
         // Every earlier delivery ended without an outcome (herald died on it): a poison job.
-        let delivered = Delivered {
-            outcome: Outcome::failed(
+        let answered = Answered {
+            answer: Answer::failed(
                 ErrorCode::AttemptsExhausted,
-                format!("delivered {} times without reaching an outcome", copy.deliveries),
+                format!("delivered {} times without reaching an outcome", redelivery.deliveries),
             ),
             duration: Duration::ZERO,
         };
-        return Step::Settled(Box::new(after_delivery(job, attempt, &delivered, default_locale)));
+        return Next::Settled(Box::new(after_delivery(job, attempt, &answered, default_locale)));
     }
-    Step::Deliver { attempt }
+    Next::Deliver { attempt }
 }
 
 /// After attempt `attempt` of `job` was delivered.
-pub fn after_delivery(job: &Job, attempt: u32, delivered: &Delivered, default_locale: &Locale) -> Disposition {
-    let success = matches!(delivered.outcome, Outcome::Sent { .. });
+pub fn after_delivery(job: &Job, attempt: u32, answered: &Answered, default_locale: &Locale) -> Disposition {
+    let success = matches!(answered.answer, Answer::Sent { .. });
     let mut event = Event::for_job(job, default_locale, success);
-    event.duration_ms = delivered.duration.as_millis() as u64;
+    event.duration_ms = answered.duration.as_millis() as u64;
     event.attempt = attempt;
-    match &delivered.outcome {
-        Outcome::Retry { after, message } => {
+    match &answered.answer {
+        Answer::Retry { after, message } => {
             return Disposition::Retry {
                 after: *after,
                 next_attempt: attempt.saturating_add(1),
                 reason: scrub(message),
             };
         }
-        Outcome::Sent { provider, receipt } => {
-            event.provider = Some(provider);
+        Answer::Sent { provider, receipt } => {
+            event.provider = Some(*provider);
             event.provider_message_id = receipt.message_id.clone();
         }
-        Outcome::Failed {
+        Answer::Failed {
             code,
             message,
             provider,
@@ -150,7 +153,7 @@ pub fn after_delivery(job: &Job, attempt: u32, delivered: &Delivered, default_lo
             });
         }
     }
-    let dead_reason = delivered.outcome.dead_letter_reason().map(|r| scrub(&r));
+    let dead_reason = answered.answer.dead_letter_reason().map(|r| scrub(&r));
     Disposition::Final { event, dead_reason }
 }
 
@@ -177,7 +180,7 @@ fn duplicate(job: &Job, default_locale: &Locale) -> Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::Receipt;
+    use crate::providers::{ProviderKind, Receipt};
 
     fn job() -> Job {
         Job::from_json(br#"{"id":"j1","channel":"sms","to":"+14155550123","code":"482913","user_id":"u1"}"#).unwrap()
@@ -195,23 +198,23 @@ mod tests {
         })
     }
 
-    const FIRST: Copy = Copy {
+    const FIRST: Redelivery = Redelivery {
         redelivered: false,
         deliveries: 1,
     };
 
-    fn redelivered(deliveries: u64) -> Copy {
-        Copy {
+    fn redelivered(deliveries: u64) -> Redelivery {
+        Redelivery {
             redelivered: true,
             deliveries,
         }
     }
 
     /// What a step settles to, in a word, for the table.
-    fn word(step: &Step) -> String {
+    fn word(step: &Next) -> String {
         match step {
-            Step::Deliver { attempt } => format!("deliver {attempt}"),
-            Step::Settled(settled) => match settled.as_ref() {
+            Next::Deliver { attempt } => format!("deliver {attempt}"),
+            Next::Settled(settled) => match settled.as_ref() {
                 Disposition::Duplicate { reply } => {
                     assert_eq!(reply.error.as_ref().unwrap().code, ErrorCode::Duplicate);
                     "duplicate".into()
@@ -237,7 +240,7 @@ mod tests {
             dead_reason: None,
             committed: false,
         });
-        let cases: &[(&str, Option<Entry>, Copy, PoisonLimit, &str)] = &[
+        let cases: &[(&str, Option<Entry>, Redelivery, PoisonLimit, &str)] = &[
             ("fresh job", None, FIRST, Some(5), "deliver 1"),
             ("finished and marked", Some(record(true)), FIRST, Some(5), "duplicate"),
             (
@@ -301,23 +304,23 @@ mod tests {
                 "republish",
             ),
         ];
-        for (name, prior, copy, poison, expected) in cases {
-            let step = before_delivery(&job(), prior.clone(), *copy, *poison, &en());
+        for (name, prior, redelivery, poison, expected) in cases {
+            let step = before_delivery(&job(), prior.clone(), *redelivery, *poison, &en());
             assert_eq!(word(&step), *expected, "{name}");
         }
     }
 
     #[test]
     fn a_publishers_delivery_count_is_ignored_on_a_first_delivery() {
-        assert_eq!(Copy::new(false, Some(10)).deliveries, 1);
-        assert_eq!(Copy::new(true, Some(4)).deliveries, 5);
-        assert_eq!(Copy::new(true, None).deliveries, 1);
-        assert_eq!(Copy::new(true, Some(u64::MAX)).deliveries, u64::MAX);
+        assert_eq!(Redelivery::new(false, Some(10)).deliveries, 1);
+        assert_eq!(Redelivery::new(true, Some(4)).deliveries, 5);
+        assert_eq!(Redelivery::new(true, None).deliveries, 1);
+        assert_eq!(Redelivery::new(true, Some(u64::MAX)).deliveries, u64::MAX);
     }
 
-    fn delivered(outcome: Outcome) -> Delivered {
-        Delivered {
-            outcome,
+    fn answered(answer: Answer) -> Answered {
+        Answered {
+            answer,
             duration: Duration::from_millis(142),
         }
     }
@@ -327,8 +330,8 @@ mod tests {
         let sent = after_delivery(
             &job(),
             2,
-            &delivered(Outcome::Sent {
-                provider: "twilio",
+            &answered(Answer::Sent {
+                provider: ProviderKind::Twilio,
                 receipt: Receipt::sent(Some("SM1".into())),
             }),
             &en(),
@@ -341,14 +344,17 @@ mod tests {
             ("gd_send_sms", 2, 142)
         );
         assert_eq!(
-            (event.provider, event.provider_message_id.as_deref()),
+            (
+                event.provider.map(ProviderKind::name),
+                event.provider_message_id.as_deref()
+            ),
             (Some("twilio"), Some("SM1"))
         );
         assert!(dead_reason.is_none());
 
-        let cases: &[(Outcome, &str, bool)] = &[
+        let cases: &[(Answer, &str, bool)] = &[
             (
-                Outcome::Failed {
+                Answer::Failed {
                     code: ErrorCode::Throttled,
                     message: "over the user limit".into(),
                     provider: None,
@@ -358,17 +364,17 @@ mod tests {
                 "throttled",
                 false,
             ),
-            (Outcome::failed(ErrorCode::Expired, "expired"), "expired", false),
+            (Answer::failed(ErrorCode::Expired, "expired"), "expired", false),
             (
-                Outcome::failed(ErrorCode::BlockedDestination, "country"),
+                Answer::failed(ErrorCode::BlockedDestination, "country"),
                 "blocked_destination",
                 false,
             ),
             (
-                Outcome::Failed {
+                Answer::Failed {
                     code: ErrorCode::ProviderRejected,
                     message: "The 'To' number +14155550123 is not valid".into(),
-                    provider: Some("twilio"),
+                    provider: Some(ProviderKind::Twilio),
                     provider_code: crate::providers::ProviderCode::twilio(&serde_json::json!(21211)),
                     scope: None,
                 },
@@ -376,19 +382,19 @@ mod tests {
                 true,
             ),
             (
-                Outcome::failed(ErrorCode::AttemptsExhausted, "503"),
+                Answer::failed(ErrorCode::AttemptsExhausted, "503"),
                 "attempts_exhausted",
                 true,
             ),
             (
-                Outcome::failed(ErrorCode::ProviderUnavailable, "none"),
+                Answer::failed(ErrorCode::ProviderUnavailable, "none"),
                 "provider_unavailable",
                 true,
             ),
         ];
         for (outcome, code, dead) in cases {
             let Disposition::Final { event, dead_reason } =
-                after_delivery(&job(), 1, &delivered(outcome.clone()), &en())
+                after_delivery(&job(), 1, &answered(outcome.clone()), &en())
             else {
                 panic!("{code} is final")
             };
@@ -401,7 +407,7 @@ mod tests {
             assert!(!dead_reason.unwrap_or_default().contains("4155550123"));
         }
         assert_eq!(
-            after_delivery(&job(), 1, &delivered(Outcome::failed(ErrorCode::Throttled, "x")), &en()).event_scope(),
+            after_delivery(&job(), 1, &answered(Answer::failed(ErrorCode::Throttled, "x")), &en()).event_scope(),
             None
         );
     }
@@ -412,7 +418,7 @@ mod tests {
             after_delivery(
                 &job(),
                 attempt,
-                &delivered(Outcome::Retry {
+                &answered(Answer::Retry {
                     after: Duration::from_secs(5),
                     message: "503".into(),
                 }),

@@ -1,4 +1,4 @@
-//! One delivery: a parsed job in, one [`Outcome`] out. No broker here, so tests can drive it directly.
+//! One delivery attempt: a parsed job in, one [`Answer`] out (timed, as [`Answered`]). No broker here, so tests can drive it directly.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,36 +8,37 @@ use chrono::Utc;
 use crate::events::{ErrorCode, Scope};
 use crate::fraud::{self, Guard};
 use crate::job::Job;
-use crate::providers::{ProviderCode, ProviderError, Receipt, Validity};
+use crate::providers::{ProviderCode, ProviderError, ProviderKind, Receipt, Validity};
 use crate::retry::RetryPolicy;
 use crate::routing::Routes;
 use crate::templates::{TemplateError, Templates};
-use crate::throttle::{Throttle, Verdict};
+use crate::throttle::{LimitVerdict, Throttle};
 
-/// How one delivery attempt ended: a final outcome, or a retry after a delay.
+/// The dispatcher's answer to one delivery attempt: sent, failed (with its error code), or retry after a
+/// delay. [`crate::decision`] turns it into the job's outcome, or its retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Answer {
     /// Every provider was unavailable and the schedule has another step: not an outcome of the job.
     Retry {
         after: Duration,
         message: String,
     },
     Sent {
-        provider: &'static str,
+        provider: ProviderKind,
         receipt: Receipt,
     },
     Failed {
         code: ErrorCode,
         message: String,
-        provider: Option<&'static str>,
+        provider: Option<ProviderKind>,
         provider_code: Option<ProviderCode>,
         scope: Option<Scope>,
     },
 }
 
-impl Outcome {
-    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Outcome {
-        Outcome::Failed {
+impl Answer {
+    pub fn failed(code: ErrorCode, message: impl Into<String>) -> Answer {
+        Answer::Failed {
             code,
             message: message.into(),
             provider: None,
@@ -50,7 +51,7 @@ impl Outcome {
     /// can never be delivered as they are. Expired and throttled jobs are finished, not dead.
     pub fn dead_letter_reason(&self) -> Option<String> {
         match self {
-            Outcome::Failed { code, message, .. }
+            Answer::Failed { code, message, .. }
                 if matches!(
                     code,
                     ErrorCode::InvalidJob
@@ -66,10 +67,10 @@ impl Outcome {
     }
 }
 
-/// A delivery's result with its timing, ready to become an event.
+/// An attempt's [`Answer`] with how long the attempt took: what [`crate::decision::after_delivery`] reads.
 #[derive(Debug, Clone)]
-pub struct Delivered {
-    pub outcome: Outcome,
+pub struct Answered {
+    pub answer: Answer,
     pub duration: Duration,
 }
 
@@ -117,26 +118,26 @@ impl Dispatcher {
     /// until one accepts. A transient failure, or a refusal the provider ties to itself (sender, account,
     /// route), moves on to the next provider; a permanent one ends the job. When none sent it, the retry
     /// schedule decides if any was only unavailable; if every one refused, the job fails.
-    pub async fn deliver(&self, job: &Job, attempt: u32) -> Delivered {
+    pub async fn deliver(&self, job: &Job, attempt: u32) -> Answered {
         let started = Instant::now();
-        let outcome = self.try_deliver(job, attempt).await;
-        Delivered {
-            outcome,
+        let answer = self.try_deliver(job, attempt).await;
+        Answered {
+            answer,
             duration: started.elapsed(),
         }
     }
 
-    async fn try_deliver(&self, job: &Job, attempt: u32) -> Outcome {
+    async fn try_deliver(&self, job: &Job, attempt: u32) -> Answer {
         if job.expires_at.is_some_and(|at| at <= Utc::now()) {
-            return Outcome::failed(ErrorCode::Expired, "the job expired before it could be sent");
+            return Answer::failed(ErrorCode::Expired, "the job expired before it could be sent");
         }
         // Limits count jobs, not attempts: a retry already passed them.
         if attempt == 1 {
             let (verdict, taken) = self.throttle.check(job).await;
             match verdict {
-                Verdict::Allow => {}
-                Verdict::Throttled(scope) => {
-                    return Outcome::Failed {
+                LimitVerdict::Allow => {}
+                LimitVerdict::Throttled(scope) => {
+                    return Answer::Failed {
                         code: ErrorCode::Throttled,
                         message: format!("over the {scope} limit"),
                         provider: None,
@@ -144,8 +145,8 @@ impl Dispatcher {
                         scope: Some(scope),
                     };
                 }
-                Verdict::Blocked { country, refusal } => {
-                    use crate::numbering::{Destination, Refusal};
+                LimitVerdict::Blocked { country, refusal } => {
+                    use crate::destinations::{Destination, Refusal};
                     // Names the entry that decided; a prefix is not written out (a long one is most of
                     // the number).
                     let message = match refusal {
@@ -156,16 +157,16 @@ impl Dispatcher {
                             format!("a denied prefix of country calling code {country}")
                         }
                     };
-                    return Outcome::failed(ErrorCode::BlockedDestination, message);
+                    return Answer::failed(ErrorCode::BlockedDestination, message);
                 }
             }
             if let Some(guard) = &self.guard
-                && let fraud::Verdict::Refuse(scope) = guard.check(job).await
+                && let fraud::GuardVerdict::Refuse(scope) = guard.check(job).await
             {
                 // Not sent, so it counts against no limit (docs/fraud-and-limits.md "Adaptive guard"): a pump the guard
                 // stops must not spend its user's or IP's limits, nor the range's, for the real users after it.
                 self.throttle.refund(taken).await;
-                return Outcome::Failed {
+                return Answer::Failed {
                     code: ErrorCode::SuspectedFraud,
                     message: format!("over the {scope} budget of unverified codes"),
                     provider: None,
@@ -183,15 +184,16 @@ impl Dispatcher {
                 | TemplateError::Invalid(_)
                 | TemplateError::Io { .. }),
             ) => {
-                return Outcome::failed(ErrorCode::InvalidJob, e.to_string());
+                return Answer::failed(ErrorCode::InvalidJob, e.to_string());
             }
         };
         let validity = Validity::for_job(job, self.retry.validity(), Utc::now());
-        let mut last: Option<(&'static str, ProviderError)> = None;
-        let mut refused: Option<(&'static str, ProviderError)> = None;
+        let mut last: Option<(ProviderKind, ProviderError)> = None;
+        let mut refused: Option<(ProviderKind, ProviderError)> = None;
         for provider in self.routes.chain(job) {
-            // The closed name becomes text here, where it leaves for the event.
-            let name = provider.name().name();
+            let kind = provider.name();
+            // Text only for the log and the label below.
+            let name = kind.name();
             match provider
                 .send(job, &message, validity)
                 .await
@@ -209,29 +211,29 @@ impl Dispatcher {
                             counter.with_label_values(&[name, reason.as_str()]).inc();
                         }
                     }
-                    return Outcome::Sent {
-                        provider: name,
+                    return Answer::Sent {
+                        provider: kind,
                         receipt,
                     };
                 }
                 Err(e @ ProviderError::Permanent { .. }) => {
-                    return provider_failure(ErrorCode::ProviderRejected, name, e);
+                    return provider_failure(ErrorCode::ProviderRejected, kind, e);
                 }
                 Err(e @ ProviderError::Refused { .. }) => {
                     tracing::warn!(job_id = %job.id, provider = name, error = %e, "provider cannot send it");
-                    refused = Some((name, e));
+                    refused = Some((kind, e));
                 }
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, provider = name, error = %e, "provider unavailable");
-                    last = Some((name, e));
+                    last = Some((kind, e));
                 }
             }
         }
-        let Some((name, error)) = last else {
+        let Some((kind, error)) = last else {
             return match refused {
                 // No provider of the chain can send it: retrying would be refused the same way.
-                Some((name, error)) => provider_failure(ErrorCode::ProviderRejected, name, error),
-                None => Outcome::failed(
+                Some((kind, error)) => provider_failure(ErrorCode::ProviderRejected, kind, error),
+                None => Answer::failed(
                     ErrorCode::ProviderUnavailable,
                     "no provider configured for this channel",
                 ),
@@ -242,26 +244,26 @@ impl Dispatcher {
             ProviderError::Permanent { .. } | ProviderError::Refused { .. } => None,
         };
         match self.retry.delay(attempt, retry_after) {
-            Some(after) if job.expires_at.is_some_and(|at| at <= Utc::now() + after) => Outcome::failed(
+            Some(after) if job.expires_at.is_some_and(|at| at <= Utc::now() + after) => Answer::failed(
                 ErrorCode::Expired,
                 format!(
                     "providers unavailable, and the job expires before the next attempt ({})",
                     error.message()
                 ),
             ),
-            Some(after) => Outcome::Retry {
+            Some(after) => Answer::Retry {
                 after,
                 message: error.message().to_owned(),
             },
             // No schedule at all: the job simply found no provider.
-            None if self.retry.max_attempts() == 1 => provider_failure(ErrorCode::ProviderUnavailable, name, error),
-            None => provider_failure(ErrorCode::AttemptsExhausted, name, error),
+            None if self.retry.max_attempts() == 1 => provider_failure(ErrorCode::ProviderUnavailable, kind, error),
+            None => provider_failure(ErrorCode::AttemptsExhausted, kind, error),
         }
     }
 }
 
-fn provider_failure(code: ErrorCode, provider: &'static str, e: ProviderError) -> Outcome {
-    Outcome::Failed {
+fn provider_failure(code: ErrorCode, provider: ProviderKind, e: ProviderError) -> Answer {
+    Answer::Failed {
         code,
         message: e.message().to_owned(),
         provider: Some(provider),
@@ -339,21 +341,23 @@ mod tests {
     }
 
     /// An outcome in a word, for the table.
-    fn word(outcome: &Outcome) -> String {
-        match outcome {
-            Outcome::Sent { provider, receipt } => {
+    fn word(answer: &Answer) -> String {
+        match answer {
+            Answer::Sent { provider, receipt } => {
                 format!("sent by {provider} as {}", receipt.message_id.as_deref().unwrap_or("-"))
             }
             // Whole seconds: a Retry-After (jittered steps are never exactly whole).
-            Outcome::Retry { after, .. } if after.subsec_nanos() == 0 => format!("retry after {after:?}"),
-            Outcome::Retry { after, .. } if after.as_secs_f64() >= 0.8 && after.as_secs_f64() <= 1.2 => {
+            Answer::Retry { after, .. } if after.subsec_nanos() == 0 => format!("retry after {after:?}"),
+            Answer::Retry { after, .. } if after.as_secs_f64() >= 0.8 && after.as_secs_f64() <= 1.2 => {
                 "retry after ~1s".into()
             }
-            Outcome::Retry { after, .. } if after.as_secs_f64() >= 4.0 && after.as_secs_f64() <= 6.0 => {
+            Answer::Retry { after, .. } if after.as_secs_f64() >= 4.0 && after.as_secs_f64() <= 6.0 => {
                 "retry after ~5s".into()
             }
-            Outcome::Retry { after, .. } => format!("retry after {after:?}"),
-            Outcome::Failed { code, provider, .. } => format!("{} by {}", code.as_str(), provider.unwrap_or("-")),
+            Answer::Retry { after, .. } => format!("retry after {after:?}"),
+            Answer::Failed { code, provider, .. } => {
+                format!("{} by {}", code.as_str(), provider.map_or("-", ProviderKind::name))
+            }
         }
     }
 
@@ -493,8 +497,8 @@ mod tests {
                 .collect();
             let chain = stubs.iter().map(|s| s.clone() as Arc<dyn Provider>).collect();
             let d = dispatcher(chain, ThrottleConfig::unlimited());
-            let delivered = d.deliver(&job(extra), attempt).await;
-            assert_eq!(word(&delivered.outcome), expected, "{name}");
+            let answered = d.deliver(&job(extra), attempt).await;
+            assert_eq!(word(&answered.answer), expected, "{name}");
         }
     }
 
@@ -507,14 +511,14 @@ mod tests {
         };
         let d = dispatcher(vec![a.clone()], limits);
         assert_eq!(
-            word(&d.deliver(&job(serde_json::json!({})), 1).await.outcome),
+            word(&d.deliver(&job(serde_json::json!({})), 1).await.answer),
             "sent by vonage as SM1"
         );
-        let second = d.deliver(&job(serde_json::json!({"id": "j2"})), 1).await.outcome;
+        let second = d.deliver(&job(serde_json::json!({"id": "j2"})), 1).await.answer;
         assert!(
             matches!(
                 second,
-                Outcome::Failed {
+                Answer::Failed {
                     code: ErrorCode::Throttled,
                     scope: Some(Scope::User),
                     ..
@@ -523,7 +527,7 @@ mod tests {
             "{second:?}"
         );
         // A retry of a job that passed the limits is not counted again.
-        let retry = d.deliver(&job(serde_json::json!({"id": "j3"})), 2).await.outcome;
+        let retry = d.deliver(&job(serde_json::json!({"id": "j3"})), 2).await.answer;
         assert_eq!(word(&retry), "sent by vonage as SM1");
         assert_eq!(a.calls(), ["j1", "j3"], "the throttled job never reached the provider");
     }
@@ -532,12 +536,12 @@ mod tests {
     async fn a_denied_country_is_blocked_before_any_provider() {
         let a = stub(ProviderKind::Vonage, vec![sent("SM1")]);
         let limits = ThrottleConfig {
-            countries_deny: vec![crate::numbering::Destination::parse("1").unwrap()],
+            countries_deny: vec![crate::destinations::Destination::parse("1").unwrap()],
             ..ThrottleConfig::unlimited()
         };
         let d = dispatcher(vec![a.clone()], limits);
-        let outcome = d.deliver(&job(serde_json::json!({})), 1).await.outcome;
-        assert_eq!(word(&outcome), "blocked_destination by -");
+        let answer = d.deliver(&job(serde_json::json!({})), 1).await.answer;
+        assert_eq!(word(&answer), "blocked_destination by -");
         assert!(a.calls().is_empty());
     }
 
@@ -554,7 +558,7 @@ mod tests {
             },
             PerChannel {
                 sms: [(
-                    crate::numbering::Destination::parse("44").unwrap(),
+                    crate::destinations::Destination::parse("44").unwrap(),
                     vec![uk.clone() as Arc<dyn Provider>],
                 )]
                 .into_iter()
@@ -569,12 +573,12 @@ mod tests {
             Arc::new(Throttle::new(&ThrottleConfig::unlimited(), None, None)),
         );
         let gb = job(serde_json::json!({"id": "gb", "to": "+447700900123"}));
-        assert_eq!(word(&d.deliver(&gb, 1).await.outcome), "sent by infobip as I1");
+        assert_eq!(word(&d.deliver(&gb, 1).await.answer), "sent by infobip as I1");
         let us = job(serde_json::json!({"id": "us"}));
-        assert_eq!(word(&d.deliver(&us, 1).await.outcome), "sent by vonage as V1");
+        assert_eq!(word(&d.deliver(&us, 1).await.answer), "sent by vonage as V1");
         // Voice has no +44 entry: the voice chain (empty here), not the SMS route.
         let call = job(serde_json::json!({"id": "call", "channel": "voice", "to": "+447700900123"}));
-        assert_eq!(word(&d.deliver(&call, 1).await.outcome), "provider_unavailable by -");
+        assert_eq!(word(&d.deliver(&call, 1).await.answer), "provider_unavailable by -");
         assert_eq!(
             (uk.calls(), default.calls()),
             (vec!["gb".to_owned()], vec!["us".to_owned()])

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::numbering::{self, Region};
+use crate::numbering::{self, CallingCode, Region};
 
 /// Largest accepted body (docs/jobs-and-events.md "Jobs").
 pub const MAX_BODY: usize = 16 * 1024;
@@ -109,53 +109,17 @@ impl Action {
     }
 }
 
-/// An assigned E.164 country calling code (`1`, `44`, `225`): a key of `[routing.sms]`, written as its digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallingCode(u16);
-
-/// What is wrong with a calling code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CallingCodeError {
-    #[error("not a country calling code: 1 to 3 digits without `+`, like \"44\"")]
-    Form,
-    #[error("not an assigned country calling code")]
-    Unassigned,
-}
-
-impl CallingCode {
-    /// 1–3 digits that libphonenumber knows as a country calling code (no `+`).
-    pub fn parse(s: &str) -> Result<CallingCode, CallingCodeError> {
-        if !(1..=3).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
-            return Err(CallingCodeError::Form);
-        }
-        let code: u16 = s.parse().map_err(|_| CallingCodeError::Form)?;
-        numbering::meta(code)
-            .map(|_| CallingCode(code))
-            .ok_or(CallingCodeError::Unassigned)
-    }
-
-    pub fn get(self) -> u16 {
-        self.0
-    }
-}
-
-impl fmt::Display for CallingCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl serde::Serialize for CallingCode {
+impl serde::Serialize for Action {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.as_str())
     }
 }
 
-impl<'de> Deserialize<'de> for CallingCode {
+impl<'de> Deserialize<'de> for Action {
+    /// As events write it (a recorded event is read back).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        // figment names the key (`routing.sms.4x`); the message says what is wrong with it.
-        CallingCode::parse(&text).map_err(serde::de::Error::custom)
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Action::parse(&text).ok_or_else(|| serde::de::Error::custom("not an action"))
     }
 }
 
@@ -213,7 +177,7 @@ impl PhoneNumber {
         }
         Ok(PhoneNumber {
             e164: s.to_owned(),
-            code: Some(CallingCode(meta.code)),
+            code: Some(meta.calling_code()),
             region: numbering::region_of(meta, national),
         })
     }
@@ -349,12 +313,60 @@ impl Recipient {
         }
     }
 
-    /// Calling code for phones, `none` for email (the metrics' `country` label, docs/http-and-metrics.md "Metrics").
-    pub fn country_label(&self) -> String {
+    /// The recipient's `country` in events and metrics.
+    pub fn country(&self) -> Country {
         match self {
-            Recipient::Phone(p) => p.country_code().map_or_else(|| "unknown".into(), |c| c.to_string()),
-            Recipient::Email(_) => "none".into(),
+            Recipient::Phone(p) => p.calling_code().map_or(Country::Unknown, Country::Code),
+            Recipient::Email(_) => Country::Email,
         }
+    }
+
+    /// [`Recipient::country`] as its label.
+    pub fn country_label(&self) -> String {
+        self.country().to_string()
+    }
+}
+
+/// The `country` of an event and of its metric labels (docs/http-and-metrics.md "Metrics"): a phone's calling
+/// code (`44`), `unknown` for a number whose calling code the metadata does not know, `none` for email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Country {
+    Code(CallingCode),
+    Unknown,
+    Email,
+}
+
+impl Country {
+    /// The label back as the country (a recorded event is read back).
+    pub fn parse(s: &str) -> Option<Country> {
+        match s {
+            "unknown" => Some(Country::Unknown),
+            "none" => Some(Country::Email),
+            digits => CallingCode::parse(digits).ok().map(Country::Code),
+        }
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Country::Code(code) => write!(f, "{code}"),
+            Country::Unknown => f.write_str("unknown"),
+            Country::Email => f.write_str("none"),
+        }
+    }
+}
+
+impl serde::Serialize for Country {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Country {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Country::parse(&text).ok_or_else(|| serde::de::Error::custom("not a country label"))
     }
 }
 
@@ -451,6 +463,12 @@ impl Locale {
 impl fmt::Display for Locale {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for Locale {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 
@@ -1174,6 +1192,23 @@ mod tests {
             "1",
             "the label stays the calling code"
         );
+    }
+
+    /// A recorded event is read back: each `country` label parses to the country that wrote it.
+    #[test]
+    fn country_labels_read_back() {
+        for label in ["1", "44", "225", "unknown", "none"] {
+            let country = Country::parse(label).unwrap();
+            assert_eq!(country.to_string(), label);
+            let json = serde_json::to_string(&country).unwrap();
+            assert_eq!(serde_json::from_str::<Country>(&json).unwrap(), country);
+        }
+        assert_eq!(Country::parse("999"), None, "not an assigned calling code");
+        for action in Action::ALL {
+            let json = serde_json::to_string(&action).unwrap();
+            assert_eq!(json, format!("\"{}\"", action.as_str()));
+            assert_eq!(serde_json::from_str::<Action>(&json).unwrap(), action);
+        }
     }
 
     #[test]

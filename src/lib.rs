@@ -4,7 +4,7 @@
 //! The data path, top-down: [`consumer`] takes a message → [`job`] parses it → [`store`] says what herald
 //! recorded of its id → [`decision`] settles it or asks for a delivery, which [`dispatch`] makes (past
 //! [`throttle`] and the [`fraud`] guard, rendered with [`templates`], sent by a [`providers`] chain) →
-//! [`decision`] turns the result into a disposition → the consumer commits its transaction → [`events`]
+//! [`decision`] turns its answer into a disposition → the consumer commits its transaction → [`events`]
 //! reports the outcome, counted in [`metrics`], and [`reply`] answers its `reply_to`. Beside it, [`feedback`]
 //! feeds verified codes to the guard.
 
@@ -17,6 +17,7 @@ mod clock;
 pub mod config;
 pub mod consumer;
 pub mod decision;
+pub mod destinations;
 pub mod dispatch;
 pub mod events;
 pub mod feedback;

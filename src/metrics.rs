@@ -4,8 +4,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
-use crate::events::{Event, RecordedEvent};
-use crate::job::{Channel, PerChannel};
+use crate::events::{ErrorCode, Event, RecordedEvent, Scope};
+use crate::job::{Action, Channel, Country, PerChannel};
+use crate::providers::ProviderKind;
 
 pub struct Metrics {
     registry: Registry,
@@ -93,16 +94,17 @@ impl HttpMetrics {
     }
 }
 
-/// What the metrics need of an outcome event: its labels and duration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the metrics count of an outcome event: its labels, as types (they become text in
+/// [`Metrics::record`]), and its duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
     pub channel: Channel,
-    pub provider: Option<String>,
-    pub country: Option<String>,
-    pub action: Option<String>,
+    pub provider: Option<ProviderKind>,
+    pub country: Option<Country>,
+    pub action: Option<Action>,
     /// `error.code` of a failure.
-    pub error: Option<String>,
-    pub scope: Option<String>,
+    pub error: Option<ErrorCode>,
+    pub scope: Option<Scope>,
     pub duration_ms: u64,
 }
 
@@ -110,11 +112,11 @@ impl Sample {
     pub fn of(event: &Event) -> Sample {
         Sample {
             channel: event.channel,
-            provider: event.provider.map(str::to_owned),
-            country: event.country.clone(),
-            action: event.action.map(str::to_owned),
-            error: event.error.as_ref().map(|e| e.code.as_str().to_owned()),
-            scope: event.scope.map(|s| s.as_str().to_owned()),
+            provider: event.provider,
+            country: event.country,
+            action: event.action,
+            error: event.error.as_ref().map(|e| e.code),
+            scope: event.scope,
             duration_ms: event.duration_ms,
         }
     }
@@ -123,11 +125,11 @@ impl Sample {
     pub fn recorded(r: &RecordedEvent) -> Sample {
         Sample {
             channel: r.channel,
-            provider: r.provider.clone(),
-            country: r.country.clone(),
-            action: r.action.clone(),
-            error: r.error.as_ref().map(|e| e.code.as_str().to_owned()),
-            scope: r.scope.map(|s| s.as_str().to_owned()),
+            provider: r.provider,
+            country: r.country,
+            action: r.action,
+            error: r.error.as_ref().map(|e| e.code),
+            scope: r.scope,
             duration_ms: r.duration_ms,
         }
     }
@@ -336,13 +338,15 @@ impl Metrics {
 
     /// Counts one outcome event.
     pub fn record(&self, s: &Sample) {
-        let provider = s.provider.as_deref().unwrap_or("none");
-        let country = s.country.as_deref().unwrap_or("none");
-        match &s.error {
+        // The labels' text is made here, and only here.
+        let provider = s.provider.map_or("none", ProviderKind::name);
+        let country = s.country.map(|c| c.to_string());
+        let country = country.as_deref().unwrap_or("none");
+        match s.error {
             None => {
                 self.sent
                     .get(s.channel)
-                    .with_label_values(&[provider, country, s.action.as_deref().unwrap_or("none")])
+                    .with_label_values(&[provider, country, s.action.map_or("none", Action::as_str)])
                     .inc();
                 self.duration
                     .with_label_values(&[s.channel.as_str(), provider])
@@ -351,10 +355,12 @@ impl Metrics {
             Some(code) => {
                 self.failed
                     .get(s.channel)
-                    .with_label_values(&[provider, country, code])
+                    .with_label_values(&[provider, country, code.as_str()])
                     .inc();
-                if let Some(scope) = &s.scope {
-                    self.throttled.with_label_values(&[s.channel.as_str(), scope]).inc();
+                if let Some(scope) = s.scope {
+                    self.throttled
+                        .with_label_values(&[s.channel.as_str(), scope.as_str()])
+                        .inc();
                 }
             }
         }
@@ -384,7 +390,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{ErrorCode, EventError, Scope};
+    use crate::events::EventError;
     use crate::job::{Job, Locale};
 
     /// A republished outcome is counted with the labels its first publication would have had.
@@ -394,7 +400,7 @@ mod tests {
             Job::from_json(br#"{"id":"j1","channel":"voice","to":"+447700900123","code":"482913","user_id":"u1"}"#)
                 .unwrap();
         let mut sent = Event::for_job(&job, &Locale::parse("en").unwrap(), true);
-        sent.provider = Some("twilio");
+        sent.provider = Some(ProviderKind::Twilio);
         sent.duration_ms = 142;
         let mut throttled = Event::for_job(&job, &Locale::parse("en").unwrap(), false);
         throttled.scope = Some(Scope::Prefix);

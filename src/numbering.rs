@@ -1,15 +1,11 @@
-//! Numbering plans from libphonenumber's metadata, as build.rs wrote them out: which national lengths a
-//! calling code can have, and which region (ISO 3166) a number of it is in. Keys of `[routing.*]`,
-//! `throttle.countries_allow`/`countries_deny` and `[fraud] allow_countries` are [`Destination`]s
-//! (docs/providers/README.md "Routing by destination"): a calling code (`"44"`), a longer E.164 prefix (`"1876"`) or a
-//! region (`"JM"`).
+//! Numbering plans from libphonenumber's metadata, as build.rs wrote them out: which calling codes are
+//! assigned ([`CallingCode`]), which national lengths each can have, and which region (ISO 3166) a number
+//! of it is in. The lowest layer of numbers: [`crate::job::PhoneNumber`] is checked against it.
 
 use std::fmt;
 use std::sync::OnceLock;
 
 use regex::{Regex, RegexBuilder};
-
-use crate::job::{CallingCode, PhoneNumber};
 
 mod table {
     /// A calling code: bit `n` of `lengths` is set when a national number can have `n` digits.
@@ -34,6 +30,12 @@ mod table {
 }
 
 pub(crate) use table::CodeMeta;
+
+impl CodeMeta {
+    pub(crate) fn calling_code(&self) -> CallingCode {
+        CallingCode(self.code)
+    }
+}
 
 /// The calling code of E.164 `digits` (without `+`): calling codes are prefix-free, so the first 1–3 digit
 /// prefix that is assigned is the one.
@@ -123,161 +125,54 @@ impl fmt::Display for Region {
     }
 }
 
-/// A key of `[routing.*]`, `throttle.countries_allow`/`countries_deny` or `[fraud] allow_countries`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Destination {
-    /// `"44"`: every number of the calling code.
-    Code(CallingCode),
-    /// `"JM"`: the numbers libphonenumber's metadata puts in the region.
-    Region(Region),
-    /// `"1876"`: the numbers starting with these E.164 digits, longer than their calling code.
-    Prefix(String),
-}
+/// An assigned E.164 country calling code (`1`, `44`, `225`): a key of `[routing.sms]`, written as its digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallingCode(u16);
 
-/// The text is not a destination key; says what a key may be, never quoting the text.
+/// What is wrong with a calling code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("is not a calling code, prefix or region (like \"44\", \"1876\" or \"JM\")")]
-pub struct NotADestination;
+pub enum CallingCodeError {
+    #[error("not a country calling code: 1 to 3 digits without `+`, like \"44\"")]
+    Form,
+    #[error("not an assigned country calling code")]
+    Unassigned,
+}
 
-impl Destination {
-    pub fn parse(s: &str) -> Result<Destination, NotADestination> {
-        if s.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Region::parse(s).map(Destination::Region).ok_or(NotADestination);
+impl CallingCode {
+    /// 1–3 digits that libphonenumber knows as a country calling code (no `+`).
+    pub fn parse(s: &str) -> Result<CallingCode, CallingCodeError> {
+        if !(1..=3).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
+            return Err(CallingCodeError::Form);
         }
-        if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(NotADestination);
-        }
-        let meta = code_of(s).ok_or(NotADestination)?;
-        let code = CallingCode::parse(&meta.code.to_string()).map_err(|_| NotADestination)?;
-        if s.len() == code.to_string().len() {
-            Ok(Destination::Code(code))
-        } else {
-            Ok(Destination::Prefix(s.to_owned()))
-        }
+        let code: u16 = s.parse().map_err(|_| CallingCodeError::Form)?;
+        meta(code)
+            .map(|_| CallingCode(code))
+            .ok_or(CallingCodeError::Unassigned)
     }
 
-    /// How specifically this key names `phone`, if it does: a prefix (the longer the more) over a region
-    /// over a calling code (docs/providers/README.md).
-    pub fn specificity(&self, phone: &PhoneNumber) -> Option<usize> {
-        match self {
-            Destination::Code(code) => (phone.calling_code() == Some(*code)).then_some(1),
-            Destination::Region(region) => (phone.region() == Some(*region)).then_some(2),
-            Destination::Prefix(prefix) => phone.digits().starts_with(prefix.as_str()).then(|| 2 + prefix.len()),
-        }
+    pub fn get(self) -> u16 {
+        self.0
     }
 }
 
-impl fmt::Display for Destination {
+impl fmt::Display for CallingCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Destination::Code(code) => write!(f, "{code}"),
-            Destination::Region(region) => write!(f, "{region}"),
-            Destination::Prefix(prefix) => f.write_str(prefix),
-        }
+        write!(f, "{}", self.0)
     }
 }
 
-impl serde::Serialize for Destination {
+impl serde::Serialize for CallingCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> serde::Deserialize<'de> for Destination {
-    /// A string, or an integer calling code as `countries_deny = [225]` was written before regions.
+impl<'de> serde::Deserialize<'de> for CallingCode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Destination;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a calling code, prefix or region (like \"44\", \"1876\" or \"JM\")")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Destination, E> {
-                // figment names the key (`routing.sms.ZZ`); the message says what is wrong with it.
-                Destination::parse(v).map_err(E::custom)
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Destination, E> {
-                self.visit_str(&v.to_string())
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Destination, E> {
-                self.visit_str(&v.to_string())
-            }
-        }
-        d.deserialize_any(Visitor)
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        // figment names the key (`routing.sms.4x`); the message says what is wrong with it.
+        CallingCode::parse(&text).map_err(serde::de::Error::custom)
     }
-}
-
-/// Destination keys with a value each (a provider chain): the most specific key naming a number wins.
-#[derive(Debug, Clone)]
-pub struct DestinationMap<T> {
-    entries: Vec<(Destination, T)>,
-}
-
-impl<T> Default for DestinationMap<T> {
-    fn default() -> Self {
-        DestinationMap { entries: Vec::new() }
-    }
-}
-
-impl<T> FromIterator<(Destination, T)> for DestinationMap<T> {
-    fn from_iter<I: IntoIterator<Item = (Destination, T)>>(iter: I) -> Self {
-        DestinationMap {
-            entries: iter.into_iter().collect(),
-        }
-    }
-}
-
-impl<T> DestinationMap<T> {
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The most specific entry naming `phone`, with its specificity.
-    pub fn best(&self, phone: &PhoneNumber) -> Option<(usize, &T)> {
-        self.entries
-            .iter()
-            .filter_map(|(key, value)| key.specificity(phone).map(|s| (s, value)))
-            .max_by_key(|(s, _)| *s)
-    }
-
-    pub fn get(&self, phone: &PhoneNumber) -> Option<&T> {
-        self.best(phone).map(|(_, value)| value)
-    }
-}
-
-/// Why `allow`/`deny` refuse a number ([`refusal`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// The deny entry that decided.
-    Denied(Destination),
-    /// `allow` has entries and none names the number.
-    NotAllowed,
-}
-
-/// `allow`/`deny` lists of destinations: the most specific entry naming the number decides, deny winning a
-/// tie; a number no entry names is allowed unless `allow` has entries. `None` when the number may go.
-pub fn refusal(allow: &[Destination], deny: &[Destination], phone: &PhoneNumber) -> Option<Refusal> {
-    fn best<'a>(list: &'a [Destination], phone: &PhoneNumber) -> Option<(usize, &'a Destination)> {
-        list.iter()
-            .filter_map(|d| d.specificity(phone).map(|s| (s, d)))
-            .max_by_key(|(s, _)| *s)
-    }
-    match (best(allow, phone), best(deny, phone)) {
-        (Some((allowed, _)), Some((denied, _))) if allowed > denied => None,
-        (_, Some((_, entry))) => Some(Refusal::Denied(entry.clone())),
-        (Some(_), None) => None,
-        (None, None) => (!allow.is_empty()).then_some(Refusal::NotAllowed),
-    }
-}
-
-/// Whether [`refusal`] lets the number go.
-pub fn permitted(allow: &[Destination], deny: &[Destination], phone: &PhoneNumber) -> bool {
-    refusal(allow, deny, phone).is_none()
-}
-
-/// Whether any of `list` names `phone`.
-pub fn names(list: &[Destination], phone: &PhoneNumber) -> bool {
-    list.iter().any(|d| d.specificity(phone).is_some())
 }
 
 #[cfg(test)]
@@ -298,80 +193,5 @@ mod tests {
                 assert!(r.slot < table::SLOTS);
             }
         }
-    }
-
-    #[test]
-    fn destination_keys() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("44", Some("Code(44)")),
-            ("1", Some("Code(1)")),
-            ("1876", Some("Prefix(1876)")),
-            ("441481", Some("Prefix(441481)")),
-            ("JM", Some("Region(JM)")),
-            ("jm", Some("Region(JM)")),
-            ("GG", Some("Region(GG)")),
-            ("KZ", Some("Region(KZ)")),
-            ("ZZ", None),
-            ("UK", None),
-            ("001", None),
-            ("", None),
-            ("+44", None),
-            ("4x", None),
-            ("999", None),
-            ("0", None),
-            ("1234567890123456", None),
-            ("J", None),
-            ("USA", None),
-        ];
-        for (key, want) in cases {
-            let got = Destination::parse(key).ok().map(|d| match d {
-                Destination::Code(c) => format!("Code({c})"),
-                Destination::Prefix(p) => format!("Prefix({p})"),
-                Destination::Region(r) => format!("Region({r})"),
-            });
-            assert_eq!(got.as_deref(), *want, "{key:?}");
-        }
-        assert_eq!(Region::parse("JM").map(Region::calling_code), Some(1));
-        assert_eq!(Region::parse("GG").map(Region::calling_code), Some(44));
-        assert_eq!(Destination::parse("jm").unwrap().to_string(), "JM");
-    }
-
-    #[test]
-    fn the_most_specific_key_wins() {
-        let map: DestinationMap<&str> = ["1", "JM", "1876", "18765", "44", "GG"]
-            .into_iter()
-            .map(|k| (Destination::parse(k).unwrap(), k))
-            .collect();
-        let key = |n: &str| map.get(&PhoneNumber::parse(n).unwrap()).copied();
-        assert_eq!(key("+12125550123"), Some("1"));
-        assert_eq!(key("+16585550123"), Some("JM"));
-        assert_eq!(key("+18764550123"), Some("1876"));
-        assert_eq!(key("+18765550123"), Some("18765"));
-        assert_eq!(key("+441481256789"), Some("GG"));
-        assert_eq!(key("+442071234567"), Some("44"));
-        assert_eq!(key("+33612345678"), None);
-    }
-
-    #[test]
-    fn allow_and_deny() {
-        let list =
-            |keys: &[&str]| -> Vec<Destination> { keys.iter().map(|k| Destination::parse(k).unwrap()).collect() };
-        let phone = |n: &str| PhoneNumber::parse(n).unwrap();
-        let jm = phone("+18765550123");
-        let us = phone("+12125550123");
-        assert!(permitted(&[], &[], &jm));
-        assert!(!permitted(&list(&["44"]), &[], &jm));
-        assert!(permitted(&list(&["1"]), &list(&["JM"]), &us));
-        assert!(!permitted(&list(&["1"]), &list(&["JM"]), &jm));
-        assert!(permitted(&list(&["1876"]), &list(&["JM"]), &jm));
-        assert!(!permitted(&list(&["JM"]), &list(&["JM", "44"]), &jm), "deny wins a tie");
-        // The refusal names the deny entry that decided.
-        let jm_entry = Destination::parse("JM").unwrap();
-        assert_eq!(
-            refusal(&list(&["1"]), &list(&["44", "JM"]), &jm),
-            Some(Refusal::Denied(jm_entry))
-        );
-        assert_eq!(refusal(&list(&["44"]), &[], &jm), Some(Refusal::NotAllowed));
-        assert!(names(&list(&["33", "JM"]), &jm) && !names(&list(&["33", "JM"]), &us));
     }
 }

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::destinations::DestinationMap;
 use crate::job::{Job, PerChannel, Recipient};
-use crate::numbering::DestinationMap;
 use crate::providers::Provider;
 
 pub type Chain = Vec<Arc<dyn Provider>>;

@@ -221,8 +221,8 @@ struct PutRetries {
 
 #[derive(Clone)]
 enum Backend {
-    Local(Arc<LocalStore>),
-    Redis(Arc<RedisStore>),
+    Local(Arc<Local>),
+    Redis(Arc<Redis>),
 }
 
 /// How long a failing record write is still retried once herald shuts down; then its job commits without
@@ -253,7 +253,7 @@ impl Store {
     /// The embedded store in `dir` (`state.path`), checked writable now rather than at the first job.
     pub fn local(dir: &Path, errors: IntCounterVec) -> Result<Store, StoreError> {
         Ok(Store {
-            backend: Backend::Local(Arc::new(LocalStore::open(dir, errors.clone())?)),
+            backend: Backend::Local(Arc::new(Local::open(dir, errors.clone())?)),
             errors,
             stopping: CancellationToken::new(),
             retries: Arc::default(),
@@ -276,9 +276,9 @@ impl Store {
         lease: Duration,
         errors: IntCounterVec,
     ) -> Store {
-        let store = Arc::new(RedisStore::new(conn, namespace, lease));
+        let store = Arc::new(Redis::new(conn, namespace, lease));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(RedisStore::renew_claims(Arc::downgrade(&store)));
+            runtime.spawn(Redis::renew_claims(Arc::downgrade(&store)));
         }
         Store {
             backend: Backend::Redis(store),
@@ -350,7 +350,7 @@ impl Store {
                 // A task of its own, so that the write is under way at once, like the SQLite one: the commit
                 // loop only checks on it (and waits only when nothing else is ready to commit).
                 let write = tokio::spawn(async move {
-                    match RedisStore::put(conn, key, &entry).await {
+                    match Redis::put(conn, key, &entry).await {
                         Ok(()) => Ok(()),
                         Err(e) => retry.until_written(e, entry).await,
                     }
@@ -468,7 +468,7 @@ impl Retry {
             wait = (wait * 2).min(Duration::from_secs(1));
             let written = match &self.backend {
                 Backend::Local(s) => s.put(&self.id, entry.clone()).await.unwrap_or(Err(StoreError::Stopped)),
-                Backend::Redis(s) => RedisStore::put(s.conn.clone(), s.key(&self.id), &entry).await,
+                Backend::Redis(s) => Redis::put(s.conn.clone(), s.key(&self.id), &entry).await,
             };
             match written {
                 Ok(()) => {
@@ -505,7 +505,7 @@ enum Op {
 
 /// SQLite on its own thread. Requests queue up while a transaction commits and are then served together
 /// in the next one (group commit), so throughput does not hinge on one write per job.
-pub struct LocalStore {
+pub struct Local {
     tx: mpsc::Sender<Op>,
     path: PathBuf,
     /// Idle read-only connections. A lookup borrows one and runs on the caller's thread: WAL readers never
@@ -518,10 +518,10 @@ pub struct LocalStore {
     lost: Arc<OnceLock<PathBuf>>,
 }
 
-impl LocalStore {
+impl Local {
     /// Opens (or creates) the store in `dir`; a file of it found gone later is counted in `errors`
     /// (`op="files"`).
-    pub fn open(dir: &Path, errors: IntCounterVec) -> Result<LocalStore, StoreError> {
+    pub fn open(dir: &Path, errors: IntCounterVec) -> Result<Local, StoreError> {
         let named = |source: OpenError| StoreError::Open {
             dir: dir.to_owned(),
             source,
@@ -607,7 +607,7 @@ impl LocalStore {
             .name("herald-store".into())
             .spawn(move || serve(conn, rx, marks, watch))
             .map_err(StoreError::Thread)?;
-        Ok(LocalStore {
+        Ok(Local {
             tx,
             path,
             readers: Mutex::new(vec![reader]),
@@ -878,7 +878,7 @@ fn run_batch(
 }
 
 /// Outcome records and claims in Redis, shared by every replica. Records expire after [`RETENTION`].
-pub struct RedisStore {
+pub struct Redis {
     conn: redis::aio::ConnectionManager,
     prefix: String,
     /// Who holds a claim: this process (random per start), so a release never frees another's claim.
@@ -905,10 +905,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARG
 /// replica stays.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
-impl RedisStore {
+impl Redis {
     /// `namespace` keeps deployments (and tests) that share one Redis apart: the jobs queue name.
-    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str, lease: Duration) -> RedisStore {
-        RedisStore {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str, lease: Duration) -> Redis {
+        Redis {
             conn,
             prefix: format!("herald:{namespace}:outcome:"),
             owner: ulid::Ulid::generate().to_string(),
@@ -925,7 +925,7 @@ impl RedisStore {
     }
 
     /// Renews the leases of the claims held, three times per lease, until the store is dropped.
-    async fn renew_claims(store: std::sync::Weak<RedisStore>) {
+    async fn renew_claims(store: std::sync::Weak<Redis>) {
         let Some(every) = store.upgrade().map(|s| s.lease / 3) else {
             return;
         };

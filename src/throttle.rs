@@ -20,9 +20,9 @@ use governor::clock::{Clock, DefaultClock, Reference};
 
 use crate::clock;
 use crate::config::{Rate, ThrottleConfig};
+use crate::destinations;
 use crate::events::Scope;
-use crate::job::{Channel, Job, Recipient};
-use crate::numbering;
+use crate::job::{Channel, Country, Job, Recipient};
 use crate::privacy;
 use crate::sync::lock;
 
@@ -96,15 +96,17 @@ impl Limit {
     }
 }
 
+/// The throttle's verdict on one job (its fixed limits and destination lists): allowed, over a limit, or
+/// its destination blocked. Not the fraud guard's ([`crate::fraud::GuardVerdict`]), which comes after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub enum LimitVerdict {
     Allow,
     /// Over a limit: the scope that refused.
     Throttled(Scope),
-    /// The destination is not allowed: its calling code (the `country` label, or `unknown`) and why.
+    /// The destination is not allowed: its calling code (or `unknown`) and why.
     Blocked {
-        country: String,
-        refusal: numbering::Refusal,
+        country: Country,
+        refusal: destinations::Refusal,
     },
 }
 
@@ -209,7 +211,7 @@ impl<C: Clock + Clone> Local<C> {
         lock(&self.tats)
     }
 
-    fn check(&self, config: &ThrottleConfig, checks: &[(Limit, String)]) -> (Verdict, Taken) {
+    fn check(&self, config: &ThrottleConfig, checks: &[(Limit, String)]) -> (LimitVerdict, Taken) {
         let now = self.now();
         let mut tats = self.tats();
         let mut next = Vec::with_capacity(checks.len());
@@ -221,7 +223,7 @@ impl<C: Clock + Clone> Local<C> {
             let k = privacy::local_key(limit.index(), key);
             let tat = tats.get(&k).copied().unwrap_or(now).max(now);
             if tat - now > tolerance {
-                return (Verdict::Throttled(limit.scope()), Taken::default());
+                return (LimitVerdict::Throttled(limit.scope()), Taken::default());
             }
             next.push((k, tat + interval, interval));
         }
@@ -233,7 +235,7 @@ impl<C: Clock + Clone> Local<C> {
             .map(|(key, tat, interval)| Reservation { key, interval, tat })
             .collect();
         (
-            Verdict::Allow,
+            LimitVerdict::Allow,
             Taken {
                 local,
                 shared: Vec::new(),
@@ -313,16 +315,17 @@ end
 return 0
 "#;
 
-pub struct Shared {
+/// The limits in Redis, one set for every replica: all of a job's limits in one script call.
+pub struct Redis {
     conn: redis::aio::ConnectionManager,
     script: redis::Script,
     refund: redis::Script,
     prefix: String,
 }
 
-impl Shared {
-    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Shared {
-        Shared {
+impl Redis {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Redis {
+        Redis {
             conn,
             script: redis::Script::new(GCRA),
             refund: redis::Script::new(REFUND),
@@ -334,7 +337,7 @@ impl Shared {
         &self,
         config: &ThrottleConfig,
         checks: &[(Limit, String)],
-    ) -> Result<(Verdict, Taken), redis::RedisError> {
+    ) -> Result<(LimitVerdict, Taken), redis::RedisError> {
         let mut keys = Vec::with_capacity(checks.len());
         let mut invocation = self.script.prepare_invoke();
         for (limit, key) in checks {
@@ -348,7 +351,7 @@ impl Shared {
             keys.push((name, interval));
         }
         if keys.is_empty() {
-            return Ok((Verdict::Allow, Taken::default()));
+            return Ok((LimitVerdict::Allow, Taken::default()));
         }
         let answer: Vec<u64> = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(match answer.split_first() {
@@ -359,7 +362,7 @@ impl Shared {
                     .map(|((key, interval), &tat)| Reservation { key, interval, tat })
                     .collect();
                 (
-                    Verdict::Allow,
+                    LimitVerdict::Allow,
                     Taken {
                         local: Vec::new(),
                         shared,
@@ -367,10 +370,10 @@ impl Shared {
                 )
             }
             Some((&i, _)) => (
-                Verdict::Throttled(checks.get(i as usize - 1).map_or(Scope::Global, |(l, _)| l.scope())),
+                LimitVerdict::Throttled(checks.get(i as usize - 1).map_or(Scope::Global, |(l, _)| l.scope())),
                 Taken::default(),
             ),
-            None => (Verdict::Allow, Taken::default()),
+            None => (LimitVerdict::Allow, Taken::default()),
         })
     }
 
@@ -386,7 +389,7 @@ impl Shared {
 pub struct Throttle<C: Clock = DefaultClock> {
     config: ThrottleConfig,
     local: Local<C>,
-    shared: Option<Shared>,
+    shared: Option<Redis>,
     /// Unix ms until which Redis is skipped after a failure.
     shared_down_until: AtomicU64,
     fallbacks: Option<prometheus::IntCounter>,
@@ -396,7 +399,7 @@ pub struct Throttle<C: Clock = DefaultClock> {
 const FALLBACK_FOR: Duration = Duration::from_secs(5);
 
 impl Throttle<DefaultClock> {
-    pub fn new(config: &ThrottleConfig, shared: Option<Shared>, fallbacks: Option<prometheus::IntCounter>) -> Self {
+    pub fn new(config: &ThrottleConfig, shared: Option<Redis>, fallbacks: Option<prometheus::IntCounter>) -> Self {
         Throttle::with_clock(config, shared, fallbacks, DefaultClock::default())
     }
 }
@@ -404,7 +407,7 @@ impl Throttle<DefaultClock> {
 impl<C: Clock + Clone> Throttle<C> {
     pub fn with_clock(
         config: &ThrottleConfig,
-        shared: Option<Shared>,
+        shared: Option<Redis>,
         fallbacks: Option<prometheus::IntCounter>,
         clock: C,
     ) -> Self {
@@ -423,18 +426,18 @@ impl<C: Clock + Clone> Throttle<C> {
 
     /// The destination policy: allow/deny lists of calling codes, prefixes and regions, the most specific
     /// entry naming the number deciding (deny wins a tie). The verdict names the calling code (a label).
-    fn destination(&self, job: &Job) -> Option<Verdict> {
+    fn destination(&self, job: &Job) -> Option<LimitVerdict> {
         let Recipient::Phone(phone) = &job.to else { return None };
-        let refusal = numbering::refusal(&self.config.countries_allow, &self.config.countries_deny, phone)?;
-        Some(Verdict::Blocked {
-            country: job.to.country_label(),
+        let refusal = destinations::refusal(&self.config.countries_allow, &self.config.countries_deny, phone)?;
+        Some(LimitVerdict::Blocked {
+            country: job.to.country(),
             refusal,
         })
     }
 
     /// One job's limits, taken if all have room. `Taken` is what to give back should the job not be sent
     /// after all (empty unless allowed).
-    pub async fn check(&self, job: &Job) -> (Verdict, Taken) {
+    pub async fn check(&self, job: &Job) -> (LimitVerdict, Taken) {
         if let Some(blocked) = self.destination(job) {
             return (blocked, Taken::default());
         }
@@ -476,7 +479,7 @@ impl<C: Clock + Clone> Throttle<C> {
     }
 
     /// A synchronous check against the local limiters only (simulations and benchmarks).
-    pub fn check_local(&self, job: &Job) -> Verdict {
+    pub fn check_local(&self, job: &Job) -> LimitVerdict {
         self.destination(job)
             .unwrap_or_else(|| self.local.check(&self.config, &checks(&self.config, job)).0)
     }
@@ -499,12 +502,16 @@ mod tests {
         let t = Throttle::with_clock(&ThrottleConfig::default(), None, None, clock.clone());
         for i in 0..10 {
             let j = job("sms", &format!("+1415555{:04}", i), "u1", "203.0.113.7");
-            assert_eq!(t.check_local(&j), Verdict::Allow, "sms {i}");
+            assert_eq!(t.check_local(&j), LimitVerdict::Allow, "sms {i}");
         }
         let j = job("sms", "+14155559999", "u1", "203.0.113.7");
-        assert_eq!(t.check_local(&j), Verdict::Throttled(Scope::User));
+        assert_eq!(t.check_local(&j), LimitVerdict::Throttled(Scope::User));
         clock.advance(Duration::from_secs(360));
-        assert_eq!(t.check_local(&j), Verdict::Allow, "one more after a tenth of the hour");
+        assert_eq!(
+            t.check_local(&j),
+            LimitVerdict::Allow,
+            "one more after a tenth of the hour"
+        );
     }
 
     #[test]
@@ -518,13 +525,13 @@ mod tests {
         let t = Throttle::with_clock(&config, None, None, clock.clone());
         let j = job("voice", "+14155550123", "u1", "203.0.113.7");
         for _ in 0..10 {
-            assert_eq!(t.check_local(&j), Verdict::Allow);
+            assert_eq!(t.check_local(&j), LimitVerdict::Allow);
         }
-        assert_eq!(t.check_local(&j), Verdict::Throttled(Scope::User));
+        assert_eq!(t.check_local(&j), LimitVerdict::Throttled(Scope::User));
         clock.advance(Duration::from_secs(30 * 60));
-        assert_eq!(t.check_local(&j), Verdict::Throttled(Scope::User));
+        assert_eq!(t.check_local(&j), LimitVerdict::Throttled(Scope::User));
         clock.advance(Duration::from_secs(30 * 60));
-        assert_eq!(t.check_local(&j), Verdict::Allow);
+        assert_eq!(t.check_local(&j), LimitVerdict::Allow);
     }
 
     #[test]
@@ -539,12 +546,12 @@ mod tests {
                     &format!("u{i}"),
                     &format!("198.51.100.{i}")
                 )),
-                Verdict::Allow
+                LimitVerdict::Allow
             );
         }
         assert_eq!(
             t.check_local(&job("sms", "+14155550123", "u99", "198.51.100.99")),
-            Verdict::Throttled(Scope::Recipient)
+            LimitVerdict::Throttled(Scope::Recipient)
         );
         // Different users, IPs and numbers in one range: the prefix limit (30/h on 7 digits).
         let mut allowed = 0;
@@ -555,7 +562,7 @@ mod tests {
                 &format!("a{i}"),
                 &format!("192.0.2.{i}"),
             );
-            if t.check_local(&j) == Verdict::Allow {
+            if t.check_local(&j) == LimitVerdict::Allow {
                 allowed += 1;
             }
         }
@@ -590,34 +597,34 @@ mod tests {
         };
         let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
         let sms = |n: u32, ip: &str| job("sms", &format!("+1415555{n:04}"), &format!("u{n}"), ip);
-        assert_eq!(t.check_local(&sms(1, "2001:db8:1:2::1")), Verdict::Allow);
-        assert_eq!(t.check_local(&sms(2, "2001:db8:1:2::2")), Verdict::Allow);
+        assert_eq!(t.check_local(&sms(1, "2001:db8:1:2::1")), LimitVerdict::Allow);
+        assert_eq!(t.check_local(&sms(2, "2001:db8:1:2::2")), LimitVerdict::Allow);
         assert_eq!(
             t.check_local(&sms(3, "2001:db8:1:2:abcd::3")),
-            Verdict::Throttled(Scope::Ip),
+            LimitVerdict::Throttled(Scope::Ip),
             "a third address of the same /64"
         );
         assert_eq!(
             t.check_local(&sms(4, "2001:db8:1:3::1")),
-            Verdict::Allow,
+            LimitVerdict::Allow,
             "the next /64"
         );
-        assert_eq!(t.check_local(&sms(5, "198.51.100.9")), Verdict::Allow);
-        assert_eq!(t.check_local(&sms(6, "::ffff:198.51.100.9")), Verdict::Allow);
+        assert_eq!(t.check_local(&sms(5, "198.51.100.9")), LimitVerdict::Allow);
+        assert_eq!(t.check_local(&sms(6, "::ffff:198.51.100.9")), LimitVerdict::Allow);
         assert_eq!(
             t.check_local(&sms(7, "198.51.100.9")),
-            Verdict::Throttled(Scope::Ip),
+            LimitVerdict::Throttled(Scope::Ip),
             "v4-mapped is the same address"
         );
-        assert_eq!(t.check_local(&sms(8, "203.0.113.7")), Verdict::Allow);
+        assert_eq!(t.check_local(&sms(8, "203.0.113.7")), LimitVerdict::Allow);
         assert_eq!(
             t.check_local(&sms(9, "::203.0.113.7")),
-            Verdict::Allow,
+            LimitVerdict::Allow,
             "the second of 2 from 203.0.113.7"
         );
         assert_eq!(
             t.check_local(&sms(10, "::ffff:203.0.113.7")),
-            Verdict::Throttled(Scope::Ip),
+            LimitVerdict::Throttled(Scope::Ip),
             "v4-compatible is the same address"
         );
     }
@@ -626,18 +633,18 @@ mod tests {
         ThrottleConfig::unlimited()
     }
 
-    use crate::numbering::Refusal;
+    use crate::destinations::Refusal;
 
-    fn blocked(country: &str, refusal: Refusal) -> Verdict {
-        Verdict::Blocked {
-            country: country.into(),
+    fn blocked(country: &str, refusal: Refusal) -> LimitVerdict {
+        LimitVerdict::Blocked {
+            country: Country::parse(country).unwrap(),
             refusal,
         }
     }
 
-    fn destinations(keys: &[&str]) -> Vec<crate::numbering::Destination> {
+    fn destinations(keys: &[&str]) -> Vec<crate::destinations::Destination> {
         keys.iter()
-            .map(|k| crate::numbering::Destination::parse(k).unwrap())
+            .map(|k| crate::destinations::Destination::parse(k).unwrap())
             .collect()
     }
 
@@ -654,7 +661,7 @@ mod tests {
         );
         assert_eq!(
             t.check_local(&job("sms", "+14155550123", "u", "192.0.2.1")),
-            Verdict::Allow
+            LimitVerdict::Allow
         );
         let config = ThrottleConfig {
             countries_allow: destinations(&["1", "44"]),
@@ -667,10 +674,10 @@ mod tests {
         );
         assert_eq!(
             t.check_local(&job("sms", "+447700900123", "u", "192.0.2.1")),
-            Verdict::Allow
+            LimitVerdict::Allow
         );
         let email = job("email", "a@b.co", "u", "192.0.2.1");
-        assert_eq!(t.check_local(&email), Verdict::Allow, "lists apply to phones only");
+        assert_eq!(t.check_local(&email), LimitVerdict::Allow, "lists apply to phones only");
     }
 
     /// Calling codes, prefixes and regions (docs/providers/README.md): the most specific entry naming the number
@@ -711,7 +718,7 @@ mod tests {
             let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
             for (to, blocked) in *numbers {
                 let got = match t.check_local(&job("sms", to, "u", "192.0.2.1")) {
-                    Verdict::Blocked { country, .. } => Some(country),
+                    LimitVerdict::Blocked { country, .. } => Some(country.to_string()),
                     _ => None,
                 };
                 assert_eq!(got.as_deref(), *blocked, "allow {allow:?} deny {deny:?}: {to}");
@@ -728,14 +735,14 @@ mod tests {
         };
         let t = Throttle::with_clock(&config, None, None, FakeRelativeClock::default());
         let to = |n: u32| job("sms", &format!("+1415555{n:04}"), "u1", "192.0.2.1");
-        assert_eq!(t.check_local(&to(1)), Verdict::Allow);
+        assert_eq!(t.check_local(&to(1)), LimitVerdict::Allow);
         for _ in 0..10 {
-            assert_eq!(t.check_local(&to(1)), Verdict::Throttled(Scope::Recipient));
+            assert_eq!(t.check_local(&to(1)), LimitVerdict::Throttled(Scope::Recipient));
         }
         for n in 2..6 {
-            assert_eq!(t.check_local(&to(n)), Verdict::Allow, "the user's {n}th SMS");
+            assert_eq!(t.check_local(&to(n)), LimitVerdict::Allow, "the user's {n}th SMS");
         }
-        assert_eq!(t.check_local(&to(6)), Verdict::Throttled(Scope::User));
+        assert_eq!(t.check_local(&to(6)), LimitVerdict::Throttled(Scope::User));
     }
 
     #[tokio::test]
@@ -748,20 +755,20 @@ mod tests {
         let t = Throttle::with_clock(&config, None, None, clock.clone());
         let j = job("sms", "+14155550123", "u1", "192.0.2.1");
         let (first, taken) = t.check(&j).await;
-        assert_eq!(first, Verdict::Allow);
+        assert_eq!(first, LimitVerdict::Allow);
         assert!(!taken.is_empty());
         t.refund(taken).await;
         assert_eq!(t.local().keys(), 0, "back to never seen");
-        assert_eq!(t.check(&j).await.0, Verdict::Allow);
+        assert_eq!(t.check(&j).await.0, LimitVerdict::Allow);
         let (_, second) = t.check(&j).await;
-        assert_eq!(t.check(&j).await.0, Verdict::Throttled(Scope::User));
+        assert_eq!(t.check(&j).await.0, LimitVerdict::Throttled(Scope::User));
         t.refund(second).await;
-        assert_eq!(t.check(&j).await.0, Verdict::Allow, "one token back");
+        assert_eq!(t.check(&j).await.0, LimitVerdict::Allow, "one token back");
         let (refused, nothing) = t.check(&j).await;
-        assert_eq!(refused, Verdict::Throttled(Scope::User));
+        assert_eq!(refused, LimitVerdict::Throttled(Scope::User));
         assert!(nothing.is_empty(), "a refused check takes nothing");
         t.refund(nothing).await;
-        assert_eq!(t.check(&j).await.0, Verdict::Throttled(Scope::User));
+        assert_eq!(t.check(&j).await.0, LimitVerdict::Throttled(Scope::User));
     }
 
     #[tokio::test]
@@ -774,15 +781,15 @@ mod tests {
         let t = Throttle::with_clock(&config, None, None, clock.clone());
         let sms = |n: u32| job("sms", &format!("+1415555{n:04}"), &format!("u{n}"), "192.0.2.1");
         let (a, taken) = t.check(&sms(1)).await;
-        assert_eq!(a, Verdict::Allow);
+        assert_eq!(a, LimitVerdict::Allow);
         // A's token runs out while the guard looks at it; B takes the key afresh.
         clock.advance(Duration::from_millis(150));
-        assert_eq!(t.check(&sms(2)).await.0, Verdict::Allow);
-        assert_eq!(t.check(&sms(3)).await.0, Verdict::Throttled(Scope::Global));
+        assert_eq!(t.check(&sms(2)).await.0, LimitVerdict::Allow);
+        assert_eq!(t.check(&sms(3)).await.0, LimitVerdict::Throttled(Scope::Global));
         t.refund(taken).await;
         assert_eq!(
             t.check(&sms(3)).await.0,
-            Verdict::Throttled(Scope::Global),
+            LimitVerdict::Throttled(Scope::Global),
             "A's refund gave back B's token"
         );
     }

@@ -619,7 +619,7 @@ fn herald_event() -> anyhow::Result<(Vec<u8>, BasicProperties)> {
     let job = Job::from_json(&job_body(0)).map_err(|e| anyhow::anyhow!("the bench's job is invalid: {e}"))?;
     let locale = Locale::parse("en").map_err(|_| anyhow::anyhow!("`en` is not a locale"))?;
     let mut event = Event::for_job(&job, &locale, true);
-    event.provider = Some(ProviderKind::Outbox.name());
+    event.provider = Some(ProviderKind::Outbox);
     event.duration_ms = 1;
     let properties = broker::event_properties(event.kind.as_str(), Some(&job.id));
     Ok((event.to_json(), properties))

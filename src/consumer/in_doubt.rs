@@ -9,7 +9,7 @@ use lapin::Channel;
 use lapin::options::BasicGetOptions;
 use tokio::sync::mpsc;
 
-use super::lane::{Finished, Lane};
+use super::lane::{Lane, Uncommitted};
 use super::{Consumer, lock};
 use crate::broker::BrokerError;
 
@@ -22,10 +22,10 @@ use crate::broker::BrokerError;
 #[derive(Default)]
 pub(super) struct Orphans {
     /// The current session's first lane, while a session consumes.
-    pub(super) lane: Option<mpsc::UnboundedSender<Finished>>,
+    pub(super) lane: Option<mpsc::UnboundedSender<Uncommitted>>,
     /// Orphans that came while no session consumed, and when. Dropped after [`ORPHAN_PARKING`]: until then
     /// they hold their claims, which copies on other replicas wait for.
-    pub(super) waiting: Vec<(std::time::Instant, Finished)>,
+    pub(super) waiting: Vec<(std::time::Instant, Uncommitted)>,
     /// Job ids committed as orphans. Their redelivered copies are acked without a reply: the outcome and
     /// its reply are out. Checked in this process, not only in the store, because
     /// an orphan's copy always comes back (no ack was committed) and a lost mark must not make it a repeat.
@@ -44,7 +44,7 @@ pub(super) const ORPHANS_REMEMBERED: usize = 10_000;
 /// jobs, and their copies wait on its claims until then).
 pub(super) struct InDoubt {
     pub(super) seq: u64,
-    pub(super) batch: Vec<Finished>,
+    pub(super) batch: Vec<Uncommitted>,
 }
 
 impl Consumer {
@@ -52,7 +52,7 @@ impl Consumer {
     /// outcome herald recorded: the job's copies find the record, so its event cannot be doubled. Anything
     /// else (a retry, a duplicate's reply, an invalid job's dead letter) is done again by the copy the broker
     /// redelivers, and is dropped here.
-    pub(super) fn adopt(self: &Arc<Self>, mut finished: Finished) {
+    pub(super) fn adopt(self: &Arc<Self>, mut finished: Uncommitted) {
         if finished.plan.marks().is_none() {
             return;
         }

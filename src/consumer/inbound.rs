@@ -9,15 +9,15 @@ use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 
-use super::lane::{Finished, GaugeGuard};
+use super::lane::{GaugeGuard, Uncommitted};
 use super::outage::OUTAGE_SETTLE;
 use super::plan::{self, Plan, Queues};
 use super::{Consumer, lock};
 use crate::config::QueueType;
-use crate::decision::{self, Disposition, Step};
-use crate::dispatch::Outcome;
-use crate::events;
+use crate::decision::{self, Disposition, Next};
+use crate::dispatch::Answer;
 use crate::job::{InvalidJob, Job, JobError};
+use crate::privacy;
 use crate::reply::ReplyTo;
 
 /// A message as herald takes it from the broker: all that herald reads of a delivery.
@@ -26,7 +26,7 @@ pub(super) struct Inbound {
     pub(super) delivery_tag: u64,
     /// What the broker says of this copy: its redelivered flag, and `x-delivery-count` on a redelivery
     /// only (on a first delivery the header can only be the publisher's).
-    pub(super) copy: decision::Copy,
+    pub(super) redelivery: decision::Redelivery,
     /// Shared by the job, its retry and its dead letter: never copied.
     pub(super) body: Arc<Vec<u8>>,
     /// As published: herald reads `content_type`, `reply_to` and `correlation_id`, and a retry or a dead
@@ -38,7 +38,7 @@ impl Inbound {
     pub(super) fn new(delivery_tag: u64, redelivered: bool, properties: BasicProperties, body: Vec<u8>) -> Inbound {
         Inbound {
             delivery_tag,
-            copy: decision::Copy::new(redelivered, header_u64(&properties, "x-delivery-count")),
+            redelivery: decision::Redelivery::new(redelivered, header_u64(&properties, "x-delivery-count")),
             body: Arc::new(body),
             properties,
         }
@@ -60,11 +60,11 @@ impl Consumer {
     /// One message: parse, claim its id, read its outcome record, decide, deliver if the decision says so,
     /// and plan the copy's transaction (its store write under way). `None` when shutdown came while it
     /// waited for another replica's claim or for the store: nothing was done.
-    pub(super) async fn handle(&self, inbound: Inbound, shutdown: &CancellationToken) -> Option<Finished> {
+    pub(super) async fn handle(&self, inbound: Inbound, shutdown: &CancellationToken) -> Option<Uncommitted> {
         let gauge = GaugeGuard::new(&self.metrics);
         let props = &inbound.properties;
         let content_type = props.content_type().as_ref().map(|s| s.as_str());
-        let copy = inbound.copy;
+        let redelivery = inbound.redelivery;
         let reply_to = props
             .reply_to()
             .as_ref()
@@ -84,7 +84,7 @@ impl Consumer {
         let job = match job {
             Ok(job) => job,
             Err(invalid) => {
-                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %events::scrub(&invalid.reason.to_string()),
+                tracing::warn!(job_id = invalid.id.as_deref().unwrap_or("-"), reason = %privacy::scrub(&invalid.reason.to_string()),
                     "invalid job dead-lettered");
                 let plan = plan::of(
                     decision::rejected(&invalid),
@@ -93,7 +93,7 @@ impl Consumer {
                     reply_to.as_ref(),
                     self.queues(),
                 );
-                return Some(Finished::start(plan, &self.store, None, gauge));
+                return Some(Uncommitted::start(plan, &self.store, None, gauge));
             }
         };
         let (claim, held) = tokio::select! {
@@ -102,10 +102,10 @@ impl Consumer {
         };
         // Kept, not taken: copies from dead sessions wait on the same claim, and the first one to get it
         // must not leave the copy that counts (the current session's) without the answer.
-        if copy.redelivered && lock(&self.orphans).committed.contains(&job.id) {
+        if redelivery.redelivered && lock(&self.orphans).committed.contains(&job.id) {
             tracing::info!(job_id = %job.id, "copy of a job committed after its session died acknowledged");
             let plan = Plan::acknowledge(inbound.delivery_tag);
-            return Some(Finished::start(plan, &self.store, Some(claim), gauge));
+            return Some(Uncommitted::start(plan, &self.store, Some(claim), gauge));
         }
         if held {
             // Held by a store outage: give the replica that held this id before it (its lease may have run
@@ -120,23 +120,23 @@ impl Consumer {
             prior = self.held_for_store(&job.id, || self.store.get(&job.id)) => prior,
             _ = shutdown.cancelled() => return None,
         };
-        let disposition = match decision::before_delivery(&job, prior, copy, self.poison_limit(), &self.default_locale)
-        {
-            Step::Settled(disposition) => *disposition,
-            Step::Deliver { attempt } => {
-                // A report that overtakes the provider's answer is asked again, not lost (docs/receipts.md "State").
-                let sending = self.receipts.as_ref().and_then(|r| r.sending(&job.id));
-                let delivered = self.dispatcher.deliver(&job, attempt).await;
-                if let (Some(receipts), Outcome::Sent { provider, receipt }) = (&self.receipts, &delivered.outcome) {
-                    receipts.sent(&job, provider, receipt);
+        let disposition =
+            match decision::before_delivery(&job, prior, redelivery, self.poison_limit(), &self.default_locale) {
+                Next::Settled(disposition) => *disposition,
+                Next::Deliver { attempt } => {
+                    // A report that overtakes the provider's answer is asked again, not lost (docs/receipts.md "State").
+                    let sending = self.receipts.as_ref().and_then(|r| r.sending(&job.id));
+                    let answered = self.dispatcher.deliver(&job, attempt).await;
+                    if let (Some(receipts), Answer::Sent { provider, receipt }) = (&self.receipts, &answered.answer) {
+                        receipts.sent(&job, *provider, receipt);
+                    }
+                    drop(sending);
+                    decision::after_delivery(&job, attempt, &answered, &self.default_locale)
                 }
-                drop(sending);
-                decision::after_delivery(&job, attempt, &delivered, &self.default_locale)
-            }
-        };
+            };
         log(&disposition, &job.id);
         let plan = plan::of(disposition, &inbound, Some(&job.id), reply_to.as_ref(), self.queues());
-        Some(Finished::start(plan, &self.store, Some(claim), gauge))
+        Some(Uncommitted::start(plan, &self.store, Some(claim), gauge))
     }
 
     /// Where herald's queue dead-letters poison (docs/guarantees.md "Poison"): only a quorum queue counts deliveries.
@@ -257,7 +257,7 @@ mod tests {
 
     impl Harness {
         /// Handles one copy and waits for its store write, as the commit loop does before the commit.
-        async fn handle(&self, tag: u64, redelivered: bool, properties: BasicProperties, body: &[u8]) -> Finished {
+        async fn handle(&self, tag: u64, redelivered: bool, properties: BasicProperties, body: &[u8]) -> Uncommitted {
             let inbound = Inbound::new(tag, redelivered, properties, body.to_vec());
             let mut finished = self
                 .consumer
@@ -377,7 +377,7 @@ mod tests {
         let counted = |redelivered, count: AMQPValue| {
             let mut headers = lapin::types::FieldTable::default();
             headers.insert("x-delivery-count".into(), count);
-            Inbound::new(1, redelivered, json().with_headers(headers), Vec::new()).copy
+            Inbound::new(1, redelivered, json().with_headers(headers), Vec::new()).redelivery
         };
         assert_eq!(counted(true, AMQPValue::LongLongInt(3)).deliveries, 4);
         assert_eq!(counted(true, AMQPValue::LongString("3".into())).deliveries, 4);

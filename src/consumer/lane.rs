@@ -41,7 +41,7 @@ pub(super) fn lane_windows(prefetch: NonZeroU16, channels: u16) -> Vec<NonZeroU1
 }
 
 /// A handled message: the rest of its plan, waiting for its transaction.
-pub(super) struct Finished {
+pub(super) struct Uncommitted {
     /// What is left to carry out: the transaction's publishes and ack, and what follows the commit.
     pub(super) plan: Plan,
     /// The store write of the plan, awaited before the commit (a record precedes its event).
@@ -52,12 +52,12 @@ pub(super) struct Finished {
     _gauge: GaugeGuard,
 }
 
-impl Finished {
+impl Uncommitted {
     /// Starts carrying out `plan`: its store write is under way from now on, so that it overlaps the wait
     /// for the commit; the rest is the commit loop's.
-    pub(super) fn start(mut plan: Plan, store: &Store, claim: Option<Claim>, gauge: GaugeGuard) -> Finished {
+    pub(super) fn start(mut plan: Plan, store: &Store, claim: Option<Claim>, gauge: GaugeGuard) -> Uncommitted {
         let put = plan.take_record().map(|(id, entry)| store.put(id, entry));
-        Finished {
+        Uncommitted {
             plan,
             put,
             claim,
@@ -66,7 +66,7 @@ impl Finished {
     }
 }
 
-impl Drop for Finished {
+impl Drop for Uncommitted {
     /// A job dropped before its commit (the broker connection went away) is redelivered, and the copy
     /// must find the outcome this one reached: the claim is held until the record's write has finished,
     /// not released while it is still queued.
@@ -97,11 +97,11 @@ impl Consumer {
         lane: usize,
         channel: Channel,
         unacked: Unacked,
-        mut done: mpsc::UnboundedReceiver<Finished>,
+        mut done: mpsc::UnboundedReceiver<Uncommitted>,
     ) -> Result<(), BrokerError> {
         let max = usize::from(self.lanes[lane].prefetch.get());
         let in_doubt = &self.lanes[lane].in_doubt;
-        // Finished jobs not yet committed; the batch being sent; the batch committing; one buffer of event
+        // Handled jobs not yet committed; the batch being sent; the batch committing; one buffer of event
         // lines. All reused: per-batch buffers of this size (tens of KiB) cost a realloc chain on every
         // batch and made glibc consolidate its free lists.
         let mut waiting = Vec::with_capacity(max);
@@ -158,7 +158,7 @@ impl Consumer {
         channel: &Channel,
         marker_queue: &str,
         unacked: &Unacked,
-        batch: &mut [Finished],
+        batch: &mut [Uncommitted],
         seq: u64,
     ) -> Result<(), BrokerError> {
         let marker = seq.to_string();
@@ -206,7 +206,7 @@ impl Consumer {
 
     /// After a batch committed: print and count its events, mark its records committed. Clearing the
     /// batch releases the claims and the in-flight gauge.
-    pub(super) fn committed(&self, batch: &mut Vec<Finished>, lines: &mut Vec<u8>) {
+    pub(super) fn committed(&self, batch: &mut Vec<Uncommitted>, lines: &mut Vec<u8>) {
         self.metrics.commit_batch.observe(batch.len() as f64);
         let mut committed = Vec::with_capacity(batch.len());
         // One write for the batch's event lines: stdout is a pipe, a syscall per event adds up.
@@ -268,7 +268,7 @@ impl Consumer {
 /// stay for a later commit; when none is written yet, waits for them all. A record must be stored before
 /// its event can leave, so that after a crash a redelivered job finds it (docs/guarantees.md "One outcome, once"); a
 /// failed write only loses that protection.
-async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<Finished>) {
+async fn take_recorded(waiting: &mut Vec<Uncommitted>, ready: &mut Vec<Uncommitted>) {
     use futures_util::FutureExt;
     let mut i = 0;
     while i < waiting.len() {
@@ -302,7 +302,7 @@ async fn take_recorded(waiting: &mut Vec<Finished>, ready: &mut Vec<Finished>) {
     }
 }
 
-fn recorded(finished: &mut Finished, result: Result<(), crate::store::StoreError>) {
+fn recorded(finished: &mut Uncommitted, result: Result<(), crate::store::StoreError>) {
     if let Err(e) = result {
         tracing::warn!(job_id = finished.plan.marks().unwrap_or("-"), error = %e, "outcome not recorded");
         finished.plan.unmark();

@@ -372,8 +372,8 @@ pub(super) mod tests {
     //! The plan of every disposition, from a table: no broker, no store.
     use super::*;
     use crate::config::RetrySchedule;
-    use crate::decision::{self, Copy};
-    use crate::dispatch::{Delivered, Outcome as Delivery};
+    use crate::decision::{self, Redelivery};
+    use crate::dispatch::{Answer, Answered};
     use crate::job::{Job, Locale};
     use crate::providers::Receipt;
     use crate::reply::OwnQueues;
@@ -411,9 +411,9 @@ pub(super) mod tests {
         Inbound::new(7, false, properties, br#"{"id":"j1"}"#.to_vec())
     }
 
-    fn delivered(outcome: Delivery) -> Delivered {
-        Delivered {
-            outcome,
+    fn answered(answer: Answer) -> Answered {
+        Answered {
+            answer,
             duration: Duration::from_millis(142),
         }
     }
@@ -422,8 +422,8 @@ pub(super) mod tests {
         decision::after_delivery(
             &job(),
             1,
-            &delivered(Delivery::Sent {
-                provider: "twilio",
+            &answered(Answer::Sent {
+                provider: crate::providers::ProviderKind::Twilio,
                 receipt: Receipt::sent(Some("SM1".into())),
             }),
             &en(),
@@ -431,14 +431,14 @@ pub(super) mod tests {
     }
 
     fn failed(code: ErrorCode) -> Disposition {
-        decision::after_delivery(&job(), 1, &delivered(Delivery::failed(code, "answered 400")), &en())
+        decision::after_delivery(&job(), 1, &answered(Answer::failed(code, "answered 400")), &en())
     }
 
     fn retry(after: Duration) -> Disposition {
         decision::after_delivery(
             &job(),
             1,
-            &delivered(Delivery::Retry {
+            &answered(Answer::Retry {
                 after,
                 message: "503".into(),
             }),
@@ -447,10 +447,10 @@ pub(super) mod tests {
     }
 
     /// What a settled copy's decision is, from the store's entry and the broker's flags.
-    fn settled(prior: Entry, copy: Copy) -> Disposition {
+    fn settled(prior: Entry, copy: Redelivery) -> Disposition {
         match decision::before_delivery(&job(), Some(prior), copy, Some(5), &en()) {
-            decision::Step::Settled(disposition) => *disposition,
-            decision::Step::Deliver { .. } => panic!("settled before delivery"),
+            decision::Next::Settled(disposition) => *disposition,
+            decision::Next::Deliver { .. } => panic!("settled before delivery"),
         }
     }
 
@@ -466,7 +466,7 @@ pub(super) mod tests {
         decision::rejected(&Job::from_json(br#"{"id":"j1","channel":"fax"}"#).unwrap_err())
     }
 
-    const REDELIVERED: Copy = Copy {
+    const REDELIVERED: Redelivery = Redelivery {
         redelivered: true,
         deliveries: 2,
     };
@@ -486,7 +486,7 @@ pub(super) mod tests {
             Step::Publish(p) => format!("publish {} {}", p.exchange, p.routing_key),
             Step::Ack(tag) => format!("ack {tag}"),
             Step::Reply(r) => format!("reply {}", r.kind.as_str()),
-            Step::Report { sample, .. } => format!("report {}", sample.error.as_deref().unwrap_or("sent")),
+            Step::Report { sample, .. } => format!("report {}", sample.error.map_or("sent", ErrorCode::as_str)),
             Step::CountDeadLetter(code) => format!("count dead {}", code.as_str()),
             Step::CountRetry => "count retry".into(),
             Step::MarkCommitted => format!("mark {id}"),
@@ -642,15 +642,15 @@ pub(super) mod tests {
                 match decision::before_delivery(
                     &job(),
                     None,
-                    Copy {
+                    Redelivery {
                         redelivered: true,
                         deliveries: 5,
                     },
                     Some(5),
                     &en(),
                 ) {
-                    decision::Step::Settled(d) => *d,
-                    decision::Step::Deliver { .. } => panic!("poison is settled"),
+                    decision::Next::Settled(d) => *d,
+                    decision::Next::Deliver { .. } => panic!("poison is settled"),
                 },
                 Some("j1"),
                 None,

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::inbound::Inbound;
-use super::lane::{Finished, Unacked};
+use super::lane::{Unacked, Uncommitted};
 use super::{Consumer, lock};
 use crate::broker::{self, BrokerError};
 
@@ -132,7 +132,7 @@ impl Consumer {
         let mut unacked = Vec::with_capacity(self.lanes.len());
         let mut committers = tokio::task::JoinSet::new();
         for (i, (channel, _)) in channels.iter().enumerate() {
-            let (done_tx, done_rx) = mpsc::unbounded_channel::<Finished>();
+            let (done_tx, done_rx) = mpsc::unbounded_channel::<Uncommitted>();
             let lane_unacked = Unacked::default();
             committers.spawn(
                 self.clone()

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::budget::{HOURS_KEPT, Tally};
-use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
+use super::{Assessment, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
 use crate::privacy;
 use crate::sync::lock;
@@ -87,6 +87,7 @@ fn release_freed_memory() {
     }
 }
 
+/// The guard's tallies in this process alone.
 #[derive(Default)]
 pub struct Local {
     state: Mutex<State>,
@@ -108,7 +109,7 @@ impl Local {
         lock(&self.state)
     }
 
-    pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, refusals: Refusals) -> Decision {
+    pub fn check(&self, job_id: &str, dest: &Destinations, s: &Settings, now: u64, refusals: Refusals) -> Assessment {
         let enforcing = refusals != Refusals::None
             && self
                 .since()
@@ -131,7 +132,7 @@ impl Local {
             }
         }
         if over.is_some() && enforcing && refusals.refuse(range_known) {
-            return Decision {
+            return Assessment {
                 over,
                 counted: false,
                 range_known,
@@ -160,7 +161,7 @@ impl Local {
         if range_known {
             state.feedback.known_send(now, s.outage_window());
         }
-        Decision {
+        Assessment {
             over,
             counted: true,
             range_known,

@@ -34,7 +34,7 @@ use crate::throttle::ip_key;
 pub use budget::{Floors, Tally, Window};
 pub use local::Local;
 pub use outage::FeedbackState;
-pub use shared::Shared;
+pub use shared::Redis;
 
 /// The guard's settings, parsed from `[fraud]` (and `throttle.prefix_digits`, `throttle.ipv6_prefix`,
 /// which say what a number range and an IP are for the limits too).
@@ -43,7 +43,7 @@ pub struct Settings {
     pub mode: FraudMode,
     /// E.164 prefixes (`+1415`) and destinations (calling codes, prefixes, regions) the guard never refuses.
     pub allow_prefixes: Vec<String>,
-    pub allow_countries: Vec<crate::numbering::Destination>,
+    pub allow_countries: Vec<crate::destinations::Destination>,
     /// Unverified codes each verified one earns.
     pub ratio: f64,
     pub country: Floors,
@@ -95,7 +95,7 @@ impl Settings {
         self.allow_prefixes
             .iter()
             .any(|p| phone.expose().starts_with(p.as_str()))
-            || crate::numbering::names(&self.allow_countries, phone)
+            || crate::destinations::names(&self.allow_countries, phone)
     }
 }
 
@@ -218,16 +218,19 @@ impl crate::receipts::ReceiptSink for ReceiptsToGuard {
     }
 }
 
+/// The fraud guard's verdict on one job, its mode applied: allowed, or refused for a spent budget. Not the
+/// throttle's ([`crate::throttle::LimitVerdict`]); made from the backend's [`Assessment`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum GuardVerdict {
     Allow,
     /// Refused (enforce mode): the level whose budget is spent.
     Refuse(Scope),
 }
 
-/// What the backend decided, before the mode is applied.
+/// What the backend assessed of one job, before the mode is applied: the guard turns it into a
+/// [`GuardVerdict`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Decision {
+pub struct Assessment {
     /// The first level over budget, if any.
     pub over: Option<Level>,
     /// Whether the job was counted as sent (always, unless it was refused).
@@ -283,10 +286,10 @@ pub fn system_clock() -> Clock {
     Arc::new(clock::unix_secs)
 }
 
-/// Where the tallies live: this process, or Redis for every replica ([`Shared`]).
+/// Where the tallies live: this process, or Redis for every replica ([`Redis`]).
 enum Backend {
     Local(Local),
-    Redis(Shared),
+    Redis(Redis),
 }
 
 /// The guard's counters for ops: decisions by mode and scope, feedback by result, and its state.
@@ -316,8 +319,8 @@ impl Guard {
         Guard::new(settings, Backend::Local(Local::default()), clock, metrics)
     }
 
-    pub fn shared(settings: Settings, shared: Shared, metrics: Option<GuardMetrics>) -> Guard {
-        Guard::new(settings, Backend::Redis(shared), system_clock(), metrics)
+    pub fn redis(settings: Settings, redis: Redis, metrics: Option<GuardMetrics>) -> Guard {
+        Guard::new(settings, Backend::Redis(redis), system_clock(), metrics)
     }
 
     fn new(settings: Settings, backend: Backend, clock: Clock, metrics: Option<GuardMetrics>) -> Guard {
@@ -361,12 +364,12 @@ impl Guard {
 
     /// One phone job, once: counts it as sent unless it is refused. Email, allow-listed destinations and
     /// mode `off` pass without a look.
-    pub async fn check(&self, job: &Job) -> Verdict {
+    pub async fn check(&self, job: &Job) -> GuardVerdict {
         if self.settings.mode == FraudMode::Off || self.settings.allowed(job) {
-            return Verdict::Allow;
+            return GuardVerdict::Allow;
         }
         let Some(dest) = Destinations::of(job, &self.settings) else {
-            return Verdict::Allow;
+            return GuardVerdict::Allow;
         };
         let now = (self.clock)();
         // Which refusals may be on; the backend adds the learning period, whose clock it holds.
@@ -375,11 +378,11 @@ impl Guard {
             (FraudMode::Enforce, true) => Refusals::UnlessRangeVerified,
             _ => Refusals::None,
         };
-        let decision = match &self.backend {
+        let assessment = match &self.backend {
             Backend::Local(local) => Ok(local.check(&job.id, &dest, &self.settings, now, refusals)),
             Backend::Redis(shared) => shared.check(&job.id, &dest, &self.settings, now, refusals).await,
         };
-        let decision = match decision {
+        let assessment = match assessment {
             Ok(d) => d,
             Err(e) => {
                 // Redis down: the limits still stand; the guard lets the job through rather than stopping
@@ -388,22 +391,22 @@ impl Guard {
                     m.errors.inc();
                 }
                 tracing::warn!(error = %e, "fraud guard: redis unreachable, job allowed unchecked");
-                return Verdict::Allow;
+                return GuardVerdict::Allow;
             }
         };
         if let Backend::Redis(_) = &self.backend {
-            *lock(&self.feedback) = decision.feedback_state;
+            *lock(&self.feedback) = assessment.feedback_state;
         }
         if let Some(m) = &self.metrics
             && self.settings.mode == FraudMode::Enforce
         {
-            m.enforcing.set(i64::from(decision.enforcing));
+            m.enforcing.set(i64::from(assessment.enforcing));
         }
-        let Some(level) = decision.over else {
-            return Verdict::Allow;
+        let Some(level) = assessment.over else {
+            return GuardVerdict::Allow;
         };
         if let Some(m) = &self.metrics {
-            let mode = if decision.counted {
+            let mode = if assessment.counted {
                 FraudMode::Monitor
             } else {
                 FraudMode::Enforce
@@ -412,10 +415,10 @@ impl Guard {
                 .with_label_values(&[job.channel.as_str(), level.scope().as_str(), mode.as_str()])
                 .inc();
         }
-        if decision.counted {
-            Verdict::Allow
+        if assessment.counted {
+            GuardVerdict::Allow
         } else {
-            Verdict::Refuse(level.scope())
+            GuardVerdict::Refuse(level.scope())
         }
     }
 
@@ -665,7 +668,7 @@ mod tests {
         ];
         for (key, numbers) in cases {
             let mut s = settings(FraudMode::Enforce, None);
-            s.allow_countries = vec![crate::numbering::Destination::parse(key).unwrap()];
+            s.allow_countries = vec![crate::destinations::Destination::parse(key).unwrap()];
             for (to, allowed) in *numbers {
                 assert_eq!(s.allowed(&phone(to)), *allowed, "allow_countries = [{key:?}]: {to}");
             }

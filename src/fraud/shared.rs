@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::budget::{DAYS_KEPT, DayCount, HOURS_KEPT, HourCount, Tally};
-use super::{Decision, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
+use super::{Assessment, Destinations, Feedback, FeedbackState, Level, Refusals, Settings};
 use crate::job::Channel;
 use crate::privacy;
 
@@ -159,7 +159,8 @@ redis.call('SET', KEYS[1], 'X' .. string.sub(entry, 2), 'EX', ttl)
 return 1
 "#;
 
-pub struct Shared {
+/// The guard's tallies in Redis, shared by every replica: one script per job.
+pub struct Redis {
     conn: redis::aio::ConnectionManager,
     check: redis::Script,
     verified: redis::Script,
@@ -168,9 +169,9 @@ pub struct Shared {
     since: AtomicU64,
 }
 
-impl Shared {
-    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Shared {
-        Shared {
+impl Redis {
+    pub fn new(conn: redis::aio::ConnectionManager, namespace: &str) -> Redis {
+        Redis {
             conn,
             check: redis::Script::new(CHECK),
             verified: redis::Script::new(VERIFIED),
@@ -190,7 +191,7 @@ impl Shared {
         s: &Settings,
         now: u64,
         refusals: Refusals,
-    ) -> Result<Decision, redis::RedisError> {
+    ) -> Result<Assessment, redis::RedisError> {
         let keys = dest.keys();
         let mut invocation = self.check.prepare_invoke();
         for (level, id) in &keys {
@@ -229,7 +230,7 @@ impl Shared {
         let (over, counted, known, enforcing, since, at, verified, verified_at, sends): Answer =
             invocation.invoke_async(&mut self.conn.clone()).await?;
         self.since.store(since, Ordering::Relaxed);
-        Ok(Decision {
+        Ok(Assessment {
             over: over.checked_sub(1).and_then(|i| keys.get(i)).map(|(l, _)| *l),
             counted: counted == 1,
             range_known: known == 1,

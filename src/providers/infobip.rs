@@ -23,8 +23,8 @@ use super::{
     sender_without_plus,
 };
 use crate::config::InfobipConfig;
-use crate::events::scrub;
 use crate::job::{Job, Locale};
+use crate::privacy::scrub;
 use crate::templates::{PAUSE, Rendered};
 
 /// `validityPeriod`, in minutes, of both APIs: at most 48 hours (the SMS model's `le=2880`; the voice API

@@ -154,7 +154,7 @@ pub enum Class {
 }
 
 impl ProviderError {
-    /// The error with its message cleared of the job's own code and recipient ([`crate::events::scrub_for`]),
+    /// The error with its message cleared of the job's own code and recipient ([`crate::privacy::scrub_for`]),
     /// before it reaches a log line, an event or a dead letter.
     pub fn scrubbed_for(self, job: &crate::job::Job) -> ProviderError {
         match self {
@@ -163,16 +163,16 @@ impl ProviderError {
                 provider_code,
                 retry_after,
             } => ProviderError::Transient {
-                message: crate::events::scrub_for(&message, job),
+                message: crate::privacy::scrub_for(&message, job),
                 provider_code,
                 retry_after,
             },
             ProviderError::Permanent { message, provider_code } => ProviderError::Permanent {
-                message: crate::events::scrub_for(&message, job),
+                message: crate::privacy::scrub_for(&message, job),
                 provider_code,
             },
             ProviderError::Refused { message, provider_code } => ProviderError::Refused {
-                message: crate::events::scrub_for(&message, job),
+                message: crate::privacy::scrub_for(&message, job),
                 provider_code,
             },
         }

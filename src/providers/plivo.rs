@@ -18,8 +18,8 @@ use super::{
     sender_without_plus, sms_of,
 };
 use crate::config::PlivoConfig;
-use crate::events::scrub;
 use crate::job::Job;
+use crate::privacy::scrub;
 use crate::templates::Rendered;
 
 pub struct Plivo {

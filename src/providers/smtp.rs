@@ -193,7 +193,7 @@ fn classify(failure: &Failure) -> ProviderError {
             return ProviderError::Permanent {
                 message: format!(
                     "the smtp server cannot take this address or message: {}",
-                    crate::events::scrub(&e.to_string())
+                    crate::privacy::scrub(&e.to_string())
                 ),
                 provider_code: None,
             };
@@ -229,7 +229,7 @@ fn classify(failure: &Failure) -> ProviderError {
         "connection failed"
     };
     ProviderError::Transient {
-        message: format!("smtp {what}: {}", crate::events::scrub(&e.to_string())),
+        message: format!("smtp {what}: {}", crate::privacy::scrub(&e.to_string())),
         provider_code: None,
         retry_after: None,
     }

@@ -23,8 +23,8 @@ use super::{
     sms_of,
 };
 use crate::config::SnsConfig;
-use crate::events::scrub;
 use crate::job::Job;
+use crate::privacy::scrub;
 use crate::templates::Rendered;
 
 const CONTENT_TYPE: &str = "application/x-www-form-urlencoded";

@@ -11,8 +11,8 @@ use url::Url;
 use super::http::{HttpClient, basic_authorization, exchange};
 use super::{Ambiguous, Class, Provider, ProviderCode, ProviderError, Receipt, SetupError, Validity};
 use crate::config::TwilioConfig;
-use crate::events::scrub;
 use crate::job::{Job, Locale};
+use crate::privacy::scrub;
 use crate::templates::Rendered;
 use crate::templates::twiml::{SAY_VOICES, SayVoice, say_voice, twiml};
 

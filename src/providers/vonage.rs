@@ -14,8 +14,8 @@ use super::{
     sender_without_plus, sms_of,
 };
 use crate::config::VonageConfig;
-use crate::events::scrub;
 use crate::job::Job;
+use crate::privacy::scrub;
 use crate::sms::{Encoding, segments};
 use crate::templates::Rendered;
 

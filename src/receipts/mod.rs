@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::config::{Config, Secret, VonageSignatureMethod, WebhookKey};
 use crate::job::{Channel, Job};
-use crate::providers::Receipt;
+use crate::providers::{ProviderKind, Receipt};
 use crate::sync::lock;
 use publish::Publisher;
 pub use state::{Advance, SentMessage, State, StateError};
@@ -445,13 +445,13 @@ impl Receipts {
     }
 
     /// Which receipt route a message sent by `provider` will hear from, if any.
-    fn route_of(&self, provider: &str) -> Option<ReceiptProvider> {
+    fn route_of(&self, provider: ProviderKind) -> Option<ReceiptProvider> {
         match provider {
-            "twilio" if self.twilio.is_some() => Some(ReceiptProvider::Twilio),
-            "webhook" if !self.webhook_keys.is_empty() => Some(ReceiptProvider::Webhook),
-            "vonage" if self.vonage.is_some() => Some(ReceiptProvider::Vonage),
-            "plivo" if self.plivo.is_some() => Some(ReceiptProvider::Plivo),
-            "infobip" if self.infobip.is_some() => Some(ReceiptProvider::Infobip),
+            ProviderKind::Twilio if self.twilio.is_some() => Some(ReceiptProvider::Twilio),
+            ProviderKind::Webhook if !self.webhook_keys.is_empty() => Some(ReceiptProvider::Webhook),
+            ProviderKind::Vonage if self.vonage.is_some() => Some(ReceiptProvider::Vonage),
+            ProviderKind::Plivo if self.plivo.is_some() => Some(ReceiptProvider::Plivo),
+            ProviderKind::Infobip if self.infobip.is_some() => Some(ReceiptProvider::Infobip),
             _ => None,
         }
     }
@@ -459,7 +459,7 @@ impl Receipts {
     /// A job was accepted by `provider`: remember it for its receipts. Returns at once: the local state
     /// is a map insert, Redis is written in a task of its own, so the job path never waits for it. A record
     /// Redis cannot take is kept and written once it can ([`Receipts::keep_writing`]).
-    pub fn sent(self: &Arc<Self>, job: &Job, provider: &'static str, receipt: &Receipt) {
+    pub fn sent(self: &Arc<Self>, job: &Job, provider: ProviderKind, receipt: &Receipt) {
         if job.channel == Channel::Email {
             return;
         }
@@ -480,7 +480,7 @@ impl Receipts {
             channel: job.channel,
             country: job.to.country_label(),
             recipient: job.to.masked(),
-            provider: provider.to_owned(),
+            provider: provider.name().to_owned(),
             provider_message_id: receipt.message_id.clone(),
             accepted_at_ms: clock::unix_millis(),
         };
@@ -883,7 +883,7 @@ mod tests {
     }
 
     #[test]
-    fn a_final_receipt_event_carries_the_contract_fields_and_nothing_personal() {
+    fn a_final_receipt_event_has_its_status_error_code_and_ids_and_a_masked_recipient() {
         let sent = SentMessage {
             job_id: "j1".into(),
             channel: Channel::Sms,

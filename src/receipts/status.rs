@@ -193,7 +193,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vocabulary_round_trips_and_finals_are_the_contracts() {
+    fn statuses_round_trip_and_the_final_ones_are_exactly_those_evented() {
         for s in Status::ALL {
             assert_eq!(Status::parse(s.as_str()), Some(s));
             assert!(s.fits(Channel::Sms) || s.fits(Channel::Voice), "{s}");

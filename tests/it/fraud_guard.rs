@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
 use herald::config::{Config, FraudMode, ThrottleConfig};
-use herald::fraud::{Guard, Refusals, Settings, Verdict};
+use herald::fraud::{Guard, GuardVerdict, Refusals, Settings};
 use herald::job::Job;
 use herald::throttle::{self, Throttle};
 
@@ -298,12 +298,12 @@ fn simulate(traffic: &[Request], limits: &ThrottleConfig, mode: FraudMode) -> Ta
             guard.sweep();
             last_sweep = r.at;
         }
-        let verdict = if limits.check_local(&r.job) == throttle::Verdict::Allow {
+        let verdict = if limits.check_local(&r.job) == throttle::LimitVerdict::Allow {
             runtime.block_on(guard.check(&r.job))
         } else {
-            Verdict::Refuse(herald::events::Scope::User)
+            GuardVerdict::Refuse(herald::events::Scope::User)
         };
-        let sent = verdict == Verdict::Allow;
+        let sent = verdict == GuardVerdict::Allow;
         if !sent && r.who != Who::Attack {
             *t.refused_by
                 .entry(format!("{verdict:?} {:?}", r.who == Who::NewMarket))
@@ -394,7 +394,7 @@ async fn redis_and_local_guards_decide_alike() {
     let conn = herald::store::redis_connection("redis://127.0.0.1:6379")
         .expect("Redis must be running on 127.0.0.1:6379 for the integration tests");
     let namespace = format!("test.{}", uuid::Uuid::new_v4().simple());
-    let shared = herald::fraud::Shared::new(conn, &namespace);
+    let shared = herald::fraud::Redis::new(conn, &namespace);
     let local = herald::fraud::Local::default();
     let s = settings(FraudMode::Enforce);
     let window = s.outage_window();

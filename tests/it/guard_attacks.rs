@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::helpers;
 use herald::config::{Config, FraudMode};
-use herald::fraud::{Guard, Verdict};
+use herald::fraud::{Guard, GuardVerdict};
 use herald::job::Job;
 
 const DAY: u64 = 86_400;
@@ -94,9 +94,9 @@ fn quiet_spell_pump(outage_after: Option<std::time::Duration>) -> (u32, u32) {
             let verdict =
                 rt.block_on(guard.check(&job(&id, &to, &format!("10.0.{}.{}", real / 250 % 250, real % 250))));
             if t >= START + 2 * DAY {
-                assert_eq!(verdict, Verdict::Allow, "a real user is never refused");
+                assert_eq!(verdict, GuardVerdict::Allow, "a real user is never refused");
             }
-            if verdict == Verdict::Allow {
+            if verdict == GuardVerdict::Allow {
                 pending = Some((t + 60, id));
             }
         }
@@ -105,7 +105,7 @@ fn quiet_spell_pump(outage_after: Option<std::time::Duration>) -> (u32, u32) {
             let id = format!("pump-{pumped}");
             let to = format!("+4479111{:05}", rng.u32(0..100_000));
             let ip = format!("198.{}.{}.{}", rng.u8(18..20), rng.u8(..), rng.u8(1..255));
-            if rt.block_on(guard.check(&job(&id, &to, &ip))) == Verdict::Allow {
+            if rt.block_on(guard.check(&job(&id, &to, &ip))) == GuardVerdict::Allow {
                 pump_sent += 1;
             }
         }
@@ -143,16 +143,16 @@ fn a_pump_spread_over_many_ranges_does_not_lock_real_users_of_the_country_out() 
             let to = format!("+447700{}{:05}", real % 3, real % 1000);
             let ip = format!("10.0.{}.{}", real / 250 % 250, real % 250);
             match rt.block_on(guard.check(&job(&id, &to, &ip))) {
-                Verdict::Allow => pending.push((t + 60, id)),
-                Verdict::Refuse(_) if t >= START + 2 * DAY => real_refused += 1,
-                Verdict::Refuse(scope) => panic!("history: real user refused ({scope})"),
+                GuardVerdict::Allow => pending.push((t + 60, id)),
+                GuardVerdict::Refuse(_) if t >= START + 2 * DAY => real_refused += 1,
+                GuardVerdict::Refuse(scope) => panic!("history: real user refused ({scope})"),
             }
         }
         if t >= START + 2 * DAY && (t - START).is_multiple_of(60) {
             pumped += 1;
             let to = format!("+447{:04}{:05}", rng.u32(1000..10_000), rng.u32(0..100_000));
             let ip = format!("198.{}.{}.{}", rng.u8(18..20), rng.u8(..), rng.u8(1..255));
-            if rt.block_on(guard.check(&job(&format!("pump-{pumped}"), &to, &ip))) == Verdict::Allow {
+            if rt.block_on(guard.check(&job(&format!("pump-{pumped}"), &to, &ip))) == GuardVerdict::Allow {
                 pump_sent += 1;
             }
         }
@@ -189,7 +189,7 @@ fn a_pump_into_caribbean_nanp_ranges_does_not_spend_the_us_budget() {
             let id = format!("real-{real}");
             let to = format!("+1415{}{:06}", rng.u8(2..10), rng.u32(0..1_000_000));
             let ip = format!("10.{}.{}.{}", rng.u8(..), rng.u8(..), rng.u8(1..255));
-            if rt.block_on(guard.check(&job(&id, &to, &ip))) == Verdict::Allow {
+            if rt.block_on(guard.check(&job(&id, &to, &ip))) == GuardVerdict::Allow {
                 pending.push((t + 60, id));
             }
         }
@@ -197,7 +197,7 @@ fn a_pump_into_caribbean_nanp_ranges_does_not_spend_the_us_budget() {
             pumped += 1;
             let to = format!("+1876{}{:06}", rng.u8(2..10), rng.u32(0..1_000_000));
             let ip = format!("198.{}.{}.{}", rng.u8(18..20), rng.u8(..), rng.u8(1..255));
-            if rt.block_on(guard.check(&job(&format!("pump-{pumped}"), &to, &ip))) == Verdict::Allow {
+            if rt.block_on(guard.check(&job(&format!("pump-{pumped}"), &to, &ip))) == GuardVerdict::Allow {
                 pump_sent += 1;
             }
         }
@@ -228,7 +228,7 @@ fn a_job_refused_as_suspected_fraud_counts_against_no_limit() {
         .block_on(async { herald::store::redis_connection("redis://127.0.0.1:6379") })
         .expect("Redis must be running on 127.0.0.1:6379 for the integration tests");
     let namespace = format!("test-refund-{}", uuid::Uuid::new_v4().simple());
-    let shared = herald::throttle::Shared::new(conn, &namespace);
+    let shared = herald::throttle::Redis::new(conn, &namespace);
     let redis = rt.block_on(refused_jobs_then_a_real_one(Some(shared)));
     assert_eq!(redis, local, "Redis limits");
 }
@@ -236,9 +236,9 @@ fn a_job_refused_as_suspected_fraud_counts_against_no_limit() {
 /// One IP with a limit of 4 an hour: a real user's verified code (the learning period then passes), two
 /// pumped SMS into a never-verified +44 range (within the country's hourly floor), 7 more the guard
 /// refuses, then the real user again from the same IP: the fourth job the limit has to count. Outcomes in order, as error codes or "sent".
-async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Shared>) -> Vec<String> {
+async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Redis>) -> Vec<String> {
     use herald::config::ThrottleConfig;
-    use herald::dispatch::{Dispatcher, Outcome};
+    use herald::dispatch::{Answer, Dispatcher};
     use herald::job::Locale;
     use herald::job::PerChannel;
     use herald::providers::ProviderKind;
@@ -266,27 +266,27 @@ async fn refused_jobs_then_a_real_one(shared: Option<herald::throttle::Shared>) 
         Arc::new(Throttle::new(&limits, shared, None)),
     )
     .with_guard(guard.clone());
-    let word = |outcome: Outcome| match outcome {
-        Outcome::Sent { .. } => "sent".to_string(),
-        Outcome::Failed { code, .. } => code.as_str().to_string(),
-        Outcome::Retry { .. } => "retry".to_string(),
+    let word = |answer: Answer| match answer {
+        Answer::Sent { .. } => "sent".to_string(),
+        Answer::Failed { code, .. } => code.as_str().to_string(),
+        Answer::Retry { .. } => "retry".to_string(),
     };
     let ip = "203.0.113.50";
     let mut out = Vec::new();
     // The learning period: a verified code, then a day.
     out.push(word(
-        dispatcher.deliver(&job("real-1", "+447700900123", ip), 1).await.outcome,
+        dispatcher.deliver(&job("real-1", "+447700900123", ip), 1).await.answer,
     ));
     guard.verified("real-1").await.unwrap();
     now.store(START + DAY + 3600, Ordering::Relaxed);
     for i in 0..9 {
         let to = format!("+447911{:06}", 100 + i);
         out.push(word(
-            dispatcher.deliver(&job(&format!("pump-{i}"), &to, ip), 1).await.outcome,
+            dispatcher.deliver(&job(&format!("pump-{i}"), &to, ip), 1).await.answer,
         ));
     }
     out.push(word(
-        dispatcher.deliver(&job("real-2", "+447700900123", ip), 1).await.outcome,
+        dispatcher.deliver(&job("real-2", "+447700900123", ip), 1).await.answer,
     ));
     out
 }

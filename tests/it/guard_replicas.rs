@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use herald::config::{Config, FraudMode};
-use herald::fraud::{Guard, Shared, Verdict};
+use herald::fraud::{self, Guard, GuardVerdict};
 use herald::job::Job;
 
 fn job(id: &str, to: &str, ip: &str) -> Job {
@@ -24,7 +24,7 @@ fn settings(outage_after: Duration) -> herald::fraud::Settings {
 fn replica(namespace: &str, outage_after: Duration) -> Guard {
     let conn = herald::store::redis_connection("redis://127.0.0.1:6379")
         .expect("Redis must be running on 127.0.0.1:6379 for the integration tests");
-    Guard::shared(settings(outage_after), Shared::new(conn, namespace), None)
+    Guard::redis(settings(outage_after), fraud::Redis::new(conn, namespace), None)
 }
 
 /// Verified history for +44 (30 real codes, all typed in) through `guard`.
@@ -32,14 +32,14 @@ async fn history(guard: &Guard, tag: &str) {
     for i in 0..30 {
         let id = format!("{tag}-real-{i}");
         let j = job(&id, &format!("+4477009{i:05}"), &format!("10.1.0.{i}"));
-        assert_eq!(guard.check(&j).await, Verdict::Allow);
+        assert_eq!(guard.check(&j).await, GuardVerdict::Allow);
         guard.verified(&id).await.unwrap();
     }
 }
 
 /// A restarted replica (or a new one scaled up) knows the shared learning clock only after its first
 /// job's script has read it: that first job is decided as if the guard were still learning, and a
-/// destination over budget gets its code. `enforcing()` reads `Shared::since` before `check` refreshes
+/// destination over budget gets its code. `enforcing()` reads `Redis::since` before `check` refreshes
 /// it.
 #[tokio::test]
 async fn a_restarted_replica_enforces_from_its_first_job() {
@@ -49,18 +49,18 @@ async fn a_restarted_replica_enforces_from_its_first_job() {
     // +882 (no history): floor of one an hour; the second is refused.
     assert_eq!(
         a.check(&job("pump-1", "+88216540001", "198.18.0.1")).await,
-        Verdict::Allow
+        GuardVerdict::Allow
     );
     assert_ne!(
         a.check(&job("pump-2", "+88216540002", "198.18.0.2")).await,
-        Verdict::Allow
+        GuardVerdict::Allow
     );
     // Restart: a fresh process on the same Redis.
     drop(a);
     let b = replica(&namespace, Duration::from_secs(3600));
     assert_ne!(
         b.check(&job("pump-3", "+88216540003", "198.18.0.3")).await,
-        Verdict::Allow,
+        GuardVerdict::Allow,
         "the first job after a restart went to a destination over its budget"
     );
 }
@@ -104,7 +104,7 @@ async fn pump_through_a_replica_without_feedback(outage_after: Duration) -> usiz
                 &format!("+4479111{:05}", i * 3 + k),
                 &format!("198.19.{}.{}", i % 250, k),
             );
-            if b.check(&j).await == Verdict::Allow {
+            if b.check(&j).await == GuardVerdict::Allow {
                 pumped_out += 1;
             }
         }
@@ -130,13 +130,13 @@ async fn replicas_share_the_outage_detector_and_an_outage_spares_only_ranges_wit
             &format!("+4477009{:05}", 100 + k),
             &format!("10.3.0.{k}"),
         );
-        assert_eq!(b.check(&j).await, Verdict::Allow);
+        assert_eq!(b.check(&j).await, GuardVerdict::Allow);
     }
     // The scenario: no feedback for longer than outage_after (whole seconds, hence the margin).
     tokio::time::sleep(outage_after + Duration::from_millis(1200)).await;
     assert_eq!(
         b.check(&job("pump-1", "+88216540001", "198.18.0.1")).await,
-        Verdict::Allow,
+        GuardVerdict::Allow,
         "+882's floor"
     );
     assert!(
@@ -145,12 +145,12 @@ async fn replicas_share_the_outage_detector_and_an_outage_spares_only_ranges_wit
     );
     assert_ne!(
         b.check(&job("pump-2", "+88216540002", "198.18.0.2")).await,
-        Verdict::Allow,
+        GuardVerdict::Allow,
         "an outage lifted the guard from +882, which never verified"
     );
     assert_eq!(
         a.check(&job("a-late", "+447700900200", "10.3.1.1")).await,
-        Verdict::Allow
+        GuardVerdict::Allow
     );
     assert!(a.feedback_outage(), "replica A too, at its next job");
     // The range's hourly budget is 34 (4 + 30 verified) and 14 of its codes are unverified: 30 more
@@ -161,7 +161,11 @@ async fn replicas_share_the_outage_detector_and_an_outage_spares_only_ranges_wit
             &format!("+4477009{:05}", 300 + k),
             &format!("10.3.2.{k}"),
         );
-        assert_eq!(b.check(&j).await, Verdict::Allow, "code {k} to the range with history");
+        assert_eq!(
+            b.check(&j).await,
+            GuardVerdict::Allow,
+            "code {k} to the range with history"
+        );
     }
     assert!(a.is_enforcing() && b.is_enforcing(), "refusals stay on in an outage");
     // Feedback returns through A (a duplicate proves the publisher works too).
@@ -170,7 +174,7 @@ async fn replicas_share_the_outage_detector_and_an_outage_spares_only_ranges_wit
     assert!(!b.feedback_outage(), "feedback through A ended the outage for B");
     assert_ne!(
         b.check(&job("b-back-2", "+447700900401", "10.3.3.2")).await,
-        Verdict::Allow,
+        GuardVerdict::Allow,
         "the range is judged on its budget again"
     );
 }
@@ -192,12 +196,12 @@ async fn sends_after_a_quiet_spell_make_no_outage_on_any_replica() {
             &format!("+4477009{:05}", 100 + k),
             &format!("10.4.0.{k}"),
         );
-        assert_eq!(b.check(&j).await, Verdict::Allow);
+        assert_eq!(b.check(&j).await, GuardVerdict::Allow);
     }
     assert!(!b.feedback_outage() && !a.feedback_outage());
     assert_eq!(
         b.check(&job("pump-1", "+88216540001", "198.18.0.1")).await,
-        Verdict::Allow
+        GuardVerdict::Allow
     );
     for k in 2..12 {
         assert_ne!(
@@ -207,7 +211,7 @@ async fn sends_after_a_quiet_spell_make_no_outage_on_any_replica() {
                 &format!("198.18.0.{k}")
             ))
             .await,
-            Verdict::Allow,
+            GuardVerdict::Allow,
             "pump {k} into +882 after sends that looked like an outage"
         );
     }

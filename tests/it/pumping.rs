@@ -7,7 +7,7 @@ use std::time::Duration;
 use governor::clock::FakeRelativeClock;
 use herald::config::ThrottleConfig;
 use herald::job::Job;
-use herald::throttle::{Throttle, Verdict};
+use herald::throttle::{LimitVerdict, Throttle};
 
 struct Request {
     at: u64,
@@ -83,7 +83,7 @@ fn simulate(config: &ThrottleConfig) -> (usize, usize, usize) {
             clock.advance(Duration::from_secs(r.at - now));
             now = r.at;
         }
-        let allowed = throttle.check_local(&r.job) == Verdict::Allow;
+        let allowed = throttle.check_local(&r.job) == LimitVerdict::Allow;
         if r.legit {
             legit_refused += usize::from(!allowed);
         } else {
@@ -106,7 +106,7 @@ fn the_default_limits_stop_sms_pumping_and_let_real_users_through() {
 
     let with_deny = ThrottleConfig {
         countries_deny: ["225", "882", "373"]
-            .map(|d| herald::numbering::Destination::parse(d).unwrap())
+            .map(|d| herald::destinations::Destination::parse(d).unwrap())
             .into(),
         ..ThrottleConfig::default()
     };

@@ -5,7 +5,7 @@
 use crate::helpers;
 use crate::helpers::{TestApp, form, job};
 use herald::config::{Config, ProviderKind, Secret};
-use herald::numbering::Destination;
+use herald::destinations::Destination;
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};

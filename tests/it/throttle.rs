@@ -53,7 +53,7 @@ async fn over_the_user_limit_a_job_ends_throttled_and_is_not_sent() {
 #[tokio::test]
 async fn a_denied_country_is_blocked() {
     let mut app =
-        TestApp::spawn(|c| c.throttle.countries_deny = vec![herald::numbering::Destination::parse("225").unwrap()])
+        TestApp::spawn(|c| c.throttle.countries_deny = vec![herald::destinations::Destination::parse("225").unwrap()])
             .await;
     let mut j = job("sms");
     j["to"] = "+2250700000001".into();
@@ -80,7 +80,7 @@ async fn a_denied_region_of_an_allowed_calling_code_is_blocked() {
     let mut app = TestApp::spawn(|c| {
         let keys = |keys: &[&str]| {
             keys.iter()
-                .map(|k| herald::numbering::Destination::parse(k).unwrap())
+                .map(|k| herald::destinations::Destination::parse(k).unwrap())
                 .collect()
         };
         c.throttle.countries_allow = keys(&["1"]);
@@ -142,13 +142,13 @@ async fn without_redis_limits_fall_back_to_local_and_still_limit() {
     let fallbacks = prometheus::IntCounter::new("fallbacks", "fallbacks").unwrap();
     let throttle = herald::throttle::Throttle::new(
         &ThrottleConfig::default(),
-        Some(herald::throttle::Shared::new(conn, "test.throttle.fallback")),
+        Some(herald::throttle::Redis::new(conn, "test.throttle.fallback")),
         Some(fallbacks.clone()),
     );
     let mut allowed = 0;
     for n in 0..11 {
         let job = herald::job::Job::from_json(sms_to(n).to_string().as_bytes()).unwrap();
-        if matches!(throttle.check(&job).await.0, herald::throttle::Verdict::Allow) {
+        if matches!(throttle.check(&job).await.0, herald::throttle::LimitVerdict::Allow) {
             allowed += 1;
         }
     }
