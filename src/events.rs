@@ -168,11 +168,14 @@ pub struct RecordedEvent {
     #[serde(rename = "type")]
     pub kind: EventType,
     pub channel: Channel,
-    #[serde(default)]
+    // Labels only: a value this build does not know (a record written by another herald version during a
+    // rollout) reads as absent, so the record still republishes instead of counting as unreadable and
+    // sending the job again.
+    #[serde(default, deserialize_with = "known_or_none")]
     pub provider: Option<ProviderKind>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "known_or_none")]
     pub country: Option<Country>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "known_or_none")]
     pub action: Option<Action>,
     #[serde(default)]
     pub scope: Option<Scope>,
@@ -180,6 +183,16 @@ pub struct RecordedEvent {
     pub duration_ms: u64,
     #[serde(default)]
     pub error: Option<RecordedError>,
+}
+
+/// A label field of a record: its value when this build knows it, else `None` (never an error).
+fn known_or_none<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = <Option<serde_json::Value> as serde::Deserialize>::deserialize(d)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -293,6 +306,20 @@ pub fn public_user_id(user_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_naming_labels_this_build_does_not_know_still_reads() {
+        let known = r#"{"type":"gd_send_sms","channel":"sms","provider":"twilio","country":"44","action":"enrollment","duration_ms":7}"#;
+        let r: RecordedEvent = serde_json::from_str(known).unwrap();
+        assert_eq!(r.provider, Some(ProviderKind::Twilio));
+        assert_eq!(r.country.map(|c| c.to_string()).as_deref(), Some("44"));
+        assert_eq!(r.action, Some(Action::Enrollment));
+        // Another version's provider, an unassigned calling code, an action not in this build.
+        let other = r#"{"type":"gd_send_sms","channel":"sms","provider":"carrier-pigeon","country":"999","action":"login","duration_ms":7}"#;
+        let r: RecordedEvent = serde_json::from_str(other).unwrap();
+        assert_eq!((r.provider, r.country, r.action), (None, None, None));
+        assert_eq!((r.kind, r.channel, r.duration_ms), (EventType::GdSendSms, Channel::Sms, 7));
+    }
 
     #[test]
     fn a_user_id_that_is_a_number_or_an_address_is_masked_in_events() {
