@@ -2,14 +2,14 @@
 //! next connection from the lane's marker queue), and outcomes reached after their session died (orphans,
 //! committed on the next session). docs/guarantees.md, "Retries and delivery guarantees".
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::Channel;
 use lapin::options::BasicGetOptions;
 use tokio::sync::mpsc;
 
-use super::lane::{Lane, Uncommitted};
+use super::uncommitted::Uncommitted;
 use super::{Consumer, lock};
 use crate::broker::BrokerError;
 
@@ -77,16 +77,22 @@ impl Consumer {
         });
     }
 
-    /// Decides a batch `lane` left in doubt on the last connection (see [`InDoubt`]), before consuming again.
-    pub(super) async fn settle_in_doubt(&self, channel: &Channel, lane: &Lane) -> Result<(), BrokerError> {
-        let Some(seq) = lock(&lane.in_doubt).as_ref().map(|d| d.seq) else {
+    /// Decides a batch a lane left in doubt on the last connection (see [`InDoubt`]), before consuming again:
+    /// `in_doubt` is the lane's, `marker_queue` its commit-marker queue.
+    pub(super) async fn settle_in_doubt(
+        &self,
+        channel: &Channel,
+        in_doubt: &Mutex<Option<InDoubt>>,
+        marker_queue: &str,
+    ) -> Result<(), BrokerError> {
+        let Some(seq) = lock(in_doubt).as_ref().map(|d| d.seq) else {
             return Ok(());
         };
         let newest = channel
-            .basic_get(lane.marker_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .basic_get(marker_queue.into(), BasicGetOptions { no_ack: true })
             .await?;
         let committed = newest.is_some_and(|m| m.data == seq.to_string().as_bytes());
-        let Some(mut parked) = lock(&lane.in_doubt).take() else {
+        let Some(mut parked) = lock(in_doubt).take() else {
             return Ok(());
         };
         tracing::info!(

@@ -1,17 +1,12 @@
-//! One message: herald's own view of a broker delivery ([`Inbound`], built from lapin's in one place), and
-//! what [`Consumer::handle`] makes of it: parse, claim, read the store, decide, deliver, and plan the copy's
+//! One message: what [`Consumer::handle`] makes of herald's view of a delivery ([`Inbound`]): parse, claim, read the store, decide, deliver, and plan the copy's
 //! transaction.
 
-use std::sync::Arc;
-
-use lapin::BasicProperties;
-use lapin::message::Delivery;
-use lapin::types::AMQPValue;
 use tokio_util::sync::CancellationToken;
 
-use super::lane::{GaugeGuard, Uncommitted};
+use super::delivery::Inbound;
 use super::outage::OUTAGE_SETTLE;
 use super::plan::{self, Plan, Queues};
+use super::uncommitted::{GaugeGuard, Uncommitted};
 use super::{Consumer, lock};
 use crate::config::QueueType;
 use crate::decision::{self, Disposition, Next};
@@ -19,42 +14,6 @@ use crate::dispatch::Answer;
 use crate::job::{InvalidJob, Job, JobError};
 use crate::privacy;
 use crate::reply::ReplyTo;
-
-/// A message as herald takes it from the broker: all that herald reads of a delivery.
-pub(super) struct Inbound {
-    /// What the delivery's ack names.
-    pub(super) delivery_tag: u64,
-    /// What the broker says of this copy: its redelivered flag, and `x-delivery-count` on a redelivery
-    /// only (on a first delivery the header can only be the publisher's).
-    pub(super) redelivery: decision::Redelivery,
-    /// Shared by the job, its retry and its dead letter: never copied.
-    pub(super) body: Arc<Vec<u8>>,
-    /// As published: herald reads `content_type`, `reply_to` and `correlation_id`, and a retry or a dead
-    /// letter carries them on, headers included.
-    pub(super) properties: BasicProperties,
-}
-
-impl Inbound {
-    pub(super) fn new(delivery_tag: u64, redelivered: bool, properties: BasicProperties, body: Vec<u8>) -> Inbound {
-        Inbound {
-            delivery_tag,
-            redelivery: decision::Redelivery::new(redelivered, header_u64(&properties, "x-delivery-count")),
-            body: Arc::new(body),
-            properties,
-        }
-    }
-}
-
-impl From<Delivery> for Inbound {
-    fn from(delivery: Delivery) -> Inbound {
-        Inbound::new(
-            delivery.delivery_tag,
-            delivery.redelivered,
-            delivery.properties,
-            delivery.data,
-        )
-    }
-}
 
 impl Consumer {
     /// One message: parse, claim its id, read its outcome record, decide, deliver if the decision says so,
@@ -172,27 +131,17 @@ fn log(disposition: &Disposition, job_id: &str) {
     }
 }
 
-fn header_u64(props: &BasicProperties, name: &str) -> Option<u64> {
-    let value = props.headers().as_ref()?.inner().get(name)?;
-    match value {
-        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
-        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
-        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
-        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
-        AMQPValue::LongString(s) => s.to_string().parse().ok(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! [`Consumer::handle`] driven with herald's own deliveries: a scripted provider and a SQLite store in
     //! a temporary directory, no broker.
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
+
+    use std::sync::Arc;
+
+    use lapin::BasicProperties;
+    use lapin::types::AMQPValue;
 
     use super::*;
     use crate::config::{Config, ThrottleConfig};

@@ -11,14 +11,13 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::mpsc;
 
-use super::claims::{Claim, SharedClaim};
+use super::claims::SharedClaim;
 use super::in_doubt::{InDoubt, ORPHANS_REMEMBERED};
-use super::plan::{Plan, Step};
+use super::plan::Step;
+use super::uncommitted::Uncommitted;
 use super::{Consumer, lock};
 use crate::broker::BrokerError;
 use crate::events;
-use crate::metrics::Metrics;
-use crate::store::{PendingPut, Store};
 
 /// A consuming channel's commit state, which outlives the channel: its share of the prefetch window, its
 /// commit-marker queue, and the batch its last connection left in doubt.
@@ -38,48 +37,6 @@ pub(super) fn lane_windows(prefetch: NonZeroU16, channels: u16) -> Vec<NonZeroU1
     (0..lanes)
         .map(|i| NonZeroU16::new(prefetch / lanes + u16::from(i < prefetch % lanes)).expect("no more lanes than jobs"))
         .collect()
-}
-
-/// A handled message: the rest of its plan, waiting for its transaction.
-pub(super) struct Uncommitted {
-    /// What is left to carry out: the transaction's publishes and ack, and what follows the commit.
-    pub(super) plan: Plan,
-    /// The store write of the plan, awaited before the commit (a record precedes its event).
-    pub(super) put: Option<PendingPut>,
-    /// Held until the commit, so a second copy of the same job waits and then sees the outcome; if the
-    /// commit never comes, until the outcome record is durable (see `Drop`).
-    pub(super) claim: Option<Claim>,
-    _gauge: GaugeGuard,
-}
-
-impl Uncommitted {
-    /// Starts carrying out `plan`: its store write is under way from now on, so that it overlaps the wait
-    /// for the commit; the rest is the commit loop's.
-    pub(super) fn start(mut plan: Plan, store: &Store, claim: Option<Claim>, gauge: GaugeGuard) -> Uncommitted {
-        let put = plan.take_record().map(|(id, entry)| store.put(id, entry));
-        Uncommitted {
-            plan,
-            put,
-            claim,
-            _gauge: gauge,
-        }
-    }
-}
-
-impl Drop for Uncommitted {
-    /// A job dropped before its commit (the broker connection went away) is redelivered, and the copy
-    /// must find the outcome this one reached: the claim is held until the record's write has finished,
-    /// not released while it is still queued.
-    fn drop(&mut self) {
-        if let (Some(put), Some(claim)) = (self.put.take(), self.claim.take())
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                let _ = put.await;
-                drop(claim);
-            });
-        }
-    }
 }
 
 impl Consumer {
@@ -336,22 +293,6 @@ impl Unacked {
             }
         }
         (up_to, singles)
-    }
-}
-
-/// Keeps `herald_jobs_in_flight` right however a handled message ends (committed or dropped).
-pub(super) struct GaugeGuard(prometheus::IntGauge);
-
-impl GaugeGuard {
-    pub(super) fn new(metrics: &Metrics) -> GaugeGuard {
-        metrics.in_flight.inc();
-        GaugeGuard(metrics.in_flight.clone())
-    }
-}
-
-impl Drop for GaugeGuard {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

@@ -9,20 +9,24 @@
 //!
 //! - [`session`]: one connection's lifetime: connect, reconnect with backoff, open the lanes, drain at
 //!   shutdown.
+//! - [`delivery`]: herald's own view of a broker delivery ([`delivery::Inbound`]), built from lapin's once.
 //! - [`inbound`]: one message, from the broker's delivery to what its transaction holds.
 //! - [`plan`]: what a copy's transaction holds, as a value: publishes, ack, store write, and what follows.
 //! - [`lane`]: a lane's commit loop, which carries finished jobs into the broker in batches.
+//! - [`uncommitted`]: a handled message waiting for its lane's transaction (plan, store write, claim).
 //! - [`in_doubt`]: commits the broker never confirmed, and outcomes whose session died (orphans).
 //! - [`claims`]: job ids claimed while under way, in this process and across replicas.
 //! - [`outage`]: jobs held while the outcome store does not answer.
 
 mod claims;
+mod delivery;
 mod in_doubt;
 mod inbound;
 mod lane;
 mod outage;
 mod plan;
 mod session;
+mod uncommitted;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -17,7 +17,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::ATTEMPT_HEADER;
-use super::inbound::Inbound;
+use super::delivery::Inbound;
 use crate::broker;
 use crate::config::AmqpConfig;
 use crate::decision::Disposition;

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::inbound::Inbound;
-use super::lane::{Unacked, Uncommitted};
+use super::delivery::Inbound;
+use super::lane::Unacked;
+use super::uncommitted::Uncommitted;
 use super::{Consumer, lock};
 use crate::broker::{self, BrokerError};
 
@@ -85,7 +86,8 @@ impl Consumer {
         broker::declare_delay_queues(&side, &self.config, &self.delay_queues).await?;
         self.declare_markers(&side).await?;
         for lane in &self.lanes {
-            self.settle_in_doubt(&side, lane).await?;
+            self.settle_in_doubt(&side, &lane.in_doubt, lane.marker_queue.as_str())
+                .await?;
         }
         let mut refresh = tokio::time::interval(broker::MARKER_REFRESH);
         refresh.reset();
