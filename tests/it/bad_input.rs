@@ -246,3 +246,54 @@ async fn ids_with_control_bidi_or_invisible_characters_are_invalid_jobs() {
 fn outbox_count(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).unwrap_or_default().lines().count()
 }
+
+/// A publisher's headers larger than herald's 8 KiB AMQP frames (docs/guarantees.md "Consuming": herald asks
+/// for frames of at most 8 KiB) must cost at most that one job: bad input gets a clear error and loses nothing.
+/// Found from outside (attack branch): lapin refuses the one content-header frame (headers cannot be split
+/// across frames) as "frame too large", the whole connection drops, the window's jobs are redelivered with it
+/// each time herald reconnects, and after `amqp.delivery_limit` rounds the quorum queue dead-letters all of
+/// them, without `x-herald-error` and with no event for those not yet committed.
+#[tokio::test]
+async fn a_job_with_headers_larger_than_a_frame_costs_no_other_job() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let before: Vec<_> = (0..20).map(|_| job("sms")).collect();
+    let after: Vec<_> = (0..20).map(|_| job("sms")).collect();
+    app.publish_many(&before).await;
+    let big = job("sms");
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-trace".into(),
+        lapin::types::AMQPValue::LongString("e".repeat(9000).into()),
+    );
+    app.publish_raw(big.to_string().as_bytes(), json_props().with_headers(headers))
+        .await;
+    app.publish_many(&after).await;
+
+    let mut outcomes = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while outcomes.len() < 41 && std::time::Instant::now() < deadline {
+        let Ok(e) = tokio::time::timeout(std::time::Duration::from_secs(5), app.next_outcome(30)).await else {
+            break;
+        };
+        *outcomes
+            .entry(e["job_id"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
+    }
+    let lost: Vec<_> = before
+        .iter()
+        .chain(&after)
+        .filter(|j| !outcomes.contains_key(j["id"].as_str().unwrap()))
+        .collect();
+    assert!(lost.is_empty(), "{} of 40 valid jobs ended with no event", lost.len());
+    assert!(
+        outcomes.contains_key(big["id"].as_str().unwrap()),
+        "the job with large headers ends with an event too"
+    );
+    let dead = app.dead_letters(41).await;
+    assert!(
+        dead.iter().all(|(_, reason)| !reason.is_empty()),
+        "{} messages dead-lettered by the queue, without x-herald-error",
+        dead.iter().filter(|(_, r)| r.is_empty()).count()
+    );
+    app.stop().await;
+}
