@@ -318,7 +318,10 @@ mod tests {
         let other = r#"{"type":"gd_send_sms","channel":"sms","provider":"carrier-pigeon","country":"999","action":"login","duration_ms":7}"#;
         let r: RecordedEvent = serde_json::from_str(other).unwrap();
         assert_eq!((r.provider, r.country, r.action), (None, None, None));
-        assert_eq!((r.kind, r.channel, r.duration_ms), (EventType::GdSendSms, Channel::Sms, 7));
+        assert_eq!(
+            (r.kind, r.channel, r.duration_ms),
+            (EventType::GdSendSms, Channel::Sms, 7)
+        );
     }
 
     #[test]
