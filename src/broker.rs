@@ -121,6 +121,56 @@ pub fn is_stall(error: &BrokerError) -> bool {
 /// (BENCHMARKS.md). AMQP's smallest is 4 KiB.
 const FRAME_MAX: u32 = 8 * 1024;
 
+/// The most a message's headers may take, encoded as AMQP's field table, for herald to take it
+/// (docs/jobs-and-events.md "Jobs"): herald's frames are 8 KiB and a content header is one frame, so this
+/// leaves room for the other properties (at most ten short strings, 2.6 KiB), the header herald adds
+/// (`x-herald-attempt`, `x-herald-error`) and the broker's bookkeeping when a retry comes back from its delay
+/// queue (`x-death`, `x-first-death-*`, `x-last-death-*`). A message over it is refused and dead-lettered
+/// without its headers.
+pub const MAX_HEADERS: usize = 4096;
+
+/// Whether a header is the broker's bookkeeping (or herald's own attempt number) rather than the
+/// publisher's: not counted against [`MAX_HEADERS`], and not carried into what herald publishes (a retry,
+/// a dead letter): the broker writes its own again, and a publisher's forged copy is not herald's to carry.
+pub fn is_bookkeeping(key: &str) -> bool {
+    matches!(key, "x-delivery-count" | "x-death" | crate::consumer::ATTEMPT_HEADER)
+        || key.starts_with("x-first-death-")
+        || key.starts_with("x-last-death-")
+}
+
+/// The encoded size of the headers herald carries on (all but [`is_bookkeeping`] ones), as AMQP's field
+/// table is framed: its 4-byte length and its entries. 0 without headers. Counted, never encoded: no
+/// allocation.
+pub fn carried_headers_size(properties: &BasicProperties) -> usize {
+    properties.headers().as_ref().map_or(0, |headers| {
+        table_size(headers.inner().iter().filter(|(k, _)| !is_bookkeeping(k.as_str())))
+    })
+}
+
+/// A field table's encoded size (amq_protocol's `gen_field_table`) from its entries.
+fn table_size<'a>(entries: impl Iterator<Item = (&'a ShortString, &'a AMQPValue)>) -> usize {
+    4 + entries
+        .map(|(k, v)| 1 + k.as_str().len() + value_size(v))
+        .sum::<usize>()
+}
+
+/// A field's encoded size, its type byte included (amq_protocol's `gen_value`).
+fn value_size(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(a) => 4 + a.len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_size).sum::<usize>(),
+        AMQPValue::FieldTable(t) => table_size(t.inner().iter()),
+        AMQPValue::Void => 0,
+    }
+}
+
 /// The broker address without credentials, for logs.
 pub fn redacted_url(config: &AmqpConfig) -> String {
     let url = config.url.expose();
@@ -391,9 +441,136 @@ pub fn event_properties(kind: &str, job_id: Option<&str>) -> BasicProperties {
     }
 }
 
-/// Adds `x-herald-error` to a message's headers, keeping the others.
+/// A dead letter's properties: the message's, with its publisher's headers (not the broker's bookkeeping,
+/// [`is_bookkeeping`]) and `x-herald-error`; without the publisher's headers when they are over
+/// [`MAX_HEADERS`], which could make the dead letter larger than herald's own frames.
 pub fn with_error_header(properties: &BasicProperties, reason: &str) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    headers.insert("x-herald-error".into(), text(reason));
+    let mut headers = FieldTable::default();
+    if carried_headers_size(properties) <= MAX_HEADERS {
+        for (k, v) in properties.headers().iter().flat_map(|h| h.inner()) {
+            if !is_bookkeeping(k.as_str()) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert("x-herald-error".into(), text(bounded(reason, MAX_REASON)));
     properties.clone().with_headers(headers).with_delivery_mode(2)
+}
+
+/// The most of a reason `x-herald-error` carries, so that a dead letter fits herald's frames whatever the
+/// reason says.
+const MAX_REASON: usize = 512;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn bounded(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{ByteArray, DecimalValue, FieldArray, ShortString};
+
+    /// Every kind of field, nested tables and arrays included.
+    fn every_kind() -> FieldTable {
+        let mut inner = FieldTable::default();
+        inner.insert("n".into(), AMQPValue::LongLongInt(7));
+        inner.insert("s".into(), AMQPValue::LongString("é".into()));
+        let array = FieldArray::from(vec![
+            AMQPValue::Boolean(true),
+            AMQPValue::FieldTable(inner.clone()),
+            AMQPValue::ShortString(ShortString::from("q")),
+        ]);
+        let mut table = FieldTable::default();
+        let fields = [
+            AMQPValue::Boolean(false),
+            AMQPValue::ShortShortInt(-1),
+            AMQPValue::ShortShortUInt(1),
+            AMQPValue::ShortInt(-2),
+            AMQPValue::ShortUInt(2),
+            AMQPValue::LongInt(-3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::LongLongInt(-4),
+            AMQPValue::Float(1.5),
+            AMQPValue::Double(2.5),
+            AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 314 }),
+            AMQPValue::ShortString("short".into()),
+            AMQPValue::LongString("x".repeat(300).into()),
+            AMQPValue::FieldArray(array),
+            AMQPValue::Timestamp(1_700_000_000),
+            AMQPValue::FieldTable(inner),
+            AMQPValue::ByteArray(ByteArray::from(vec![1u8, 2, 3])),
+            AMQPValue::Void,
+        ];
+        for (i, value) in fields.into_iter().enumerate() {
+            table.insert(format!("field-{i}").as_str().into(), value);
+        }
+        table
+    }
+
+    fn encoded(table: &FieldTable) -> usize {
+        let generate = lapin::types::generation::gen_field_table(table);
+        cookie_factory::gen_simple(generate, Vec::new()).unwrap().len()
+    }
+
+    #[test]
+    fn headers_are_counted_as_amqp_encodes_them_without_the_brokers_bookkeeping() {
+        let table = every_kind();
+        let with = |t: FieldTable| BasicProperties::default().with_headers(t);
+        assert_eq!(carried_headers_size(&with(table.clone())), encoded(&table));
+        assert_eq!(carried_headers_size(&BasicProperties::default()), 0);
+        assert_eq!(carried_headers_size(&with(FieldTable::default())), 4);
+        let mut booked = table.clone();
+        for key in [
+            "x-death",
+            "x-first-death-queue",
+            "x-last-death-reason",
+            "x-delivery-count",
+        ] {
+            booked.insert(key.into(), AMQPValue::LongString("y".repeat(2000).into()));
+        }
+        booked.insert(crate::consumer::ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(2));
+        assert_eq!(carried_headers_size(&with(booked)), encoded(&table));
+    }
+
+    #[test]
+    fn a_dead_letter_carries_the_publishers_headers_only_within_the_bound() {
+        let headers = |p: &BasicProperties| {
+            let mut keys: Vec<String> = p
+                .headers()
+                .as_ref()
+                .unwrap()
+                .inner()
+                .keys()
+                .map(|k| k.to_string())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let mut table = FieldTable::default();
+        table.insert("x-trace".into(), AMQPValue::LongString("t-1".into()));
+        table.insert("x-death".into(), AMQPValue::LongString("queue herald.retry.5s".into()));
+        let small = BasicProperties::default()
+            .with_headers(table.clone())
+            .with_correlation_id("c-1".into());
+        let dead = with_error_header(&small, "invalid_job: reason");
+        assert_eq!(headers(&dead), ["x-herald-error", "x-trace"]);
+        assert_eq!(dead.correlation_id(), &Some("c-1".into()));
+
+        table.insert("x-big".into(), AMQPValue::LongString("e".repeat(MAX_HEADERS).into()));
+        let big = small.with_headers(table);
+        let dead = with_error_header(&big, &"r".repeat(5000));
+        assert_eq!(headers(&dead), ["x-herald-error"]);
+        assert_eq!(dead.correlation_id(), &Some("c-1".into()), "the other properties stay");
+        let reason = &dead.headers().as_ref().unwrap().inner()["x-herald-error"];
+        assert!(matches!(reason, AMQPValue::LongString(s) if s.as_bytes().len() == MAX_REASON));
+        assert_eq!(bounded("aé", 2), "a", "cut at a character boundary");
+    }
 }

@@ -42,6 +42,9 @@ pub enum InvalidFeedback {
     Verified,
     #[error("feedback field `verified_at` must be an RFC 3339 time")]
     VerifiedAt,
+    /// The encoded size of the message's AMQP headers, over what herald takes (`broker::MAX_HEADERS`).
+    #[error("feedback headers are {0} bytes; herald takes at most {max}", max = broker::MAX_HEADERS)]
+    Headers(usize),
 }
 
 impl Verification {
@@ -170,7 +173,14 @@ impl FeedbackConsumer {
         shutdown: &CancellationToken,
     ) -> Result<(), BrokerError> {
         let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
-        let verification = match Verification::from_message(&delivery.data, content_type) {
+        let headers = broker::carried_headers_size(&delivery.properties);
+        let verification = if headers > broker::MAX_HEADERS {
+            // Its dead letter goes without them (`with_error_header`).
+            Err(InvalidFeedback::Headers(headers))
+        } else {
+            Verification::from_message(&delivery.data, content_type)
+        };
+        let verification = match verification {
             Ok(v) => v,
             Err(reason) => {
                 let reason = reason.to_string();

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use tokio_util::sync::CancellationToken;
 
 use super::lane::{GaugeGuard, Uncommitted};
 use super::outage::OUTAGE_SETTLE;
 use super::plan::{self, Plan, Queues};
 use super::{Consumer, lock};
+use crate::broker;
 use crate::config::QueueType;
 use crate::decision::{self, Disposition, Next};
 use crate::dispatch::Answer;
@@ -30,17 +31,29 @@ pub(super) struct Inbound {
     /// Shared by the job, its retry and its dead letter: never copied.
     pub(super) body: Arc<Vec<u8>>,
     /// As published: herald reads `content_type`, `reply_to` and `correlation_id`, and a retry or a dead
-    /// letter carries them on, headers included.
+    /// letter carries them on, headers included; without headers when they were over
+    /// [`broker::MAX_HEADERS`] (`oversized_headers`).
     pub(super) properties: BasicProperties,
+    /// The encoded size of headers over [`broker::MAX_HEADERS`]: the message is refused for it, and its
+    /// headers are not carried into its dead letter, which they could make larger than herald's frames.
+    pub(super) oversized_headers: Option<usize>,
 }
 
 impl Inbound {
     pub(super) fn new(delivery_tag: u64, redelivered: bool, properties: BasicProperties, body: Vec<u8>) -> Inbound {
+        let redelivery = decision::Redelivery::new(redelivered, header_u64(&properties, "x-delivery-count"));
+        let size = broker::carried_headers_size(&properties);
+        let (properties, oversized_headers) = if size > broker::MAX_HEADERS {
+            (properties.with_headers(FieldTable::default()), Some(size))
+        } else {
+            (properties, None)
+        };
         Inbound {
             delivery_tag,
-            redelivery: decision::Redelivery::new(redelivered, header_u64(&properties, "x-delivery-count")),
+            redelivery,
             body: Arc::new(body),
             properties,
+            oversized_headers,
         }
     }
 }
@@ -70,15 +83,18 @@ impl Consumer {
             .as_ref()
             .map(|to| ReplyTo::parse(to.as_str(), &self.own_queues));
         let job = Job::from_message(&inbound.body, content_type).and_then(|job| match &reply_to {
-            Some(Err(e)) => Err(InvalidJob {
-                reason: JobError::ReplyTo(e.clone()),
-                id: Some(job.id),
-                user_id: Some(job.user_id),
-                channel: Some(job.channel),
-                ip: job.ip.map(|ip| ip.to_string()),
-            }),
+            Some(Err(e)) => Err(InvalidJob::refused(job, JobError::ReplyTo(e.clone()))),
             _ => Ok(job),
         });
+        // Refused for its headers before anything else it breaks: that is what its dead letter leaves out.
+        let job = match (inbound.oversized_headers, job) {
+            (Some(size), Ok(job)) => Err(InvalidJob::refused(job, JobError::Headers(size))),
+            (Some(size), Err(invalid)) => Err(InvalidJob {
+                reason: JobError::Headers(size),
+                ..invalid
+            }),
+            (None, job) => job,
+        };
         // Never a reply to an address refused: it could close the replies connection.
         let reply_to = reply_to.and_then(Result::ok);
         let job = match job {
