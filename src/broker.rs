@@ -5,7 +5,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
@@ -88,10 +88,21 @@ pub fn address(config: &AmqpConfig) -> String {
 }
 
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
+    connect_framed(config, name, &FrameMax::default()).await
+}
+
+/// [`connect`] asking for the frames `frame_max` says: a consumer's, which a delivery larger than a frame
+/// raises (see [`FrameMax`]).
+pub async fn connect_framed(config: &AmqpConfig, name: &str, frame_max: &FrameMax) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let mut uri = config.url.uri().clone();
-    // A `frame_max` or `heartbeat` in the URL wins.
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    // A `frame_max` or `heartbeat` in the URL wins, unless a frame larger than it came already.
+    let asked = uri.query.frame_max.unwrap_or(FRAME_MAX);
+    uri.query.frame_max = Some(if frame_max.is_raised() {
+        asked.max(RAISED_FRAME_MAX)
+    } else {
+        asked
+    });
     uri.query.heartbeat.get_or_insert(HEARTBEAT);
     Connection::connect_uri(uri, props)
         .await
@@ -120,6 +131,70 @@ pub fn is_stall(error: &BrokerError) -> bool {
 /// measurable: `herald bench` gave the same ratios at 8 and 32 KiB, and 1.1-1.5 MiB less peak RSS
 /// (BENCHMARKS.md). AMQP's smallest is 4 KiB.
 const FRAME_MAX: u32 = 8 * 1024;
+
+/// What a consumer asks for once a delivery came in a frame larger than [`FRAME_MAX`]: RabbitMQ's default
+/// `frame_max`, the largest frame a publisher can send it (negotiation takes the smaller of the two sides').
+const RAISED_FRAME_MAX: u32 = 128 * 1024;
+
+/// The frames a consuming connection asks for, kept across its reconnects. A message's content header (its
+/// properties and headers) is one frame that cannot be split, and the broker delivers it as the publisher
+/// sent it, up to the broker's own `frame_max`; lapin refuses a frame larger than the one negotiated by
+/// closing the whole connection, which would come back with the same message every time. So the first such
+/// loss raises the frames to [`RAISED_FRAME_MAX`] for the life of the process; the message then arrives and
+/// is refused for its headers ([`MAX_HEADERS`]).
+#[derive(Debug, Default)]
+pub struct FrameMax {
+    raised: std::sync::atomic::AtomicBool,
+}
+
+impl FrameMax {
+    fn is_raised(&self) -> bool {
+        self.raised.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// After a session ended with `error`: whether its connection was lost to a frame larger than asked
+    /// (`error` itself, or an error the connection reported on `events`), in which case the frames are raised
+    /// for the next connections (said once, in a WARN line). `consumer` names who says it.
+    pub fn raise_after(
+        &self,
+        error: &BrokerError,
+        events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+        consumer: &str,
+    ) -> bool {
+        use futures_util::{FutureExt, StreamExt};
+        let mut too_large = error.lapin().is_some_and(is_frame_too_large);
+        // The connection's events come without waiting: the loss was reported before the session saw it.
+        while let Some(Some(event)) = events.next().now_or_never() {
+            if let lapin::Event::Error(e) = event {
+                too_large |= is_frame_too_large(&e);
+            }
+        }
+        if too_large && !self.raised.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "{consumer}: a delivery came in an AMQP frame larger than the {} KiB herald asks for (its headers \
+                 and properties are one frame); reconnecting with frames of up to {} KiB for the rest of this \
+                 process: lapin's buffers then hold about {} MiB per connection instead of {} KiB",
+                FRAME_MAX / 1024,
+                RAISED_FRAME_MAX / 1024,
+                buffered(RAISED_FRAME_MAX) / (1024 * 1024),
+                buffered(FRAME_MAX) / 1024,
+            );
+        }
+        too_large
+    }
+}
+
+/// What lapin's buffers hold per connection with frames of `frame_max`: 32 frames each way.
+fn buffered(frame_max: u32) -> u32 {
+    2 * 32 * frame_max
+}
+
+/// lapin's error for a frame larger than the connection's `frame_max` (it closes the connection with it).
+fn is_frame_too_large(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Hard(AMQPHardError::FRAMEERROR))
+            && e.get_message().as_str().starts_with("frame too large"))
+}
 
 /// The most a message's headers may take, encoded as AMQP's field table, for herald to take it
 /// (docs/jobs-and-events.md "Jobs"): herald's frames are 8 KiB and a content header is one frame, so this
@@ -572,5 +647,38 @@ mod tests {
         let reason = &dead.headers().as_ref().unwrap().inner()["x-herald-error"];
         assert!(matches!(reason, AMQPValue::LongString(s) if s.as_bytes().len() == MAX_REASON));
         assert_eq!(bounded("aé", 2), "a", "cut at a character boundary");
+    }
+
+    #[test]
+    fn only_a_frame_too_large_raises_the_frames_and_for_good() {
+        let protocol = |kind: AMQPErrorKind, text: &str| {
+            BrokerError::Amqp(
+                lapin::ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(kind, text.into())).into(),
+            )
+        };
+        let frame = FrameMax::default();
+        let mut nothing = futures_util::stream::empty::<lapin::Event>();
+        let heartbeat = protocol(
+            AMQPHardError::FRAMEERROR.into(),
+            "heartbeat frame received on channel 1",
+        );
+        assert!(!frame.raise_after(&heartbeat, &mut nothing, "test"));
+        assert!(!frame.raise_after(&BrokerError::Closed("gone".into()), &mut nothing, "test"));
+        assert!(!frame.is_raised());
+        // Reported by the connection while the session failed on something else.
+        let lost = lapin::ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
+            AMQPHardError::FRAMEERROR.into(),
+            "frame too large: 9120 bytes".into(),
+        ));
+        let mut reported = futures_util::stream::iter([lapin::Event::Connected, lapin::Event::Error(lost.into())]);
+        assert!(frame.raise_after(
+            &BrokerError::Closed("commit loop stopped".into()),
+            &mut reported,
+            "test"
+        ));
+        assert!(frame.is_raised());
+        let too_large = protocol(AMQPHardError::FRAMEERROR.into(), "frame too large: 9120 bytes");
+        assert!(frame.raise_after(&too_large, &mut nothing, "test"));
+        assert!(frame.is_raised());
     }
 }

@@ -92,6 +92,8 @@ pub struct FeedbackConsumer {
     guard: Arc<Guard>,
     metrics: GuardMetrics,
     dead_lettered: prometheus::IntCounterVec,
+    /// The frames its connections ask for, raised for good by a delivery larger than them.
+    frame_max: broker::FrameMax,
 }
 
 impl FeedbackConsumer {
@@ -106,6 +108,7 @@ impl FeedbackConsumer {
             guard,
             metrics,
             dead_lettered,
+            frame_max: broker::FrameMax::default(),
         }
     }
 
@@ -132,10 +135,21 @@ impl FeedbackConsumer {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
-        let connection = broker::connect(&self.config, &format!("herald:{}:feedback", self.config.jobs_queue)).await?;
+        let name = format!("herald:{}:feedback", self.config.jobs_queue);
+        let connection = broker::connect_framed(&self.config, &name, &self.frame_max).await?;
+        let mut events = connection.events_listener().boxed();
+        let result = self.consume(&connection, shutdown).await;
+        if let Err(e) = &result {
+            // Lost to a delivery larger than its frames: the next connection asks for larger ones.
+            self.frame_max.raise_after(e, &mut events, "feedback consumer");
+        }
+        result
+    }
+
+    async fn consume(&self, connection: &lapin::Connection, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.config).await?;
-        let dead = Publisher::new(&connection).await?;
+        let dead = Publisher::new(connection).await?;
         channel
             .basic_qos(self.config.prefetch.get(), BasicQosOptions::default())
             .await?;

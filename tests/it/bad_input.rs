@@ -295,6 +295,13 @@ async fn a_job_with_headers_larger_than_a_frame_costs_no_other_job() {
         "{} messages dead-lettered by the queue, without x-herald-error",
         dead.iter().filter(|(_, r)| r.is_empty()).count()
     );
+    assert_eq!(
+        dead.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(),
+        ["invalid_job: message headers are 9017 bytes; herald takes at most 4096"],
+        "the job with large headers is dead-lettered with its reason"
+    );
+    // The window came back once with the connection: its jobs' outcomes are not repeated (§11 of the store).
+    assert_eq!(outbox_count(&app.outbox), 40, "each valid job sent once");
     app.stop().await;
 }
 
@@ -390,4 +397,76 @@ async fn headers_over_the_bound_are_refused_on_the_first_delivery_and_at_the_bou
         )
     );
     app.stop().await;
+}
+
+/// The same on classic queues (`amqp.queue_type = "classic"`), which count no deliveries: there the frame too
+/// large for herald's connection stopped consumption for good (herald reconnected to the same delivery forever,
+/// `/readyz` 503). herald now reconnects once with larger frames, saying so once, and goes on.
+#[tokio::test]
+async fn on_classic_queues_a_frame_too_large_costs_one_reconnect_and_consumption_goes_on() {
+    let mut broker = helpers::Broker::new(|c| c.amqp.queue_type = herald::config::QueueType::Classic).await;
+    let env = helpers::process_env(&broker.config);
+    assert!(
+        env.contains(&("HERALD_AMQP__QUEUE_TYPE".into(), "classic".into())),
+        "{env:?}"
+    );
+    let mut herald = helpers::HeraldProcess::start(&env);
+    let big = job("sms");
+    broker
+        .publish_raw(
+            big.to_string().as_bytes(),
+            json_props().with_headers(trace_header(9000)),
+        )
+        .await;
+    let after: Vec<_> = (0..5).map(|_| job("sms")).collect();
+    broker.publish_many(&after).await;
+    let events = broker.events(6).await;
+    let failed: Vec<_> = events.iter().filter(|e| e["job_id"] == big["id"]).collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["error"]["code"], "invalid_job");
+    for j in &after {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["job_id"] == j["id"] && e["type"] == "gd_send_sms"),
+            "{events:?}"
+        );
+    }
+    assert_eq!(outbox_count(&broker.config.outbox.path), 5);
+    assert_eq!(herald.terminate(), Some(0));
+    let logs = herald.logs();
+    assert_eq!(
+        logs.matches("reconnecting with frames of up to 128 KiB").count(),
+        1,
+        "said once:\n{logs}"
+    );
+    assert_eq!(
+        logs.matches("broker connection lost").count(),
+        1,
+        "one reconnect:\n{logs}"
+    );
+}
+
+/// The feedback consumer had the same frame bug: feedback with headers larger than a frame closed its
+/// connection on every delivery. It is dead-lettered as malformed, with its reason, and feedback goes on.
+#[tokio::test]
+async fn feedback_with_headers_larger_than_a_frame_is_dead_lettered_and_feedback_goes_on() {
+    let app = TestApp::spawn(|_| {}).await;
+    let feedback = br#"{"job_id":"fb-big","verified":true}"#;
+    let props = json_props().with_headers(trace_header(9000));
+    app.publish_to(&app.config.amqp.feedback_queue, feedback, props).await;
+    app.publish_feedback(br#"{"job_id":"fb-next","verified":false}"#, None)
+        .await;
+    app.wait_metric(r#"herald_feedback_total{result="malformed"}"#, 1.0)
+        .await;
+    app.wait_metric(r#"herald_feedback_total{result="not_verified"}"#, 1.0)
+        .await;
+    let dead = app.dead_letters(1).await;
+    assert_eq!(
+        dead,
+        [(
+            feedback.to_vec(),
+            "feedback headers are 9017 bytes; herald takes at most 4096".to_owned()
+        )]
+    );
 }
