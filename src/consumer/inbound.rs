@@ -343,8 +343,15 @@ mod tests {
     #[tokio::test]
     async fn what_is_not_a_valid_job_is_dead_lettered_unsent() {
         let h = harness(vec![Ok(Receipt::sent(Some("SM1".into())))]);
-        let cases: [(&str, BasicProperties, &[u8]); 3] = [
+        let mut big = lapin::types::FieldTable::default();
+        big.insert(
+            "x-trace".into(),
+            AMQPValue::LongString("t".repeat(broker::MAX_HEADERS).into()),
+        );
+        let cases: [(&str, BasicProperties, &[u8]); 4] = [
             ("not JSON", json(), b"{"),
+            // Refused before anything is sent: a retry would come back larger still (docs/jobs-and-events.md).
+            ("headers over the bound", json().with_headers(big), JOB),
             (
                 "not JSON by its content type",
                 BasicProperties::default().with_content_type("text/plain".into()),
@@ -361,6 +368,16 @@ mod tests {
                  count dead invalid_job",
                 "{name}"
             );
+            if name == "headers over the bound" {
+                let plan::Step::Publish(dead) = &finished.plan.steps[0] else {
+                    panic!("a dead letter first")
+                };
+                let headers = dead.properties.headers().as_ref().unwrap().inner();
+                assert_eq!(
+                    headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                    ["x-herald-error"]
+                );
+            }
         }
         assert!(h.provider.calls().is_empty());
         assert!(h.store.get("j1").await.unwrap().is_none(), "nothing recorded");
