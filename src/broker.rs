@@ -5,7 +5,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
@@ -88,10 +88,21 @@ pub fn address(config: &AmqpConfig) -> String {
 }
 
 pub async fn connect(config: &AmqpConfig, name: &str) -> Result<Connection, BrokerError> {
+    connect_framed(config, name, &FrameMax::default()).await
+}
+
+/// [`connect`] asking for the frames `frame_max` says: a consumer's, which a delivery larger than a frame
+/// raises (see [`FrameMax`]).
+pub async fn connect_framed(config: &AmqpConfig, name: &str, frame_max: &FrameMax) -> Result<Connection, BrokerError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let mut uri = config.url.uri().clone();
-    // A `frame_max` or `heartbeat` in the URL wins.
-    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    // A `frame_max` or `heartbeat` in the URL wins, unless a frame larger than it came already.
+    let asked = uri.query.frame_max.unwrap_or(FRAME_MAX);
+    uri.query.frame_max = Some(if frame_max.is_raised() {
+        asked.max(RAISED_FRAME_MAX)
+    } else {
+        asked
+    });
     uri.query.heartbeat.get_or_insert(HEARTBEAT);
     Connection::connect_uri(uri, props)
         .await
@@ -120,6 +131,120 @@ pub fn is_stall(error: &BrokerError) -> bool {
 /// measurable: `herald bench` gave the same ratios at 8 and 32 KiB, and 1.1-1.5 MiB less peak RSS
 /// (BENCHMARKS.md). AMQP's smallest is 4 KiB.
 const FRAME_MAX: u32 = 8 * 1024;
+
+/// What a consumer asks for once a delivery came in a frame larger than [`FRAME_MAX`]: RabbitMQ's default
+/// `frame_max`, the largest frame a publisher can send it (negotiation takes the smaller of the two sides').
+const RAISED_FRAME_MAX: u32 = 128 * 1024;
+
+/// The frames a consuming connection asks for, kept across its reconnects. A message's content header (its
+/// properties and headers) is one frame that cannot be split, and the broker delivers it as the publisher
+/// sent it, up to the broker's own `frame_max`; lapin refuses a frame larger than the one negotiated by
+/// closing the whole connection, which would come back with the same message every time. So the first such
+/// loss raises the frames to [`RAISED_FRAME_MAX`] for the life of the process; the message then arrives and
+/// is refused for its headers ([`MAX_HEADERS`]).
+#[derive(Debug, Default)]
+pub struct FrameMax {
+    raised: std::sync::atomic::AtomicBool,
+}
+
+impl FrameMax {
+    fn is_raised(&self) -> bool {
+        self.raised.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// After a session ended with `error`: whether its connection was lost to a frame larger than asked
+    /// (`error` itself, or an error the connection reported on `events`), in which case the frames are raised
+    /// for the next connections (said once, in a WARN line). `consumer` names who says it.
+    pub fn raise_after(
+        &self,
+        error: &BrokerError,
+        events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+        consumer: &str,
+    ) -> bool {
+        use futures_util::{FutureExt, StreamExt};
+        let mut too_large = error.lapin().is_some_and(is_frame_too_large);
+        // The connection's events come without waiting: the loss was reported before the session saw it.
+        while let Some(Some(event)) = events.next().now_or_never() {
+            if let lapin::Event::Error(e) = event {
+                too_large |= is_frame_too_large(&e);
+            }
+        }
+        if too_large && !self.raised.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "{consumer}: a delivery came in an AMQP frame larger than the {} KiB herald asks for (its headers \
+                 and properties are one frame); reconnecting with frames of up to {} KiB for the rest of this \
+                 process: lapin's buffers then hold about {} MiB per connection instead of {} KiB",
+                FRAME_MAX / 1024,
+                RAISED_FRAME_MAX / 1024,
+                buffered(RAISED_FRAME_MAX) / (1024 * 1024),
+                buffered(FRAME_MAX) / 1024,
+            );
+        }
+        too_large
+    }
+}
+
+/// What lapin's buffers hold per connection with frames of `frame_max`: 32 frames each way.
+fn buffered(frame_max: u32) -> u32 {
+    2 * 32 * frame_max
+}
+
+/// lapin's error for a frame larger than the connection's `frame_max` (it closes the connection with it).
+fn is_frame_too_large(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
+        if matches!(e.kind(), AMQPErrorKind::Hard(AMQPHardError::FRAMEERROR))
+            && e.get_message().as_str().starts_with("frame too large"))
+}
+
+/// The most a message's headers may take, encoded as AMQP's field table, for herald to take it
+/// (docs/jobs-and-events.md "Jobs"): herald's frames are 8 KiB and a content header is one frame, so this
+/// leaves room for the other properties (at most ten short strings, 2.6 KiB), the header herald adds
+/// (`x-herald-attempt`, `x-herald-error`) and the broker's bookkeeping when a retry comes back from its delay
+/// queue (`x-death`, `x-first-death-*`, `x-last-death-*`). A message over it is refused and dead-lettered
+/// without its headers.
+pub const MAX_HEADERS: usize = 4096;
+
+/// Whether a header is the broker's bookkeeping (or herald's own attempt number) rather than the
+/// publisher's: not counted against [`MAX_HEADERS`], and not carried into what herald publishes (a retry,
+/// a dead letter): the broker writes its own again, and a publisher's forged copy is not herald's to carry.
+pub fn is_bookkeeping(key: &str) -> bool {
+    matches!(key, "x-delivery-count" | "x-death" | crate::consumer::ATTEMPT_HEADER)
+        || key.starts_with("x-first-death-")
+        || key.starts_with("x-last-death-")
+}
+
+/// The encoded size of the headers herald carries on (all but [`is_bookkeeping`] ones), as AMQP's field
+/// table is framed: its 4-byte length and its entries. 0 without headers. Counted, never encoded: no
+/// allocation.
+pub fn carried_headers_size(properties: &BasicProperties) -> usize {
+    properties.headers().as_ref().map_or(0, |headers| {
+        table_size(headers.inner().iter().filter(|(k, _)| !is_bookkeeping(k.as_str())))
+    })
+}
+
+/// A field table's encoded size (amq_protocol's `gen_field_table`) from its entries.
+fn table_size<'a>(entries: impl Iterator<Item = (&'a ShortString, &'a AMQPValue)>) -> usize {
+    4 + entries
+        .map(|(k, v)| 1 + k.as_str().len() + value_size(v))
+        .sum::<usize>()
+}
+
+/// A field's encoded size, its type byte included (amq_protocol's `gen_value`).
+fn value_size(value: &AMQPValue) -> usize {
+    1 + match value {
+        AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+        AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+        AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+        AMQPValue::DecimalValue(_) => 5,
+        AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(a) => 4 + a.len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_size).sum::<usize>(),
+        AMQPValue::FieldTable(t) => table_size(t.inner().iter()),
+        AMQPValue::Void => 0,
+    }
+}
 
 /// The broker address without credentials, for logs.
 pub fn redacted_url(config: &AmqpConfig) -> String {
@@ -391,9 +516,169 @@ pub fn event_properties(kind: &str, job_id: Option<&str>) -> BasicProperties {
     }
 }
 
-/// Adds `x-herald-error` to a message's headers, keeping the others.
+/// A dead letter's properties: the message's, with its publisher's headers (not the broker's bookkeeping,
+/// [`is_bookkeeping`]) and `x-herald-error`; without the publisher's headers when they are over
+/// [`MAX_HEADERS`], which could make the dead letter larger than herald's own frames.
 pub fn with_error_header(properties: &BasicProperties, reason: &str) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    headers.insert("x-herald-error".into(), text(reason));
+    let mut headers = FieldTable::default();
+    if carried_headers_size(properties) <= MAX_HEADERS {
+        for (k, v) in properties.headers().iter().flat_map(|h| h.inner()) {
+            if !is_bookkeeping(k.as_str()) {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert("x-herald-error".into(), text(bounded(reason, MAX_REASON)));
     properties.clone().with_headers(headers).with_delivery_mode(2)
+}
+
+/// The most of a reason `x-herald-error` carries, so that a dead letter fits herald's frames whatever the
+/// reason says.
+const MAX_REASON: usize = 512;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn bounded(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{ByteArray, DecimalValue, FieldArray, ShortString};
+
+    /// Every kind of field, nested tables and arrays included.
+    fn every_kind() -> FieldTable {
+        let mut inner = FieldTable::default();
+        inner.insert("n".into(), AMQPValue::LongLongInt(7));
+        inner.insert("s".into(), AMQPValue::LongString("é".into()));
+        let array = FieldArray::from(vec![
+            AMQPValue::Boolean(true),
+            AMQPValue::FieldTable(inner.clone()),
+            AMQPValue::ShortString(ShortString::from("q")),
+        ]);
+        let mut table = FieldTable::default();
+        let fields = [
+            AMQPValue::Boolean(false),
+            AMQPValue::ShortShortInt(-1),
+            AMQPValue::ShortShortUInt(1),
+            AMQPValue::ShortInt(-2),
+            AMQPValue::ShortUInt(2),
+            AMQPValue::LongInt(-3),
+            AMQPValue::LongUInt(3),
+            AMQPValue::LongLongInt(-4),
+            AMQPValue::Float(1.5),
+            AMQPValue::Double(2.5),
+            AMQPValue::DecimalValue(DecimalValue { scale: 2, value: 314 }),
+            AMQPValue::ShortString("short".into()),
+            AMQPValue::LongString("x".repeat(300).into()),
+            AMQPValue::FieldArray(array),
+            AMQPValue::Timestamp(1_700_000_000),
+            AMQPValue::FieldTable(inner),
+            AMQPValue::ByteArray(ByteArray::from(vec![1u8, 2, 3])),
+            AMQPValue::Void,
+        ];
+        for (i, value) in fields.into_iter().enumerate() {
+            table.insert(format!("field-{i}").as_str().into(), value);
+        }
+        table
+    }
+
+    fn encoded(table: &FieldTable) -> usize {
+        let generate = lapin::types::generation::gen_field_table(table);
+        cookie_factory::gen_simple(generate, Vec::new()).unwrap().len()
+    }
+
+    #[test]
+    fn headers_are_counted_as_amqp_encodes_them_without_the_brokers_bookkeeping() {
+        let table = every_kind();
+        let with = |t: FieldTable| BasicProperties::default().with_headers(t);
+        assert_eq!(carried_headers_size(&with(table.clone())), encoded(&table));
+        assert_eq!(carried_headers_size(&BasicProperties::default()), 0);
+        assert_eq!(carried_headers_size(&with(FieldTable::default())), 4);
+        let mut booked = table.clone();
+        for key in [
+            "x-death",
+            "x-first-death-queue",
+            "x-last-death-reason",
+            "x-delivery-count",
+        ] {
+            booked.insert(key.into(), AMQPValue::LongString("y".repeat(2000).into()));
+        }
+        booked.insert(crate::consumer::ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(2));
+        assert_eq!(carried_headers_size(&with(booked)), encoded(&table));
+    }
+
+    #[test]
+    fn a_dead_letter_carries_the_publishers_headers_only_within_the_bound() {
+        let headers = |p: &BasicProperties| {
+            let mut keys: Vec<String> = p
+                .headers()
+                .as_ref()
+                .unwrap()
+                .inner()
+                .keys()
+                .map(|k| k.to_string())
+                .collect();
+            keys.sort();
+            keys
+        };
+        let mut table = FieldTable::default();
+        table.insert("x-trace".into(), AMQPValue::LongString("t-1".into()));
+        table.insert("x-death".into(), AMQPValue::LongString("queue herald.retry.5s".into()));
+        let small = BasicProperties::default()
+            .with_headers(table.clone())
+            .with_correlation_id("c-1".into());
+        let dead = with_error_header(&small, "invalid_job: reason");
+        assert_eq!(headers(&dead), ["x-herald-error", "x-trace"]);
+        assert_eq!(dead.correlation_id(), &Some("c-1".into()));
+
+        table.insert("x-big".into(), AMQPValue::LongString("e".repeat(MAX_HEADERS).into()));
+        let big = small.with_headers(table);
+        let dead = with_error_header(&big, &"r".repeat(5000));
+        assert_eq!(headers(&dead), ["x-herald-error"]);
+        assert_eq!(dead.correlation_id(), &Some("c-1".into()), "the other properties stay");
+        let reason = &dead.headers().as_ref().unwrap().inner()["x-herald-error"];
+        assert!(matches!(reason, AMQPValue::LongString(s) if s.as_bytes().len() == MAX_REASON));
+        assert_eq!(bounded("aé", 2), "a", "cut at a character boundary");
+    }
+
+    #[test]
+    fn only_a_frame_too_large_raises_the_frames_and_for_good() {
+        let protocol = |kind: AMQPErrorKind, text: &str| {
+            BrokerError::Amqp(
+                lapin::ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(kind, text.into())).into(),
+            )
+        };
+        let frame = FrameMax::default();
+        let mut nothing = futures_util::stream::empty::<lapin::Event>();
+        let heartbeat = protocol(
+            AMQPHardError::FRAMEERROR.into(),
+            "heartbeat frame received on channel 1",
+        );
+        assert!(!frame.raise_after(&heartbeat, &mut nothing, "test"));
+        assert!(!frame.raise_after(&BrokerError::Closed("gone".into()), &mut nothing, "test"));
+        assert!(!frame.is_raised());
+        // Reported by the connection while the session failed on something else.
+        let lost = lapin::ErrorKind::ProtocolError(lapin::protocol::AMQPError::new(
+            AMQPHardError::FRAMEERROR.into(),
+            "frame too large: 9120 bytes".into(),
+        ));
+        let mut reported = futures_util::stream::iter([lapin::Event::Connected, lapin::Event::Error(lost.into())]);
+        assert!(frame.raise_after(
+            &BrokerError::Closed("commit loop stopped".into()),
+            &mut reported,
+            "test"
+        ));
+        assert!(frame.is_raised());
+        let too_large = protocol(AMQPHardError::FRAMEERROR.into(), "frame too large: 9120 bytes");
+        assert!(frame.raise_after(&too_large, &mut nothing, "test"));
+        assert!(frame.is_raised());
+    }
 }

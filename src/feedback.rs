@@ -42,6 +42,9 @@ pub enum InvalidFeedback {
     Verified,
     #[error("feedback field `verified_at` must be an RFC 3339 time")]
     VerifiedAt,
+    /// The encoded size of the message's AMQP headers, over what herald takes (`broker::MAX_HEADERS`).
+    #[error("feedback headers are {0} bytes; herald takes at most {max}", max = broker::MAX_HEADERS)]
+    Headers(usize),
 }
 
 impl Verification {
@@ -89,6 +92,8 @@ pub struct FeedbackConsumer {
     guard: Arc<Guard>,
     metrics: GuardMetrics,
     dead_lettered: prometheus::IntCounterVec,
+    /// The frames its connections ask for, raised for good by a delivery larger than them.
+    frame_max: broker::FrameMax,
 }
 
 impl FeedbackConsumer {
@@ -103,6 +108,7 @@ impl FeedbackConsumer {
             guard,
             metrics,
             dead_lettered,
+            frame_max: broker::FrameMax::default(),
         }
     }
 
@@ -129,10 +135,21 @@ impl FeedbackConsumer {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
-        let connection = broker::connect(&self.config, &format!("herald:{}:feedback", self.config.jobs_queue)).await?;
+        let name = format!("herald:{}:feedback", self.config.jobs_queue);
+        let connection = broker::connect_framed(&self.config, &name, &self.frame_max).await?;
+        let mut events = connection.events_listener().boxed();
+        let result = self.consume(&connection, shutdown).await;
+        if let Err(e) = &result {
+            // Lost to a delivery larger than its frames: the next connection asks for larger ones.
+            self.frame_max.raise_after(e, &mut events, "feedback consumer");
+        }
+        result
+    }
+
+    async fn consume(&self, connection: &lapin::Connection, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let channel = connection.create_channel().await?;
         broker::declare_topology(&channel, &self.config).await?;
-        let dead = Publisher::new(&connection).await?;
+        let dead = Publisher::new(connection).await?;
         channel
             .basic_qos(self.config.prefetch.get(), BasicQosOptions::default())
             .await?;
@@ -170,7 +187,14 @@ impl FeedbackConsumer {
         shutdown: &CancellationToken,
     ) -> Result<(), BrokerError> {
         let content_type = delivery.properties.content_type().as_ref().map(|c| c.as_str());
-        let verification = match Verification::from_message(&delivery.data, content_type) {
+        let headers = broker::carried_headers_size(&delivery.properties);
+        let verification = if headers > broker::MAX_HEADERS {
+            // Its dead letter goes without them (`with_error_header`).
+            Err(InvalidFeedback::Headers(headers))
+        } else {
+            Verification::from_message(&delivery.data, content_type)
+        };
+        let verification = match verification {
             Ok(v) => v,
             Err(reason) => {
                 let reason = reason.to_string();

@@ -548,6 +548,9 @@ pub enum JobError {
     /// The message's AMQP `reply_to` (checked with the body: a job is the message, not only its JSON).
     #[error(transparent)]
     ReplyTo(#[from] ReplyToError),
+    /// The encoded size of the message's AMQP headers, over what herald takes (`broker::MAX_HEADERS`).
+    #[error("message headers are {0} bytes; herald takes at most {max}", max = crate::broker::MAX_HEADERS)]
+    Headers(usize),
 }
 
 /// Why a job's `reply_to` is refused (with the job: it is dead-lettered as `invalid_job`), by
@@ -608,6 +611,18 @@ pub enum FieldError {
 }
 
 impl InvalidJob {
+    /// A job whose body is valid refused for the rest of its message (`reply_to`, headers): its event still
+    /// names the job.
+    pub fn refused(job: Job, reason: JobError) -> Self {
+        InvalidJob {
+            reason,
+            id: Some(job.id),
+            user_id: Some(job.user_id),
+            channel: Some(job.channel),
+            ip: job.ip.map(|ip| ip.to_string()),
+        }
+    }
+
     fn bare(reason: JobError) -> Self {
         InvalidJob {
             reason,

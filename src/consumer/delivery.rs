@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 
+use crate::broker;
 use crate::decision;
 
 /// A message as herald takes it from the broker: all that herald reads of a delivery.
@@ -19,17 +20,29 @@ pub(super) struct Inbound {
     /// Shared by the job, its retry and its dead letter: never copied.
     pub(super) body: Arc<Vec<u8>>,
     /// As published: herald reads `content_type`, `reply_to` and `correlation_id`, and a retry or a dead
-    /// letter carries them on, headers included.
+    /// letter carries them on, headers included; without headers when they were over
+    /// [`broker::MAX_HEADERS`] (`oversized_headers`).
     pub(super) properties: BasicProperties,
+    /// The encoded size of headers over [`broker::MAX_HEADERS`]: the message is refused for it, and its
+    /// headers are not carried into its dead letter, which they could make larger than herald's frames.
+    pub(super) oversized_headers: Option<usize>,
 }
 
 impl Inbound {
     pub(super) fn new(delivery_tag: u64, redelivered: bool, properties: BasicProperties, body: Vec<u8>) -> Inbound {
+        let redelivery = decision::Redelivery::new(redelivered, header_u64(&properties, "x-delivery-count"));
+        let size = broker::carried_headers_size(&properties);
+        let (properties, oversized_headers) = if size > broker::MAX_HEADERS {
+            (properties.with_headers(FieldTable::default()), Some(size))
+        } else {
+            (properties, None)
+        };
         Inbound {
             delivery_tag,
-            redelivery: decision::Redelivery::new(redelivered, header_u64(&properties, "x-delivery-count")),
+            redelivery,
             body: Arc::new(body),
             properties,
+            oversized_headers,
         }
     }
 }

@@ -29,15 +29,18 @@ impl Consumer {
             .as_ref()
             .map(|to| ReplyTo::parse(to.as_str(), &self.own_queues));
         let job = Job::from_message(&inbound.body, content_type).and_then(|job| match &reply_to {
-            Some(Err(e)) => Err(InvalidJob {
-                reason: JobError::ReplyTo(e.clone()),
-                id: Some(job.id),
-                user_id: Some(job.user_id),
-                channel: Some(job.channel),
-                ip: job.ip.map(|ip| ip.to_string()),
-            }),
+            Some(Err(e)) => Err(InvalidJob::refused(job, JobError::ReplyTo(e.clone()))),
             _ => Ok(job),
         });
+        // Refused for its headers before anything else it breaks: that is what its dead letter leaves out.
+        let job = match (inbound.oversized_headers, job) {
+            (Some(size), Ok(job)) => Err(InvalidJob::refused(job, JobError::Headers(size))),
+            (Some(size), Err(invalid)) => Err(InvalidJob {
+                reason: JobError::Headers(size),
+                ..invalid
+            }),
+            (None, job) => job,
+        };
         // Never a reply to an address refused: it could close the replies connection.
         let reply_to = reply_to.and_then(Result::ok);
         let job = match job {
@@ -144,6 +147,7 @@ mod tests {
     use lapin::types::AMQPValue;
 
     use super::*;
+    use crate::broker;
     use crate::config::{Config, ThrottleConfig};
     use crate::consumer::plan::tests::words;
     use crate::dispatch::Dispatcher;
@@ -276,8 +280,15 @@ mod tests {
     #[tokio::test]
     async fn what_is_not_a_valid_job_is_dead_lettered_unsent() {
         let h = harness(vec![Ok(Receipt::sent(Some("SM1".into())))]);
-        let cases: [(&str, BasicProperties, &[u8]); 3] = [
+        let mut big = lapin::types::FieldTable::default();
+        big.insert(
+            "x-trace".into(),
+            AMQPValue::LongString("t".repeat(broker::MAX_HEADERS).into()),
+        );
+        let cases: [(&str, BasicProperties, &[u8]); 4] = [
             ("not JSON", json(), b"{"),
+            // Refused before anything is sent: a retry would come back larger still (docs/jobs-and-events.md).
+            ("headers over the bound", json().with_headers(big), JOB),
             (
                 "not JSON by its content type",
                 BasicProperties::default().with_content_type("text/plain".into()),
@@ -294,6 +305,16 @@ mod tests {
                  count dead invalid_job",
                 "{name}"
             );
+            if name == "headers over the bound" {
+                let plan::Step::Publish(dead) = &finished.plan.steps[0] else {
+                    panic!("a dead letter first")
+                };
+                let headers = dead.properties.headers().as_ref().unwrap().inner();
+                assert_eq!(
+                    headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                    ["x-herald-error"]
+                );
+            }
         }
         assert!(h.provider.calls().is_empty());
         assert!(h.store.get("j1").await.unwrap().is_none(), "nothing recorded");

@@ -84,6 +84,8 @@ pub struct Consumer {
     store_outage: StoreOutage,
     /// The session consumes (`/readyz` also needs the store to answer).
     consuming: AtomicBool,
+    /// The frames its connections ask for, raised for good by a delivery larger than them.
+    frame_max: crate::broker::FrameMax,
 }
 
 impl Consumer {
@@ -120,6 +122,7 @@ impl Consumer {
             replies: std::sync::OnceLock::new(),
             store_outage: StoreOutage::default(),
             consuming: AtomicBool::new(false),
+            frame_max: crate::broker::FrameMax::default(),
         }
     }
 

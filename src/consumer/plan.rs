@@ -324,11 +324,7 @@ fn retry_publish(
     let mut headers = FieldTable::default();
     for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
         // The broker's bookkeeping (and herald's own header) must not travel with the copy.
-        let k_str = k.as_str();
-        if !(matches!(k_str, "x-delivery-count" | "x-death" | ATTEMPT_HEADER)
-            || k_str.starts_with("x-first-death-")
-            || k_str.starts_with("x-last-death-"))
-        {
+        if !broker::is_bookkeeping(k.as_str()) {
             headers.insert(k.clone(), v.clone());
         }
     }

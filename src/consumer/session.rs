@@ -56,9 +56,18 @@ impl Consumer {
     /// One connection's lifetime. `Ok` only after a clean shutdown.
     async fn session(self: Arc<Self>, shutdown: &CancellationToken, consumed: &mut bool) -> Result<(), BrokerError> {
         // Named after the queue so operators (and tests) can tell deployments apart.
-        let connection = broker::connect(&self.config, &format!("herald:{}", self.config.jobs_queue)).await?;
+        let connection = broker::connect_framed(
+            &self.config,
+            &format!("herald:{}", self.config.jobs_queue),
+            &self.frame_max,
+        )
+        .await?;
+        let mut events = connection.events_listener().boxed();
         let result = self.clone().consume(&connection, shutdown, consumed).await;
-        if result.is_err() {
+        if let Err(e) = &result {
+            // Lost to a delivery larger than its frames: the next connection asks for larger ones, or it
+            // would be lost to the same delivery every time.
+            self.frame_max.raise_after(e, &mut events, "consumer");
             // Closed and awaited, not dropped: every transaction of this connection is over (committed
             // or rolled back) before the next session asks the marker queues about the ones in doubt.
             let closing = connection.close(200, "reconnecting".into());

@@ -810,7 +810,7 @@ impl Broker {
     }
 
     /// Publishes `body` to `queue` through the default exchange and waits for the broker's ack.
-    async fn publish_to(&self, queue: &str, body: &[u8], props: BasicProperties) {
+    pub async fn publish_to(&self, queue: &str, body: &[u8], props: BasicProperties) {
         let confirm = self
             .channel
             .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, props)
@@ -939,6 +939,26 @@ impl Broker {
 
     /// Takes up to `n` messages from the dead-letter queue: (body, x-herald-error).
     pub async fn dead_letters(&self, n: usize) -> Vec<(Vec<u8>, String)> {
+        self.dead_messages(n)
+            .await
+            .into_iter()
+            .map(|(body, properties)| {
+                let reason = properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get("x-herald-error").cloned())
+                    .map(|v| match v {
+                        AMQPValue::LongString(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    })
+                    .unwrap_or_default();
+                (body, reason)
+            })
+            .collect()
+    }
+
+    /// Takes up to `n` messages from the dead-letter queue: (body, properties).
+    pub async fn dead_messages(&self, n: usize) -> Vec<(Vec<u8>, BasicProperties)> {
         let mut out = Vec::new();
         for _ in 0..100 {
             while out.len() < n {
@@ -951,17 +971,7 @@ impl Broker {
                     .await
                     .unwrap();
                 let Some(message) = got else { break };
-                let reason = message
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get("x-herald-error").cloned())
-                    .map(|v| match v {
-                        AMQPValue::LongString(s) => s.to_string(),
-                        other => format!("{other:?}"),
-                    })
-                    .unwrap_or_default();
-                out.push((message.data.clone(), reason));
+                out.push((message.data.clone(), message.properties.clone()));
             }
             if out.len() >= n {
                 break;
