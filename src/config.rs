@@ -188,6 +188,8 @@ pub struct ChannelsConfig {
     pub sms: Option<Vec<ProviderKind>>,
     pub voice: Option<Vec<ProviderKind>>,
     pub email: Option<Vec<ProviderKind>>,
+    /// WhatsApp authentication messages (docs/providers/meta.md): `meta`, `twilio` or both as a chain.
+    pub whatsapp: Option<Vec<ProviderKind>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -226,6 +228,12 @@ pub struct RoutingConfig {
         deserialize_with = "unique_destinations"
     )]
     pub voice: BTreeMap<Destination, Vec<ProviderKind>>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_destinations"
+    )]
+    pub whatsapp: BTreeMap<Destination, Vec<ProviderKind>>,
 }
 
 /// A routing table whose keys name each destination once: `JM` and `jm` (or `"44"` and `44`) are one
@@ -261,6 +269,7 @@ impl RoutingConfig {
         match channel {
             Channel::Sms => Some(&self.sms),
             Channel::Voice => Some(&self.voice),
+            Channel::Whatsapp => Some(&self.whatsapp),
             Channel::Email => None,
         }
     }
@@ -857,6 +866,9 @@ impl Config {
                 (!self.twilio.account_sid.is_empty()).then_some(ProviderKind::Twilio),
             ),
             Channel::Email => (&self.channels.email, self.smtp.url.as_ref().map(|_| ProviderKind::Smtp)),
+            // Twilio's credentials alone do not make a WhatsApp sender (it needs an approved Content
+            // template): only an explicit chain leaves the outbox.
+            Channel::Whatsapp => (&self.channels.whatsapp, None),
         };
         match explicit {
             Some(chain) => chain.clone(),

@@ -122,6 +122,8 @@ pub enum EventType {
     GdSendVoiceFailure,
     GdSendEmail,
     GdSendEmailFailure,
+    GdSendWhatsapp,
+    GdSendWhatsappFailure,
 }
 
 impl EventType {
@@ -133,6 +135,8 @@ impl EventType {
             (Channel::Voice, false) => EventType::GdSendVoiceFailure,
             (Channel::Email, true) => EventType::GdSendEmail,
             (Channel::Email, false) => EventType::GdSendEmailFailure,
+            (Channel::Whatsapp, true) => EventType::GdSendWhatsapp,
+            (Channel::Whatsapp, false) => EventType::GdSendWhatsappFailure,
         }
     }
 
@@ -144,6 +148,8 @@ impl EventType {
             EventType::GdSendVoiceFailure => "gd_send_voice_failure",
             EventType::GdSendEmail => "gd_send_email",
             EventType::GdSendEmailFailure => "gd_send_email_failure",
+            EventType::GdSendWhatsapp => "gd_send_whatsapp",
+            EventType::GdSendWhatsappFailure => "gd_send_whatsapp_failure",
         }
     }
 
@@ -155,6 +161,8 @@ impl EventType {
             EventType::GdSendVoiceFailure => "Voice call failed",
             EventType::GdSendEmail => "Email sent",
             EventType::GdSendEmailFailure => "Email delivery failed",
+            EventType::GdSendWhatsapp => "WhatsApp message sent",
+            EventType::GdSendWhatsappFailure => "WhatsApp delivery failed",
         }
     }
 }

@@ -645,3 +645,39 @@ fn a_prefetch_of_zero_is_refused_at_load_naming_the_key() {
         "{err}"
     );
 }
+
+/// A whatsapp chain takes only providers that send WhatsApp templates (and the outbox); without one, the
+/// channel uses the outbox (docs/providers/meta.md).
+#[test]
+fn whatsapp_chains_take_only_whatsapp_providers_and_default_to_the_outbox() {
+    let config = Config::load_from(None, no_env()).unwrap();
+    assert_eq!(config.chain(Channel::Whatsapp), [ProviderKind::Outbox]);
+    for provider in ["smtp", "vonage", "plivo", "sns", "infobip", "webhook"] {
+        for (var, key) in [
+            ("HERALD_CHANNELS__WHATSAPP", "channels.whatsapp"),
+            ("HERALD_ROUTING__WHATSAPP", "routing.whatsapp.44"),
+        ] {
+            let value = if var.starts_with("HERALD_ROUTING") {
+                format!(r#"{{"44" = ["{provider}"]}}"#)
+            } else {
+                format!(r#"["{provider}"]"#)
+            };
+            let err = Config::load_from(None, [(var.to_owned(), value)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("`{key}`: {provider} does not deliver whatsapp")),
+                "{var}: {err}"
+            );
+        }
+    }
+    let routed = Config::load_from(
+        None,
+        [(
+            "HERALD_ROUTING__WHATSAPP".to_owned(),
+            r#"{"44" = ["outbox"]}"#.to_owned(),
+        )],
+    )
+    .unwrap();
+    assert!(routed.routing.routes(Channel::Whatsapp).unwrap().len() == 1);
+}

@@ -143,9 +143,12 @@ impl ProviderKind {
     /// Whether this provider can deliver on `channel` at all (a chain naming it elsewhere is a config error).
     pub fn delivers(self, channel: Channel) -> bool {
         match self {
-            ProviderKind::Webhook | ProviderKind::Outbox => true,
+            ProviderKind::Outbox => true,
+            // The custom provider's body mirrors Auth0's sms/voice/email message: no WhatsApp form.
+            ProviderKind::Webhook => channel != Channel::Whatsapp,
             ProviderKind::Smtp => channel == Channel::Email,
-            ProviderKind::Twilio | ProviderKind::Infobip => channel != Channel::Email,
+            ProviderKind::Twilio => matches!(channel, Channel::Sms | Channel::Voice),
+            ProviderKind::Infobip => matches!(channel, Channel::Sms | Channel::Voice),
             ProviderKind::Vonage | ProviderKind::Sns | ProviderKind::Plivo => channel == Channel::Sms,
         }
     }

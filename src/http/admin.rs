@@ -267,12 +267,19 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), &'static str> 
 /// Channel, action and locale from the path (or a body), each checked: nothing unchecked reaches a
 /// file name, so `../`, absolute paths and NUL cannot.
 fn template_id(channel: &str, action: &str, locale: &str) -> Result<TemplateId, ApiError> {
-    let channel = Channel::parse(channel).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "unknown channel `{}` (sms, voice or email)",
-            channel.escape_debug()
-        ))
-    })?;
+    let channel = Channel::parse(channel)
+        .filter(|c| *c != Channel::Whatsapp)
+        .ok_or_else(|| {
+            if channel == Channel::Whatsapp.as_str() {
+                return ApiError::BadRequest(
+                    "whatsapp messages are templates Meta approved (meta.template): herald has none to edit".into(),
+                );
+            }
+            ApiError::BadRequest(format!(
+                "unknown channel `{}` (sms, voice or email)",
+                channel.escape_debug()
+            ))
+        })?;
     let action = Action::parse(action).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "unknown action `{}` (enrollment or second-factor-authentication)",
@@ -650,6 +657,8 @@ fn describe_rendered(previewed: &Previewed, id: &TemplateId, default_locale: &cr
         Rendered::Email { subject, text, html } => {
             json!({ "email": { "subject": subject, "text": text, "html": html } })
         }
+        // Never previewed: `template_id` refuses the channel.
+        Rendered::Whatsapp => json!({}),
     };
     out["channel"] = id.channel.as_str().into();
     out["locale"] = id.locale.as_str().into();
@@ -684,7 +693,7 @@ fn warnings(previewed: &Previewed) -> Vec<String> {
                 );
             }
         }
-        Rendered::Voice { .. } | Rendered::Email { .. } => {}
+        Rendered::Voice { .. } | Rendered::Email { .. } | Rendered::Whatsapp => {}
     }
     out
 }

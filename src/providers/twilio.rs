@@ -166,8 +166,8 @@ impl Provider for Twilio {
                 ];
                 self.post(&self.calls_url, &self.with_status_callback(&form)).await
             }
-            Rendered::Email { .. } => Err(ProviderError::Permanent {
-                message: "twilio cannot deliver email".into(),
+            Rendered::Email { .. } | Rendered::Whatsapp => Err(ProviderError::Permanent {
+                message: format!("twilio cannot deliver {}", job.channel.as_str()),
                 provider_code: None,
             }),
         }

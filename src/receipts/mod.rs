@@ -41,6 +41,7 @@ pub const PENDING_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), D
 /// Event types of final receipts, also their routing keys on `herald.events`.
 pub const SMS_STATUS: &str = "gd_send_sms_status";
 pub const VOICE_STATUS: &str = "gd_send_voice_status";
+pub const WHATSAPP_STATUS: &str = "gd_send_whatsapp_status";
 
 /// The providers with a receipt route, and how each names a message in its callbacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -698,6 +699,8 @@ fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) 
     let (kind, description) = match (sent.channel, status.is_delivered()) {
         (Channel::Voice, true) => (VOICE_STATUS, "Voice call answered"),
         (Channel::Voice, false) => (VOICE_STATUS, "Voice call not answered"),
+        (Channel::Whatsapp, true) => (WHATSAPP_STATUS, "WhatsApp message delivered"),
+        (Channel::Whatsapp, false) => (WHATSAPP_STATUS, "WhatsApp message not delivered"),
         (_, true) => (SMS_STATUS, "SMS delivered"),
         (_, false) => (SMS_STATUS, "SMS not delivered"),
     };

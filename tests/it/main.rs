@@ -42,3 +42,4 @@ mod store_outage;
 mod throttle;
 mod two_channels;
 mod webhook;
+mod whatsapp;

@@ -1,0 +1,106 @@
+//! The `whatsapp` channel through the whole path (docs/providers/meta.md): with no chain configured it
+//! goes to the outbox with the code as its body, its events and metrics are WhatsApp's own, and it counts
+//! against the phone limits like SMS.
+
+use crate::helpers::{TestApp, assert_event_shape, job, metric};
+use herald::config::{Rate, Text, ThrottleConfig};
+
+#[tokio::test]
+async fn a_whatsapp_job_without_a_chain_reaches_the_outbox_with_its_code_and_its_own_event_and_metric() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let mut j = job("whatsapp");
+    j["locale"] = "pt-BR".into();
+    app.publish(&j).await;
+    let e = app.next_event(20).await;
+    assert_event_shape(&e);
+    assert_eq!(e["type"], "gd_send_whatsapp", "{e}");
+    assert_eq!(e["description"], "WhatsApp message sent");
+    assert_eq!(e["channel"], "whatsapp");
+    assert_eq!(e["provider"], "outbox");
+    assert_eq!(e["recipient"], "+1415*****23");
+    assert_eq!(e["country"], "1");
+    let lines = app.outbox_lines();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["channel"], "whatsapp");
+    assert_eq!(lines[0]["to"], "+14155550123");
+    // No template: the line carries what the approved template would, the code.
+    assert_eq!(lines[0]["body"], "482913");
+    let m = app.settled_metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gd_send_whatsapp_total{action=\"second-factor-authentication\",country=\"1\",provider=\"outbox\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_whatsapp_job_to_an_email_address_is_invalid() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let mut j = job("whatsapp");
+    j["to"] = "jane.doe@example.com".into();
+    app.publish(&j).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["type"], "gd_send_whatsapp_failure", "{e}");
+    assert_eq!(e["error"]["code"], "invalid_job");
+    assert!(app.outbox_lines().is_empty());
+    let m = app.settled_metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "gd_send_whatsapp_failure_total{country=\"none\",provider=\"none\",reason=\"invalid_job\"}"
+        )
+        .max(metric(
+            &m,
+            "gd_send_whatsapp_failure_total{country=\"unknown\",provider=\"none\",reason=\"invalid_job\"}"
+        )),
+        1.0,
+        "{m}"
+    );
+    app.stop().await;
+}
+
+/// A user's SMS and WhatsApp codes share `user_phone`, and one number's share `recipient`.
+#[tokio::test]
+async fn whatsapp_counts_against_the_phone_limits_with_sms() {
+    let mut app = TestApp::spawn(|c| {
+        c.throttle = ThrottleConfig {
+            user_phone: Some(<Rate as Text>::parse_text("2/h").unwrap()),
+            ..ThrottleConfig::unlimited()
+        }
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    assert_eq!(app.next_event(20).await["type"], "gd_send_sms");
+    app.publish(&job("whatsapp")).await;
+    assert_eq!(app.next_event(20).await["type"], "gd_send_whatsapp");
+    app.publish(&job("whatsapp")).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["type"], "gd_send_whatsapp_failure", "{e}");
+    assert_eq!(e["error"]["code"], "throttled");
+    assert_eq!(e["scope"], "user");
+    let m = app.settled_metrics().await;
+    assert_eq!(
+        metric(&m, "gd_send_throttled_total{channel=\"whatsapp\",scope=\"user\"}"),
+        1.0
+    );
+    app.stop().await;
+
+    let mut app = TestApp::spawn(|c| {
+        c.throttle = ThrottleConfig {
+            recipient: Some(<Rate as Text>::parse_text("1/h").unwrap()),
+            ..ThrottleConfig::unlimited()
+        }
+    })
+    .await;
+    app.publish(&job("sms")).await;
+    assert_eq!(app.next_event(20).await["type"], "gd_send_sms");
+    app.publish(&job("whatsapp")).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["error"]["code"], "throttled", "{e}");
+    assert_eq!(e["scope"], "recipient");
+    app.stop().await;
+}
