@@ -285,6 +285,11 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             }
             ProviderKind::Vonage => Arc::new(Vonage::new(&config.vonage, client.clone())?),
             ProviderKind::Plivo => Arc::new(Plivo::new(&config.plivo, client.clone())?),
+            ProviderKind::Meta => Arc::new(crate::providers::meta::Meta::new(
+                &config.meta,
+                &config.templates.default_locale,
+                client.clone(),
+            )?),
             ProviderKind::Infobip => Arc::new(Infobip::new(
                 &config.infobip,
                 &config.templates.default_locale,

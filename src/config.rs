@@ -5,6 +5,7 @@
 
 mod env;
 mod error;
+mod meta;
 pub mod smtp;
 mod values;
 mod warnings;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::var_name;
 pub use error::{ConfigError, Problem};
+pub use meta::{ApiVersion, MetaConfig, MetaLanguage, NotAMetaLanguage, NotAnApiVersion};
 pub use values::{
     AmqpUrl, AmqpUrlError, DurationError, HttpUrl, HttpUrlError, HumanDuration, ProviderKind, Rate, RateError,
     RetrySchedule, Secret, SmtpUrl, Text, WebhookKey, WebhookKeyError,
@@ -65,6 +67,8 @@ pub struct Config {
     pub plivo: PlivoConfig,
     pub infobip: InfobipConfig,
     pub sns: SnsConfig,
+    /// WhatsApp Cloud API (docs/providers/meta.md).
+    pub meta: MetaConfig,
     pub smtp: SmtpConfig,
     pub webhook: WebhookConfig,
     pub outbox: OutboxConfig,
@@ -833,6 +837,12 @@ impl Config {
                 required(!self.infobip.from.is_empty(), "from")?;
                 required(self.infobip.base_url.is_some(), "base_url")
             }
+            ProviderKind::Meta => {
+                required(!self.meta.phone_number_id.is_empty(), "phone_number_id")?;
+                required(!self.meta.access_token.is_blank(), "access_token")?;
+                required(!self.meta.template.trim().is_empty(), "template")?;
+                required(!self.meta.template_languages.is_empty(), "template_languages")
+            }
             ProviderKind::Sns => {
                 required(!self.sns.region.is_empty(), "region")?;
                 required(!self.sns.access_key_id.is_empty(), "access_key_id")?;
@@ -867,8 +877,11 @@ impl Config {
             ),
             Channel::Email => (&self.channels.email, self.smtp.url.as_ref().map(|_| ProviderKind::Smtp)),
             // Twilio's credentials alone do not make a WhatsApp sender (it needs an approved Content
-            // template): only an explicit chain leaves the outbox.
-            Channel::Whatsapp => (&self.channels.whatsapp, None),
+            // template); Meta's number does.
+            Channel::Whatsapp => (
+                &self.channels.whatsapp,
+                (!self.meta.phone_number_id.is_empty()).then_some(ProviderKind::Meta),
+            ),
         };
         match explicit {
             Some(chain) => chain.clone(),

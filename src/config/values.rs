@@ -113,10 +113,12 @@ pub enum ProviderKind {
     Sns,
     Infobip,
     Plivo,
+    /// WhatsApp Cloud API.
+    Meta,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 8] = [
+    pub const ALL: [ProviderKind; 9] = [
         ProviderKind::Twilio,
         ProviderKind::Smtp,
         ProviderKind::Webhook,
@@ -125,6 +127,7 @@ impl ProviderKind {
         ProviderKind::Sns,
         ProviderKind::Infobip,
         ProviderKind::Plivo,
+        ProviderKind::Meta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +140,7 @@ impl ProviderKind {
             ProviderKind::Sns => "sns",
             ProviderKind::Infobip => "infobip",
             ProviderKind::Plivo => "plivo",
+            ProviderKind::Meta => "meta",
         }
     }
 
@@ -150,6 +154,7 @@ impl ProviderKind {
             ProviderKind::Twilio => matches!(channel, Channel::Sms | Channel::Voice),
             ProviderKind::Infobip => matches!(channel, Channel::Sms | Channel::Voice),
             ProviderKind::Vonage | ProviderKind::Sns | ProviderKind::Plivo => channel == Channel::Sms,
+            ProviderKind::Meta => channel == Channel::Whatsapp,
         }
     }
 }

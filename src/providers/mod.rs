@@ -10,6 +10,7 @@ mod code;
 pub mod connector;
 pub mod http;
 pub mod infobip;
+pub mod meta;
 pub mod outbox;
 pub mod plivo;
 pub mod smtp;

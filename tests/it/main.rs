@@ -24,6 +24,7 @@ mod guard_replicas;
 mod helpers_cleanup;
 mod logging;
 mod mfa_example;
+mod provider_meta;
 mod provider_sns_plivo;
 mod provider_twilio;
 mod provider_vonage_infobip;
