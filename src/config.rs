@@ -212,6 +212,12 @@ pub struct TwilioConfig {
     /// no receipts.
     #[serde(with = "blank_is_none", default)]
     pub status_callback_url: Option<HttpUrl>,
+    /// The WhatsApp sender (E.164, registered with Twilio), sent as `From=whatsapp:…`; `""` = unset.
+    #[serde(with = "blank_is_none", default)]
+    pub whatsapp_from: Option<PhoneNumber>,
+    /// The Content SID (`HX…`) of the approved WhatsApp authentication template; `""` = unset.
+    #[serde(default)]
+    pub whatsapp_content_sid: String,
 }
 
 /// `[routing.sms]` / `[routing.voice]`: a destination (calling code `"44"`, longer prefix `"1876"` or region
@@ -811,6 +817,17 @@ impl Config {
                         "twilio.from",
                         "required for voice calls through twilio",
                     ));
+                }
+                if channel == Channel::Whatsapp {
+                    required(self.twilio.whatsapp_from.is_some(), "whatsapp_from")?;
+                    let sid = &self.twilio.whatsapp_content_sid;
+                    required(!sid.is_empty(), "whatsapp_content_sid")?;
+                    if !(sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())) {
+                        return Err(ConfigError::key(
+                            "twilio.whatsapp_content_sid",
+                            "must be a Content SID: HX and 32 hex digits",
+                        ));
+                    }
                 }
                 if channel == Channel::Sms && self.twilio.from.is_none() && self.twilio.messaging_service_sid.is_empty()
                 {

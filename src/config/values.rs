@@ -151,7 +151,7 @@ impl ProviderKind {
             // The custom provider's body mirrors Auth0's sms/voice/email message: no WhatsApp form.
             ProviderKind::Webhook => channel != Channel::Whatsapp,
             ProviderKind::Smtp => channel == Channel::Email,
-            ProviderKind::Twilio => matches!(channel, Channel::Sms | Channel::Voice),
+            ProviderKind::Twilio => channel != Channel::Email,
             ProviderKind::Infobip => matches!(channel, Channel::Sms | Channel::Voice),
             ProviderKind::Vonage | ProviderKind::Sns | ProviderKind::Plivo => channel == Channel::Sms,
             ProviderKind::Meta => channel == Channel::Whatsapp,

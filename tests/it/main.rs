@@ -32,6 +32,7 @@ mod providers;
 mod public_http;
 mod pumping;
 mod receipts;
+mod receipts_meta;
 mod receipts_providers;
 mod reply_to;
 mod retries;

@@ -254,3 +254,35 @@ async fn meta_is_the_whatsapp_default_once_configured_and_its_keys_are_required(
     .to_string();
     assert!(err.contains("meta.template_languages"), "{err}");
 }
+
+/// `whatsapp = ["meta", "twilio"]`: Meta refusing for herald's account (131031, locked) moves the job to
+/// Twilio in the same attempt.
+#[tokio::test]
+async fn the_accounts_own_refusal_moves_to_twilio_in_the_same_attempt() {
+    use crate::helpers::twilio_api::TwilioApi;
+    let (api, server) = meta_api().await;
+    let twilio = TwilioApi::new("AC0123456789abcdef0123456789abcdef", "test-auth-token");
+    let twilio_server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(twilio.clone())
+        .mount(&twilio_server)
+        .await;
+    let mut app = TestApp::spawn(|c| {
+        c.meta = config(&server.uri());
+        crate::helpers::twilio(c, &twilio_server.uri());
+        c.twilio.whatsapp_from = Some(herald::job::PhoneNumber::parse("+15005550007").unwrap());
+        c.twilio.whatsapp_content_sid = "HX0123456789abcdef0123456789abcdef".into();
+        c.channels.whatsapp = Some(vec![ProviderKind::Meta, ProviderKind::Twilio]);
+    })
+    .await;
+    api.then([Answer::Error(131031)]);
+    app.publish(&job("whatsapp")).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["type"], "gd_send_whatsapp", "{e}");
+    assert_eq!(e["provider"], "twilio");
+    assert_eq!(e["attempt"], 1);
+    assert_eq!((api.served(), twilio.served()), (1, 1));
+    assert_eq!(twilio.violations(), Vec::<String>::new());
+    assert_eq!(api.violations(), Vec::<String>::new());
+    app.stop().await;
+}
