@@ -196,6 +196,35 @@ async fn rust_log_trace_never_logs_metas_token_secret_number_or_code() {
         assert_eq!(e["type"], kind, "{e}\n{}", herald.logs());
     }
     assert_eq!(api.violations(), Vec::<String>::new());
+    // A signed status webhook and a refused one: the route logs neither body nor secret.
+    let logs = herald.logs();
+    let addr = logs
+        .lines()
+        .find(|l| l.contains("http listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.trim().to_owned())
+        .unwrap_or_else(|| panic!("no http address in the log:\n{logs}"));
+    let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": [
+            {"id": crate::helpers::meta_api::wamid(1), "status": "read", "recipient_id": "14155550123"}]}}]}]})
+    .to_string();
+    let signature = herald::receipts::meta::signature(b"meta-app-secret", body.as_bytes());
+    for signature in [signature.as_str(), "sha256=00"] {
+        let status = reqwest::Client::new()
+            .post(format!("http://{addr}/providers/meta/status"))
+            .header("X-Hub-Signature-256", signature)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(matches!(status.as_u16(), 200 | 401), "{status}");
+    }
+    let event = broker
+        .try_next_event(20)
+        .await
+        .unwrap_or_else(|| panic!("no receipt event\n{}", herald.logs()));
+    assert_eq!(event["type"], "gd_send_whatsapp_status", "{event}");
     assert_eq!(herald.terminate(), Some(0));
     let logs = herald.logs();
     assert!(logs.contains(" TRACE "), "RUST_LOG=trace was in effect");
