@@ -143,6 +143,7 @@ impl Application {
                 guard: guard.clone(),
                 auth: crate::http::auth::AuthLimiter::default(),
                 auth_failures: metrics.http.admin_auth_failures.clone(),
+                whatsapp: crate::http::admin::WhatsappTemplates::of(&config),
             },
             http_limits,
         )?;

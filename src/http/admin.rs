@@ -36,6 +36,34 @@ pub struct AdminState {
     pub auth: super::auth::AuthLimiter,
     /// `herald_admin_auth_failures_total{reason}`.
     pub auth_failures: prometheus::IntCounterVec,
+    /// What WhatsApp sends: Meta-approved templates, nothing herald edits (`whatsapp` of the list).
+    pub whatsapp: WhatsappTemplates,
+}
+
+/// The approved WhatsApp templates the configuration names, shown read-only (docs/providers/meta.md).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WhatsappTemplates {
+    /// `meta.template`; `""` when unset.
+    pub meta_template: String,
+    /// `meta.template_languages`, as Meta writes them.
+    pub meta_languages: Vec<String>,
+    /// `twilio.whatsapp_content_sid`; `""` when unset.
+    pub twilio_content_sid: String,
+}
+
+impl WhatsappTemplates {
+    pub fn of(config: &crate::config::Config) -> WhatsappTemplates {
+        WhatsappTemplates {
+            meta_template: config.meta.template.clone(),
+            meta_languages: config
+                .meta
+                .template_languages
+                .iter()
+                .map(|l| l.as_str().to_owned())
+                .collect(),
+            twilio_content_sid: config.twilio.whatsapp_content_sid.clone(),
+        }
+    }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -394,8 +422,17 @@ async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
         Ok(out)
     })
     .await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "templates": out, "default_locale": state.templates.default_locale().as_str() })))
+    let w = &state.whatsapp;
+    Ok(HttpResponse::Ok().json(json!({
+        "templates": out,
+        "default_locale": state.templates.default_locale().as_str(),
+        "whatsapp": {
+            "editable": false,
+            "note": "WhatsApp messages are templates Meta approved: herald sends the code into them and has nothing to edit",
+            "meta": { "template": w.meta_template, "languages": w.meta_languages },
+            "twilio": { "content_sid": w.twilio_content_sid },
+        },
+    })))
 }
 
 /// The template as it is on disk, read off the HTTP worker.

@@ -467,3 +467,60 @@ fn bench_runs_and_prints_the_table() {
         .collect();
     assert!(left.is_empty(), "left on the broker: {left:?}");
 }
+
+/// `herald send --channel whatsapp` publishes a WhatsApp job (the outbox takes it with nothing configured);
+/// `herald templates check` asks for no whatsapp template and refuses a file that claims to be one.
+#[tokio::test]
+async fn send_takes_the_whatsapp_channel_and_templates_check_asks_for_no_whatsapp_template() {
+    let broker = helpers::Broker::new(|_| {}).await;
+    let env = helpers::process_env(&broker.config);
+    let mut serve = helpers::HeraldProcess::start(&env);
+    let out = herald()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args([
+            "send",
+            "--channel",
+            "whatsapp",
+            "--to",
+            "+14155550123",
+            "--code",
+            "482913",
+            "--user",
+            "u1",
+            "--wait",
+            "--timeout",
+            "20s",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event: serde_json::Value = serde_json::from_str(stdout.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(event["type"], "gd_send_whatsapp", "{event}");
+    assert_eq!(serve.terminate(), Some(0));
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let (code, stderr) = check_dir(&shipped, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("whatsapp"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    helpers::copy_dir(&shipped, dir.path());
+    std::fs::create_dir_all(dir.path().join("whatsapp")).unwrap();
+    std::fs::write(
+        dir.path().join("whatsapp/second-factor-authentication.en.hbs"),
+        "{{code}}",
+    )
+    .unwrap();
+    let (code, stderr) = check_dir(dir.path(), &[]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("whatsapp/second-factor-authentication.en.hbs"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Meta approved"), "{stderr}");
+}

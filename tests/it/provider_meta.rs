@@ -197,6 +197,7 @@ async fn whatsapp_jobs_through_meta_end_in_whatsapp_events_with_metas_id_or_code
     assert_eq!(e["type"], "gd_send_whatsapp", "{e}");
     assert_eq!(e["provider"], "meta");
     assert_eq!(e["provider_message_id"], meta_api::wamid(1));
+    crate::receipts_meta::assert_documented_as(&e, "Event");
     api.then([Answer::Error(131026)]);
     app.publish(&job("whatsapp")).await;
     let e = app.next_event(20).await;
@@ -204,6 +205,7 @@ async fn whatsapp_jobs_through_meta_end_in_whatsapp_events_with_metas_id_or_code
     assert_eq!(e["type"], "gd_send_whatsapp_failure", "{e}");
     assert_eq!(e["error"]["code"], "provider_rejected");
     assert_eq!(e["error"]["provider_code"], "131026");
+    crate::receipts_meta::assert_documented_as(&e, "Event");
     assert_eq!(api.sent()[0], ("es".to_owned(), "482913".to_owned()));
     assert_eq!(api.violations(), Vec::<String>::new());
     let m = app.settled_metrics().await;

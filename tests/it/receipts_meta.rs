@@ -12,9 +12,14 @@ const CONTENT_SID: &str = "HX0123456789abcdef0123456789abcdef";
 
 /// A receipt event matches its schema in docs/asyncapi.yaml, and carries nothing personal.
 fn assert_documented(event: &Value) {
+    assert_documented_as(event, "StatusEvent");
+}
+
+/// `event` matches `schema` of docs/asyncapi.yaml, and carries nothing personal.
+pub fn assert_documented_as(event: &Value, schema: &str) {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/asyncapi.yaml")).unwrap();
     let doc: Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&doc).unwrap()).unwrap();
-    let schema = serde_json::json!({"$ref": "#/components/schemas/StatusEvent", "components": doc["components"]});
+    let schema = serde_json::json!({"$ref": format!("#/components/schemas/{schema}"), "components": doc["components"]});
     let validator = jsonschema::options()
         .should_validate_formats(true)
         .build(&schema)
