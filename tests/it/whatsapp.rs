@@ -104,3 +104,63 @@ async fn whatsapp_counts_against_the_phone_limits_with_sms() {
     assert_eq!(e["scope"], "recipient");
     app.stop().await;
 }
+
+/// The §12 guard budgets WhatsApp codes like SMS: unverified codes into one range go over its floor and
+/// are counted as suspected (monitor mode, the default: still sent).
+#[tokio::test]
+async fn the_fraud_guard_budgets_whatsapp_like_sms() {
+    let mut app = TestApp::spawn(|_| {}).await;
+    let jobs: Vec<_> = (0..12)
+        .map(|n| {
+            let mut j = job("whatsapp");
+            j["to"] = format!("+1415555{n:04}").into();
+            j["user_id"] = format!("user-{n}").into();
+            j
+        })
+        .collect();
+    app.publish_many(&jobs).await;
+    let events = app.events(jobs.len()).await;
+    assert!(events.iter().all(|e| e["type"] == "gd_send_whatsapp"), "{events:?}");
+    let m = app.settled_metrics().await;
+    let suspected: f64 = ["prefix", "country", "ip"]
+        .iter()
+        .map(|scope| {
+            metric(
+                &m,
+                &format!("gd_send_fraud_suspected_total{{channel=\"whatsapp\",mode=\"monitor\",scope=\"{scope}\"}}"),
+            )
+        })
+        .sum();
+    assert!(suspected >= 1.0, "{m}");
+    app.stop().await;
+}
+
+/// `[routing.whatsapp]` picks a chain by destination as for SMS; an expired WhatsApp job is never sent.
+#[tokio::test]
+async fn whatsapp_routes_by_destination_and_an_expired_job_is_not_sent() {
+    let (api, server) = crate::provider_meta::meta_api().await;
+    let mut app = TestApp::spawn(|c| {
+        c.meta = crate::provider_meta::config(&server.uri());
+        c.channels.whatsapp = Some(vec![herald::config::ProviderKind::Outbox]);
+        c.routing.whatsapp = [(
+            herald::numbering::Destination::parse("44").unwrap(),
+            vec![herald::config::ProviderKind::Meta],
+        )]
+        .into();
+    })
+    .await;
+    let mut uk = job("whatsapp");
+    uk["to"] = "+447700900123".into();
+    app.publish(&uk).await;
+    assert_eq!(app.next_event(20).await["provider"], "meta");
+    app.publish(&job("whatsapp")).await;
+    assert_eq!(app.next_event(20).await["provider"], "outbox");
+    let mut expired = uk.clone();
+    expired["id"] = uuid::Uuid::new_v4().to_string().into();
+    expired["expires_at"] = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339().into();
+    app.publish(&expired).await;
+    let e = app.next_event(20).await;
+    assert_eq!(e["error"]["code"], "expired", "{e}");
+    assert_eq!(api.served(), 1, "the expired code never reached Meta");
+    app.stop().await;
+}
