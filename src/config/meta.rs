@@ -100,7 +100,8 @@ impl super::Text for ApiVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Text;
+    use crate::config::{ApiVersion, Config, ProviderKind, Text};
+    use crate::job::{Channel, PhoneNumber};
 
     #[test]
     fn languages_and_versions_have_metas_shape() {
@@ -115,5 +116,63 @@ mod tests {
         for bad in ["23.0", "v23", "v.0", "v23.x", "latest"] {
             assert!(ApiVersion::parse_text(bad).is_err(), "{bad}");
         }
+    }
+    /// A whatsapp chain takes only providers that send WhatsApp templates (and the outbox); without one, the
+    /// channel uses the outbox (docs/providers/meta.md).
+    #[test]
+    fn whatsapp_chains_take_only_whatsapp_providers_and_default_to_the_outbox() {
+        let config = Config::load_from(None, Vec::<(String, String)>::new()).unwrap();
+        assert_eq!(config.chain(Channel::Whatsapp), [ProviderKind::Outbox]);
+        for provider in ["smtp", "vonage", "plivo", "sns", "infobip", "webhook"] {
+            for (var, key) in [
+                ("HERALD_CHANNELS__WHATSAPP", "channels.whatsapp"),
+                ("HERALD_ROUTING__WHATSAPP", "routing.whatsapp.44"),
+            ] {
+                let value = if var.starts_with("HERALD_ROUTING") {
+                    format!(r#"{{"44" = ["{provider}"]}}"#)
+                } else {
+                    format!(r#"["{provider}"]"#)
+                };
+                let err = Config::load_from(None, [(var.to_owned(), value)])
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(&format!("`{key}`: {provider} does not deliver whatsapp")),
+                    "{var}: {err}"
+                );
+            }
+        }
+        let routed = Config::load_from(
+            None,
+            [(
+                "HERALD_ROUTING__WHATSAPP".to_owned(),
+                r#"{"44" = ["outbox"]}"#.to_owned(),
+            )],
+        )
+        .unwrap();
+        assert!(routed.routing.routes(Channel::Whatsapp).unwrap().len() == 1);
+    }
+
+    /// `[meta]` and Twilio's WhatsApp keys through `to_env` and back; a Meta-shaped language list from the
+    /// environment.
+    #[test]
+    fn meta_and_twilio_whatsapp_keys_round_trip_through_the_environment() {
+        let mut config = Config::default();
+        config.meta.phone_number_id = "106540352242922".into();
+        config.meta.access_token = Secret::new("EAAJB-token");
+        config.meta.app_secret = Secret::new("app-secret");
+        config.meta.template = "acme_auth".into();
+        config.meta.template_languages = ["en_US", "pt_BR", "es"].map(|l| MetaLanguage::parse(l).unwrap()).into();
+        config.meta.api_version = ApiVersion::parse_text("v21.0").unwrap();
+        config.meta.status_callback_verify_token = Secret::new("verify");
+        config.twilio.whatsapp_from = Some(PhoneNumber::parse("+15005550007").unwrap());
+        config.twilio.whatsapp_content_sid = "HX0123456789abcdef0123456789abcdef".into();
+        config.channels.whatsapp = Some(vec![ProviderKind::Meta]);
+        let env = config.to_env().unwrap();
+        assert_eq!(Config::load_from(None, env).unwrap(), config);
+        let err = Config::load_from(None, [("HERALD_META__API_VERSION".to_owned(), "latest".to_owned())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("meta.api_version"), "{err}");
     }
 }

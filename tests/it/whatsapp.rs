@@ -2,7 +2,10 @@
 //! goes to the outbox with the code as its body, its events and metrics are WhatsApp's own, and it counts
 //! against the phone limits like SMS.
 
-use crate::helpers::{TestApp, assert_event_shape, job, metric};
+use std::path::Path;
+use std::process::Command;
+
+use crate::helpers::{self, TestApp, assert_event_shape, job, metric};
 use herald::config::{Rate, Text, ThrottleConfig};
 
 #[tokio::test]
@@ -163,4 +166,83 @@ async fn whatsapp_routes_by_destination_and_an_expired_job_is_not_sent() {
     assert_eq!(e["error"]["code"], "expired", "{e}");
     assert_eq!(api.served(), 1, "the expired code never reached Meta");
     app.stop().await;
+}
+
+fn herald_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    // Only what a test sets: no HERALD_* from the developer's shell.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HERALD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// `herald templates check` on `dir`: its exit code and stderr.
+fn templates_check(dir: &Path, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = herald_command()
+        .args(["templates", "check"])
+        .env("HERALD_TEMPLATES__DIR", dir)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `herald send --channel whatsapp` publishes a WhatsApp job (the outbox takes it with nothing configured);
+/// `herald templates check` asks for no whatsapp template and refuses a file that claims to be one.
+#[tokio::test]
+async fn send_takes_the_whatsapp_channel_and_templates_check_asks_for_no_whatsapp_template() {
+    let broker = helpers::Broker::new(|_| {}).await;
+    let env = helpers::process_env(&broker.config);
+    let mut serve = helpers::HeraldProcess::start(&env);
+    let out = herald_command()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args([
+            "send",
+            "--channel",
+            "whatsapp",
+            "--to",
+            "+14155550123",
+            "--code",
+            "482913",
+            "--user",
+            "u1",
+            "--wait",
+            "--timeout",
+            "20s",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event: serde_json::Value = serde_json::from_str(stdout.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(event["type"], "gd_send_whatsapp", "{event}");
+    assert_eq!(serve.terminate(), Some(0));
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let (code, stderr) = templates_check(&shipped, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("whatsapp"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    helpers::copy_dir(&shipped, dir.path());
+    std::fs::create_dir_all(dir.path().join("whatsapp")).unwrap();
+    std::fs::write(
+        dir.path().join("whatsapp/second-factor-authentication.en.hbs"),
+        "{{code}}",
+    )
+    .unwrap();
+    let (code, stderr) = templates_check(dir.path(), &[]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("whatsapp/second-factor-authentication.en.hbs"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Meta approved"), "{stderr}");
 }
