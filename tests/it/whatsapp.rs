@@ -145,11 +145,8 @@ async fn whatsapp_routes_by_destination_and_an_expired_job_is_not_sent() {
     let mut app = TestApp::spawn(|c| {
         c.meta = crate::provider_meta::config(&server.uri());
         c.channels.whatsapp = Some(vec![herald::config::ProviderKind::Outbox]);
-        c.routing.whatsapp = [(
-            herald::numbering::Destination::parse("44").unwrap(),
-            vec![herald::config::ProviderKind::Meta],
-        )]
-        .into();
+        // As an operator writes it (`[routing.whatsapp] "44" = ["meta"]`).
+        c.routing.whatsapp = serde_json::from_value(serde_json::json!({"44": ["meta"]})).unwrap();
     })
     .await;
     let mut uk = job("whatsapp");
