@@ -67,7 +67,7 @@ async fn an_authentication_template_carries_the_code_in_its_body_and_button_with
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests[0].url.path(), format!("/v23.0/{NUMBER_ID}/messages"));
     let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
-    // Field by field, as §14 writes it (the server checked the shape; this pins the values).
+    // Field by field, as docs/providers/meta.md writes it (the server checked the shape; this pins the values).
     assert_eq!(
         body,
         serde_json::json!({

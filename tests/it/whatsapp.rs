@@ -108,7 +108,7 @@ async fn whatsapp_counts_against_the_phone_limits_with_sms() {
     app.stop().await;
 }
 
-/// The §12 guard budgets WhatsApp codes like SMS: unverified codes into one range go over its floor and
+/// The toll-fraud guard (docs/fraud-and-limits.md) budgets WhatsApp codes like SMS: unverified codes into one range go over its floor and
 /// are counted as suspected (monitor mode, the default: still sent).
 #[tokio::test]
 async fn the_fraud_guard_budgets_whatsapp_like_sms() {
