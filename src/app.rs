@@ -143,6 +143,7 @@ impl Application {
                 guard: guard.clone(),
                 auth: crate::http::auth::AuthLimiter::default(),
                 auth_failures: metrics.http.admin_auth_failures.clone(),
+                whatsapp: crate::http::admin::WhatsappTemplates::of(&config),
             },
             http_limits,
         )?;
@@ -303,6 +304,11 @@ fn build_routes(config: &Config) -> anyhow::Result<Routes> {
             }
             ProviderKind::Vonage => Arc::new(Vonage::new(&config.vonage, client.clone())?),
             ProviderKind::Plivo => Arc::new(Plivo::new(&config.plivo, client.clone())?),
+            ProviderKind::Meta => Arc::new(crate::providers::meta::Meta::new(
+                &config.meta,
+                &config.templates.default_locale,
+                client.clone(),
+            )?),
             ProviderKind::Infobip => Arc::new(Infobip::new(
                 &config.infobip,
                 &config.templates.default_locale,

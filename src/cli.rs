@@ -65,10 +65,10 @@ pub enum TemplatesCommand {
 
 #[derive(Args, Debug)]
 pub struct SendArgs {
-    /// sms, voice or email.
+    /// sms, voice, email or whatsapp.
     #[arg(long)]
     pub channel: String,
-    /// E.164 number (sms, voice) or email address.
+    /// E.164 number (sms, voice, whatsapp) or email address.
     #[arg(long)]
     pub to: String,
     /// The one-time code (4-10 digits).

@@ -5,6 +5,7 @@
 
 mod env;
 mod error;
+mod meta;
 pub mod smtp;
 mod values;
 mod warnings;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::var_name;
 pub use error::{ConfigError, Problem};
+pub use meta::{ApiVersion, MetaConfig, MetaLanguage, NotAMetaLanguage, NotAnApiVersion};
 pub use values::{
     AmqpUrl, AmqpUrlError, DurationError, HttpUrl, HttpUrlError, HumanDuration, ProviderKind, Rate, RateError,
     RetrySchedule, Secret, SmtpUrl, Text, WebhookKey, WebhookKeyError,
@@ -65,6 +67,8 @@ pub struct Config {
     pub plivo: PlivoConfig,
     pub infobip: InfobipConfig,
     pub sns: SnsConfig,
+    /// WhatsApp Cloud API (docs/providers/meta.md).
+    pub meta: MetaConfig,
     pub smtp: SmtpConfig,
     pub webhook: WebhookConfig,
     pub outbox: OutboxConfig,
@@ -188,6 +192,8 @@ pub struct ChannelsConfig {
     pub sms: Option<Vec<ProviderKind>>,
     pub voice: Option<Vec<ProviderKind>>,
     pub email: Option<Vec<ProviderKind>>,
+    /// WhatsApp authentication messages (docs/providers/meta.md): `meta`, `twilio` or both as a chain.
+    pub whatsapp: Option<Vec<ProviderKind>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -206,6 +212,12 @@ pub struct TwilioConfig {
     /// no receipts.
     #[serde(with = "blank_is_none", default)]
     pub status_callback_url: Option<HttpUrl>,
+    /// The WhatsApp sender (E.164, registered with Twilio), sent as `From=whatsapp:…`; `""` = unset.
+    #[serde(with = "blank_is_none", default)]
+    pub whatsapp_from: Option<PhoneNumber>,
+    /// The Content SID (`HX…`) of the approved WhatsApp authentication template; `""` = unset.
+    #[serde(default)]
+    pub whatsapp_content_sid: String,
 }
 
 /// `[routing.sms]` / `[routing.voice]`: a destination (calling code `"44"`, longer prefix `"1876"` or region
@@ -226,6 +238,12 @@ pub struct RoutingConfig {
         deserialize_with = "unique_destinations"
     )]
     pub voice: BTreeMap<Destination, Vec<ProviderKind>>,
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "unique_destinations"
+    )]
+    pub whatsapp: BTreeMap<Destination, Vec<ProviderKind>>,
 }
 
 /// A routing table whose keys name each destination once: `JM` and `jm` (or `"44"` and `44`) are one
@@ -261,6 +279,7 @@ impl RoutingConfig {
         match channel {
             Channel::Sms => Some(&self.sms),
             Channel::Voice => Some(&self.voice),
+            Channel::Whatsapp => Some(&self.whatsapp),
             Channel::Email => None,
         }
     }
@@ -811,6 +830,17 @@ impl Config {
                         "required for voice calls through twilio",
                     ));
                 }
+                if channel == Channel::Whatsapp {
+                    required(self.twilio.whatsapp_from.is_some(), "whatsapp_from")?;
+                    let sid = &self.twilio.whatsapp_content_sid;
+                    required(!sid.is_empty(), "whatsapp_content_sid")?;
+                    if !(sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit())) {
+                        return Err(ConfigError::key(
+                            "twilio.whatsapp_content_sid",
+                            "must be a Content SID: HX and 32 hex digits",
+                        ));
+                    }
+                }
                 if channel == Channel::Sms && self.twilio.from.is_none() && self.twilio.messaging_service_sid.is_empty()
                 {
                     return Err(ConfigError::key(
@@ -835,6 +865,12 @@ impl Config {
                 required(!self.infobip.api_key.is_blank(), "api_key")?;
                 required(!self.infobip.from.is_empty(), "from")?;
                 required(self.infobip.base_url.is_some(), "base_url")
+            }
+            ProviderKind::Meta => {
+                required(!self.meta.phone_number_id.is_empty(), "phone_number_id")?;
+                required(!self.meta.access_token.is_blank(), "access_token")?;
+                required(!self.meta.template.trim().is_empty(), "template")?;
+                required(!self.meta.template_languages.is_empty(), "template_languages")
             }
             ProviderKind::Sns => {
                 required(!self.sns.region.is_empty(), "region")?;
@@ -869,6 +905,12 @@ impl Config {
                 (!self.twilio.account_sid.is_empty()).then_some(ProviderKind::Twilio),
             ),
             Channel::Email => (&self.channels.email, self.smtp.url.as_ref().map(|_| ProviderKind::Smtp)),
+            // Twilio's credentials alone do not make a WhatsApp sender (it needs an approved Content
+            // template); Meta's number does.
+            Channel::Whatsapp => (
+                &self.channels.whatsapp,
+                (!self.meta.phone_number_id.is_empty()).then_some(ProviderKind::Meta),
+            ),
         };
         match explicit {
             Some(chain) => chain.clone(),

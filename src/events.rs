@@ -124,6 +124,8 @@ pub enum EventType {
     GdSendVoiceFailure,
     GdSendEmail,
     GdSendEmailFailure,
+    GdSendWhatsapp,
+    GdSendWhatsappFailure,
 }
 
 impl EventType {
@@ -135,6 +137,8 @@ impl EventType {
             (Channel::Voice, false) => EventType::GdSendVoiceFailure,
             (Channel::Email, true) => EventType::GdSendEmail,
             (Channel::Email, false) => EventType::GdSendEmailFailure,
+            (Channel::Whatsapp, true) => EventType::GdSendWhatsapp,
+            (Channel::Whatsapp, false) => EventType::GdSendWhatsappFailure,
         }
     }
 
@@ -146,6 +150,8 @@ impl EventType {
             EventType::GdSendVoiceFailure => "gd_send_voice_failure",
             EventType::GdSendEmail => "gd_send_email",
             EventType::GdSendEmailFailure => "gd_send_email_failure",
+            EventType::GdSendWhatsapp => "gd_send_whatsapp",
+            EventType::GdSendWhatsappFailure => "gd_send_whatsapp_failure",
         }
     }
 
@@ -157,6 +163,8 @@ impl EventType {
             EventType::GdSendVoiceFailure => "Voice call failed",
             EventType::GdSendEmail => "Email sent",
             EventType::GdSendEmailFailure => "Email delivery failed",
+            EventType::GdSendWhatsapp => "WhatsApp message sent",
+            EventType::GdSendWhatsappFailure => "WhatsApp delivery failed",
         }
     }
 }

@@ -26,16 +26,20 @@ pub enum Channel {
     Sms,
     Voice,
     Email,
+    /// WhatsApp authentication messages (docs/providers/meta.md): herald sends the code into a template
+    /// Meta approved, it renders none.
+    Whatsapp,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Sms, Channel::Voice, Channel::Email];
+    pub const ALL: [Channel; 4] = [Channel::Sms, Channel::Voice, Channel::Email, Channel::Whatsapp];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Sms => "sms",
             Channel::Voice => "voice",
             Channel::Email => "email",
+            Channel::Whatsapp => "whatsapp",
         }
     }
 
@@ -50,6 +54,7 @@ pub struct PerChannel<T> {
     pub sms: T,
     pub voice: T,
     pub email: T,
+    pub whatsapp: T,
 }
 
 impl<T> PerChannel<T> {
@@ -59,6 +64,7 @@ impl<T> PerChannel<T> {
             sms: f(Channel::Sms),
             voice: f(Channel::Voice),
             email: f(Channel::Email),
+            whatsapp: f(Channel::Whatsapp),
         }
     }
 
@@ -68,6 +74,7 @@ impl<T> PerChannel<T> {
             sms: f(Channel::Sms)?,
             voice: f(Channel::Voice)?,
             email: f(Channel::Email)?,
+            whatsapp: f(Channel::Whatsapp)?,
         })
     }
 
@@ -76,6 +83,7 @@ impl<T> PerChannel<T> {
             Channel::Sms => &self.sms,
             Channel::Voice => &self.voice,
             Channel::Email => &self.email,
+            Channel::Whatsapp => &self.whatsapp,
         }
     }
 
@@ -84,6 +92,7 @@ impl<T> PerChannel<T> {
             Channel::Sms => &mut self.sms,
             Channel::Voice => &mut self.voice,
             Channel::Email => &mut self.email,
+            Channel::Whatsapp => &mut self.whatsapp,
         }
     }
 }
@@ -572,7 +581,7 @@ pub enum FieldError {
     Missing(&'static str),
     #[error("field `id` must be 1 to {MAX_ID} printable ASCII characters, no spaces")]
     Id,
-    #[error("field `channel`: unknown channel (sms, voice or email)")]
+    #[error("field `channel`: unknown channel (sms, voice, email or whatsapp)")]
     Channel,
     #[error("field `to` {0}")]
     Phone(#[source] PhoneNumberError),
@@ -734,7 +743,9 @@ impl Job {
         let channel = Channel::parse(req_str("channel", &raw.channel)?).ok_or(FieldError::Channel)?;
         let to_s = req_str("to", &raw.to)?;
         let to = match channel {
-            Channel::Sms | Channel::Voice => Recipient::Phone(PhoneNumber::parse(to_s).map_err(FieldError::Phone)?),
+            Channel::Sms | Channel::Voice | Channel::Whatsapp => {
+                Recipient::Phone(PhoneNumber::parse(to_s).map_err(FieldError::Phone)?)
+            }
             Channel::Email => Recipient::Email(EmailAddress::parse(to_s).map_err(FieldError::Email)?),
         };
         let code = OtpCode::parse(req_str("code", &raw.code)?).map_err(FieldError::Code)?;

@@ -116,7 +116,7 @@ fn checks(config: &ThrottleConfig, job: &Job) -> Vec<(Limit, String)> {
     let mut out = Vec::with_capacity(6);
     let user = &job.user_id;
     match job.channel {
-        Channel::Sms => out.push((Limit::UserPhone, user.clone())),
+        Channel::Sms | Channel::Whatsapp => out.push((Limit::UserPhone, user.clone())),
         Channel::Voice => {
             out.push((Limit::UserVoice, user.clone()));
             out.push((Limit::UserPhone, user.clone()));

@@ -121,10 +121,12 @@ pub enum ProviderKind {
     Sns,
     Infobip,
     Plivo,
+    /// WhatsApp Cloud API.
+    Meta,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 8] = [
+    pub const ALL: [ProviderKind; 9] = [
         ProviderKind::Twilio,
         ProviderKind::Smtp,
         ProviderKind::Webhook,
@@ -133,6 +135,7 @@ impl ProviderKind {
         ProviderKind::Sns,
         ProviderKind::Infobip,
         ProviderKind::Plivo,
+        ProviderKind::Meta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -145,16 +148,21 @@ impl ProviderKind {
             ProviderKind::Sns => "sns",
             ProviderKind::Infobip => "infobip",
             ProviderKind::Plivo => "plivo",
+            ProviderKind::Meta => "meta",
         }
     }
 
     /// Whether this provider can deliver on `channel` at all (a chain naming it elsewhere is a config error).
     pub fn delivers(self, channel: Channel) -> bool {
         match self {
-            ProviderKind::Webhook | ProviderKind::Outbox => true,
+            ProviderKind::Outbox => true,
+            // The custom provider's body mirrors Auth0's sms/voice/email message: no WhatsApp form.
+            ProviderKind::Webhook => channel != Channel::Whatsapp,
             ProviderKind::Smtp => channel == Channel::Email,
-            ProviderKind::Twilio | ProviderKind::Infobip => channel != Channel::Email,
+            ProviderKind::Twilio => channel != Channel::Email,
+            ProviderKind::Infobip => matches!(channel, Channel::Sms | Channel::Voice),
             ProviderKind::Vonage | ProviderKind::Sns | ProviderKind::Plivo => channel == Channel::Sms,
+            ProviderKind::Meta => channel == Channel::Whatsapp,
         }
     }
 }

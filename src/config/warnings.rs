@@ -135,7 +135,7 @@ impl Config {
         let used: std::collections::BTreeSet<ProviderKind> =
             self.chains().into_iter().flat_map(|(_, _, kinds)| kinds).collect();
         let http_url = |url: &Option<HttpUrl>| url.as_ref().map(|u| u.as_url().clone());
-        let urls: [(&str, ProviderKind, Option<url::Url>); 6] = [
+        let urls: [(&str, ProviderKind, Option<url::Url>); 7] = [
             (
                 "twilio.base_url",
                 ProviderKind::Twilio,
@@ -157,6 +157,11 @@ impl Config {
                 http_url(&self.infobip.base_url),
             ),
             ("sns.base_url", ProviderKind::Sns, http_url(&self.sns.base_url)),
+            (
+                "meta.base_url",
+                ProviderKind::Meta,
+                Some(self.meta.base_url.as_url().clone()),
+            ),
             ("webhook.url", ProviderKind::Webhook, http_url(&self.webhook.url)),
         ];
         for (key, kind, url) in urls {

@@ -36,6 +36,34 @@ pub struct AdminState {
     pub auth: super::auth::AuthLimiter,
     /// `herald_admin_auth_failures_total{reason}`.
     pub auth_failures: prometheus::IntCounterVec,
+    /// What WhatsApp sends: Meta-approved templates, nothing herald edits (`whatsapp` of the list).
+    pub whatsapp: WhatsappTemplates,
+}
+
+/// The approved WhatsApp templates the configuration names, shown read-only (docs/providers/meta.md).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WhatsappTemplates {
+    /// `meta.template`; `""` when unset.
+    pub meta_template: String,
+    /// `meta.template_languages`, as Meta writes them.
+    pub meta_languages: Vec<String>,
+    /// `twilio.whatsapp_content_sid`; `""` when unset.
+    pub twilio_content_sid: String,
+}
+
+impl WhatsappTemplates {
+    pub fn of(config: &crate::config::Config) -> WhatsappTemplates {
+        WhatsappTemplates {
+            meta_template: config.meta.template.clone(),
+            meta_languages: config
+                .meta
+                .template_languages
+                .iter()
+                .map(|l| l.as_str().to_owned())
+                .collect(),
+            twilio_content_sid: config.twilio.whatsapp_content_sid.clone(),
+        }
+    }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -267,12 +295,19 @@ fn authorize(req: &HttpRequest, state: &AdminState) -> Result<(), &'static str> 
 /// Channel, action and locale from the path (or a body), each checked: nothing unchecked reaches a
 /// file name, so `../`, absolute paths and NUL cannot.
 fn template_id(channel: &str, action: &str, locale: &str) -> Result<TemplateId, ApiError> {
-    let channel = Channel::parse(channel).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "unknown channel `{}` (sms, voice or email)",
-            channel.escape_debug()
-        ))
-    })?;
+    let channel = Channel::parse(channel)
+        .filter(|c| *c != Channel::Whatsapp)
+        .ok_or_else(|| {
+            if channel == Channel::Whatsapp.as_str() {
+                return ApiError::BadRequest(
+                    "whatsapp messages are templates Meta approved (meta.template): herald has none to edit".into(),
+                );
+            }
+            ApiError::BadRequest(format!(
+                "unknown channel `{}` (sms, voice or email)",
+                channel.escape_debug()
+            ))
+        })?;
     let action = Action::parse(action).ok_or_else(|| {
         ApiError::BadRequest(format!(
             "unknown action `{}` (enrollment or second-factor-authentication)",
@@ -387,8 +422,17 @@ async fn list(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
         Ok(out)
     })
     .await?;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "templates": out, "default_locale": state.templates.default_locale().as_str() })))
+    let w = &state.whatsapp;
+    Ok(HttpResponse::Ok().json(json!({
+        "templates": out,
+        "default_locale": state.templates.default_locale().as_str(),
+        "whatsapp": {
+            "editable": false,
+            "note": "WhatsApp messages are templates Meta approved: herald sends the code into them and has nothing to edit",
+            "meta": { "template": w.meta_template, "languages": w.meta_languages },
+            "twilio": { "content_sid": w.twilio_content_sid },
+        },
+    })))
 }
 
 /// The template as it is on disk, read off the HTTP worker.
@@ -650,6 +694,8 @@ fn describe_rendered(previewed: &Previewed, id: &TemplateId, default_locale: &cr
         Rendered::Email { subject, text, html } => {
             json!({ "email": { "subject": subject, "text": text, "html": html } })
         }
+        // Never previewed: `template_id` refuses the channel.
+        Rendered::Whatsapp => json!({}),
     };
     out["channel"] = id.channel.as_str().into();
     out["locale"] = id.locale.as_str().into();
@@ -672,7 +718,7 @@ fn warnings(previewed: &Previewed) -> Vec<String> {
                 );
             }
         }
-        Rendered::Voice { .. } | Rendered::Email { .. } => {}
+        Rendered::Voice { .. } | Rendered::Email { .. } | Rendered::Whatsapp => {}
     }
     out
 }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 pub mod limits;
+pub mod meta;
 pub mod receipts;
 pub mod reports;
 
@@ -276,6 +277,7 @@ pub fn serve(
             .configure(admin::routes)
             .configure(receipts::routes)
             .configure(reports::routes)
+            .configure(meta::routes)
     })
     .on_connect(move |io, extensions| {
         // `listen` takes TCP listeners only.

@@ -177,7 +177,9 @@ async fn twilio_status(req: HttpRequest, payload: web::Payload, data: web::Data<
     }
     // It moves only a message of that channel (the state checks the sid's own channel): a message's
     // status on a call, the reverse, or a call's status for an SMS sid is ignored.
-    let status = status.and_then(Status::parse).map(vocabulary);
+    // A message's `read` (WhatsApp's read receipt, which may come without `delivered`) is delivered.
+    let read_is_delivered = |s: Status| if s == Status::Read { Status::Delivered } else { s };
+    let status = status.and_then(Status::parse).map(read_is_delivered).map(vocabulary);
     let error_code = field("ErrorCode").filter(|c| !c.is_empty()).map(str::to_owned);
     let sid = sid.to_owned();
     answer(provider, receipts.apply(provider, &sid, status, error_code).await)

@@ -76,6 +76,12 @@ impl ProviderCode {
         (basic_ok && enhanced_ok).then(|| ProviderCode(reply.to_owned()))
     }
 
+    /// Meta's Graph API error `code`: an integer of its table (`100`, `190`, `130429`, `131026`), at most six
+    /// digits.
+    pub fn meta(code: u64) -> ProviderCode {
+        ProviderCode(code.min(999_999).to_string())
+    }
+
     /// An HTTP status, for the providers whose code it is (Plivo, the webhook).
     pub fn http_status(status: StatusCode) -> ProviderCode {
         ProviderCode(status.as_u16().to_string())

@@ -287,8 +287,8 @@ impl Provider for Infobip {
                 message.insert("language".into(), json!(language));
                 self.post(&self.tts_url, to, message).await
             }
-            Rendered::Email { .. } => Err(ProviderError::Permanent {
-                message: "infobip cannot deliver email".into(),
+            Rendered::Email { .. } | Rendered::Whatsapp => Err(ProviderError::Permanent {
+                message: format!("infobip cannot deliver {}", job.channel.as_str()),
                 provider_code: None,
             }),
         }

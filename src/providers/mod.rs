@@ -10,6 +10,7 @@ mod code;
 pub mod connector;
 pub mod http;
 pub mod infobip;
+pub mod meta;
 pub mod outbox;
 pub mod plivo;
 pub mod smtp;
@@ -254,7 +255,7 @@ pub fn phone_of(job: &Job, provider: ProviderKind) -> Result<&PhoneNumber, Provi
 pub fn sms_of(message: &Rendered, provider: ProviderKind) -> Result<&str, ProviderError> {
     match message {
         Rendered::Sms { body } => Ok(body),
-        Rendered::Voice { .. } | Rendered::Email { .. } => Err(ProviderError::Permanent {
+        Rendered::Voice { .. } | Rendered::Email { .. } | Rendered::Whatsapp => Err(ProviderError::Permanent {
             message: format!("{provider} delivers SMS only"),
             provider_code: None,
         }),

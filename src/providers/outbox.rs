@@ -50,6 +50,8 @@ impl Provider for Outbox {
     async fn send(&self, job: &Job, message: &Rendered, _validity: Validity) -> Result<Receipt, ProviderError> {
         let (subject, body, html) = match message {
             Rendered::Sms { body } => (None, Cow::Borrowed(body.as_str()), None),
+            // What a WhatsApp authentication template would carry: the code.
+            Rendered::Whatsapp => (None, Cow::Borrowed(job.code.expose()), None),
             Rendered::Voice { text, .. } => (None, Cow::Owned(text.replace(PAUSE, " … ")), None),
             Rendered::Email { subject, text, html } => (
                 Some(subject.as_str()),

@@ -24,6 +24,9 @@ pub struct Twilio {
     authorization: HeaderValue,
     from: String,
     messaging_service_sid: String,
+    /// `whatsapp:` and `twilio.whatsapp_from`, empty when unset.
+    whatsapp_from: String,
+    whatsapp_content_sid: String,
     /// `twilio.status_callback_url`: sent with every message and call when set (docs/receipts.md).
     status_callback: Option<String>,
     /// What `<Say>` speaks when Twilio cannot speak a template's locale: `templates.default_locale`'s voice.
@@ -76,6 +79,11 @@ impl Twilio {
             authorization,
             from: config.from.as_ref().map_or_else(String::new, |n| n.expose().to_owned()),
             messaging_service_sid: config.messaging_service_sid.clone(),
+            whatsapp_from: config
+                .whatsapp_from
+                .as_ref()
+                .map_or_else(String::new, |n| format!("whatsapp:{}", n.expose())),
+            whatsapp_content_sid: config.whatsapp_content_sid.clone(),
             status_callback: config
                 .status_callback_url
                 .as_ref()
@@ -166,8 +174,26 @@ impl Provider for Twilio {
                 ];
                 self.post(&self.calls_url, &self.with_status_callback(&form)).await
             }
+            // The approved WhatsApp template (Content API) with the code as its variable `1`; a WhatsApp
+            // message is a Message, with the same validity and StatusCallback.
+            Rendered::Whatsapp => {
+                let seconds = validity
+                    .clamped(VALIDITY_RANGE.0, VALIDITY_RANGE.1)
+                    .as_secs()
+                    .to_string();
+                let to = format!("whatsapp:{}", job.to.expose());
+                let variables = serde_json::json!({ "1": job.code.expose() }).to_string();
+                let form = [
+                    ("To", to.as_str()),
+                    ("From", self.whatsapp_from.as_str()),
+                    ("ContentSid", self.whatsapp_content_sid.as_str()),
+                    ("ContentVariables", variables.as_str()),
+                    ("ValidityPeriod", seconds.as_str()),
+                ];
+                self.post(&self.messages_url, &self.with_status_callback(&form)).await
+            }
             Rendered::Email { .. } => Err(ProviderError::Permanent {
-                message: "twilio cannot deliver email".into(),
+                message: format!("twilio cannot deliver {}", job.channel.as_str()),
                 provider_code: None,
             }),
         }
@@ -256,6 +282,14 @@ pub const ERROR_CLASSES: &[(u32, Class)] = &[
     (30032, Class::NextProvider), // Toll-free number has not been verified
     (30034, Class::NextProvider), // US A2P 10DLC: message from an unregistered number
     (30410, Class::Transient),    // Provider timeout
+    // WhatsApp (63xxx, https://www.twilio.com/docs/whatsapp/api/error-codes).
+    (63003, Class::Permanent),    // Channel could not find the To address: not on WhatsApp
+    (63005, Class::NextProvider), // Channel did not accept the content (the sender's template)
+    (63007, Class::NextProvider), // No Channel with the From address: herald's sender
+    (63018, Class::Transient),    // Rate limit exceeded for the channel
+    (63024, Class::Permanent),    // Invalid message recipient
+    (63027, Class::NextProvider), // Template does not exist for a language and locale
+    (63112, Class::NextProvider), // Meta disabled the business account
 ];
 
 /// A failed answer, by its Twilio error code when [`ERROR_CLASSES`] has it, else by its HTTP status:
@@ -511,6 +545,13 @@ mod tests {
             (30032, NextProvider),
             (30034, NextProvider),
             (30410, Transient),
+            (63003, Permanent),
+            (63005, NextProvider),
+            (63007, NextProvider),
+            (63018, Transient),
+            (63024, Permanent),
+            (63027, NextProvider),
+            (63112, NextProvider),
         ];
         assert_eq!(expected.len(), ERROR_CLASSES.len(), "every row of the table is checked");
         for (code, class) in expected {

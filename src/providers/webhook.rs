@@ -52,7 +52,10 @@ impl Webhook {
             "recipient": job.to.expose(),
         });
         match message {
+            // Config keeps webhook out of whatsapp chains (`ProviderKind::delivers`); a hand-built one
+            // hears the code.
             Rendered::Sms { body } => options["text"] = body.as_str().into(),
+            Rendered::Whatsapp => options["text"] = job.code.expose().into(),
             Rendered::Voice { text, .. } => options["text"] = text.replace(PAUSE, " ").into(),
             Rendered::Email { subject, text, html } => {
                 options["text"] = text.as_str().into();

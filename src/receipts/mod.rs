@@ -6,6 +6,7 @@
 //!
 //! Nothing here is on the job path: a sent message is recorded in a task of its own.
 
+pub mod meta;
 pub mod providers;
 mod publish;
 pub mod state;
@@ -41,6 +42,7 @@ pub const PENDING_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), D
 /// Event types of final receipts, also their routing keys on `herald.events`.
 pub const SMS_STATUS: &str = "gd_send_sms_status";
 pub const VOICE_STATUS: &str = "gd_send_voice_status";
+pub const WHATSAPP_STATUS: &str = "gd_send_whatsapp_status";
 
 /// The providers with a receipt route, and how each names a message in its callbacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub enum ReceiptProvider {
     Plivo,
     /// By the `messageId` of the send, in its reports too.
     Infobip,
+    /// By the `wamid` of the send (`messages[0].id`), `statuses[].id` in its webhooks.
+    Meta,
 }
 
 impl ReceiptProvider {
@@ -65,6 +69,7 @@ impl ReceiptProvider {
             ReceiptProvider::Vonage => "vonage",
             ReceiptProvider::Plivo => "plivo",
             ReceiptProvider::Infobip => "infobip",
+            ReceiptProvider::Meta => "meta",
         }
     }
 
@@ -233,7 +238,7 @@ impl ReceiptMetrics {
         .expect("valid metric");
         registry.register(Box::new(lost.clone())).expect("unique metric name");
         // Present at 0 from the start, so that rate() and absent-based alerts see the first one.
-        for provider in ["twilio", "webhook", "vonage", "plivo", "infobip"] {
+        for provider in ["twilio", "webhook", "vonage", "plivo", "infobip", "meta"] {
             for result in ["final", "intermediate", "unknown"] {
                 callbacks.with_label_values(&[provider, result]);
             }
@@ -287,6 +292,13 @@ pub struct VonageReceipts {
     pub url_query: Vec<(String, String)>,
 }
 
+/// Meta's side: the app secret its webhooks are signed with, and the token of its subscription handshake.
+#[derive(Clone)]
+pub struct MetaReceipts {
+    pub app_secret: Secret,
+    pub verify_token: Secret,
+}
+
 /// Plivo's side: the URL it calls back (its V3 signatures cover it) and the auth token that keys them.
 #[derive(Clone)]
 pub struct PlivoReceipts {
@@ -312,6 +324,8 @@ pub struct Receipts {
     pub plivo: Option<PlivoReceipts>,
     /// `infobip.status_token`, set when `infobip.status_callback_url` is (with a token).
     pub infobip: Option<Secret>,
+    /// Set when `meta.app_secret` is: Meta's webhooks are configured in its app, not per message.
+    pub meta: Option<MetaReceipts>,
     sink: Option<Arc<dyn ReceiptSink>>,
     /// The runtime that state operations run on (HTTP handlers run on actix's own).
     runtime: tokio::runtime::Handle,
@@ -411,6 +425,10 @@ impl Receipts {
                 .as_ref()
                 .filter(|_| !config.infobip.status_token.is_blank())
                 .map(|_| config.infobip.status_token.clone()),
+            meta: (!config.meta.app_secret.is_blank()).then(|| MetaReceipts {
+                app_secret: config.meta.app_secret.clone(),
+                verify_token: config.meta.status_callback_verify_token.clone(),
+            }),
             sink: None,
             runtime: tokio::runtime::Handle::current(),
             bad_signatures: RateLimitedWarning::default(),
@@ -452,6 +470,7 @@ impl Receipts {
             ProviderKind::Vonage if self.vonage.is_some() => Some(ReceiptProvider::Vonage),
             ProviderKind::Plivo if self.plivo.is_some() => Some(ReceiptProvider::Plivo),
             ProviderKind::Infobip if self.infobip.is_some() => Some(ReceiptProvider::Infobip),
+            ProviderKind::Meta if self.meta.is_some() => Some(ReceiptProvider::Meta),
             _ => None,
         }
     }
@@ -467,12 +486,14 @@ impl Receipts {
             return;
         };
         let id = match route {
-            ReceiptProvider::Twilio | ReceiptProvider::Vonage | ReceiptProvider::Plivo | ReceiptProvider::Infobip => {
-                match &receipt.message_id {
-                    Some(sid) => sid.clone(),
-                    None => return,
-                }
-            }
+            ReceiptProvider::Twilio
+            | ReceiptProvider::Vonage
+            | ReceiptProvider::Plivo
+            | ReceiptProvider::Infobip
+            | ReceiptProvider::Meta => match &receipt.message_id {
+                Some(sid) => sid.clone(),
+                None => return,
+            },
             ReceiptProvider::Webhook => job.id.clone(),
         };
         let sent = SentMessage {
@@ -717,6 +738,8 @@ fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) 
     let (kind, description) = match (sent.channel, status.is_delivered()) {
         (Channel::Voice, true) => (VOICE_STATUS, "Voice call answered"),
         (Channel::Voice, false) => (VOICE_STATUS, "Voice call not answered"),
+        (Channel::Whatsapp, true) => (WHATSAPP_STATUS, "WhatsApp message delivered"),
+        (Channel::Whatsapp, false) => (WHATSAPP_STATUS, "WhatsApp message not delivered"),
         (_, true) => (SMS_STATUS, "SMS delivered"),
         (_, false) => (SMS_STATUS, "SMS not delivered"),
     };
@@ -729,7 +752,8 @@ fn status_event(sent: &SentMessage, status: Status, error_code: Option<String>) 
         status: status.as_str(),
         provider: sent.provider.clone(),
         provider_message_id: sent.provider_message_id.clone(),
-        error_code: error_code.filter(|c| is_error_code(c)),
+        // Meta's codes are six digits (131026), one more than other providers' tokens may hold.
+        error_code: error_code.filter(|c| is_error_code(c) || (sent.provider == "meta" && meta::is_error_code(c))),
         country: sent.country.clone(),
         recipient: sent.recipient.clone(),
         delivery_ms: clock::unix_millis().saturating_sub(sent.accepted_at_ms),

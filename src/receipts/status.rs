@@ -124,7 +124,8 @@ impl Status {
                 | Status::Read
         );
         match channel {
-            Channel::Sms => shared || sms,
+            // WhatsApp messages have a message's statuses (Twilio's `read` among them).
+            Channel::Sms | Channel::Whatsapp => shared || sms,
             Channel::Voice => shared || !sms,
             Channel::Email => false,
         }
@@ -168,7 +169,9 @@ impl Reported {
 
     /// Whether it may move a message sent on `channel`.
     pub fn applies_to(self, channel: Channel) -> bool {
-        self.vocabulary.is_none_or(|v| v == channel) && self.status.fits(channel)
+        // A message's vocabulary (Twilio's `MessageStatus`) is a WhatsApp message's too.
+        let vocabulary_of = |c: Channel| if c == Channel::Whatsapp { Channel::Sms } else { c };
+        self.vocabulary.is_none_or(|v| v == vocabulary_of(channel)) && self.status.fits(channel)
     }
 
     /// The channels it may move, as `,sms,voice,` (what the Redis script matches the message's against).
@@ -236,13 +239,16 @@ mod tests {
         // `queued` and `failed` are in both vocabularies: each applies to its own channel only.
         assert!(!Reported::call(Status::Queued).applies_to(Channel::Sms));
         assert!(!Reported::message(Status::Failed).applies_to(Channel::Voice));
-        assert_eq!(Reported::message(Status::Failed).channels(), ",sms,");
+        // A message's vocabulary is a WhatsApp message's too (Twilio's WhatsApp StatusCallback).
+        assert_eq!(Reported::message(Status::Failed).channels(), ",sms,whatsapp,");
+        assert!(Reported::message(Status::Read).applies_to(Channel::Whatsapp));
+        assert!(!Reported::call(Status::Completed).applies_to(Channel::Whatsapp));
         // A message's status reported as a call's fits no channel.
         assert_eq!(Reported::call(Status::Delivered).channels(), ",");
         // Unsaid: the channels that can have it.
         assert_eq!(Reported::unsaid(Status::InProgress).channels(), ",voice,");
-        assert_eq!(Reported::unsaid(Status::Delivered).channels(), ",sms,");
-        assert_eq!(Reported::unsaid(Status::Failed).channels(), ",sms,voice,");
+        assert_eq!(Reported::unsaid(Status::Delivered).channels(), ",sms,whatsapp,");
+        assert_eq!(Reported::unsaid(Status::Failed).channels(), ",sms,voice,whatsapp,");
         for s in Status::ALL {
             assert!(!Reported::unsaid(s).applies_to(Channel::Email), "{s}");
         }

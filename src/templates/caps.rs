@@ -37,7 +37,8 @@ pub enum Cap {
 impl Cap {
     pub fn of(channel: Channel, part: Part) -> Cap {
         match (channel, part) {
-            (Channel::Sms, _) => Cap::Sms,
+            // A WhatsApp message has no part herald renders; its code is 10 digits at most.
+            (Channel::Sms | Channel::Whatsapp, _) => Cap::Sms,
             (Channel::Voice, _) => Cap::Twiml,
             (Channel::Email, Part::Subject) => Cap::Subject,
             (Channel::Email, _) => Cap::EmailPart,
@@ -178,6 +179,7 @@ pub fn over(cap: Cap, text: &str, language: &Locale) -> Option<Overrun> {
 pub fn oversized(rendered: &Rendered, any: &Locale) -> Option<(Part, Overrun)> {
     match rendered {
         Rendered::Sms { body } => over(Cap::Sms, body, any).map(|o| (Part::Body, o)),
+        Rendered::Whatsapp => None,
         Rendered::Voice { text, language } => over(Cap::Twiml, text, language).map(|o| (Part::Body, o)),
         Rendered::Email { subject, text, html } => [(Part::Subject, subject), (Part::Text, text), (Part::Html, html)]
             .into_iter()

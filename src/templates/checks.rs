@@ -114,6 +114,7 @@ pub(super) fn check_template(
 /// Adds a problem for each channel × action without a template in the default locale (unless its file
 /// already has one): every lookup ends there.
 pub(super) fn defaults_present(engine: &Engine, default_locale: &Locale, problems: &mut Vec<TemplateProblem>) {
+    // WhatsApp has no parts (`Part::of`): nothing is asked for.
     for channel in Channel::ALL {
         for action in Action::ALL {
             let id = TemplateId {

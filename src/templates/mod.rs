@@ -49,6 +49,8 @@ pub enum Rendered {
         text: String,
         html: String,
     },
+    /// Nothing rendered: WhatsApp carries the job's code in a template Meta approved (docs/providers/meta.md).
+    Whatsapp,
 }
 
 impl Rendered {
@@ -68,6 +70,7 @@ impl Rendered {
                 text: text(Part::Text),
                 html: text(Part::Html),
             },
+            Channel::Whatsapp => Rendered::Whatsapp,
         }
     }
 }
@@ -112,6 +115,8 @@ impl Part {
         match channel {
             Channel::Sms | Channel::Voice => &[Part::Body],
             Channel::Email => &[Part::Subject, Part::Text, Part::Html],
+            // No file: herald renders no WhatsApp message, so no template is asked for or taken.
+            Channel::Whatsapp => &[],
         }
     }
 }

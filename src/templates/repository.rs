@@ -365,6 +365,8 @@ enum FileError {
     NoChannelDirectory,
     #[error("unknown channel directory `{0}`")]
     UnknownChannel(String),
+    #[error("whatsapp messages are templates Meta approved (meta.template): herald renders none")]
+    Whatsapp,
     #[error("unknown action `{0}`")]
     UnknownAction(String),
     #[error("missing locale (action.locale.hbs)")]
@@ -390,6 +392,9 @@ fn parse_file_name(rel: &str) -> Result<(TemplateId, Part), FileError> {
     let rel = rel.strip_suffix(".hbs").ok_or(FileError::NotHbs)?;
     let (channel, rest) = rel.split_once('/').ok_or(FileError::NoChannelDirectory)?;
     let channel = Channel::parse(channel).ok_or_else(|| FileError::UnknownChannel(channel.to_owned()))?;
+    if channel == Channel::Whatsapp {
+        return Err(FileError::Whatsapp);
+    }
     let mut pieces = rest.split('.');
     let action = pieces.next().unwrap_or_default();
     let action = Action::parse(action).ok_or_else(|| FileError::UnknownAction(action.to_owned()))?;
@@ -454,6 +459,24 @@ mod tests {
     use super::super::tests::{job, shipped, write};
     use super::super::{Rendered, Templates};
     use super::*;
+
+    /// WhatsApp messages are Meta's approved templates: herald asks for no whatsapp template, renders a
+    /// whatsapp job without one, and refuses a file that pretends to be one, saying why.
+    #[test]
+    fn whatsapp_needs_no_template_and_a_whatsapp_file_is_refused() {
+        let dir = shipped();
+        let en = Locale::parse("en").unwrap();
+        let t = Templates::load(dir.path(), &en).unwrap();
+        assert_eq!(
+            t.render(&job("whatsapp", "+14155550123", "pt-BR")).unwrap(),
+            Rendered::Whatsapp
+        );
+        write(dir.path(), "whatsapp/second-factor-authentication.en.hbs", "{{code}}");
+        let Err(crate::templates::TemplateError::Invalid(problems)) = Templates::load(dir.path(), &en) else {
+            panic!("a whatsapp template file was taken")
+        };
+        assert!(problems[0].message.contains("Meta approved"), "{problems:?}");
+    }
 
     /// The parts of an email are one change: a reader or a reload sees the subject and body of the same
     /// save, never one of each (issue #17).

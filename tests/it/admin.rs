@@ -800,3 +800,56 @@ async fn preview_without_a_locale_uses_the_default_locale() {
         "{body}"
     );
 }
+
+/// WhatsApp has no templates in herald (docs/providers/meta.md): the list says so and shows the approved
+/// templates the configuration names, the page has a read-only section for them, and a whatsapp template
+/// cannot be read, written or previewed.
+#[tokio::test]
+async fn whatsapp_templates_are_metas_shown_read_only_and_not_editable() {
+    let dir = templates_copy();
+    let path = dir.path().to_owned();
+    let app = TestApp::spawn(move |c| {
+        c.templates.dir = path;
+        c.admin.token = Secret::new(TOKEN);
+        c.meta.template = "acme_auth_code".into();
+        c.meta.template_languages = ["en_US", "pt_BR"]
+            .map(|l| herald::config::MetaLanguage::parse(l).unwrap())
+            .into();
+    })
+    .await;
+    let client = Client::new(&app);
+    let (status, _, body) = client
+        .send(client.req(reqwest::Method::GET, "/admin/api/templates"))
+        .await;
+    assert_eq!(status, 200);
+    conforms(&body, "TemplateList");
+    assert_eq!(body["whatsapp"]["editable"], false);
+    assert_eq!(body["whatsapp"]["meta"]["template"], "acme_auth_code");
+    assert_eq!(body["whatsapp"]["meta"]["languages"], json!(["en_US", "pt_BR"]));
+    assert!(
+        body["templates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["channel"] != "whatsapp")
+    );
+    let path = "/admin/api/templates/whatsapp/second-factor-authentication/en";
+    for method in [reqwest::Method::GET, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let rb = client
+            .req(method.clone(), path)
+            .json(&json!({"parts": {"body": "{{code}}"}}));
+        let (status, _, body) = client.send(rb).await;
+        assert_eq!(status, 400, "{method} {body}");
+        assert!(body.to_string().contains("Meta approved"), "{body}");
+    }
+    let preview = json!({"channel": "whatsapp", "action": "second-factor-authentication", "parts": {"body": "x"}});
+    let (status, _, _) = client
+        .send(client.req(reqwest::Method::POST, "/admin/api/preview").json(&preview))
+        .await;
+    assert_eq!(status, 400);
+    let page = reqwest::get(app.url("/admin/")).await.unwrap().text().await.unwrap();
+    assert!(
+        page.contains("WhatsApp messages are templates Meta approved"),
+        "the page says so"
+    );
+}

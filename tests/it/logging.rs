@@ -167,3 +167,83 @@ async fn rust_log_trace_never_logs_what_an_https_provider_is_sent() {
         }
     }
 }
+
+/// The meta provider at trace level (docs/providers/meta.md): a WhatsApp code sent and one Meta refuses,
+/// and none of the access token, the app secret, the Bearer header, the number or the code is in the log.
+#[tokio::test]
+async fn rust_log_trace_never_logs_metas_token_secret_number_or_code() {
+    use crate::helpers::meta_api::Answer;
+    let (api, server) = crate::provider_meta::meta_api().await;
+    api.then([Answer::Sent, Answer::Error(131026)]);
+    let mut broker = Broker::new(|c| {
+        c.meta = crate::provider_meta::config(&server.uri());
+        c.channels.whatsapp = Some(vec![herald::config::ProviderKind::Meta]);
+    })
+    .await;
+    let mut env = process_env(&broker.config);
+    env.push(("RUST_LOG".into(), "trace".into()));
+    let mut herald = HeraldProcess::start(&env);
+    let mut second = job("whatsapp");
+    second["code"] = "739146".into();
+    second["to"] = "+14155550177".into();
+    let jobs = [job("whatsapp"), second];
+    for (j, kind) in jobs.iter().zip(["gd_send_whatsapp", "gd_send_whatsapp_failure"]) {
+        broker.publish(j).await;
+        let e = broker
+            .try_next_event(20)
+            .await
+            .unwrap_or_else(|| panic!("no event\n{}", herald.logs()));
+        assert_eq!(e["type"], kind, "{e}\n{}", herald.logs());
+    }
+    assert_eq!(api.violations(), Vec::<String>::new());
+    // A signed status webhook and a refused one: the route logs neither body nor secret.
+    let logs = herald.logs();
+    let addr = logs
+        .lines()
+        .find(|l| l.contains("http listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.trim().to_owned())
+        .unwrap_or_else(|| panic!("no http address in the log:\n{logs}"));
+    let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": [
+            {"id": crate::helpers::meta_api::wamid(1), "status": "read", "recipient_id": "14155550123"}]}}]}]})
+    .to_string();
+    let signature = herald::receipts::meta::signature(b"meta-app-secret", body.as_bytes());
+    for signature in [signature.as_str(), "sha256=00"] {
+        let status = reqwest::Client::new()
+            .post(format!("http://{addr}/providers/meta/status"))
+            .header("X-Hub-Signature-256", signature)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(matches!(status.as_u16(), 200 | 401), "{status}");
+    }
+    let event = broker
+        .try_next_event(20)
+        .await
+        .unwrap_or_else(|| panic!("no receipt event\n{}", herald.logs()));
+    assert_eq!(event["type"], "gd_send_whatsapp_status", "{event}");
+    assert_eq!(herald.terminate(), Some(0));
+    let logs = herald.logs();
+    assert!(logs.contains(" TRACE "), "RUST_LOG=trace was in effect");
+    let config = crate::provider_meta::config(&server.uri());
+    let mut secrets = vec![
+        config.access_token.expose().to_owned(),
+        config.app_secret.expose().to_owned(),
+        config.status_callback_verify_token.expose().to_owned(),
+        "Bearer".to_owned(),
+        "4155550123".to_owned(),
+        "4155550177".to_owned(),
+    ];
+    for j in &jobs {
+        secrets.push(j["code"].as_str().unwrap().to_owned());
+    }
+    for secret in &secrets {
+        if let Some(at) = logs.find(secret.as_str()) {
+            let line = logs[..at].rsplit('\n').next().unwrap_or_default();
+            panic!("a secret is in the log: {line}…");
+        }
+    }
+}

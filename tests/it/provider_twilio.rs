@@ -28,6 +28,8 @@ fn config(base_url: &str) -> TwilioConfig {
         messaging_service_sid: String::new(),
         base_url: base_url.parse().unwrap(),
         status_callback_url: None,
+        whatsapp_from: None,
+        whatsapp_content_sid: String::new(),
     }
 }
 
@@ -370,4 +372,87 @@ fn callbacks_are_checked_exactly_as_twilio_pythons_request_validator_checks_them
     }
     // Both answers occur: the comparison is not vacuous.
     assert!(accepted > 0 && accepted < cases.len(), "{accepted} of {}", cases.len());
+}
+
+const CONTENT_SID: &str = "HX0123456789abcdef0123456789abcdef";
+
+/// A WhatsApp code through Twilio (docs/providers/twilio.md "WhatsApp"): the approved Content template with
+/// the code as its variable `1`, `whatsapp:` addresses, no Body; validity and StatusCallback as for SMS.
+#[tokio::test]
+async fn a_whatsapp_message_is_the_content_template_with_the_code_and_whatsapp_addresses() {
+    let (api, server) = twilio_api().await;
+    let mut config = config(&server.uri());
+    config.whatsapp_from = Some(PhoneNumber::parse("+15005550007").unwrap());
+    config.whatsapp_content_sid = CONTENT_SID.into();
+    config.status_callback_url = Some(
+        "https://herald.example.com/providers/twilio/status"
+            .parse::<HttpUrl>()
+            .unwrap(),
+    );
+    let receipt = twilio(&config)
+        .send(&phone_job("whatsapp"), &Rendered::Whatsapp, validity(300))
+        .await
+        .unwrap();
+    assert_eq!(receipt, Receipt::sent(Some(format!("SM{:032x}", 1))));
+    assert_eq!(api.violations(), Vec::<String>::new());
+    let sent = fields(&server).await;
+    assert_eq!(
+        names(&sent),
+        [
+            "To",
+            "From",
+            "ContentSid",
+            "ContentVariables",
+            "ValidityPeriod",
+            "StatusCallback"
+        ]
+    );
+    assert_eq!(field(&sent, "To"), Some("whatsapp:+14155550123"));
+    assert_eq!(field(&sent, "From"), Some("whatsapp:+15005550007"));
+    assert_eq!(field(&sent, "ContentSid"), Some(CONTENT_SID));
+    let variables: serde_json::Value = serde_json::from_str(field(&sent, "ContentVariables").unwrap()).unwrap();
+    assert_eq!(variables, serde_json::json!({"1": "482913"}));
+    assert_eq!(field(&sent, "ValidityPeriod"), Some("300"));
+    // Twilio's WhatsApp errors: not on WhatsApp is the recipient's; herald's sender is the next provider's.
+    let twilio = twilio(&config);
+    for (code, expected) in [
+        (63003, "permanent 63003"),
+        (63007, "next provider 63007"),
+        (63018, "transient 63018 -"),
+    ] {
+        api.then([Answer::Error(code)]);
+        let got = verdict(
+            twilio
+                .send(&phone_job("whatsapp"), &Rendered::Whatsapp, validity(300))
+                .await,
+        );
+        assert_eq!(got, expected, "{code}");
+    }
+    assert_eq!(api.violations(), Vec::<String>::new());
+}
+
+/// A whatsapp chain naming twilio needs its WhatsApp sender and Content SID: start-up stops naming the key.
+#[test]
+fn twilio_in_a_whatsapp_chain_needs_its_whatsapp_keys() {
+    let base = || {
+        let mut c = herald::config::Config::default();
+        crate::helpers::twilio(&mut c, "http://127.0.0.1:9");
+        c.channels.whatsapp = Some(vec![herald::config::ProviderKind::Twilio]);
+        c
+    };
+    let err = base().validate().unwrap_err().to_string();
+    assert!(err.contains("`twilio.whatsapp_from`"), "{err}");
+    let mut c = base();
+    c.twilio.whatsapp_from = Some(PhoneNumber::parse("+15005550007").unwrap());
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("`twilio.whatsapp_content_sid`"), "{err}");
+    c.twilio.whatsapp_content_sid = "MG0123".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("`twilio.whatsapp_content_sid`: must be a Content SID"),
+        "{err}"
+    );
+    assert!(!err.contains("test-auth-token"), "{err}");
+    c.twilio.whatsapp_content_sid = CONTENT_SID.into();
+    c.validate().unwrap();
 }

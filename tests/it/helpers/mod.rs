@@ -3,6 +3,7 @@
 
 // Provider test servers, each speaking one provider's API.
 pub mod infobip_api;
+pub mod meta_api;
 pub mod plivo;
 pub mod sns;
 pub mod twilio_api;

@@ -169,6 +169,9 @@ fn check_callback(fields: &[(&str, &str)], problems: &mut Vec<String>) {
 /// `Body` (herald sends no media or content template), at most 1,600 characters; `ValidityPeriod` an integer
 /// of 1..=36000; `StatusCallback` a URL.
 fn check_message(fields: &[(String, String)]) -> Vec<String> {
+    if fields.iter().any(|(k, v)| k == "To" && v.starts_with("whatsapp:")) {
+        return check_whatsapp_message(fields);
+    }
     let mut problems = Vec::new();
     let fields = single(
         fields,
@@ -199,6 +202,49 @@ fn check_message(fields: &[(String, String)]) -> Vec<String> {
     match get(&fields, "Body") {
         Some(body) if !body.is_empty() && body.chars().count() <= 1600 => {}
         _ => problems.push("Body missing, empty or over 1,600 characters".into()),
+    }
+    if let Some(validity) = get(&fields, "ValidityPeriod")
+        && !validity.parse::<u32>().is_ok_and(|v| (1..=36_000).contains(&v))
+    {
+        problems.push(format!("ValidityPeriod {validity:?} is not an integer of 1..=36000"));
+    }
+    check_callback(&fields, &mut problems);
+    problems
+}
+
+/// CreateMessage for WhatsApp (https://www.twilio.com/docs/whatsapp/api, Content API
+/// https://www.twilio.com/docs/content/send-templates-created-with-the-content-editor): `To` and `From` are
+/// `whatsapp:` and an E.164 number; a template is `ContentSid` (`^HX[0-9a-fA-F]{32}$`) with
+/// `ContentVariables`, a JSON object of string values as a string, and then no `Body`; `ValidityPeriod` and
+/// `StatusCallback` as for SMS.
+fn check_whatsapp_message(fields: &[(String, String)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let fields = single(
+        fields,
+        &[
+            "To",
+            "From",
+            "ContentSid",
+            "ContentVariables",
+            "ValidityPeriod",
+            "StatusCallback",
+        ],
+        &mut problems,
+    );
+    for name in ["To", "From"] {
+        match get(&fields, name).and_then(|v| v.strip_prefix("whatsapp:")) {
+            Some(n) if is_e164(n) => {}
+            _ => problems.push(format!("{name} is not whatsapp:+E.164")),
+        }
+    }
+    match get(&fields, "ContentSid") {
+        Some(sid) if sid.len() == 34 && sid.starts_with("HX") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit()) => {}
+        _ => problems.push("ContentSid missing or not ^HX[0-9a-fA-F]{32}$".into()),
+    }
+    let variables = get(&fields, "ContentVariables").and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+    match variables.as_ref().and_then(|v| v.as_object()) {
+        Some(map) if !map.is_empty() && map.values().all(serde_json::Value::is_string) => {}
+        _ => problems.push("ContentVariables is not a JSON object of strings".into()),
     }
     if let Some(validity) = get(&fields, "ValidityPeriod")
         && !validity.parse::<u32>().is_ok_and(|v| (1..=36_000).contains(&v))
