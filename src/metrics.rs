@@ -68,8 +68,8 @@ impl HttpMetrics {
         register(Box::new(limit_reached.clone()));
         let request_timeouts = IntCounter::new(
             "herald_http_request_timeouts_total",
-            "HTTP requests whose body had not arrived within http.request_timeout of accept (answered 408), and \
-             connections still open 1 s past it (shut down)",
+            "HTTP connections whose request head or body had not arrived within http.request_timeout of accept \
+             (answered 408, or dropped having sent nothing), and connections still open 1 s past it (shut down)",
         )
         .expect("valid metric");
         register(Box::new(request_timeouts.clone()));

@@ -55,10 +55,19 @@ struct Accepted {
     /// Cuts the connection past its deadline (see [`cut_at_deadline`]); aborted when the connection is dropped.
     timer: actix_web::rt::task::JoinHandle<()>,
     open: IntGauge,
+    /// `at` + `http.request_timeout`.
+    deadline: Instant,
+    timeouts: IntCounter,
 }
 
 impl Drop for Accepted {
     fn drop(&mut self) {
+        // A connection dropped at its deadline without a request taken: its head did not arrive in time
+        // (actix answered 408 itself) or it sent nothing. Counted here, as no handler saw it. actix's head
+        // timer starts before `on_connect` takes `at`, so its 408 comes a little (13 ms seen) before `deadline`.
+        if !self.conn.served.get() && Instant::now() + HEAD_TIMER_SLACK >= self.deadline {
+            self.conn.count_timeout(&self.timeouts);
+        }
         self.conn.open.set(false);
         self.timer.abort();
         self.open.dec();
@@ -104,6 +113,9 @@ impl Conn {
         }
     }
 }
+
+/// How much earlier than herald's `deadline` actix's own head timer may fire (see `Accepted`'s drop).
+const HEAD_TIMER_SLACK: Duration = Duration::from_millis(100);
 
 /// Time left after the deadline for the answer (a 408 most often) to be written before the socket is shut.
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
@@ -308,6 +320,8 @@ pub fn serve(
             conn,
             timer,
             open: open.clone(),
+            deadline: at + request_timeout,
+            timeouts: timeouts.clone(),
         });
     })
     // One worker: its connection cap is the whole server's.

@@ -377,6 +377,58 @@ async fn trickled_bodies_no_route_reads_and_pipelined_requests_end_by_the_deadli
     drop(herald);
 }
 
+/// Connections whose request head trickles in (a header line every 300 ms, never the blank line) and
+/// connections that send nothing: actix answers the first 408 at the deadline and drops both, and each is
+/// counted in `herald_http_request_timeouts_total`, as slow bodies are. Before, only a request a handler saw
+/// was counted, so a slowloris on the head did not show in the counter at all (outside attack, finding 2).
+#[tokio::test]
+async fn slow_heads_and_silent_connections_are_counted_as_timeouts() {
+    const SLOW: usize = 6;
+    const SILENT: usize = 4;
+    let broker = Broker::new(|c| c.http.request_timeout = "1s".parse().unwrap()).await;
+    let herald = HeraldProcess::start(&process_env(&broker.config));
+    let addr = http_addr(&herald);
+    let mut slow: Vec<TcpStream> = (0..SLOW)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    let mut silent: Vec<TcpStream> = (0..SILENT).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        for s in &mut slow {
+            let _ = s.write_all(b"X-Slow: 1\r\n");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for s in &mut slow {
+        let (answer, closed) = read_until_closed(s, Duration::from_secs(3));
+        assert!(closed, "a trickled head still open: {answer:?}");
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a trickled head was answered {answer:?}"
+        );
+    }
+    for s in &mut silent {
+        let (answer, closed) = read_until_closed(s, Duration::from_secs(3));
+        assert!(closed, "a silent connection still open: {answer:?}");
+    }
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "herald_http_request_timeouts_total"),
+        (SLOW + SILENT) as f64,
+        "{metrics}"
+    );
+    drop(herald);
+}
+
 /// Wrong tokens from 40 addresses (127.0.1.1 … 127.0.1.40), 3 each, four times what all addresses together
 /// were allowed: each is a 401, and the real admin, from another address, still gets in every time. Before,
 /// one bucket of the whole server was checked before the token, so the admin got 429.
