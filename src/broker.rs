@@ -208,7 +208,7 @@ pub const MAX_HEADERS: usize = 4096;
 /// publisher's: not counted against [`MAX_HEADERS`], and not carried into what herald publishes (a retry,
 /// a dead letter): the broker writes its own again, and a publisher's forged copy is not herald's to carry.
 pub fn is_bookkeeping(key: &str) -> bool {
-    matches!(key, "x-delivery-count" | "x-death" | crate::consumer::ATTEMPT_HEADER)
+    matches!(key, "x-delivery-count" | "x-death" | ATTEMPT_HEADER)
         || key.starts_with("x-first-death-")
         || key.starts_with("x-last-death-")
 }
@@ -516,6 +516,12 @@ pub fn event_properties(kind: &str, job_id: Option<&str>) -> BasicProperties {
     }
 }
 
+/// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
+/// only: herald takes attempt numbers from its outcome store, never from a header a publisher can write.
+pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
+/// Header with the reason a message was dead-lettered.
+pub const ERROR_HEADER: &str = "x-herald-error";
+
 /// A dead letter's properties: the message's, with its publisher's headers (not the broker's bookkeeping,
 /// [`is_bookkeeping`]) and `x-herald-error`; without the publisher's headers when they are over
 /// [`MAX_HEADERS`], which could make the dead letter larger than herald's own frames.
@@ -528,7 +534,7 @@ pub fn with_error_header(properties: &BasicProperties, reason: &str) -> BasicPro
             }
         }
     }
-    headers.insert("x-herald-error".into(), text(bounded(reason, MAX_REASON)));
+    headers.insert(ERROR_HEADER.into(), text(bounded(reason, MAX_REASON)));
     properties.clone().with_headers(headers).with_delivery_mode(2)
 }
 
@@ -611,7 +617,7 @@ mod tests {
         ] {
             booked.insert(key.into(), AMQPValue::LongString("y".repeat(2000).into()));
         }
-        booked.insert(crate::consumer::ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(2));
+        booked.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(2));
         assert_eq!(carried_headers_size(&with(booked)), encoded(&table));
     }
 

@@ -558,8 +558,8 @@ pub enum JobError {
     #[error(transparent)]
     ReplyTo(#[from] ReplyToError),
     /// The encoded size of the message's AMQP headers, over what herald takes (`broker::MAX_HEADERS`).
-    #[error("message headers are {0} bytes; herald takes at most {max}", max = crate::broker::MAX_HEADERS)]
-    Headers(usize),
+    #[error("message headers are {size} bytes; herald takes at most {max}")]
+    Headers { size: usize, max: usize },
 }
 
 /// Why a job's `reply_to` is refused (with the job: it is dead-lettered as `invalid_job`), by

@@ -8,6 +8,7 @@ use super::outage::OUTAGE_SETTLE;
 use super::plan::{self, Plan, Queues};
 use super::uncommitted::{GaugeGuard, Uncommitted};
 use super::{Consumer, lock};
+use crate::broker;
 use crate::config::QueueType;
 use crate::decision::{self, Disposition, Next};
 use crate::dispatch::Answer;
@@ -34,9 +35,18 @@ impl Consumer {
         });
         // Refused for its headers before anything else it breaks: that is what its dead letter leaves out.
         let job = match (inbound.oversized_headers, job) {
-            (Some(size), Ok(job)) => Err(InvalidJob::refused(job, JobError::Headers(size))),
+            (Some(size), Ok(job)) => Err(InvalidJob::refused(
+                job,
+                JobError::Headers {
+                    size,
+                    max: broker::MAX_HEADERS,
+                },
+            )),
             (Some(size), Err(invalid)) => Err(InvalidJob {
-                reason: JobError::Headers(size),
+                reason: JobError::Headers {
+                    size,
+                    max: broker::MAX_HEADERS,
+                },
                 ..invalid
             }),
             (None, job) => job,
@@ -147,7 +157,6 @@ mod tests {
     use lapin::types::AMQPValue;
 
     use super::*;
-    use crate::broker;
     use crate::config::{Config, ThrottleConfig};
     use crate::consumer::plan::tests::words;
     use crate::dispatch::Dispatcher;

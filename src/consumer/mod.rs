@@ -48,12 +48,6 @@ use in_doubt::Orphans;
 use lane::{Lane, lane_windows};
 use outage::StoreOutage;
 
-/// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
-/// only: herald takes attempt numbers from its outcome store, never from a header a publisher can write.
-pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
-/// Header with the reason a message was dead-lettered.
-pub const ERROR_HEADER: &str = "x-herald-error";
-
 pub struct Consumer {
     /// Queue and exchange names, prefetch and the connection to open.
     config: AmqpConfig,

@@ -16,9 +16,9 @@ use std::time::Duration;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::ATTEMPT_HEADER;
 use super::delivery::Inbound;
 use crate::broker;
+use crate::broker::ATTEMPT_HEADER;
 use crate::config::AmqpConfig;
 use crate::decision::Disposition;
 use crate::events::ErrorCode;
@@ -717,7 +717,7 @@ pub(super) mod tests {
         assert!(Arc::ptr_eq(&dead.body, &inbound.body));
         assert_eq!(header(dead, "x-trace"), Some(&AMQPValue::LongString("t-1".into())));
         assert_eq!(
-            header(dead, crate::consumer::ERROR_HEADER),
+            header(dead, crate::broker::ERROR_HEADER),
             Some(&AMQPValue::LongString(record.dead_reason.clone().unwrap().into()))
         );
         assert_eq!(dead.properties.delivery_mode(), &Some(2));
