@@ -64,7 +64,8 @@ impl Drop for Accepted {
     fn drop(&mut self) {
         // A connection dropped at its deadline without a request taken: its head did not arrive in time
         // (actix answered 408 itself) or it sent nothing. Counted here, as no handler saw it. actix's head
-        // timer starts before `on_connect` takes `at`, so its 408 comes a little (13 ms seen) before `deadline`.
+        // timer starts from a clock it refreshes every 500 ms, so its 408 can come up to that much before
+        // `deadline`.
         if !self.conn.served.get() && Instant::now() + HEAD_TIMER_SLACK >= self.deadline {
             self.conn.count_timeout(&self.timeouts);
         }
@@ -114,8 +115,9 @@ impl Conn {
     }
 }
 
-/// How much earlier than herald's `deadline` actix's own head timer may fire (see `Accepted`'s drop).
-const HEAD_TIMER_SLACK: Duration = Duration::from_millis(100);
+/// How much earlier than herald's `deadline` actix's own head timer may fire: it reads a clock actix refreshes
+/// every 500 ms (actix-http's date service).
+const HEAD_TIMER_SLACK: Duration = Duration::from_millis(600);
 
 /// Time left after the deadline for the answer (a 408 most often) to be written before the socket is shut.
 const ANSWER_GRACE: Duration = Duration::from_secs(1);

@@ -429,7 +429,7 @@ async fn serve_and_send_like_the_readme_and_nothing_private_reaches_stdout_or_lo
     assert!(logs.contains("consumer drained and closed"), "{logs}");
     // With no provider configured, start-up says where the messages go (issue 34).
     let outbox_line = format!(
-        "channels.sms, channels.voice, channels.email use the outbox: messages are appended to {}",
+        "channels.sms, channels.voice, channels.email, channels.whatsapp use the outbox: messages are appended to {}",
         broker.config.outbox.path.display()
     );
     assert!(logs.contains(&outbox_line), "no `{outbox_line}` in:\n{logs}");

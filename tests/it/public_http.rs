@@ -130,10 +130,11 @@ async fn slow_clients_beyond_the_cap_hold_neither_descriptors_nor_healthz_nor_de
             "slow connection {i} was answered {text:?}, not 408"
         );
     }
-    // The first cap of connections were cut at the deadline (1 s after accept), not later.
+    // The first cap of connections were cut at the deadline (1 s after accept), not later. actix times a head
+    // from a clock it refreshes every 500 ms, so its cut may come up to that much early (873 ms seen).
     let first_cut = answers.iter().map(|(_, at, _)| *at).min().unwrap();
     assert!(
-        first_cut >= Duration::from_millis(900) && first_cut < Duration::from_millis(2500),
+        first_cut >= Duration::from_millis(490) && first_cut < Duration::from_millis(2500),
         "first cut after {first_cut:?}"
     );
 
