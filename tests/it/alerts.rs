@@ -40,6 +40,24 @@ fn delivery_receipt_and_guard_alerts_fire_on_their_patterns_only() {
     }
 }
 
+/// WhatsApp jobs count in the operations rules like the other channels': a Meta outage (whatsapp failures
+/// only) raises HeraldHighFailureRatio. Fails while herald:gd_send:rate5m and
+/// herald:gd_send_provider_failure:rate5m sum sms, voice and email only (deploy/prometheus/whatsapp.test.yml).
+#[test]
+fn whatsapp_failures_raise_the_provider_failure_alert() {
+    let out = Command::new("promtool")
+        .args(["test", "rules", "whatsapp.test.yml"])
+        .current_dir(DIR)
+        .output()
+        .expect("promtool is needed (Debian package `prometheus`; .ci/run installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
+}
+
 /// The committed tests are what the script writes (edit the script, then regenerate).
 #[test]
 fn alert_tests_are_generated_by_their_script() {

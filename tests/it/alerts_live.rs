@@ -321,9 +321,10 @@ fn value_of(result: &[Value], label: &str, value: &str) -> Option<f64> {
 }
 
 /// Every query of deploy/grafana/herald.json (a new panel is included as it comes) runs in a real
-/// Prometheus scraping herald; after mixed traffic the phone panels count SMS and voice together
+/// Prometheus scraping herald; after mixed traffic the phone panels count SMS, voice and WhatsApp together
 /// (the dashboard's `rate(sms) or rate(voice)` dropped voice series whose labels equal an SMS series':
-/// undercounted sends, overstated conversion), and the receipt panels show the statuses. The same traffic
+/// undercounted sends, overstated conversion; WhatsApp, through the outbox, was on no panel), and the
+/// receipt panels show the statuses. The same traffic
 /// in the default `monitor` mode is over the fraud guard's floors: nothing is refused, and no alert
 /// named "refusing" goes pending.
 #[tokio::test(flavor = "multi_thread")]
@@ -334,6 +335,7 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
     let mut app = TestApp::spawn(|c| {
         twilio(c, &twilio_server.uri());
         c.twilio.status_callback_url = Some(CALLBACK.parse().unwrap());
+        c.channels.whatsapp = Some(vec![herald::config::ProviderKind::Outbox]);
     })
     .await;
     assert_eq!(
@@ -347,18 +349,28 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
     let prometheus = &prometheus;
     let http = target.as_str();
 
-    // +44 gets SMS and voice, +1 SMS only, +33 voice only (the three cases of each phone query).
+    // +44 gets SMS, voice and WhatsApp, +1 SMS only, +33 voice only, +49 WhatsApp only (each phone
+    // query's cases).
     const UK: &str = "+447700900123";
     const US: &str = "+14155550123";
     const FR: &str = "+33612345678";
+    const DE: &str = "+4915123456789";
     // A first message of each series: a counter's first sample is invisible to rate() and increase().
     let (uk_sms, uk_sms_sid) = send_phone(&mut app, "sms", UK).await;
     let (uk_call, uk_call_sid) = send_phone(&mut app, "voice", UK).await;
     let (_, uk_lost_sid) = send_phone(&mut app, "sms", UK).await;
     send_phone(&mut app, "sms", US).await;
     send_phone(&mut app, "voice", FR).await;
+    let (uk_whatsapp, _) = send_phone(&mut app, "whatsapp", UK).await;
+    send_phone(&mut app, "whatsapp", DE).await;
+    // An invalid WhatsApp job: a failure of the channel (invalid_job) for the failures panel.
+    let mut bad = job("whatsapp");
+    bad["to"] = "4915123456789".into();
+    app.publish(&bad).await;
+    assert_eq!(app.next_outcome(30).await["type"], "gd_send_whatsapp_failure");
     verified(&app, &uk_sms).await;
     verified(&app, &uk_call).await;
+    verified(&app, &uk_whatsapp).await;
     assert_eq!(
         callback(http, &message_status(&uk_sms_sid, "delivered", None)).await,
         200
@@ -370,10 +382,14 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
     );
     app.wait_metric(r#"gd_send_verified_total{channel="voice",country="44"}"#, 1.0)
         .await;
+    app.wait_metric(r#"gd_send_verified_total{channel="whatsapp",country="44"}"#, 1.0)
+        .await;
     prometheus
         .wait_for("Prometheus scrapes the first messages", 60, || async move {
             let seen = |q: &'static str| async move { prometheus.query(q).await.len() };
-            seen("gd_send_verified_total").await == 2
+            seen("gd_send_verified_total").await == 3
+                && seen("gd_send_whatsapp_total").await == 2
+                && seen("gd_send_whatsapp_failure_total").await == 1
                 && seen("gd_send_delivery_total > 0").await == 3
                 && seen("gd_send_voice_total").await == 2
                 && seen("gd_send_sms_total").await == 2
@@ -381,11 +397,15 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // What the panels must show: +44 3 SMS and 2 calls, 2 of them verified, receipts for three; +1 six
-    // SMS (over the guard's floors for an unverified destination), +33 one call.
+    // What the panels must show: +44 3 SMS, 2 calls and 2 WhatsApp messages, 3 of them verified, receipts
+    // for three; +1 six SMS (over the guard's floors for an unverified destination), +33 one call, +49 two
+    // WhatsApp messages.
     let mut uk = Vec::new();
-    for channel in ["sms", "sms", "sms", "voice", "voice"] {
+    for channel in ["sms", "sms", "sms", "voice", "voice", "whatsapp", "whatsapp"] {
         uk.push(send_phone(&mut app, channel, UK).await);
+    }
+    for _ in 0..2 {
+        send_phone(&mut app, "whatsapp", DE).await;
     }
     for _ in 0..6 {
         send_phone(&mut app, "sms", US).await;
@@ -393,6 +413,7 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
     send_phone(&mut app, "voice", FR).await;
     verified(&app, &uk[0].0).await;
     verified(&app, &uk[3].0).await;
+    verified(&app, &uk[5].0).await;
     for (sid, status) in [
         (&uk[0].1, "delivered"),
         (&uk[1].1, "delivered"),
@@ -410,6 +431,8 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
     assert_eq!(callback(http, &call_status(&uk[3].1, "completed")).await, 200);
     app.wait_metric(r#"gd_send_verified_total{channel="voice",country="44"}"#, 2.0)
         .await;
+    app.wait_metric(r#"gd_send_verified_total{channel="whatsapp",country="44"}"#, 2.0)
+        .await;
     prometheus
         .wait_for("Prometheus scrapes the traffic", 60, || async move {
             let total = |q: &'static str| async move {
@@ -422,7 +445,9 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
             total(r#"sum(gd_send_sms_total{country="44"}) + sum(gd_send_voice_total{country="44"})"#).await == 8.0
                 && total(r#"sum(gd_send_sms_total{country="1"})"#).await == 7.0
                 && total(r#"sum(gd_send_voice_total{country="33"})"#).await == 2.0
-                && total("sum(gd_send_verified_total)").await == 4.0
+                && total(r#"sum(gd_send_whatsapp_total{country="44"})"#).await == 3.0
+                && total(r#"sum(gd_send_whatsapp_total{country="49"})"#).await == 3.0
+                && total("sum(gd_send_verified_total)").await == 6.0
                 && total("sum(gd_send_delivery_total)").await == 7.0
         })
         .await;
@@ -463,35 +488,56 @@ async fn dashboard_panels_count_sms_and_voice_in_a_real_prometheus() {
         }
     };
 
-    // Sends by country: SMS and voice added where a country has both, either alone where it has one.
+    // Sends by country: SMS, voice and WhatsApp added where a country has them, each alone where it has
+    // only that one.
     let by_country = &panel("Phone sends per second by country")[0];
     let uk_sms_rate = one(r#"sum(rate(gd_send_sms_total{country="44"}[5m]))"#).await;
     let uk_voice_rate = one(r#"sum(rate(gd_send_voice_total{country="44"}[5m]))"#).await;
+    let uk_whatsapp_rate = one(r#"sum(rate(gd_send_whatsapp_total{country="44"}[5m]))"#).await;
     let shown = value_of(by_country, "country", "44").expect("+44 on the by-country panel");
     assert!(
-        (shown - (uk_sms_rate + uk_voice_rate)).abs() < 1e-9,
-        "+44: {shown} shown, SMS {uk_sms_rate} + voice {uk_voice_rate}"
+        (shown - (uk_sms_rate + uk_voice_rate + uk_whatsapp_rate)).abs() < 1e-9,
+        "+44: {shown} shown, SMS {uk_sms_rate} + voice {uk_voice_rate} + WhatsApp {uk_whatsapp_rate}"
     );
-    // 3 SMS and 2 calls: 5/3 of the SMS rate (rate() extrapolates each series a little differently).
+    // 3 SMS, 2 calls and 2 WhatsApp messages: 7/3 of the SMS rate (rate() extrapolates each series a
+    // little differently).
     assert!(
-        (1.5..1.85).contains(&(shown / uk_sms_rate)),
+        (2.1..2.6).contains(&(shown / uk_sms_rate)),
         "+44: {shown} against SMS {uk_sms_rate}"
     );
     let us = value_of(by_country, "country", "1").expect("+1 (SMS only) on the by-country panel");
     assert!((us - one(r#"sum(rate(gd_send_sms_total{country="1"}[5m]))"#).await).abs() < 1e-9);
     let fr = value_of(by_country, "country", "33").expect("+33 (voice only) on the by-country panel");
     assert!((fr - one(r#"sum(rate(gd_send_voice_total{country="33"}[5m]))"#).await).abs() < 1e-9);
-    assert_eq!(by_country.len(), 3, "{by_country:?}");
+    let de = value_of(by_country, "country", "49").expect("+49 (WhatsApp only) on the by-country panel");
+    assert!((de - one(r#"sum(rate(gd_send_whatsapp_total{country="49"}[5m]))"#).await).abs() < 1e-9);
+    assert_eq!(by_country.len(), 4, "{by_country:?}");
 
-    // Conversion: verified over SMS and voice sent; 2 of 5 for +44, and 0 where nothing was verified.
+    // Sends and failures by channel: WhatsApp's series beside the others'.
+    let sends = panel("Sends per second by channel");
+    assert!(
+        sends
+            .iter()
+            .any(|r| value_of(r, "provider", "outbox").is_some_and(|v| v > 0.0)),
+        "no WhatsApp (outbox) sends on the sends panel: {sends:?}"
+    );
+    let failures = panel("Failures per second by reason");
+    assert!(
+        failures.iter().any(|r| value_of(r, "reason", "invalid_job").is_some()),
+        "no WhatsApp failure on the failures panel: {failures:?}"
+    );
+
+    // Conversion: verified over SMS, voice and WhatsApp sent; 3 of 7 for +44, and 0 where nothing was
+    // verified.
     let conversion = &panel("Conversion per country (verified / sent, 1h)")[0];
     let uk_conversion = value_of(conversion, "country", "44").expect("+44 on the conversion panel");
     assert!(
-        (0.34..0.46).contains(&uk_conversion),
-        "+44 conversion {uk_conversion}, 2 of 5 verified"
+        (0.37..0.49).contains(&uk_conversion),
+        "+44 conversion {uk_conversion}, 3 of 7 verified"
     );
     assert_eq!(value_of(conversion, "country", "1"), Some(0.0), "{conversion:?}");
     assert_eq!(value_of(conversion, "country", "33"), Some(0.0), "{conversion:?}");
+    assert_eq!(value_of(conversion, "country", "49"), Some(0.0), "{conversion:?}");
 
     // Receipts by status, and their latency.
     let receipts = &panel("Delivery receipts per second by status")[0];

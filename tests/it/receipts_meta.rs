@@ -382,3 +382,58 @@ async fn a_second_replica_takes_metas_webhook_and_the_event_is_once() {
     replica.stop().await;
     app.stop().await;
 }
+
+/// Whether `text` holds `digits` in clear or inside a base64 run (standard or URL-safe alphabet, padded or
+/// not, read from any of its first four offsets), as Meta's wamids carry the recipient's number.
+fn holds_number(text: &str, digits: &str) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    if text.contains(digits) {
+        return true;
+    }
+    let is_b64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '-' | '_');
+    text.split(|c: char| !is_b64(c))
+        .filter(|run| run.len() >= 8)
+        .any(|run| {
+            (0..4).any(|skip| {
+                let mut part = &run[skip..];
+                part = &part[..part.len() - part.len() % 4];
+                [STANDARD_NO_PAD, URL_SAFE_NO_PAD].iter().any(|engine| {
+                    engine
+                        .decode(part)
+                        .is_ok_and(|bytes| bytes.windows(digits.len()).any(|w| w == digits.as_bytes()))
+                })
+            })
+        })
+}
+
+/// Meta's `wamid` is base64 that spells the recipient's number: its documented example
+/// `wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDNkVFNjVFM0MyMEQ0RDIzRTEA` decodes to `…16503879439…`, and the test
+/// server's ids are built the same way. Published as `provider_message_id`, it is the full number in every
+/// `gd_send_whatsapp` and `gd_send_whatsapp_status` event (and their stdout lines), which
+/// docs/jobs-and-events.md forbids at any level. Fails while herald publishes Meta's id as it is.
+#[tokio::test]
+async fn no_whatsapp_event_carries_the_number_inside_metas_message_id() {
+    assert!(holds_number(
+        "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDNkVFNjVFM0MyMEQ0RDIzRTEA",
+        "6503879439"
+    ));
+    let (mut app, _server) = meta_app(|_| {}).await;
+    let sent = send_through_meta(&mut app).await;
+    let wamid = crate::helpers::meta_api::wamid(1);
+    assert!(
+        holds_number(&wamid, "4155550123"),
+        "the test server's wamid is not Meta's shape"
+    );
+    let http = app.http.to_string();
+    assert_eq!(signed_meta(&http, &meta_webhook(&wamid, "delivered", None)).await, 200);
+    let status = app.next_event(10).await;
+    assert_eq!(status["type"], "gd_send_whatsapp_status", "{status}");
+    for event in [&sent, &status] {
+        assert!(
+            !holds_number(&event.to_string(), "4155550123"),
+            "the recipient's number, base64 in Meta's id, is published: {event}"
+        );
+    }
+    app.stop().await;
+}
