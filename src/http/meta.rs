@@ -69,7 +69,7 @@ async fn webhook(req: HttpRequest, payload: web::Payload, data: web::Data<HttpSt
         let result = receipts
             .apply(
                 provider,
-                &status.id,
+                &crate::providers::meta::message_id(&status.id),
                 status.status.map(Reported::message),
                 status.error_code,
             )

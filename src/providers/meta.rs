@@ -16,8 +16,16 @@ use super::{
 };
 use crate::config::{MetaConfig, MetaLanguage};
 use crate::job::{Job, Locale};
-use crate::privacy::scrub;
+use crate::privacy::{self, scrub};
 use crate::templates::Rendered;
+
+/// The id herald records, publishes and matches receipts by for a message Meta took: a hash of its `wamid`,
+/// never the `wamid` itself, which is base64 that spells the recipient's number (Meta's own example
+/// `wamid.HBgLMTY1MDM4Nzk0MzkV…` holds 16503879439). The same `wamid` in a status webhook hashes to the
+/// same id (docs/providers/meta.md "Message ids").
+pub fn message_id(wamid: &str) -> String {
+    format!("meta-{}", privacy::hashed(wamid))
+}
 
 pub struct Meta {
     client: HttpClient,
@@ -263,7 +271,7 @@ impl Provider for Meta {
             let id = serde_json::from_slice::<Sent>(&exchanged.body)
                 .ok()
                 .and_then(|s| s.messages.into_iter().next())
-                .map(|m| m.id);
+                .map(|m| message_id(&m.id));
             return Ok(match id {
                 Some(id) => Receipt::sent(Some(id)),
                 None => Receipt::unconfirmed(Ambiguous::UnreadableAnswer, None),

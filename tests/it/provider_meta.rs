@@ -62,7 +62,7 @@ async fn send(meta: &Meta, job: &Job) -> Result<herald::providers::Receipt, hera
 async fn an_authentication_template_carries_the_code_in_its_body_and_button_with_bearer_auth() {
     let (api, server) = meta_api().await;
     let got = verdict_with_id(send(&meta(&config(&server.uri())), &whatsapp_job(Some("pt-BR"))).await);
-    assert_eq!(got, format!("sent {}", meta_api::wamid(1)));
+    assert_eq!(got, format!("sent {}", meta_api::published_id(&meta_api::wamid(1))));
     assert_eq!(api.violations(), Vec::<String>::new());
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests[0].url.path(), format!("/v23.0/{NUMBER_ID}/messages"));
@@ -196,7 +196,7 @@ async fn whatsapp_jobs_through_meta_end_in_whatsapp_events_with_metas_id_or_code
     assert_event_shape(&e);
     assert_eq!(e["type"], "gd_send_whatsapp", "{e}");
     assert_eq!(e["provider"], "meta");
-    assert_eq!(e["provider_message_id"], meta_api::wamid(1));
+    assert_eq!(e["provider_message_id"], meta_api::published_id(&meta_api::wamid(1)));
     crate::receipts_meta::assert_documented_as(&e, "Event");
     api.then([Answer::Error(131026)]);
     app.publish(&job("whatsapp")).await;

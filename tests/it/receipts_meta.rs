@@ -246,7 +246,7 @@ async fn the_subscription_handshake_echoes_the_challenge_only_for_the_verify_tok
 async fn signed_statuses_event_once_and_unsigned_ones_change_nothing() {
     let (mut app, _server) = meta_app(|_| {}).await;
     let sent = send_through_meta(&mut app).await;
-    let wamid = sent["provider_message_id"].as_str().unwrap().to_owned();
+    let wamid = crate::helpers::meta_api::wamid_of(&sent);
     let http = app.http.to_string();
     assert_eq!(signed_meta(&http, &meta_webhook(&wamid, "sent", None)).await, 200);
     assert_eq!(app.try_next_event(1).await, None);
@@ -276,7 +276,10 @@ async fn signed_statuses_event_once_and_unsigned_ones_change_nothing() {
     assert_eq!(event["type"], "gd_send_whatsapp_status", "{event}");
     assert_eq!(event["status"], "delivered");
     assert_eq!(event["provider"], "meta");
-    assert_eq!(event["provider_message_id"], wamid.as_str());
+    assert_eq!(
+        event["provider_message_id"],
+        crate::helpers::meta_api::published_id(&wamid).as_str()
+    );
     assert_eq!(event["channel"], "whatsapp");
     assert_eq!(event["job_id"], sent["job_id"]);
     assert_documented(&event);
@@ -325,7 +328,7 @@ async fn a_failed_status_carries_metas_code_and_counts_as_unverified_for_the_gua
     let failed = send_through_meta(&mut app).await;
     let delivered = send_through_meta(&mut app).await;
     let http = app.http.to_string();
-    let id = |e: &Value| e["provider_message_id"].as_str().unwrap().to_owned();
+    let id = |e: &Value| crate::helpers::meta_api::wamid_of(e);
     assert_eq!(
         signed_meta(&http, &meta_webhook(&id(&failed), "failed", Some(131026))).await,
         200
@@ -365,7 +368,7 @@ async fn a_failed_status_carries_metas_code_and_counts_as_unverified_for_the_gua
 async fn a_second_replica_takes_metas_webhook_and_the_event_is_once() {
     let (mut app, _server) = meta_app(|c| c.redis.url = herald::config::Secret::new("redis://127.0.0.1:6379")).await;
     let sent = send_through_meta(&mut app).await;
-    let wamid = sent["provider_message_id"].as_str().unwrap().to_owned();
+    let wamid = crate::helpers::meta_api::wamid_of(&sent);
     let replica = crate::helpers::Replica::spawn(&app.config).await;
     let at_replica = replica.http.to_string();
     assert_eq!(

@@ -277,6 +277,23 @@ pub fn wamid(n: usize) -> String {
     format!("wamid.HBgLMTQxNTU1NTAxMjMVAgARGBI{n:020X}AA==")
 }
 
+/// What herald publishes as `provider_message_id` for a `wamid` (docs/providers/meta.md, "Answers"): `meta-`
+/// and the first 12 bytes of its SHA-256 in hex, never the `wamid`, which spells the recipient's number.
+pub fn published_id(wamid: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(wamid.as_bytes());
+    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("meta-{hex}")
+}
+
+/// The test server's `wamid` (one of its first 100) that an event's `provider_message_id` stands for.
+pub fn wamid_of(event: &serde_json::Value) -> String {
+    (1..=100)
+        .map(wamid)
+        .find(|w| event["provider_message_id"] == published_id(w).as_str())
+        .unwrap_or_else(|| panic!("provider_message_id is no hash of a wamid the server gave: {event}"))
+}
+
 impl Respond for MetaApi {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let (language, code, to) = match self.check(request) {
