@@ -75,8 +75,10 @@ struct Change {
 
 #[derive(Deserialize)]
 struct Value {
+    /// Read one by one: a status herald cannot read is skipped, not the webhook's others (Meta would send the
+    /// whole webhook again and again on a 400, and its good statuses would never land).
     #[serde(default)]
-    statuses: Vec<RawStatus>,
+    statuses: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +126,7 @@ pub fn statuses(body: &[u8]) -> Option<Vec<MetaStatus>> {
             .flat_map(|e| e.changes)
             .filter_map(|c| c.value)
             .flat_map(|v| v.statuses)
+            .filter_map(|s| serde_json::from_value::<RawStatus>(s).ok())
             .map(|s| MetaStatus {
                 status: status(&s.status),
                 error_code: s.errors.first().and_then(error_code),
@@ -193,6 +196,15 @@ mod tests {
         assert_eq!(got[1].error_code.as_deref(), Some("131026"));
         assert_eq!(got[2].status, None);
         assert!(statuses(b"not json").is_none());
+        // One status herald cannot read (no id, a number for a status) leaves the others of its webhook.
+        let mixed = br#"{"entry":[{"changes":[{"value":{"statuses":[{"status":"read"},{"id":"wamid.D","status":7},
+          {"id":"wamid.E","status":"delivered"}]}}]}]}"#;
+        let got = statuses(mixed).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].id.as_str(), got[0].status),
+            ("wamid.E", Some(Status::Delivered))
+        );
         assert!(is_wamid("wamid.HBgLMTQxNTU1NTAxMjMVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA"));
         assert!(!is_wamid("wamid with space") && !is_wamid(""));
     }
