@@ -9,6 +9,7 @@ mod meta;
 pub mod smtp;
 mod values;
 mod warnings;
+pub mod workflows;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +77,9 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub fraud: FraudConfig,
     pub retry: RetryConfig,
+    /// Channels tried in turn for a job that names one (docs/workflows.md); none by default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workflows: workflows::Workflows,
 }
 
 impl Default for Config {
@@ -775,6 +779,7 @@ impl Config {
                 ));
             }
         }
+        workflows::check(&self.workflows)?;
         for (key, channel, kinds) in self.chains() {
             if kinds.is_empty() {
                 return Err(ConfigError::key(&key, "needs at least one provider"));
