@@ -478,6 +478,7 @@ pub(super) mod tests {
                 )
             }
             Step::Record(Entry::Retrying { next_attempt }) => format!("record {id} retrying {next_attempt}"),
+            Step::Record(Entry::Workflow(w)) => format!("record {id} {w:?}"),
             Step::Publish(p) if p.exchange.is_empty() => format!("publish {}", p.routing_key),
             Step::Publish(p) => format!("publish {} {}", p.exchange, p.routing_key),
             Step::Ack(tag) => format!("ack {tag}"),
