@@ -650,6 +650,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The waits herald's delay queues are made for: `retry.schedule`'s and every workflow step's, so that
+    /// no workflow check waits behind a longer wait (docs/workflows.md).
+    pub fn delay_schedule(&self) -> RetrySchedule {
+        let steps = self
+            .workflows
+            .values()
+            .flat_map(|w| w.steps.iter().filter_map(|s| s.wait()));
+        RetrySchedule::new(self.retry.schedule.waits().iter().copied().chain(steps).collect())
+    }
+
     /// Checks what types alone cannot: cross-key requirements and value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=MAX_CHANNELS).contains(&self.amqp.channels) {
@@ -681,7 +691,7 @@ impl Config {
         }
         if self
             .amqp
-            .delay_queues(&self.retry.schedule)
+            .delay_queues(&self.delay_schedule())
             .iter()
             .any(|(_, name)| name.len() > 255)
         {

@@ -218,6 +218,14 @@ impl From<rusqlite::Error> for StoreError {
 pub struct PendingPut(Option<futures_util::future::BoxFuture<'static, Result<(), StoreError>>>);
 
 impl PendingPut {
+    /// Both writes, resolved once both are: the first failure, if any.
+    pub fn both(first: PendingPut, second: PendingPut) -> PendingPut {
+        PendingPut::new(async move {
+            let (a, b) = futures_util::future::join(first, second).await;
+            a.and(b)
+        })
+    }
+
     fn new(write: impl Future<Output = Result<(), StoreError>> + Send + 'static) -> PendingPut {
         PendingPut(Some(Box::pin(write)))
     }

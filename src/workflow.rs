@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::config::workflows::{Until, Workflow, Workflows};
 use crate::job::{Channel, InvalidJob, Job, JobError, Recipient};
-use crate::store::WorkflowEntry;
+use crate::receipts::{FinalReceipt, ReceiptSink};
+use crate::store::{Entry, Store, WorkflowEntry};
 
 /// The event type of a workflow's end, also its routing key on `herald.events`.
 pub const WORKFLOW_EVENT: &str = "gd_send_workflow";
@@ -170,7 +171,7 @@ pub struct Ending {
 }
 
 /// `result` of `gd_send_workflow`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkflowResult {
     /// A step's message got a delivered receipt (`until = "delivered"`).
@@ -281,6 +282,42 @@ impl WorkflowEvent {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
+}
+
+/// Final receipts of workflow steps, kept for their checks (`<id> #<n> receipt`). Written in a task of its
+/// own: a receipt whose write fails is only a step that waits its whole wait.
+pub struct ReceiptsToWorkflows(pub std::sync::Arc<Store>);
+
+impl ReceiptSink for ReceiptsToWorkflows {
+    fn final_receipt(&self, receipt: &FinalReceipt) {
+        let Some(step) = receipt.step else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let entry = Entry::Workflow(WorkflowEntry::Receipt {
+            delivered: receipt.status.is_delivered(),
+        });
+        let put = self.0.put(&receipt_key(&receipt.job_id, step), entry);
+        let job_id = receipt.job_id.clone();
+        runtime.spawn(async move {
+            if let Err(e) = put.await {
+                tracing::warn!(%job_id, step, error = %e, "workflow step's receipt not recorded; the step waits its wait");
+            }
+        });
+    }
+}
+
+/// After `verified: true` feedback for `job_id`: remembered for its workflow's checks, if it is a
+/// workflow's job (one read for any other job id, no write).
+pub async fn verified(store: &Store, job_id: &str) -> Result<(), crate::store::StoreError> {
+    if let Some(Entry::Workflow(_)) = store.get(job_id).await? {
+        store
+            .put(&verified_key(job_id), Entry::Workflow(WorkflowEntry::Verified))
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
