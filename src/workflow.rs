@@ -72,10 +72,13 @@ pub fn resolve(mut job: Job, workflows: &Workflows) -> Result<(Job, &Workflow), 
             job = at_step(job, workflow, 1);
             Ok((job, workflow))
         }
-        (problem, _) => Err(Box::new(InvalidJob::refused(
-            job,
-            JobError::Workflow(problem.unwrap_or(WorkflowError::Unknown)),
-        ))),
+        (problem, found) => {
+            // The failure event names the workflow's first channel, not the kind of `to` the job was read as.
+            let first = found.and_then(|w| w.step(1)).map(|s| s.channel);
+            let mut invalid = InvalidJob::refused(job, JobError::Workflow(problem.unwrap_or(WorkflowError::Unknown)));
+            invalid.channel = first.or(invalid.channel);
+            Err(Box::new(invalid))
+        }
     }
 }
 
@@ -517,6 +520,14 @@ mod tests {
             let invalid = resolve(job(body), &workflows).unwrap_err();
             assert_eq!(invalid.reason.to_string(), said);
             assert_eq!(invalid.id.as_deref(), Some("j1"));
+            assert_eq!(
+                invalid.channel,
+                Some(if body.contains("nope") {
+                    Channel::Sms
+                } else {
+                    Channel::Whatsapp
+                })
+            );
         }
         // Without `workflow`, `channel` is required as before; a bad name is refused at parse.
         let none = Job::from_json(br#"{"id":"j1","to":"+14155550123","code":"482913","user_id":"u1"}"#).unwrap_err();

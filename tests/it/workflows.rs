@@ -81,6 +81,27 @@ async fn events_of(broker: &mut Broker, id: &Value, last: &str, secs: u64) -> Ve
     out
 }
 
+/// An event matches its schema in docs/asyncapi.yaml (`Event` for a step, `WorkflowEvent` for the end).
+fn assert_documented(event: &Value) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/asyncapi.yaml")).unwrap();
+    let doc: Value = serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&doc).unwrap()).unwrap();
+    let name = if event["type"] == "gd_send_workflow" {
+        "WorkflowEvent"
+    } else {
+        "Event"
+    };
+    let schema = json!({"$ref": format!("#/components/schemas/{name}"), "components": doc["components"]});
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let errors: Vec<String> = validator.iter_errors(event).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{event} breaks docs/asyncapi.yaml {name}: {errors:?}"
+    );
+}
+
 fn types(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -113,6 +134,7 @@ async fn a_step_undelivered_within_its_wait_is_followed_by_the_next_step_once() 
         "{events:?}"
     );
     assert_eq!(events[0]["workflow"], "otp");
+    events.iter().for_each(assert_documented);
     assert!(sent.elapsed() >= Duration::from_secs(1), "step 2 waited step 1's wait");
     let end = &events[2];
     assert_eq!(
