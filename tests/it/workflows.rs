@@ -359,3 +359,46 @@ async fn a_sigkill_during_a_wait_neither_loses_nor_repeats_the_next_step() {
     let id = job["id"].as_str().unwrap();
     assert_eq!(outbox_counts(&outbox).get(id), Some(&2), "one send per step");
 }
+
+/// Two replicas on Redis take the jobs, their replays and their checks in any order: each job still gets
+/// step 1, step 2 and its end exactly once (the workflow's records are in Redis, shared).
+#[tokio::test]
+async fn two_replicas_on_redis_send_each_step_once() {
+    const JOBS: usize = 20;
+    let mut app = TestApp::spawn(|c| {
+        workflow(
+            c,
+            Until::Delivered,
+            vec![step(Channel::Sms, Some(1000)), step(Channel::Voice, None)],
+        );
+        c.redis.url = herald::config::Secret::new("redis://127.0.0.1:6379");
+    })
+    .await;
+    let replica = crate::helpers::Replica::spawn(&app.config).await;
+    let jobs: Vec<Value> = (0..JOBS).map(|_| otp_job()).collect();
+    app.publish_many(&jobs).await;
+    // Replayed during their wait (some may still be on step 1's send): never a second step 1.
+    app.publish_many(&jobs).await;
+    let mut seen: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.values().filter(|t| t.iter().any(|t| t.starts_with("gd_send_workflow"))).count() < JOBS {
+        assert!(Instant::now() < deadline, "not every workflow ended: {seen:?}");
+        if let Some(e) = app.try_next_event(1).await {
+            let t = format!("{}:{}", e["type"].as_str().unwrap(), e["step"]);
+            seen.entry(e["job_id"].as_str().unwrap().to_owned()).or_default().push(t);
+        }
+    }
+    while let Some(e) = app.try_next_event(3).await {
+        let t = format!("{}:{}", e["type"].as_str().unwrap(), e["step"]);
+        seen.entry(e["job_id"].as_str().unwrap().to_owned()).or_default().push(t);
+    }
+    for job in &jobs {
+        let id = job["id"].as_str().unwrap();
+        assert_eq!(
+            seen.get(id).map(Vec::as_slice),
+            Some(&["gd_send_sms:1".to_owned(), "gd_send_voice:2".into(), "gd_send_workflow:null".into()][..]),
+            "{id}"
+        );
+    }
+    replica.stop().await;
+}
