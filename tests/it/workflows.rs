@@ -381,24 +381,91 @@ async fn two_replicas_on_redis_send_each_step_once() {
     app.publish_many(&jobs).await;
     let mut seen: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.values().filter(|t| t.iter().any(|t| t.starts_with("gd_send_workflow"))).count() < JOBS {
+    while seen
+        .values()
+        .filter(|t| t.iter().any(|t| t.starts_with("gd_send_workflow")))
+        .count()
+        < JOBS
+    {
         assert!(Instant::now() < deadline, "not every workflow ended: {seen:?}");
         if let Some(e) = app.try_next_event(1).await {
             let t = format!("{}:{}", e["type"].as_str().unwrap(), e["step"]);
-            seen.entry(e["job_id"].as_str().unwrap().to_owned()).or_default().push(t);
+            seen.entry(e["job_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(t);
         }
     }
     while let Some(e) = app.try_next_event(3).await {
         let t = format!("{}:{}", e["type"].as_str().unwrap(), e["step"]);
-        seen.entry(e["job_id"].as_str().unwrap().to_owned()).or_default().push(t);
+        seen.entry(e["job_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(t);
     }
     for job in &jobs {
         let id = job["id"].as_str().unwrap();
         assert_eq!(
             seen.get(id).map(Vec::as_slice),
-            Some(&["gd_send_sms:1".to_owned(), "gd_send_voice:2".into(), "gd_send_workflow:null".into()][..]),
+            Some(
+                &[
+                    "gd_send_sms:1".to_owned(),
+                    "gd_send_voice:2".into(),
+                    "gd_send_workflow:null".into()
+                ][..]
+            ),
             "{id}"
         );
     }
     replica.stop().await;
+}
+
+/// A step is retried like any send: a transient refusal retries step 1 (attempt 2), and its wait starts from
+/// the send that went through.
+#[tokio::test]
+async fn a_step_is_retried_like_any_send() {
+    let (api, server) = twilio_api().await;
+    // 20503: Twilio's service unavailable, transient.
+    api.then([Answer::Error(20503)]);
+    let mut app = TestApp::spawn(|c| {
+        workflow(
+            c,
+            Until::Delivered,
+            vec![step(Channel::Sms, Some(1000)), step(Channel::Voice, None)],
+        );
+        with_twilio(c, &server);
+        c.retry.schedule = vec![HumanDuration(Duration::from_millis(200))].into();
+    })
+    .await;
+    let job = otp_job();
+    app.publish(&job).await;
+    let events = events_of(&mut app, &job["id"], "gd_send_workflow", 20).await;
+    assert_eq!(
+        types(&events),
+        ["gd_send_sms:1", "gd_send_voice:2", "gd_send_workflow:null"],
+        "{events:?}"
+    );
+    assert_eq!(events[0]["attempt"], 2, "{}", events[0]);
+    assert_eq!(api.served(), 2);
+}
+
+/// No step starts after the job's `expires_at`: the workflow ends `expired` instead of calling.
+#[tokio::test]
+async fn no_step_starts_after_the_code_expired() {
+    let mut app = TestApp::spawn(|c| {
+        workflow(
+            c,
+            Until::Delivered,
+            vec![step(Channel::Sms, Some(2000)), step(Channel::Voice, None)],
+        )
+    })
+    .await;
+    let mut job = otp_job();
+    job["expires_at"] = json!((chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339());
+    app.publish(&job).await;
+    let events = events_of(&mut app, &job["id"], "gd_send_workflow", 20).await;
+    assert_eq!(types(&events), ["gd_send_sms:1", "gd_send_workflow:null"], "{events:?}");
+    assert_eq!(
+        (&events[1]["result"], &events[1]["steps"]),
+        (&json!("expired"), &json!(1))
+    );
+    assert_eq!(app.outbox_lines().len(), 1, "no voice call");
 }
