@@ -208,8 +208,10 @@ pub const MAX_HEADERS: usize = 4096;
 /// publisher's: not counted against [`MAX_HEADERS`], and not carried into what herald publishes (a retry,
 /// a dead letter): the broker writes its own again, and a publisher's forged copy is not herald's to carry.
 pub fn is_bookkeeping(key: &str) -> bool {
-    matches!(key, "x-delivery-count" | "x-death" | crate::consumer::ATTEMPT_HEADER)
-        || key.starts_with("x-first-death-")
+    matches!(
+        key,
+        "x-delivery-count" | "x-death" | crate::consumer::ATTEMPT_HEADER | crate::consumer::CHECK_HEADER
+    ) || key.starts_with("x-first-death-")
         || key.starts_with("x-last-death-")
 }
 

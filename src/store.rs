@@ -77,6 +77,9 @@ pub enum WorkflowEntry {
         at_ms: u64,
         failed: bool,
         sent: u32,
+        /// The token of the step's check chain ([`crate::consumer::CHECK_HEADER`]).
+        #[serde(default)]
+        check: String,
     },
     /// Under a step's receipt key: the step's message got its final receipt.
     Receipt { delivered: bool },
@@ -1142,6 +1145,7 @@ mod tests {
             at_ms: 7,
             failed: true,
             sent: 1,
+            check: "01JD3V7ZQ4T6Y0M2W8K5H9N1PB".into(),
         });
         {
             let store = Store::local(dir.path(), errors()).unwrap();

@@ -10,6 +10,8 @@
 //! - `<id> #<n>`: step `n`'s outcome record, like a job's (docs/guarantees.md applies per step);
 //! - `<id> #<n> receipt`: step `n`'s final delivery receipt; `<id> verified`: `verified: true` feedback.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use crate::config::workflows::{Until, Workflow, Workflows};
@@ -100,6 +102,17 @@ fn fits(channel: Channel, to: &Recipient) -> bool {
     }
 }
 
+/// How often a wait is looked at: a step's check comes back every [`hop`] of its wait, so that an undelivered
+/// receipt moves the workflow on within this long rather than at the end of the wait.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// The check interval of a `wait`: the wait cut into equal hops of at most [`POLL`] (a 7 s wait: two of
+/// 3.5 s), so the last hop ends on the wait.
+pub fn hop(wait: Duration) -> Duration {
+    let hops = wait.as_millis().div_ceil(POLL.as_millis()).max(1);
+    Duration::from_millis((wait.as_millis() / hops) as u64)
+}
+
 /// Where a workflow stands, from the store: its last step's outcome, that step's receipt, the feedback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seen {
@@ -131,6 +144,7 @@ impl LastStep {
                 at_ms,
                 failed,
                 sent,
+                ..
             } => Some(LastStep {
                 step,
                 at_ms,
@@ -141,12 +155,14 @@ impl LastStep {
         }
     }
 
-    pub fn entry(self) -> WorkflowEntry {
+    /// Its record, with the token of its check chain.
+    pub fn entry(self, check: String) -> WorkflowEntry {
         WorkflowEntry::Step {
             step: self.step,
             at_ms: self.at_ms,
             failed: self.failed,
             sent: self.sent,
+            check,
         }
     }
 }
@@ -490,6 +506,17 @@ mod tests {
 
     fn job(body: &str) -> Job {
         Job::from_json(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_wait_is_looked_at_in_equal_hops_of_at_most_the_poll() {
+        let s = Duration::from_secs;
+        assert_eq!(hop(s(1)), s(1));
+        assert_eq!(hop(s(5)), s(5));
+        assert_eq!(hop(Duration::from_millis(7000)), Duration::from_millis(3500));
+        assert_eq!(hop(s(30)), s(5));
+        assert_eq!(hop(s(45)), s(5));
+        assert_eq!(hop(s(3600)), s(5));
     }
 
     #[test]

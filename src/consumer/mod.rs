@@ -52,6 +52,9 @@ use outage::StoreOutage;
 /// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
 /// only: herald takes attempt numbers from its outcome store, never from a header a publisher can write.
 pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
+/// Header of a workflow's check (docs/workflows.md): the token of the check chain herald's record names.
+/// It only lets a check that is due later re-arm itself; a copy whose token is not the record's does nothing.
+pub const CHECK_HEADER: &str = "x-herald-check";
 /// Header with the reason a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-herald-error";
 

@@ -403,6 +403,7 @@ pub(super) fn check_publish(
     props: &BasicProperties,
     body: &Arc<Vec<u8>>,
     after: Duration,
+    check: &str,
 ) -> Publish {
     let mut headers = FieldTable::default();
     for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
@@ -410,6 +411,7 @@ pub(super) fn check_publish(
             headers.insert(k.clone(), v.clone());
         }
     }
+    headers.insert(super::CHECK_HEADER.into(), AMQPValue::LongString(check.into()));
     let properties = props.clone().with_headers(headers).with_delivery_mode(2);
     if after.is_zero() {
         return Publish {

@@ -21,6 +21,20 @@ use crate::reply::ReplyTo;
 use crate::store::{Entry, Record, WorkflowEntry};
 use crate::workflow::{self, LastStep, Move, Seen, WORKFLOW_EVENT, WorkflowEvent};
 
+/// The check token a copy carries, if any: compared with herald's record, never trusted on its own.
+fn carried_check(inbound: &Inbound) -> Option<&str> {
+    match inbound
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(super::CHECK_HEADER)?
+    {
+        lapin::types::AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        _ => None,
+    }
+}
+
 /// What a recorded `gd_send_workflow` says of itself, to count it when it is republished.
 #[derive(serde::Deserialize)]
 struct RecordedEnd {
@@ -51,13 +65,19 @@ impl Consumer {
             state = self.held_for_store(&id, || get(id.clone())) => state,
             _ = shutdown.cancelled() => return None,
         };
-        let last = match state {
+        let (last, chain) = match state {
             Some(Entry::Outcome(record)) => {
                 let plan = self.ended(inbound, &id, record);
                 return Some(Uncommitted::start(plan, &self.store, Some(claim), gauge));
             }
-            Some(Entry::Workflow(w)) => LastStep::of(&w),
-            Some(Entry::Retrying { .. }) | None => None,
+            Some(Entry::Workflow(w)) => {
+                let chain = match &w {
+                    WorkflowEntry::Step { check, .. } => check.clone(),
+                    _ => String::new(),
+                };
+                (LastStep::of(&w), chain)
+            }
+            Some(Entry::Retrying { .. }) | None => (None, String::new()),
         };
         let (receipt, verified) = match last {
             None => (None, false),
@@ -91,13 +111,32 @@ impl Consumer {
         };
         let step = match workflow::next(flow, seen) {
             Move::NotYet => {
-                tracing::info!(job_id = %id, workflow = %name, "workflow copy before its step is due acknowledged");
-                return Some(Uncommitted::start(
-                    Plan::acknowledge(inbound.delivery_tag),
-                    &self.store,
-                    Some(claim),
-                    gauge,
-                ));
+                // The step's own check chain comes back again after a hop; any other copy (a replay, a
+                // forged check, a check of an older chain) is only acked.
+                let hop = last
+                    .and_then(|l| flow.step(l.step))
+                    .and_then(|s| s.wait())
+                    .map(workflow::hop);
+                let plan = match hop {
+                    Some(hop) if !chain.is_empty() && carried_check(inbound) == Some(chain.as_str()) => Plan {
+                        id: None,
+                        steps: vec![
+                            Step::Publish(plan::check_publish(
+                                self.queues(),
+                                &inbound.properties,
+                                &inbound.body,
+                                hop,
+                                &chain,
+                            )),
+                            Step::Ack(inbound.delivery_tag),
+                        ],
+                    },
+                    _ => {
+                        tracing::info!(job_id = %id, workflow = %name, "workflow copy before its step is due acknowledged");
+                        Plan::acknowledge(inbound.delivery_tag)
+                    }
+                };
+                return Some(Uncommitted::start(plan, &self.store, Some(claim), gauge));
             }
             Move::End(ending) => {
                 let event = WorkflowEvent::new(&job, &name, ending);
@@ -164,17 +203,22 @@ impl Consumer {
                 failed,
                 sent,
             };
-            // At once after a failed step or the last one; else after the step's wait.
+            // At once after a failed step or the last one; else after the first hop of the step's wait.
             let after = match flow.step(step).and_then(|s| s.wait()) {
-                Some(wait) if !failed => wait,
+                Some(wait) if !failed => workflow::hop(wait),
                 _ => Duration::ZERO,
             };
-            plan.insert_before_ack(Step::RecordWorkflow(id.clone(), Entry::Workflow(record.entry())));
+            let chain = ulid::Ulid::generate().to_string();
+            plan.insert_before_ack(Step::RecordWorkflow(
+                id.clone(),
+                Entry::Workflow(record.entry(chain.clone())),
+            ));
             plan.insert_before_ack(Step::Publish(plan::check_publish(
                 self.queues(),
                 &inbound.properties,
                 &inbound.body,
                 after,
+                &chain,
             )));
             plan.steps.push(Step::CountWorkflow(WorkflowCount::Step {
                 workflow: name,

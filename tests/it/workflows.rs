@@ -469,3 +469,38 @@ async fn no_step_starts_after_the_code_expired() {
     );
     assert_eq!(app.outbox_lines().len(), 1, "no voice call");
 }
+
+/// An undelivered receipt moves the workflow on at the step's next check (every 5 s of its wait at most),
+/// not at the end of a 12 s wait.
+#[tokio::test]
+async fn an_undelivered_receipt_moves_on_before_the_wait_runs_out() {
+    let (_api, server) = twilio_api().await;
+    let mut app = TestApp::spawn(|c| {
+        workflow(
+            c,
+            Until::Delivered,
+            vec![step(Channel::Sms, Some(12_000)), step(Channel::Voice, None)],
+        );
+        with_twilio(c, &server);
+    })
+    .await;
+    let job = otp_job();
+    let sent = Instant::now();
+    app.publish(&job).await;
+    let first = app.next_outcome(20).await;
+    assert_eq!(first["step"], 1, "{first}");
+    let sid = first["provider_message_id"].as_str().unwrap().to_owned();
+    let status = message_status(&sid, "undelivered", Some("30008"));
+    assert_eq!(callback(&app.http.to_string(), &status).await, 200);
+    let events = events_of(&mut app, &job["id"], "gd_send_workflow", 20).await;
+    assert_eq!(
+        types(&events),
+        ["gd_send_sms_status:null", "gd_send_voice:2", "gd_send_workflow:null"],
+        "{events:?}"
+    );
+    let ended = sent.elapsed();
+    assert!(
+        ended < Duration::from_secs(10),
+        "moved on after {ended:?}, not at the first check (4 s)"
+    );
+}
