@@ -169,6 +169,17 @@ impl Consumer {
                 decision::after_delivery(&job, attempt, &answered, &self.default_locale)
             }
         };
+        // A step that fails for good is not the job's end while a step follows: it is not dead-lettered.
+        let disposition = match disposition {
+            Disposition::Final {
+                event,
+                dead_reason: Some(_),
+            } if step < flow.len() => Disposition::Final {
+                event,
+                dead_reason: None,
+            },
+            disposition => disposition,
+        };
         // Only step 1 answers the job's reply_to (docs/workflows.md).
         let reply_to = reply_to.filter(|_| step == 1);
         let outcome = match &disposition {

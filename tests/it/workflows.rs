@@ -240,6 +240,9 @@ async fn a_failed_step_moves_on_at_once() {
     assert!(sent.elapsed() < Duration::from_secs(20));
     assert_eq!(events[0]["error"]["code"], "provider_rejected");
     assert_eq!((&events[2]["result"], &events[2]["steps"]), (&json!("sent"), &json!(1)));
+    // A step followed by another is not the job's end: nothing in herald.dead.
+    let dead = app.config.amqp.dead_queue.clone();
+    assert_eq!(app.queue_len(&dead).await, 0);
 }
 
 #[tokio::test]
