@@ -726,6 +726,13 @@ fn workflows_parse_and_a_bad_table_names_its_key() {
     let env = config.to_env().unwrap();
     assert_eq!(Config::load_from(None, env).unwrap(), config, "to_env round-trips");
     assert!(Config::default().workflows.is_empty());
+    // As deploy/herald.example.toml writes it in the environment.
+    let vars = [(
+        "HERALD_WORKFLOWS__OTP".to_owned(),
+        r#"{steps = [{channel = "whatsapp", wait = "30s"}, {channel = "sms"}]}"#.to_owned(),
+    )];
+    let from_env = Config::load_from(None, vars).unwrap();
+    assert_eq!(from_env.workflows["otp"].len(), 2);
 
     let steps = |s: &str| format!("[workflows.otp]\nsteps = [{s}]\n");
     let cases = [
