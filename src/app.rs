@@ -110,7 +110,9 @@ impl Application {
             )
             // Undelivered and failed receipts settle their codes as unverified for the guard (docs/fraud-and-limits.md,
             // docs/receipts.md).
-            .with_sink(Arc::new(fraud::ReceiptsToGuard(guard.clone()))),
+            .with_sink(Arc::new(fraud::ReceiptsToGuard(guard.clone())))
+            // Workflow steps' receipts, for their checks (docs/workflows.md).
+            .with_sink(Arc::new(crate::workflow::ReceiptsToWorkflows(store.clone()))),
         );
         let throttle = Arc::new(Throttle::new(
             &config.throttle,
@@ -168,7 +170,8 @@ impl Application {
             guard,
             metrics.guard.clone(),
             metrics.dead_lettered.clone(),
-        );
+        )
+        .with_store(store.clone());
         // Replicas share templates.dir: pick up each other's edits within seconds.
         let watched = templates.clone();
         let stopping = shutdown.clone();

@@ -208,7 +208,7 @@ pub const MAX_HEADERS: usize = 4096;
 /// publisher's: not counted against [`MAX_HEADERS`], and not carried into what herald publishes (a retry,
 /// a dead letter): the broker writes its own again, and a publisher's forged copy is not herald's to carry.
 pub fn is_bookkeeping(key: &str) -> bool {
-    matches!(key, "x-delivery-count" | "x-death" | ATTEMPT_HEADER)
+    matches!(key, "x-delivery-count" | "x-death" | ATTEMPT_HEADER | CHECK_HEADER)
         || key.starts_with("x-first-death-")
         || key.starts_with("x-last-death-")
 }
@@ -519,6 +519,9 @@ pub fn event_properties(kind: &str, job_id: Option<&str>) -> BasicProperties {
 /// Header showing the attempt number of a retried job, for operators reading a delay queue. Informational
 /// only: herald takes attempt numbers from its outcome store, never from a header a publisher can write.
 pub const ATTEMPT_HEADER: &str = "x-herald-attempt";
+/// Header of a workflow's check (docs/workflows.md): the token of the check chain herald's record names.
+/// It only lets a check that is due later re-arm itself; a copy whose token is not the record's does nothing.
+pub const CHECK_HEADER: &str = "x-herald-check";
 /// Header with the reason a message was dead-lettered.
 pub const ERROR_HEADER: &str = "x-herald-error";
 

@@ -9,6 +9,7 @@ mod meta;
 pub mod smtp;
 mod values;
 mod warnings;
+pub mod workflows;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -76,6 +77,9 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub fraud: FraudConfig,
     pub retry: RetryConfig,
+    /// Channels tried in turn for a job that names one (docs/workflows.md); none by default.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workflows: workflows::Workflows,
 }
 
 impl Default for Config {
@@ -646,6 +650,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The waits herald's delay queues are made for: `retry.schedule`'s and every workflow step's, so that
+    /// no workflow check waits behind a longer wait (docs/workflows.md).
+    pub fn delay_schedule(&self) -> RetrySchedule {
+        let steps = self
+            .workflows
+            .values()
+            .flat_map(|w| w.steps.iter().filter_map(|s| s.wait()).map(crate::workflow::hop));
+        RetrySchedule::new(self.retry.schedule.waits().iter().copied().chain(steps).collect())
+    }
+
     /// Checks what types alone cannot: cross-key requirements and value ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=MAX_CHANNELS).contains(&self.amqp.channels) {
@@ -677,7 +691,7 @@ impl Config {
         }
         if self
             .amqp
-            .delay_queues(&self.retry.schedule)
+            .delay_queues(&self.delay_schedule())
             .iter()
             .any(|(_, name)| name.len() > 255)
         {
@@ -775,6 +789,7 @@ impl Config {
                 ));
             }
         }
+        workflows::check(&self.workflows)?;
         for (key, channel, kinds) in self.chains() {
             if kinds.is_empty() {
                 return Err(ConfigError::key(&key, "needs at least one provider"));

@@ -100,6 +100,9 @@ pub fn before_delivery(
             tracing::warn!(job_id = %job.id, "unreadable outcome record; delivering again");
         }
         Some(Entry::Retrying { next_attempt }) => attempt = next_attempt.max(1),
+        // The id of a workflow under way (docs/workflows.md) sent again without its `workflow`: never a
+        // second send of its code.
+        Some(Entry::Workflow(_)) => return Next::Settled(Box::new(duplicate(job, default_locale))),
         None => {}
     }
     if let Some(limit) = poison

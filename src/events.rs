@@ -111,6 +111,11 @@ pub struct Event {
     pub error: Option<EventError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
+    /// The workflow this send is a step of (docs/workflows.md), and the step (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
 }
 
 /// An outcome event's `type` (docs/jobs-and-events.md "Events"): its channel and whether it succeeded. Also its routing
@@ -230,6 +235,8 @@ impl Event {
             duration_ms: 0,
             error: None,
             scope: None,
+            workflow: job.workflow.as_ref().map(|w| w.name.clone()),
+            step: job.workflow.as_ref().map(|w| w.step),
         }
     }
 
@@ -259,6 +266,8 @@ impl Event {
                 provider_code: None,
             }),
             scope: None,
+            workflow: None,
+            step: None,
         }
     }
 

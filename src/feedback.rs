@@ -94,6 +94,8 @@ pub struct FeedbackConsumer {
     dead_lettered: prometheus::IntCounterVec,
     /// The frames its connections ask for, raised for good by a delivery larger than them.
     frame_max: broker::FrameMax,
+    /// Where workflows learn of verified codes (docs/workflows.md).
+    store: Option<Arc<crate::store::Store>>,
 }
 
 impl FeedbackConsumer {
@@ -109,7 +111,14 @@ impl FeedbackConsumer {
             metrics,
             dead_lettered,
             frame_max: broker::FrameMax::default(),
+            store: None,
         }
+    }
+
+    /// Verified feedback also ends the job's workflow, if it has one (docs/workflows.md).
+    pub fn with_store(mut self, store: Arc<crate::store::Store>) -> FeedbackConsumer {
+        self.store = Some(store);
+        self
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -215,7 +224,24 @@ impl FeedbackConsumer {
         }
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.guard.verified(&verification.job_id).await {
+            let counted = self.guard.verified(&verification.job_id).await;
+            let remembered = match (&counted, &self.store) {
+                (Ok(_), Some(store)) => crate::workflow::verified(store, &verification.job_id).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = remembered {
+                tracing::warn!(error = %e, retry_in = ?backoff, "feedback not remembered for its workflow yet (store unreachable)");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await?;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            match counted {
                 Ok(result) => {
                     if let Feedback::Counted { .. } = result {
                         tracing::debug!(job_id = %verification.job_id, "code verified");

@@ -521,6 +521,19 @@ pub struct Job {
     pub friendly_name: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub vars: BTreeMap<String, String>,
+    /// The `[workflows.<name>]` the job names (docs/workflows.md); `None` for a job of one channel.
+    pub workflow: Option<JobWorkflow>,
+}
+
+/// A job's workflow: its name as the job gave it, and the step this send is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobWorkflow {
+    pub name: String,
+    /// The channel the job named besides, if any: it must be the first step's.
+    pub named_channel: Option<Channel>,
+    /// The step being sent, 1-based: herald's own (from its store), never the message's. Until the
+    /// workflow is resolved ([`crate::workflow::resolve`]), 1, and `Job::channel` is only the kind of `to`.
+    pub step: u32,
 }
 
 /// Why a message is not a valid job, plus whatever could still be read from it for the failure event.
@@ -560,6 +573,9 @@ pub enum JobError {
     /// The encoded size of the message's AMQP headers, over what herald takes (`broker::MAX_HEADERS`).
     #[error("message headers are {size} bytes; herald takes at most {max}")]
     Headers { size: usize, max: usize },
+    /// The job's `workflow` against the configured workflows (docs/workflows.md).
+    #[error(transparent)]
+    Workflow(#[from] crate::workflow::WorkflowError),
 }
 
 /// Why a job's `reply_to` is refused (with the job: it is dead-lettered as `invalid_job`), by
@@ -583,6 +599,8 @@ pub enum FieldError {
     Id,
     #[error("field `channel`: unknown channel (sms, voice, email or whatsapp)")]
     Channel,
+    #[error("field `workflow` must be 1 to 64 letters, digits, `_` or `-`")]
+    WorkflowName,
     #[error("field `to` {0}")]
     Phone(#[source] PhoneNumberError),
     #[error("field `to` {0}")]
@@ -655,6 +673,7 @@ struct RawJob {
     locale: Option<serde_json::Value>,
     user_id: Option<serde_json::Value>,
     ip: Option<serde_json::Value>,
+    workflow: Option<serde_json::Value>,
     friendly_name: Option<serde_json::Value>,
     expires_at: Option<serde_json::Value>,
     vars: Option<serde_json::Value>,
@@ -740,8 +759,29 @@ impl Job {
         if !valid_id(id) {
             return Err(FieldError::Id);
         }
-        let channel = Channel::parse(req_str("channel", &raw.channel)?).ok_or(FieldError::Channel)?;
+        let workflow = match opt_str("workflow", &raw.workflow)? {
+            None => None,
+            Some(name) if crate::config::workflows::is_name(name) => Some(name),
+            Some(_) => return Err(FieldError::WorkflowName),
+        };
+        let named_channel = match (opt_str("channel", &raw.channel)?, workflow) {
+            (Some(c), _) => Some(Channel::parse(c).ok_or(FieldError::Channel)?),
+            (None, Some(_)) => None,
+            (None, None) => return Err(FieldError::Missing("channel")),
+        };
         let to_s = req_str("to", &raw.to)?;
+        // A workflow job without a channel: `to` says which kind of recipient it is, and the workflow's
+        // steps are checked against it once the workflow is known.
+        let channel = named_channel.unwrap_or(if to_s.starts_with('+') {
+            Channel::Sms
+        } else {
+            Channel::Email
+        });
+        let workflow = workflow.map(|name| JobWorkflow {
+            name: name.to_owned(),
+            named_channel,
+            step: 1,
+        });
         let to = match channel {
             Channel::Sms | Channel::Voice | Channel::Whatsapp => {
                 Recipient::Phone(PhoneNumber::parse(to_s).map_err(FieldError::Phone)?)
@@ -817,6 +857,7 @@ impl Job {
             friendly_name: friendly_name.map(str::to_owned),
             expires_at,
             vars,
+            workflow,
         })
     }
 }

@@ -38,3 +38,4 @@ pub mod store;
 mod sync;
 pub mod templates;
 pub mod throttle;
+pub mod workflow;

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub retries: IntCounter,
     pub dead_lettered: IntCounterVec,
+    /// `gd_send_workflow_total{workflow,result}`: workflows ended (docs/workflows.md).
+    pub workflows: IntCounterVec,
+    /// `gd_send_workflow_steps_total{workflow,step,channel,outcome}`: steps that reached their outcome.
+    pub workflow_steps: IntCounterVec,
     pub broker_connected: IntGauge,
     /// Throttle checks made with the local limiters because Redis failed.
     pub throttle_fallbacks: IntCounter,
@@ -184,6 +188,17 @@ impl Metrics {
             "Messages moved to the dead-letter queue, by reason".into(),
             &["reason"],
         );
+        let workflows = counter_vec(
+            "gd_send_workflow_total".into(),
+            "Workflows ended, by workflow and result (delivered, verified, sent, failed, expired)".into(),
+            &["workflow", "result"],
+        );
+        let workflow_steps = counter_vec(
+            "gd_send_workflow_steps_total".into(),
+            "Workflow steps that reached their outcome, by workflow, step, channel and outcome (sent or error.code)"
+                .into(),
+            &["workflow", "step", "channel", "outcome"],
+        );
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
@@ -320,6 +335,8 @@ impl Metrics {
             commit_batch,
             commit_seconds,
             dead_lettered,
+            workflows,
+            workflow_steps,
             broker_connected,
             throttle_fallbacks,
             store_errors,

@@ -62,6 +62,29 @@ pub enum Entry {
     /// An attempt failed and a retry is scheduled: the next copy of the job is attempt `next_attempt`,
     /// and it already passed the limits.
     Retrying { next_attempt: u32 },
+    /// What herald knows of a workflow (docs/workflows.md), under the keys of [`crate::workflow`].
+    Workflow(WorkflowEntry),
+}
+
+/// A workflow's state in the store: never a code or an address, only where the workflow stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkflowEntry {
+    /// Under the job id: step `step` reached its outcome at `at_ms` (ms since the epoch), `failed` or sent;
+    /// `sent` steps were sent so far. The check for it waits in the broker.
+    Step {
+        step: u32,
+        at_ms: u64,
+        failed: bool,
+        sent: u32,
+        /// The token of the step's check chain ([`crate::broker::CHECK_HEADER`]).
+        #[serde(default)]
+        check: String,
+    },
+    /// Under a step's receipt key: the step's message got its final receipt.
+    Receipt { delivered: bool },
+    /// Under the job's verified key: `verified: true` feedback came for the job.
+    Verified,
 }
 
 /// The wire form of an [`Entry`] in Redis: a record, plus `next_attempt` for a retry (older herald
@@ -76,6 +99,9 @@ struct Stored {
     committed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_attempt: Option<u32>,
+    /// A [`WorkflowEntry`] as JSON (its own column in SQLite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workflow: Option<String>,
 }
 
 impl From<&Entry> for Stored {
@@ -86,12 +112,22 @@ impl From<&Entry> for Stored {
                 dead_reason: r.dead_reason.clone(),
                 committed: r.committed,
                 next_attempt: None,
+                workflow: None,
             },
             Entry::Retrying { next_attempt } => Stored {
                 event: String::new(),
                 dead_reason: None,
                 committed: false,
                 next_attempt: Some(*next_attempt),
+                workflow: None,
+            },
+            Entry::Workflow(w) => Stored {
+                event: String::new(),
+                dead_reason: None,
+                committed: false,
+                next_attempt: None,
+                // Plain enums and numbers: serializing cannot fail.
+                workflow: serde_json::to_string(w).ok(),
             },
         }
     }
@@ -99,6 +135,11 @@ impl From<&Entry> for Stored {
 
 impl From<Stored> for Entry {
     fn from(s: Stored) -> Entry {
+        if s.event.is_empty()
+            && let Some(w) = s.workflow.as_deref().and_then(|w| serde_json::from_str(w).ok())
+        {
+            return Entry::Workflow(w);
+        }
         match s.next_attempt {
             Some(next_attempt) if s.event.is_empty() => Entry::Retrying { next_attempt },
             _ => Entry::Outcome(Record {
@@ -180,6 +221,14 @@ impl From<rusqlite::Error> for StoreError {
 pub struct PendingPut(Option<futures_util::future::BoxFuture<'static, Result<(), StoreError>>>);
 
 impl PendingPut {
+    /// Both writes, resolved once both are: the first failure, if any.
+    pub fn both(first: PendingPut, second: PendingPut) -> PendingPut {
+        PendingPut::new(async move {
+            let (a, b) = futures_util::future::join(first, second).await;
+            a.and(b)
+        })
+    }
+
     fn new(write: impl Future<Output = Result<(), StoreError>> + Send + 'static) -> PendingPut {
         PendingPut(Some(Box::pin(write)))
     }
@@ -569,6 +618,19 @@ impl Local {
             conn.execute_batch("ALTER TABLE outcomes ADD COLUMN next_attempt INTEGER")
                 .map_err(sqlite)?;
         }
+        // Added with workflows (docs/workflows.md), in place like `next_attempt`.
+        let has_workflow: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('outcomes') WHERE name = 'workflow'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(sqlite)?
+            > 0;
+        if !has_workflow {
+            conn.execute_batch("ALTER TABLE outcomes ADD COLUMN workflow TEXT")
+                .map_err(sqlite)?;
+        }
         // A read-only file or directory opens fine and fails at the first write: find out now, not with
         // every job's record failing while /readyz says ready.
         conn.execute_batch(
@@ -744,7 +806,7 @@ fn open_reader(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
 
 fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<Entry>, StoreError> {
     let row = conn
-        .prepare_cached("SELECT event, dead_reason, committed, next_attempt FROM outcomes WHERE id = ?1")
+        .prepare_cached("SELECT event, dead_reason, committed, next_attempt, workflow FROM outcomes WHERE id = ?1")
         .and_then(|mut get| {
             get.query_row([id], |r| {
                 Ok(Entry::from(Stored {
@@ -752,6 +814,7 @@ fn lookup(conn: &rusqlite::Connection, id: &str, marked: bool) -> Result<Option<
                     dead_reason: r.get(1)?,
                     committed: r.get::<_, i64>(2)? != 0 || marked,
                     next_attempt: r.get::<_, Option<i64>>(3)?.and_then(|n| u32::try_from(n).ok()),
+                    workflow: r.get(4)?,
                 }))
             })
         });
@@ -840,11 +903,11 @@ fn run_batch(
     let mut pending = Vec::with_capacity(puts.len());
     {
         let mut put = tx.prepare_cached(
-            "INSERT INTO outcomes (id, at, event, dead_reason, committed, next_attempt)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO outcomes (id, at, event, dead_reason, committed, next_attempt, workflow)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(id) DO UPDATE SET at = excluded.at, event = excluded.event,
                  dead_reason = excluded.dead_reason, committed = excluded.committed,
-                 next_attempt = excluded.next_attempt",
+                 next_attempt = excluded.next_attempt, workflow = excluded.workflow",
         )?;
         for op in puts.drain(..) {
             if let Op::Put(id, entry, reply) = op {
@@ -855,7 +918,8 @@ fn run_batch(
                     row.event,
                     row.dead_reason,
                     row.committed as i64,
-                    row.next_attempt
+                    row.next_attempt,
+                    row.workflow
                 ]);
                 if let Err(e) = r {
                     let _ = reply.send(Err(e.into()));
@@ -1076,6 +1140,13 @@ mod tests {
     #[tokio::test]
     async fn local_store_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
+        let step = Entry::Workflow(WorkflowEntry::Step {
+            step: 2,
+            at_ms: 7,
+            failed: true,
+            sent: 1,
+            check: "01JD3V7ZQ4T6Y0M2W8K5H9N1PB".into(),
+        });
         {
             let store = Store::local(dir.path(), errors()).unwrap();
             assert_eq!(store.get("a").await.unwrap(), None);
@@ -1083,6 +1154,14 @@ mod tests {
             store.mark_committed(vec!["a".into()], Vec::new());
             store.put("b", record("{\"b\":1}")).await.unwrap();
             store.put("r", Entry::Retrying { next_attempt: 3 }).await.unwrap();
+            store.put("w", step.clone()).await.unwrap();
+            store
+                .put(
+                    "w #2 receipt",
+                    Entry::Workflow(WorkflowEntry::Receipt { delivered: true }),
+                )
+                .await
+                .unwrap();
             // A lookup right after the mark sees it, written or not.
             assert!(committed(store.get("a").await.unwrap()));
         }
@@ -1090,6 +1169,11 @@ mod tests {
         assert!(committed(store.get("a").await.unwrap()));
         assert_eq!(store.get("b").await.unwrap(), Some(record("{\"b\":1}")));
         assert_eq!(store.get("r").await.unwrap(), Some(Entry::Retrying { next_attempt: 3 }));
+        assert_eq!(store.get("w").await.unwrap(), Some(step));
+        assert_eq!(
+            store.get("w #2 receipt").await.unwrap(),
+            Some(Entry::Workflow(WorkflowEntry::Receipt { delivered: true }))
+        );
         // An outcome replaces the retry state.
         store.put("r", record("{}")).await.unwrap();
         assert_eq!(store.get("r").await.unwrap(), Some(record("{}")));

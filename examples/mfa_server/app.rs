@@ -44,6 +44,9 @@ pub struct Settings {
     pub client_secret: String,
     pub friendly_name: String,
     pub reply_timeout: Duration,
+    /// A herald workflow (docs/workflows.md) that SMS codes go out through instead of the `sms` channel,
+    /// e.g. WhatsApp, then SMS, then a voice call: the answer waits for its first step only.
+    pub sms_workflow: Option<String>,
 }
 
 pub struct Server {
@@ -568,6 +571,10 @@ async fn deliver(
     });
     if let Some(ip) = client_ip(req) {
         job["ip"] = json!(ip);
+    }
+    if let (Some(workflow), "sms") = (&state.settings.sms_workflow, channel) {
+        job["workflow"] = json!(workflow);
+        job.as_object_mut().map(|j| j.remove("channel"));
     }
     if let Some(locale) = locale(req) {
         job["locale"] = json!(locale);

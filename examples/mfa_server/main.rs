@@ -8,7 +8,8 @@
 //! A curl walkthrough of associate → challenge → token: docs/mfa-server.md.
 //! Settings (environment): MFA_ADDR (127.0.0.1:3000), MFA_AMQP_URL (amqp://guest:guest@127.0.0.1:5672/%2f),
 //! MFA_JOBS_QUEUE (herald.jobs), MFA_FEEDBACK_QUEUE (herald.feedback), MFA_CLIENT_ID / MFA_CLIENT_SECRET (example-client / example-secret),
-//! MFA_FRIENDLY_NAME (Acme), MFA_REPLY_TIMEOUT_SECS (15).
+//! MFA_FRIENDLY_NAME (Acme), MFA_REPLY_TIMEOUT_SECS (15), MFA_SMS_WORKFLOW (unset: SMS codes go out through
+//! that herald workflow instead, docs/workflows.md).
 
 mod app;
 
@@ -27,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         client_secret: env_or("MFA_CLIENT_SECRET", "example-secret"),
         friendly_name: env_or("MFA_FRIENDLY_NAME", "Acme"),
         reply_timeout: std::time::Duration::from_secs(env_or("MFA_REPLY_TIMEOUT_SECS", "15").parse()?),
+        sms_workflow: std::env::var("MFA_SMS_WORKFLOW").ok().filter(|w| !w.is_empty()),
     };
     let server = app::start(settings).await?;
     eprintln!("example MFA server on http://{}", server.addr);

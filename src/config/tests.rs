@@ -697,3 +697,90 @@ fn a_value_that_does_not_fit_is_said_in_an_operators_words() {
     let vars = [("HERALD_AMQP__PREFETCH".to_owned(), "512".to_owned())];
     assert_eq!(Config::load_from(None, vars).unwrap().amqp.prefetch.get(), 512);
 }
+
+/// `[workflows.<name>]` (docs/workflows.md): parsed into channels and waits, its env form round-trips, and
+/// every bad table stops start-up naming its key, never the value.
+#[test]
+fn workflows_parse_and_a_bad_table_names_its_key() {
+    use workflows::Until;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(
+        &path,
+        "[workflows.otp]\nsteps = [{ channel = \"whatsapp\", wait = \"30s\" }, { channel = \"sms\", wait = \"45s\" }, \
+         { channel = \"voice\" }]\nuntil = \"verified\"\n[workflows.mail]\nsteps = [{ channel = \"email\" }]\n",
+    )
+    .unwrap();
+    let config = Config::load_from(Some(&path), no_env()).unwrap();
+    let otp = &config.workflows["otp"];
+    assert_eq!(otp.until, Until::Verified);
+    assert_eq!(otp.len(), 3);
+    let step = |n| otp.step(n).map(|s| (s.channel, s.wait()));
+    assert_eq!(
+        step(1),
+        Some((Channel::Whatsapp, Some(std::time::Duration::from_secs(30))))
+    );
+    assert_eq!(step(3), Some((Channel::Voice, None)));
+    assert_eq!((step(0), step(4)), (None, None));
+    assert_eq!(config.workflows["mail"].until, Until::Delivered, "the default");
+    let env = config.to_env().unwrap();
+    assert_eq!(Config::load_from(None, env).unwrap(), config, "to_env round-trips");
+    assert!(Config::default().workflows.is_empty());
+    // As deploy/herald.example.toml writes it in the environment.
+    let vars = [(
+        "HERALD_WORKFLOWS__OTP".to_owned(),
+        r#"{steps = [{channel = "whatsapp", wait = "30s"}, {channel = "sms"}]}"#.to_owned(),
+    )];
+    let from_env = Config::load_from(None, vars).unwrap();
+    assert_eq!(from_env.workflows["otp"].len(), 2);
+
+    let steps = |s: &str| format!("[workflows.otp]\nsteps = [{s}]\n");
+    let cases = [
+        (steps(""), "`workflows.otp.steps`: needs at least one step"),
+        (
+            steps("{ channel = \"fax\", wait = \"1s\" }, { channel = \"sms\" }"),
+            "unknown value, expected one of `sms`, `voice`, `email`, `whatsapp`",
+        ),
+        (
+            steps("{ channel = \"sms\", wait = \"abc\" }, { channel = \"voice\" }"),
+            "is not a duration",
+        ),
+        (
+            steps("{ channel = \"sms\", wait = \"10s\" }, { channel = \"voice\", wait = \"10s\" }"),
+            "`workflows.otp.steps[1].wait`: the last step has no wait",
+        ),
+        (
+            steps("{ channel = \"sms\", wait = \"10s\" }, { channel = \"sms\" }, { channel = \"voice\" }"),
+            "`workflows.otp.steps[1].wait`: required on every step but the last",
+        ),
+        (
+            steps("{ channel = \"sms\", wait = \"2h\" }, { channel = \"voice\" }"),
+            "`workflows.otp.steps[0].wait`: must be between 1s and 1h",
+        ),
+        (
+            "[workflows.otp]\nsteps = [{ channel = \"sms\" }]\nuntil = \"abc\"\n".into(),
+            "unknown value, expected one of `delivered`, `verified`",
+        ),
+        (
+            "[workflows.\"o t p\"]\nsteps = [{ channel = \"sms\" }]\n".into(),
+            "`workflows`: a workflow name must be",
+        ),
+    ];
+    for (toml, said) in cases {
+        std::fs::write(&path, &toml).unwrap();
+        let message = Config::load_from(Some(&path), no_env()).unwrap_err().to_string();
+        assert!(message.contains(said), "{toml:?}: no `{said}` in: {message}");
+        assert!(
+            !message.contains("abc") && !message.contains("fax"),
+            "the value was printed: {message}"
+        );
+    }
+    // A bad value names where it is too (figment's path of the table).
+    std::fs::write(
+        &path,
+        steps("{ channel = \"sms\", wait = \"abc\" }, { channel = \"voice\" }"),
+    )
+    .unwrap();
+    let message = Config::load_from(Some(&path), no_env()).unwrap_err().to_string();
+    assert!(message.contains("workflows.otp"), "{message}");
+}

@@ -53,6 +53,18 @@ impl Consumer {
         };
         // Never a reply to an address refused: it could close the replies connection.
         let reply_to = reply_to.and_then(Result::ok);
+        // A workflow job is checked against its workflow like its fields (docs/workflows.md).
+        let mut flow = None;
+        let job = match job {
+            Ok(job) if job.workflow.is_some() => match crate::workflow::resolve(job, &self.workflows) {
+                Ok((job, found)) => {
+                    flow = Some(found);
+                    Ok(job)
+                }
+                Err(invalid) => Err(*invalid),
+            },
+            job => job,
+        };
         let job = match job {
             Ok(job) => job,
             Err(invalid) => {
@@ -87,6 +99,11 @@ impl Consumer {
                 _ = shutdown.cancelled() => return None,
             }
         }
+        if let Some(flow) = flow {
+            return self
+                .handle_workflow(&inbound, job, flow, reply_to, claim, gauge, shutdown)
+                .await;
+        }
         // A record that cannot be read is not taken as none: the job waits until the store answers.
         let prior = tokio::select! {
             prior = self.held_for_store(&job.id, || self.store.get(&job.id)) => prior,
@@ -112,11 +129,11 @@ impl Consumer {
     }
 
     /// Where herald's queue dead-letters poison (docs/guarantees.md "Poison"): only a quorum queue counts deliveries.
-    fn poison_limit(&self) -> decision::PoisonLimit {
+    pub(super) fn poison_limit(&self) -> decision::PoisonLimit {
         (self.config.queue_type == QueueType::Quorum).then_some(self.config.delivery_limit)
     }
 
-    fn queues(&self) -> Queues<'_> {
+    pub(super) fn queues(&self) -> Queues<'_> {
         Queues {
             amqp: &self.config,
             delay: &self.delay_queues,

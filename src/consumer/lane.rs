@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::claims::SharedClaim;
 use super::in_doubt::{InDoubt, ORPHANS_REMEMBERED};
-use super::plan::Step;
+use super::plan::{Step, WorkflowCount};
 use super::uncommitted::Uncommitted;
 use super::{Consumer, lock};
 use crate::broker::BrokerError;
@@ -196,8 +196,24 @@ impl Consumer {
                             }
                         }
                     }
+                    Step::CountWorkflow(WorkflowCount::Step {
+                        workflow,
+                        step,
+                        channel,
+                        outcome,
+                    }) => {
+                        self.metrics
+                            .workflow_steps
+                            .with_label_values(&[&workflow, &step.to_string(), channel.as_str(), outcome])
+                            .inc();
+                    }
+                    Step::CountWorkflow(WorkflowCount::End { workflow, result, json }) => {
+                        lines.extend_from_slice(&json);
+                        lines.push(b'\n');
+                        self.metrics.workflows.with_label_values(&[&workflow, result]).inc();
+                    }
                     // Done before the commit.
-                    Step::Record(_) | Step::Publish(_) | Step::Ack(_) => {}
+                    Step::Record(_) | Step::RecordWorkflow(..) | Step::Publish(_) | Step::Ack(_) => {}
                 }
             }
         }

@@ -27,6 +27,7 @@ mod outage;
 mod plan;
 mod session;
 mod uncommitted;
+mod workflow;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,8 @@ pub struct Consumer {
     consuming: AtomicBool,
     /// The frames its connections ask for, raised for good by a delivery larger than them.
     frame_max: crate::broker::FrameMax,
+    /// `[workflows]` (docs/workflows.md).
+    workflows: crate::config::workflows::Workflows,
 }
 
 impl Consumer {
@@ -93,7 +96,7 @@ impl Consumer {
         ready: Arc<AtomicBool>,
     ) -> Self {
         Consumer {
-            delay_queues: config.amqp.delay_queues(&config.retry.schedule),
+            delay_queues: config.amqp.delay_queues(&config.delay_schedule()),
             lanes: lane_windows(config.amqp.prefetch, config.amqp.channels)
                 .into_iter()
                 .map(|prefetch| Lane {
@@ -117,6 +120,7 @@ impl Consumer {
             store_outage: StoreOutage::default(),
             consuming: AtomicBool::new(false),
             frame_max: crate::broker::FrameMax::default(),
+            workflows: config.workflows.clone(),
         }
     }
 

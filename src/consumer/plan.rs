@@ -56,6 +56,27 @@ pub(super) enum Step {
     CountRetry,
     /// After the commit: the record of [`Plan::id`] marked committed (a replay finding it is a duplicate).
     MarkCommitted,
+    /// A workflow's own record (docs/workflows.md), under its job id: written with [`Step::Record`],
+    /// before the commit.
+    RecordWorkflow(String, Entry),
+    /// After the commit: a workflow step's or end's counts, and the end's event line.
+    CountWorkflow(WorkflowCount),
+}
+
+/// What a workflow's commit counts (`gd_send_workflow_steps_total`, `gd_send_workflow_total`).
+pub(super) enum WorkflowCount {
+    Step {
+        workflow: String,
+        step: u32,
+        channel: crate::job::Channel,
+        /// `sent` or the step's `error.code`.
+        outcome: &'static str,
+    },
+    End {
+        workflow: String,
+        result: &'static str,
+        json: Arc<Vec<u8>>,
+    },
 }
 
 /// One message to publish inside a job's transaction.
@@ -121,6 +142,25 @@ impl Plan {
         self.steps.retain(|s| !matches!(s, Step::MarkCommitted));
     }
 
+    /// Takes the workflow's record out of the plan, to be written with the job's.
+    pub(super) fn take_workflow_record(&mut self) -> Option<(String, Entry)> {
+        let i = self.steps.iter().position(|s| matches!(s, Step::RecordWorkflow(..)))?;
+        match self.steps.remove(i) {
+            Step::RecordWorkflow(id, entry) => Some((id, entry)),
+            _ => None,
+        }
+    }
+
+    /// Adds `step` to the transaction, just before its ack (a plan without an ack is an orphan's: last).
+    pub(super) fn insert_before_ack(&mut self, step: Step) {
+        let i = self
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Ack(_)))
+            .unwrap_or(self.steps.len());
+        self.steps.insert(i, step);
+    }
+
     pub(super) fn publishes(&mut self) -> impl Iterator<Item = &mut Publish> {
         self.steps.iter_mut().filter_map(|s| match s {
             Step::Publish(p) => Some(p),
@@ -134,6 +174,19 @@ impl Plan {
 pub(super) fn of(
     disposition: Disposition,
     inbound: &Inbound,
+    job_id: Option<&str>,
+    reply_to: Option<&ReplyTo>,
+    queues: Queues<'_>,
+) -> Plan {
+    of_ids(disposition, inbound, job_id, job_id, reply_to, queues)
+}
+
+/// [`of`] for a record whose key is not the job id (a workflow step's, `<id> #<n>`): `record_id` is the
+/// record's key, `job_id` the event's `message_id`.
+pub(super) fn of_ids(
+    disposition: Disposition,
+    inbound: &Inbound,
+    record_id: Option<&str>,
     job_id: Option<&str>,
     reply_to: Option<&ReplyTo>,
     queues: Queues<'_>,
@@ -166,7 +219,7 @@ pub(super) fn of(
                 dead,
             };
             // Not written again: the record is what is republished.
-            outcome.plan(inbound, job_id, None, reply_to, queues)
+            outcome.plan(inbound, record_id, None, reply_to, queues)
         }
         Disposition::Retry {
             after, next_attempt, ..
@@ -174,7 +227,7 @@ pub(super) fn of(
             let mut steps = Vec::with_capacity(3 + usize::from(job_id.is_some()));
             // Written before the retry's publish commits, like an outcome record: the copy coming back
             // from the delay queue reads its attempt number (and that it passed the limits) here.
-            if job_id.is_some() {
+            if record_id.is_some() {
                 steps.push(Step::Record(Entry::Retrying { next_attempt }));
             }
             steps.push(Step::Publish(retry_publish(
@@ -187,13 +240,13 @@ pub(super) fn of(
             steps.push(Step::Ack(inbound.delivery_tag));
             steps.push(Step::CountRetry);
             Plan {
-                id: job_id.map(str::to_owned),
+                id: record_id.map(str::to_owned),
                 steps,
             }
         }
         Disposition::Final { event, dead_reason } => {
             let json = Arc::new(event.to_json());
-            let record = job_id.map(|_| {
+            let record = record_id.map(|_| {
                 Entry::Outcome(Record {
                     // serde_json writes UTF-8: checked, not scanned for replacements chunk by chunk.
                     event: String::from_utf8(json.to_vec())
@@ -210,7 +263,7 @@ pub(super) fn of(
                 sample: Sample::of(&event),
                 dead: dead_reason.as_ref().and(event.error.as_ref().map(|e| e.code)),
             };
-            outcome.plan(inbound, job_id, record, reply_to, queues)
+            outcome.plan(inbound, record_id, record, reply_to, queues)
         }
         Disposition::Rejected { event, reason } => {
             let outcome = Outcome {
@@ -294,7 +347,7 @@ impl Outcome<'_> {
     }
 }
 
-fn event_publish(queues: Queues<'_>, kind: &str, job_id: Option<&str>, json: &Arc<Vec<u8>>) -> Publish {
+pub(super) fn event_publish(queues: Queues<'_>, kind: &str, job_id: Option<&str>, json: &Arc<Vec<u8>>) -> Publish {
     Publish {
         exchange: queues.amqp.events_exchange.clone(),
         routing_key: kind.to_owned(),
@@ -340,6 +393,41 @@ fn retry_publish(
             .with_headers(headers)
             .with_delivery_mode(2)
             .with_expiration(after.as_millis().to_string().into()),
+    }
+}
+
+/// A workflow's check (docs/workflows.md): the job again, as it came (without the broker's bookkeeping),
+/// back on `herald.jobs` after `after`: through the delay queue of that wait, or at once.
+pub(super) fn check_publish(
+    queues: Queues<'_>,
+    props: &BasicProperties,
+    body: &Arc<Vec<u8>>,
+    after: Duration,
+    check: &str,
+) -> Publish {
+    let mut headers = FieldTable::default();
+    for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
+        if !broker::is_bookkeeping(k.as_str()) {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    headers.insert(crate::broker::CHECK_HEADER.into(), AMQPValue::LongString(check.into()));
+    let properties = props.clone().with_headers(headers).with_delivery_mode(2);
+    if after.is_zero() {
+        return Publish {
+            exchange: String::new(),
+            routing_key: queues.amqp.jobs_queue.clone(),
+            body: body.clone(),
+            properties,
+        };
+    }
+    Publish {
+        exchange: String::new(),
+        routing_key: delay_queue(queues.delay, after)
+            .unwrap_or(&queues.amqp.retry_queue)
+            .to_owned(),
+        body: body.clone(),
+        properties: properties.with_expiration(after.as_millis().to_string().into()),
     }
 }
 
@@ -478,6 +566,7 @@ pub(super) mod tests {
                 )
             }
             Step::Record(Entry::Retrying { next_attempt }) => format!("record {id} retrying {next_attempt}"),
+            Step::Record(Entry::Workflow(w)) => format!("record {id} {w:?}"),
             Step::Publish(p) if p.exchange.is_empty() => format!("publish {}", p.routing_key),
             Step::Publish(p) => format!("publish {} {}", p.exchange, p.routing_key),
             Step::Ack(tag) => format!("ack {tag}"),
@@ -486,6 +575,9 @@ pub(super) mod tests {
             Step::CountDeadLetter(code) => format!("count dead {}", code.as_str()),
             Step::CountRetry => "count retry".into(),
             Step::MarkCommitted => format!("mark {id}"),
+            Step::RecordWorkflow(key, w) => format!("record {key} {w:?}"),
+            Step::CountWorkflow(WorkflowCount::Step { step, outcome, .. }) => format!("count step {step} {outcome}"),
+            Step::CountWorkflow(WorkflowCount::End { result, .. }) => format!("count workflow {result}"),
         };
         plan.steps.iter().map(word).collect::<Vec<_>>().join(", ")
     }

@@ -22,6 +22,15 @@ impl Uncommitted {
     /// for the commit; the rest is the commit loop's.
     pub(super) fn start(mut plan: Plan, store: &Store, claim: Option<Claim>, gauge: GaugeGuard) -> Uncommitted {
         let put = plan.take_record().map(|(id, entry)| store.put(id, entry));
+        // A workflow's record goes with its step's (docs/workflows.md): both written before the commit.
+        let put = match (put, plan.take_workflow_record()) {
+            (put, None) => put,
+            (None, Some((id, entry))) => Some(store.put(&id, entry)),
+            (Some(first), Some((id, entry))) => {
+                let second = store.put(&id, entry);
+                Some(PendingPut::both(first, second))
+            }
+        };
         Uncommitted {
             plan,
             put,

@@ -85,6 +85,8 @@ pub struct FinalReceipt {
     pub channel: Channel,
     pub country: String,
     pub status: Status,
+    /// The workflow step the message was (docs/workflows.md).
+    pub step: Option<u32>,
 }
 
 impl FinalReceipt {
@@ -326,7 +328,7 @@ pub struct Receipts {
     pub infobip: Option<Secret>,
     /// Set when `meta.app_secret` is: Meta's webhooks are configured in its app, not per message.
     pub meta: Option<MetaReceipts>,
-    sink: Option<Arc<dyn ReceiptSink>>,
+    sinks: Vec<Arc<dyn ReceiptSink>>,
     /// The runtime that state operations run on (HTTP handlers run on actix's own).
     runtime: tokio::runtime::Handle,
     /// Refused signatures not logged yet: one warning per [`LOG_EVERY`] says how many.
@@ -429,7 +431,7 @@ impl Receipts {
                 app_secret: config.meta.app_secret.clone(),
                 verify_token: config.meta.status_callback_verify_token.clone(),
             }),
-            sink: None,
+            sinks: Vec::new(),
             runtime: tokio::runtime::Handle::current(),
             bad_signatures: RateLimitedWarning::default(),
             pending: Pending::default(),
@@ -456,9 +458,9 @@ impl Receipts {
         lock(&self.sending).contains_key(job_id)
     }
 
-    /// `sink` hears of every final receipt (the guard of docs/fraud-and-limits.md).
+    /// `sink` hears of every final receipt too (the guard of docs/fraud-and-limits.md, workflows).
     pub fn with_sink(mut self, sink: Arc<dyn ReceiptSink>) -> Receipts {
-        self.sink = Some(sink);
+        self.sinks.push(sink);
         self
     }
 
@@ -504,6 +506,7 @@ impl Receipts {
             provider: provider.name().to_owned(),
             provider_message_id: receipt.message_id.clone(),
             accepted_at_ms: clock::unix_millis(),
+            step: job.workflow.as_ref().map(|w| w.step),
         };
         let key = route.key(&id);
         // In memory: a map insert, no need for a task.
@@ -722,13 +725,15 @@ impl Receipts {
             .delivery_seconds
             .with_label_values(&[channel, &sent.provider])
             .observe(event.delivery_ms as f64 / 1000.0);
-        if let Some(sink) = &self.sink {
-            sink.final_receipt(&FinalReceipt {
-                job_id: sent.job_id,
-                channel: sent.channel,
-                country: sent.country,
-                status,
-            });
+        let receipt = FinalReceipt {
+            job_id: sent.job_id,
+            channel: sent.channel,
+            country: sent.country,
+            status,
+            step: sent.step,
+        };
+        for sink in &self.sinks {
+            sink.final_receipt(&receipt);
         }
         Ok(Applied::Evented)
     }
@@ -821,6 +826,7 @@ mod tests {
             provider: "twilio".into(),
             provider_message_id: Some(format!("SM{job}")),
             accepted_at_ms: clock::unix_millis(),
+            step: None,
         }
     }
 
@@ -916,6 +922,7 @@ mod tests {
             provider: "twilio".into(),
             provider_message_id: Some("SM1".into()),
             accepted_at_ms: clock::unix_millis() - 1500,
+            step: None,
         };
         let event = status_event(&sent, Status::Undelivered, Some("30008".into()));
         let json: serde_json::Value = serde_json::to_value(&event).unwrap();

@@ -35,6 +35,9 @@ pub struct SentMessage {
     pub provider_message_id: Option<String>,
     /// When the provider accepted it, in ms since the epoch.
     pub accepted_at_ms: u64,
+    /// The workflow step it was (docs/workflows.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
 }
 
 /// What a status did to a message's state.
@@ -436,6 +439,7 @@ mod tests {
             provider: "twilio".into(),
             provider_message_id: Some(format!("SM{job}")),
             accepted_at_ms: 1,
+            step: None,
         }
     }
 

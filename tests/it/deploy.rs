@@ -433,7 +433,14 @@ fn asyncapi_describes_every_channel_and_its_refs_resolve() {
     checked.sort_unstable();
     assert_eq!(
         checked,
-        ["Event", "Feedback", "Job", "StatusEvent", "TemplateChanged"],
+        [
+            "Event",
+            "Feedback",
+            "Job",
+            "StatusEvent",
+            "TemplateChanged",
+            "WorkflowEvent"
+        ],
         "messages with examples"
     );
 }

@@ -45,3 +45,4 @@ mod throttle;
 mod two_channels;
 mod webhook;
 mod whatsapp;
+mod workflows;

@@ -21,6 +21,10 @@ struct Mfa {
 
 impl Mfa {
     async fn start(herald: &TestApp) -> Mfa {
+        Mfa::start_with(herald, None).await
+    }
+
+    async fn start_with(herald: &TestApp, sms_workflow: Option<&str>) -> Mfa {
         let server = mfa_app::start(mfa_app::Settings {
             addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: helpers::AMQP_URL.into(),
@@ -30,6 +34,7 @@ impl Mfa {
             client_secret: "example-secret".into(),
             friendly_name: "Acme".into(),
             reply_timeout: Duration::from_secs(20),
+            sms_workflow: sms_workflow.map(str::to_owned),
         })
         .await
         .expect("the example starts");
@@ -468,4 +473,60 @@ async fn verified_codes_reach_the_fraud_guard_and_pumping_is_refused() {
         ]
     );
     assert_eq!(dead[0].0, b"not json", "the message itself is kept");
+}
+
+/// With `sms_workflow` the example's SMS codes go out through a herald workflow (WhatsApp, then SMS): the
+/// WhatsApp message goes unanswered (no receipt within its wait), the SMS step delivers the same code, and
+/// the person enrolls with it.
+#[tokio::test]
+async fn a_code_reaches_the_person_by_the_second_step_after_the_first_went_unanswered() {
+    use herald::config::workflows::{Step, Until, Workflow};
+    let mut app = TestApp::spawn(|c| {
+        let step = |channel, wait: Option<u64>| Step {
+            channel,
+            wait: wait.map(|ms| herald::config::HumanDuration(Duration::from_millis(ms))),
+        };
+        c.workflows.insert(
+            "otp".into(),
+            Workflow {
+                steps: vec![
+                    step(herald::job::Channel::Whatsapp, Some(1000)),
+                    step(herald::job::Channel::Sms, None),
+                ],
+                until: Until::Delivered,
+            },
+        );
+    })
+    .await;
+    let mfa = Mfa::start_with(&app, Some("otp")).await;
+    let token = mfa.login("carol").await;
+    let (status, enrolled) = mfa
+        .associate(
+            &token,
+            json!({"authenticator_types": ["oob"], "oob_channels": ["sms"], "phone_number": "+14155550123"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{enrolled}");
+    let first = app.next_outcome(20).await;
+    assert_eq!(
+        (&first["type"], &first["step"]),
+        (&json!("gd_send_whatsapp"), &json!(1)),
+        "{first}"
+    );
+    let second = app.next_outcome(20).await;
+    assert_eq!(
+        (&second["type"], &second["step"]),
+        (&json!("gd_send_sms"), &json!(2)),
+        "{second}"
+    );
+    assert_eq!(second["job_id"], first["job_id"]);
+    let (code, channel) = last_code(&app, "+14155550123");
+    assert_eq!(channel, "sms");
+    let (status, body) = mfa.confirm(&token, enrolled["oob_code"].as_str().unwrap(), &code).await;
+    assert_eq!(status, 200, "{body}");
+    let end = app.next_outcome(20).await;
+    assert_eq!(
+        (&end["type"], &end["result"], &end["steps"]),
+        (&json!("gd_send_workflow"), &json!("sent"), &json!(2))
+    );
 }

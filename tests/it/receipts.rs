@@ -823,6 +823,7 @@ async fn redis_receipt_state_moves_forward_only_and_claims_a_final_status_once()
         provider: "twilio".into(),
         provider_message_id: Some("SM1".into()),
         accepted_at_ms: 1,
+        step: None,
     };
     let advance = |status| state.advance("twilio:SM1", Reported::message(status));
     assert_eq!(

@@ -1064,7 +1064,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let amqp = &self.config.amqp;
         let delays = amqp
-            .delay_queues(&self.config.retry.schedule)
+            .delay_queues(&self.config.delay_schedule())
             .into_iter()
             .map(|(_, q)| q);
         let queues = herald::broker::topology_queues(amqp)
