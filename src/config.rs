@@ -656,7 +656,7 @@ impl Config {
         let steps = self
             .workflows
             .values()
-            .flat_map(|w| w.steps.iter().filter_map(|s| s.wait()).map(crate::workflow::hop));
+            .flat_map(|w| w.steps.iter().filter_map(|s| s.wait()).map(workflows::hop));
         RetrySchedule::new(self.retry.schedule.waits().iter().copied().chain(steps).collect())
     }
 

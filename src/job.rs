@@ -575,7 +575,29 @@ pub enum JobError {
     Headers { size: usize, max: usize },
     /// The job's `workflow` against the configured workflows (docs/workflows.md).
     #[error(transparent)]
-    Workflow(#[from] crate::workflow::WorkflowError),
+    Workflow(#[from] WorkflowError),
+}
+
+/// Why a workflow job is refused (`invalid_job`). Names the rule, never a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("field `workflow` names no configured workflow")]
+    Unknown,
+    #[error("field `channel` is not the first step's channel of the workflow")]
+    NotFirstStep,
+    #[error("step {step} of the workflow is {channel}, which field `to` does not fit", channel = .channel.as_str())]
+    DoesNotFit { step: u32, channel: Channel },
+}
+
+/// The longest workflow name (docs/workflows.md).
+pub const MAX_WORKFLOW_NAME: usize = 64;
+
+/// A workflow name as jobs and metric labels carry it: 1 to [`MAX_WORKFLOW_NAME`] letters, digits, `_`, `-`.
+pub fn is_workflow_name(name: &str) -> bool {
+    (1..=MAX_WORKFLOW_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 /// Why a job's `reply_to` is refused (with the job: it is dead-lettered as `invalid_job`), by
@@ -761,7 +783,7 @@ impl Job {
         }
         let workflow = match opt_str("workflow", &raw.workflow)? {
             None => None,
-            Some(name) if crate::config::workflows::is_name(name) => Some(name),
+            Some(name) if is_workflow_name(name) => Some(name),
             Some(_) => return Err(FieldError::WorkflowName),
         };
         let named_channel = match (opt_str("channel", &raw.channel)?, workflow) {

@@ -10,12 +10,11 @@
 //! - `<id> #<n>`: step `n`'s outcome record, like a job's (docs/guarantees.md applies per step);
 //! - `<id> #<n> receipt`: step `n`'s final delivery receipt; `<id> verified`: `verified: true` feedback.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
+pub use crate::config::workflows::{POLL, hop};
 use crate::config::workflows::{Until, Workflow, Workflows};
-use crate::job::{Channel, InvalidJob, Job, JobError, Recipient};
+use crate::job::{Channel, InvalidJob, Job, JobError, Recipient, WorkflowError};
 use crate::receipts::{FinalReceipt, ReceiptSink};
 use crate::store::{Entry, Store, WorkflowEntry};
 
@@ -32,17 +31,6 @@ pub fn receipt_key(job_id: &str, step: u32) -> String {
 
 pub fn verified_key(job_id: &str) -> String {
     format!("{job_id} verified")
-}
-
-/// Why a workflow job is refused (`invalid_job`). Names the rule, never a value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum WorkflowError {
-    #[error("field `workflow` names no configured workflow")]
-    Unknown,
-    #[error("field `channel` is not the first step's channel of the workflow")]
-    NotFirstStep,
-    #[error("step {step} of the workflow is {channel}, which field `to` does not fit", channel = .channel.as_str())]
-    DoesNotFit { step: u32, channel: Channel },
 }
 
 /// The workflow `job` names, checked against the job: every step's channel fits `to`. On success the job
@@ -100,17 +88,6 @@ fn fits(channel: Channel, to: &Recipient) -> bool {
         Channel::Sms | Channel::Voice | Channel::Whatsapp => matches!(to, Recipient::Phone(_)),
         Channel::Email => matches!(to, Recipient::Email(_)),
     }
-}
-
-/// How often a wait is looked at: a step's check comes back every [`hop`] of its wait, so that an undelivered
-/// receipt moves the workflow on within this long rather than at the end of the wait.
-pub const POLL: Duration = Duration::from_secs(5);
-
-/// The check interval of a `wait`: the wait cut into equal hops of at most [`POLL`] (a 7 s wait: two of
-/// 3.5 s), so the last hop ends on the wait.
-pub fn hop(wait: Duration) -> Duration {
-    let hops = wait.as_millis().div_ceil(POLL.as_millis()).max(1);
-    Duration::from_millis((wait.as_millis() / hops) as u64)
 }
 
 /// Where a workflow stands, from the store: its last step's outcome, that step's receipt, the feedback.
@@ -341,6 +318,7 @@ pub async fn verified(store: &Store, job_id: &str) -> Result<(), crate::store::S
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::config::HumanDuration;
     use crate::config::workflows::Step;

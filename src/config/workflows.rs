@@ -10,10 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 use super::values::HumanDuration;
-use crate::job::Channel;
+use crate::job::{Channel, MAX_WORKFLOW_NAME as MAX_NAME, is_workflow_name as is_name};
 
 /// The longest workflow name: it is an event field and a metric label.
-pub const MAX_NAME: usize = 64;
 /// Steps a workflow may have at most (one per channel attempt; the step number is a metric label).
 pub const MAX_STEPS: usize = 8;
 /// The longest wait of a step: a code is worth little after it, and the broker holds the wait.
@@ -83,14 +82,6 @@ impl Step {
     }
 }
 
-/// A workflow name as jobs and metric labels carry it.
-pub fn is_name(name: &str) -> bool {
-    (1..=MAX_NAME).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-}
-
 /// What serde cannot check: names, at least one step, a wait on every step but the last (a wait on the
 /// last would wait for nothing: refused rather than ignored, so a step left out by mistake is seen).
 pub(super) fn check(workflows: &Workflows) -> Result<(), ConfigError> {
@@ -132,4 +123,14 @@ pub(super) fn check(workflows: &Workflows) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+/// How often a wait is looked at: a step's check comes back every [`hop`] of its wait, so that an undelivered
+/// receipt moves the workflow on within this long rather than at the end of the wait.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// The check interval of a `wait`: the wait cut into equal hops of at most [`POLL`] (a 7 s wait: two of
+/// 3.5 s), so the last hop ends on the wait.
+pub fn hop(wait: Duration) -> Duration {
+    let hops = wait.as_millis().div_ceil(POLL.as_millis()).max(1);
+    Duration::from_millis((wait.as_millis() / hops) as u64)
 }
