@@ -197,6 +197,7 @@ pub fn language<'l>(locale: Option<&Locale>, default_locale: &Locale, languages:
                 let meta = tag.replace('-', "_");
                 languages.iter().find(|l| l.as_str().eq_ignore_ascii_case(&meta))
             })
+            .or_else(|| script_or_region(locale, languages))
             .or_else(|| {
                 languages
                     .iter()
@@ -208,6 +209,29 @@ pub fn language<'l>(locale: Option<&Locale>, default_locale: &Locale, languages:
         .or_else(|| find(default_locale))
         .or(languages.first())
         .map_or("", MetaLanguage::as_str)
+}
+
+/// A locale with a script subtag, which Meta's codes never carry: its language with its region
+/// (`zh-Hant-TW` → `zh_TW`), or for Chinese without a region the regions of its script (`zh-Hant` → `zh_TW`,
+/// else `zh_HK`; `zh-Hans` → `zh_CN`), so Traditional Chinese never falls to the Simplified template.
+fn script_or_region<'l>(locale: &Locale, languages: &'l [MetaLanguage]) -> Option<&'l MetaLanguage> {
+    let tag = locale.to_string();
+    let mut parts = tag.split('-');
+    let language = parts.next()?;
+    let script = parts.next().filter(|p| p.len() == 4)?;
+    let listed = |code: String| languages.iter().find(|l| l.as_str().eq_ignore_ascii_case(&code));
+    if let Some(region) = parts.next().filter(|p| p.len() == 2) {
+        return listed(format!("{language}_{region}"));
+    }
+    let regions: &[&str] = match (
+        language.to_ascii_lowercase().as_str(),
+        script.to_ascii_lowercase().as_str(),
+    ) {
+        ("zh", "hant") => &["TW", "HK"],
+        ("zh", "hans") => &["CN"],
+        _ => &[],
+    };
+    regions.iter().find_map(|r| listed(format!("{language}_{r}")))
 }
 
 #[async_trait::async_trait]
@@ -314,6 +338,15 @@ mod tests {
         assert_eq!(pick(Some("de")), "en_US");
         assert_eq!(pick(None), "en_US");
         // Neither the job's nor the default locale listed: the first listed, never an unlisted code.
+        // A script subtag: Traditional Chinese reads a Traditional template, never zh_CN (outside attack).
+        let zh = languages(&["zh_CN", "zh_HK", "zh_TW"]);
+        let zh_pick = |l: &str| language(Some(&Locale::parse(l).unwrap()), &en, &zh);
+        assert_eq!(zh_pick("zh-Hant-TW"), "zh_TW");
+        assert_eq!(zh_pick("zh-Hant-HK"), "zh_HK");
+        assert_eq!(zh_pick("zh-Hant"), "zh_TW");
+        assert_eq!(zh_pick("zh-Hans"), "zh_CN");
+        assert_eq!(zh_pick("zh-TW"), "zh_TW");
+        assert_eq!(zh_pick("zh"), "zh_CN");
         let only = languages(&["it"]);
         assert_eq!(language(Some(&Locale::parse("de").unwrap()), &en, &only), "it");
     }
