@@ -222,6 +222,18 @@ pub fn carried_headers_size(properties: &BasicProperties) -> usize {
     })
 }
 
+/// The headers herald carries on into what it publishes of a message (a retry, a check, a dead letter): the
+/// publisher's, without the broker's bookkeeping ([`is_bookkeeping`]).
+pub fn carried_headers(properties: &BasicProperties) -> FieldTable {
+    let mut headers = FieldTable::default();
+    for (k, v) in properties.headers().iter().flat_map(|h| h.inner()) {
+        if !is_bookkeeping(k.as_str()) {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    headers
+}
+
 /// A field table's encoded size (amq_protocol's `gen_field_table`) from its entries.
 fn table_size<'a>(entries: impl Iterator<Item = (&'a ShortString, &'a AMQPValue)>) -> usize {
     4 + entries
@@ -529,14 +541,11 @@ pub const ERROR_HEADER: &str = "x-herald-error";
 /// [`is_bookkeeping`]) and `x-herald-error`; without the publisher's headers when they are over
 /// [`MAX_HEADERS`], which could make the dead letter larger than herald's own frames.
 pub fn with_error_header(properties: &BasicProperties, reason: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if carried_headers_size(properties) <= MAX_HEADERS {
-        for (k, v) in properties.headers().iter().flat_map(|h| h.inner()) {
-            if !is_bookkeeping(k.as_str()) {
-                headers.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    let mut headers = if carried_headers_size(properties) <= MAX_HEADERS {
+        carried_headers(properties)
+    } else {
+        FieldTable::default()
+    };
     headers.insert(ERROR_HEADER.into(), text(bounded(reason, MAX_REASON)));
     properties.clone().with_headers(headers).with_delivery_mode(2)
 }

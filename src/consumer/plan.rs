@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 
 use super::delivery::Inbound;
 use crate::broker;
@@ -374,25 +374,27 @@ fn retry_publish(
     attempt: u32,
     after: Duration,
 ) -> Publish {
-    let mut headers = FieldTable::default();
-    for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
-        // The broker's bookkeeping (and herald's own header) must not travel with the copy.
-        if !broker::is_bookkeeping(k.as_str()) {
-            headers.insert(k.clone(), v.clone());
-        }
-    }
+    // The broker's bookkeeping (and herald's own header) must not travel with the copy.
+    let mut headers = broker::carried_headers(props);
     headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(i64::from(attempt)));
+    delayed(
+        queues,
+        body,
+        props.clone().with_headers(headers).with_delivery_mode(2),
+        after,
+    )
+}
+
+/// `body` with `properties` to the delay queue of `after`, with a per-message TTL of it; the broker
+/// dead-letters it back to `herald.jobs` when the TTL runs out.
+fn delayed(queues: Queues<'_>, body: &Arc<Vec<u8>>, properties: BasicProperties, after: Duration) -> Publish {
     Publish {
         exchange: String::new(),
         routing_key: delay_queue(queues.delay, after)
             .unwrap_or(&queues.amqp.retry_queue)
             .to_owned(),
         body: body.clone(),
-        properties: props
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2)
-            .with_expiration(after.as_millis().to_string().into()),
+        properties: properties.with_expiration(after.as_millis().to_string().into()),
     }
 }
 
@@ -405,12 +407,7 @@ pub(super) fn check_publish(
     after: Duration,
     check: &str,
 ) -> Publish {
-    let mut headers = FieldTable::default();
-    for (k, v) in props.headers().iter().flat_map(|h| h.inner()) {
-        if !broker::is_bookkeeping(k.as_str()) {
-            headers.insert(k.clone(), v.clone());
-        }
-    }
+    let mut headers = broker::carried_headers(props);
     headers.insert(crate::broker::CHECK_HEADER.into(), AMQPValue::LongString(check.into()));
     let properties = props.clone().with_headers(headers).with_delivery_mode(2);
     if after.is_zero() {
@@ -421,14 +418,7 @@ pub(super) fn check_publish(
             properties,
         };
     }
-    Publish {
-        exchange: String::new(),
-        routing_key: delay_queue(queues.delay, after)
-            .unwrap_or(&queues.amqp.retry_queue)
-            .to_owned(),
-        body: body.clone(),
-        properties: properties.with_expiration(after.as_millis().to_string().into()),
-    }
+    delayed(queues, body, properties, after)
 }
 
 /// The delay queue for a wait: the one whose own wait is nearest to it (by ratio), so that a jittered or
@@ -478,7 +468,7 @@ pub(super) mod tests {
     /// A copy as a publisher sent it, with a header of its own and the broker's bookkeeping of a
     /// message that went through a delay queue before.
     fn inbound() -> Inbound {
-        let mut headers = FieldTable::default();
+        let mut headers = lapin::types::FieldTable::default();
         headers.insert("x-trace".into(), AMQPValue::LongString("t-1".into()));
         headers.insert("x-death".into(), AMQPValue::LongString("queue herald.retry.5s".into()));
         headers.insert(
